@@ -1,0 +1,300 @@
+//! The stable ABI between the host and a module.
+//!
+//! Everything here crosses the `dlopen` boundary, so every type is
+//! `#[repr(C)]` and derives [`StableAbi`]: the host checks the layout of the
+//! whole tree of types when it loads a library and refuses a module whose
+//! layout differs, naming the mismatch. Module authors normally do not touch
+//! this file; they implement [`crate::Handler`] and use
+//! [`crate::export_module!`].
+//!
+//! Evolution rules: [`ModuleLib`] is a prefix type, so new fields may be
+//! appended after the last one (old modules then lack them and the host must
+//! check with the `*_opt` accessors). The [`Module`] and [`HostServices`]
+//! traits carry a `last_prefix_field` method for the same reason. Anything
+//! else that changes is a breaking change and bumps this crate's minor
+//! version, which the host refuses with a version mismatch.
+
+#![allow(non_local_definitions)] // emitted by `#[sabi_trait]`
+
+use abi_stable::{
+    declare_root_module_statics,
+    library::RootModule,
+    package_version_strings,
+    sabi_trait,
+    sabi_types::VersionStrings,
+    std_types::{RBox, RResult, RSlice, RStr, RString, RVec},
+    StableAbi,
+};
+
+/// How the host swaps a module's generations on reload.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadMode {
+    /// The new generation starts beside the old one; in-flight messages
+    /// finish on the old one. Zero failed requests. The default.
+    Overlap = 0,
+    /// Only one generation may run at a time (it holds an exclusive
+    /// resource). New messages get "unavailable, retry" while it reloads.
+    Exclusive = 1,
+}
+
+/// The wire protocol a module speaks, so the host can answer for it
+/// ("503 Service Unavailable" for HTTP, an error object for JSON-RPC).
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.x requests.
+    Http = 0,
+    /// Newline-delimited JSON-RPC 2.0.
+    JsonRpc = 1,
+    /// Anything else: the host can only close the connection.
+    Raw = 2,
+}
+
+/// What a module declares about itself; read once per load.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct Manifest {
+    /// Module name; also the name of its `[modules.<name>]` config table and
+    /// what `RELOAD <name>` and `STATUS` call it.
+    pub name: RString,
+    /// The module's own version, shown by `STATUS` and `RELOAD`.
+    pub version: RString,
+    /// Byte prefixes that route a connection's next message to this module.
+    pub bindings: RVec<RVec<u8>>,
+    /// How reloads of this module are sequenced.
+    pub reload: ReloadMode,
+    /// The protocol the module speaks (for replies the host makes for it).
+    pub protocol: Protocol,
+    /// Whether the module ever answers [`Action::Defer`].
+    pub defers: bool,
+}
+
+/// What the host should do after a module call.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The message is incomplete: call again when more bytes arrived.
+    /// Nothing may be written to `out` and `consumed` must be 0.
+    NeedMore = 0,
+    /// The response is in `out` (and `file`); the first `consumed` input
+    /// bytes were the message. The connection goes back to the router,
+    /// which routes the next message afresh (keep-alive, pipelining).
+    Done = 1,
+    /// Like `Done`, but close the connection once the output is flushed.
+    Close = 2,
+    /// The first `consumed` bytes are a complete message that must be
+    /// handled off the event loop: the host calls
+    /// [`Module::on_deferred`] with exactly those bytes on its worker pool.
+    /// Nothing may be written to `out`.
+    Defer = 3,
+}
+
+/// A byte range of an open file that the host sends after `out` (with
+/// `sendfile(2)` where the platform has it). The host takes ownership of
+/// `fd` and closes it.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileBody {
+    /// Open file descriptor, or -1 for none.
+    pub fd: i32,
+    /// First byte to send.
+    pub offset: u64,
+    /// Number of bytes to send.
+    pub len: u64,
+}
+
+impl FileBody {
+    /// No file.
+    pub const NONE: FileBody = FileBody {
+        fd: -1,
+        offset: 0,
+        len: 0,
+    };
+}
+
+/// A module's answer to one call.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// What to do next.
+    pub action: Action,
+    /// Input bytes that made up the message (see [`Action`]).
+    pub consumed: u64,
+    /// Optional file body sent after `out`.
+    pub file: FileBody,
+    /// Set by the SDK when the module panicked: the host counts a fault.
+    pub fault: bool,
+}
+
+impl Verdict {
+    /// Wait for more input.
+    pub const NEED_MORE: Verdict = Verdict {
+        action: Action::NeedMore,
+        consumed: 0,
+        file: FileBody::NONE,
+        fault: false,
+    };
+
+    /// The message was `consumed` bytes and its answer is in `out`.
+    pub fn done(consumed: usize) -> Verdict {
+        Verdict {
+            action: Action::Done,
+            consumed: consumed as u64,
+            ..Self::NEED_MORE
+        }
+    }
+
+    /// Answer, then close the connection.
+    pub fn close(consumed: usize) -> Verdict {
+        Verdict {
+            action: Action::Close,
+            consumed: consumed as u64,
+            ..Self::NEED_MORE
+        }
+    }
+
+    /// Handle the first `consumed` bytes on the worker pool.
+    pub fn defer(consumed: usize) -> Verdict {
+        Verdict {
+            action: Action::Defer,
+            consumed: consumed as u64,
+            ..Self::NEED_MORE
+        }
+    }
+
+    /// Attach a file body (sent after `out`).
+    pub fn with_file(mut self, file: FileBody) -> Verdict {
+        self.file = file;
+        self
+    }
+}
+
+/// The connection a call is about.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Host-wide unique connection id.
+    pub id: u64,
+    /// Peer address: IPv4 in the first 4 bytes, or IPv6.
+    pub peer_ip: [u8; 16],
+    /// Peer port.
+    pub peer_port: u16,
+    /// `true` when `peer_ip` holds an IPv6 address.
+    pub is_v6: bool,
+    /// `true` when the host terminated TLS for this connection.
+    pub tls: bool,
+}
+
+impl ConnInfo {
+    /// The peer's socket address.
+    pub fn peer(&self) -> std::net::SocketAddr {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let ip = if self.is_v6 {
+            IpAddr::V6(Ipv6Addr::from(self.peer_ip))
+        } else {
+            let b = self.peer_ip;
+            IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        };
+        std::net::SocketAddr::new(ip, self.peer_port)
+    }
+
+    /// Builds the info for a peer address.
+    pub fn new(id: u64, peer: std::net::SocketAddr, tls: bool) -> ConnInfo {
+        let mut peer_ip = [0u8; 16];
+        let is_v6 = match peer.ip() {
+            std::net::IpAddr::V4(v4) => {
+                peer_ip[..4].copy_from_slice(&v4.octets());
+                false
+            }
+            std::net::IpAddr::V6(v6) => {
+                peer_ip = v6.octets();
+                true
+            }
+        };
+        ConnInfo {
+            id,
+            peer_ip,
+            peer_port: peer.port(),
+            is_v6,
+            tls,
+        }
+    }
+}
+
+/// Log levels, as in the `log` crate.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+    Trace = 5,
+}
+
+/// Services the host offers a running module.
+#[sabi_trait]
+pub trait HostServices: Send + Sync {
+    /// Writes a record into the host's log, attributed to the module.
+    fn log(&self, level: LogLevel, message: RStr<'_>);
+    /// Whether a record at `level` would be written at all.
+    fn log_enabled(&self, level: LogLevel) -> bool;
+    /// The module's data directory (created by the host).
+    #[sabi(last_prefix_field)]
+    fn data_dir(&self) -> RString;
+}
+
+/// The host-side handle a module receives at start.
+pub type HostBox = HostServices_TO<'static, RBox<()>>;
+
+/// One running instance (generation) of a module. Called concurrently from
+/// every event loop and pool thread.
+#[sabi_trait]
+pub trait Module: Send + Sync {
+    /// Called on an event loop with the connection's buffered input, which
+    /// starts at a message boundary. Must not block.
+    fn on_message(&self, conn: &ConnInfo, input: RSlice<'_, u8>, out: &mut RVec<u8>) -> Verdict;
+    /// Called on a worker-pool thread with the message a previous
+    /// `on_message` deferred. May block. Must answer `Done` or `Close`.
+    fn on_deferred(&self, conn: &ConnInfo, input: RSlice<'_, u8>, out: &mut RVec<u8>)
+        -> Verdict;
+    /// Serializes the state handed to the next generation's start.
+    fn save_state(&self) -> RVec<u8>;
+    /// Called once when the generation retires, after its last message.
+    fn stop(&self);
+    /// Extra module-specific text for `STATUS` (one line, may be empty).
+    fn status(&self) -> RString;
+    /// The connection closed while it was routed to this module.
+    #[sabi(last_prefix_field)]
+    fn on_close(&self, conn: &ConnInfo);
+}
+
+/// A boxed module instance as it crosses the boundary.
+pub type ModuleBox = Module_TO<'static, RBox<()>>;
+
+/// The root module every Switchyard module library exports.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = ModuleLibRef)))]
+#[sabi(missing_field(panic))]
+pub struct ModuleLib {
+    /// The module's manifest.
+    pub manifest: extern "C" fn() -> Manifest,
+    /// Starts a generation. `config` is the module's `[modules.<name>]`
+    /// table as JSON (`{}` when absent); `state` is what the previous
+    /// generation's `save_state` returned (empty on first start).
+    #[sabi(last_prefix_field)]
+    pub start: extern "C" fn(
+        host: HostBox,
+        config: RStr<'_>,
+        state: RSlice<'_, u8>,
+    ) -> RResult<ModuleBox, RString>,
+}
+
+impl RootModule for ModuleLibRef {
+    declare_root_module_statics! {ModuleLibRef}
+    const BASE_NAME: &'static str = "switchyard_module";
+    const NAME: &'static str = "switchyard_module";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}

@@ -1,0 +1,253 @@
+//! The glue between a module author's [`Handler`] and the stable ABI: panic
+//! guards around every entry point, the logger bridge and the root-module
+//! export macro.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
+
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{RBox, RErr, ROk, RResult, RSlice, RStr, RString, RVec},
+};
+
+use crate::abi::{
+    Action, ConnInfo, HostBox, LogLevel, Manifest, Module, ModuleBox, Module_TO, Protocol, Verdict,
+};
+
+/// What a module author implements: one value per generation, shared by
+/// every event loop and pool thread (so it must be `Send + Sync`).
+///
+/// `input` always starts at a message boundary; answer with a [`Verdict`]:
+/// [`Verdict::NEED_MORE`] until a whole message is buffered, then write the
+/// reply into `out` and return [`Verdict::done`] with the message length.
+/// Never block in `on_message`: return [`Verdict::defer`] and do the
+/// blocking work in `on_deferred`, which runs on the host's worker pool.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles buffered input on an event loop.
+    fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict;
+
+    /// Handles a deferred message on a pool thread (may block).
+    fn on_deferred(&self, _conn: &ConnInfo, input: &[u8], _out: &mut RVec<u8>) -> Verdict {
+        Verdict::close(input.len())
+    }
+
+    /// State handed to the next generation on reload.
+    fn save_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// The generation is retiring: flush and release what it holds.
+    fn stop(&self) {}
+
+    /// Extra text for `STATUS`.
+    fn status(&self) -> String {
+        String::new()
+    }
+
+    /// A connection routed to this module closed.
+    fn on_close(&self, _conn: &ConnInfo) {}
+}
+
+/// What `start` receives.
+pub struct StartContext<'a> {
+    /// Host services (logging, data directory).
+    pub host: &'a crate::Host,
+    /// The module's `[modules.<name>]` table (an empty object when absent).
+    pub config: serde_json::Value,
+    /// The previous generation's saved state, empty on a first start.
+    pub state: &'a [u8],
+}
+
+struct Guarded<H> {
+    inner: H,
+    protocol: Protocol,
+}
+
+impl<H> Guarded<H> {
+    fn fault(&self, input_len: usize, out: &mut RVec<u8>) -> Verdict {
+        out.clear();
+        match self.protocol {
+            Protocol::Http => crate::http::write_simple(
+                out,
+                500,
+                "text/plain; charset=utf-8",
+                b"500 Internal Server Error\n",
+                false,
+                false,
+            ),
+            Protocol::JsonRpc => out.extend_from_slice(
+                br#"{"jsonrpc":"2.0","error":{"code":-32603,"message":"internal error"},"id":null}
+"#,
+            ),
+            Protocol::Raw => {}
+        }
+        Verdict {
+            action: Action::Close,
+            consumed: input_len as u64,
+            fault: true,
+            ..Verdict::NEED_MORE
+        }
+    }
+}
+
+fn guard<T>(f: impl FnOnce() -> T) -> Option<T> {
+    catch_unwind(AssertUnwindSafe(f)).ok()
+}
+
+impl<H: Handler> Module for Guarded<H> {
+    fn on_message(&self, conn: &ConnInfo, input: RSlice<'_, u8>, out: &mut RVec<u8>) -> Verdict {
+        let len = input.len();
+        guard(|| self.inner.on_message(conn, input.as_slice(), out))
+            .unwrap_or_else(|| self.fault(len, out))
+    }
+
+    fn on_deferred(&self, conn: &ConnInfo, input: RSlice<'_, u8>, out: &mut RVec<u8>) -> Verdict {
+        let len = input.len();
+        guard(|| self.inner.on_deferred(conn, input.as_slice(), out))
+            .unwrap_or_else(|| self.fault(len, out))
+    }
+
+    fn save_state(&self) -> RVec<u8> {
+        guard(|| self.inner.save_state())
+            .unwrap_or_default()
+            .into()
+    }
+
+    fn stop(&self) {
+        let _ = guard(|| self.inner.stop());
+    }
+
+    fn status(&self) -> RString {
+        guard(|| self.inner.status())
+            .unwrap_or_else(|| "status panicked".to_string())
+            .into()
+    }
+
+    fn on_close(&self, conn: &ConnInfo) {
+        let _ = guard(|| self.inner.on_close(conn));
+    }
+}
+
+/// Forwards the module's `log` records into the host's log.
+struct Bridge;
+
+static HOST: OnceLock<crate::Host> = OnceLock::new();
+
+impl log::Log for Bridge {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        HOST.get()
+            .is_some_and(|h| h.raw().log_enabled(level_of(metadata.level())))
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if let Some(h) = HOST.get() {
+            let level = level_of(record.level());
+            if h.raw().log_enabled(level) {
+                let msg = record.args().to_string();
+                h.raw().log(level, RStr::from_str(&msg));
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn level_of(l: log::Level) -> LogLevel {
+    match l {
+        log::Level::Error => LogLevel::Error,
+        log::Level::Warn => LogLevel::Warn,
+        log::Level::Info => LogLevel::Info,
+        log::Level::Debug => LogLevel::Debug,
+        log::Level::Trace => LogLevel::Trace,
+    }
+}
+
+#[doc(hidden)]
+pub fn manifest_guard(f: fn() -> Manifest) -> Manifest {
+    guard(f).unwrap_or_else(|| Manifest {
+        name: "<panicked>".into(),
+        version: "0".into(),
+        bindings: RVec::new(),
+        reload: crate::abi::ReloadMode::Overlap,
+        protocol: Protocol::Raw,
+        defers: false,
+    })
+}
+
+#[doc(hidden)]
+pub fn start_guard<H: Handler>(
+    host: HostBox,
+    config: RStr<'_>,
+    state: RSlice<'_, u8>,
+    manifest: fn() -> Manifest,
+    start: fn(StartContext<'_>) -> Result<H, String>,
+) -> RResult<ModuleBox, RString> {
+    let run = || -> Result<ModuleBox, String> {
+        let protocol = manifest().protocol;
+        // Each generation is a fresh copy of the library, so these statics
+        // are this generation's own.
+        let host = HOST.get_or_init(|| crate::Host::new(host));
+        if log::set_logger(&Bridge).is_ok() {
+            let max = [
+                (LogLevel::Trace, log::LevelFilter::Trace),
+                (LogLevel::Debug, log::LevelFilter::Debug),
+                (LogLevel::Info, log::LevelFilter::Info),
+                (LogLevel::Warn, log::LevelFilter::Warn),
+                (LogLevel::Error, log::LevelFilter::Error),
+            ]
+            .into_iter()
+            .find(|(l, _)| host.raw().log_enabled(*l))
+            .map_or(log::LevelFilter::Off, |(_, f)| f);
+            log::set_max_level(max);
+        }
+        let config: serde_json::Value =
+            serde_json::from_str(config.as_str()).map_err(|e| format!("bad config: {e}"))?;
+        let inner = start(StartContext {
+            host,
+            config,
+            state: state.as_slice(),
+        })?;
+        Ok(Module_TO::from_ptr(
+            RBox::new(Guarded { inner, protocol }),
+            TD_Opaque,
+        ))
+    };
+    match guard(run) {
+        Some(Ok(m)) => ROk(m),
+        Some(Err(e)) => RErr(e.into()),
+        None => RErr("start panicked".into()),
+    }
+}
+
+/// Exports a module: names the function that returns its [`Manifest`] and
+/// the function that starts a generation (returning a [`Handler`]).
+///
+/// The crate must be a `cdylib` and depend on `abi_stable` directly (the
+/// export attribute refers to it by name).
+#[macro_export]
+macro_rules! export_module {
+    (manifest = $manifest:path, start = $start:path $(,)?) => {
+        #[::abi_stable::export_root_module]
+        pub fn switchyard_root_module() -> $crate::abi::ModuleLibRef {
+            use ::abi_stable::prefix_type::PrefixTypeTrait;
+            extern "C" fn __switchyard_manifest() -> $crate::abi::Manifest {
+                $crate::export::manifest_guard($manifest)
+            }
+            extern "C" fn __switchyard_start(
+                host: $crate::abi::HostBox,
+                config: ::abi_stable::std_types::RStr<'_>,
+                state: ::abi_stable::std_types::RSlice<'_, u8>,
+            ) -> ::abi_stable::std_types::RResult<
+                $crate::abi::ModuleBox,
+                ::abi_stable::std_types::RString,
+            > {
+                $crate::export::start_guard(host, config, state, $manifest, $start)
+            }
+            $crate::abi::ModuleLib {
+                manifest: __switchyard_manifest,
+                start: __switchyard_start,
+            }
+            .leak_into_prefix()
+        }
+    };
+}

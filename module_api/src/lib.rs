@@ -1,0 +1,162 @@
+//! # Writing a Switchyard module
+//!
+//! A module is a `cdylib` crate that the `switchyard` host loads at run time
+//! from its `modules/` directory. The host reads the first bytes of every
+//! connection, picks the module whose prefix matches (longest wins) and
+//! calls it with the buffered input. This crate is everything a module
+//! author needs: the stable ABI ([`abi`], checked by the host at load time),
+//! the [`Handler`] trait you implement, the [`export_module!`] macro, and
+//! shared helpers ([`http`]).
+//!
+//! ## The contract
+//!
+//! * `manifest()` says who you are: name, version, the byte prefixes you
+//!   bind (e.g. `b"GET /hello"`), your [`Protocol`] and [`ReloadMode`].
+//! * `start(ctx)` builds one *generation* of your module from its config
+//!   (`[modules.<name>]` in the host's TOML config, as JSON) and from the
+//!   previous generation's saved state. Return `Err` to refuse the load.
+//! * [`Handler::on_message`] gets the connection's buffered bytes, starting
+//!   at a message boundary. Return [`Verdict::NEED_MORE`] until a whole
+//!   message is there; then append the reply to `out` and return
+//!   [`Verdict::done`] with the message's length (the host routes the next
+//!   message afresh) or [`Verdict::close`]. Never block here: return
+//!   [`Verdict::defer`] and do blocking work in [`Handler::on_deferred`],
+//!   which runs on the host's worker pool (`-threads N`).
+//! * A panic never crosses into the host: it is caught, answered with the
+//!   protocol's error (HTTP 500) and counted as a fault in `STATUS`.
+//! * `log` macros go to the host's log.
+//!
+//! ## A complete module
+//!
+//! `Cargo.toml`:
+//!
+//! ```toml
+//! [package]
+//! name = "hello"
+//! version = "0.1.0"
+//! edition = "2021"
+//!
+//! [lib]
+//! crate-type = ["cdylib"]
+//!
+//! [dependencies]
+//! switchyard_module_api = { path = "../../module_api" }
+//! abi_stable = "0.11"
+//! ```
+//!
+//! `src/lib.rs`:
+//!
+//! ```
+//! use module_api::{http, ConnInfo, Handler, Manifest, RVec, StartContext, Verdict};
+//!
+//! fn manifest() -> Manifest {
+//!     Manifest::new("hello", env!("CARGO_PKG_VERSION")).bind("GET /hello")
+//! }
+//!
+//! struct Hello {
+//!     greeting: String,
+//! }
+//!
+//! fn start(ctx: StartContext<'_>) -> Result<Hello, String> {
+//!     let greeting = ctx.config["greeting"].as_str().unwrap_or("hello").to_string();
+//!     Ok(Hello { greeting })
+//! }
+//!
+//! impl Handler for Hello {
+//!     fn on_message(&self, _conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+//!         let mut headers = http::empty_headers();
+//!         match http::parse_request(input, &mut headers) {
+//!             Ok(http::Parsed::Partial) => Verdict::NEED_MORE,
+//!             Ok(http::Parsed::Complete(req)) => {
+//!                 let keep = req.keep_alive();
+//!                 http::write_simple(out, 200, "text/plain", self.greeting.as_bytes(), keep, false);
+//!                 if keep { Verdict::done(req.head_len) } else { Verdict::close(req.head_len) }
+//!             }
+//!             Err(_) => {
+//!                 http::write_simple(out, 400, "text/plain", b"bad request\n", false, false);
+//!                 Verdict::close(input.len())
+//!             }
+//!         }
+//!     }
+//! }
+//!
+//! module_api::export_module!(manifest = manifest, start = start);
+//! # fn main() {}
+//! ```
+//!
+//! Build it with `cargo build --release`, copy `target/release/libhello.so`
+//! into the host's `modules/` directory under a temporary name, rename it to
+//! `hello.so` and send `RELOAD` (or run the host with `--watch`).
+
+pub mod abi;
+pub mod export;
+pub mod http;
+
+pub use abi::{
+    Action, ConnInfo, FileBody, LogLevel, Manifest, Protocol, ReloadMode, Verdict,
+};
+pub use abi_stable::std_types::RVec;
+pub use export::{Handler, StartContext};
+
+use std::path::PathBuf;
+
+use abi::HostBox;
+
+/// The host's services as a module sees them.
+pub struct Host {
+    raw: HostBox,
+}
+
+impl Host {
+    pub(crate) fn new(raw: HostBox) -> Host {
+        Host { raw }
+    }
+
+    /// The raw ABI handle.
+    pub fn raw(&self) -> &HostBox {
+        &self.raw
+    }
+
+    /// The module's data directory; the host creates it before `start`.
+    pub fn data_dir(&self) -> PathBuf {
+        PathBuf::from(self.raw.data_dir().as_str())
+    }
+}
+
+impl Manifest {
+    /// A manifest with no bindings, `overlap` reload, HTTP protocol.
+    pub fn new(name: &str, version: &str) -> Manifest {
+        Manifest {
+            name: name.into(),
+            version: version.into(),
+            bindings: RVec::new(),
+            reload: ReloadMode::Overlap,
+            protocol: Protocol::Http,
+            defers: false,
+        }
+    }
+
+    /// Adds a prefix binding.
+    pub fn bind(mut self, prefix: impl AsRef<[u8]>) -> Manifest {
+        self.bindings.push(prefix.as_ref().into());
+        self
+    }
+
+    /// Sets the protocol.
+    pub fn protocol(mut self, protocol: Protocol) -> Manifest {
+        self.protocol = protocol;
+        self
+    }
+
+    /// Sets the reload mode.
+    pub fn reload(mut self, mode: ReloadMode) -> Manifest {
+        self.reload = mode;
+        self
+    }
+
+    /// Declares that the module defers work to the pool.
+    pub fn defers(mut self, defers: bool) -> Manifest {
+        self.defers = defers;
+        self
+    }
+}
