@@ -1,1 +1,211 @@
-fn main(){}
+//! `switchyard`: a hot-reloadable module router.
+//!
+//! The parts, each in its own file:
+//! * [`cli`] and [`config`]: command line and TOML configuration.
+//! * [`registry`]: loads module libraries through the stable ABI, keeps one
+//!   current generation per module, reloads them, builds the route table.
+//! * [`router`]: the route table, longest byte-prefix match.
+//! * [`reactor`] and [`conn`]: the mio event loops and the connections.
+//! * [`pool`]: the worker pool for blocking module work, the control thread
+//!   for admin work, and the mailboxes back to the loops.
+//! * [`admin`]: the built-in commands.
+//! * [`sys`]: platform-specific calls (`SO_REUSEPORT`, `sendfile`).
+
+mod admin;
+mod cli;
+mod config;
+mod conn;
+mod pool;
+mod reactor;
+mod registry;
+mod router;
+mod sys;
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::thread;
+use std::time::Instant;
+
+use crossbeam_channel::unbounded;
+
+use crate::config::{AcceptMode, Config};
+use crate::pool::{Control, Mailbox, Pool};
+use crate::reactor::{EventLoop, Shared};
+use crate::registry::Registry;
+
+fn main() -> ExitCode {
+    let args = cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("switchyard: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: cli::Args) -> Result<(), String> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let server = &mut config.server;
+    if let Some(p) = args.port {
+        server.port = p;
+    }
+    if let Some(t) = args.threads {
+        if t == 0 {
+            return Err("-threads must be at least 1".into());
+        }
+        server.threads = t;
+    }
+    if let Some(b) = &args.bind {
+        server.bind = b.clone();
+    }
+    let ip: IpAddr = server
+        .bind
+        .parse()
+        .map_err(|e| format!("bad bind address {:?}: {e}", server.bind))?;
+    let loops = match server.event_loops {
+        0 => thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mode = if sys::HAS_REUSEPORT {
+        server.accept
+    } else {
+        AcceptMode::Shared
+    };
+
+    // Listen first so that a busy port fails before modules start.
+    let mut listeners = Vec::with_capacity(loops);
+    let first = sys::listen(
+        SocketAddr::new(ip, server.port),
+        mode == AcceptMode::Reuseport,
+    )
+    .map_err(|e| format!("cannot listen on {ip}:{}: {e}", server.port))?;
+    let addr = first.local_addr().map_err(|e| e.to_string())?;
+    listeners.push(first);
+    for _ in 1..loops {
+        let l = match mode {
+            AcceptMode::Reuseport => sys::listen(addr, true),
+            AcceptMode::Shared => listeners[0].try_clone(),
+        }
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        listeners.push(l);
+    }
+
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("data"));
+    let registry = Arc::new(
+        Registry::new(
+            args.modules.clone(),
+            data_dir,
+            config.clone(),
+            args.config.clone(),
+        )
+        .map_err(|e| format!("cannot prepare {}: {e}", args.modules.display()))?,
+    );
+    let outcomes = registry.load_all();
+    let loaded = outcomes.iter().filter(|o| o.line.contains(" gen=")).count();
+    if loaded == 0 {
+        log::warn!("no modules loaded from {}", args.modules.display());
+    }
+
+    let mut polls = Vec::with_capacity(loops);
+    let mut mailboxes = Vec::with_capacity(loops);
+    let mut inboxes = Vec::with_capacity(loops);
+    for _ in 0..loops {
+        let (poll, waker) = EventLoop::poll_and_waker().map_err(|e| e.to_string())?;
+        let (tx, rx) = unbounded();
+        polls.push(poll);
+        mailboxes.push(Mailbox { tx, waker });
+        inboxes.push(rx);
+    }
+    registry
+        .table()
+        .set_wakers(mailboxes.iter().map(|m| m.waker.clone()).collect());
+    let mailboxes = Arc::new(mailboxes);
+    let threads = config.server.threads;
+    let shared = Arc::new(Shared {
+        cfg: config.server.clone(),
+        table: registry.table(),
+        registry: registry.clone(),
+        pool: Pool::start(threads, mailboxes.clone()),
+        control: Control::start(),
+        mailboxes,
+        shutting_down: AtomicBool::new(false),
+        conns: AtomicUsize::new(0),
+        accepted: AtomicU64::new(0),
+        next_conn_id: AtomicU64::new(1),
+        started: Instant::now(),
+        loops,
+        threads,
+    });
+
+    let mut handles = Vec::with_capacity(loops);
+    for (idx, ((poll, listener), inbox)) in
+        polls.into_iter().zip(listeners).zip(inboxes).enumerate()
+    {
+        let el = EventLoop::new(idx, poll, listener, shared.clone(), inbox)
+            .map_err(|e| format!("cannot start event loop: {e}"))?;
+        handles.push(
+            thread::Builder::new()
+                .name(format!("loop-{idx}"))
+                .spawn(move || el.run())
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    signals(shared.clone())?;
+
+    log::info!(
+        "listening on {addr} ({loops} event loops, {mode:?} accept, {threads} pool threads)"
+    );
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "listening on {addr}");
+    let _ = stdout.flush();
+
+    for h in handles {
+        let _ = h.join();
+    }
+    registry.clear();
+    log::info!("shutdown complete");
+    Ok(())
+}
+
+/// SIGHUP reloads; SIGTERM and SIGINT shut down gracefully.
+fn signals(shared: Arc<Shared>) -> Result<(), String> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                match sig {
+                    SIGHUP => {
+                        log::info!("SIGHUP: reloading");
+                        let s = shared.clone();
+                        shared.control.run(move || {
+                            admin::reload(&s, None);
+                        });
+                    }
+                    _ => {
+                        log::info!("signal {sig}: graceful shutdown");
+                        shared.shutdown();
+                    }
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! The optional TOML configuration file: `[server]` holds host settings,
+//! `[modules.<name>]` tables go to each module at start.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    /// Per-module tables, passed to the module as JSON.
+    #[serde(default)]
+    pub modules: BTreeMap<String, toml::Value>,
+}
+
+/// How listening sockets are shared among event loops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceptMode {
+    /// One `SO_REUSEPORT` listener per loop; the kernel spreads connections.
+    Reuseport,
+    /// One listener registered with every loop.
+    Shared,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Server {
+    pub bind: String,
+    pub port: u16,
+    pub threads: usize,
+    /// Event loops; 0 means one per core.
+    pub event_loops: usize,
+    pub accept: AcceptMode,
+    pub max_connections: usize,
+    /// Routing (the first bytes of a message) must finish within this.
+    pub first_bytes_timeout_ms: u64,
+    /// A started message must be complete within this.
+    pub header_timeout_ms: u64,
+    /// A keep-alive connection with nothing to do is closed after this.
+    pub idle_timeout_ms: u64,
+    /// A stalled write (peer not reading) is abandoned after this.
+    pub send_timeout_ms: u64,
+    /// Bytes the host buffers for one message before giving up on it.
+    pub max_message_size: usize,
+    /// Routing gives up when this many bytes match no binding yet.
+    pub max_header_size: usize,
+    /// Grace period for in-flight work on `SHUTDOWN`.
+    pub shutdown_timeout_ms: u64,
+    /// When set, non-loopback peers must `AUTH <token>` before admin
+    /// commands.
+    pub admin_token: Option<String>,
+    /// Reload modules when their files change.
+    pub watch: bool,
+    /// Explicit owners for prefixes bound by more than one module.
+    pub routes: BTreeMap<String, String>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            bind: "0.0.0.0".into(),
+            port: 8080,
+            threads: 4,
+            event_loops: 0,
+            accept: AcceptMode::Reuseport,
+            max_connections: 10_000,
+            first_bytes_timeout_ms: 10_000,
+            header_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            send_timeout_ms: 60_000,
+            max_message_size: 1 << 20,
+            max_header_size: 16 * 1024,
+            shutdown_timeout_ms: 10_000,
+            admin_token: None,
+            watch: false,
+            routes: BTreeMap::new(),
+        }
+    }
+}
+
+impl Server {
+    pub fn first_bytes_timeout(&self) -> Duration {
+        Duration::from_millis(self.first_bytes_timeout_ms)
+    }
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms)
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        let cfg: Config =
+            toml::from_str(&text).map_err(|e| format!("bad config {}: {e}", path.display()))?;
+        cfg.validate()
+            .map_err(|e| format!("bad config {}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let s = &self.server;
+        if s.max_connections == 0 {
+            return Err("server.max_connections must be at least 1".into());
+        }
+        if s.max_header_size < 16 || s.max_message_size < s.max_header_size {
+            return Err("server.max_message_size must be >= server.max_header_size >= 16".into());
+        }
+        for (name, v) in [
+            ("first_bytes_timeout_ms", s.first_bytes_timeout_ms),
+            ("header_timeout_ms", s.header_timeout_ms),
+            ("idle_timeout_ms", s.idle_timeout_ms),
+            ("send_timeout_ms", s.send_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(format!("server.{name} must be positive"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The module's table as JSON text (`{}` when absent).
+    pub fn module_json(&self, name: &str) -> String {
+        self.modules
+            .get(name)
+            .and_then(|v| serde_json::to_string(v).ok())
+            .unwrap_or_else(|| "{}".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_full_file() {
+        let cfg: Config = toml::from_str(
+            r#"
+            [server]
+            port = 9000
+            admin_token = "t"
+            accept = "shared"
+            [server.routes]
+            "GET /x" = "a"
+            [modules.http]
+            root = "site"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.server.port, 9000);
+        assert_eq!(cfg.server.accept, AcceptMode::Shared);
+        assert_eq!(cfg.server.routes["GET /x"], "a");
+        assert_eq!(cfg.module_json("http"), r#"{"root":"site"}"#);
+        assert_eq!(cfg.module_json("nope"), "{}");
+        assert!(toml::from_str::<Config>("[server]\nbogus = 1").is_err());
+    }
+}

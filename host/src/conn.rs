@@ -1,0 +1,261 @@
+//! One client connection: its socket, its buffers and where it is in the
+//! current message.
+//!
+//! Buffers are taken from the event loop's pool when bytes arrive and given
+//! back when the connection goes idle, so an idle keep-alive connection
+//! holds no buffer at all.
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use abi_stable::std_types::RVec;
+use mio::net::TcpStream;
+use module_api::ConnInfo;
+
+use crate::registry::Generation;
+use crate::sys;
+
+/// Size of a pooled read buffer.
+pub const READ_BUF: usize = 16 * 1024;
+/// Above this many unsent bytes the connection stops processing input.
+pub const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// Where the connection is in its current message.
+pub enum Stage {
+    /// Between messages, or reading the first bytes of one.
+    Routing,
+    /// Routed: the module is reading the message.
+    Module(Arc<Generation>),
+    /// The message is on the worker pool.
+    Deferred(Arc<Generation>),
+    /// An admin command is running on the control thread.
+    Admin,
+}
+
+/// A growable read buffer with a consumed offset, so that pipelined
+/// messages are consumed without moving bytes each time.
+#[derive(Default)]
+pub struct ReadBuf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuf {
+    pub fn is_attached(&self) -> bool {
+        !self.data.is_empty()
+    }
+
+    pub fn attach(&mut self, buf: Vec<u8>) {
+        debug_assert!(buf.len() >= READ_BUF);
+        self.data = buf;
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// Gives the buffer back (only when empty).
+    pub fn detach(&mut self) -> Option<Vec<u8>> {
+        if self.is_attached() && self.is_empty() {
+            self.start = 0;
+            self.end = 0;
+            Some(std::mem::take(&mut self.data))
+        } else {
+            None
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.start += n;
+        debug_assert!(self.start <= self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Makes room to read into; false when the buffer holds `max` bytes.
+    fn make_room(&mut self, max: usize) -> bool {
+        if self.end < self.data.len() {
+            return true;
+        }
+        if self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            return true;
+        }
+        if self.data.len() >= max {
+            return false;
+        }
+        let new_len = (self.data.len() * 2).min(max);
+        self.data.resize(new_len, 0);
+        true
+    }
+}
+
+/// A file range still to be sent after the write buffer.
+pub struct PendingFile {
+    pub fd: i32,
+    pub offset: u64,
+    pub remaining: u64,
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        sys::close_fd(self.fd);
+    }
+}
+
+/// The outcome of reading.
+pub enum ReadResult {
+    /// Read this many bytes (0: nothing available now).
+    Read(usize),
+    /// The buffer is full at its maximum size.
+    Full,
+}
+
+pub struct Conn {
+    pub sock: TcpStream,
+    pub info: ConnInfo,
+    pub trusted: bool,
+    pub authed: bool,
+    pub rbuf: ReadBuf,
+    pub wbuf: RVec<u8>,
+    pub wpos: usize,
+    pub file: Option<PendingFile>,
+    pub stage: Stage,
+    /// The peer closed its sending side.
+    pub eof: bool,
+    /// Close once the output is flushed.
+    pub closing: bool,
+    /// When the first byte of the current message arrived.
+    pub msg_start: Option<Instant>,
+    /// Last time the connection finished a message or made write progress.
+    pub last_activity: Instant,
+}
+
+impl Conn {
+    pub fn new(sock: TcpStream, info: ConnInfo, trusted: bool, now: Instant) -> Conn {
+        Conn {
+            sock,
+            info,
+            trusted,
+            authed: false,
+            rbuf: ReadBuf::default(),
+            wbuf: RVec::new(),
+            wpos: 0,
+            file: None,
+            stage: Stage::Routing,
+            eof: false,
+            closing: false,
+            msg_start: None,
+            last_activity: now,
+        }
+    }
+
+    /// Unsent output bytes (buffer and file).
+    pub fn pending_output(&self) -> bool {
+        self.wpos < self.wbuf.len() || self.file.is_some()
+    }
+
+    /// Whether input processing must wait (output backlog, a file being
+    /// sent, work off the loop).
+    pub fn paused(&self) -> bool {
+        matches!(self.stage, Stage::Deferred(_) | Stage::Admin)
+            || self.file.is_some()
+            || self.wbuf.len() - self.wpos > WRITE_HIGH_WATER
+    }
+
+    /// Idle: nothing buffered, nothing to send, between messages.
+    pub fn idle(&self) -> bool {
+        matches!(self.stage, Stage::Routing) && self.rbuf.is_empty() && !self.pending_output()
+    }
+
+    /// Reads until `WouldBlock`, the peer's EOF, or a full buffer.
+    pub fn read(&mut self, max: usize) -> io::Result<ReadResult> {
+        let mut total = 0;
+        loop {
+            if !self.rbuf.make_room(max) {
+                return Ok(if total > 0 {
+                    ReadResult::Read(total)
+                } else {
+                    ReadResult::Full
+                });
+            }
+            let end = self.rbuf.end;
+            match self.sock.read(&mut self.rbuf.data[end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(ReadResult::Read(total));
+                }
+                Ok(n) => {
+                    self.rbuf.end += n;
+                    total += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(ReadResult::Read(total))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes buffered output, then any file range, until done or
+    /// `WouldBlock`. Returns whether any byte went out.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        let mut progress = false;
+        while self.wpos < self.wbuf.len() {
+            match self.sock.write(&self.wbuf[self.wpos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.wpos += n;
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(progress),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        if let Some(f) = &mut self.file {
+            let sock = self.sock.as_raw_fd();
+            while f.remaining > 0 {
+                match sys::sendfile(sock, f.fd, &mut f.offset, f.remaining) {
+                    Ok(0) => {
+                        // The file shrank under us: the response is now
+                        // short, so the connection cannot be reused.
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "file truncated while sending",
+                        ));
+                    }
+                    Ok(n) => {
+                        f.remaining -= n as u64;
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(progress),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.file = None;
+        }
+        Ok(progress)
+    }
+}

@@ -1,0 +1,130 @@
+//! The worker pool for blocking module work, the control thread for admin
+//! work, and the mailboxes that carry results back to the event loops.
+//!
+//! An event loop never blocks: a deferred message goes to the pool with
+//! the address of its connection (loop, slab key, connection id); the
+//! result comes back through that loop's channel and wakes it with its
+//! `mio::Waker`.
+
+use std::sync::Arc;
+use std::thread;
+
+use abi_stable::std_types::{RSlice, RVec};
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use module_api::{ConnInfo, Verdict};
+
+use crate::registry::Generation;
+
+/// Where a result must be delivered.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyTo {
+    pub loop_idx: usize,
+    pub key: usize,
+    pub conn_id: u64,
+}
+
+/// A result for an event loop.
+pub enum Completion {
+    /// A deferred module call finished.
+    Deferred {
+        to: ReplyTo,
+        out: RVec<u8>,
+        verdict: Verdict,
+    },
+    /// An admin command finished; `reply` is written to the connection.
+    Admin { to: ReplyTo, reply: String },
+}
+
+/// One event loop's inbox.
+#[derive(Clone)]
+pub struct Mailbox {
+    pub tx: Sender<Completion>,
+    pub waker: Arc<mio::Waker>,
+}
+
+impl Mailbox {
+    /// Delivers a completion and wakes the loop.
+    pub fn send(&self, c: Completion) {
+        if self.tx.send(c).is_ok() {
+            if let Err(e) = self.waker.wake() {
+                log::error!("cannot wake event loop: {e}");
+            }
+        }
+    }
+}
+
+/// A deferred call.
+pub struct Job {
+    pub gen: Arc<Generation>,
+    pub info: ConnInfo,
+    pub msg: Vec<u8>,
+    pub to: ReplyTo,
+}
+
+/// Threads that run deferred module calls.
+pub struct Pool {
+    tx: Sender<Job>,
+}
+
+impl Pool {
+    /// Starts `threads` workers delivering into `mailboxes`.
+    pub fn start(threads: usize, mailboxes: Arc<Vec<Mailbox>>) -> Pool {
+        let (tx, rx): (Sender<Job>, Receiver<Job>) = unbounded();
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let mailboxes = mailboxes.clone();
+            thread::Builder::new()
+                .name(format!("pool-{i}"))
+                .spawn(move || {
+                    for job in rx {
+                        let mut out = RVec::new();
+                        let verdict = job.gen.module.on_deferred(
+                            &job.info,
+                            RSlice::from_slice(&job.msg),
+                            &mut out,
+                        );
+                        drop(job.gen);
+                        mailboxes[job.to.loop_idx].send(Completion::Deferred {
+                            to: job.to,
+                            out,
+                            verdict,
+                        });
+                    }
+                })
+                .expect("spawn pool thread");
+        }
+        Pool { tx }
+    }
+
+    /// Queues a deferred call. The queue is bounded in practice: each
+    /// connection has at most one deferred message in flight.
+    pub fn submit(&self, job: Job) {
+        let _ = self.tx.send(job);
+    }
+}
+
+/// A single thread that runs admin work (reloads, status) in order, so
+/// reloads never overlap and never run on an event loop.
+pub struct Control {
+    tx: Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Control {
+    pub fn start() -> Control {
+        let (tx, rx) = unbounded::<Box<dyn FnOnce() + Send>>();
+        thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                for task in rx {
+                    task();
+                }
+            })
+            .expect("spawn control thread");
+        Control { tx }
+    }
+
+    /// Runs `task` on the control thread.
+    pub fn run(&self, task: impl FnOnce() + Send + 'static) {
+        let _ = self.tx.send(Box::new(task));
+    }
+}

@@ -1,0 +1,704 @@
+//! The event loops: one per core, each with its own listener (or a shared
+//! one), driving non-blocking connections edge-triggered with mio.
+//!
+//! Per connection the loop reads until `WouldBlock`, routes each message to
+//! a module by its first bytes, calls the module, and writes until
+//! `WouldBlock`. Module calls that block go to the worker pool and come back
+//! through the loop's mailbox. Timeouts are checked by a sweep four times a
+//! second.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::{RSlice, RVec};
+use crossbeam_channel::Receiver;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use module_api::{Action, ConnInfo, Protocol, Verdict};
+use slab::Slab;
+
+use crate::admin::{self, Command};
+use crate::config::Server;
+use crate::conn::{Conn, PendingFile, ReadResult, Stage, READ_BUF};
+use crate::pool::{Completion, Control, Job, Mailbox, Pool, ReplyTo};
+use crate::registry::{Generation, Registry};
+use crate::router::{Builtin, Match, RouteTable, SharedTable, Target};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX);
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// Read buffers kept per loop for reuse.
+const POOLED_BUFFERS: usize = 1024;
+
+/// State shared by all loops.
+pub struct Shared {
+    pub cfg: Server,
+    pub registry: Arc<Registry>,
+    pub table: Arc<SharedTable>,
+    pub pool: Pool,
+    pub control: Control,
+    pub mailboxes: Arc<Vec<Mailbox>>,
+    pub shutting_down: AtomicBool,
+    pub conns: AtomicUsize,
+    pub accepted: AtomicU64,
+    pub next_conn_id: AtomicU64,
+    pub started: Instant,
+    pub loops: usize,
+    pub threads: usize,
+}
+
+impl Shared {
+    /// Starts a graceful shutdown: every loop stops accepting, closes idle
+    /// connections and exits once the rest finish.
+    pub fn shutdown(&self) {
+        if !self.shutting_down.swap(true, Ordering::SeqCst) {
+            log::info!("shutting down: no new connections, finishing in-flight work");
+        }
+        for m in self.mailboxes.iter() {
+            let _ = m.waker.wake();
+        }
+    }
+}
+
+/// One event loop, owned by its thread.
+pub struct EventLoop {
+    idx: usize,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    conns: Slab<Conn>,
+    shared: Arc<Shared>,
+    inbox: Receiver<Completion>,
+    table_version: u64,
+    table: Arc<RouteTable>,
+    buffers: Vec<Vec<u8>>,
+    now: Instant,
+    last_sweep: Instant,
+    last_refusal_log: Option<Instant>,
+}
+
+/// What processing decided about the connection.
+enum Next {
+    Keep,
+    Close(&'static str),
+}
+
+impl EventLoop {
+    pub fn new(
+        idx: usize,
+        poll: Poll,
+        listener: std::net::TcpListener,
+        shared: Arc<Shared>,
+        inbox: Receiver<Completion>,
+    ) -> io::Result<EventLoop> {
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let (table_version, table) = shared.table.current();
+        let now = Instant::now();
+        Ok(EventLoop {
+            idx,
+            poll,
+            listener: Some(listener),
+            conns: Slab::with_capacity(1024),
+            shared,
+            inbox,
+            table_version,
+            table,
+            buffers: Vec::new(),
+            now,
+            last_sweep: now,
+            last_refusal_log: None,
+        })
+    }
+
+    /// Creates the poll instance and its waker (before the loop exists, so
+    /// that mailboxes can be handed out first).
+    pub fn poll_and_waker() -> io::Result<(Poll, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok((poll, waker))
+    }
+
+    /// Runs until shutdown completes.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut shutdown_deadline: Option<Instant> = None;
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, Some(SWEEP_EVERY)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("loop {}: poll failed: {e}", self.idx);
+                    return;
+                }
+            }
+            self.now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(key) => self.drive(key),
+                }
+            }
+            self.drain_inbox();
+            self.refresh_table();
+            if self.now.duration_since(self.last_sweep) >= SWEEP_EVERY {
+                self.last_sweep = self.now;
+                self.sweep();
+            }
+            if self.shared.shutting_down.load(Ordering::Acquire) {
+                let deadline = *shutdown_deadline.get_or_insert_with(|| {
+                    self.begin_shutdown();
+                    self.now + Duration::from_millis(self.shared.cfg.shutdown_timeout_ms)
+                });
+                if self.conns.is_empty() {
+                    return;
+                }
+                if self.now >= deadline {
+                    log::warn!(
+                        "loop {}: shutdown grace period over, closing {} connections",
+                        self.idx,
+                        self.conns.len()
+                    );
+                    let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                    for k in keys {
+                        self.close(k, "shutdown timeout");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.idle())
+            .map(|(k, _)| k)
+            .collect();
+        for k in idle {
+            self.close(k, "shutdown");
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            let (sock, peer) = match listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and retry on the next event.
+                    log::error!("loop {}: accept failed: {e}", self.idx);
+                    return;
+                }
+            };
+            let max = self.shared.cfg.max_connections;
+            if self.shared.conns.fetch_add(1, Ordering::AcqRel) >= max {
+                self.shared.conns.fetch_sub(1, Ordering::AcqRel);
+                let quiet = self
+                    .last_refusal_log
+                    .is_some_and(|t| self.now.duration_since(t) < Duration::from_secs(1));
+                if !quiet {
+                    log::warn!("max_connections ({max}) reached: refusing {peer}");
+                    self.last_refusal_log = Some(self.now);
+                }
+                drop(sock);
+                continue;
+            }
+            self.shared.accepted.fetch_add(1, Ordering::Relaxed);
+            self.register(sock, peer);
+        }
+    }
+
+    fn register(&mut self, mut sock: TcpStream, peer: SocketAddr) {
+        let _ = sock.set_nodelay(true);
+        let id = self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut sock,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::error!("cannot register connection from {peer}: {e}");
+            self.shared.conns.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let trusted = peer.ip().is_loopback()
+            || matches!(peer.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
+        entry.insert(Conn::new(
+            sock,
+            ConnInfo::new(id, peer, false),
+            trusted,
+            self.now,
+        ));
+        log::trace!("conn {id} from {peer}");
+        // Data may already be there (edge-triggered: no event repeats it).
+        self.drive(key);
+    }
+
+    fn close(&mut self, key: usize, why: &'static str) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut conn = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut conn.sock);
+        match std::mem::replace(&mut conn.stage, Stage::Routing) {
+            Stage::Module(g) | Stage::Deferred(g) => {
+                g.stats.conns.fetch_sub(1, Ordering::Relaxed);
+                g.module.on_close(&conn.info);
+            }
+            Stage::Routing | Stage::Admin => {}
+        }
+        if let Some(buf) = conn.rbuf.detach() {
+            self.recycle(buf);
+        }
+        self.shared.conns.fetch_sub(1, Ordering::AcqRel);
+        log::trace!("conn {} closed: {why}", conn.info.id);
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if buf.len() == READ_BUF && self.buffers.len() < POOLED_BUFFERS {
+            self.buffers.push(buf);
+        }
+    }
+
+    fn refresh_table(&mut self) {
+        let v = self.shared.table.version();
+        if v != self.table_version {
+            let (v, t) = self.shared.table.current();
+            self.table_version = v;
+            self.table = t;
+        }
+    }
+
+    /// Reads, processes and writes until no more progress, then decides
+    /// whether the connection lives on.
+    fn drive(&mut self, key: usize) {
+        let max_message = self.shared.cfg.max_message_size;
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let mut progress = false;
+            if !conn.paused() && !conn.eof && !conn.closing {
+                if !conn.rbuf.is_attached() {
+                    let buf = self.buffers.pop().unwrap_or_else(|| vec![0; READ_BUF]);
+                    conn.rbuf.attach(buf);
+                }
+                let was_empty = conn.rbuf.is_empty();
+                match conn.read(max_message) {
+                    Ok(ReadResult::Read(n)) => {
+                        if n > 0 {
+                            progress = true;
+                            if was_empty {
+                                conn.msg_start = Some(self.now);
+                            }
+                        }
+                    }
+                    Ok(ReadResult::Full) => {
+                        log::warn!(
+                            "conn {} from {}: message exceeds {max_message} bytes, closing",
+                            conn.info.id,
+                            conn.info.peer()
+                        );
+                        return self.close(key, "message too large");
+                    }
+                    Err(e) => {
+                        log::debug!("conn {}: read error: {e}", conn.info.id);
+                        return self.close(key, "read error");
+                    }
+                }
+            }
+            match self.process(key) {
+                Ok(p) => progress |= p,
+                Err(why) => return self.close(key, why),
+            }
+            let conn = &mut self.conns[key];
+            match conn.flush() {
+                Ok(p) => {
+                    if p {
+                        conn.last_activity = self.now;
+                        progress = true;
+                    }
+                }
+                Err(e) => {
+                    log::debug!("conn {}: write error: {e}", conn.info.id);
+                    return self.close(key, "write error");
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        let shutting_down = self.shared.shutting_down.load(Ordering::Relaxed);
+        let conn = &mut self.conns[key];
+        if conn.pending_output() {
+            return;
+        }
+        if conn.closing {
+            return self.close(key, "closed by module");
+        }
+        if conn.idle() {
+            if conn.eof {
+                return self.close(key, "peer closed");
+            }
+            if shutting_down {
+                return self.close(key, "shutdown");
+            }
+            if let Some(buf) = conn.rbuf.detach() {
+                self.recycle(buf);
+            }
+        } else if conn.eof && matches!(conn.stage, Stage::Routing | Stage::Module(_)) {
+            // A partial message can never complete now.
+            return self.close(key, "peer closed mid-message");
+        }
+    }
+
+    /// Routes and hands buffered messages to modules until input runs out or
+    /// the connection must wait. Returns whether anything happened.
+    fn process(&mut self, key: usize) -> Result<bool, &'static str> {
+        self.refresh_table();
+        let mut progress = false;
+        loop {
+            let conn = &mut self.conns[key];
+            if conn.rbuf.is_empty() || conn.paused() || conn.closing {
+                return Ok(progress);
+            }
+            match &conn.stage {
+                Stage::Routing => {
+                    let input = conn.rbuf.bytes();
+                    match self.table.lookup(input) {
+                        Match::NeedMore => {
+                            if input.len() > self.shared.cfg.max_header_size {
+                                return Err("first bytes too long");
+                            }
+                            return Ok(progress);
+                        }
+                        Match::None => {
+                            let shown: String = input
+                                .iter()
+                                .take(32)
+                                .flat_map(|b| std::ascii::escape_default(*b))
+                                .map(char::from)
+                                .collect();
+                            log::info!(
+                                "conn {} from {}: no module for \"{shown}\", closing",
+                                conn.info.id,
+                                conn.info.peer()
+                            );
+                            return Err("no route");
+                        }
+                        Match::Found(Target::Builtin(b)) => {
+                            let b = *b;
+                            match self.builtin(key, b) {
+                                Next::Keep => {}
+                                Next::Close(why) => return Err(why),
+                            }
+                        }
+                        Match::Found(Target::Module(g)) => {
+                            g.stats.conns.fetch_add(1, Ordering::Relaxed);
+                            conn.stage = Stage::Module(g.clone());
+                        }
+                        Match::Found(Target::Unavailable(protocol)) => {
+                            unavailable(&mut conn.wbuf, *protocol);
+                            conn.closing = true;
+                        }
+                    }
+                }
+                Stage::Module(g) => {
+                    let g = g.clone();
+                    let before = conn.wbuf.len();
+                    let input = conn.rbuf.bytes();
+                    let verdict =
+                        g.module
+                            .on_message(&conn.info, RSlice::from_slice(input), &mut conn.wbuf);
+                    match self.apply(key, &g, verdict, before) {
+                        Next::Keep => {}
+                        Next::Close(why) => return Err(why),
+                    }
+                }
+                Stage::Deferred(_) | Stage::Admin => return Ok(progress),
+            }
+            progress = true;
+        }
+    }
+
+    /// Applies a module's verdict to the connection.
+    fn apply(&mut self, key: usize, g: &Arc<Generation>, v: Verdict, wbuf_before: usize) -> Next {
+        let now = self.now;
+        let conn = &mut self.conns[key];
+        let available = conn.rbuf.len() as u64;
+        if v.fault {
+            g.stats.faults.fetch_add(1, Ordering::Relaxed);
+            log::error!(
+                "{} gen={} faulted (panic) on conn {} from {}",
+                g.name,
+                g.gen,
+                conn.info.id,
+                conn.info.peer()
+            );
+        }
+        let bad = |why: &str| {
+            log::error!("{} gen={}: protocol violation: {why}", g.name, g.gen);
+            g.stats.faults.fetch_add(1, Ordering::Relaxed);
+        };
+        if v.consumed > available {
+            bad("consumed more bytes than it was given");
+            return Next::Close("module violation");
+        }
+        let consumed = v.consumed as usize;
+        match v.action {
+            Action::NeedMore => {
+                if consumed != 0 || conn.wbuf.len() != wbuf_before {
+                    bad("NeedMore with output or consumed bytes");
+                    return Next::Close("module violation");
+                }
+                if conn.rbuf.len() >= self.shared.cfg.max_message_size {
+                    return Next::Close("message too large");
+                }
+                // Wait for more bytes: stop this round.
+                return Next::Keep;
+            }
+            Action::Defer => {
+                if consumed == 0 || conn.wbuf.len() != wbuf_before {
+                    bad("Defer without a message or with output");
+                    return Next::Close("module violation");
+                }
+                let msg = conn.rbuf.bytes()[..consumed].to_vec();
+                conn.rbuf.consume(consumed);
+                conn.stage = Stage::Deferred(g.clone());
+                self.shared.pool.submit(Job {
+                    gen: g.clone(),
+                    info: conn.info,
+                    msg,
+                    to: ReplyTo {
+                        loop_idx: self.idx,
+                        key,
+                        conn_id: conn.info.id,
+                    },
+                });
+                return Next::Keep;
+            }
+            Action::Done | Action::Close => {}
+        }
+        if consumed == 0 && v.action == Action::Done {
+            bad("Done without consuming input");
+            return Next::Close("module violation");
+        }
+        conn.rbuf.consume(consumed);
+        finish_message(conn, g, v, now);
+        Next::Keep
+    }
+
+    /// Runs a built-in command whose line is (perhaps partly) buffered.
+    fn builtin(&mut self, key: usize, b: Builtin) -> Next {
+        let conn = &mut self.conns[key];
+        let input = conn.rbuf.bytes();
+        let Some(nl) = input.iter().position(|&c| c == b'\n') else {
+            if input.len() > admin::MAX_LINE {
+                conn.wbuf.extend_from_slice(b"ERR line too long\n");
+                conn.closing = true;
+            }
+            // Otherwise wait for the rest of the line.
+            return Next::Keep;
+        };
+        let mut line = &input[..nl];
+        if line.last() == Some(&b'\r') {
+            line = &line[..line.len() - 1];
+        }
+        let cmd = admin::parse(line);
+        let _ = b; // the prefix only routed here; the line decides.
+        let allowed = conn.trusted || conn.authed;
+        let to = ReplyTo {
+            loop_idx: self.idx,
+            key,
+            conn_id: conn.info.id,
+        };
+        let reply: Option<&[u8]> = match &cmd {
+            c if c.privileged() && !allowed => Some(b"ERR forbidden\n"),
+            Command::Close => {
+                conn.closing = true;
+                Some(b"OK bye\n")
+            }
+            Command::Auth(token) => match &self.shared.cfg.admin_token {
+                Some(expected) if admin::token_matches(token, expected) => {
+                    conn.authed = true;
+                    Some(b"OK\n")
+                }
+                Some(_) => Some(b"ERR bad token\n"),
+                None => Some(b"ERR no admin token is configured\n"),
+            },
+            Command::Unknown => Some(b"ERR unknown command\n"),
+            Command::Shutdown => {
+                log::info!("SHUTDOWN from {}", conn.info.peer());
+                self.shared.shutdown();
+                Some(b"OK shutting down\n")
+            }
+            Command::Status => {
+                let shared = self.shared.clone();
+                self.shared.control.run(move || {
+                    let reply = admin::status(&shared);
+                    shared.mailboxes[to.loop_idx].send(Completion::Admin { to, reply });
+                });
+                None
+            }
+            Command::Reload(name) => {
+                log::info!(
+                    "RELOAD {} from {}",
+                    name.unwrap_or("(all)"),
+                    conn.info.peer()
+                );
+                let shared = self.shared.clone();
+                let name = name.map(str::to_owned);
+                self.shared.control.run(move || {
+                    let reply = admin::reload(&shared, name.as_deref());
+                    shared.mailboxes[to.loop_idx].send(Completion::Admin { to, reply });
+                });
+                None
+            }
+        };
+        conn.rbuf.consume(nl + 1);
+        conn.msg_start = None;
+        conn.last_activity = self.now;
+        match reply {
+            Some(r) => conn.wbuf.extend_from_slice(r),
+            None => conn.stage = Stage::Admin,
+        }
+        Next::Keep
+    }
+
+    /// Delivers results from the pool and the control thread.
+    fn drain_inbox(&mut self) {
+        while let Ok(c) = self.inbox.try_recv() {
+            let to = match &c {
+                Completion::Deferred { to, .. } | Completion::Admin { to, .. } => *to,
+            };
+            let Some(conn) = self.conns.get_mut(to.key) else {
+                continue;
+            };
+            if conn.info.id != to.conn_id {
+                continue; // the connection closed; its slot was reused
+            }
+            match c {
+                Completion::Deferred { out, verdict, .. } => {
+                    let Stage::Deferred(g) = std::mem::replace(&mut conn.stage, Stage::Routing)
+                    else {
+                        continue;
+                    };
+                    conn.wbuf.extend_from_slice(&out);
+                    if verdict.fault {
+                        g.stats.faults.fetch_add(1, Ordering::Relaxed);
+                        log::error!("{} gen={} faulted (panic) in deferred call", g.name, g.gen);
+                    }
+                    let v = match verdict.action {
+                        Action::Done | Action::Close => verdict,
+                        _ => {
+                            log::error!(
+                                "{} gen={}: deferred call answered {:?}, closing",
+                                g.name,
+                                g.gen,
+                                verdict.action
+                            );
+                            g.stats.faults.fetch_add(1, Ordering::Relaxed);
+                            Verdict::close(0)
+                        }
+                    };
+                    finish_message(conn, &g, v, self.now);
+                }
+                Completion::Admin { reply, .. } => {
+                    conn.wbuf.extend_from_slice(reply.as_bytes());
+                    conn.stage = Stage::Routing;
+                }
+            }
+            self.drive(to.key);
+        }
+    }
+
+    /// Closes connections whose deadline passed.
+    fn sweep(&mut self) {
+        let cfg = &self.shared.cfg;
+        let now = self.now;
+        let mut expired: Vec<(usize, &'static str)> = Vec::new();
+        for (key, c) in self.conns.iter() {
+            let (since, limit, why) = if c.pending_output() {
+                (c.last_activity, cfg.send_timeout(), "send timeout")
+            } else {
+                match &c.stage {
+                    Stage::Deferred(_) | Stage::Admin => continue,
+                    _ if c.rbuf.is_empty() => (c.last_activity, cfg.idle_timeout(), "idle timeout"),
+                    Stage::Routing => (
+                        c.msg_start.unwrap_or(c.last_activity),
+                        cfg.first_bytes_timeout(),
+                        "first-bytes timeout",
+                    ),
+                    Stage::Module(_) => (
+                        c.msg_start.unwrap_or(c.last_activity),
+                        cfg.header_timeout(),
+                        "message timeout",
+                    ),
+                }
+            };
+            if now.duration_since(since) >= limit {
+                expired.push((key, why));
+            }
+        }
+        for (key, why) in expired {
+            if let Some(c) = self.conns.get(key) {
+                log::debug!("conn {} from {}: {why}", c.info.id, c.info.peer());
+            }
+            self.close(key, why);
+        }
+    }
+}
+
+/// Bookkeeping once a module finished a message (`Done` or `Close`).
+fn finish_message(conn: &mut Conn, g: &Arc<Generation>, v: Verdict, now: Instant) {
+    g.stats.requests.fetch_add(1, Ordering::Relaxed);
+    g.stats.conns.fetch_sub(1, Ordering::Relaxed);
+    conn.stage = Stage::Routing;
+    if v.file.fd >= 0 {
+        conn.file = Some(PendingFile {
+            fd: v.file.fd,
+            offset: v.file.offset,
+            remaining: v.file.len,
+        });
+    }
+    if v.action == Action::Close {
+        conn.closing = true;
+    }
+    conn.last_activity = now;
+    conn.msg_start = if conn.rbuf.is_empty() {
+        None
+    } else {
+        Some(now)
+    };
+}
+
+/// The reply for a prefix whose module is reloading or gone.
+fn unavailable(out: &mut RVec<u8>, protocol: Protocol) {
+    match protocol {
+        Protocol::Http => {
+            let body = b"503 Service Unavailable: the module is reloading or removed\n";
+            module_api::http::start_response(out, 503, false);
+            module_api::http::push_header(out, "Retry-After", b"1");
+            module_api::http::push_header(out, "Content-Type", b"text/plain; charset=utf-8");
+            module_api::http::end_head(out, body.len() as u64);
+            out.extend_from_slice(body);
+        }
+        Protocol::JsonRpc => out.extend_from_slice(
+            br#"{"jsonrpc":"2.0","error":{"code":-32001,"message":"service unavailable, retry"},"id":null}
+"#,
+        ),
+        Protocol::Raw => {}
+    }
+}
