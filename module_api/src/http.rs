@@ -149,6 +149,46 @@ pub enum BodyFraming {
     Chunked,
 }
 
+/// The length of a complete chunked body at the start of `body` (every
+/// chunk, the last chunk and the trailer section), or `Ok(None)` while it
+/// is still incomplete. Use it to find where the next pipelined request
+/// starts after a `Transfer-Encoding: chunked` body.
+pub fn chunked_body_len(body: &[u8]) -> Result<Option<usize>, ParseError> {
+    let mut pos = 0;
+    loop {
+        match httparse::parse_chunk_size(&body[pos..]) {
+            Ok(httparse::Status::Complete((line, 0))) => {
+                pos += line;
+                break;
+            }
+            Ok(httparse::Status::Complete((line, size))) => {
+                let end = usize::try_from(size)
+                    .ok()
+                    .and_then(|s| (pos + line).checked_add(s)?.checked_add(2))
+                    .ok_or(ParseError::Malformed)?;
+                if body.len() < end {
+                    return Ok(None);
+                }
+                if &body[end - 2..end] != b"\r\n" {
+                    return Err(ParseError::Malformed);
+                }
+                pos = end;
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(ParseError::Malformed),
+        }
+    }
+    // Trailer fields, one per line, then an empty line.
+    loop {
+        let rest = &body[pos..];
+        match rest.windows(2).position(|w| w == b"\r\n") {
+            None => return Ok(None),
+            Some(0) => return Ok(Some(pos + 2)),
+            Some(line) => pos += line + 2,
+        }
+    }
+}
+
 /// The reason phrase for a status code.
 pub fn reason(status: u16) -> &'static str {
     match status {
@@ -168,6 +208,7 @@ pub fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         411 => "Length Required",
+        412 => "Precondition Failed",
         413 => "Content Too Large",
         414 => "URI Too Long",
         415 => "Unsupported Media Type",
@@ -335,6 +376,26 @@ mod tests {
         assert!(s.starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(s.contains("Content-Length: 4\r\n\r\nnope"));
         assert!(s.contains("Date: "));
+    }
+
+    #[test]
+    fn chunked_lengths() {
+        let body = b"3\r\nabc\r\n1;ext=1\r\nd\r\n0\r\n\r\nGET / HTTP/1.1\r\n";
+        assert_eq!(chunked_body_len(body), Ok(Some(25)));
+        let trailer = b"0\r\nX-T: 1\r\n\r\nnext";
+        assert_eq!(chunked_body_len(trailer), Ok(Some(trailer.len() - 4)));
+        for cut in [0, 1, 3, 6, 9, 19, 24] {
+            assert_eq!(chunked_body_len(&body[..cut]), Ok(None), "cut {cut}");
+        }
+        assert_eq!(
+            chunked_body_len(b"3\r\nabcX\r\n"),
+            Err(ParseError::Malformed)
+        );
+        assert_eq!(chunked_body_len(b"zz\r\n"), Err(ParseError::Malformed));
+        assert_eq!(
+            chunked_body_len(b"ffffffffffffffff\r\n"),
+            Err(ParseError::Malformed)
+        );
     }
 
     #[test]
