@@ -91,7 +91,7 @@ pub fn reload(shared: &Shared, name: Option<&str>) -> String {
             out.push('\n');
         }
         None => {
-            for o in shared.registry.reload_all(true) {
+            for o in shared.registry.reload_all() {
                 out.push_str(&o.line);
                 out.push('\n');
             }

@@ -34,9 +34,14 @@ pub struct Args {
     #[arg(long)]
     pub config: Option<PathBuf>,
 
-    /// Directory under which each module gets its data directory.
+    /// Directory under which each module gets its data directory
+    /// [default: data].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+
+    /// Reload modules when their files in the modules directory change.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// Rewrites `-port`/`-threads` (and `-port=N`) into their `--` forms.

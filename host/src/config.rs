@@ -53,6 +53,9 @@ pub struct Server {
     pub max_header_size: usize,
     /// Grace period for in-flight work on `SHUTDOWN`.
     pub shutdown_timeout_ms: u64,
+    /// How long a replaced generation may keep serving in-flight messages
+    /// before their connections are closed.
+    pub drain_timeout_ms: u64,
     /// When set, non-loopback peers must `AUTH <token>` before admin
     /// commands.
     pub admin_token: Option<String>,
@@ -78,6 +81,7 @@ impl Default for Server {
             max_message_size: 1 << 20,
             max_header_size: 16 * 1024,
             shutdown_timeout_ms: 10_000,
+            drain_timeout_ms: 30_000,
             admin_token: None,
             watch: false,
             routes: BTreeMap::new(),
@@ -97,6 +101,9 @@ impl Server {
     }
     pub fn send_timeout(&self) -> Duration {
         Duration::from_millis(self.send_timeout_ms)
+    }
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
     }
 }
 
@@ -125,6 +132,7 @@ impl Config {
             ("header_timeout_ms", s.header_timeout_ms),
             ("idle_timeout_ms", s.idle_timeout_ms),
             ("send_timeout_ms", s.send_timeout_ms),
+            ("drain_timeout_ms", s.drain_timeout_ms),
         ] {
             if v == 0 {
                 return Err(format!("server.{name} must be positive"));

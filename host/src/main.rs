@@ -9,6 +9,7 @@
 //! * [`pool`]: the worker pool for blocking module work, the control thread
 //!   for admin work, and the mailboxes back to the loops.
 //! * [`admin`]: the built-in commands.
+//! * [`watch`]: `--watch`, reloading when module files change.
 //! * [`sys`]: platform-specific calls (`SO_REUSEPORT`, `sendfile`).
 
 mod admin;
@@ -20,6 +21,7 @@ mod reactor;
 mod registry;
 mod router;
 mod sys;
+mod watch;
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -166,6 +168,9 @@ fn run(args: cli::Args) -> Result<(), String> {
         );
     }
     signals(shared.clone())?;
+    if args.watch || config.server.watch {
+        watch::start(shared.clone(), registry.dir().to_path_buf())?;
+    }
 
     log::info!(
         "listening on {addr} ({loops} event loops, {mode:?} accept, {threads} pool threads)"
@@ -196,7 +201,7 @@ fn signals(shared: Arc<Shared>) -> Result<(), String> {
                         log::info!("SIGHUP: reloading");
                         let s = shared.clone();
                         shared.control.run(move || {
-                            admin::reload(&s, None);
+                            s.registry.reload_all();
                         });
                     }
                     _ => {

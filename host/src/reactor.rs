@@ -30,8 +30,12 @@ use crate::router::{Builtin, Match, RouteTable, SharedTable, Target};
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
-/// Read buffers kept per loop for reuse.
+/// Read and write buffers kept per loop for reuse.
 const POOLED_BUFFERS: usize = 1024;
+/// Read/process/write rounds one connection gets per turn.
+const MAX_ROUNDS: usize = 16;
+/// Write buffers larger than this are freed rather than pooled.
+const MAX_POOLED_WBUF: usize = 1 << 20;
 
 /// State shared by all loops.
 pub struct Shared {
@@ -74,6 +78,9 @@ pub struct EventLoop {
     table_version: u64,
     table: Arc<RouteTable>,
     buffers: Vec<Vec<u8>>,
+    wbuffers: Vec<RVec<u8>>,
+    /// Connections that yielded with work left (see `MAX_ROUNDS`).
+    again: Vec<usize>,
     now: Instant,
     last_sweep: Instant,
     last_refusal_log: Option<Instant>,
@@ -108,6 +115,8 @@ impl EventLoop {
             table_version,
             table,
             buffers: Vec::new(),
+            wbuffers: Vec::new(),
+            again: Vec::new(),
             now,
             last_sweep: now,
             last_refusal_log: None,
@@ -127,7 +136,12 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         let mut shutdown_deadline: Option<Instant> = None;
         loop {
-            if let Err(e) = self.poll.poll(&mut events, Some(SWEEP_EVERY)) {
+            let timeout = if self.again.is_empty() {
+                SWEEP_EVERY
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("loop {}: poll failed: {e}", self.idx);
                     return;
@@ -140,6 +154,9 @@ impl EventLoop {
                     WAKER => {}
                     Token(key) => self.drive(key),
                 }
+            }
+            for key in std::mem::take(&mut self.again) {
+                self.drive(key);
             }
             self.drain_inbox();
             self.refresh_table();
@@ -262,6 +279,8 @@ impl EventLoop {
         if let Some(buf) = conn.rbuf.detach() {
             self.recycle(buf);
         }
+        conn.wbuf.clear();
+        self.recycle_wbuf(std::mem::replace(&mut conn.wbuf, RVec::new()));
         self.shared.conns.fetch_sub(1, Ordering::AcqRel);
         log::trace!("conn {} closed: {why}", conn.info.id);
     }
@@ -269,6 +288,13 @@ impl EventLoop {
     fn recycle(&mut self, buf: Vec<u8>) {
         if buf.len() == READ_BUF && self.buffers.len() < POOLED_BUFFERS {
             self.buffers.push(buf);
+        }
+    }
+
+    fn recycle_wbuf(&mut self, wbuf: RVec<u8>) {
+        let cap = wbuf.capacity();
+        if cap > 0 && cap <= MAX_POOLED_WBUF && self.wbuffers.len() < POOLED_BUFFERS {
+            self.wbuffers.push(wbuf);
         }
     }
 
@@ -285,10 +311,20 @@ impl EventLoop {
     /// whether the connection lives on.
     fn drive(&mut self, key: usize) {
         let max_message = self.shared.cfg.max_message_size;
+        let mut rounds = 0;
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
+            rounds += 1;
+            if rounds > MAX_ROUNDS {
+                // Fairness: a busy connection yields to the others and is
+                // resumed after the next poll (no event would repeat it).
+                if !self.again.contains(&key) {
+                    self.again.push(key);
+                }
+                break;
+            }
             let mut progress = false;
             if !conn.paused() && !conn.eof && !conn.closing {
                 if !conn.rbuf.is_attached() {
@@ -355,9 +391,11 @@ impl EventLoop {
             if shutting_down {
                 return self.close(key, "shutdown");
             }
+            let wbuf = std::mem::replace(&mut conn.wbuf, RVec::new());
             if let Some(buf) = conn.rbuf.detach() {
                 self.recycle(buf);
             }
+            self.recycle_wbuf(wbuf);
         } else if conn.eof && matches!(conn.stage, Stage::Routing | Stage::Module(_)) {
             // A partial message can never complete now.
             return self.close(key, "peer closed mid-message");
@@ -417,6 +455,11 @@ impl EventLoop {
                 }
                 Stage::Module(g) => {
                     let g = g.clone();
+                    if conn.wbuf.capacity() == 0 {
+                        if let Some(w) = self.wbuffers.pop() {
+                            conn.wbuf = w;
+                        }
+                    }
                     let before = conn.wbuf.len();
                     let input = conn.rbuf.bytes();
                     let verdict =
@@ -630,6 +673,19 @@ impl EventLoop {
         let now = self.now;
         let mut expired: Vec<(usize, &'static str)> = Vec::new();
         for (key, c) in self.conns.iter() {
+            if let Stage::Module(g) | Stage::Deferred(g) = &c.stage {
+                if g.drain_expired(now) {
+                    log::warn!(
+                        "conn {} from {}: still on {} gen={} after the drain timeout, closing",
+                        c.info.id,
+                        c.info.peer(),
+                        g.name,
+                        g.gen
+                    );
+                    expired.push((key, "drain timeout"));
+                    continue;
+                }
+            }
             let (since, limit, why) = if c.pending_output() {
                 (c.last_activity, cfg.send_timeout(), "send timeout")
             } else {

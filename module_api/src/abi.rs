@@ -19,8 +19,7 @@
 use abi_stable::{
     declare_root_module_statics,
     library::RootModule,
-    package_version_strings,
-    sabi_trait,
+    package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
     std_types::{RBox, RResult, RSlice, RStr, RString, RVec},
     StableAbi,
@@ -257,8 +256,7 @@ pub trait Module: Send + Sync {
     fn on_message(&self, conn: &ConnInfo, input: RSlice<'_, u8>, out: &mut RVec<u8>) -> Verdict;
     /// Called on a worker-pool thread with the message a previous
     /// `on_message` deferred. May block. Must answer `Done` or `Close`.
-    fn on_deferred(&self, conn: &ConnInfo, input: RSlice<'_, u8>, out: &mut RVec<u8>)
-        -> Verdict;
+    fn on_deferred(&self, conn: &ConnInfo, input: RSlice<'_, u8>, out: &mut RVec<u8>) -> Verdict;
     /// Serializes the state handed to the next generation's start.
     fn save_state(&self) -> RVec<u8>;
     /// Called once when the generation retires, after its last message.

@@ -108,9 +108,7 @@ impl<H: Handler> Module for Guarded<H> {
     }
 
     fn save_state(&self) -> RVec<u8> {
-        guard(|| self.inner.save_state())
-            .unwrap_or_default()
-            .into()
+        guard(|| self.inner.save_state()).unwrap_or_default().into()
     }
 
     fn stop(&self) {

@@ -1,76 +1,42 @@
-//! The module registry: loads module libraries, keeps one current
-//! generation per module, reloads them and publishes the route table.
+//! The module registry: keeps one current generation per module, loads,
+//! reloads and removes modules, and publishes the route table.
 //!
-//! Facts that shape this file (see DESIGN.md, "Reload"):
-//! * `dlopen` of a path that is already loaded returns the old image, so
-//!   every generation is loaded from a fresh copy with a unique name.
-//! * `abi_stable`'s `RootModule::load_from_*` caches the first load for the
-//!   life of the process, so libraries are opened with `RawLibrary` and
-//!   checked with `init_root_module` instead.
-//! * `dlclose` of a Rust cdylib is unsafe in general, so a retired
-//!   generation's library stays mapped; `STATUS` reports what is retained.
+//! Every change is validated before anything is swapped: a file that fails
+//! to open, fails the ABI check or fails to start is refused with an `ERR`
+//! line and the running generation keeps serving.
+//!
+//! * `overlap` modules: the new generation starts with the old one's saved
+//!   state, the table swaps atomically, and the old generation stops when
+//!   its last connection lets go (or when the drain timeout closes them).
+//! * `exclusive` modules: new messages get "unavailable, retry" while the
+//!   old generation drains, saves its state and stops; then the new one
+//!   starts with that state. If it fails to start, the old code is started
+//!   again with the same state.
+//!
+//! All mutation happens on the control thread, one operation at a time.
 
-use std::collections::BTreeMap;
+mod generation;
+mod loader;
+
+pub use generation::{Generation, ModuleStats};
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::mem::ManuallyDrop;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-use abi_stable::library::{lib_header_from_raw_library, LibraryError, RawLibrary};
-use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RSlice, RStr, RString};
-use module_api::abi::{HostServices, HostServices_TO, LogLevel, ModuleBox, ModuleLibRef};
 use module_api::{Protocol, ReloadMode};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::config::Config;
-use crate::router::{RouteTable, SharedTable, Target, BUILTINS};
-
-/// Counters that live as long as the module name, across generations.
-#[derive(Default)]
-pub struct ModuleStats {
-    /// Connections currently routed to the module (mid-message).
-    pub conns: AtomicI64,
-    pub requests: AtomicU64,
-    pub faults: AtomicU64,
-    /// Retired generations whose libraries stay mapped.
-    pub retained: AtomicU64,
-    pub retained_bytes: AtomicU64,
-}
-
-/// One loaded instance of a module. Connections hold an `Arc` to the
-/// generation they were routed to until their message ends; the module is
-/// stopped when the last holder lets go.
-pub struct Generation {
-    pub name: String,
-    pub version: String,
-    pub gen: u64,
-    pub protocol: Protocol,
-    pub reload: ReloadMode,
-    pub bindings: Vec<Vec<u8>>,
-    pub module: ModuleBox,
-    pub stats: Arc<ModuleStats>,
-    /// Size of the library file, what stays mapped after retirement.
-    pub mapped_size: u64,
-    /// Never closed: see the module doc.
-    _lib: ManuallyDrop<RawLibrary>,
-}
-
-impl Drop for Generation {
-    fn drop(&mut self) {
-        log::info!("{} gen={} stopped", self.name, self.gen);
-        self.module.stop();
-        self.stats.retained.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .retained_bytes
-            .fetch_add(self.mapped_size, Ordering::Relaxed);
-    }
-}
+use crate::router::{RouteTable, SharedTable, Target};
+use loader::Candidate;
 
 /// What identifies a version of a file on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct FileSig {
     len: u64,
     mtime_ns: i128,
@@ -105,49 +71,16 @@ struct State {
     stats: BTreeMap<String, Arc<ModuleStats>>,
     /// Prefixes of removed modules: answered "unavailable".
     removed: BTreeMap<Vec<u8>, Protocol>,
+    /// Exclusive modules in the middle of a reload.
+    reloading: BTreeSet<String>,
 }
 
-/// The host's handle given to each module generation.
-struct HostCtx {
-    target: String,
-    data_dir: PathBuf,
-}
-
-fn level(l: LogLevel) -> log::Level {
-    match l {
-        LogLevel::Error => log::Level::Error,
-        LogLevel::Warn => log::Level::Warn,
-        LogLevel::Info => log::Level::Info,
-        LogLevel::Debug => log::Level::Debug,
-        LogLevel::Trace => log::Level::Trace,
-    }
-}
-
-impl HostServices for HostCtx {
-    fn log(&self, l: LogLevel, message: RStr<'_>) {
-        log::logger().log(
-            &log::Record::builder()
-                .level(level(l))
-                .target(&self.target)
-                .args(format_args!("{}", message.as_str()))
-                .build(),
-        );
-    }
-
-    fn log_enabled(&self, l: LogLevel) -> bool {
-        let l = level(l);
-        l <= log::max_level()
-            && log::logger().enabled(
-                &log::Metadata::builder()
-                    .level(l)
-                    .target(&self.target)
-                    .build(),
-            )
-    }
-
-    fn data_dir(&self) -> RString {
-        self.data_dir.to_string_lossy().into_owned().into()
-    }
+/// What `STATUS` reads without waiting for a reload in progress.
+#[derive(Default)]
+struct View {
+    current: Weak<Generation>,
+    retiring: Vec<Weak<Generation>>,
+    reloading: bool,
 }
 
 /// Loads, reloads and removes modules; owns the route table.
@@ -156,7 +89,9 @@ pub struct Registry {
     run_dir: PathBuf,
     data_dir: PathBuf,
     config_path: Option<PathBuf>,
+    drain_timeout: Duration,
     state: Mutex<State>,
+    views: RwLock<BTreeMap<String, View>>,
     table: Arc<SharedTable>,
     seq: AtomicU64,
 }
@@ -174,80 +109,20 @@ impl Outcome {
     fn err(line: String) -> Outcome {
         Outcome { ok: false, line }
     }
-}
-
-fn describe(e: &LibraryError) -> String {
-    match e {
-        LibraryError::OpenError { err, .. } => format!("cannot open library: {err}"),
-        LibraryError::GetSymbolError { .. } => {
-            "not a switchyard module (no exported root module)".into()
+    fn log(self) -> Outcome {
+        if self.ok {
+            log::info!("{}", self.line);
+        } else {
+            log::error!("{}", self.line);
         }
-        LibraryError::IncompatibleVersionNumber {
-            expected_version,
-            actual_version,
-            ..
-        } => format!(
-            "abi mismatch: built against module_api {actual_version}, host speaks {expected_version}"
-        ),
-        LibraryError::AbiInstability(details) => {
-            let text = details.to_string();
-            log::debug!("full abi report:\n{text}");
-            format!("abi mismatch: {}", summarize_abi_report(&text))
-        }
-        LibraryError::InvalidAbiHeader(h) => {
-            format!("abi mismatch: incompatible abi_stable header {h:?}")
-        }
-        other => format!("cannot load: {other}"),
+        self
     }
 }
 
-/// Condenses abi_stable's long layout report into what differs, e.g.
-/// `in ModuleLib: mismatched package (expected switchyard_module_api,
-/// found my_module)`.
-fn summarize_abi_report(text: &str) -> String {
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let value_after = |i: usize, label: &str| {
-        lines[i..]
-            .iter()
-            .position(|l| *l == label)
-            .and_then(|p| lines.get(i + p + 1))
-            .copied()
-            .unwrap_or("?")
-    };
-    let ty = lines
-        .iter()
-        .position(|l| *l == "Layout of expected type:")
-        .and_then(|i| lines[i..].iter().find_map(|l| l.strip_prefix("type:")));
-    let errors: Vec<String> = lines
-        .iter()
-        .enumerate()
-        .filter_map(|(i, l)| {
-            let what = l.strip_prefix("Error:")?;
-            Some(format!(
-                "{what} (expected {}, found {})",
-                value_after(i, "Expected:"),
-                value_after(i, "Found:")
-            ))
-        })
-        .take(3)
-        .collect();
-    match (ty, errors.is_empty()) {
-        (_, true) => "the module's types have a different layout than the host's".into(),
-        (Some(ty), false) => format!("in {ty}: {}", errors.join("; ")),
-        (None, false) => errors.join("; "),
-    }
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+fn file_label(file: &Path) -> String {
+    file.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| file.display().to_string())
 }
 
 impl Registry {
@@ -266,10 +141,12 @@ impl Registry {
             run_dir,
             data_dir,
             config_path,
+            drain_timeout: config.server.drain_timeout(),
             state: Mutex::new(State {
                 config,
                 ..State::default()
             }),
+            views: RwLock::new(BTreeMap::new()),
             table: Arc::new(SharedTable::new(RouteTable::new(Vec::new()))),
             seq: AtomicU64::new(0),
         })
@@ -280,164 +157,83 @@ impl Registry {
         self.table.clone()
     }
 
-    /// Module libraries in the directory, sorted by file name.
+    /// The modules directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Module libraries in the directory, sorted by file name. Names
+    /// starting with a dot are installers' temporary files and are skipped.
     fn scan(&self) -> std::io::Result<Vec<PathBuf>> {
         let mut files: Vec<PathBuf> = fs::read_dir(&self.dir)?
             .filter_map(|e| e.ok())
             .map(|e| e.path())
-            .filter(|p| {
-                p.extension().is_some_and(|x| x == "so")
-                    && p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| !n.starts_with('.'))
-                    && p.is_file()
-            })
+            .filter(|p| is_module_file(p) && p.is_file())
             .collect();
         files.sort();
         Ok(files)
     }
 
-    /// Opens a private copy of `file`, checks its ABI and reads its manifest.
-    /// Does not start it.
-    fn open(&self, file: &Path) -> Result<(RawLibrary, ModuleLibRef, u64), String> {
-        let size = fs::metadata(file)
-            .map_err(|e| format!("cannot stat: {e}"))?
-            .len();
-        let stem = file
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("module");
-        let copy = self.run_dir.join(format!(
-            "{stem}.{}.{}.so",
-            std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::copy(file, &copy).map_err(|e| format!("cannot copy to {}: {e}", copy.display()))?;
-        let lib = RawLibrary::load_at(&copy);
-        // The mapping survives the unlink; nothing else needs the copy.
-        let _ = fs::remove_file(&copy);
-        let lib = lib.map_err(|e| describe(&e))?;
-        // SAFETY: the header borrows from `lib`, which is never unloaded.
-        let header = unsafe { lib_header_from_raw_library(&lib) }.map_err(|e| describe(&e))?;
-        let root = header
-            .init_root_module::<ModuleLibRef>()
-            .map_err(|e| describe(&e))?;
-        Ok((lib, root, size))
+    fn open(&self, file: &Path) -> Result<Candidate, String> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        loader::open(file, &self.run_dir, seq)
     }
 
-    /// Opens and starts a generation of the module in `file`.
-    fn start(
-        &self,
-        state: &mut State,
-        file: &Path,
-        expect_name: Option<&str>,
-        saved: Option<&Generation>,
-    ) -> Result<Generation, String> {
-        let (lib, root, size) = self.open(file)?;
-        let manifest = (root.manifest())();
-        let name = manifest.name.to_string();
-        if !valid_name(&name) {
-            return Err(format!("invalid module name {name:?}"));
-        }
-        if let Some(expect) = expect_name {
-            if expect != name {
-                return Err(format!(
-                    "file now holds module {name:?}, expected {expect:?}"
-                ));
-            }
-        }
-        let bindings: Vec<Vec<u8>> = manifest.bindings.iter().map(|b| b.to_vec()).collect();
-        for b in &bindings {
-            if b.is_empty() {
-                return Err("empty prefix binding".into());
-            }
-            if BUILTINS
-                .iter()
-                .any(|(p, _)| b.starts_with(p) || p.starts_with(b))
-            {
-                return Err(format!(
-                    "binding {:?} collides with a built-in command",
-                    String::from_utf8_lossy(b)
-                ));
-            }
-        }
-        self.check_conflicts(state, &name, &bindings)?;
-
-        let data_dir = self.data_dir.join(&name);
-        fs::create_dir_all(&data_dir)
-            .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
-        let host = HostServices_TO::from_value(
-            HostCtx {
-                target: name.clone(),
-                data_dir,
-            },
-            TD_Opaque,
-        );
-        let host: module_api::abi::HostBox = host;
-        let config_json = state.config.module_json(&name);
-        let saved_state = saved.map(|g| g.module.save_state()).unwrap_or_default();
-        let module = match (root.start())(
-            host,
-            RStr::from_str(&config_json),
-            RSlice::from_slice(&saved_state),
-        ) {
-            RResult::ROk(m) => m,
-            RResult::RErr(e) => return Err(format!("start failed: {e}")),
-        };
-        let gen = state.gens.entry(name.clone()).or_insert(0);
-        *gen += 1;
-        let stats = state.stats.entry(name.clone()).or_default().clone();
-        Ok(Generation {
-            name,
-            version: manifest.version.to_string(),
-            gen: *gen,
-            protocol: manifest.protocol,
-            reload: manifest.reload,
-            bindings,
-            module,
+    /// Starts the next generation of `c`.
+    fn launch(&self, state: &mut State, c: &Candidate, saved: &[u8]) -> Result<Generation, String> {
+        let gen = state.gens.get(&c.name).copied().unwrap_or(0) + 1;
+        let stats = state.stats.entry(c.name.clone()).or_default().clone();
+        let config_json = state.config.module_json(&c.name);
+        let g = loader::launch(
+            c,
+            gen,
             stats,
-            mapped_size: size,
-            _lib: ManuallyDrop::new(lib),
-        })
+            &config_json,
+            saved,
+            self.data_dir.join(&c.name),
+        )?;
+        state.gens.insert(c.name.clone(), gen);
+        Ok(g)
     }
 
     /// Refuses a module whose bindings clash with another loaded module's,
     /// unless `[server.routes]` names the owner of the prefix.
-    fn check_conflicts(
-        &self,
-        state: &State,
-        name: &str,
-        bindings: &[Vec<u8>],
-    ) -> Result<(), String> {
+    fn check_conflicts(state: &State, c: &Candidate) -> Result<(), String> {
         let routes = &state.config.server.routes;
         for (other, slot) in &state.modules {
-            if other == name {
+            if *other == c.name {
                 continue;
             }
-            for b in bindings {
-                if slot.current.bindings.contains(b) {
-                    let key = String::from_utf8_lossy(b);
-                    if !routes.contains_key(key.as_ref()) {
-                        return Err(format!(
-                            "prefix {key:?} is bound by both {other} and {name}; \
-                             assign it to one of them in [server.routes]"
-                        ));
-                    }
+            for b in &c.bindings {
+                let key = String::from_utf8_lossy(b);
+                if slot.current.bindings.contains(b) && !routes.contains_key(key.as_ref()) {
+                    return Err(format!(
+                        "prefix {key:?} is bound by both {other} and {}; \
+                         assign it to one of them in [server.routes]",
+                        c.name
+                    ));
                 }
             }
         }
         Ok(())
     }
 
-    /// Builds and publishes the route table from the current state.
+    /// Builds and publishes the route table and the status view.
     fn publish(&self, state: &State) {
         let routes = &state.config.server.routes;
+        let target = |name: &str, g: &Arc<Generation>| {
+            if state.reloading.contains(name) {
+                Target::Unavailable(g.protocol)
+            } else {
+                Target::Module(g.clone())
+            }
+        };
         let mut bindings: Vec<(Vec<u8>, Target)> = Vec::new();
         for (name, slot) in &state.modules {
             for b in &slot.current.bindings {
                 let owner = routes.get(String::from_utf8_lossy(b).as_ref());
                 if owner.is_none_or(|o| o == name) {
-                    bindings.push((b.clone(), Target::Module(slot.current.clone())));
+                    bindings.push((b.clone(), target(name, &slot.current)));
                 }
             }
         }
@@ -445,7 +241,7 @@ impl Registry {
             if let Some(slot) = state.modules.get(owner) {
                 let p = prefix.as_bytes().to_vec();
                 if !bindings.iter().any(|(b, _)| *b == p) {
-                    bindings.push((p, Target::Module(slot.current.clone())));
+                    bindings.push((p, target(owner, &slot.current)));
                 }
             }
         }
@@ -455,56 +251,197 @@ impl Registry {
             }
         }
         self.table.swap(RouteTable::new(bindings));
+
+        let mut views = self.views.write();
+        views.retain(|name, v| {
+            v.retiring.retain(|w| w.strong_count() > 0);
+            state.modules.contains_key(name) || !v.retiring.is_empty()
+        });
+        for (name, slot) in &state.modules {
+            let v = views.entry(name.clone()).or_default();
+            if !Weak::ptr_eq(&v.current, &Arc::downgrade(&slot.current)) {
+                let old = std::mem::replace(&mut v.current, Arc::downgrade(&slot.current));
+                if old.strong_count() > 0 {
+                    v.retiring.push(old);
+                }
+            }
+            v.reloading = state.reloading.contains(name);
+        }
     }
 
+    /// Makes `gen` the current generation of its module.
     fn install(&self, state: &mut State, file: &Path, gen: Generation) -> Outcome {
         let line = format!("OK {} gen={} v{}", gen.name, gen.gen, gen.version);
         for b in &gen.bindings {
             state.removed.remove(b);
         }
-        let sig = file_sig(file).unwrap_or(FileSig {
-            len: 0,
-            mtime_ns: 0,
-            ctime_ns: 0,
-            ino: 0,
-        });
         let config_json = state.config.module_json(&gen.name);
-        state.modules.insert(
-            gen.name.clone(),
+        let name = gen.name.clone();
+        let old = state.modules.insert(
+            name,
             Slot {
                 current: Arc::new(gen),
                 file: file.to_path_buf(),
-                sig,
+                sig: file_sig(file).unwrap_or_default(),
                 config_json,
             },
         );
+        if let Some(old) = old {
+            old.current.retire(self.drain_timeout);
+        }
+        self.publish(state);
         Outcome::ok(line)
     }
 
-    fn file_label(file: &Path) -> String {
-        file.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| file.display().to_string())
+    /// Loads a module file that no module runs from yet.
+    fn add(&self, state: &mut State, file: &Path) -> Outcome {
+        let label = file_label(file);
+        let result = self.open(file).and_then(|c| {
+            if state.modules.contains_key(&c.name) {
+                return Err(format!(
+                    "module {} is already loaded from another file",
+                    c.name
+                ));
+            }
+            Self::check_conflicts(state, &c)?;
+            self.launch(state, &c, &[])
+        });
+        match result {
+            Ok(g) => self.install(state, file, g),
+            Err(e) => Outcome::err(format!("ERR {label}: {e}")),
+        }
+    }
+
+    /// Replaces module `name` with the code now in `file`.
+    fn replace(&self, state: &mut State, name: &str, file: &Path) -> Outcome {
+        let c = match self.open(file).and_then(|c| {
+            if c.name != name {
+                return Err(format!("the file now holds module {:?}", c.name));
+            }
+            Self::check_conflicts(state, &c)?;
+            Ok(c)
+        }) {
+            Ok(c) => c,
+            Err(e) => return Outcome::err(format!("ERR {name}: {e}")),
+        };
+        let old = state.modules[name].current.clone();
+        if c.reload == ReloadMode::Exclusive || old.reload == ReloadMode::Exclusive {
+            return self.replace_exclusive(state, name, file, c, old);
+        }
+        let saved = old.module.save_state();
+        drop(old);
+        match self.launch(state, &c, &saved) {
+            Ok(g) => self.install(state, file, g),
+            Err(e) => Outcome::err(format!("ERR {name}: {e}")),
+        }
+    }
+
+    /// The exclusive sequence: unavailable, drain, save, stop, start.
+    fn replace_exclusive(
+        &self,
+        state: &mut State,
+        name: &str,
+        file: &Path,
+        c: Candidate,
+        old: Arc<Generation>,
+    ) -> Outcome {
+        log::info!("{name}: exclusive reload, draining gen={}", old.gen);
+        state.reloading.insert(name.to_string());
+        self.publish(state);
+        old.retire(self.drain_timeout);
+        // Holders: the slot and `old`; anything more is a connection or a
+        // loop's route table not yet refreshed.
+        let deadline = Instant::now() + self.drain_timeout + Duration::from_secs(1);
+        while Arc::strong_count(&old) > 2 {
+            if Instant::now() >= deadline {
+                log::warn!(
+                    "{name}: gen={} still has {} users after the drain timeout; starting the new one anyway",
+                    old.gen,
+                    Arc::strong_count(&old) - 2
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let saved = old.module.save_state();
+        let previous = Candidate::of(&old);
+        let slot = state
+            .modules
+            .remove(name)
+            .expect("slot of a module being reloaded");
+        drop(slot);
+        drop(old); // stops the old generation (the last holder, normally)
+        let outcome = match self.launch(state, &c, &saved) {
+            Ok(g) => {
+                state.reloading.remove(name);
+                self.install(state, file, g)
+            }
+            Err(e) => {
+                let restored = self.launch(state, &previous, &saved);
+                state.reloading.remove(name);
+                match restored {
+                    Ok(g) => {
+                        let line = format!(
+                            "ERR {name}: {e}; the previous code was started again as gen={}",
+                            g.gen
+                        );
+                        self.install(state, file, g);
+                        Outcome::err(line)
+                    }
+                    Err(e2) => {
+                        for b in &previous.bindings {
+                            state.removed.insert(b.clone(), previous.protocol);
+                        }
+                        self.publish(state);
+                        Outcome::err(format!(
+                            "ERR {name}: {e}; restarting the previous code failed too ({e2}); the module is down"
+                        ))
+                    }
+                }
+            }
+        };
+        outcome
+    }
+
+    /// Removes module `name` (its file is gone): its prefixes answer
+    /// "unavailable" and the generation drains.
+    fn remove(&self, state: &mut State, name: &str) -> Outcome {
+        let Some(slot) = state.modules.remove(name) else {
+            return Outcome::err(format!("ERR {name}: not loaded"));
+        };
+        for b in &slot.current.bindings {
+            state.removed.insert(b.clone(), slot.current.protocol);
+        }
+        slot.current.retire(self.drain_timeout);
+        log::info!("{name}: file removed, draining gen={}", slot.current.gen);
+        drop(slot);
+        self.publish(state);
+        Outcome::ok(format!("OK {name} removed"))
     }
 
     /// Loads every module in the directory (generation 1 each). Bad files
     /// are reported and skipped.
     pub fn load_all(&self) -> Vec<Outcome> {
-        self.reload_all(false)
+        self.sync(false)
     }
 
-    /// `RELOAD`: re-reads the config file, reloads modules whose file or
+    /// `RELOAD`: re-reads the config file, reloads the modules whose file or
     /// config changed, loads new files and removes modules whose file is
-    /// gone. One outcome per module touched, then a summary.
-    pub fn reload_all(&self, reread_config: bool) -> Vec<Outcome> {
+    /// gone. One outcome per module, then a summary.
+    pub fn reload_all(&self) -> Vec<Outcome> {
+        self.sync(true)
+    }
+
+    fn sync(&self, reload: bool) -> Vec<Outcome> {
         let mut state = self.state.lock();
+        let state = &mut *state;
         let mut out = Vec::new();
-        if reread_config {
+        if reload {
             if let Some(path) = &self.config_path {
                 match Config::load(path) {
                     Ok(cfg) => state.config = cfg,
                     Err(e) => out.push(Outcome::err(format!(
-                        "ERR config: {e}; keeping the old one"
+                        "ERR config: {e}; keeping the previous config"
                     ))),
                 }
             }
@@ -512,16 +449,15 @@ impl Registry {
         let files = match self.scan() {
             Ok(f) => f,
             Err(e) => {
-                out.push(Outcome::err(format!(
+                let o = Outcome::err(format!(
                     "ERR reload: cannot read {}: {e}",
                     self.dir.display()
-                )));
-                return out;
+                ));
+                return vec![o.log()];
             }
         };
         let (mut loaded, mut unchanged, mut removed, mut failed) = (0, 0, 0, 0);
 
-        // Modules whose file disappeared.
         let gone: Vec<String> = state
             .modules
             .iter()
@@ -529,14 +465,8 @@ impl Registry {
             .map(|(n, _)| n.clone())
             .collect();
         for name in gone {
-            if let Some(slot) = state.modules.remove(&name) {
-                for b in &slot.current.bindings {
-                    state.removed.insert(b.clone(), slot.current.protocol);
-                }
-                log::info!("{name}: file removed, draining gen={}", slot.current.gen);
-                out.push(Outcome::ok(format!("OK {name} removed")));
-                removed += 1;
-            }
+            out.push(self.remove(state, &name));
+            removed += 1;
         }
 
         for file in &files {
@@ -544,54 +474,27 @@ impl Registry {
                 .modules
                 .iter()
                 .find(|(_, s)| &s.file == file)
-                .map(|(n, s)| (n.clone(), s.sig, s.config_json.clone(), s.current.clone()));
-            let sig = file_sig(file).ok();
-            let outcome = match existing {
-                Some((name, old_sig, old_cfg, current))
-                    if Some(old_sig) == sig && old_cfg == state.config.module_json(&name) =>
+                .map(|(n, s)| (n.clone(), s.sig, s.config_json.clone(), s.current.gen));
+            let o = match existing {
+                Some((name, sig, cfg, gen))
+                    if file_sig(file).ok() == Some(sig)
+                        && cfg == state.config.module_json(&name) =>
                 {
                     unchanged += 1;
-                    Outcome::ok(format!("OK {name} unchanged gen={}", current.gen))
+                    Outcome::ok(format!("OK {name} unchanged gen={gen}"))
                 }
-                Some((name, _, _, current)) => {
-                    match self.start(&mut state, file, Some(&name), Some(&current)) {
-                        Ok(gen) => {
-                            loaded += 1;
-                            self.install(&mut state, file, gen)
-                        }
-                        Err(e) => {
-                            failed += 1;
-                            Outcome::err(format!("ERR {name}: {e}"))
-                        }
-                    }
-                }
-                None => {
-                    let label = Self::file_label(file);
-                    match self.start(&mut state, file, None, None) {
-                        Ok(gen) if state.modules.contains_key(&gen.name) => {
-                            failed += 1;
-                            let msg = format!(
-                                "ERR {label}: module {} is already loaded from another file",
-                                gen.name
-                            );
-                            drop(gen);
-                            Outcome::err(msg)
-                        }
-                        Ok(gen) => {
-                            loaded += 1;
-                            self.install(&mut state, file, gen)
-                        }
-                        Err(e) => {
-                            failed += 1;
-                            Outcome::err(format!("ERR {label}: {e}"))
-                        }
-                    }
-                }
+                Some((name, ..)) => self.replace(state, &name, file),
+                None => self.add(state, file),
             };
-            out.push(outcome);
+            if !o.ok {
+                failed += 1;
+            } else if !o.line.contains(" unchanged ") {
+                loaded += 1;
+            }
+            out.push(o);
         }
-        self.publish(&state);
-        let verb = if reread_config { "reload" } else { "load" };
+        self.publish(state);
+        let verb = if reload { "reload" } else { "load" };
         let summary = format!(
             "{verb}: {loaded} loaded, {unchanged} unchanged, {removed} removed, {failed} failed"
         );
@@ -600,84 +503,83 @@ impl Registry {
         } else {
             Outcome::err(format!("ERR {summary}"))
         });
-        for o in &out {
-            if o.ok {
-                log::info!("{}", o.line);
-            } else {
-                log::error!("{}", o.line);
-            }
-        }
-        out
+        out.into_iter().map(Outcome::log).collect()
     }
 
     /// `RELOAD <name>`: forces a new generation of one module (or loads
     /// `<name>.so` when no such module runs yet).
     pub fn reload_one(&self, name: &str) -> Outcome {
         let mut state = self.state.lock();
-        let (file, current) = match state.modules.get(name) {
-            Some(s) => (s.file.clone(), Some(s.current.clone())),
-            None => (self.dir.join(format!("{name}.so")), None),
-        };
+        let state = &mut *state;
+        let running = state.modules.get(name).map(|s| s.file.clone());
+        let file = running
+            .clone()
+            .unwrap_or_else(|| self.dir.join(format!("{name}.so")));
         if !file.is_file() {
-            let o = Outcome::err(format!(
-                "ERR {name}: no such module (no file {})",
+            return Outcome::err(format!(
+                "ERR {name}: no such module file {}",
                 file.display()
-            ));
-            log::error!("{}", o.line);
-            return o;
+            ))
+            .log();
         }
-        let o = match self.start(
-            &mut state,
-            &file,
-            current.as_ref().map(|_| name),
-            current.as_deref(),
-        ) {
-            Ok(gen) => {
-                let o = self.install(&mut state, &file, gen);
-                self.publish(&state);
-                o
-            }
-            Err(e) => Outcome::err(format!("ERR {name}: {e}")),
-        };
-        if o.ok {
-            log::info!("{}", o.line);
-        } else {
-            log::error!("{}", o.line);
+        match running {
+            Some(_) => self.replace(state, name, &file),
+            None => self.add(state, &file),
         }
-        o
+        .log()
     }
 
-    /// One `STATUS` line per module, sorted by name.
+    /// One `STATUS` line per module, sorted by name. Does not wait for a
+    /// reload in progress.
     pub fn status_lines(&self) -> Vec<String> {
-        let state = self.state.lock();
-        state
-            .modules
+        let views = self.views.read();
+        views
             .iter()
-            .map(|(name, slot)| {
-                let g = &slot.current;
+            .filter_map(|(name, v)| {
+                let g = v.current.upgrade()?;
                 let s = &g.stats;
-                let extra = g.module.status();
+                let draining = v.retiring.iter().filter(|w| w.strong_count() > 0).count();
+                let state = if v.reloading {
+                    "reloading"
+                } else if draining > 0 {
+                    "draining"
+                } else {
+                    "running"
+                };
                 let mut line = format!(
-                    "{name} v{} gen={} state=running mode={} conns={} requests={} faults={} retained={} retained_bytes={}",
+                    "{name} v{} gen={} state={state} mode={} conns={} requests={} faults={} \
+                     draining={draining} retained={} retained_bytes={}",
                     g.version,
                     g.gen,
-                    match g.reload {
-                        ReloadMode::Overlap => "overlap",
-                        ReloadMode::Exclusive => "exclusive",
-                    },
+                    g.mode_name(),
                     s.conns.load(Ordering::Relaxed).max(0),
                     s.requests.load(Ordering::Relaxed),
                     s.faults.load(Ordering::Relaxed),
                     s.retained.load(Ordering::Relaxed),
                     s.retained_bytes.load(Ordering::Relaxed),
                 );
+                let extra = g.module.status();
                 if !extra.is_empty() {
                     line.push(' ');
                     line.push_str(extra.as_str());
                 }
-                line
+                Some(line)
             })
             .collect()
+    }
+
+    /// Requests and faults summed over all modules ever loaded.
+    pub fn totals(&self) -> (u64, u64) {
+        let views = self.views.read();
+        views
+            .values()
+            .filter_map(|v| v.current.upgrade())
+            .fold((0, 0), |(r, f), g| {
+                (
+                    r + g.stats.requests.load(Ordering::Relaxed),
+                    f + g.stats.faults.load(Ordering::Relaxed),
+                )
+            })
     }
 
     /// Stops every module (at shutdown).
@@ -686,33 +588,16 @@ impl Registry {
         state.modules.clear();
         state.removed.clear();
         self.table.swap(RouteTable::new(Vec::new()));
+        self.views.write().clear();
     }
 }
 
-impl Registry {
-    /// Requests and faults summed over all modules ever loaded.
-    pub fn totals(&self) -> (u64, u64) {
-        let state = self.state.lock();
-        state.stats.values().fold((0, 0), |(r, f), s| {
-            (
-                r + s.requests.load(Ordering::Relaxed),
-                f + s.faults.load(Ordering::Relaxed),
-            )
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn abi_report_summary() {
-        let report = "Compared <this>:\n  type:PrefixRef\nLayout of expected type:\n  --- Type Layout ---\n  type:ModuleLib\n  size:16\nError:mismatched package\nExpected:\n    switchyard_module_api\nFound:\n    fx_bad_abi\n";
-        assert_eq!(
-            summarize_abi_report(report),
-            "in ModuleLib: mismatched package (expected switchyard_module_api, found fx_bad_abi)"
-        );
-        assert!(summarize_abi_report("nothing useful").contains("different layout"));
-    }
+/// Whether `path` names a module library the registry should load:
+/// `*.so`, not hidden (installers write `.name.so.tmp` first, then rename).
+pub fn is_module_file(path: &Path) -> bool {
+    path.extension().is_some_and(|x| x == "so")
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| !n.starts_with('.'))
 }

@@ -1,0 +1,79 @@
+# Switchyard: build, run, test, lint, bench.
+#
+#   make              build the workspace (release) and install the modules
+#   make run          build, then serve static_html/ on port 8080
+#   make test         build, then run the whole test suite
+#   make lint         rustfmt check and clippy with warnings as errors
+#   make bench        wrk against switchyard and nginx, side by side
+#   make licenses     regenerate deps_licenses/
+#   make clean        remove build output (never touches data/)
+#
+# Variables: PORT (8080), ARGS (extra switchyard flags, e.g. ARGS="-threads 8"),
+# RUST_LOG (info for `make run`), CARGO (cargo).
+
+CARGO    ?= cargo
+PORT     ?= 8080
+ARGS     ?=
+
+RELEASE  := target/release
+HOST_BIN := $(RELEASE)/switchyard
+
+# Every shipped module is a crate under modules/<name>/ whose library is
+# lib<name>.so; every test fixture is a crate under tests/fixtures/<name>/.
+# Either list may be empty.
+MODULES  := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard modules/*/Cargo.toml)))
+FIXTURES := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard tests/fixtures/*/Cargo.toml)))
+
+.PHONY: all build cargo-build install-modules run test lint bench licenses clean help
+
+all: build
+
+build: cargo-build
+	@$(MAKE) --no-print-directory install-modules
+
+cargo-build:
+	$(CARGO) build --release --workspace
+
+# Copy each built library next to its destination under a temporary name,
+# then rename it into place: a host watching modules/ never sees a
+# half-written file. Files whose contents have not changed are left alone,
+# so a running host does not reload them needlessly.
+install-modules:
+	@set -e; \
+	install_so() { \
+		src="$$1"; dst="$$2"; tmp="$$(dirname "$$dst")/.$$(basename "$$dst").tmp"; \
+		if [ ! -f "$$src" ]; then \
+			echo "install-modules: $$src is missing (run 'make build')" >&2; exit 1; \
+		fi; \
+		if cmp -s "$$src" "$$dst"; then return 0; fi; \
+		cp "$$src" "$$tmp" && mv -f "$$tmp" "$$dst"; \
+		echo "installed $$dst"; \
+	}; \
+	for m in $(MODULES); do install_so "$(RELEASE)/lib$$m.so" "modules/$$m.so"; done; \
+	if [ -n "$(FIXTURES)" ]; then mkdir -p target/fixtures; fi; \
+	for f in $(FIXTURES); do install_so "$(RELEASE)/lib$$f.so" "target/fixtures/$$f.so"; done
+
+run: build
+	mkdir -p data
+	RUST_LOG="$${RUST_LOG:-info}" $(HOST_BIN) -port $(PORT) $(ARGS)
+
+test: build
+	$(CARGO) test --release --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: build
+	bench/run.sh
+
+licenses:
+	scripts/gen-deps-licenses.sh
+
+clean:
+	$(CARGO) clean
+	rm -f modules/*.so modules/.*.so.tmp
+	rm -rf modules/.run bench/out
+
+help:
+	@sed -n '3,13s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))

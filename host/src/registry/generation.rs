@@ -1,0 +1,111 @@
+//! A generation: one started instance of a module, shared by every
+//! connection routed to it until its message ends.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use module_api::abi::{ModuleBox, ModuleLibRef};
+use module_api::{Protocol, ReloadMode};
+
+/// Counters that live as long as the module name, across generations.
+#[derive(Default)]
+pub struct ModuleStats {
+    /// Connections currently routed to the module (mid-message).
+    pub conns: AtomicI64,
+    pub requests: AtomicU64,
+    pub faults: AtomicU64,
+    /// Retired generations whose libraries stay mapped.
+    pub retained: AtomicU64,
+    pub retained_bytes: AtomicU64,
+}
+
+/// One loaded instance of a module. Connections hold an `Arc` to the
+/// generation they were routed to until their message ends; the module is
+/// stopped when the last holder lets go.
+pub struct Generation {
+    pub name: String,
+    pub version: String,
+    pub gen: u64,
+    pub protocol: Protocol,
+    pub reload: ReloadMode,
+    pub bindings: Vec<Vec<u8>>,
+    pub module: ModuleBox,
+    pub stats: Arc<ModuleStats>,
+    /// Size of the library file: what stays mapped after retirement.
+    pub mapped_size: u64,
+    /// The library's root module; the library is never unmapped, so this
+    /// stays valid and can start the same code again.
+    pub root: ModuleLibRef,
+    /// Milliseconds since [`epoch`] after which connections still on this
+    /// generation are closed; 0 while it is current.
+    drain_deadline_ms: AtomicU64,
+}
+
+/// The reference point for drain deadlines.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Generation {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        version: String,
+        gen: u64,
+        protocol: Protocol,
+        reload: ReloadMode,
+        bindings: Vec<Vec<u8>>,
+        module: ModuleBox,
+        stats: Arc<ModuleStats>,
+        mapped_size: u64,
+        root: ModuleLibRef,
+    ) -> Generation {
+        epoch();
+        Generation {
+            name,
+            version,
+            gen,
+            protocol,
+            reload,
+            bindings,
+            module,
+            stats,
+            mapped_size,
+            root,
+            drain_deadline_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Marks the generation as replaced: connections still on it after
+    /// `drain` are closed by their event loops.
+    pub fn retire(&self, drain: Duration) {
+        let at = (Instant::now() + drain).duration_since(epoch()).as_millis() as u64;
+        self.drain_deadline_ms.store(at.max(1), Ordering::Release);
+    }
+
+    /// Whether the drain deadline has passed.
+    pub fn drain_expired(&self, now: Instant) -> bool {
+        let d = self.drain_deadline_ms.load(Ordering::Acquire);
+        d != 0 && now.duration_since(epoch()).as_millis() as u64 >= d
+    }
+
+    pub fn mode_name(&self) -> &'static str {
+        match self.reload {
+            ReloadMode::Overlap => "overlap",
+            ReloadMode::Exclusive => "exclusive",
+        }
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        log::info!("{} gen={} stopped", self.name, self.gen);
+        self.module.stop();
+        self.stats.retained.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .retained_bytes
+            .fetch_add(self.mapped_size, Ordering::Relaxed);
+    }
+}
