@@ -398,7 +398,7 @@ impl EventLoop {
             self.recycle_wbuf(wbuf);
         } else if conn.eof && matches!(conn.stage, Stage::Routing | Stage::Module(_)) {
             // A partial message can never complete now.
-            return self.close(key, "peer closed mid-message");
+            self.close(key, "peer closed mid-message");
         }
     }
 
@@ -418,7 +418,14 @@ impl EventLoop {
                     match self.table.lookup(input) {
                         Match::NeedMore => {
                             if input.len() > self.shared.cfg.max_header_size {
-                                return Err("first bytes too long");
+                                log::info!(
+                                    "conn {} from {}: {} bytes match no binding yet, closing",
+                                    conn.info.id,
+                                    conn.info.peer(),
+                                    input.len()
+                                );
+                                conn.closing = true;
+                                return Ok(true);
                             }
                             return Ok(progress);
                         }
@@ -434,7 +441,9 @@ impl EventLoop {
                                 conn.info.id,
                                 conn.info.peer()
                             );
-                            return Err("no route");
+                            // Replies to earlier messages still go out.
+                            conn.closing = true;
+                            return Ok(true);
                         }
                         Match::Found(Target::Builtin(b)) => {
                             let b = *b;
@@ -549,7 +558,7 @@ impl EventLoop {
         let input = conn.rbuf.bytes();
         let Some(nl) = input.iter().position(|&c| c == b'\n') else {
             if input.len() > admin::MAX_LINE {
-                conn.wbuf.extend_from_slice(b"ERR line too long\n");
+                conn.wbuf.extend_from_copy_slice(b"ERR line too long\n");
                 conn.closing = true;
             }
             // Otherwise wait for the rest of the line.
@@ -614,7 +623,7 @@ impl EventLoop {
         conn.msg_start = None;
         conn.last_activity = self.now;
         match reply {
-            Some(r) => conn.wbuf.extend_from_slice(r),
+            Some(r) => conn.wbuf.extend_from_copy_slice(r),
             None => conn.stage = Stage::Admin,
         }
         Next::Keep
@@ -638,7 +647,7 @@ impl EventLoop {
                     else {
                         continue;
                     };
-                    conn.wbuf.extend_from_slice(&out);
+                    conn.wbuf.extend_from_copy_slice(&out);
                     if verdict.fault {
                         g.stats.faults.fetch_add(1, Ordering::Relaxed);
                         log::error!("{} gen={} faulted (panic) in deferred call", g.name, g.gen);
@@ -659,7 +668,7 @@ impl EventLoop {
                     finish_message(conn, &g, v, self.now);
                 }
                 Completion::Admin { reply, .. } => {
-                    conn.wbuf.extend_from_slice(reply.as_bytes());
+                    conn.wbuf.extend_from_copy_slice(reply.as_bytes());
                     conn.stage = Stage::Routing;
                 }
             }
@@ -749,9 +758,9 @@ fn unavailable(out: &mut RVec<u8>, protocol: Protocol) {
             module_api::http::push_header(out, "Retry-After", b"1");
             module_api::http::push_header(out, "Content-Type", b"text/plain; charset=utf-8");
             module_api::http::end_head(out, body.len() as u64);
-            out.extend_from_slice(body);
+            out.extend_from_copy_slice(body);
         }
-        Protocol::JsonRpc => out.extend_from_slice(
+        Protocol::JsonRpc => out.extend_from_copy_slice(
             br#"{"jsonrpc":"2.0","error":{"code":-32001,"message":"service unavailable, retry"},"id":null}
 "#,
         ),

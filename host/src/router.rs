@@ -75,7 +75,7 @@ impl RouteTable {
             });
         }
         for group in &mut by_first {
-            group.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+            group.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         }
         RouteTable { by_first }
     }

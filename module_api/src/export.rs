@@ -64,8 +64,10 @@ struct Guarded<H> {
 }
 
 impl<H> Guarded<H> {
-    fn fault(&self, input_len: usize, out: &mut RVec<u8>) -> Verdict {
-        out.clear();
+    /// Replaces whatever the panicking call wrote (after `keep` bytes, which
+    /// hold earlier pipelined replies) with the protocol's error.
+    fn fault(&self, input_len: usize, out: &mut RVec<u8>, keep: usize) -> Verdict {
+        out.truncate(keep);
         match self.protocol {
             Protocol::Http => crate::http::write_simple(
                 out,
@@ -75,7 +77,7 @@ impl<H> Guarded<H> {
                 false,
                 false,
             ),
-            Protocol::JsonRpc => out.extend_from_slice(
+            Protocol::JsonRpc => out.extend_from_copy_slice(
                 br#"{"jsonrpc":"2.0","error":{"code":-32603,"message":"internal error"},"id":null}
 "#,
             ),
@@ -96,15 +98,15 @@ fn guard<T>(f: impl FnOnce() -> T) -> Option<T> {
 
 impl<H: Handler> Module for Guarded<H> {
     fn on_message(&self, conn: &ConnInfo, input: RSlice<'_, u8>, out: &mut RVec<u8>) -> Verdict {
-        let len = input.len();
+        let (len, keep) = (input.len(), out.len());
         guard(|| self.inner.on_message(conn, input.as_slice(), out))
-            .unwrap_or_else(|| self.fault(len, out))
+            .unwrap_or_else(|| self.fault(len, out, keep))
     }
 
     fn on_deferred(&self, conn: &ConnInfo, input: RSlice<'_, u8>, out: &mut RVec<u8>) -> Verdict {
-        let len = input.len();
+        let (len, keep) = (input.len(), out.len());
         guard(|| self.inner.on_deferred(conn, input.as_slice(), out))
-            .unwrap_or_else(|| self.fault(len, out))
+            .unwrap_or_else(|| self.fault(len, out, keep))
     }
 
     fn save_state(&self) -> RVec<u8> {

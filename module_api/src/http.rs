@@ -242,7 +242,7 @@ pub fn push_date(out: &mut RVec<u8>) {
             c.1.copy_from_slice(&s.as_bytes()[..29]);
             c.0 = secs;
         }
-        out.extend_from_slice(&c.1);
+        out.extend_from_copy_slice(&c.1);
     });
 }
 
@@ -258,38 +258,38 @@ pub fn push_u64(out: &mut RVec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&buf[i..]);
+    out.extend_from_copy_slice(&buf[i..]);
 }
 
 /// Writes a status line plus the standard headers (`Server`, `Date`,
 /// `Connection` when closing). Follow with more headers via
 /// [`push_header`], then [`end_head`].
 pub fn start_response(out: &mut RVec<u8>, status: u16, keep_alive: bool) {
-    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_copy_slice(b"HTTP/1.1 ");
     push_u64(out, status as u64);
     out.push(b' ');
-    out.extend_from_slice(reason(status).as_bytes());
-    out.extend_from_slice(b"\r\nServer: switchyard\r\nDate: ");
+    out.extend_from_copy_slice(reason(status).as_bytes());
+    out.extend_from_copy_slice(b"\r\nServer: switchyard\r\nDate: ");
     push_date(out);
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_copy_slice(b"\r\n");
     if !keep_alive {
-        out.extend_from_slice(b"Connection: close\r\n");
+        out.extend_from_copy_slice(b"Connection: close\r\n");
     }
 }
 
 /// Appends one header line.
 pub fn push_header(out: &mut RVec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_copy_slice(name.as_bytes());
+    out.extend_from_copy_slice(b": ");
+    out.extend_from_copy_slice(value);
+    out.extend_from_copy_slice(b"\r\n");
 }
 
 /// Appends `Content-Length` and the blank line that ends the head.
 pub fn end_head(out: &mut RVec<u8>, content_length: u64) {
-    out.extend_from_slice(b"Content-Length: ");
+    out.extend_from_copy_slice(b"Content-Length: ");
     push_u64(out, content_length);
-    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_copy_slice(b"\r\n\r\n");
 }
 
 /// Writes a complete response with a body (omitted for HEAD).
@@ -305,7 +305,76 @@ pub fn write_simple(
     push_header(out, "Content-Type", content_type.as_bytes());
     end_head(out, body.len() as u64);
     if !head_only {
-        out.extend_from_slice(body);
+        out.extend_from_copy_slice(body);
+    }
+}
+
+/// The whole request/response cycle of a small HTTP handler: waits for a
+/// complete request (head and `Content-Length` body), answers 400 for a
+/// malformed one, calls `f` with the request and its body, and writes its
+/// `(status, content type, body)` with keep-alive handled. HEAD requests get
+/// the head only. Chunked request bodies are refused with 411.
+pub fn handle_simple<F>(input: &[u8], out: &mut RVec<u8>, f: F) -> crate::Verdict
+where
+    F: FnOnce(&Request<'_, '_>, &[u8]) -> (u16, &'static str, Vec<u8>),
+{
+    let mut headers = empty_headers();
+    let req = match parse_request(input, &mut headers) {
+        Ok(Parsed::Partial) => return crate::Verdict::NEED_MORE,
+        Ok(Parsed::Complete(req)) => req,
+        Err(e) => {
+            let status = if e == ParseError::TooManyHeaders {
+                431
+            } else {
+                400
+            };
+            write_simple(
+                out,
+                status,
+                "text/plain; charset=utf-8",
+                b"bad request\n",
+                false,
+                false,
+            );
+            return crate::Verdict::close(input.len());
+        }
+    };
+    let body_len = match req.body_framing() {
+        Ok(BodyFraming::Length(n)) => n as usize,
+        Ok(BodyFraming::Chunked) => {
+            write_simple(
+                out,
+                411,
+                "text/plain; charset=utf-8",
+                b"length required\n",
+                false,
+                false,
+            );
+            return crate::Verdict::close(input.len());
+        }
+        Err(_) => {
+            write_simple(
+                out,
+                400,
+                "text/plain; charset=utf-8",
+                b"bad request\n",
+                false,
+                false,
+            );
+            return crate::Verdict::close(input.len());
+        }
+    };
+    let total = req.head_len.saturating_add(body_len);
+    if input.len() < total {
+        return crate::Verdict::NEED_MORE;
+    }
+    let keep = req.keep_alive();
+    let (status, content_type, body) = f(&req, &input[req.head_len..total]);
+    write_simple(out, status, content_type, &body, keep, req.method == "HEAD");
+    if keep {
+        crate::Verdict::done(total)
+    } else {
+        crate::Verdict::close(total)
     }
 }
 
@@ -396,6 +465,20 @@ mod tests {
             chunked_body_len(b"ffffffffffffffff\r\n"),
             Err(ParseError::Malformed)
         );
+    }
+
+    #[test]
+    fn simple_handler_cycle() {
+        let mut out = RVec::new();
+        let full = b"POST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\nhiGET";
+        let v = handle_simple(&full[..full.len() - 4], &mut out, |_, _| unreachable!());
+        assert_eq!(v, crate::Verdict::NEED_MORE);
+        let v = handle_simple(full, &mut out, |req, body| {
+            assert_eq!(req.path(), "/x");
+            (200, "text/plain", body.to_vec())
+        });
+        assert_eq!(v, crate::Verdict::done(full.len() - 3));
+        assert!(out.as_slice().ends_with(b"\r\n\r\nhi"));
     }
 
     #[test]

@@ -547,14 +547,14 @@ impl Registry {
                     "running"
                 };
                 let mut line = format!(
-                    "{name} v{} gen={} state={state} mode={} conns={} requests={} faults={} \
-                     draining={draining} retained={} retained_bytes={}",
+                    "{name} v{} gen={} state={state} conns={} requests={} faults={} \
+                     mode={} draining={draining} retained={} retained_bytes={}",
                     g.version,
                     g.gen,
-                    g.mode_name(),
                     s.conns.load(Ordering::Relaxed).max(0),
                     s.requests.load(Ordering::Relaxed),
                     s.faults.load(Ordering::Relaxed),
+                    g.mode_name(),
                     s.retained.load(Ordering::Relaxed),
                     s.retained_bytes.load(Ordering::Relaxed),
                 );

@@ -23,7 +23,7 @@ impl Reply {
     pub fn start(&self, out: &mut RVec<u8>, status: u16) {
         http::start_response(out, status, self.keep_alive);
         if self.keep_alive && self.http10 {
-            out.extend_from_slice(b"Connection: keep-alive\r\n");
+            out.extend_from_copy_slice(b"Connection: keep-alive\r\n");
         }
     }
 
@@ -32,8 +32,8 @@ impl Reply {
     /// bytes sent.
     pub fn error(&self, out: &mut RVec<u8>, status: u16, extra: &[u8]) -> u64 {
         self.start(out, status);
-        out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
-        out.extend_from_slice(extra);
+        out.extend_from_copy_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
+        out.extend_from_copy_slice(extra);
         let reason = http::reason(status).as_bytes();
         let len = 3 + 1 + reason.len() + 1;
         http::end_head(out, len as u64);
@@ -42,7 +42,7 @@ impl Reply {
         }
         http::push_u64(out, u64::from(status));
         out.push(b' ');
-        out.extend_from_slice(reason);
+        out.extend_from_copy_slice(reason);
         out.push(b'\n');
         len as u64
     }

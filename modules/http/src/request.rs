@@ -61,8 +61,8 @@ pub fn handle(http: &Http, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) ->
         "GET" | "HEAD" => serve::serve(http, &req, reply, out),
         "OPTIONS" => {
             reply.start(out, 204);
-            out.extend_from_slice(ALLOW_LINE);
-            out.extend_from_slice(b"\r\n");
+            out.extend_from_copy_slice(ALLOW_LINE);
+            out.extend_from_copy_slice(b"\r\n");
             Sent::new(204, 0, &reply)
         }
         _ => Sent::new(405, reply.error(out, 405, ALLOW_LINE), &reply),

@@ -84,8 +84,8 @@ fn respond(
             conditional::Verdict::Proceed => {}
             conditional::Verdict::NotModified => {
                 reply.start(out, 304);
-                out.extend_from_slice(entry.validator_lines());
-                out.extend_from_slice(b"\r\n");
+                out.extend_from_copy_slice(entry.validator_lines());
+                out.extend_from_copy_slice(b"\r\n");
                 return Some(Sent::new(304, 0, &reply));
             }
             conditional::Verdict::PreconditionFailed => {
@@ -130,15 +130,15 @@ fn respond(
     };
 
     reply.start(out, status);
-    out.extend_from_slice(&entry.head);
+    out.extend_from_copy_slice(&entry.head);
     if status == 206 {
-        out.extend_from_slice(b"Content-Range: bytes ");
+        out.extend_from_copy_slice(b"Content-Range: bytes ");
         http::push_u64(out, start);
         out.push(b'-');
         http::push_u64(out, start + count - 1);
         out.push(b'/');
         http::push_u64(out, len);
-        out.extend_from_slice(b"\r\n");
+        out.extend_from_copy_slice(b"\r\n");
     }
     http::end_head(out, count);
     let mut sent = Sent::new(status, 0, &reply);
@@ -148,7 +148,7 @@ fn respond(
     sent.bytes = count;
     if let Some(body) = &entry.body {
         // `start + count <= len == body.len()`: both come from the entry.
-        out.extend_from_slice(&body[start as usize..(start + count) as usize]);
+        out.extend_from_copy_slice(&body[start as usize..(start + count) as usize]);
     } else if let Some(file) = file {
         sent.file = FileBody {
             fd: file.into_raw_fd(),

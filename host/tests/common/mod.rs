@@ -1,0 +1,923 @@
+//! Shared helpers for the integration tests: start the real `switchyard`
+//! binary on an ephemeral loopback port in a fresh temporary directory, talk
+//! HTTP and admin commands to it over real sockets, read its log.
+//!
+//! Every socket read has a timeout, so a misbehaving server fails a test
+//! instead of hanging it. Servers are killed when their [`Server`] drops; if
+//! the test failed, the server's log is printed and its directory kept.
+
+// Each test file uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Longest any single socket read may block.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the server may take to print its `listening on` line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// The contents of the default `index.html` every test site has.
+pub const INDEX_HTML: &str = "<!doctype html>\n<title>switchyard test</title>\n<h1>index</h1>\n";
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// The built `.so` of a module: shipped modules from `modules/<name>.so`,
+/// test fixtures (`fx_*`) from `target/fixtures/<name>.so`.
+pub fn module_file(name: &str) -> PathBuf {
+    let ws = workspace();
+    let path = if name.starts_with("fx_") {
+        ws.join("target/fixtures").join(format!("{name}.so"))
+    } else {
+        ws.join("modules").join(format!("{name}.so"))
+    };
+    assert!(
+        path.is_file(),
+        "module {name}: {} is missing; run `make` first",
+        path.display()
+    );
+    path
+}
+
+/// A fresh, empty, unique temporary directory.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "switchyard-test-{tag}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A free loopback port (bound then released; good enough for a test).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Describes a server to start. The site directory always exists (with an
+/// `index.html`) and the config always sets `[modules.http] root` to it.
+pub struct ServerBuilder {
+    tag: String,
+    modules: Vec<String>,
+    server_toml: Vec<String>,
+    routes: Vec<(String, String)>,
+    extra_toml: String,
+    cli: Option<Vec<String>>,
+    threads: u32,
+    files: Vec<(String, Vec<u8>)>,
+}
+
+impl ServerBuilder {
+    /// A server loading these modules (shipped or `fx_*` fixtures).
+    pub fn new(modules: &[&str]) -> ServerBuilder {
+        ServerBuilder {
+            tag: "srv".into(),
+            modules: modules.iter().map(|s| s.to_string()).collect(),
+            server_toml: Vec::new(),
+            routes: Vec::new(),
+            extra_toml: String::new(),
+            cli: None,
+            threads: 2,
+            files: Vec::new(),
+        }
+    }
+
+    /// Names the temporary directory (helps when reading leftovers).
+    pub fn tag(mut self, tag: &str) -> Self {
+        self.tag = tag.into();
+        self
+    }
+
+    /// Adds a `key = value` line to `[server]`.
+    pub fn server(mut self, line: &str) -> Self {
+        self.server_toml.push(line.into());
+        self
+    }
+
+    /// Adds a `[server.routes]` entry.
+    pub fn route(mut self, prefix: &str, module: &str) -> Self {
+        self.routes.push((prefix.into(), module.into()));
+        self
+    }
+
+    /// Appends raw TOML (module tables other than `[modules.http]`).
+    pub fn toml(mut self, text: &str) -> Self {
+        self.extra_toml.push_str(text);
+        self.extra_toml.push('\n');
+        self
+    }
+
+    /// `-threads N` (default 2).
+    pub fn threads(mut self, n: u32) -> Self {
+        self.threads = n;
+        self
+    }
+
+    /// Replaces the default `-port 0 --bind 127.0.0.1 -threads N` arguments
+    /// (`--modules`, `--data-dir` and `--config` are always passed).
+    pub fn cli(mut self, args: &[&str]) -> Self {
+        self.cli = Some(args.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
+    /// Writes a file (path relative to the site root) before start.
+    pub fn file(mut self, rel: &str, contents: impl Into<Vec<u8>>) -> Self {
+        self.files.push((rel.into(), contents.into()));
+        self
+    }
+
+    /// Starts the server and waits for its `listening on` line.
+    pub fn start(self) -> Server {
+        let dir = temp_dir(&self.tag);
+        let modules_dir = dir.join("modules");
+        let site = dir.join("site");
+        let data = dir.join("data");
+        fs::create_dir_all(&modules_dir).unwrap();
+        fs::create_dir_all(&site).unwrap();
+        fs::write(site.join("index.html"), INDEX_HTML).unwrap();
+        for (rel, contents) in &self.files {
+            let p = site.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, contents).unwrap();
+        }
+        for m in &self.modules {
+            fs::copy(module_file(m), modules_dir.join(format!("{m}.so"))).unwrap();
+        }
+
+        let mut config = String::from("[server]\n");
+        for line in &self.server_toml {
+            config.push_str(line);
+            config.push('\n');
+        }
+        if !self.routes.is_empty() {
+            config.push_str("\n[server.routes]\n");
+            for (prefix, module) in &self.routes {
+                config.push_str(&format!("{} = {}\n", toml_str(prefix), toml_str(module)));
+            }
+        }
+        config.push_str(&format!(
+            "\n[modules.http]\nroot = {}\n\n",
+            toml_str(site.to_str().unwrap())
+        ));
+        config.push_str(&self.extra_toml);
+        let config_path = dir.join("switchyard.toml");
+        fs::write(&config_path, &config).unwrap();
+
+        let mut args: Vec<String> = match self.cli {
+            Some(a) => a,
+            None => vec![
+                "-port".into(),
+                "0".into(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "-threads".into(),
+                self.threads.to_string(),
+            ],
+        };
+        args.extend([
+            "--modules".into(),
+            modules_dir.to_str().unwrap().into(),
+            "--data-dir".into(),
+            data.to_str().unwrap().into(),
+            "--config".into(),
+            config_path.to_str().unwrap().into(),
+        ]);
+
+        let stderr_path = dir.join("stderr.log");
+        let child = Command::new(BIN)
+            .args(&args)
+            .current_dir(&dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("spawn switchyard");
+        let mut server = Server {
+            child,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            dir,
+            site,
+            modules_dir,
+            stderr_path,
+            exited: None,
+        };
+
+        // Read stdout on a thread: the first `listening on` line comes back
+        // through the channel, the rest is drained so the pipe never fills.
+        let (tx, rx) = mpsc::channel::<String>();
+        let stdout = server.child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(a) = line.strip_prefix("listening on ") {
+                        server.addr = a
+                            .trim()
+                            .parse()
+                            .unwrap_or_else(|e| panic!("bad address in stdout line {line:?}: {e}"));
+                        break;
+                    }
+                }
+                Err(_) => panic!(
+                    "switchyard did not print `listening on ADDR` within {START_TIMEOUT:?} \
+                     (exit: {:?}); log:\n{}",
+                    server.child.try_wait(),
+                    server.log()
+                ),
+            }
+        }
+        server
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A running `switchyard` process.
+pub struct Server {
+    child: Child,
+    /// The address from the `listening on` line.
+    pub addr: SocketAddr,
+    /// The server's temporary directory (its working directory).
+    pub dir: PathBuf,
+    /// The http module's document root.
+    pub site: PathBuf,
+    /// The `--modules` directory.
+    pub modules_dir: PathBuf,
+    stderr_path: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl Server {
+    /// Starts a server with these modules and the default config.
+    pub fn start(modules: &[&str]) -> Server {
+        ServerBuilder::new(modules).start()
+    }
+
+    /// The server's stderr (its log) so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Waits (up to `timeout`) until the log satisfies `pred`.
+    pub fn wait_log(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(&self.log()) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Writes a file under the site root.
+    pub fn write_site(&self, rel: &str, contents: impl AsRef<[u8]>) {
+        let p = self.site.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, contents).unwrap();
+    }
+
+    /// Installs a module's `.so` into the modules directory the way an
+    /// installer should: write under a temporary name, then rename.
+    pub fn install_module(&self, name: &str) {
+        let bytes = fs::read(module_file(name)).unwrap();
+        self.put_module_bytes(name, &bytes);
+    }
+
+    /// Replaces an installed module's file by a changed but equivalent one
+    /// (same library, a few bytes appended after the ELF image), so the
+    /// host sees a new file.
+    pub fn change_module(&self, name: &str) {
+        let path = self.modules_dir.join(format!("{name}.so"));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend_from_slice(format!("\0changed {:?}\0", SystemTime::now()).as_bytes());
+        self.put_module_bytes(name, &bytes);
+    }
+
+    fn put_module_bytes(&self, name: &str, bytes: &[u8]) {
+        let tmp = self.modules_dir.join(format!(".{name}.so.tmp"));
+        fs::write(&tmp, bytes).unwrap();
+        fs::rename(&tmp, self.modules_dir.join(format!("{name}.so"))).unwrap();
+    }
+
+    /// Deletes an installed module's file.
+    pub fn remove_module(&self, name: &str) {
+        fs::remove_file(self.modules_dir.join(format!("{name}.so"))).unwrap();
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`libc::SIGTERM`, ...) to the server.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid; it has not been reaped
+        // (we only reap in `wait_exit` / drop).
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.child.id());
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exited.is_some() {
+            return self.exited;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                self.exited = Some(st);
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A new connection to the server with read/write timeouts set.
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Sends one raw request on a new connection and reads one response.
+    pub fn request(&self, raw: impl AsRef<[u8]>) -> Response {
+        let mut c = self.connect();
+        c.send(raw.as_ref());
+        let head_only = raw.as_ref().starts_with(b"HEAD ");
+        c.read_response(head_only)
+    }
+
+    /// `GET <path>` on a new connection.
+    pub fn get(&self, path: &str) -> Response {
+        self.request(format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        ))
+    }
+
+    /// `GET <path>` with extra header lines (each without CRLF).
+    pub fn get_with(&self, path: &str, headers: &[&str]) -> Response {
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n");
+        for h in headers {
+            req.push_str(h);
+            req.push_str("\r\n");
+        }
+        req.push_str("Connection: close\r\n\r\n");
+        self.request(req)
+    }
+
+    /// Sends one admin command on a new connection and returns the whole
+    /// reply: through `END` for `STATUS`, through the summary line for
+    /// `RELOAD` (all), one line otherwise.
+    pub fn admin(&self, cmd: &str) -> String {
+        let mut c = self.connect();
+        c.send(format!("{cmd}\n").as_bytes());
+        c.read_admin_reply(cmd)
+    }
+
+    /// `STATUS`, parsed.
+    pub fn status(&self) -> Status {
+        Status::parse(&self.admin("STATUS"))
+    }
+
+    /// Polls `STATUS` (up to `timeout`) until `pred` holds; returns the last.
+    pub fn wait_status(&self, timeout: Duration, pred: impl Fn(&Status) -> bool) -> Status {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.status();
+            if pred(&st) || Instant::now() > deadline {
+                return st;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if thread::panicking() {
+            let log = self.log();
+            let tail = &log[log.len().saturating_sub(8000)..];
+            eprintln!(
+                "---- switchyard log ({}, dir kept) ----\n{tail}\n---- end of log ----",
+                self.stderr_path.display()
+            );
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A client connection with a read buffer (responses may be pipelined).
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes all of `bytes` (panics on error).
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream
+            .write_all(bytes)
+            .unwrap_or_else(|e| panic!("write to server: {e}"));
+    }
+
+    /// Writes `bytes`, ignoring errors (the server may close early).
+    pub fn send_lenient(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// Wraps an already connected stream (timeouts as the caller set them).
+    pub fn from_stream(stream: TcpStream) -> Client {
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(false)` on EOF.
+    fn try_fill(&mut self) -> Result<bool, String> {
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(format!(
+                        "read from server: {e} (buffered so far: {:?})",
+                        String::from_utf8_lossy(&self.buf)
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Reads more bytes into the buffer; false on EOF, panics on error.
+    fn fill(&mut self) -> bool {
+        self.try_fill().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Reads one line (through `\n`), returned without the line ending.
+    pub fn read_line(&mut self) -> String {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                let s = String::from_utf8_lossy(&line).into_owned();
+                return s.trim_end_matches(['\r', '\n']).to_string();
+            }
+            if !self.fill() {
+                panic!(
+                    "connection closed before a full line; got {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+        }
+    }
+
+    /// Reads the reply to an admin command (see [`Server::admin`]).
+    pub fn read_admin_reply(&mut self, cmd: &str) -> String {
+        let cmd = cmd.trim();
+        let mut out = String::new();
+        loop {
+            let line = self.read_line();
+            out.push_str(&line);
+            out.push('\n');
+            let done = if cmd == "STATUS" {
+                line == "END" || (out.len() == line.len() + 1 && line.starts_with("ERR"))
+            } else if cmd == "RELOAD" {
+                line.starts_with("OK reload:") || line.starts_with("ERR reload:")
+            } else {
+                true
+            };
+            if done {
+                return out;
+            }
+        }
+    }
+
+    /// Reads one HTTP response. `head_only`: the request was HEAD (no body
+    /// follows whatever the headers say). Panics on EOF, error or timeout.
+    pub fn read_response(&mut self, head_only: bool) -> Response {
+        self.try_read_response(head_only)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Client::read_response`] but returns what went wrong.
+    pub fn try_read_response(&mut self, head_only: bool) -> Result<Response, String> {
+        let head_end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            if !self.try_fill()? {
+                return Err(format!(
+                    "connection closed before a full response head; got {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                ));
+            }
+        };
+        let head: Vec<u8> = self.buf.drain(..head_end).collect();
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap().to_string();
+        let mut parts = status_line.splitn(3, ' ');
+        let version = parts.next().unwrap_or("");
+        let status: u16 = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .filter(|_| version.starts_with("HTTP/1."))
+            .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+        let mut headers = Vec::new();
+        for l in lines.filter(|l| !l.is_empty()) {
+            let (n, v) = l
+                .split_once(':')
+                .ok_or_else(|| format!("bad header line {l:?}"))?;
+            headers.push((n.trim().to_string(), v.trim().to_string()));
+        }
+        let mut resp = Response {
+            status,
+            status_line,
+            headers,
+            body: Vec::new(),
+        };
+        let no_body = head_only || status == 204 || status == 304 || status / 100 == 1;
+        if no_body {
+            return Ok(resp);
+        }
+        if let Some(len) = resp.header("content-length") {
+            let len: usize = len
+                .parse()
+                .map_err(|_| format!("bad Content-Length {len:?}"))?;
+            while self.buf.len() < len {
+                if !self.try_fill()? {
+                    return Err(format!(
+                        "connection closed after {} of {len} body bytes",
+                        self.buf.len()
+                    ));
+                }
+            }
+            resp.body = self.buf.drain(..len).collect();
+        } else if resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
+            resp.body = self.read_chunked();
+        } else {
+            // Close-delimited.
+            while self.try_fill()? {}
+            resp.body = std::mem::take(&mut self.buf);
+        }
+        Ok(resp)
+    }
+
+    fn read_chunked(&mut self) -> Vec<u8> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.read_line();
+            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16)
+                .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
+            if size == 0 {
+                // Trailers, then the blank line.
+                while !self.read_line().is_empty() {}
+                return body;
+            }
+            while self.buf.len() < size + 2 {
+                assert!(self.fill(), "connection closed inside a chunk");
+            }
+            body.extend(self.buf.drain(..size));
+            self.buf.drain(..2);
+        }
+    }
+
+    /// Waits (up to `timeout`) for the server to close the connection.
+    /// `Ok` if it closed (EOF or reset) without sending anything more, `Err`
+    /// with what happened otherwise.
+    pub fn expect_closed(&mut self, timeout: Duration) -> Result<(), String> {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        let mut got = std::mem::take(&mut self.buf);
+        let mut chunk = [0u8; 4096];
+        let r = loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => break Ok(()),
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    break Ok(())
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    break Err(format!("still open after {timeout:?}"))
+                }
+                Err(e) => break Err(format!("read error {e}")),
+            }
+        };
+        self.stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        match r {
+            Ok(()) if got.is_empty() => Ok(()),
+            Ok(()) => Err(format!(
+                "closed, but first sent {:?}",
+                String::from_utf8_lossy(&got)
+            )),
+            Err(e) => Err(format!("{e}; received {:?}", String::from_utf8_lossy(&got))),
+        }
+    }
+
+    /// Whether response bytes are already waiting (does not block).
+    pub fn has_data(&self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        self.stream.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let r = self.stream.peek(&mut b);
+        self.stream.set_nonblocking(false).unwrap();
+        matches!(r, Ok(n) if n > 0)
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub status_line: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as (lossy) text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One module line of `STATUS`.
+#[derive(Debug, Clone)]
+pub struct ModuleStatus {
+    pub name: String,
+    pub version: String,
+    pub gen: u64,
+    pub state: String,
+    pub conns: u64,
+    pub requests: u64,
+    pub faults: u64,
+    pub line: String,
+}
+
+/// A parsed `STATUS` reply. Parsing checks the framing (`OK status`,
+/// module lines sorted by name, the `host` line, `END`) and reads fields by
+/// key; [`Status::assert_exact_format`] checks the field order too.
+#[derive(Debug)]
+pub struct Status {
+    pub modules: Vec<ModuleStatus>,
+    /// The `host ...` line.
+    pub host_line: String,
+    pub raw: String,
+}
+
+impl Status {
+    pub fn parse(raw: &str) -> Status {
+        let lines: Vec<&str> = raw.lines().collect();
+        assert!(lines.len() >= 3, "STATUS reply too short: {raw:?}");
+        assert_eq!(lines[0], "OK status", "STATUS reply: {raw:?}");
+        assert_eq!(*lines.last().unwrap(), "END", "STATUS reply: {raw:?}");
+        let host_line = lines[lines.len() - 2];
+        assert!(host_line.starts_with("host "), "host line: {host_line:?}");
+        let modules: Vec<ModuleStatus> = lines[1..lines.len() - 2]
+            .iter()
+            .map(|l| parse_module_line(l))
+            .collect();
+        let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "STATUS modules not sorted by name: {raw:?}");
+        Status {
+            modules,
+            host_line: host_line.to_string(),
+            raw: raw.to_string(),
+        }
+    }
+
+    /// Asserts every line has exactly the contract's fields in order:
+    /// `<name> v<version> gen=<N> state=<s> conns=<N> requests=<N>
+    /// faults=<N>[ <extra>]` and `host conns=<N> accepted=<N> requests=<N>
+    /// faults=<N> loops=<N> threads=<N> uptime=<N>s`.
+    pub fn assert_exact_format(&self) {
+        for m in &self.modules {
+            let t: Vec<&str> = m.line.splitn(8, ' ').collect();
+            let keys: Vec<&str> = t
+                .iter()
+                .skip(2)
+                .take(5)
+                .map(|tok| tok.split('=').next().unwrap())
+                .collect();
+            assert_eq!(
+                keys,
+                ["gen", "state", "conns", "requests", "faults"],
+                "STATUS module line not in the contract's format: {:?}",
+                m.line
+            );
+        }
+        let t: Vec<&str> = self.host_line.split(' ').collect();
+        let keys: Vec<&str> = t[1..]
+            .iter()
+            .map(|tok| tok.split('=').next().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            ["conns", "accepted", "requests", "faults", "loops", "threads", "uptime"],
+            "STATUS host line not in the contract's format: {:?}",
+            self.host_line
+        );
+        for (i, tok) in t[1..].iter().enumerate() {
+            let v = tok.split_once('=').unwrap().1;
+            let v = if i == 6 {
+                v.strip_suffix('s').unwrap_or("uptime without s")
+            } else {
+                v
+            };
+            assert!(
+                v.parse::<u64>().is_ok(),
+                "host line field {tok:?} not a number: {:?}",
+                self.host_line
+            );
+        }
+    }
+
+    /// The line for module `name`, if listed.
+    pub fn module(&self, name: &str) -> Option<&ModuleStatus> {
+        self.modules.iter().find(|m| m.name == name)
+    }
+
+    /// The line for module `name`; panics if it is not listed.
+    pub fn expect(&self, name: &str) -> &ModuleStatus {
+        self.module(name)
+            .unwrap_or_else(|| panic!("module {name} not in STATUS:\n{}", self.raw))
+    }
+
+    /// A numeric field of the host line (`uptime` without its `s`).
+    pub fn host_field(&self, key: &str) -> u64 {
+        kv(&self.host_line, key)
+            .and_then(|v| v.trim_end_matches('s').parse().ok())
+            .unwrap_or_else(|| panic!("host line has no numeric {key}=: {:?}", self.host_line))
+    }
+}
+
+/// The value of the first `key=value` token of `line`.
+fn kv<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(' ')
+        .find_map(|t| t.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+/// `<name> v<version> gen=<N> state=<s> conns=<N> requests=<N> faults=<N>[ <extra>]`,
+/// read by key (the order is checked by [`Status::assert_exact_format`]).
+fn parse_module_line(line: &str) -> ModuleStatus {
+    let bad = |why: &str| -> ! { panic!("STATUS module line {line:?}: {why}") };
+    let mut t = line.split(' ');
+    let name = t.next().unwrap_or_else(|| bad("empty"));
+    let version = t
+        .next()
+        .and_then(|v| v.strip_prefix('v'))
+        .unwrap_or_else(|| bad("no v<version> after the name"));
+    let num = |key: &str| -> u64 {
+        kv(line, key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| bad(&format!("no numeric {key}=")))
+    };
+    let state = kv(line, "state").unwrap_or_else(|| bad("no state="));
+    if !["running", "reloading", "draining"].contains(&state) {
+        bad("unknown state");
+    }
+    ModuleStatus {
+        name: name.to_string(),
+        version: version.to_string(),
+        gen: num("gen"),
+        state: state.to_string(),
+        conns: num("conns"),
+        requests: num("requests"),
+        faults: num("faults"),
+        line: line.to_string(),
+    }
+}
+
+/// Splits a `RELOAD` reply into lines, checking the summary line's format.
+/// Returns (per-module lines, [loaded, unchanged, removed, failed]).
+pub fn parse_reload(reply: &str) -> (Vec<String>, [u64; 4]) {
+    let lines: Vec<String> = reply.lines().map(str::to_string).collect();
+    let summary = lines.last().expect("empty RELOAD reply");
+    let rest = summary
+        .strip_prefix("OK reload: ")
+        .or_else(|| summary.strip_prefix("ERR reload: "))
+        .unwrap_or_else(|| panic!("RELOAD summary line {summary:?}"));
+    let nums: Vec<u64> = rest
+        .split(", ")
+        .zip(["loaded", "unchanged", "removed", "failed"])
+        .map(|(part, word)| {
+            let (n, w) = part
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("RELOAD summary {summary:?}"));
+            assert_eq!(w, word, "RELOAD summary {summary:?}");
+            n.parse()
+                .unwrap_or_else(|_| panic!("RELOAD summary {summary:?}"))
+        })
+        .collect();
+    assert_eq!(nums.len(), 4, "RELOAD summary {summary:?}");
+    let failed = nums[3];
+    assert_eq!(
+        summary.starts_with("ERR"),
+        failed > 0,
+        "RELOAD summary must start with ERR exactly when something failed: {summary:?}"
+    );
+    (
+        lines[..lines.len() - 1].to_vec(),
+        [nums[0], nums[1], nums[2], nums[3]],
+    )
+}
+
+/// Asserts the path exists (a readable message otherwise).
+pub fn assert_exists(p: &Path) {
+    assert!(p.exists(), "{} does not exist", p.display());
+}
