@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use abi_stable::std_types::RVec;
 use mio::net::TcpStream;
+use module_api::abi::SharedBody;
 use module_api::ConnInfo;
 
 use crate::registry::Generation;
@@ -136,6 +137,10 @@ pub struct Conn {
     pub rbuf: ReadBuf,
     pub wbuf: RVec<u8>,
     pub wpos: usize,
+    /// Module-owned bytes to send after `wbuf` (released when dropped).
+    pub body: Option<SharedBody>,
+    /// Bytes of `body` already sent.
+    pub body_pos: usize,
     pub file: Option<PendingFile>,
     pub stage: Stage,
     /// The peer closed its sending side.
@@ -158,6 +163,8 @@ impl Conn {
             rbuf: ReadBuf::default(),
             wbuf: RVec::new(),
             wpos: 0,
+            body: None,
+            body_pos: 0,
             file: None,
             stage: Stage::Routing,
             eof: false,
@@ -169,13 +176,14 @@ impl Conn {
 
     /// Unsent output bytes (buffer and file).
     pub fn pending_output(&self) -> bool {
-        self.wpos < self.wbuf.len() || self.file.is_some()
+        self.wpos < self.wbuf.len() || self.body.is_some() || self.file.is_some()
     }
 
     /// Whether input processing must wait (output backlog, a file being
     /// sent, work off the loop).
     pub fn paused(&self) -> bool {
         matches!(self.stage, Stage::Deferred(_) | Stage::Admin)
+            || self.body.is_some()
             || self.file.is_some()
             || self.wbuf.len() - self.wpos > WRITE_HIGH_WATER
     }
@@ -215,16 +223,34 @@ impl Conn {
         }
     }
 
-    /// Writes buffered output, then any file range, until done or
-    /// `WouldBlock`. Returns whether any byte went out.
+    /// Writes buffered output, then any shared body (together, with one
+    /// vectored write), then any file range, until done or `WouldBlock`.
+    /// Returns whether any byte went out.
     pub fn flush(&mut self) -> io::Result<bool> {
         let mut progress = false;
-        while self.wpos < self.wbuf.len() {
-            match self.sock.write(&self.wbuf[self.wpos..]) {
+        loop {
+            let head = &self.wbuf[self.wpos..];
+            let body = self
+                .body
+                .as_ref()
+                .map_or(&[][..], |b| &b.bytes()[self.body_pos..]);
+            if head.is_empty() && body.is_empty() {
+                break;
+            }
+            let result = if body.is_empty() {
+                self.sock.write(head)
+            } else {
+                self.sock
+                    .write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(body)])
+            };
+            match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.wpos += n;
+                Ok(mut n) => {
                     progress = true;
+                    let from_head = n.min(head.len());
+                    self.wpos += from_head;
+                    n -= from_head;
+                    self.body_pos += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(progress),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -233,6 +259,9 @@ impl Conn {
         }
         self.wbuf.clear();
         self.wpos = 0;
+        if self.body.take().is_some() {
+            self.body_pos = 0;
+        }
         if let Some(f) = &mut self.file {
             let sock = self.sock.as_raw_fd();
             while f.remaining > 0 {

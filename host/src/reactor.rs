@@ -731,6 +731,10 @@ fn finish_message(conn: &mut Conn, g: &Arc<Generation>, v: Verdict, now: Instant
     g.stats.requests.fetch_add(1, Ordering::Relaxed);
     g.stats.conns.fetch_sub(1, Ordering::Relaxed);
     conn.stage = Stage::Routing;
+    if v.body.is_some() {
+        conn.body = Some(v.body);
+        conn.body_pos = 0;
+    }
     if v.file.fd >= 0 {
         conn.file = Some(PendingFile {
             fd: v.file.fd,

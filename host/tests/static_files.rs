@@ -218,6 +218,32 @@ fn large_file_is_served_byte_exact() {
 }
 
 #[test]
+fn cached_medium_file_is_shared_byte_exact() {
+    // 64 KiB: cached in memory and sent from the cache without a copy.
+    let s = http_server();
+    let data = pseudo_random(64 * 1024, 7);
+    s.write_site("medium.bin", &data);
+    let mut c = s.connect();
+    c.send(
+        b"GET /medium.bin HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /medium.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=1000-40999\r\n\r\n\
+          GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /medium.bin HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    let r = c.read_response(false);
+    assert_eq!(r.status, 200);
+    assert!(r.body == data, "cached body differs from the file");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-range"), Some("bytes 1000-40999/65536"));
+    assert!(r.body[..] == data[1000..41000], "cached range differs");
+    let r = c.read_response(false);
+    assert_eq!(r.text(), "hello, small file\n");
+    let r = c.read_response(false);
+    assert!(r.body == data, "second cached body differs");
+}
+
+#[test]
 fn changed_file_is_served_fresh() {
     let s = http_server();
     s.write_site("changing.txt", "version one\n");

@@ -112,15 +112,100 @@ impl FileBody {
     };
 }
 
+/// Bytes owned by the module that the host sends after `out` without
+/// copying them (a cached file, say). The host calls `release(owner)` once
+/// it is done with them, on any thread. Build one with
+/// [`SharedBody::from_arc`].
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct SharedBody {
+    /// First byte, valid until `release` is called.
+    pub ptr: *const u8,
+    /// Number of bytes.
+    pub len: u64,
+    /// Passed to `release`.
+    pub owner: *const u8,
+    /// Frees `owner`; `None` for no body.
+    pub release: Option<extern "C" fn(owner: *const u8)>,
+}
+
+// SAFETY: `from_arc` only accepts owners that are `Send + Sync`, and the
+// bytes are immutable while shared.
+unsafe impl Send for SharedBody {}
+
+impl SharedBody {
+    /// No body.
+    pub const NONE: SharedBody = SharedBody {
+        ptr: std::ptr::null(),
+        len: 0,
+        owner: std::ptr::null(),
+        release: None,
+    };
+
+    /// Shares `owner`'s bytes in `range` with the host; the `Arc` is
+    /// released when the host has sent them.
+    pub fn from_arc<T>(owner: std::sync::Arc<T>, range: std::ops::Range<usize>) -> SharedBody
+    where
+        T: AsRef<[u8]> + Send + Sync + 'static,
+    {
+        extern "C" fn release<T>(owner: *const u8) {
+            // SAFETY: `owner` came from `Arc::into_raw` below and is
+            // released exactly once by the host.
+            unsafe { drop(std::sync::Arc::from_raw(owner as *const T)) }
+        }
+        let bytes = &(*owner).as_ref()[range];
+        let (ptr, len) = (bytes.as_ptr(), bytes.len() as u64);
+        SharedBody {
+            ptr,
+            len,
+            owner: std::sync::Arc::into_raw(owner) as *const u8,
+            release: Some(release::<T>),
+        }
+    }
+
+    /// Whether there is a body.
+    pub fn is_some(&self) -> bool {
+        self.release.is_some()
+    }
+
+    /// The shared bytes.
+    pub fn bytes(&self) -> &[u8] {
+        if self.ptr.is_null() {
+            return &[];
+        }
+        // SAFETY: `ptr..ptr+len` stays valid until `release` (see type doc).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len as usize) }
+    }
+}
+
+/// Two bodies are equal when they share the same bytes.
+impl PartialEq for SharedBody {
+    fn eq(&self, other: &SharedBody) -> bool {
+        self.ptr == other.ptr && self.len == other.len && self.is_some() == other.is_some()
+    }
+}
+
+impl Eq for SharedBody {}
+
+impl Drop for SharedBody {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release(self.owner);
+        }
+    }
+}
+
 /// A module's answer to one call.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(StableAbi, Debug, PartialEq, Eq)]
 pub struct Verdict {
     /// What to do next.
     pub action: Action,
     /// Input bytes that made up the message (see [`Action`]).
     pub consumed: u64,
-    /// Optional file body sent after `out`.
+    /// Optional shared bytes sent after `out` (before `file`).
+    pub body: SharedBody,
+    /// Optional file body sent after `out` and `body`.
     pub file: FileBody,
     /// Set by the SDK when the module panicked: the host counts a fault.
     pub fault: bool,
@@ -131,6 +216,7 @@ impl Verdict {
     pub const NEED_MORE: Verdict = Verdict {
         action: Action::NeedMore,
         consumed: 0,
+        body: SharedBody::NONE,
         file: FileBody::NONE,
         fault: false,
     };
@@ -165,6 +251,12 @@ impl Verdict {
     /// Attach a file body (sent after `out`).
     pub fn with_file(mut self, file: FileBody) -> Verdict {
         self.file = file;
+        self
+    }
+
+    /// Attach shared bytes (sent after `out`, without a copy).
+    pub fn with_body(mut self, body: SharedBody) -> Verdict {
+        self.body = body;
         self
     }
 }

@@ -92,7 +92,9 @@ pub mod abi;
 pub mod export;
 pub mod http;
 
-pub use abi::{Action, ConnInfo, FileBody, LogLevel, Manifest, Protocol, ReloadMode, Verdict};
+pub use abi::{
+    Action, ConnInfo, FileBody, LogLevel, Manifest, Protocol, ReloadMode, SharedBody, Verdict,
+};
 pub use abi_stable::std_types::RVec;
 pub use export::{Handler, StartContext};
 

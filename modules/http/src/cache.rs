@@ -69,6 +69,14 @@ pub struct Entry {
     used: AtomicBool,
 }
 
+/// The cached bytes (empty for a file not kept in memory), so that an entry
+/// can own a body shared with the host.
+impl AsRef<[u8]> for Entry {
+    fn as_ref(&self) -> &[u8] {
+        self.body.as_deref().unwrap_or(&[])
+    }
+}
+
 impl Entry {
     /// Builds an entry; `body` is `Some` for a file kept in memory.
     pub fn new(file: PathBuf, stamp: Stamp, body: Option<Box<[u8]>>) -> Entry {

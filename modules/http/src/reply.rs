@@ -2,7 +2,7 @@
 //! request, and the short text bodies of error responses.
 
 use module_api::http;
-use module_api::{FileBody, RVec};
+use module_api::{FileBody, RVec, SharedBody};
 
 /// The `Allow` header: the methods this module answers.
 pub const ALLOW_LINE: &[u8] = b"Allow: GET, HEAD, OPTIONS\r\n";
@@ -49,12 +49,14 @@ impl Reply {
 }
 
 /// What was sent, for the access log and the verdict.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Sent {
     /// The response status.
     pub status: u16,
     /// Body bytes, in `out` or in `file`.
     pub bytes: u64,
+    /// Cached bytes for the host to send after `out` without a copy.
+    pub body: SharedBody,
     /// A file range for the host to send after `out`.
     pub file: FileBody,
     /// Whether the connection may stay open.
@@ -68,6 +70,7 @@ impl Sent {
         Sent {
             status,
             bytes,
+            body: SharedBody::NONE,
             file: FileBody::NONE,
             keep_alive: reply.keep_alive,
         }

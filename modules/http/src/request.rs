@@ -73,7 +73,7 @@ pub fn handle(http: &Http, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) ->
     } else {
         Verdict::close(consumed)
     };
-    verdict.with_file(sent.file)
+    verdict.with_file(sent.file).with_body(sent.body)
 }
 
 /// The head is incomplete: wait, unless it is already over a limit.

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use module_api::http::{self, Request};
-use module_api::{FileBody, RVec};
+use module_api::{FileBody, RVec, SharedBody};
 
 use crate::cache::{Entry, Stamp};
 use crate::conditional::{self, Conditions, Validators};
@@ -16,6 +16,10 @@ use crate::path::{self, Found, Missing};
 use crate::range;
 use crate::reply::{Reply, Sent};
 use crate::Http;
+
+/// Cached bodies at least this large are shared with the host rather than
+/// copied into the output buffer.
+const SHARE_ABOVE: u64 = 16 * 1024;
 
 /// A cache lookup's result.
 enum Lookup {
@@ -64,7 +68,7 @@ pub fn serve(http: &Http, req: &Request<'_, '_>, reply: Reply, out: &mut RVec<u8
 /// anything when the file on disk no longer matches the entry.
 fn respond(
     req: &Request<'_, '_>,
-    entry: &Entry,
+    entry: &Arc<Entry>,
     file: Option<File>,
     reply: Reply,
     out: &mut RVec<u8>,
@@ -148,7 +152,13 @@ fn respond(
     sent.bytes = count;
     if let Some(body) = &entry.body {
         // `start + count <= len == body.len()`: both come from the entry.
-        out.extend_from_copy_slice(&body[start as usize..(start + count) as usize]);
+        let range = start as usize..(start + count) as usize;
+        if count >= SHARE_ABOVE {
+            // Large bodies go out straight from the cache, with no copy.
+            sent.body = SharedBody::from_arc(entry.clone(), range);
+        } else {
+            out.extend_from_copy_slice(&body[range]);
+        }
     } else if let Some(file) = file {
         sent.file = FileBody {
             fd: file.into_raw_fd(),
