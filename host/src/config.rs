@@ -51,6 +51,9 @@ pub struct Server {
     pub max_message_size: usize,
     /// Routing gives up when this many bytes match no binding yet.
     pub max_header_size: usize,
+    /// Unsent bytes a connection may accumulate from server pushes before
+    /// it is disconnected as a slow reader.
+    pub max_push_backlog: usize,
     /// Grace period for in-flight work on `SHUTDOWN`.
     pub shutdown_timeout_ms: u64,
     /// How long a replaced generation may keep serving in-flight messages
@@ -80,6 +83,7 @@ impl Default for Server {
             send_timeout_ms: 60_000,
             max_message_size: 1 << 20,
             max_header_size: 16 * 1024,
+            max_push_backlog: 1 << 20,
             shutdown_timeout_ms: 10_000,
             drain_timeout_ms: 30_000,
             admin_token: None,

@@ -23,6 +23,21 @@ pub const READ_BUF: usize = 16 * 1024;
 /// Above this many unsent bytes the connection stops processing input.
 pub const WRITE_HIGH_WATER: usize = 256 * 1024;
 
+/// Connection ids carry where the connection lives, so that a push can be
+/// routed to its loop and slab slot: `seq << 32 | loop << 24 | key`.
+pub const MAX_KEY: usize = 1 << 24;
+
+/// Builds a connection id.
+pub fn make_id(seq: u64, loop_idx: usize, key: usize) -> u64 {
+    debug_assert!(loop_idx < 256 && key < MAX_KEY);
+    (seq << 32) | ((loop_idx as u64) << 24) | key as u64
+}
+
+/// The loop index and slab key of a connection id.
+pub fn id_parts(id: u64) -> (usize, usize) {
+    (((id >> 24) & 0xff) as usize, (id & 0xff_ffff) as usize)
+}
+
 /// Where the connection is in its current message.
 pub enum Stage {
     /// Between messages, or reading the first bytes of one.
@@ -137,6 +152,10 @@ pub struct Conn {
     pub rbuf: ReadBuf,
     pub wbuf: RVec<u8>,
     pub wpos: usize,
+    /// Pushed bytes waiting for the current body or file to finish.
+    pub push_queue: Vec<u8>,
+    /// Modules that asked for `on_close` on this connection.
+    pub watchers: Vec<Arc<str>>,
     /// Module-owned bytes to send after `wbuf` (released when dropped).
     pub body: Option<SharedBody>,
     /// Bytes of `body` already sent.
@@ -163,6 +182,8 @@ impl Conn {
             rbuf: ReadBuf::default(),
             wbuf: RVec::new(),
             wpos: 0,
+            push_queue: Vec::new(),
+            watchers: Vec::new(),
             body: None,
             body_pos: 0,
             file: None,
@@ -176,7 +197,32 @@ impl Conn {
 
     /// Unsent output bytes (buffer and file).
     pub fn pending_output(&self) -> bool {
-        self.wpos < self.wbuf.len() || self.body.is_some() || self.file.is_some()
+        self.wpos < self.wbuf.len()
+            || self.body.is_some()
+            || self.file.is_some()
+            || !self.push_queue.is_empty()
+    }
+
+    /// Unsent bytes, for the push backlog limit.
+    pub fn backlog(&self) -> usize {
+        (self.wbuf.len() - self.wpos)
+            + self
+                .body
+                .as_ref()
+                .map_or(0, |b| b.len as usize - self.body_pos)
+            + self.file.as_ref().map_or(0, |f| f.remaining as usize)
+            + self.push_queue.len()
+    }
+
+    /// Moves queued pushes into the write buffer once no body or file is
+    /// in the way (pushes never split a response).
+    pub fn release_pushes(&mut self) -> bool {
+        if self.push_queue.is_empty() || self.body.is_some() || self.file.is_some() {
+            return false;
+        }
+        self.wbuf.extend_from_copy_slice(&self.push_queue);
+        self.push_queue.clear();
+        true
     }
 
     /// Whether input processing must wait (output backlog, a file being

@@ -9,6 +9,7 @@
 //! * [`pool`]: the worker pool for blocking module work, the control thread
 //!   for admin work, and the mailboxes back to the loops.
 //! * [`admin`]: the built-in commands.
+//! * [`services`]: what modules call back into (push, in-process calls).
 //! * [`watch`]: `--watch`, reloading when module files change.
 //! * [`sys`]: platform-specific calls (`SO_REUSEPORT`, `sendfile`).
 
@@ -20,6 +21,7 @@ mod pool;
 mod reactor;
 mod registry;
 mod router;
+mod services;
 mod sys;
 mod watch;
 
@@ -38,6 +40,7 @@ use crate::config::{AcceptMode, Config};
 use crate::pool::{Control, Mailbox, Pool};
 use crate::reactor::{EventLoop, Shared};
 use crate::registry::Registry;
+use crate::services::Services;
 
 fn main() -> ExitCode {
     let args = cli::parse();
@@ -79,7 +82,8 @@ fn run(args: cli::Args) -> Result<(), String> {
     let loops = match server.event_loops {
         0 => thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
-    };
+    }
+    .min(256); // connection ids carry the loop index in 8 bits
     let mode = if sys::HAS_REUSEPORT {
         server.accept
     } else {
@@ -104,25 +108,6 @@ fn run(args: cli::Args) -> Result<(), String> {
         listeners.push(l);
     }
 
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("data"));
-    let registry = Arc::new(
-        Registry::new(
-            args.modules.clone(),
-            data_dir,
-            config.clone(),
-            args.config.clone(),
-        )
-        .map_err(|e| format!("cannot prepare {}: {e}", args.modules.display()))?,
-    );
-    let outcomes = registry.load_all();
-    let loaded = outcomes.iter().filter(|o| o.line.contains(" gen=")).count();
-    if loaded == 0 {
-        log::warn!("no modules loaded from {}", args.modules.display());
-    }
-
     let mut polls = Vec::with_capacity(loops);
     let mut mailboxes = Vec::with_capacity(loops);
     let mut inboxes = Vec::with_capacity(loops);
@@ -133,10 +118,34 @@ fn run(args: cli::Args) -> Result<(), String> {
         mailboxes.push(Mailbox { tx, waker });
         inboxes.push(rx);
     }
+    let mailboxes = Arc::new(mailboxes);
+    let services = Services::new();
+    services.set_mailboxes(mailboxes.clone());
+
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("data"));
+    let registry = Arc::new(
+        Registry::new(
+            args.modules.clone(),
+            data_dir,
+            config.clone(),
+            args.config.clone(),
+            services.clone(),
+        )
+        .map_err(|e| format!("cannot prepare {}: {e}", args.modules.display()))?,
+    );
+    services.set_registry(&registry);
     registry
         .table()
         .set_wakers(mailboxes.iter().map(|m| m.waker.clone()).collect());
-    let mailboxes = Arc::new(mailboxes);
+    let outcomes = registry.load_all();
+    let loaded = outcomes.iter().filter(|o| o.line.contains(" gen=")).count();
+    if loaded == 0 {
+        log::warn!("no modules loaded from {}", args.modules.display());
+    }
+
     let threads = config.server.threads;
     let shared = Arc::new(Shared {
         cfg: config.server.clone(),

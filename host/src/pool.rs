@@ -33,6 +33,13 @@ pub enum Completion {
     },
     /// An admin command finished; `reply` is written to the connection.
     Admin { to: ReplyTo, reply: String },
+    /// A module pushes bytes to a connection (see `services`).
+    Push {
+        conn_id: u64,
+        module: Arc<str>,
+        data: Vec<u8>,
+        notice: Vec<u8>,
+    },
 }
 
 /// One event loop's inbox.

@@ -22,7 +22,7 @@ use slab::Slab;
 
 use crate::admin::{self, Command};
 use crate::config::Server;
-use crate::conn::{Conn, PendingFile, ReadResult, Stage, READ_BUF};
+use crate::conn::{self, Conn, PendingFile, ReadResult, Stage, READ_BUF};
 use crate::pool::{Completion, Control, Job, Mailbox, Pool, ReplyTo};
 use crate::registry::{Generation, Registry};
 use crate::router::{Builtin, Match, RouteTable, SharedTable, Target};
@@ -238,9 +238,15 @@ impl EventLoop {
 
     fn register(&mut self, mut sock: TcpStream, peer: SocketAddr) {
         let _ = sock.set_nodelay(true);
-        let id = self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let seq = self.shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
+        if key >= conn::MAX_KEY {
+            log::error!("loop {}: too many connections, refusing {peer}", self.idx);
+            self.shared.conns.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let id = conn::make_id(seq, self.idx, key);
         if let Err(e) = self.poll.registry().register(
             &mut sock,
             Token(key),
@@ -269,12 +275,20 @@ impl EventLoop {
         }
         let mut conn = self.conns.remove(key);
         let _ = self.poll.registry().deregister(&mut conn.sock);
-        match std::mem::replace(&mut conn.stage, Stage::Routing) {
+        let told = match std::mem::replace(&mut conn.stage, Stage::Routing) {
             Stage::Module(g) | Stage::Deferred(g) => {
                 g.stats.conns.fetch_sub(1, Ordering::Relaxed);
                 g.module.on_close(&conn.info);
+                Some(g.name.clone())
             }
-            Stage::Routing | Stage::Admin => {}
+            Stage::Routing | Stage::Admin => None,
+        };
+        for name in &conn.watchers {
+            if told.as_ref() != Some(name) {
+                if let Ok(g) = self.shared.registry.current(name) {
+                    g.module.on_close(&conn.info);
+                }
+            }
         }
         if let Some(buf) = conn.rbuf.detach() {
             self.recycle(buf);
@@ -360,6 +374,7 @@ impl EventLoop {
                 Err(why) => return self.close(key, why),
             }
             let conn = &mut self.conns[key];
+            progress |= conn.release_pushes();
             match conn.flush() {
                 Ok(p) => {
                     if p {
@@ -632,8 +647,17 @@ impl EventLoop {
     /// Delivers results from the pool and the control thread.
     fn drain_inbox(&mut self) {
         while let Ok(c) = self.inbox.try_recv() {
-            let to = match &c {
-                Completion::Deferred { to, .. } | Completion::Admin { to, .. } => *to,
+            let to = match c {
+                Completion::Deferred { to, .. } | Completion::Admin { to, .. } => to,
+                Completion::Push {
+                    conn_id,
+                    module,
+                    data,
+                    notice,
+                } => {
+                    self.push(conn_id, module, data, notice);
+                    continue;
+                }
             };
             let Some(conn) = self.conns.get_mut(to.key) else {
                 continue;
@@ -671,9 +695,37 @@ impl EventLoop {
                     conn.wbuf.extend_from_copy_slice(reply.as_bytes());
                     conn.stage = Stage::Routing;
                 }
+                Completion::Push { .. } => unreachable!("handled above"),
             }
             self.drive(to.key);
         }
+    }
+
+    /// Queues bytes a module pushed to one of this loop's connections.
+    fn push(&mut self, conn_id: u64, module: Arc<str>, data: Vec<u8>, notice: Vec<u8>) {
+        let (_, key) = conn::id_parts(conn_id);
+        let limit = self.shared.cfg.max_push_backlog;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.info.id != conn_id || conn.closing {
+            return;
+        }
+        if !conn.watchers.contains(&module) {
+            conn.watchers.push(module.clone());
+        }
+        if conn.backlog() + data.len() > limit {
+            log::warn!(
+                "conn {} from {}: {module} push backlog over {limit} bytes, disconnecting the slow reader",
+                conn.info.id,
+                conn.info.peer()
+            );
+            conn.push_queue.extend_from_slice(&notice);
+            conn.closing = true;
+        } else {
+            conn.push_queue.extend_from_slice(&data);
+        }
+        self.drive(key);
     }
 
     /// Closes connections whose deadline passed.
@@ -744,6 +796,9 @@ fn finish_message(conn: &mut Conn, g: &Arc<Generation>, v: Verdict, now: Instant
     }
     if v.action == Action::Close {
         conn.closing = true;
+    }
+    if v.watch_close && !conn.watchers.contains(&g.name) {
+        conn.watchers.push(g.name.clone());
     }
     conn.last_activity = now;
     conn.msg_start = if conn.rbuf.is_empty() {

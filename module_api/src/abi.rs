@@ -209,6 +209,9 @@ pub struct Verdict {
     pub file: FileBody,
     /// Set by the SDK when the module panicked: the host counts a fault.
     pub fault: bool,
+    /// Ask for [`Module::on_close`] when this connection closes, even if it
+    /// is then between messages (e.g. it subscribed to pushes).
+    pub watch_close: bool,
 }
 
 impl Verdict {
@@ -219,6 +222,7 @@ impl Verdict {
         body: SharedBody::NONE,
         file: FileBody::NONE,
         fault: false,
+        watch_close: false,
     };
 
     /// The message was `consumed` bytes and its answer is in `out`.
@@ -254,6 +258,12 @@ impl Verdict {
         self
     }
 
+    /// Ask for `on_close` when this connection closes.
+    pub fn watch_close(mut self) -> Verdict {
+        self.watch_close = true;
+        self
+    }
+
     /// Attach shared bytes (sent after `out`, without a copy).
     pub fn with_body(mut self, body: SharedBody) -> Verdict {
         self.body = body;
@@ -261,7 +271,8 @@ impl Verdict {
     }
 }
 
-/// The connection a call is about.
+/// The connection a call is about. `id` is unique for the life of the
+/// process and is what [`HostServices::push`] takes.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnInfo {
@@ -332,8 +343,46 @@ pub trait HostServices: Send + Sync {
     /// Whether a record at `level` would be written at all.
     fn log_enabled(&self, level: LogLevel) -> bool;
     /// The module's data directory (created by the host).
-    #[sabi(last_prefix_field)]
     fn data_dir(&self) -> RString;
+    /// Queues `data` for connection `conn` (server push), to be written
+    /// between messages. Returns `false` when no such connection exists.
+    /// When the connection's unsent output exceeds the host's push backlog
+    /// limit, the host writes `overflow_notice` instead and closes it (the
+    /// module then sees `on_close`). Never blocks.
+    fn push(&self, conn: u64, data: RSlice<'_, u8>, overflow_notice: RSlice<'_, u8>) -> bool;
+    /// Calls another module's request/response entry in-process with one
+    /// complete message, as if it came from a loopback connection; its reply
+    /// is appended to `out`. May block (deferred handlers run inline), so
+    /// call it only from `on_deferred` or a job.
+    #[sabi(last_prefix_field)]
+    fn call(&self, module: RStr<'_>, input: RSlice<'_, u8>, out: &mut RVec<u8>) -> CallStatus;
+}
+
+/// The outcome of [`HostServices::call`].
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallStatus {
+    /// The module answered; its reply is in `out`.
+    Ok = 0,
+    /// No module of that name is running.
+    NoSuchModule = 1,
+    /// The module is reloading exclusively or was removed.
+    Unavailable = 2,
+    /// The input was not one complete message for that module.
+    Incomplete = 3,
+    /// The module faulted (panicked).
+    Fault = 4,
+}
+
+/// A scheduled job a module declares (see [`Module::jobs`]).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct JobSpec {
+    /// Name, unique within the module; `RUN <module> <name>` runs it now.
+    pub name: RString,
+    /// A cron expression (5 fields, or 6 with seconds first) or an interval
+    /// such as `@every 30s`.
+    pub schedule: RString,
 }
 
 /// The host-side handle a module receives at start.
@@ -355,9 +404,15 @@ pub trait Module: Send + Sync {
     fn stop(&self);
     /// Extra module-specific text for `STATUS` (one line, may be empty).
     fn status(&self) -> RString;
-    /// The connection closed while it was routed to this module.
-    #[sabi(last_prefix_field)]
+    /// A connection closed that was routed to this module or that it pushed
+    /// to.
     fn on_close(&self, conn: &ConnInfo);
+    /// The scheduled jobs of this generation (asked once after start).
+    fn jobs(&self) -> RVec<JobSpec>;
+    /// Runs job `name` on a host pool thread (may block). `Ok` carries a
+    /// one-line summary of the result, `Err` the reason it failed.
+    #[sabi(last_prefix_field)]
+    fn run_job(&self, name: RStr<'_>) -> RResult<RString, RString>;
 }
 
 /// A boxed module instance as it crosses the boundary.

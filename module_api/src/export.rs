@@ -11,7 +11,8 @@ use abi_stable::{
 };
 
 use crate::abi::{
-    Action, ConnInfo, HostBox, LogLevel, Manifest, Module, ModuleBox, Module_TO, Protocol, Verdict,
+    Action, ConnInfo, HostBox, JobSpec, LogLevel, Manifest, Module, ModuleBox, Module_TO, Protocol,
+    Verdict,
 };
 
 /// What a module author implements: one value per generation, shared by
@@ -44,14 +45,25 @@ pub trait Handler: Send + Sync + 'static {
         String::new()
     }
 
-    /// A connection routed to this module closed.
+    /// A connection routed to this module (or pushed to) closed.
     fn on_close(&self, _conn: &ConnInfo) {}
+
+    /// Scheduled jobs; asked once after start.
+    fn jobs(&self) -> Vec<JobSpec> {
+        Vec::new()
+    }
+
+    /// Runs a job (on a pool thread; may block).
+    fn run_job(&self, name: &str) -> Result<String, String> {
+        Err(format!("no job named {name:?}"))
+    }
 }
 
 /// What `start` receives.
 pub struct StartContext<'a> {
-    /// Host services (logging, data directory).
-    pub host: &'a crate::Host,
+    /// Host services (logging, data directory, push, calls). It lives as
+    /// long as the generation, so a handler may keep it.
+    pub host: &'static crate::Host,
     /// The module's `[modules.<name>]` table (an empty object when absent).
     pub config: serde_json::Value,
     /// The previous generation's saved state, empty on a first start.
@@ -125,6 +137,18 @@ impl<H: Handler> Module for Guarded<H> {
 
     fn on_close(&self, conn: &ConnInfo) {
         let _ = guard(|| self.inner.on_close(conn));
+    }
+
+    fn jobs(&self) -> RVec<JobSpec> {
+        guard(|| self.inner.jobs()).unwrap_or_default().into()
+    }
+
+    fn run_job(&self, name: RStr<'_>) -> RResult<RString, RString> {
+        match guard(|| self.inner.run_job(name.as_str())) {
+            Some(Ok(s)) => ROk(s.into()),
+            Some(Err(e)) => RErr(e.into()),
+            None => RErr("job panicked".into()),
+        }
     }
 }
 

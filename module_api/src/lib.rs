@@ -93,7 +93,8 @@ pub mod export;
 pub mod http;
 
 pub use abi::{
-    Action, ConnInfo, FileBody, LogLevel, Manifest, Protocol, ReloadMode, SharedBody, Verdict,
+    Action, CallStatus, ConnInfo, FileBody, JobSpec, LogLevel, Manifest, Protocol, ReloadMode,
+    SharedBody, Verdict,
 };
 pub use abi_stable::std_types::RVec;
 pub use export::{Handler, StartContext};
@@ -120,6 +121,32 @@ impl Host {
     /// The module's data directory; the host creates it before `start`.
     pub fn data_dir(&self) -> PathBuf {
         PathBuf::from(self.raw.data_dir().as_str())
+    }
+
+    /// Queues bytes for a connection (server push); see
+    /// [`abi::HostServices::push`].
+    pub fn push(&self, conn: u64, data: &[u8], overflow_notice: &[u8]) -> bool {
+        use abi_stable::std_types::RSlice;
+        self.raw.push(
+            conn,
+            RSlice::from_slice(data),
+            RSlice::from_slice(overflow_notice),
+        )
+    }
+
+    /// Calls another module in-process with one complete message; see
+    /// [`abi::HostServices::call`]. Blocks: use it from `on_deferred` or a
+    /// job only.
+    pub fn call(&self, module: &str, input: &[u8]) -> Result<Vec<u8>, CallStatus> {
+        use abi_stable::std_types::{RSlice, RStr};
+        let mut out = RVec::new();
+        match self
+            .raw
+            .call(RStr::from_str(module), RSlice::from_slice(input), &mut out)
+        {
+            CallStatus::Ok => Ok(out.into_vec()),
+            other => Err(other),
+        }
     }
 }
 

@@ -24,7 +24,7 @@ pub struct ModuleStats {
 /// generation they were routed to until their message ends; the module is
 /// stopped when the last holder lets go.
 pub struct Generation {
-    pub name: String,
+    pub name: Arc<str>,
     pub version: String,
     pub gen: u64,
     pub protocol: Protocol,
@@ -51,7 +51,7 @@ fn epoch() -> Instant {
 impl Generation {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        name: String,
+        name: Arc<str>,
         version: String,
         gen: u64,
         protocol: Protocol,

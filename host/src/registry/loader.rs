@@ -18,12 +18,13 @@ use std::sync::Arc;
 
 use abi_stable::library::{lib_header_from_raw_library, LibraryError, RawLibrary};
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RSlice, RStr, RString};
+use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 use module_api::abi::{HostServices, HostServices_TO, LogLevel, ModuleLibRef};
-use module_api::{Protocol, ReloadMode};
+use module_api::{CallStatus, Protocol, ReloadMode};
 
 use super::generation::{Generation, ModuleStats};
 use crate::router::BUILTINS;
+use crate::services::Services;
 
 /// A library that passed the ABI check and whose manifest was read, not
 /// yet started.
@@ -43,7 +44,7 @@ impl Candidate {
     pub fn of(g: &Generation) -> Candidate {
         Candidate {
             root: g.root,
-            name: g.name.clone(),
+            name: g.name.to_string(),
             version: g.version.clone(),
             protocol: g.protocol,
             reload: g.reload,
@@ -113,10 +114,12 @@ pub fn open(file: &Path, run_dir: &Path, seq: u64) -> Result<Candidate, String> 
 
 /// Starts generation `gen` of a candidate with its config and the previous
 /// generation's saved state.
+#[allow(clippy::too_many_arguments)]
 pub fn launch(
     c: &Candidate,
     gen: u64,
     stats: Arc<ModuleStats>,
+    services: Arc<Services>,
     config_json: &str,
     state: &[u8],
     data_dir: PathBuf,
@@ -125,8 +128,9 @@ pub fn launch(
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
     let host = HostServices_TO::from_value(
         HostCtx {
-            target: c.name.clone(),
+            name: Arc::from(c.name.as_str()),
             data_dir,
+            services,
         },
         TD_Opaque,
     );
@@ -136,7 +140,7 @@ pub fn launch(
             RResult::RErr(e) => return Err(format!("start failed: {e}")),
         };
     Ok(Generation::new(
-        c.name.clone(),
+        Arc::from(c.name.as_str()),
         c.version.clone(),
         gen,
         c.protocol,
@@ -151,8 +155,10 @@ pub fn launch(
 
 /// The host's services as handed to one module.
 struct HostCtx {
-    target: String,
+    /// The module's name: its log target and what pushes are tagged with.
+    name: Arc<str>,
     data_dir: PathBuf,
+    services: Arc<Services>,
 }
 
 fn level(l: LogLevel) -> log::Level {
@@ -170,7 +176,7 @@ impl HostServices for HostCtx {
         log::logger().log(
             &log::Record::builder()
                 .level(level(l))
-                .target(&self.target)
+                .target(&self.name)
                 .args(format_args!("{}", message.as_str()))
                 .build(),
         );
@@ -179,16 +185,24 @@ impl HostServices for HostCtx {
     fn log_enabled(&self, l: LogLevel) -> bool {
         let l = level(l);
         l <= log::max_level()
-            && log::logger().enabled(
-                &log::Metadata::builder()
-                    .level(l)
-                    .target(&self.target)
-                    .build(),
-            )
+            && log::logger().enabled(&log::Metadata::builder().level(l).target(&self.name).build())
     }
 
     fn data_dir(&self) -> RString {
         self.data_dir.to_string_lossy().into_owned().into()
+    }
+
+    fn push(&self, conn: u64, data: RSlice<'_, u8>, overflow_notice: RSlice<'_, u8>) -> bool {
+        self.services.push(
+            &self.name,
+            conn,
+            data.as_slice(),
+            overflow_notice.as_slice(),
+        )
+    }
+
+    fn call(&self, module: RStr<'_>, input: RSlice<'_, u8>, out: &mut RVec<u8>) -> CallStatus {
+        self.services.call(module.as_str(), input.as_slice(), out)
     }
 }
 

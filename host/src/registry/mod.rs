@@ -28,11 +28,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use module_api::{Protocol, ReloadMode};
+use module_api::{CallStatus, Protocol, ReloadMode};
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::Config;
 use crate::router::{RouteTable, SharedTable, Target};
+use crate::services::Services;
 use loader::Candidate;
 
 /// What identifies a version of a file on disk.
@@ -94,6 +95,7 @@ pub struct Registry {
     views: RwLock<BTreeMap<String, View>>,
     table: Arc<SharedTable>,
     seq: AtomicU64,
+    services: Arc<Services>,
 }
 
 /// The outcome of one module's load or reload, as a reply line.
@@ -132,6 +134,7 @@ impl Registry {
         data_dir: PathBuf,
         config: Config,
         config_path: Option<PathBuf>,
+        services: Arc<Services>,
     ) -> std::io::Result<Registry> {
         let run_dir = dir.join(".run");
         fs::create_dir_all(&run_dir)?;
@@ -149,6 +152,7 @@ impl Registry {
             views: RwLock::new(BTreeMap::new()),
             table: Arc::new(SharedTable::new(RouteTable::new(Vec::new()))),
             seq: AtomicU64::new(0),
+            services,
         })
     }
 
@@ -188,6 +192,7 @@ impl Registry {
             c,
             gen,
             stats,
+            self.services.clone(),
             &config_json,
             saved,
             self.data_dir.join(&c.name),
@@ -276,7 +281,7 @@ impl Registry {
             state.removed.remove(b);
         }
         let config_json = state.config.module_json(&gen.name);
-        let name = gen.name.clone();
+        let name = gen.name.to_string();
         let old = state.modules.insert(
             name,
             Slot {
@@ -566,6 +571,17 @@ impl Registry {
                 Some(line)
             })
             .collect()
+    }
+
+    /// The current generation of module `name`, for in-process calls and
+    /// close notifications.
+    pub fn current(&self, name: &str) -> Result<Arc<Generation>, CallStatus> {
+        let views = self.views.read();
+        let v = views.get(name).ok_or(CallStatus::NoSuchModule)?;
+        if v.reloading {
+            return Err(CallStatus::Unavailable);
+        }
+        v.current.upgrade().ok_or(CallStatus::Unavailable)
     }
 
     /// Requests and faults summed over all modules ever loaded.

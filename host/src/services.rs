@@ -1,0 +1,97 @@
+//! Host services that modules call back into: server push to a
+//! connection, and in-process calls to another module.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, OnceLock, Weak};
+
+use abi_stable::std_types::{RSlice, RVec};
+use module_api::{Action, CallStatus, ConnInfo};
+
+use crate::conn;
+use crate::pool::{Completion, Mailbox};
+use crate::registry::Registry;
+
+/// What every module's host handle shares.
+pub struct Services {
+    mailboxes: OnceLock<Arc<Vec<Mailbox>>>,
+    registry: OnceLock<Weak<Registry>>,
+}
+
+impl Services {
+    pub fn new() -> Arc<Services> {
+        Arc::new(Services {
+            mailboxes: OnceLock::new(),
+            registry: OnceLock::new(),
+        })
+    }
+
+    /// Connects the services to the event loops (before any module runs
+    /// traffic).
+    pub fn set_mailboxes(&self, mailboxes: Arc<Vec<Mailbox>>) {
+        let _ = self.mailboxes.set(mailboxes);
+    }
+
+    pub fn set_registry(&self, registry: &Arc<Registry>) {
+        let _ = self.registry.set(Arc::downgrade(registry));
+    }
+
+    /// Queues pushed bytes on the loop that owns `conn`.
+    pub fn push(&self, module: &Arc<str>, conn: u64, data: &[u8], notice: &[u8]) -> bool {
+        let Some(mailboxes) = self.mailboxes.get() else {
+            return false;
+        };
+        let (loop_idx, _) = conn::id_parts(conn);
+        let Some(mailbox) = mailboxes.get(loop_idx) else {
+            return false;
+        };
+        mailbox.send(Completion::Push {
+            conn_id: conn,
+            module: module.clone(),
+            data: data.to_vec(),
+            notice: notice.to_vec(),
+        });
+        true
+    }
+
+    /// Runs one complete message through module `name`, inline.
+    pub fn call(&self, name: &str, input: &[u8], out: &mut RVec<u8>) -> CallStatus {
+        let Some(registry) = self.registry.get().and_then(Weak::upgrade) else {
+            return CallStatus::NoSuchModule;
+        };
+        let g = match registry.current(name) {
+            Ok(g) => g,
+            Err(status) => return status,
+        };
+        let info = ConnInfo::new(
+            0,
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            false,
+        );
+        let mut v = g.module.on_message(&info, RSlice::from_slice(input), out);
+        if v.action == Action::Defer {
+            let n = (v.consumed as usize).min(input.len());
+            v = g
+                .module
+                .on_deferred(&info, RSlice::from_slice(&input[..n]), out);
+        }
+        if v.fault {
+            g.stats
+                .faults
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return CallStatus::Fault;
+        }
+        if v.body.is_some() {
+            out.extend_from_copy_slice(v.body.bytes());
+        }
+        crate::sys::close_fd(v.file.fd);
+        match v.action {
+            Action::NeedMore => CallStatus::Incomplete,
+            _ => {
+                g.stats
+                    .requests
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                CallStatus::Ok
+            }
+        }
+    }
+}
