@@ -154,6 +154,9 @@ pub struct Conn {
     pub wpos: usize,
     /// Pushed bytes waiting for the current body or file to finish.
     pub push_queue: Vec<u8>,
+    /// The module that keeps this connection (`Action::Keep`): its next
+    /// message goes there whatever its first bytes.
+    pub sticky: Option<Arc<str>>,
     /// Modules that asked for `on_close` on this connection.
     pub watchers: Vec<Arc<str>>,
     /// Module-owned bytes to send after `wbuf` (released when dropped).
@@ -184,6 +187,7 @@ impl Conn {
             wpos: 0,
             push_queue: Vec::new(),
             watchers: Vec::new(),
+            sticky: None,
             body: None,
             body_pos: 0,
             file: None,

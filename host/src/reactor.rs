@@ -428,6 +428,26 @@ impl EventLoop {
                 return Ok(progress);
             }
             match &conn.stage {
+                Stage::Routing if conn.sticky.is_some() => {
+                    let name = conn.sticky.as_deref().unwrap_or_default();
+                    match self.table.by_name(name) {
+                        Some(Target::Module(g)) => {
+                            g.stats.conns.fetch_add(1, Ordering::Relaxed);
+                            conn.stage = Stage::Module(g.clone());
+                        }
+                        Some(Target::Unavailable(protocol)) => {
+                            unavailable(&mut conn.wbuf, *protocol);
+                            conn.closing = true;
+                        }
+                        _ => {
+                            log::info!(
+                                "conn {}: module {name} that kept it is gone, closing",
+                                conn.info.id
+                            );
+                            conn.closing = true;
+                        }
+                    }
+                }
                 Stage::Routing => {
                     let input = conn.rbuf.bytes();
                     match self.table.lookup(input) {
@@ -556,9 +576,9 @@ impl EventLoop {
                 });
                 return Next::Keep;
             }
-            Action::Done | Action::Close => {}
+            Action::Done | Action::Close | Action::Keep => {}
         }
-        if consumed == 0 && v.action == Action::Done {
+        if consumed == 0 && matches!(v.action, Action::Done | Action::Keep) {
             bad("Done without consuming input");
             return Next::Close("module violation");
         }
@@ -677,7 +697,7 @@ impl EventLoop {
                         log::error!("{} gen={} faulted (panic) in deferred call", g.name, g.gen);
                     }
                     let v = match verdict.action {
-                        Action::Done | Action::Close => verdict,
+                        Action::Done | Action::Close | Action::Keep => verdict,
                         _ => {
                             log::error!(
                                 "{} gen={}: deferred call answered {:?}, closing",
@@ -794,8 +814,10 @@ fn finish_message(conn: &mut Conn, g: &Arc<Generation>, v: Verdict, now: Instant
             remaining: v.file.len,
         });
     }
-    if v.action == Action::Close {
-        conn.closing = true;
+    match v.action {
+        Action::Close => conn.closing = true,
+        Action::Keep => conn.sticky = Some(g.name.clone()),
+        _ => conn.sticky = None,
     }
     if v.watch_close && !conn.watchers.contains(&g.name) {
         conn.watchers.push(g.name.clone());

@@ -56,11 +56,17 @@ pub enum Match<'t> {
 pub struct RouteTable {
     /// Routes grouped by first byte, each group longest prefix first.
     by_first: Vec<Vec<Route>>,
+    /// Each module's target by name, for connections a module keeps.
+    by_name: std::collections::HashMap<Arc<str>, Target>,
 }
 
 impl RouteTable {
-    /// Builds a table from `(prefix, target)` pairs; the built-ins are added.
-    pub fn new(bindings: Vec<(Vec<u8>, Target)>) -> RouteTable {
+    /// Builds a table from `(prefix, target)` pairs and each module's
+    /// target by name; the built-ins are added.
+    pub fn new(
+        bindings: Vec<(Vec<u8>, Target)>,
+        by_name: std::collections::HashMap<Arc<str>, Target>,
+    ) -> RouteTable {
         let mut by_first: Vec<Vec<Route>> = (0..256).map(|_| Vec::new()).collect();
         let builtins = BUILTINS
             .iter()
@@ -77,7 +83,13 @@ impl RouteTable {
         for group in &mut by_first {
             group.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         }
-        RouteTable { by_first }
+        RouteTable { by_first, by_name }
+    }
+
+    /// The target of module `name` (for connections it keeps), if it is
+    /// routable.
+    pub fn by_name(&self, name: &str) -> Option<&Target> {
+        self.by_name.get(name)
     }
 
     /// Finds the longest binding that `input` starts with, or says to wait
@@ -172,6 +184,7 @@ mod tests {
                     )
                 })
                 .collect(),
+            Default::default(),
         )
     }
 

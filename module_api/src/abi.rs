@@ -87,6 +87,11 @@ pub enum Action {
     /// [`Module::on_deferred`] with exactly those bytes on its worker pool.
     /// Nothing may be written to `out`.
     Defer = 3,
+    /// Like `Done`, but the connection's next message comes to this module
+    /// again whatever its first bytes (a stream protocol that owns the
+    /// connection, e.g. JSON-RPC lines). After a reload it goes to the new
+    /// generation.
+    Keep = 4,
 }
 
 /// A byte range of an open file that the host sends after `out` (with
@@ -229,6 +234,15 @@ impl Verdict {
     pub fn done(consumed: usize) -> Verdict {
         Verdict {
             action: Action::Done,
+            consumed: consumed as u64,
+            ..Self::NEED_MORE
+        }
+    }
+
+    /// Like [`Verdict::done`], but keep the connection with this module.
+    pub fn keep(consumed: usize) -> Verdict {
+        Verdict {
+            action: Action::Keep,
             consumed: consumed as u64,
             ..Self::NEED_MORE
         }

@@ -150,7 +150,10 @@ impl Registry {
                 ..State::default()
             }),
             views: RwLock::new(BTreeMap::new()),
-            table: Arc::new(SharedTable::new(RouteTable::new(Vec::new()))),
+            table: Arc::new(SharedTable::new(RouteTable::new(
+                Vec::new(),
+                Default::default(),
+            ))),
             seq: AtomicU64::new(0),
             services,
         })
@@ -255,7 +258,12 @@ impl Registry {
                 bindings.push((prefix.clone(), Target::Unavailable(*protocol)));
             }
         }
-        self.table.swap(RouteTable::new(bindings));
+        let by_name = state
+            .modules
+            .iter()
+            .map(|(name, slot)| (slot.current.name.clone(), target(name, &slot.current)))
+            .collect();
+        self.table.swap(RouteTable::new(bindings, by_name));
 
         let mut views = self.views.write();
         views.retain(|name, v| {
@@ -603,7 +611,8 @@ impl Registry {
         let mut state = self.state.lock();
         state.modules.clear();
         state.removed.clear();
-        self.table.swap(RouteTable::new(Vec::new()));
+        self.table
+            .swap(RouteTable::new(Vec::new(), Default::default()));
         self.views.write().clear();
     }
 }
