@@ -1,10 +1,12 @@
 //! The built-in commands: `RELOAD`, `RELOAD <name>`, `STATUS`, `CLOSE`,
-//! `SHUTDOWN` and `AUTH <token>`. Each is one text line; each reply line
-//! begins with `OK` or `ERR`. Parsing is pure; the commands that touch the
-//! registry run on the control thread.
+//! `SHUTDOWN`, `AUTH <token>` and `RUN <module> <job>`. Each is one text
+//! line; each reply line begins with `OK` or `ERR`. Parsing is pure; the
+//! commands that touch the registry run on the control thread, `RUN` on a
+//! job thread.
 
 use std::sync::atomic::Ordering;
 
+use crate::pool::{Completion, ReplyTo};
 use crate::reactor::Shared;
 
 /// Longest command line accepted.
@@ -18,6 +20,8 @@ pub enum Command<'a> {
     Close,
     Shutdown,
     Auth(&'a str),
+    /// Run a module's job now.
+    Run(&'a str, &'a str),
     Unknown,
 }
 
@@ -26,7 +30,7 @@ impl Command<'_> {
     pub fn privileged(&self) -> bool {
         matches!(
             self,
-            Command::Reload(_) | Command::Status | Command::Shutdown
+            Command::Reload(_) | Command::Status | Command::Shutdown | Command::Run(..)
         )
     }
 }
@@ -39,13 +43,15 @@ pub fn parse(line: &[u8]) -> Command<'_> {
     let mut words = line.split_ascii_whitespace();
     let cmd = words.next().unwrap_or("");
     let arg = words.next();
+    let arg2 = words.next();
     let extra = words.next().is_some();
-    match (cmd, arg, extra) {
-        ("RELOAD", name, false) => Command::Reload(name),
-        ("STATUS", None, _) => Command::Status,
-        ("CLOSE", None, _) => Command::Close,
-        ("SHUTDOWN", None, _) => Command::Shutdown,
-        ("AUTH", Some(token), false) => Command::Auth(token),
+    match (cmd, arg, arg2, extra) {
+        ("RELOAD", name, None, false) => Command::Reload(name),
+        ("STATUS", None, ..) => Command::Status,
+        ("CLOSE", None, ..) => Command::Close,
+        ("SHUTDOWN", None, ..) => Command::Shutdown,
+        ("AUTH", Some(token), None, false) => Command::Auth(token),
+        ("RUN", Some(module), Some(job), false) => Command::Run(module, job),
         _ => Command::Unknown,
     }
 }
@@ -64,7 +70,12 @@ pub fn token_matches(given: &str, expected: &str) -> bool {
 pub fn status(shared: &Shared) -> String {
     let lines = shared.registry.status_lines();
     let mut out = String::from("OK status\n");
-    for l in &lines {
+    let jobs = shared
+        .registry
+        .scheduler()
+        .map(|s| s.status_lines())
+        .unwrap_or_default();
+    for l in lines.iter().chain(&jobs) {
         out.push_str(l);
         out.push('\n');
     }
@@ -100,6 +111,32 @@ pub fn reload(shared: &Shared, name: Option<&str>) -> String {
     out
 }
 
+/// `RUN <module> <job>`: starts the job on a job thread; its reply, `OK
+/// <module>/<job> <summary>` or `ERR <module>/<job>: <reason>`, goes to
+/// the connection through its loop's mailbox once the job has finished.
+pub fn run(shared: &Shared, module: &str, job: &str, to: ReplyTo) {
+    let mailbox = shared.mailboxes[to.loop_idx].clone();
+    let label = format!("{module}/{job}");
+    let send = move |reply: String| mailbox.send(Completion::Admin { to, reply });
+    let Some(scheduler) = shared.registry.scheduler() else {
+        return send(format!("ERR {label}: jobs are not enabled\n"));
+    };
+    let (done, done_label) = (send.clone(), label.clone());
+    let started = scheduler.run_now(
+        module,
+        job,
+        Box::new(move |result| {
+            done(match result {
+                Ok(summary) => format!("OK {done_label} {summary}\n"),
+                Err(why) => format!("ERR {done_label}: {why}\n"),
+            })
+        }),
+    );
+    if let Err(why) = started {
+        send(format!("ERR {label}: {why}\n"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +150,10 @@ mod tests {
         assert_eq!(parse(b"STATUSX"), Command::Unknown);
         assert_eq!(parse(b"AUTH s3cret"), Command::Auth("s3cret"));
         assert_eq!(parse(b"AUTH"), Command::Unknown);
+        assert_eq!(parse(b"RUN cron tick"), Command::Run("cron", "tick"));
+        assert_eq!(parse(b"RUN cron"), Command::Unknown);
+        assert_eq!(parse(b"RUN cron tick x"), Command::Unknown);
+        assert!(Command::Run("a", "b").privileged());
         assert!(Command::Shutdown.privileged());
         assert!(!Command::Close.privileged());
     }

@@ -51,6 +51,12 @@ pub struct Server {
     pub max_message_size: usize,
     /// Routing gives up when this many bytes match no binding yet.
     pub max_header_size: usize,
+    /// A proxied connection's upstream must accept within this.
+    pub upstream_connect_timeout_ms: u64,
+    /// A proxied connection with no traffic either way is closed after this.
+    pub proxy_idle_timeout_ms: u64,
+    /// Bytes buffered per direction of a proxied connection.
+    pub proxy_buffer_size: usize,
     /// Unsent bytes a connection may accumulate from server pushes before
     /// it is disconnected as a slow reader.
     pub max_push_backlog: usize,
@@ -66,6 +72,8 @@ pub struct Server {
     pub watch: bool,
     /// Explicit owners for prefixes bound by more than one module.
     pub routes: BTreeMap<String, String>,
+    /// TLS termination (`[server.tls]`).
+    pub tls: crate::tls::TlsSettings,
 }
 
 impl Default for Server {
@@ -83,12 +91,16 @@ impl Default for Server {
             send_timeout_ms: 60_000,
             max_message_size: 1 << 20,
             max_header_size: 16 * 1024,
+            upstream_connect_timeout_ms: 3_000,
+            proxy_idle_timeout_ms: 300_000,
+            proxy_buffer_size: 64 * 1024,
             max_push_backlog: 1 << 20,
             shutdown_timeout_ms: 10_000,
             drain_timeout_ms: 30_000,
             admin_token: None,
             watch: false,
             routes: BTreeMap::new(),
+            tls: Default::default(),
         }
     }
 }
@@ -105,6 +117,12 @@ impl Server {
     }
     pub fn send_timeout(&self) -> Duration {
         Duration::from_millis(self.send_timeout_ms)
+    }
+    pub fn upstream_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream_connect_timeout_ms)
+    }
+    pub fn proxy_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.proxy_idle_timeout_ms)
     }
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
@@ -125,6 +143,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         let s = &self.server;
+        if s.proxy_buffer_size < 1024 {
+            return Err("server.proxy_buffer_size must be at least 1024".into());
+        }
         if s.max_connections == 0 {
             return Err("server.max_connections must be at least 1".into());
         }
@@ -137,6 +158,8 @@ impl Config {
             ("idle_timeout_ms", s.idle_timeout_ms),
             ("send_timeout_ms", s.send_timeout_ms),
             ("drain_timeout_ms", s.drain_timeout_ms),
+            ("upstream_connect_timeout_ms", s.upstream_connect_timeout_ms),
+            ("proxy_idle_timeout_ms", s.proxy_idle_timeout_ms),
         ] {
             if v == 0 {
                 return Err(format!("server.{name} must be positive"));

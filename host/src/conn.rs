@@ -48,6 +48,8 @@ pub enum Stage {
     Deferred(Arc<Generation>),
     /// An admin command is running on the control thread.
     Admin,
+    /// Relayed to an upstream server (see `proxy`).
+    Proxy(Box<crate::proxy::Session>),
 }
 
 /// A growable read buffer with a consumed offset, so that pipelined
@@ -130,6 +132,24 @@ pub struct PendingFile {
     pub remaining: u64,
 }
 
+/// `pread(2)` for the TLS path, where `sendfile` cannot be used.
+fn read_at(fd: i32, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for its length; the host owns `fd`.
+    let n = unsafe {
+        libc::pread(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            offset as libc::off_t,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 impl Drop for PendingFile {
     fn drop(&mut self) {
         sys::close_fd(self.fd);
@@ -157,6 +177,12 @@ pub struct Conn {
     /// The module that keeps this connection (`Action::Keep`): its next
     /// message goes there whatever its first bytes.
     pub sticky: Option<Arc<str>>,
+    /// The TLS session when the host terminates TLS for this connection.
+    pub tls: Option<Box<rustls::ServerConnection>>,
+    /// Whether the first bytes were already looked at for a TLS handshake.
+    pub tls_checked: bool,
+    /// When the connection was accepted (handshake timeout).
+    pub accepted: Instant,
     /// Modules that asked for `on_close` on this connection.
     pub watchers: Vec<Arc<str>>,
     /// Module-owned bytes to send after `wbuf` (released when dropped).
@@ -187,6 +213,9 @@ impl Conn {
             wpos: 0,
             push_queue: Vec::new(),
             watchers: Vec::new(),
+            tls: None,
+            tls_checked: false,
+            accepted: now,
             sticky: None,
             body: None,
             body_pos: 0,
@@ -205,6 +234,7 @@ impl Conn {
             || self.body.is_some()
             || self.file.is_some()
             || !self.push_queue.is_empty()
+            || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// Unsent bytes, for the push backlog limit.
@@ -232,8 +262,10 @@ impl Conn {
     /// Whether input processing must wait (output backlog, a file being
     /// sent, work off the loop).
     pub fn paused(&self) -> bool {
-        matches!(self.stage, Stage::Deferred(_) | Stage::Admin)
-            || self.body.is_some()
+        matches!(
+            self.stage,
+            Stage::Deferred(_) | Stage::Admin | Stage::Proxy(_)
+        ) || self.body.is_some()
             || self.file.is_some()
             || self.wbuf.len() - self.wpos > WRITE_HIGH_WATER
     }
@@ -243,8 +275,12 @@ impl Conn {
         matches!(self.stage, Stage::Routing) && self.rbuf.is_empty() && !self.pending_output()
     }
 
-    /// Reads until `WouldBlock`, the peer's EOF, or a full buffer.
+    /// Reads until `WouldBlock`, the peer's EOF, or a full buffer (through
+    /// TLS when the connection is terminated here).
     pub fn read(&mut self, max: usize) -> io::Result<ReadResult> {
+        if self.tls.is_some() {
+            return self.read_tls(max);
+        }
         let mut total = 0;
         loop {
             if !self.rbuf.make_room(max) {
@@ -273,10 +309,148 @@ impl Conn {
         }
     }
 
+    /// Moves decrypted bytes from the TLS session into the read buffer.
+    fn drain_plaintext(&mut self, max: usize) -> io::Result<(usize, bool)> {
+        let tls = self.tls.as_mut().expect("tls connection");
+        let mut total = 0;
+        loop {
+            if !self.rbuf.make_room(max) {
+                return Ok((total, true));
+            }
+            let end = self.rbuf.end;
+            match tls.reader().read(&mut self.rbuf.data[end..]) {
+                Ok(0) => {
+                    // close_notify: the peer is done sending.
+                    self.eof = true;
+                    return Ok((total, false));
+                }
+                Ok(n) => {
+                    self.rbuf.end += n;
+                    total += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((total, false)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Hands ciphertext to the TLS session and processes it; on a protocol
+    /// error the alert is sent (best effort) and the error returned.
+    pub fn feed_tls(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        let tls = self.tls.as_mut().expect("tls connection");
+        while !bytes.is_empty() {
+            tls.read_tls(&mut bytes)?;
+            if let Err(e) = tls.process_new_packets() {
+                let _ = tls.write_tls(&mut self.sock);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        }
+        Ok(())
+    }
+
+    fn read_tls(&mut self, max: usize) -> io::Result<ReadResult> {
+        let mut total = 0;
+        let mut scratch = [0u8; 16 * 1024];
+        loop {
+            let (n, full) = self.drain_plaintext(max)?;
+            total += n;
+            if full {
+                return Ok(if total > 0 {
+                    ReadResult::Read(total)
+                } else {
+                    ReadResult::Full
+                });
+            }
+            if self.eof {
+                return Ok(ReadResult::Read(total));
+            }
+            match self.sock.read(&mut scratch) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(ReadResult::Read(total));
+                }
+                Ok(n) => self.feed_tls(&scratch[..n])?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(ReadResult::Read(total))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Encrypts pending output into the TLS session and writes its records,
+    /// until done or `WouldBlock`.
+    fn flush_tls(&mut self) -> io::Result<bool> {
+        let mut progress = false;
+        let mut scratch = [0u8; 16 * 1024];
+        loop {
+            let tls = self.tls.as_mut().expect("tls connection");
+            // Plaintext in, as much as the session buffers.
+            let mut moved = 0;
+            if self.wpos < self.wbuf.len() {
+                moved = tls.writer().write(&self.wbuf[self.wpos..])?;
+                self.wpos += moved;
+            } else if let Some(b) = &self.body {
+                moved = tls.writer().write(&b.bytes()[self.body_pos..])?;
+                self.body_pos += moved;
+                if self.body_pos >= b.len as usize {
+                    self.body = None;
+                    self.body_pos = 0;
+                }
+            } else if let Some(f) = &mut self.file {
+                let want = (f.remaining as usize).min(scratch.len());
+                if want > 0 {
+                    let n = read_at(f.fd, &mut scratch[..want], f.offset)?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "file truncated while sending",
+                        ));
+                    }
+                    moved = tls.writer().write(&scratch[..n])?;
+                    f.offset += moved as u64;
+                    f.remaining -= moved as u64;
+                }
+                if f.remaining == 0 {
+                    self.file = None;
+                }
+            }
+            // Records out.
+            while tls.wants_write() {
+                match tls.write_tls(&mut self.sock) {
+                    Ok(_) => progress = true,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(progress),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.wpos >= self.wbuf.len() && self.body.is_none() && self.file.is_none() {
+                self.wbuf.clear();
+                self.wpos = 0;
+                return Ok(progress);
+            }
+            if moved == 0 {
+                return Ok(progress);
+            }
+        }
+    }
+
+    /// Sends a TLS close_notify, best effort, before the socket closes.
+    pub fn close_tls(&mut self) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.send_close_notify();
+            let _ = tls.write_tls(&mut self.sock);
+        }
+    }
+
     /// Writes buffered output, then any shared body (together, with one
     /// vectored write), then any file range, until done or `WouldBlock`.
     /// Returns whether any byte went out.
     pub fn flush(&mut self) -> io::Result<bool> {
+        if self.tls.is_some() {
+            return self.flush_tls();
+        }
         let mut progress = false;
         loop {
             let head = &self.wbuf[self.wpos..];

@@ -8,9 +8,12 @@
 //! * [`reactor`] and [`conn`]: the mio event loops and the connections.
 //! * [`pool`]: the worker pool for blocking module work, the control thread
 //!   for admin work, and the mailboxes back to the loops.
+//! * [`proxy`]: relaying connections that a module hands to an upstream.
 //! * [`admin`]: the built-in commands.
+//! * [`scheduler`]: modules' scheduled jobs, run on job threads.
 //! * [`services`]: what modules call back into (push, in-process calls).
 //! * [`watch`]: `--watch`, reloading when module files change.
+//! * [`tls`]: TLS termination with rustls, chosen by SNI.
 //! * [`sys`]: platform-specific calls (`SO_REUSEPORT`, `sendfile`).
 
 mod admin;
@@ -18,11 +21,14 @@ mod cli;
 mod config;
 mod conn;
 mod pool;
+mod proxy;
 mod reactor;
 mod registry;
 mod router;
+mod scheduler;
 mod services;
 mod sys;
+mod tls;
 mod watch;
 
 use std::io::Write;
@@ -32,7 +38,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::unbounded;
 
@@ -40,6 +46,7 @@ use crate::config::{AcceptMode, Config};
 use crate::pool::{Control, Mailbox, Pool};
 use crate::reactor::{EventLoop, Shared};
 use crate::registry::Registry;
+use crate::scheduler::Scheduler;
 use crate::services::Services;
 
 fn main() -> ExitCode {
@@ -137,6 +144,36 @@ fn run(args: cli::Args) -> Result<(), String> {
         .map_err(|e| format!("cannot prepare {}: {e}", args.modules.display()))?,
     );
     services.set_registry(&registry);
+
+    // TLS: a bad certificate is a startup error; on RELOAD it is an ERR
+    // line and the certificates in force stay.
+    let tls = Arc::new(tls::Tls::default());
+    let tls_base = args
+        .config
+        .as_ref()
+        .and_then(|p| p.parent().map(PathBuf::from))
+        .unwrap_or_default();
+    registry.set_tls(tls.clone());
+    if let Some(n) = tls_load(&tls, &config.server.tls, &tls_base)? {
+        log::info!("tls: {n} certificate(s) loaded");
+    }
+    {
+        let tls = tls.clone();
+        registry.set_config_hook(Box::new(move |cfg: &Config| {
+            if !cfg.server.tls.enabled() && !tls.active() {
+                return None;
+            }
+            Some(match tls_load(&tls, &cfg.server.tls, &tls_base) {
+                Ok(Some(n)) => registry::Outcome::ok(format!("OK tls: {n} certificate(s)")),
+                Ok(None) => registry::Outcome::ok("OK tls: off".into()),
+                Err(e) => registry::Outcome::err(format!(
+                    "ERR tls: {e}; keeping the certificates in force"
+                )),
+            })
+        }));
+    }
+    let scheduler = Scheduler::start(config.server.threads.max(2));
+    registry.set_scheduler(scheduler.clone());
     registry
         .table()
         .set_wakers(mailboxes.iter().map(|m| m.waker.clone()).collect());
@@ -151,6 +188,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         cfg: config.server.clone(),
         table: registry.table(),
         registry: registry.clone(),
+        tls,
         pool: Pool::start(threads, mailboxes.clone()),
         control: Control::start(),
         mailboxes,
@@ -191,9 +229,20 @@ fn run(args: cli::Args) -> Result<(), String> {
     for h in handles {
         let _ = h.join();
     }
+    scheduler.shutdown(Duration::from_millis(config.server.shutdown_timeout_ms));
     registry.clear();
     log::info!("shutdown complete");
     Ok(())
+}
+
+/// Loads the TLS settings; `None` when TLS is off.
+fn tls_load(
+    tls: &tls::Tls,
+    settings: &tls::TlsSettings,
+    base: &std::path::Path,
+) -> Result<Option<usize>, String> {
+    let n = tls.load(settings, base)?;
+    Ok(settings.enabled().then_some(n))
 }
 
 /// SIGHUP reloads; SIGTERM and SIGINT shut down gracefully.

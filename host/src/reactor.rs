@@ -17,17 +17,22 @@ use abi_stable::std_types::{RSlice, RVec};
 use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use module_api::{Action, ConnInfo, Protocol, Verdict};
+use module_api::{Action, ConnInfo, Protocol, ProxyEvent, ProxyEventKind, Verdict};
 use slab::Slab;
 
 use crate::admin::{self, Command};
 use crate::config::Server;
 use crate::conn::{self, Conn, PendingFile, ReadResult, Stage, READ_BUF};
 use crate::pool::{Completion, Control, Job, Mailbox, Pool, ReplyTo};
+use crate::proxy::{Pipe, Relay, Session};
 use crate::registry::{Generation, Registry};
 use crate::router::{Builtin, Match, RouteTable, SharedTable, Target};
 
 const LISTENER: Token = Token(usize::MAX - 1);
+/// Set in the token of a proxied connection's upstream socket.
+const UPSTREAM: usize = 1 << 25;
+/// Connect attempts per proxied connection, whatever the module answers.
+const MAX_PROXY_ATTEMPTS: u32 = 8;
 const WAKER: Token = Token(usize::MAX);
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// Read and write buffers kept per loop for reuse.
@@ -41,6 +46,7 @@ const MAX_POOLED_WBUF: usize = 1 << 20;
 pub struct Shared {
     pub cfg: Server,
     pub registry: Arc<Registry>,
+    pub tls: Arc<crate::tls::Tls>,
     pub table: Arc<SharedTable>,
     pub pool: Pool,
     pub control: Control,
@@ -152,7 +158,7 @@ impl EventLoop {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
-                    Token(key) => self.drive(key),
+                    Token(key) => self.drive(key & !UPSTREAM),
                 }
             }
             for key in std::mem::take(&mut self.again) {
@@ -274,11 +280,31 @@ impl EventLoop {
             return;
         }
         let mut conn = self.conns.remove(key);
+        conn.close_tls();
         let _ = self.poll.registry().deregister(&mut conn.sock);
         let told = match std::mem::replace(&mut conn.stage, Stage::Routing) {
             Stage::Module(g) | Stage::Deferred(g) => {
                 g.stats.conns.fetch_sub(1, Ordering::Relaxed);
                 g.module.on_close(&conn.info);
+                Some(g.name.clone())
+            }
+            Stage::Proxy(mut session) => {
+                let _ = self.poll.registry().deregister(&mut session.sock);
+                let g = session.gen.clone();
+                g.stats.conns.fetch_sub(1, Ordering::Relaxed);
+                let mut out = RVec::new();
+                let _ = g.module.proxy_event(
+                    &conn.info,
+                    proxy_event(ProxyEventKind::Closed, &session),
+                    &mut out,
+                );
+                log::debug!(
+                    "conn {}: proxy to {} closed ({why}): {} bytes up, {} down",
+                    conn.info.id,
+                    session.upstream.addr(),
+                    session.bytes_up,
+                    session.bytes_down
+                );
                 Some(g.name.clone())
             }
             Stage::Routing | Stage::Admin => None,
@@ -324,6 +350,9 @@ impl EventLoop {
     /// Reads, processes and writes until no more progress, then decides
     /// whether the connection lives on.
     fn drive(&mut self, key: usize) {
+        if matches!(self.conns.get(key).map(|c| &c.stage), Some(Stage::Proxy(_))) {
+            return self.drive_proxy(key);
+        }
         let max_message = self.shared.cfg.max_message_size;
         let mut rounds = 0;
         loop {
@@ -448,6 +477,11 @@ impl EventLoop {
                         }
                     }
                 }
+                Stage::Routing if !conn.tls_checked => match self.start_tls(key) {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(progress),
+                    Err(why) => return Err(why),
+                },
                 Stage::Routing => {
                     let input = conn.rbuf.bytes();
                     match self.table.lookup(input) {
@@ -514,10 +548,208 @@ impl EventLoop {
                         Next::Close(why) => return Err(why),
                     }
                 }
-                Stage::Deferred(_) | Stage::Admin => return Ok(progress),
+                Stage::Deferred(_) | Stage::Admin | Stage::Proxy(_) => return Ok(progress),
             }
             progress = true;
         }
+    }
+
+    /// Looks at a new connection's first bytes: a TLS ClientHello for a
+    /// name with a certificate starts termination here. Returns `false`
+    /// while more bytes are needed.
+    fn start_tls(&mut self, key: usize) -> Result<bool, &'static str> {
+        let conn = &mut self.conns[key];
+        if !self.shared.tls.active() || conn.rbuf.bytes().first() != Some(&0x16) {
+            conn.tls_checked = true;
+            return Ok(true);
+        }
+        let name = match module_api::tls::sni(conn.rbuf.bytes()) {
+            module_api::tls::Sni::Incomplete => return Ok(false),
+            module_api::tls::Sni::NotTls => {
+                conn.tls_checked = true;
+                return Ok(true);
+            }
+            module_api::tls::Sni::Hello(name) => name,
+        };
+        conn.tls_checked = true;
+        let Some(config) = self.shared.tls.terminate(name.as_deref()) else {
+            return Ok(true); // passthrough, or no certificate: route as is
+        };
+        let session = match rustls::ServerConnection::new(config) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("tls: cannot start a session: {e}");
+                return Err("tls setup failed");
+            }
+        };
+        conn.tls = Some(Box::new(session));
+        conn.info.tls = true;
+        let hello = conn.rbuf.bytes().to_vec();
+        conn.rbuf.consume(hello.len());
+        conn.msg_start = None;
+        if let Err(e) = conn.feed_tls(&hello) {
+            log::debug!("conn {}: tls handshake failed: {e}", conn.info.id);
+            return Err("tls handshake failed");
+        }
+        log::trace!("conn {}: tls for {:?}", conn.info.id, name);
+        Ok(true)
+    }
+
+    /// Starts connecting a connection to an upstream; `out` goes first, then
+    /// the client's buffered bytes.
+    fn start_proxy(
+        &mut self,
+        key: usize,
+        gen: Arc<Generation>,
+        upstream: module_api::Upstream,
+        out: Vec<u8>,
+        initial: Vec<u8>,
+        attempts: u32,
+    ) {
+        let cfg = &self.shared.cfg;
+        let addr = upstream.addr();
+        let mut first = out;
+        first.extend_from_slice(&initial);
+        let sock = TcpStream::connect(addr).and_then(|mut sock| {
+            sock.set_nodelay(true)?;
+            self.poll.registry().register(
+                &mut sock,
+                Token(key | UPSTREAM),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(sock)
+        });
+        let conn = &mut self.conns[key];
+        match sock {
+            Ok(sock) => {
+                conn.stage = Stage::Proxy(Box::new(Session {
+                    gen,
+                    upstream,
+                    sock,
+                    connected: false,
+                    attempts: attempts + 1,
+                    initial,
+                    started: self.now,
+                    last_activity: self.now,
+                    up: Pipe::new(cfg.proxy_buffer_size, &first),
+                    down: Pipe::new(cfg.proxy_buffer_size, &[]),
+                    bytes_up: 0,
+                    bytes_down: 0,
+                    client_eof: conn.eof,
+                    upstream_eof: false,
+                    up_shut: false,
+                    down_shut: false,
+                }));
+            }
+            Err(e) => {
+                // Failed before any socket existed: ask the module at once.
+                log::warn!("conn {}: cannot connect to {addr}: {e}", conn.info.id);
+                conn.stage = Stage::Module(gen.clone());
+                self.proxy_retry(key, gen, upstream, initial, attempts + 1);
+            }
+        }
+    }
+
+    /// Relays a proxied connection (or finishes connecting it).
+    fn drive_proxy(&mut self, key: usize) {
+        let now = self.now;
+        let conn = &mut self.conns[key];
+        // Replies written before the hand-off go out first.
+        if conn.wpos < conn.wbuf.len() {
+            match conn.flush() {
+                Ok(_) if conn.wpos < conn.wbuf.len() => return,
+                Ok(_) => {}
+                Err(_) => return self.close(key, "write error"),
+            }
+        }
+        let Conn {
+            sock, stage, info, ..
+        } = conn;
+        let Stage::Proxy(session) = stage else {
+            return;
+        };
+        if !session.connected {
+            match session.check_connected() {
+                Ok(false) => return,
+                Ok(true) => {
+                    let g = session.gen.clone();
+                    let mut out = RVec::new();
+                    let _ = g.module.proxy_event(
+                        info,
+                        proxy_event(ProxyEventKind::Connected, session),
+                        &mut out,
+                    );
+                    log::debug!("conn {}: proxied to {}", info.id, session.upstream.addr());
+                }
+                Err(e) => return self.proxy_failed(key, e),
+            }
+        }
+        match session.relay(sock, now) {
+            Ok(Relay::Open) => {}
+            Ok(Relay::Done) => self.close(key, "proxy session done"),
+            Err(e) => {
+                log::debug!("conn {}: proxy relay: {e}", info.id);
+                self.close(key, "proxy relay error");
+            }
+        }
+    }
+
+    /// A connect failed: the module picks another upstream or gives up.
+    fn proxy_failed(&mut self, key: usize, err: io::Error) {
+        let conn = &mut self.conns[key];
+        let Stage::Proxy(mut session) = std::mem::replace(&mut conn.stage, Stage::Routing) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut session.sock);
+        log::warn!(
+            "conn {}: upstream {} failed: {err}",
+            conn.info.id,
+            session.upstream.addr()
+        );
+        let gen = session.gen.clone();
+        conn.stage = Stage::Module(gen.clone());
+        let initial = std::mem::take(&mut session.initial);
+        self.proxy_retry(key, gen, session.upstream, initial, session.attempts);
+    }
+
+    /// Asks the module what to do after a failed connect; the connection is
+    /// in `Stage::Module(gen)` meanwhile (it counts in the module's conns).
+    fn proxy_retry(
+        &mut self,
+        key: usize,
+        gen: Arc<Generation>,
+        failed: module_api::Upstream,
+        initial: Vec<u8>,
+        attempts: u32,
+    ) {
+        let conn = &mut self.conns[key];
+        let mut out = RVec::new();
+        let event = ProxyEvent {
+            kind: ProxyEventKind::Failed,
+            upstream: failed,
+            bytes_up: 0,
+            bytes_down: 0,
+        };
+        let v = gen.module.proxy_event(&conn.info, event, &mut out);
+        if v.fault {
+            gen.stats.faults.fetch_add(1, Ordering::Relaxed);
+        }
+        if v.action == Action::Proxy && attempts < MAX_PROXY_ATTEMPTS {
+            self.start_proxy(key, gen, v.upstream, out.into_vec(), initial, attempts);
+            return;
+        }
+        if v.action == Action::Proxy {
+            log::warn!(
+                "conn {}: {} proxy attempts failed, closing",
+                conn.info.id,
+                attempts
+            );
+        }
+        conn.wbuf.extend_from_copy_slice(&out);
+        conn.closing = true;
+        conn.stage = Stage::Routing;
+        gen.stats.conns.fetch_sub(1, Ordering::Relaxed);
+        self.drive(key);
     }
 
     /// Applies a module's verdict to the connection.
@@ -574,6 +806,26 @@ impl EventLoop {
                         conn_id: conn.info.id,
                     },
                 });
+                return Next::Keep;
+            }
+            Action::Proxy => {
+                let out = conn.wbuf[wbuf_before..].to_vec();
+                conn.wbuf.truncate(wbuf_before);
+                if consumed != 0 {
+                    bad("Proxy with consumed bytes");
+                    return Next::Close("module violation");
+                }
+                if conn.tls.is_some() {
+                    log::error!(
+                        "{}: cannot proxy conn {}: the host terminated its TLS",
+                        g.name,
+                        conn.info.id
+                    );
+                    return Next::Close("proxy of a TLS-terminated connection");
+                }
+                let initial = conn.rbuf.bytes().to_vec();
+                conn.rbuf.consume(initial.len());
+                self.start_proxy(key, g.clone(), v.upstream, out, initial, 0);
                 return Next::Keep;
             }
             Action::Done | Action::Close | Action::Keep => {}
@@ -651,6 +903,11 @@ impl EventLoop {
                     let reply = admin::reload(&shared, name.as_deref());
                     shared.mailboxes[to.loop_idx].send(Completion::Admin { to, reply });
                 });
+                None
+            }
+            Command::Run(module, job) => {
+                log::info!("RUN {module} {job} from {}", conn.info.peer());
+                admin::run(&self.shared, module, job, to);
                 None
             }
         };
@@ -753,7 +1010,20 @@ impl EventLoop {
         let cfg = &self.shared.cfg;
         let now = self.now;
         let mut expired: Vec<(usize, &'static str)> = Vec::new();
+        let mut connect_timeouts: Vec<usize> = Vec::new();
         for (key, c) in self.conns.iter() {
+            if let Stage::Proxy(session) = &c.stage {
+                if !session.connected
+                    && now.duration_since(session.started) >= cfg.upstream_connect_timeout()
+                {
+                    connect_timeouts.push(key);
+                } else if session.connected
+                    && now.duration_since(session.last_activity) >= cfg.proxy_idle_timeout()
+                {
+                    expired.push((key, "proxy idle timeout"));
+                }
+                continue;
+            }
             if let Stage::Module(g) | Stage::Deferred(g) = &c.stage {
                 if g.drain_expired(now) {
                     log::warn!(
@@ -767,11 +1037,17 @@ impl EventLoop {
                     continue;
                 }
             }
+            if c.tls.as_ref().is_some_and(|t| t.is_handshaking())
+                && now.duration_since(c.accepted) >= self.shared.tls.handshake_timeout()
+            {
+                expired.push((key, "tls handshake timeout"));
+                continue;
+            }
             let (since, limit, why) = if c.pending_output() {
                 (c.last_activity, cfg.send_timeout(), "send timeout")
             } else {
                 match &c.stage {
-                    Stage::Deferred(_) | Stage::Admin => continue,
+                    Stage::Deferred(_) | Stage::Admin | Stage::Proxy(_) => continue,
                     _ if c.rbuf.is_empty() => (c.last_activity, cfg.idle_timeout(), "idle timeout"),
                     Stage::Routing => (
                         c.msg_start.unwrap_or(c.last_activity),
@@ -789,12 +1065,28 @@ impl EventLoop {
                 expired.push((key, why));
             }
         }
+        for key in connect_timeouts {
+            self.proxy_failed(
+                key,
+                io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+            );
+        }
         for (key, why) in expired {
             if let Some(c) = self.conns.get(key) {
                 log::debug!("conn {} from {}: {why}", c.info.id, c.info.peer());
             }
             self.close(key, why);
         }
+    }
+}
+
+/// The event for a session's current state.
+fn proxy_event(kind: ProxyEventKind, s: &Session) -> ProxyEvent {
+    ProxyEvent {
+        kind,
+        upstream: s.upstream,
+        bytes_up: s.bytes_up,
+        bytes_down: s.bytes_down,
     }
 }
 

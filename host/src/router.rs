@@ -17,6 +17,7 @@ pub enum Builtin {
     Close,
     Shutdown,
     Auth,
+    Run,
 }
 
 /// Prefixes the host binds itself. Modules may not bind these.
@@ -26,6 +27,7 @@ pub const BUILTINS: &[(&[u8], Builtin)] = &[
     (b"CLOSE", Builtin::Close),
     (b"SHUTDOWN", Builtin::Shutdown),
     (b"AUTH", Builtin::Auth),
+    (b"RUN", Builtin::Run),
 ];
 
 /// Where a prefix leads.

@@ -92,6 +92,80 @@ pub enum Action {
     /// connection, e.g. JSON-RPC lines). After a reload it goes to the new
     /// generation.
     Keep = 4,
+    /// Hand the connection to an upstream server: the host connects to
+    /// `upstream` without blocking, sends `out` first (e.g. a PROXY protocol
+    /// header), then every byte it has buffered from the client, and relays
+    /// both ways until both sides closed. `consumed` must be 0. The host
+    /// reports the outcome through [`Module::proxy_event`]; the connection
+    /// stays on this generation until it closes.
+    Proxy = 5,
+}
+
+/// An upstream server's address for [`Action::Proxy`].
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upstream {
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub ip: [u8; 16],
+    pub port: u16,
+    pub is_v6: bool,
+}
+
+impl Upstream {
+    /// No upstream.
+    pub const NONE: Upstream = Upstream {
+        ip: [0; 16],
+        port: 0,
+        is_v6: false,
+    };
+
+    /// The upstream at `addr`.
+    pub fn new(addr: std::net::SocketAddr) -> Upstream {
+        let c = ConnInfo::new(0, addr, false);
+        Upstream {
+            ip: c.peer_ip,
+            port: c.peer_port,
+            is_v6: c.is_v6,
+        }
+    }
+
+    /// Its socket address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ConnInfo {
+            id: 0,
+            peer_ip: self.ip,
+            peer_port: self.port,
+            is_v6: self.is_v6,
+            tls: false,
+        }
+        .peer()
+    }
+}
+
+/// What happened to a proxied connection (see [`Module::proxy_event`]).
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyEventKind {
+    /// The upstream accepted the connection; relaying started.
+    Connected = 0,
+    /// Connecting failed (refused, unreachable or timed out). The verdict
+    /// returned for this event may name another upstream (`Proxy`) or give
+    /// up (`Close`, with an optional reply to the client in `out`).
+    Failed = 1,
+    /// The session ended; the byte counts are final.
+    Closed = 2,
+}
+
+/// A proxied connection's event.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyEvent {
+    pub kind: ProxyEventKind,
+    pub upstream: Upstream,
+    /// Bytes relayed from the client to the upstream.
+    pub bytes_up: u64,
+    /// Bytes relayed from the upstream to the client.
+    pub bytes_down: u64,
 }
 
 /// A byte range of an open file that the host sends after `out` (with
@@ -217,6 +291,8 @@ pub struct Verdict {
     /// Ask for [`Module::on_close`] when this connection closes, even if it
     /// is then between messages (e.g. it subscribed to pushes).
     pub watch_close: bool,
+    /// Where [`Action::Proxy`] connects.
+    pub upstream: Upstream,
 }
 
 impl Verdict {
@@ -228,6 +304,7 @@ impl Verdict {
         file: FileBody::NONE,
         fault: false,
         watch_close: false,
+        upstream: Upstream::NONE,
     };
 
     /// The message was `consumed` bytes and its answer is in `out`.
@@ -270,6 +347,15 @@ impl Verdict {
     pub fn with_file(mut self, file: FileBody) -> Verdict {
         self.file = file;
         self
+    }
+
+    /// Relay the connection to `upstream` (see [`Action::Proxy`]).
+    pub fn proxy(upstream: std::net::SocketAddr) -> Verdict {
+        Verdict {
+            action: Action::Proxy,
+            upstream: Upstream::new(upstream),
+            ..Self::NEED_MORE
+        }
     }
 
     /// Ask for `on_close` when this connection closes.
@@ -425,8 +511,19 @@ pub trait Module: Send + Sync {
     fn jobs(&self) -> RVec<JobSpec>;
     /// Runs job `name` on a host pool thread (may block). `Ok` carries a
     /// one-line summary of the result, `Err` the reason it failed.
-    #[sabi(last_prefix_field)]
     fn run_job(&self, name: RStr<'_>) -> RResult<RString, RString>;
+    /// TLS server names this module takes encrypted, as they are (SNI
+    /// passthrough): the host does not terminate TLS for them even when it
+    /// has a certificate. Asked after start.
+    fn tls_passthrough(&self) -> RVec<RString>;
+    /// A connection this module proxied connected, failed to connect, or
+    /// ended. Called on an event loop: must not block. Only the verdict for
+    /// `Failed` is used (retry elsewhere with `Proxy`, or `Close`).
+    fn proxy_event(&self, conn: &ConnInfo, event: ProxyEvent, out: &mut RVec<u8>) -> Verdict;
+    /// Prefixes bound from the module's configuration, asked after start
+    /// and added to the manifest's (e.g. a proxy's configured routes).
+    #[sabi(last_prefix_field)]
+    fn bindings(&self) -> RVec<RVec<u8>>;
 }
 
 /// A boxed module instance as it crosses the boundary.

@@ -12,7 +12,7 @@ use abi_stable::{
 
 use crate::abi::{
     Action, ConnInfo, HostBox, JobSpec, LogLevel, Manifest, Module, ModuleBox, Module_TO, Protocol,
-    Verdict,
+    ProxyEvent, Verdict,
 };
 
 /// What a module author implements: one value per generation, shared by
@@ -56,6 +56,25 @@ pub trait Handler: Send + Sync + 'static {
     /// Runs a job (on a pool thread; may block).
     fn run_job(&self, name: &str) -> Result<String, String> {
         Err(format!("no job named {name:?}"))
+    }
+
+    /// TLS server names to pass through undecrypted (e.g. a TCP proxy's
+    /// SNI routes); asked after start.
+    fn tls_passthrough(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// A proxied connection's event (see [`crate::abi::Action::Proxy`]).
+    /// Runs on an event loop: never block. For `Failed`, return another
+    /// `Verdict::proxy(..)` to retry or `Verdict::close(0)` to give up.
+    fn proxy_event(&self, _conn: &ConnInfo, _event: ProxyEvent, _out: &mut RVec<u8>) -> Verdict {
+        Verdict::close(0)
+    }
+
+    /// Prefixes bound from configuration (added to the manifest's); asked
+    /// once after start.
+    fn bindings(&self) -> Vec<Vec<u8>> {
+        Vec::new()
     }
 }
 
@@ -141,6 +160,34 @@ impl<H: Handler> Module for Guarded<H> {
 
     fn jobs(&self) -> RVec<JobSpec> {
         guard(|| self.inner.jobs()).unwrap_or_default().into()
+    }
+
+    fn tls_passthrough(&self) -> RVec<RString> {
+        guard(|| self.inner.tls_passthrough())
+            .unwrap_or_default()
+            .into_iter()
+            .map(RString::from)
+            .collect()
+    }
+
+    fn proxy_event(&self, conn: &ConnInfo, event: ProxyEvent, out: &mut RVec<u8>) -> Verdict {
+        let keep = out.len();
+        guard(|| self.inner.proxy_event(conn, event, out)).unwrap_or_else(|| {
+            out.truncate(keep);
+            Verdict {
+                action: Action::Close,
+                fault: true,
+                ..Verdict::NEED_MORE
+            }
+        })
+    }
+
+    fn bindings(&self) -> RVec<RVec<u8>> {
+        guard(|| self.inner.bindings())
+            .unwrap_or_default()
+            .into_iter()
+            .map(RVec::from)
+            .collect()
     }
 
     fn run_job(&self, name: RStr<'_>) -> RResult<RString, RString> {

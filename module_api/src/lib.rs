@@ -91,10 +91,12 @@
 pub mod abi;
 pub mod export;
 pub mod http;
+pub mod tls;
+pub mod web;
 
 pub use abi::{
-    Action, CallStatus, ConnInfo, FileBody, JobSpec, LogLevel, Manifest, Protocol, ReloadMode,
-    SharedBody, Verdict,
+    Action, CallStatus, ConnInfo, FileBody, JobSpec, LogLevel, Manifest, Protocol, ProxyEvent,
+    ProxyEventKind, ReloadMode, SharedBody, Upstream, Verdict,
 };
 pub use abi_stable::std_types::RVec;
 pub use export::{Handler, StartContext};

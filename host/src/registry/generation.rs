@@ -37,6 +37,10 @@ pub struct Generation {
     /// The library's root module; the library is never unmapped, so this
     /// stays valid and can start the same code again.
     pub root: ModuleLibRef,
+    /// The scheduled jobs it declared (checked at load).
+    pub jobs: Vec<crate::scheduler::Declared>,
+    /// TLS names the module takes undecrypted (asked after start).
+    pub tls_passthrough: Vec<String>,
     /// Milliseconds since [`epoch`] after which connections still on this
     /// generation are closed; 0 while it is current.
     drain_deadline_ms: AtomicU64,
@@ -74,6 +78,8 @@ impl Generation {
             stats,
             mapped_size,
             root,
+            jobs: Vec::new(),
+            tls_passthrough: Vec::new(),
             drain_deadline_ms: AtomicU64::new(0),
         }
     }

@@ -22,6 +22,7 @@ use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 use module_api::abi::{HostServices, HostServices_TO, LogLevel, ModuleLibRef};
 use module_api::{CallStatus, Protocol, ReloadMode};
 
+use super::elf;
 use super::generation::{Generation, ModuleStats};
 use crate::router::BUILTINS;
 use crate::services::Services;
@@ -57,21 +58,26 @@ impl Candidate {
 /// Copies `file` to a unique name in `run_dir`, opens it, checks its ABI
 /// and reads its manifest.
 pub fn open(file: &Path, run_dir: &Path, seq: u64) -> Result<Candidate, String> {
-    let size = fs::metadata(file)
-        .map_err(|e| format!("cannot stat: {e}"))?
-        .len();
     let stem = file
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("module");
     let copy = run_dir.join(format!("{stem}.{}.{seq}.so", std::process::id()));
     fs::copy(file, &copy).map_err(|e| format!("cannot copy to {}: {e}", copy.display()))?;
-    let lib = RawLibrary::load_at(&copy);
+    // Check the copy, not the original: it is what gets mapped, and the
+    // original may change under us.
+    let image = elf::check(&copy);
+    let lib = image
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|_| RawLibrary::load_at(&copy).map_err(|e| describe(&e)));
     // The mapping survives the unlink; nothing else needs the copy.
     let _ = fs::remove_file(&copy);
     // Until `init_root_module` succeeds none of the library's code ran, so
     // dropping (closing) it on these errors is safe.
-    let lib = lib.map_err(|e| describe(&e))?;
+    let lib =
+        lib.map_err(|e| e.replace(&copy.display().to_string(), &file.display().to_string()))?;
+    let size = image.map(|i| i.mapped).unwrap_or_default();
     // SAFETY: the header borrows from `lib`, which is leaked below on
     // success and so never unloaded while the header is in use.
     let header = unsafe { lib_header_from_raw_library(&lib) }.map_err(|e| describe(&e))?;
@@ -88,18 +94,7 @@ pub fn open(file: &Path, run_dir: &Path, seq: u64) -> Result<Candidate, String> 
     }
     let bindings: Vec<Vec<u8>> = manifest.bindings.iter().map(|b| b.to_vec()).collect();
     for b in &bindings {
-        if b.is_empty() {
-            return Err(format!("{name}: empty prefix binding"));
-        }
-        if BUILTINS
-            .iter()
-            .any(|(p, _)| b.starts_with(p) || p.starts_with(b))
-        {
-            return Err(format!(
-                "{name}: binding {:?} collides with a built-in command",
-                String::from_utf8_lossy(b)
-            ));
-        }
+        check_binding(&name, b)?;
     }
     Ok(Candidate {
         root,
@@ -139,7 +134,7 @@ pub fn launch(
             RResult::ROk(m) => m,
             RResult::RErr(e) => return Err(format!("start failed: {e}")),
         };
-    Ok(Generation::new(
+    let mut g = Generation::new(
         Arc::from(c.name.as_str()),
         c.version.clone(),
         gen,
@@ -150,7 +145,24 @@ pub fn launch(
         stats,
         c.size,
         c.root,
-    ))
+    );
+    // Asked once per generation; a bad job refuses the load (dropping `g`
+    // stops the module).
+    g.jobs = crate::scheduler::declared(&g.module)?;
+    for b in g.module.bindings() {
+        let b = b.into_vec();
+        check_binding(&c.name, &b)?;
+        if !g.bindings.contains(&b) {
+            g.bindings.push(b);
+        }
+    }
+    g.tls_passthrough = g
+        .module
+        .tls_passthrough()
+        .into_iter()
+        .map(|n| n.into_string())
+        .collect();
+    Ok(g)
 }
 
 /// The host's services as handed to one module.
@@ -204,6 +216,23 @@ impl HostServices for HostCtx {
     fn call(&self, module: RStr<'_>, input: RSlice<'_, u8>, out: &mut RVec<u8>) -> CallStatus {
         self.services.call(module.as_str(), input.as_slice(), out)
     }
+}
+
+/// A binding must be non-empty and must not shadow a built-in command.
+fn check_binding(name: &str, b: &[u8]) -> Result<(), String> {
+    if b.is_empty() {
+        return Err(format!("{name}: empty prefix binding"));
+    }
+    if BUILTINS
+        .iter()
+        .any(|(p, _)| b.starts_with(p) || p.starts_with(b))
+    {
+        return Err(format!(
+            "{name}: binding {:?} collides with a built-in command",
+            String::from_utf8_lossy(b)
+        ));
+    }
+    Ok(())
 }
 
 fn valid_name(name: &str) -> bool {

@@ -15,6 +15,7 @@
 //!
 //! All mutation happens on the control thread, one operation at a time.
 
+mod elf;
 mod generation;
 mod loader;
 
@@ -25,7 +26,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use module_api::{CallStatus, Protocol, ReloadMode};
@@ -33,6 +34,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::config::Config;
 use crate::router::{RouteTable, SharedTable, Target};
+use crate::scheduler::Scheduler;
 use crate::services::Services;
 use loader::Candidate;
 
@@ -96,7 +98,17 @@ pub struct Registry {
     table: Arc<SharedTable>,
     seq: AtomicU64,
     services: Arc<Services>,
+    /// Told about every change, to run the current generations' jobs.
+    scheduler: OnceLock<Arc<Scheduler>>,
+    /// Host subsystems that follow the config file (TLS certificates): run
+    /// on every `RELOAD` with the config then in force.
+    config_hook: OnceLock<ConfigHook>,
+    /// Told the SNI names modules take undecrypted, on every change.
+    tls: OnceLock<Arc<crate::tls::Tls>>,
 }
+
+/// See [`Registry::set_config_hook`].
+pub type ConfigHook = Box<dyn Fn(&Config) -> Option<Outcome> + Send + Sync>;
 
 /// The outcome of one module's load or reload, as a reply line.
 pub struct Outcome {
@@ -105,10 +117,10 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn ok(line: String) -> Outcome {
+    pub fn ok(line: String) -> Outcome {
         Outcome { ok: true, line }
     }
-    fn err(line: String) -> Outcome {
+    pub fn err(line: String) -> Outcome {
         Outcome { ok: false, line }
     }
     fn log(self) -> Outcome {
@@ -156,12 +168,37 @@ impl Registry {
             ))),
             seq: AtomicU64::new(0),
             services,
+            scheduler: OnceLock::new(),
+            config_hook: OnceLock::new(),
+            tls: OnceLock::new(),
         })
+    }
+
+    /// Connects TLS termination, which must leave modules' passthrough
+    /// names alone.
+    pub fn set_tls(&self, tls: Arc<crate::tls::Tls>) {
+        let _ = self.tls.set(tls);
+    }
+
+    /// Registers what else `RELOAD` must refresh from the config; its
+    /// outcome line (if any) is part of the reply.
+    pub fn set_config_hook(&self, hook: ConfigHook) {
+        let _ = self.config_hook.set(hook);
     }
 
     /// The route table the event loops read.
     pub fn table(&self) -> Arc<SharedTable> {
         self.table.clone()
+    }
+
+    /// Connects the job scheduler (before the first load).
+    pub fn set_scheduler(&self, scheduler: Arc<Scheduler>) {
+        let _ = self.scheduler.set(scheduler);
+    }
+
+    /// The job scheduler, for `STATUS` and `RUN`.
+    pub fn scheduler(&self) -> Option<&Arc<Scheduler>> {
+        self.scheduler.get()
     }
 
     /// The modules directory.
@@ -200,25 +237,26 @@ impl Registry {
             saved,
             self.data_dir.join(&c.name),
         )?;
+        // Bindings the module added from its configuration.
+        Self::check_conflicts(state, &c.name, &g.bindings)?;
         state.gens.insert(c.name.clone(), gen);
         Ok(g)
     }
 
     /// Refuses a module whose bindings clash with another loaded module's,
     /// unless `[server.routes]` names the owner of the prefix.
-    fn check_conflicts(state: &State, c: &Candidate) -> Result<(), String> {
+    fn check_conflicts(state: &State, name: &str, bindings: &[Vec<u8>]) -> Result<(), String> {
         let routes = &state.config.server.routes;
         for (other, slot) in &state.modules {
-            if *other == c.name {
+            if other == name {
                 continue;
             }
-            for b in &c.bindings {
+            for b in bindings {
                 let key = String::from_utf8_lossy(b);
                 if slot.current.bindings.contains(b) && !routes.contains_key(key.as_ref()) {
                     return Err(format!(
-                        "prefix {key:?} is bound by both {other} and {}; \
-                         assign it to one of them in [server.routes]",
-                        c.name
+                        "prefix {key:?} is bound by both {other} and {name}; \
+                         assign it to one of them in [server.routes]"
                     ));
                 }
             }
@@ -264,6 +302,21 @@ impl Registry {
             .map(|(name, slot)| (slot.current.name.clone(), target(name, &slot.current)))
             .collect();
         self.table.swap(RouteTable::new(bindings, by_name));
+        if let Some(tls) = self.tls.get() {
+            tls.set_passthrough(
+                state
+                    .modules
+                    .values()
+                    .flat_map(|slot| slot.current.tls_passthrough.iter())
+                    .map(|n| n.to_ascii_lowercase())
+                    .collect(),
+            );
+        }
+        if let Some(s) = self.scheduler.get() {
+            s.sync(state.modules.iter().map(|(name, slot)| {
+                (name.as_str(), &slot.current, state.reloading.contains(name))
+            }));
+        }
 
         let mut views = self.views.write();
         views.retain(|name, v| {
@@ -306,18 +359,30 @@ impl Registry {
         Outcome::ok(line)
     }
 
+    /// Accounts for a library whose code ran but that was refused: it stays
+    /// mapped (see `loader`), so it counts as retained.
+    fn refused(&self, state: &mut State, c: &Candidate, why: String) -> String {
+        let stats = state.stats.entry(c.name.clone()).or_default();
+        stats.retained.fetch_add(1, Ordering::Relaxed);
+        stats.retained_bytes.fetch_add(c.size, Ordering::Relaxed);
+        why
+    }
+
     /// Loads a module file that no module runs from yet.
     fn add(&self, state: &mut State, file: &Path) -> Outcome {
         let label = file_label(file);
         let result = self.open(file).and_then(|c| {
-            if state.modules.contains_key(&c.name) {
-                return Err(format!(
+            let checked = if state.modules.contains_key(&c.name) {
+                Err(format!(
                     "module {} is already loaded from another file",
                     c.name
-                ));
-            }
-            Self::check_conflicts(state, &c)?;
-            self.launch(state, &c, &[])
+                ))
+            } else {
+                Self::check_conflicts(state, &c.name, &c.bindings)
+            };
+            checked
+                .and_then(|()| self.launch(state, &c, &[]))
+                .map_err(|e| self.refused(state, &c, e))
         });
         match result {
             Ok(g) => self.install(state, file, g),
@@ -328,11 +393,15 @@ impl Registry {
     /// Replaces module `name` with the code now in `file`.
     fn replace(&self, state: &mut State, name: &str, file: &Path) -> Outcome {
         let c = match self.open(file).and_then(|c| {
-            if c.name != name {
-                return Err(format!("the file now holds module {:?}", c.name));
+            let checked = if c.name != name {
+                Err(format!("the file now holds module {:?}", c.name))
+            } else {
+                Self::check_conflicts(state, &c.name, &c.bindings)
+            };
+            match checked {
+                Ok(()) => Ok(c),
+                Err(e) => Err(self.refused(state, &c, e)),
             }
-            Self::check_conflicts(state, &c)?;
-            Ok(c)
         }) {
             Ok(c) => c,
             Err(e) => return Outcome::err(format!("ERR {name}: {e}")),
@@ -345,7 +414,7 @@ impl Registry {
         drop(old);
         match self.launch(state, &c, &saved) {
             Ok(g) => self.install(state, file, g),
-            Err(e) => Outcome::err(format!("ERR {name}: {e}")),
+            Err(e) => Outcome::err(format!("ERR {name}: {}", self.refused(state, &c, e))),
         }
     }
 
@@ -390,6 +459,7 @@ impl Registry {
                 self.install(state, file, g)
             }
             Err(e) => {
+                let e = self.refused(state, &c, e);
                 let restored = self.launch(state, &previous, &saved);
                 state.reloading.remove(name);
                 match restored {
@@ -449,14 +519,24 @@ impl Registry {
         let mut state = self.state.lock();
         let state = &mut *state;
         let mut out = Vec::new();
+        let (mut loaded, mut unchanged, mut removed, mut failed) = (0, 0, 0, 0);
         if reload {
             if let Some(path) = &self.config_path {
                 match Config::load(path) {
                     Ok(cfg) => state.config = cfg,
-                    Err(e) => out.push(Outcome::err(format!(
-                        "ERR config: {e}; keeping the previous config"
-                    ))),
+                    Err(e) => {
+                        failed += 1;
+                        out.push(Outcome::err(format!(
+                            "ERR config: {e}; keeping the previous config"
+                        )));
+                    }
                 }
+            }
+            if let Some(o) = self.config_hook.get().and_then(|h| h(&state.config)) {
+                if !o.ok {
+                    failed += 1;
+                }
+                out.push(o);
             }
         }
         let files = match self.scan() {
@@ -469,7 +549,6 @@ impl Registry {
                 return vec![o.log()];
             }
         };
-        let (mut loaded, mut unchanged, mut removed, mut failed) = (0, 0, 0, 0);
 
         let gone: Vec<String> = state
             .modules
@@ -609,6 +688,9 @@ impl Registry {
     /// Stops every module (at shutdown).
     pub fn clear(&self) {
         let mut state = self.state.lock();
+        if let Some(s) = self.scheduler.get() {
+            s.sync(std::iter::empty());
+        }
         state.modules.clear();
         state.removed.clear();
         self.table

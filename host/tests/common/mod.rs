@@ -93,7 +93,9 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 /// `index.html`) and the config always sets `[modules.http] root` to it.
 pub struct ServerBuilder {
     tag: String,
-    modules: Vec<String>,
+    /// (fixture or shipped module, file stem it is installed as).
+    modules: Vec<(String, String)>,
+    extra_args: Vec<String>,
     server_toml: Vec<String>,
     routes: Vec<(String, String)>,
     extra_toml: String,
@@ -107,7 +109,11 @@ impl ServerBuilder {
     pub fn new(modules: &[&str]) -> ServerBuilder {
         ServerBuilder {
             tag: "srv".into(),
-            modules: modules.iter().map(|s| s.to_string()).collect(),
+            modules: modules
+                .iter()
+                .map(|s| (s.to_string(), s.to_string()))
+                .collect(),
+            extra_args: Vec::new(),
             server_toml: Vec::new(),
             routes: Vec::new(),
             extra_toml: String::new(),
@@ -120,6 +126,19 @@ impl ServerBuilder {
     /// Names the temporary directory (helps when reading leftovers).
     pub fn tag(mut self, tag: &str) -> Self {
         self.tag = tag.into();
+        self
+    }
+
+    /// Also installs module `module` (shipped or `fx_*`) as `<stem>.so`,
+    /// e.g. fixture `fx_ver1` as `fx_ver.so`.
+    pub fn module_as(mut self, module: &str, stem: &str) -> Self {
+        self.modules.push((module.into(), stem.into()));
+        self
+    }
+
+    /// Appends a command-line argument (after the defaults or [`Self::cli`]).
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.extra_args.push(arg.into());
         self
     }
 
@@ -175,8 +194,8 @@ impl ServerBuilder {
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(p, contents).unwrap();
         }
-        for m in &self.modules {
-            fs::copy(module_file(m), modules_dir.join(format!("{m}.so"))).unwrap();
+        for (m, stem) in &self.modules {
+            fs::copy(module_file(m), modules_dir.join(format!("{stem}.so"))).unwrap();
         }
 
         let mut config = String::from("[server]\n");
@@ -209,6 +228,7 @@ impl ServerBuilder {
                 self.threads.to_string(),
             ],
         };
+        args.extend(self.extra_args.iter().cloned());
         args.extend([
             "--modules".into(),
             modules_dir.to_str().unwrap().into(),
@@ -341,7 +361,16 @@ impl Server {
         self.put_module_bytes(name, &bytes);
     }
 
-    fn put_module_bytes(&self, name: &str, bytes: &[u8]) {
+    /// Installs module `module`'s `.so` (shipped or `fx_*`) as `<stem>.so`
+    /// (write to a hidden temporary name, then rename).
+    pub fn install_module_as(&self, module: &str, stem: &str) {
+        let bytes = fs::read(module_file(module)).unwrap();
+        self.put_module_bytes(stem, &bytes);
+    }
+
+    /// Installs arbitrary bytes as `<stem>.so` (write to a hidden temporary
+    /// name, then rename).
+    pub fn put_module_bytes(&self, name: &str, bytes: &[u8]) {
         let tmp = self.modules_dir.join(format!(".{name}.so.tmp"));
         fs::write(&tmp, bytes).unwrap();
         fs::rename(&tmp, self.modules_dir.join(format!("{name}.so"))).unwrap();
@@ -538,6 +567,24 @@ impl Client {
                     "connection closed before a full line; got {:?}",
                     String::from_utf8_lossy(&self.buf)
                 );
+            }
+        }
+    }
+
+    /// Like [`Client::read_line`] but returns what went wrong (EOF, error,
+    /// timeout) instead of panicking.
+    pub fn try_read_line(&mut self) -> Result<String, String> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                let s = String::from_utf8_lossy(&line).into_owned();
+                return Ok(s.trim_end_matches(['\r', '\n']).to_string());
+            }
+            if !self.try_fill()? {
+                return Err(format!(
+                    "connection closed before a full line; got {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                ));
             }
         }
     }
@@ -753,6 +800,8 @@ pub struct ModuleStatus {
 #[derive(Debug)]
 pub struct Status {
     pub modules: Vec<ModuleStatus>,
+    /// The `job <module>/<job> ...` lines (after the modules).
+    pub jobs: Vec<JobStatus>,
     /// The `host ...` line.
     pub host_line: String,
     pub raw: String,
@@ -766,16 +815,19 @@ impl Status {
         assert_eq!(*lines.last().unwrap(), "END", "STATUS reply: {raw:?}");
         let host_line = lines[lines.len() - 2];
         assert!(host_line.starts_with("host "), "host line: {host_line:?}");
-        let modules: Vec<ModuleStatus> = lines[1..lines.len() - 2]
-            .iter()
-            .map(|l| parse_module_line(l))
-            .collect();
+        let body = &lines[1..lines.len() - 2];
+        let first_job = body.iter().position(|l| is_job_line(l));
+        let (module_lines, job_lines) = body.split_at(first_job.unwrap_or(body.len()));
+        let modules: Vec<ModuleStatus> =
+            module_lines.iter().map(|l| parse_module_line(l)).collect();
+        let jobs: Vec<JobStatus> = job_lines.iter().map(|l| JobStatus::parse(l)).collect();
         let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted, "STATUS modules not sorted by name: {raw:?}");
         Status {
             modules,
+            jobs,
             host_line: host_line.to_string(),
             raw: raw.to_string(),
         }
@@ -883,6 +935,20 @@ fn parse_module_line(line: &str) -> ModuleStatus {
     }
 }
 
+impl ModuleStatus {
+    /// The raw value of a `key=value` field (module extras included).
+    pub fn field(&self, key: &str) -> Option<&str> {
+        kv(&self.line, key)
+    }
+
+    /// A numeric `key=value` field; panics if missing or not a number.
+    pub fn num(&self, key: &str) -> u64 {
+        self.field(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("STATUS module line has no numeric {key}=: {:?}", self.line))
+    }
+}
+
 /// Splits a `RELOAD` reply into lines, checking the summary line's format.
 /// Returns (per-module lines, [loaded, unchanged, removed, failed]).
 pub fn parse_reload(reply: &str) -> (Vec<String>, [u64; 4]) {
@@ -920,4 +986,113 @@ pub fn parse_reload(reply: &str) -> (Vec<String>, [u64; 4]) {
 /// Asserts the path exists (a readable message otherwise).
 pub fn assert_exists(p: &Path) {
     assert!(p.exists(), "{} does not exist", p.display());
+}
+
+/// Whether a `STATUS` line is a job line: `job <module>/<job> ...`.
+fn is_job_line(line: &str) -> bool {
+    line.starts_with("job ") && line.split(' ').nth(1).is_some_and(|t| t.contains('/'))
+}
+
+/// One `job <module>/<job> key=value ...` line of `STATUS`; values may be
+/// double-quoted with `\"` and `\\` escapes.
+#[derive(Debug, Clone)]
+pub struct JobStatus {
+    /// `<module>/<job>`.
+    pub name: String,
+    pub fields: Vec<(String, String)>,
+    pub line: String,
+}
+
+impl JobStatus {
+    pub fn parse(line: &str) -> JobStatus {
+        let bad = |why: &str| -> ! { panic!("STATUS job line {line:?}: {why}") };
+        let rest = line
+            .strip_prefix("job ")
+            .unwrap_or_else(|| bad("no job prefix"));
+        let (name, mut rest) = rest.split_once(' ').unwrap_or_else(|| bad("no fields"));
+        let mut fields = Vec::new();
+        while !rest.is_empty() {
+            let (key, after) = rest
+                .split_once('=')
+                .unwrap_or_else(|| bad("field without ="));
+            let (value, after) = if let Some(q) = after.strip_prefix('"') {
+                let mut v = String::new();
+                let mut chars = q.char_indices();
+                let end = loop {
+                    match chars.next() {
+                        Some((_, '\\')) => v.push(chars.next().unwrap_or_else(|| bad("escape")).1),
+                        Some((i, '"')) => break i + 1,
+                        Some((_, c)) => v.push(c),
+                        None => bad("unterminated quote"),
+                    }
+                };
+                (v, &q[end..])
+            } else {
+                let end = after.find(' ').unwrap_or(after.len());
+                (after[..end].to_string(), &after[end..])
+            };
+            fields.push((key.to_string(), value));
+            rest = after.strip_prefix(' ').unwrap_or(after);
+        }
+        for key in [
+            "schedule",
+            "state",
+            "last_start",
+            "duration_ms",
+            "result",
+            "next",
+            "runs",
+            "skipped",
+            "failed",
+            "message",
+        ] {
+            if !fields.iter().any(|(k, _)| k == key) {
+                bad(&format!("no {key}="));
+            }
+        }
+        JobStatus {
+            name: name.to_string(),
+            fields,
+            line: line.to_string(),
+        }
+    }
+
+    /// A field's (unquoted) value; panics if missing.
+    pub fn get(&self, key: &str) -> &str {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("STATUS job line has no {key}=: {:?}", self.line))
+    }
+
+    /// A numeric field; panics if missing or not a number.
+    pub fn num(&self, key: &str) -> u64 {
+        self.get(key)
+            .parse()
+            .unwrap_or_else(|_| panic!("STATUS job line: {key}= is not a number: {:?}", self.line))
+    }
+}
+
+impl Status {
+    /// The line of job `<module>/<job>`, if listed.
+    pub fn job(&self, name: &str) -> Option<&JobStatus> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+
+    /// The line of job `<module>/<job>`; panics if it is not listed.
+    pub fn expect_job(&self, name: &str) -> &JobStatus {
+        self.job(name)
+            .unwrap_or_else(|| panic!("job {name} not in STATUS:\n{}", self.raw))
+    }
+}
+
+impl ServerBuilder {
+    /// Writes a file relative to the server's own directory, where its
+    /// config file lives (e.g. `tls/cert.pem`, so that a config line
+    /// `cert = "tls/cert.pem"` finds it as written).
+    pub fn config_file(self, rel: &str, contents: impl Into<Vec<u8>>) -> Self {
+        // `file` writes under `<dir>/site`, which exists by then.
+        self.file(&format!("../{rel}"), contents)
+    }
 }

@@ -1,0 +1,644 @@
+//! Scheduled jobs: at each due time the host calls a module's job entry
+//! point ([`Module::run_job`]) on a small pool of job threads, never on an
+//! event loop.
+//!
+//! * A generation declares its jobs once, after start ([`Module::jobs`]).
+//!   The loader checks them with [`declared`], so a bad name or schedule
+//!   refuses the load with an error naming the job and the field.
+//! * One scheduler thread keeps the next due time of every job and sleeps
+//!   until the earliest one (at most [`MAX_SLEEP`], so that a change of the
+//!   wall clock is noticed).
+//! * A job never overlaps itself: when it is due while its previous run is
+//!   still going, that run is skipped and counted. A job that fails or
+//!   panics is logged and counted; its schedule goes on.
+//! * Reload: the registry tells the scheduler about every change of the
+//!   route table ([`Scheduler::sync`]). Jobs are matched by name across
+//!   generations: a run in progress finishes on the old generation (it
+//!   holds an `Arc` to it), and the new generation keeps the job's next due
+//!   time and counters, so no run is doubled or lost. While a module reloads
+//!   exclusively its jobs are paused; jobs of a removed module are dropped.
+//!
+//! Schedules ([`Schedule::parse`]): a cron expression with 5 fields
+//! (minute hour day-of-month month day-of-week) or 6 (seconds first),
+//! parsed by `croner`, which also takes names (`MON`, `JAN`), `L`, `W`, `#`
+//! and nicknames such as `@hourly`; or an interval, `@every 30s` (any
+//! `humantime` duration of at least one second). Times are UTC unless the
+//! schedule starts with `CRON_TZ=<IANA zone>` (or `TZ=<zone>`), e.g.
+//! `CRON_TZ=Europe/Paris 0 3 * * *`.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::{RResult, RStr};
+use croner::parser::{CronParser, Seconds, Year};
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use module_api::abi::ModuleBox;
+use parking_lot::{Condvar, Mutex};
+
+use crate::registry::Generation;
+
+/// Longest the scheduler thread sleeps between looks at the clock.
+pub const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Longest job name.
+const MAX_NAME: usize = 64;
+/// Longest result message kept for `STATUS`.
+const MAX_MESSAGE: usize = 200;
+
+/// When a job is due.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    kind: Kind,
+    tz: TimeZone,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Cron(Box<croner::Cron>),
+    Every(SignedDuration),
+}
+
+impl Schedule {
+    /// Parses a schedule (see the module doc). The error says what is wrong
+    /// without repeating the schedule.
+    pub fn parse(text: &str) -> Result<Schedule, String> {
+        let mut rest = text.trim();
+        let mut tz = TimeZone::UTC;
+        for prefix in ["CRON_TZ=", "TZ="] {
+            if let Some(r) = rest.strip_prefix(prefix) {
+                let (name, after) = r
+                    .split_once(char::is_whitespace)
+                    .ok_or_else(|| format!("{prefix}<zone> must be followed by an expression"))?;
+                tz = TimeZone::get(name).map_err(|e| format!("unknown time zone {name:?}: {e}"))?;
+                rest = after.trim_start();
+                break;
+            }
+        }
+        if rest.is_empty() {
+            return Err("empty schedule".into());
+        }
+        let kind = if let Some(every) = rest.strip_prefix("@every") {
+            let every = every.trim();
+            let d = humantime::parse_duration(every)
+                .map_err(|e| format!("bad interval {every:?} after @every: {e}"))?;
+            if d < Duration::from_secs(1) {
+                return Err(format!("interval {every:?} is shorter than 1s"));
+            }
+            Kind::Every(SignedDuration::try_from(d).map_err(|_| "interval too long".to_string())?)
+        } else {
+            let fields = rest.split_whitespace().count();
+            if !rest.starts_with('@') && !(5..=6).contains(&fields) {
+                return Err(format!(
+                    "{fields} fields; a cron expression has 5 (minute hour day month weekday) \
+                     or 6 (seconds first)"
+                ));
+            }
+            let cron = CronParser::builder()
+                .seconds(Seconds::Optional)
+                .year(Year::Disallowed)
+                .build()
+                .parse(rest)
+                .map_err(|e| format!("{rest:?}: {e}"))?;
+            Kind::Cron(Box::new(cron))
+        };
+        let s = Schedule { kind, tz };
+        if s.next_after(Timestamp::now(), None).is_none() {
+            return Err("the expression never matches".into());
+        }
+        Ok(s)
+    }
+
+    /// The first due time after `now`. `prev` is the due time just served
+    /// (intervals keep their phase: `prev + k * interval`).
+    pub fn next_after(&self, now: Timestamp, prev: Option<Timestamp>) -> Option<Timestamp> {
+        match &self.kind {
+            Kind::Every(d) => {
+                let base = prev.filter(|p| *p <= now).unwrap_or(now);
+                let (behind, period) = (now.duration_since(base).as_nanos(), d.as_nanos());
+                let ahead = (behind / period + 1).checked_mul(period)?;
+                base.checked_add(SignedDuration::from_nanos(i64::try_from(ahead).ok()?))
+                    .ok()
+            }
+            Kind::Cron(c) => c
+                .find_next_occurrence(&now.to_zoned(self.tz.clone()), false)
+                .ok()
+                .map(|z| z.timestamp()),
+        }
+    }
+}
+
+/// A job a generation declared, checked at load.
+#[derive(Debug, Clone)]
+pub struct Declared {
+    pub name: String,
+    /// The schedule as the module wrote it (shown by `STATUS`).
+    pub text: String,
+    pub schedule: Schedule,
+}
+
+/// Asks a freshly started generation for its jobs and checks them: names
+/// unique, non-empty, without spaces; schedules valid. The error names
+/// the job and the field, e.g. `job "tick": schedule: ...`.
+pub fn declared(module: &ModuleBox) -> Result<Vec<Declared>, String> {
+    let mut out: Vec<Declared> = Vec::new();
+    for spec in module.jobs() {
+        let name = spec.name.as_str();
+        let bad_name = if name.is_empty() {
+            Some("empty")
+        } else if name.len() > MAX_NAME {
+            Some("longer than 64 bytes")
+        } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            Some("contains spaces or control characters")
+        } else if out.iter().any(|d| d.name == name) {
+            Some("declared twice")
+        } else {
+            None
+        };
+        if let Some(why) = bad_name {
+            return Err(format!("job {name:?}: name: {why}"));
+        }
+        let text = spec.schedule.as_str().trim();
+        let schedule = Schedule::parse(text).map_err(|e| format!("job {name:?}: schedule: {e}"))?;
+        out.push(Declared {
+            name: name.to_string(),
+            text: text.to_string(),
+            schedule,
+        });
+    }
+    Ok(out)
+}
+
+/// Called with a job's outcome (by `RUN`).
+pub type Reply = Box<dyn FnOnce(Result<String, String>) + Send>;
+
+/// What `STATUS` shows about a job; lives across generations.
+#[derive(Default)]
+struct Record {
+    last_start: Option<Timestamp>,
+    last_ms: u64,
+    /// `None` before the first run ends.
+    last_ok: Option<bool>,
+    message: String,
+    runs: u64,
+    skipped: u64,
+    failed: u64,
+}
+
+/// The part of a job its runs share with the scheduler.
+#[derive(Default)]
+struct JobState {
+    running: AtomicBool,
+    record: Mutex<Record>,
+}
+
+struct Entry {
+    text: String,
+    schedule: Schedule,
+    next: Option<Timestamp>,
+    state: Arc<JobState>,
+}
+
+/// One module's jobs and the generation they run on.
+struct ModuleJobs {
+    name: Arc<str>,
+    gen: Weak<Generation>,
+    /// Reloading exclusively: no new runs.
+    paused: bool,
+    jobs: BTreeMap<String, Entry>,
+}
+
+#[derive(Default)]
+struct State {
+    modules: BTreeMap<String, ModuleJobs>,
+    stopping: bool,
+}
+
+struct Task {
+    gen: Arc<Generation>,
+    module: Arc<str>,
+    job: String,
+    state: Arc<JobState>,
+    reply: Option<Reply>,
+}
+
+/// The scheduler thread, the job threads and the job table.
+pub struct Scheduler {
+    state: Mutex<State>,
+    wake: Condvar,
+    tasks: Sender<Task>,
+}
+
+impl Scheduler {
+    /// Starts the scheduler thread and `threads` job threads.
+    pub fn start(threads: usize) -> Arc<Scheduler> {
+        let (tx, rx) = unbounded::<Task>();
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            thread::Builder::new()
+                .name(format!("job-{i}"))
+                .spawn(move || work(rx))
+                .expect("spawn job thread");
+        }
+        let s = Arc::new(Scheduler {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            tasks: tx,
+        });
+        let me = s.clone();
+        thread::Builder::new()
+            .name("scheduler".into())
+            .spawn(move || me.run())
+            .expect("spawn scheduler thread");
+        s
+    }
+
+    /// Brings the job table in line with the registry: `(name, current
+    /// generation, reloading exclusively)` for every module. Modules not
+    /// listed lose their jobs.
+    pub fn sync<'a>(&self, modules: impl Iterator<Item = (&'a str, &'a Arc<Generation>, bool)>) {
+        let mut st = self.state.lock();
+        let now = Timestamp::now();
+        let mut listed = Vec::new();
+        for (name, gen, paused) in modules {
+            listed.push(name.to_string());
+            let known = st.modules.get(name);
+            let same_gen = known.is_some_and(|m| std::ptr::eq(m.gen.as_ptr(), Arc::as_ptr(gen)));
+            if same_gen && known.is_some_and(|m| m.paused == paused) {
+                continue;
+            }
+            let mut old = st.modules.remove(name).map(|m| m.jobs).unwrap_or_default();
+            let mut jobs = BTreeMap::new();
+            for d in &gen.jobs {
+                let entry = match old.remove(&d.name) {
+                    // Same job, same schedule: keep its next due time, so
+                    // the new generation takes over without a gap or a
+                    // double run.
+                    Some(e) if e.text == d.text => Entry {
+                        schedule: d.schedule.clone(),
+                        ..e
+                    },
+                    other => Entry {
+                        text: d.text.clone(),
+                        schedule: d.schedule.clone(),
+                        next: d.schedule.next_after(now, None),
+                        state: other.map(|e| e.state).unwrap_or_default(),
+                    },
+                };
+                jobs.insert(d.name.clone(), entry);
+            }
+            for job in old.keys() {
+                log::info!("job {name}/{job}: no longer declared by gen={}", gen.gen);
+            }
+            if !same_gen && !jobs.is_empty() {
+                log::debug!("{name} gen={}: {} scheduled jobs", gen.gen, jobs.len());
+            }
+            st.modules.insert(
+                name.to_string(),
+                ModuleJobs {
+                    name: gen.name.clone(),
+                    gen: Arc::downgrade(gen),
+                    paused,
+                    jobs,
+                },
+            );
+        }
+        st.modules.retain(|name, _| listed.contains(name));
+        self.wake.notify_all();
+    }
+
+    /// `RUN <module> <job>`: runs the job now on a job thread; `reply` gets
+    /// its outcome. Refused (with the reason) when there is no such job,
+    /// the module is reloading, or the job is already running.
+    pub fn run_now(&self, module: &str, job: &str, reply: Reply) -> Result<(), String> {
+        let st = self.state.lock();
+        if st.stopping {
+            return Err("shutting down".into());
+        }
+        let m = st
+            .modules
+            .get(module)
+            .filter(|m| !m.jobs.is_empty())
+            .ok_or_else(|| format!("no module {module:?} with jobs"))?;
+        let e = m
+            .jobs
+            .get(job)
+            .ok_or_else(|| format!("module {module} has no job {job:?}"))?;
+        if m.paused {
+            return Err(format!("{module} is reloading; try again"));
+        }
+        self.dispatch(m, job, e, Some(reply))
+    }
+
+    /// Hands a due job to a job thread unless it is still running.
+    fn dispatch(
+        &self,
+        m: &ModuleJobs,
+        job: &str,
+        e: &Entry,
+        reply: Option<Reply>,
+    ) -> Result<(), String> {
+        let gen = m
+            .gen
+            .upgrade()
+            .ok_or_else(|| format!("{} is not running", m.name))?;
+        if e.state.running.swap(true, Ordering::AcqRel) {
+            return Err("already running".into());
+        }
+        let task = Task {
+            gen,
+            module: m.name.clone(),
+            job: job.to_string(),
+            state: e.state.clone(),
+            reply,
+        };
+        if let Err(back) = self.tasks.send(task) {
+            back.0.state.running.store(false, Ordering::Release);
+            return Err("the job threads have stopped".into());
+        }
+        Ok(())
+    }
+
+    /// The scheduler thread: starts due jobs, then sleeps until the next.
+    fn run(&self) {
+        let mut st = self.state.lock();
+        loop {
+            if st.stopping {
+                return;
+            }
+            let now = Timestamp::now();
+            let mut earliest: Option<Timestamp> = None;
+            for m in st.modules.values_mut() {
+                let jobs = std::mem::take(&mut m.jobs);
+                for (job, mut e) in jobs {
+                    if let Some(due) = e.next.filter(|d| *d <= now) {
+                        if m.paused {
+                            log::debug!("job {}/{job}: not run, the module is reloading", m.name);
+                        } else if let Err(why) = self.dispatch(m, &job, &e, None) {
+                            e.state.record.lock().skipped += 1;
+                            log::warn!("job {}/{job}: run at {due} skipped: {why}", m.name);
+                        }
+                        e.next = e.schedule.next_after(now, Some(due));
+                    }
+                    earliest = match (earliest, e.next) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    m.jobs.insert(job, e);
+                }
+            }
+            let wait = earliest
+                .and_then(|t| Duration::try_from(t.duration_since(now)).ok())
+                .unwrap_or(MAX_SLEEP)
+                .min(MAX_SLEEP);
+            if !wait.is_zero() {
+                self.wake.wait_for(&mut st, wait);
+            }
+        }
+    }
+
+    /// One `STATUS` line per job, sorted by module and job:
+    /// `job <module>/<job> schedule="<expr>" state=<idle|running|paused>
+    /// last_start=<RFC 3339|-> duration_ms=<N> result=<never|ok|failed>
+    /// next=<RFC 3339|-> runs=<N> skipped=<N> failed=<N> message="<text>"`.
+    pub fn status_lines(&self) -> Vec<String> {
+        let st = self.state.lock();
+        let mut out = Vec::new();
+        for (module, m) in &st.modules {
+            for (job, e) in &m.jobs {
+                let r = e.state.record.lock();
+                let state = if e.state.running.load(Ordering::Acquire) {
+                    "running"
+                } else if m.paused {
+                    "paused"
+                } else {
+                    "idle"
+                };
+                let result = match r.last_ok {
+                    None => "never",
+                    Some(true) => "ok",
+                    Some(false) => "failed",
+                };
+                out.push(format!(
+                    "job {module}/{job} schedule={} state={state} last_start={} duration_ms={} \
+                     result={result} next={} runs={} skipped={} failed={} message={}",
+                    quote(&e.text),
+                    time(r.last_start, true),
+                    r.last_ms,
+                    time(e.next.filter(|_| !m.paused), false),
+                    r.runs,
+                    r.skipped,
+                    r.failed,
+                    quote(&r.message),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Stops starting jobs and waits up to `grace` for the running ones.
+    pub fn shutdown(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        let mut st = self.state.lock();
+        st.stopping = true;
+        self.wake.notify_all();
+        loop {
+            let running: Vec<String> = st
+                .modules
+                .iter()
+                .flat_map(|(module, m)| {
+                    m.jobs
+                        .iter()
+                        .filter(|(_, e)| e.state.running.load(Ordering::Acquire))
+                        .map(move |(job, _)| format!("{module}/{job}"))
+                })
+                .collect();
+            if running.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                log::warn!(
+                    "shutdown: jobs still running after the grace period: {}",
+                    running.join(", ")
+                );
+                return;
+            }
+            parking_lot::MutexGuard::unlocked(&mut st, || thread::sleep(Duration::from_millis(20)));
+        }
+    }
+}
+
+/// A job thread: runs tasks, records their outcome.
+fn work(rx: Receiver<Task>) {
+    for task in rx {
+        let Task {
+            gen,
+            module,
+            job,
+            state,
+            reply,
+        } = task;
+        state.record.lock().last_start = Some(Timestamp::now());
+        let t0 = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            gen.module.run_job(RStr::from_str(&job))
+        }));
+        let result = match outcome {
+            Ok(RResult::ROk(s)) => Ok(one_line(s.as_str())),
+            Ok(RResult::RErr(e)) => Err(one_line(e.as_str())),
+            Err(_) => Err("job panicked".into()),
+        };
+        let ms = t0.elapsed().as_millis() as u64;
+        // Drop the generation before the job counts as finished: a retired
+        // generation stops here, before its successor may run the job.
+        let gen_no = gen.gen;
+        drop(gen);
+        {
+            let mut r = state.record.lock();
+            r.runs += 1;
+            r.last_ms = ms;
+            r.last_ok = Some(result.is_ok());
+            match &result {
+                Ok(summary) => {
+                    log::info!("job {module}/{job} (gen={gen_no}): ok in {ms} ms: {summary}");
+                    r.message = summary.clone();
+                }
+                Err(why) => {
+                    log::error!("job {module}/{job} (gen={gen_no}): failed after {ms} ms: {why}");
+                    r.failed += 1;
+                    r.message = why.clone();
+                }
+            }
+            let keep = floor_char_boundary(&r.message, MAX_MESSAGE);
+            r.message.truncate(keep);
+        }
+        state.running.store(false, Ordering::Release);
+        if let Some(reply) = reply {
+            reply(result);
+        }
+    }
+}
+
+/// Collapses line breaks so that a summary fits on one reply line.
+fn one_line(s: &str) -> String {
+    s.split(['\r', '\n'])
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    if s.len() <= max {
+        return s.len();
+    }
+    (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
+/// A double-quoted value with `"` and `\` escaped.
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// RFC 3339 in UTC (milliseconds when `millis`), or `-`.
+fn time(t: Option<Timestamp>, millis: bool) -> String {
+    match t {
+        None => "-".into(),
+        Some(t) if millis => t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        Some(t) => t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn five_and_six_fields() {
+        let s = Schedule::parse("*/15 * * * *").unwrap();
+        let n = s.next_after(ts("2024-05-01T12:07:30Z"), None).unwrap();
+        assert_eq!(n, ts("2024-05-01T12:15:00Z"));
+        let s = Schedule::parse("* * * * * *").unwrap();
+        let n = s.next_after(ts("2024-05-01T12:07:30.5Z"), None).unwrap();
+        assert_eq!(n, ts("2024-05-01T12:07:31Z"));
+        let n = s.next_after(ts("2024-05-01T12:07:31Z"), None).unwrap();
+        assert_eq!(n, ts("2024-05-01T12:07:32Z"));
+        let s = Schedule::parse("@hourly").unwrap();
+        let n = s.next_after(ts("2024-05-01T12:07:30Z"), None).unwrap();
+        assert_eq!(n, ts("2024-05-01T13:00:00Z"));
+    }
+
+    #[test]
+    fn intervals_keep_their_phase() {
+        let s = Schedule::parse("@every 30s").unwrap();
+        let now = ts("2024-05-01T12:00:00Z");
+        assert_eq!(s.next_after(now, None), Some(ts("2024-05-01T12:00:30Z")));
+        let due = ts("2024-05-01T12:00:30Z");
+        let late = ts("2024-05-01T12:00:30.2Z");
+        assert_eq!(
+            s.next_after(late, Some(due)),
+            Some(ts("2024-05-01T12:01:00Z"))
+        );
+        // Far behind (the clock jumped): the next period after now.
+        let later = ts("2024-05-01T12:05:10Z");
+        assert_eq!(
+            s.next_after(later, Some(due)),
+            Some(ts("2024-05-01T12:05:30Z"))
+        );
+    }
+
+    #[test]
+    fn time_zones() {
+        let s = Schedule::parse("CRON_TZ=Europe/Paris 0 3 * * *").unwrap();
+        // 03:00 in Paris in May is 01:00 UTC.
+        let n = s.next_after(ts("2024-05-01T00:00:00Z"), None).unwrap();
+        assert_eq!(n, ts("2024-05-01T01:00:00Z"));
+        assert!(Schedule::parse("TZ=Nowhere/Special 0 3 * * *")
+            .unwrap_err()
+            .contains("unknown time zone"));
+    }
+
+    #[test]
+    fn bad_schedules() {
+        for (text, expect) in [
+            ("", "empty"),
+            ("* * * *", "4 fields"),
+            ("* * * * * * *", "7 fields"),
+            ("61 * * * *", ""),
+            ("@every", "bad interval"),
+            ("@every 10 parsecs", "bad interval"),
+            ("@every 500ms", "shorter than 1s"),
+            ("0 0 31 2 *", "never matches"),
+            ("@fortnightly", ""),
+        ] {
+            let e = Schedule::parse(text).expect_err(text);
+            assert!(e.contains(expect), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(quote(r#"a "b" \c"#), r#""a \"b\" \\c""#);
+        assert_eq!(one_line("a\nb\r\n\nc"), "a b c");
+        assert_eq!(time(None, true), "-");
+        assert_eq!(
+            time(Some(ts("2024-05-01T12:00:00.25Z")), true),
+            "2024-05-01T12:00:00.250Z"
+        );
+        assert_eq!(
+            time(Some(ts("2024-05-01T12:00:00.25Z")), false),
+            "2024-05-01T12:00:00Z"
+        );
+        assert_eq!(floor_char_boundary("héllo", 2), 1);
+    }
+}

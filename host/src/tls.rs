@@ -1,0 +1,233 @@
+//! TLS termination with rustls, on the same port as plaintext.
+//!
+//! A connection whose first byte is a TLS handshake record is terminated
+//! here when a certificate is configured for its SNI name (or a default
+//! certificate exists) and the name is not passed through to a module
+//! (the proxy's SNI routes). The decrypted bytes then go through the same
+//! router as plaintext. Certificates are chosen by SNI: exact names first,
+//! then `*.domain` wildcards, then the default. `RELOAD` re-reads them;
+//! a bad file keeps the certificates in force.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use rustls::crypto::ring;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use serde::Deserialize;
+
+/// `[server.tls]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Default certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Certificates selected by SNI name.
+    #[serde(default)]
+    pub sni: Vec<SniCert>,
+    /// A handshake must complete within this.
+    #[serde(default = "default_handshake_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+fn default_handshake_ms() -> u64 {
+    10_000
+}
+
+/// `[[server.tls.sni]]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SniCert {
+    /// Names served with this certificate (exact, or `*.example.com`).
+    pub names: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsSettings {
+    /// Whether any certificate is configured.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() || !self.sni.is_empty()
+    }
+}
+
+/// Certificates by SNI name.
+struct Resolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `(".example.com", key)` for `*.example.com`.
+    wildcard: Vec<(String, Arc<CertifiedKey>)>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolver")
+            .field("names", &self.exact.keys().collect::<Vec<_>>())
+            .field("wildcards", &self.wildcard.len())
+            .field("default", &self.default.is_some())
+            .finish()
+    }
+}
+
+impl Resolver {
+    fn find(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = name {
+            let name = name.to_ascii_lowercase();
+            if let Some(k) = self.exact.get(&name) {
+                return Some(k.clone());
+            }
+            if let Some((_, k)) = self.wildcard.iter().find(|(suffix, _)| {
+                name.ends_with(suffix.as_str()) && !name[..name.len() - suffix.len()].contains('.')
+            }) {
+                return Some(k.clone());
+            }
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.find(hello.server_name())
+    }
+}
+
+fn load_pair(cert: &Path, key: &Path, base: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let cert_path = base.join(cert);
+    let key_path = base.join(key);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .map_err(|e| format!("cannot read certificate {}: {e}", cert_path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad certificate {}: {e}", cert_path.display()))?;
+    if chain.is_empty() {
+        return Err(format!("no certificate in {}", cert_path.display()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|e| format!("cannot read private key {}: {e}", key_path.display()))?;
+    let signing = ring::sign::any_supported_type(&key_der)
+        .map_err(|e| format!("unsupported private key {}: {e}", key_path.display()))?;
+    let ck = CertifiedKey::new(chain, signing);
+    ck.keys_match().map_err(|e| {
+        format!(
+            "{} does not match {}: {e}",
+            key_path.display(),
+            cert_path.display()
+        )
+    })?;
+    Ok(Arc::new(ck))
+}
+
+/// Builds a server config from the settings; paths are relative to `base`
+/// (the config file's directory).
+fn build(settings: &TlsSettings, base: &Path) -> Result<Terminator, String> {
+    let default = match (&settings.cert, &settings.key) {
+        (Some(c), Some(k)) => Some(load_pair(c, k, base)?),
+        (None, None) => None,
+        _ => return Err("[server.tls] needs both cert and key".into()),
+    };
+    let mut exact = HashMap::new();
+    let mut wildcard = Vec::new();
+    for entry in &settings.sni {
+        if entry.names.is_empty() {
+            return Err("[[server.tls.sni]] entry without names".into());
+        }
+        let key = load_pair(&entry.cert, &entry.key, base)?;
+        for name in &entry.names {
+            let name = name.to_ascii_lowercase();
+            match name.strip_prefix('*') {
+                Some(suffix) if suffix.starts_with('.') => {
+                    wildcard.push((suffix.to_string(), key.clone()))
+                }
+                _ => {
+                    exact.insert(name, key.clone());
+                }
+            }
+        }
+    }
+    let resolver = Arc::new(Resolver {
+        exact,
+        wildcard,
+        default,
+    });
+    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("tls: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Terminator {
+        config: Arc::new(config),
+        resolver,
+    })
+}
+
+/// A loaded set of certificates.
+struct Terminator {
+    config: Arc<ServerConfig>,
+    resolver: Arc<Resolver>,
+}
+
+/// The TLS state every loop reads: the certificates (swapped on reload)
+/// and the SNI names that modules take as they are (passthrough).
+#[derive(Default)]
+pub struct Tls {
+    current: RwLock<Option<Arc<Terminator>>>,
+    passthrough: RwLock<HashSet<String>>,
+    handshake_timeout_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Tls {
+    /// Loads the certificates; an error leaves the previous ones in force.
+    /// Returns how many certificate pairs are in force.
+    pub fn load(&self, settings: &TlsSettings, base: &Path) -> Result<usize, String> {
+        let current = if settings.enabled() {
+            Some(Arc::new(build(settings, base)?))
+        } else {
+            None
+        };
+        self.handshake_timeout_ms.store(
+            settings.handshake_timeout_ms.max(1),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        *self.current.write() = current;
+        Ok(settings.sni.len() + usize::from(settings.cert.is_some()))
+    }
+
+    /// Replaces the SNI names modules take as they are.
+    pub fn set_passthrough(&self, names: HashSet<String>) {
+        *self.passthrough.write() = names;
+    }
+
+    /// The config to terminate a handshake for `sni` with, or `None` to
+    /// leave the connection to the router untouched.
+    pub fn terminate(&self, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
+        let t = self.current.read().clone()?;
+        if let Some(name) = sni {
+            if self.passthrough.read().contains(&name.to_ascii_lowercase()) {
+                return None;
+            }
+        }
+        t.resolver.find(sni).map(|_| t.config.clone())
+    }
+
+    /// Whether termination is configured at all.
+    pub fn active(&self) -> bool {
+        self.current.read().is_some()
+    }
+
+    /// How long a handshake may take.
+    pub fn handshake_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.handshake_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
