@@ -4,7 +4,15 @@
 #   make run          build, then serve static_html/ on port 8080
 #   make test         build, then run the whole test suite
 #   make lint         rustfmt check and clippy with warnings as errors
-#   make bench        wrk against switchyard and nginx, side by side
+#   make bench        wrk against switchyard and nginx, side by side (HTTP and HTTPS)
+#   make bench-proxy  the proxy module next to HAProxy (mode tcp), both in front of nginx
+#   make bench-https  only the HTTPS rows: TLS termination next to nginx's
+#   make bench-reload the same load while both servers reload 200 times
+#   make bench-crash  wrk load while the worker is crashed 10 times: errors, recovery p50/p99
+#   make bench-webapp the webapp module: GET and POST throughput on SQLite
+#   make bench-rpc    the rpc module: kv.set/kv.get calls per second next to redis-benchmark
+#   make browser-check  headless Chromium renders the webapp's page
+#   make tls-cert     a self-signed pair for local HTTPS: tls/cert.pem, tls/key.pem
 #   make licenses     regenerate deps_licenses/
 #   make clean        remove build output (never touches data/)
 #
@@ -24,7 +32,7 @@ HOST_BIN := $(RELEASE)/switchyard
 MODULES  := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard modules/*/Cargo.toml)))
 FIXTURES := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard tests/fixtures/*/Cargo.toml)))
 
-.PHONY: all build cargo-build install-modules run test lint bench licenses clean help
+.PHONY: all build cargo-build install-modules run test lint bench bench-proxy bench-https bench-reload bench-crash bench-webapp bench-rpc browser-check tls-cert licenses clean help
 
 all: build
 
@@ -66,6 +74,35 @@ lint:
 
 bench: build
 	bench/run.sh
+	bench/webapp.sh
+	bench/proxy.sh
+	bench/rpc.sh
+
+bench-proxy: build
+	bench/proxy.sh
+
+bench-https: build
+	bench/https.sh
+
+bench-reload: build
+	bench/reload.sh
+
+bench-crash: build
+	bench/crash.sh
+
+bench-webapp: build
+	bench/webapp.sh
+
+bench-rpc: build
+	bench/rpc.sh
+
+browser-check: build
+	tests/browser/webapp.sh
+
+# Keeps an existing pair; FORCE=1 replaces it. TLS_NAMES: the names it is
+# valid for (default "localhost 127.0.0.1").
+tls-cert:
+	scripts/tls-cert.sh tls $(TLS_NAMES)
 
 licenses:
 	scripts/gen-deps-licenses.sh
@@ -76,4 +113,4 @@ clean:
 	rm -rf modules/.run bench/out
 
 help:
-	@sed -n '3,13s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '3,/^$$/s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))

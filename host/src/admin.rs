@@ -1,5 +1,5 @@
 //! The built-in commands: `RELOAD`, `RELOAD <name>`, `STATUS`, `CLOSE`,
-//! `SHUTDOWN`, `AUTH <token>` and `RUN <module> <job>`. Each is one text
+//! `SHUTDOWN`, `UPGRADE`, `AUTH <token>` and `RUN <module> <job>`. Each is one text
 //! line; each reply line begins with `OK` or `ERR`. Parsing is pure; the
 //! commands that touch the registry run on the control thread, `RUN` on a
 //! job thread.
@@ -19,6 +19,8 @@ pub enum Command<'a> {
     Status,
     Close,
     Shutdown,
+    /// Replace the worker process (leader/worker mode).
+    Upgrade,
     Auth(&'a str),
     /// Run a module's job now.
     Run(&'a str, &'a str),
@@ -30,7 +32,11 @@ impl Command<'_> {
     pub fn privileged(&self) -> bool {
         matches!(
             self,
-            Command::Reload(_) | Command::Status | Command::Shutdown | Command::Run(..)
+            Command::Reload(_)
+                | Command::Status
+                | Command::Shutdown
+                | Command::Upgrade
+                | Command::Run(..)
         )
     }
 }
@@ -50,6 +56,7 @@ pub fn parse(line: &[u8]) -> Command<'_> {
         ("STATUS", None, ..) => Command::Status,
         ("CLOSE", None, ..) => Command::Close,
         ("SHUTDOWN", None, ..) => Command::Shutdown,
+        ("UPGRADE", None, ..) => Command::Upgrade,
         ("AUTH", Some(token), None, false) => Command::Auth(token),
         ("RUN", Some(module), Some(job), false) => Command::Run(module, job),
         _ => Command::Unknown,
@@ -81,7 +88,7 @@ pub fn status(shared: &Shared) -> String {
     }
     let (requests, faults) = shared.registry.totals();
     out.push_str(&format!(
-        "host conns={} accepted={} requests={} faults={} loops={} threads={} uptime={}s\nEND\n",
+        "host conns={} accepted={} requests={} faults={} loops={} threads={} uptime={}s\n",
         shared.conns.load(Ordering::Relaxed),
         shared.accepted.load(Ordering::Relaxed),
         requests,
@@ -90,6 +97,8 @@ pub fn status(shared: &Shared) -> String {
         shared.threads,
         shared.started.elapsed().as_secs(),
     ));
+    out.push_str(&crate::worker_link::status_lines(shared.started));
+    out.push_str("END\n");
     out
 }
 
@@ -98,6 +107,8 @@ pub fn reload(shared: &Shared, name: Option<&str>) -> String {
     let mut out = String::new();
     match name {
         Some(n) => {
+            // An explicit reload is the operator's word: lift a quarantine.
+            crate::worker_link::unquarantine(n);
             out.push_str(&shared.registry.reload_one(n).line);
             out.push('\n');
         }
@@ -148,6 +159,8 @@ mod tests {
         assert_eq!(parse(b"RELOAD a b"), Command::Unknown);
         assert_eq!(parse(b"STATUS"), Command::Status);
         assert_eq!(parse(b"STATUSX"), Command::Unknown);
+        assert_eq!(parse(b"UPGRADE"), Command::Upgrade);
+        assert!(Command::Upgrade.privileged());
         assert_eq!(parse(b"AUTH s3cret"), Command::Auth("s3cret"));
         assert_eq!(parse(b"AUTH"), Command::Unknown);
         assert_eq!(parse(b"RUN cron tick"), Command::Run("cron", "tick"));

@@ -42,6 +42,11 @@ pub struct Args {
     /// Reload modules when their files in the modules directory change.
     #[arg(long)]
     pub watch: bool,
+
+    /// Run in one process, without the leader that restarts a crashed
+    /// worker (for debugging, and where `fork` is unavailable).
+    #[arg(long)]
+    pub single: bool,
 }
 
 /// Rewrites `-port`/`-threads` (and `-port=N`) into their `--` forms.

@@ -74,6 +74,16 @@ pub struct Server {
     pub routes: BTreeMap<String, String>,
     /// TLS termination (`[server.tls]`).
     pub tls: crate::tls::TlsSettings,
+    /// Leader/worker mode: a module call running longer than this is
+    /// logged as a possible hang.
+    pub hang_warn_ms: u64,
+    /// Leader/worker mode: a module call running longer than this gets the
+    /// worker killed and replaced.
+    pub hang_kill_ms: u64,
+    /// Leader/worker mode: a module that crashed the worker this many times
+    /// in a row is quarantined (not loaded) until its file changes or an
+    /// explicit `RELOAD <name>`.
+    pub quarantine_after: u32,
 }
 
 impl Default for Server {
@@ -101,6 +111,9 @@ impl Default for Server {
             watch: false,
             routes: BTreeMap::new(),
             tls: Default::default(),
+            hang_warn_ms: 2_000,
+            hang_kill_ms: 10_000,
+            quarantine_after: 3,
         }
     }
 }

@@ -15,6 +15,8 @@
 //! * [`watch`]: `--watch`, reloading when module files change.
 //! * [`tls`]: TLS termination with rustls, chosen by SNI.
 //! * [`sys`]: platform-specific calls (`SO_REUSEPORT`, `sendfile`).
+//! * [`supervisor`] and [`worker_link`]: the leader process that holds the
+//!   sockets and restarts a crashed worker, and the worker's side of it.
 
 mod admin;
 mod cli;
@@ -27,9 +29,11 @@ mod registry;
 mod router;
 mod scheduler;
 mod services;
+mod supervisor;
 mod sys;
 mod tls;
 mod watch;
+mod worker_link;
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -50,6 +54,7 @@ use crate::scheduler::Scheduler;
 use crate::services::Services;
 
 fn main() -> ExitCode {
+    worker_link::init();
     let args = cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
@@ -86,7 +91,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         .bind
         .parse()
         .map_err(|e| format!("bad bind address {:?}: {e}", server.bind))?;
-    let loops = match server.event_loops {
+    let mut loops = match server.event_loops {
         0 => thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     }
@@ -97,22 +102,18 @@ fn run(args: cli::Args) -> Result<(), String> {
         AcceptMode::Shared
     };
 
-    // Listen first so that a busy port fails before modules start.
-    let mut listeners = Vec::with_capacity(loops);
-    let first = sys::listen(
-        SocketAddr::new(ip, server.port),
-        mode == AcceptMode::Reuseport,
-    )
-    .map_err(|e| format!("cannot listen on {ip}:{}: {e}", server.port))?;
-    let addr = first.local_addr().map_err(|e| e.to_string())?;
-    listeners.push(first);
-    for _ in 1..loops {
-        let l = match mode {
-            AcceptMode::Reuseport => sys::listen(addr, true),
-            AcceptMode::Shared => listeners[0].try_clone(),
-        }
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        listeners.push(l);
+    // Listen first so that a busy port fails before modules start. A
+    // worker serves on the sockets its leader opened.
+    let (listeners, addr) = match worker_link::take_listeners() {
+        Some(inherited) => inherited_listeners(inherited, &mut loops)?,
+        None => open_listeners(ip, server.port, mode, loops)?,
+    };
+    if !args.single && !worker_link::is_worker() {
+        let data_dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("data"));
+        return supervisor::lead(&config.server, &data_dir, listeners, addr);
     }
 
     let mut polls = Vec::with_capacity(loops);
@@ -222,9 +223,14 @@ fn run(args: cli::Args) -> Result<(), String> {
     log::info!(
         "listening on {addr} ({loops} event loops, {mode:?} accept, {threads} pool threads)"
     );
-    let mut stdout = std::io::stdout();
-    let _ = writeln!(stdout, "listening on {addr}");
-    let _ = stdout.flush();
+    if worker_link::is_worker() {
+        // The leader prints `listening on` once its first worker is ready.
+        worker_link::ready();
+    } else {
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "listening on {addr}");
+        let _ = stdout.flush();
+    }
 
     for h in handles {
         let _ = h.join();
@@ -233,6 +239,50 @@ fn run(args: cli::Args) -> Result<(), String> {
     registry.clear();
     log::info!("shutdown complete");
     Ok(())
+}
+
+/// Opens the listening sockets: one per event loop with `SO_REUSEPORT`,
+/// otherwise one shared by every loop.
+fn open_listeners(
+    ip: IpAddr,
+    port: u16,
+    mode: AcceptMode,
+    loops: usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), String> {
+    let mut listeners = Vec::with_capacity(loops);
+    let first = sys::listen(SocketAddr::new(ip, port), mode == AcceptMode::Reuseport)
+        .map_err(|e| format!("cannot listen on {ip}:{}: {e}", port))?;
+    let addr = first.local_addr().map_err(|e| e.to_string())?;
+    listeners.push(first);
+    for _ in 1..loops {
+        let l = match mode {
+            AcceptMode::Reuseport => sys::listen(addr, true),
+            AcceptMode::Shared => listeners[0].try_clone(),
+        }
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        listeners.push(l);
+    }
+    Ok((listeners, addr))
+}
+
+/// A worker's listeners, inherited from its leader: one per event loop
+/// (the loop count follows them), or a single one every loop shares.
+fn inherited_listeners(
+    inherited: Vec<std::net::TcpListener>,
+    loops: &mut usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), String> {
+    let first = inherited.first().ok_or("the leader passed no listener")?;
+    let addr = first.local_addr().map_err(|e| e.to_string())?;
+    if inherited.len() > 1 {
+        *loops = inherited.len();
+        return Ok((inherited, addr));
+    }
+    let mut listeners = inherited;
+    for _ in 1..*loops {
+        let l = listeners[0].try_clone().map_err(|e| e.to_string())?;
+        listeners.push(l);
+    }
+    Ok((listeners, addr))
 }
 
 /// Loads the TLS settings; `None` when TLS is off.

@@ -264,12 +264,11 @@ impl EventLoop {
         }
         let trusted = peer.ip().is_loopback()
             || matches!(peer.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
-        entry.insert(Conn::new(
-            sock,
-            ConnInfo::new(id, peer, false),
-            trusted,
-            self.now,
-        ));
+        let mut info = ConnInfo::new(id, peer, false);
+        if let Ok(local) = sock.local_addr() {
+            info = info.with_local(local);
+        }
+        entry.insert(Conn::new(sock, info, trusted, self.now));
         log::trace!("conn {id} from {peer}");
         // Data may already be there (edge-triggered: no event repeats it).
         self.drive(key);
@@ -540,9 +539,11 @@ impl EventLoop {
                     }
                     let before = conn.wbuf.len();
                     let input = conn.rbuf.bytes();
+                    let busy = crate::worker_link::enter(g.slot_id);
                     let verdict =
                         g.module
                             .on_message(&conn.info, RSlice::from_slice(input), &mut conn.wbuf);
+                    drop(busy);
                     match self.apply(key, &g, verdict, before) {
                         Next::Keep => {}
                         Next::Close(why) => return Err(why),
@@ -905,6 +906,11 @@ impl EventLoop {
                 });
                 None
             }
+            Command::Upgrade => {
+                log::info!("UPGRADE from {}", conn.info.peer());
+                crate::worker_link::upgrade(self.shared.clone(), to);
+                None
+            }
             Command::Run(module, job) => {
                 log::info!("RUN {module} {job} from {}", conn.info.peer());
                 admin::run(&self.shared, module, job, to);
@@ -1037,8 +1043,12 @@ impl EventLoop {
                     continue;
                 }
             }
-            if c.tls.as_ref().is_some_and(|t| t.is_handshaking())
-                && now.duration_since(c.accepted) >= self.shared.tls.handshake_timeout()
+            // A handshake in progress, or a ClientHello still arriving.
+            let handshaking = c.tls.as_ref().is_some_and(|t| t.is_handshaking())
+                || (!c.tls_checked
+                    && self.shared.tls.active()
+                    && c.rbuf.bytes().first() == Some(&0x16));
+            if handshaking && now.duration_since(c.accepted) >= self.shared.tls.handshake_timeout()
             {
                 expired.push((key, "tls handshake timeout"));
                 continue;

@@ -16,6 +16,7 @@ pub enum Builtin {
     Status,
     Close,
     Shutdown,
+    Upgrade,
     Auth,
     Run,
 }
@@ -26,6 +27,7 @@ pub const BUILTINS: &[(&[u8], Builtin)] = &[
     (b"STATUS", Builtin::Status),
     (b"CLOSE", Builtin::Close),
     (b"SHUTDOWN", Builtin::Shutdown),
+    (b"UPGRADE", Builtin::Upgrade),
     (b"AUTH", Builtin::Auth),
     (b"RUN", Builtin::Run),
 ];

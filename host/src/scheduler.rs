@@ -493,10 +493,6 @@ fn work(rx: Receiver<Task>) {
             Err(_) => Err("job panicked".into()),
         };
         let ms = t0.elapsed().as_millis() as u64;
-        // Drop the generation before the job counts as finished: a retired
-        // generation stops here, before its successor may run the job.
-        let gen_no = gen.gen;
-        drop(gen);
         {
             let mut r = state.record.lock();
             r.runs += 1;
@@ -504,11 +500,17 @@ fn work(rx: Receiver<Task>) {
             r.last_ok = Some(result.is_ok());
             match &result {
                 Ok(summary) => {
-                    log::info!("job {module}/{job} (gen={gen_no}): ok in {ms} ms: {summary}");
+                    log::info!(
+                        "job {module}/{job} (gen={}): ok in {ms} ms: {summary}",
+                        gen.gen
+                    );
                     r.message = summary.clone();
                 }
                 Err(why) => {
-                    log::error!("job {module}/{job} (gen={gen_no}): failed after {ms} ms: {why}");
+                    log::error!(
+                        "job {module}/{job} (gen={}): failed after {ms} ms: {why}",
+                        gen.gen
+                    );
                     r.failed += 1;
                     r.message = why.clone();
                 }
@@ -516,6 +518,10 @@ fn work(rx: Receiver<Task>) {
             let keep = floor_char_boundary(&r.message, MAX_MESSAGE);
             r.message.truncate(keep);
         }
+        // Let go of the generation before the job counts as finished: a
+        // retired generation stops here, before its successor may run the
+        // job.
+        drop(gen);
         state.running.store(false, Ordering::Release);
         if let Some(reply) = reply {
             reply(result);

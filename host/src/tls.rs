@@ -78,19 +78,23 @@ impl fmt::Debug for Resolver {
 }
 
 impl Resolver {
-    fn find(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        if let Some(name) = name {
-            let name = name.to_ascii_lowercase();
-            if let Some(k) = self.exact.get(&name) {
-                return Some(k.clone());
-            }
-            if let Some((_, k)) = self.wildcard.iter().find(|(suffix, _)| {
-                name.ends_with(suffix.as_str()) && !name[..name.len() - suffix.len()].contains('.')
-            }) {
-                return Some(k.clone());
-            }
+    /// The certificate configured for `name` itself (exact, then a
+    /// one-label wildcard); `name` is lowercase.
+    fn find_named(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        if let Some(k) = self.exact.get(name) {
+            return Some(k.clone());
         }
-        self.default.clone()
+        self.wildcard
+            .iter()
+            .find(|(suffix, _)| {
+                name.ends_with(suffix.as_str()) && !name[..name.len() - suffix.len()].contains('.')
+            })
+            .map(|(_, k)| k.clone())
+    }
+
+    fn find(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        name.and_then(|n| self.find_named(&n.to_ascii_lowercase()))
+            .or_else(|| self.default.clone())
     }
 }
 
@@ -207,15 +211,26 @@ impl Tls {
     }
 
     /// The config to terminate a handshake for `sni` with, or `None` to
-    /// leave the connection to the router untouched.
+    /// leave the connection to the router untouched. A certificate
+    /// configured for the name itself wins over a module's passthrough;
+    /// passthrough wins over the default certificate.
     pub fn terminate(&self, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
         let t = self.current.read().clone()?;
         if let Some(name) = sni {
-            if self.passthrough.read().contains(&name.to_ascii_lowercase()) {
+            let name = name.to_ascii_lowercase();
+            if t.resolver.find_named(&name).is_some() {
+                return Some(t.config.clone());
+            }
+            let pass = self.passthrough.read();
+            // Exact names, and `*.parent` wildcards covering one label.
+            let wildcard = name
+                .split_once('.')
+                .is_some_and(|(_, parent)| pass.contains(&format!("*.{parent}")));
+            if pass.contains(&name) || wildcard {
                 return None;
             }
         }
-        t.resolver.find(sni).map(|_| t.config.clone())
+        t.resolver.default.as_ref().map(|_| t.config.clone())
     }
 
     /// Whether termination is configured at all.

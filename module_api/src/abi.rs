@@ -131,14 +131,9 @@ impl Upstream {
 
     /// Its socket address.
     pub fn addr(&self) -> std::net::SocketAddr {
-        ConnInfo {
-            id: 0,
-            peer_ip: self.ip,
-            peer_port: self.port,
-            is_v6: self.is_v6,
-            tls: false,
-        }
-        .peer()
+        ConnInfo::new(0, "0.0.0.0:0".parse().expect("literal"), false)
+            .with_ip(self.ip, self.port, self.is_v6)
+            .peer()
     }
 }
 
@@ -386,6 +381,11 @@ pub struct ConnInfo {
     pub is_v6: bool,
     /// `true` when the host terminated TLS for this connection.
     pub tls: bool,
+    /// The local (destination) address the client connected to, in the
+    /// same encoding as the peer; all zero when unknown.
+    pub local_ip: [u8; 16],
+    pub local_port: u16,
+    pub local_is_v6: bool,
 }
 
 impl ConnInfo {
@@ -420,7 +420,38 @@ impl ConnInfo {
             peer_port: peer.port(),
             is_v6,
             tls,
+            local_ip: [0; 16],
+            local_port: 0,
+            local_is_v6: false,
         }
+    }
+
+    /// Sets the local address.
+    pub fn with_local(mut self, local: std::net::SocketAddr) -> ConnInfo {
+        let l = ConnInfo::new(0, local, false);
+        self.local_ip = l.peer_ip;
+        self.local_port = l.peer_port;
+        self.local_is_v6 = l.is_v6;
+        self
+    }
+
+    /// The local address, when the host knows it.
+    pub fn local(&self) -> Option<std::net::SocketAddr> {
+        if self.local_port == 0 && self.local_ip == [0; 16] {
+            return None;
+        }
+        Some(
+            ConnInfo::new(0, "0.0.0.0:0".parse().expect("literal"), false)
+                .with_ip(self.local_ip, self.local_port, self.local_is_v6)
+                .peer(),
+        )
+    }
+
+    fn with_ip(mut self, ip: [u8; 16], port: u16, is_v6: bool) -> ConnInfo {
+        self.peer_ip = ip;
+        self.peer_port = port;
+        self.is_v6 = is_v6;
+        self
     }
 }
 

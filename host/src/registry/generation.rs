@@ -44,6 +44,8 @@ pub struct Generation {
     /// Milliseconds since [`epoch`] after which connections still on this
     /// generation are closed; 0 while it is current.
     drain_deadline_ms: AtomicU64,
+    /// The module's id in the worker's status page (see `worker_link`).
+    pub slot_id: u32,
 }
 
 /// The reference point for drain deadlines.
@@ -67,7 +69,9 @@ impl Generation {
         root: ModuleLibRef,
     ) -> Generation {
         epoch();
+        let slot_id = crate::worker_link::intern(&name);
         Generation {
+            slot_id,
             name,
             version,
             gen,

@@ -337,6 +337,7 @@ impl Registry {
 
     /// Makes `gen` the current generation of its module.
     fn install(&self, state: &mut State, file: &Path, gen: Generation) -> Outcome {
+        crate::worker_link::loaded(&gen.name, file);
         let line = format!("OK {} gen={} v{}", gen.name, gen.gen, gen.version);
         for b in &gen.bindings {
             state.removed.remove(b);
@@ -576,7 +577,10 @@ impl Registry {
                     Outcome::ok(format!("OK {name} unchanged gen={gen}"))
                 }
                 Some((name, ..)) => self.replace(state, &name, file),
-                None => self.add(state, file),
+                None => match crate::worker_link::quarantined(file) {
+                    Some(line) => Outcome::err(line),
+                    None => self.add(state, file),
+                },
             };
             if !o.ok {
                 failed += 1;
@@ -603,6 +607,15 @@ impl Registry {
     pub fn reload_one(&self, name: &str) -> Outcome {
         let mut state = self.state.lock();
         let state = &mut *state;
+        // The module's config table may have changed too.
+        if let Some(path) = &self.config_path {
+            match Config::load(path) {
+                Ok(cfg) => state.config = cfg,
+                Err(e) => {
+                    return Outcome::err(format!("ERR {name}: config: {e}; nothing reloaded")).log()
+                }
+            }
+        }
         let running = state.modules.get(name).map(|s| s.file.clone());
         let file = running
             .clone()

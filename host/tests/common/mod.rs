@@ -804,6 +804,9 @@ pub struct Status {
     pub jobs: Vec<JobStatus>,
     /// The `host ...` line.
     pub host_line: String,
+    /// The lines between the `host` line and `END`: `worker pid=<pid>
+    /// uptime=<N>s`, `fault ...`, `quarantined ...`.
+    pub after: Vec<String>,
     pub raw: String,
 }
 
@@ -813,9 +816,27 @@ impl Status {
         assert!(lines.len() >= 3, "STATUS reply too short: {raw:?}");
         assert_eq!(lines[0], "OK status", "STATUS reply: {raw:?}");
         assert_eq!(*lines.last().unwrap(), "END", "STATUS reply: {raw:?}");
-        let host_line = lines[lines.len() - 2];
+        // The `host` line, then (leader/worker mode) `worker ...`, `fault
+        // ...` and `quarantined ...` lines, then `END`.
+        let host_idx = lines
+            .iter()
+            .rposition(|l| l.starts_with("host "))
+            .unwrap_or(lines.len() - 2);
+        let host_line = lines[host_idx];
         assert!(host_line.starts_with("host "), "host line: {host_line:?}");
-        let body = &lines[1..lines.len() - 2];
+        let after: Vec<String> = lines[host_idx + 1..lines.len() - 1]
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        for l in &after {
+            assert!(
+                ["worker ", "fault ", "quarantined "]
+                    .iter()
+                    .any(|p| l.starts_with(p)),
+                "unexpected STATUS line after the host line: {l:?} in {raw:?}"
+            );
+        }
+        let body = &lines[1..host_idx];
         let first_job = body.iter().position(|l| is_job_line(l));
         let (module_lines, job_lines) = body.split_at(first_job.unwrap_or(body.len()));
         let modules: Vec<ModuleStatus> =
@@ -829,6 +850,7 @@ impl Status {
             modules,
             jobs,
             host_line: host_line.to_string(),
+            after,
             raw: raw.to_string(),
         }
     }
@@ -1094,5 +1116,280 @@ impl ServerBuilder {
     pub fn config_file(self, rel: &str, contents: impl Into<Vec<u8>>) -> Self {
         // `file` writes under `<dir>/site`, which exists by then.
         self.file(&format!("../{rel}"), contents)
+    }
+}
+
+// ---- Proxy tests: upstream servers on loopback, STATUS fields, RSS ----
+
+/// A TCP upstream for proxy tests, on its own threads: greets every
+/// connection with `<tag>\n`, echoes what it reads, and at EOF writes
+/// `BYE <bytes received>\n` and closes (so a half-closed client still gets
+/// a reply). [`EchoUpstream::kill`] stops it like a crash: the port refuses
+/// connections and open ones are reset.
+pub struct EchoUpstream {
+    pub addr: SocketAddr,
+    pub tag: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    accepted: std::sync::Arc<AtomicUsize>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl EchoUpstream {
+    /// On a free loopback port.
+    pub fn start(tag: &str) -> EchoUpstream {
+        EchoUpstream::start_on("127.0.0.1:0".parse().unwrap(), tag)
+    }
+
+    /// On `addr` (retried for a few seconds while the port is busy, e.g.
+    /// to restart a killed upstream on its old port).
+    pub fn start_on(addr: SocketAddr, tag: &str) -> EchoUpstream {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match std::net::TcpListener::bind(addr) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("bind upstream {addr}: {e}"),
+            }
+        };
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let (stop2, open2, accepted2, tag2) = (
+            stop.clone(),
+            open.clone(),
+            accepted.clone(),
+            tag.to_string(),
+        );
+        let thread = thread::spawn(move || {
+            for s in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut s) = s else { continue };
+                accepted2.fetch_add(1, Ordering::SeqCst);
+                if let Ok(c) = s.try_clone() {
+                    open2.lock().unwrap().push(c);
+                }
+                let tag = tag2.clone();
+                thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
+                    if s.write_all(format!("{tag}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut n = 0usize;
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(k) => {
+                                n += k;
+                                if s.write_all(&buf[..k]).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                            Err(_) => return,
+                        }
+                    }
+                    let _ = s.write_all(format!("BYE {n}\n").as_bytes());
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        EchoUpstream {
+            addr,
+            tag: tag.to_string(),
+            stop,
+            open,
+            accepted,
+            thread: Some(thread),
+        }
+    }
+
+    /// Connections accepted so far (health checks included).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Stops listening (the port then refuses connections) and resets
+    /// every open connection.
+    pub fn kill(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop.store(true, Ordering::SeqCst);
+            // Wake the blocking accept.
+            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+            let _ = t.join();
+        }
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for EchoUpstream {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback address nothing listens on (bound, then released).
+pub fn dead_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// One route of the proxy module's `STATUS` text:
+/// `NAME:active=N,conns=N,...,upstreams=ADDR(STATE,w=N,active=N)+...`.
+#[derive(Debug, Clone)]
+pub struct ProxyRoute {
+    pub name: String,
+    pub fields: Vec<(String, u64)>,
+    /// (address, state, weight, active).
+    pub upstreams: Vec<(String, String, u64, u64)>,
+}
+
+impl ProxyRoute {
+    /// A numeric route field (`active`, `conns`, `failed`, `bytes_up`, ...).
+    pub fn num(&self, key: &str) -> u64 {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("proxy route {} has no {key}: {self:?}", self.name))
+    }
+
+    /// The state of upstream `addr` (`up`, `down`, `failed`).
+    pub fn state(&self, addr: SocketAddr) -> &str {
+        let a = addr.to_string();
+        self.upstreams
+            .iter()
+            .find(|u| u.0 == a)
+            .map(|u| u.1.as_str())
+            .unwrap_or_else(|| panic!("proxy route {} has no upstream {a}: {self:?}", self.name))
+    }
+}
+
+impl Status {
+    /// The proxy module's routes, parsed from its STATUS line.
+    pub fn proxy_routes(&self) -> Vec<ProxyRoute> {
+        let line = &self.expect("proxy").line;
+        let mut tokens = line.split(' ').skip_while(|t| !t.starts_with("routes="));
+        let count: usize = tokens
+            .next()
+            .and_then(|t| t["routes=".len()..].parse().ok())
+            .unwrap_or_else(|| panic!("proxy STATUS line without routes=N: {line:?}"));
+        let routes: Vec<ProxyRoute> = tokens
+            .map(|t| {
+                let (name, rest) = t
+                    .split_once(":active=")
+                    .unwrap_or_else(|| panic!("proxy route token {t:?}"));
+                let (fields, ups) = rest
+                    .split_once(",upstreams=")
+                    .unwrap_or_else(|| panic!("proxy route token {t:?}"));
+                let fields = format!("active={fields}")
+                    .split(',')
+                    .map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap();
+                        (k.to_string(), v.parse().unwrap())
+                    })
+                    .collect();
+                let upstreams = ups
+                    .split('+')
+                    .map(|u| {
+                        let (addr, inner) = u.split_once('(').unwrap();
+                        let inner = inner.trim_end_matches(')');
+                        let mut parts = inner.split(',');
+                        let state = parts.next().unwrap().to_string();
+                        let num = |p: Option<&str>, k: &str| -> u64 {
+                            p.and_then(|p| p.strip_prefix(k))
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or_else(|| panic!("proxy upstream {u:?}"))
+                        };
+                        let w = num(parts.next(), "w=");
+                        let active = num(parts.next(), "active=");
+                        (addr.to_string(), state, w, active)
+                    })
+                    .collect();
+                ProxyRoute {
+                    name: name.to_string(),
+                    fields,
+                    upstreams,
+                }
+            })
+            .collect();
+        assert_eq!(routes.len(), count, "proxy STATUS line: {line:?}");
+        routes
+    }
+
+    /// The proxy route called `name`.
+    pub fn proxy_route(&self, name: &str) -> ProxyRoute {
+        self.proxy_routes()
+            .into_iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no proxy route {name} in STATUS:\n{}", self.raw))
+    }
+}
+
+/// Resident memory of a process in KiB (`VmRSS` of /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// 64-bit FNV-1a, for checking that bulk transfers arrive intact.
+#[derive(Clone, Copy)]
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn update(&mut self, bytes: &[u8]) {
+        let mut h = self.0;
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// Fills `buf` with the next bytes of a xorshift stream.
+pub fn fill_pseudo(buf: &mut [u8], state: &mut u64) {
+    for chunk in buf.chunks_mut(8) {
+        let mut x = *state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *state = x;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+}
+
+impl Client {
+    /// Reads exactly `n` bytes (what is buffered first); panics on EOF,
+    /// error or timeout.
+    pub fn read_bytes(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            assert!(
+                self.fill(),
+                "connection closed after {} of {n} bytes",
+                self.buf.len()
+            );
+        }
+        self.buf.drain(..n).collect()
     }
 }

@@ -1,0 +1,686 @@
+//! The worker's side of the leader/worker process model (see
+//! [`crate::supervisor`] for the leader's).
+//!
+//! A worker is this same binary started by the leader with a few
+//! environment variables naming descriptors it inherited:
+//! * `SWITCHYARD_LISTEN_FDS`: the listening sockets (comma-separated), used
+//!   instead of binding;
+//! * `SWITCHYARD_CONTROL_FD`: a socket pair to the leader, one text line per
+//!   message (`ready`, `upgrade` up; `upgraded <pid>`, `upgrade-failed
+//!   <why>` down);
+//! * `SWITCHYARD_STATUS_FD`: a shared [`Page`] where each thread that calls
+//!   into a module records which module and since when (two atomic stores
+//!   per call), so the leader can name the module a dead worker was running
+//!   and notice a call that never returns;
+//! * `SWITCHYARD_QUARANTINE`: the quarantine file, consulted at load;
+//! * `SWITCHYARD_LAST_FAULT`: why the previous worker died, for `STATUS`.
+//!
+//! Without them (`--single`, or tests of the single process) every function
+//! here is a cheap no-op, except the `worker` line of `STATUS`.
+
+use std::cell::Cell;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+
+use crate::pool::{Completion, ReplyTo};
+use crate::reactor::Shared;
+
+pub const ENV_LISTEN_FDS: &str = "SWITCHYARD_LISTEN_FDS";
+pub const ENV_CONTROL_FD: &str = "SWITCHYARD_CONTROL_FD";
+pub const ENV_STATUS_FD: &str = "SWITCHYARD_STATUS_FD";
+pub const ENV_QUARANTINE: &str = "SWITCHYARD_QUARANTINE";
+pub const ENV_LAST_FAULT: &str = "SWITCHYARD_LAST_FAULT";
+
+// ---------------------------------------------------------------------------
+// The shared status page.
+
+/// Threads that can record module calls; later threads are not tracked.
+pub const SLOTS: usize = 256;
+/// Module names the page can hold.
+pub const NAMES: usize = 128;
+const NAME_LEN: usize = 64;
+const PATH_LEN: usize = 448;
+
+/// One thread's current module call.
+#[repr(C)]
+pub struct Slot {
+    /// Module id (1-based index into `names`), 0 when not in module code.
+    pub module: AtomicU32,
+    _pad: u32,
+    /// [`now_ms`] when the call started.
+    pub since_ms: AtomicU64,
+}
+
+/// A module name and the file it was loaded from.
+#[repr(C)]
+pub struct NameEntry {
+    name_len: AtomicU32,
+    path_len: AtomicU32,
+    name: [AtomicU8; NAME_LEN],
+    path: [AtomicU8; PATH_LEN],
+}
+
+/// The page a worker shares with its leader (a `memfd`, zero-filled).
+#[repr(C)]
+pub struct Page {
+    /// Module id recorded by the fatal-signal handler of the thread that
+    /// crashed, 0 if that thread was not in module code.
+    pub faulted: AtomicU32,
+    /// The fatal signal the handler saw.
+    pub fault_sig: AtomicU32,
+    /// Slots handed out so far.
+    pub next_slot: AtomicU32,
+    _pad: u32,
+    pub slots: [Slot; SLOTS],
+    names: [NameEntry; NAMES],
+}
+
+fn store_bytes(dst: &[AtomicU8], len: &AtomicU32, s: &str) {
+    let b = s.as_bytes();
+    let n = b.len().min(dst.len());
+    for (d, &c) in dst.iter().zip(&b[..n]) {
+        d.store(c, Ordering::Relaxed);
+    }
+    len.store(n as u32, Ordering::Release);
+}
+
+fn load_bytes(src: &[AtomicU8], len: &AtomicU32) -> String {
+    let n = (len.load(Ordering::Acquire) as usize).min(src.len());
+    let v: Vec<u8> = src[..n].iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    String::from_utf8_lossy(&v).into_owned()
+}
+
+impl Page {
+    /// The name of module `id` (1-based), if recorded.
+    pub fn name(&self, id: u32) -> Option<String> {
+        let e = self.names.get((id as usize).checked_sub(1)?)?;
+        let n = load_bytes(&e.name, &e.name_len);
+        (!n.is_empty()).then_some(n)
+    }
+
+    /// The file module `id` was loaded from, if recorded.
+    pub fn path(&self, id: u32) -> Option<PathBuf> {
+        let e = self.names.get((id as usize).checked_sub(1)?)?;
+        let p = load_bytes(&e.path, &e.path_len);
+        (!p.is_empty()).then(|| PathBuf::from(p))
+    }
+
+    /// Slots in use: `(slot, module id, since_ms)` of threads now in module
+    /// code.
+    pub fn busy(&self) -> Vec<(usize, u32, u64)> {
+        let n = (self.next_slot.load(Ordering::Acquire) as usize).min(SLOTS);
+        self.slots[..n]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                // A consistent reading: the same call before and after
+                // reading its start time.
+                let m = s.module.load(Ordering::Acquire);
+                let since = s.since_ms.load(Ordering::Acquire);
+                let again = s.module.load(Ordering::Acquire);
+                (m != 0 && m == again && since != 0).then_some((i, m, since))
+            })
+            .collect()
+    }
+}
+
+/// A mapping of a [`Page`]; unmapped on drop.
+pub struct PageMap {
+    ptr: *mut Page,
+}
+
+// SAFETY: the page holds only atomics.
+unsafe impl Send for PageMap {}
+unsafe impl Sync for PageMap {}
+
+impl PageMap {
+    /// Maps the page behind `fd` (which must be at least a page long).
+    pub fn map(fd: RawFd) -> io::Result<PageMap> {
+        // SAFETY: a fresh shared mapping of a descriptor we were given;
+        // every field of `Page` is valid when zeroed.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                std::mem::size_of::<Page>(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(PageMap { ptr: p.cast() })
+    }
+
+    /// Creates a new zeroed page: its descriptor (close-on-exec) and a
+    /// mapping.
+    pub fn create() -> io::Result<(std::os::fd::OwnedFd, PageMap)> {
+        use std::os::fd::AsRawFd;
+        let file = anonymous_file()?;
+        file.set_len(std::mem::size_of::<Page>() as u64)?;
+        let map = PageMap::map(file.as_raw_fd())?;
+        Ok((file.into(), map))
+    }
+
+    pub fn get(&self) -> &Page {
+        // SAFETY: mapped for as long as `self` lives; atomics only.
+        unsafe { &*self.ptr }
+    }
+
+    /// Keeps the mapping for the rest of the process.
+    fn leak(self) -> &'static Page {
+        let p = self.ptr;
+        std::mem::forget(self);
+        // SAFETY: never unmapped from now on.
+        unsafe { &*p }
+    }
+}
+
+impl Drop for PageMap {
+    fn drop(&mut self) {
+        // SAFETY: unmaps what `map` mapped; no reference outlives `self`.
+        unsafe {
+            libc::munmap(self.ptr.cast(), std::mem::size_of::<Page>());
+        }
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn anonymous_file() -> io::Result<fs::File> {
+    // SAFETY: a NUL-terminated name; we own the returned descriptor.
+    let fd = unsafe { libc::memfd_create(c"switchyard-status".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor nobody else owns.
+    Ok(unsafe { fs::File::from_raw_fd(fd) })
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn anonymous_file() -> io::Result<fs::File> {
+    let path = std::env::temp_dir().join(format!(
+        "switchyard-status-{}-{:?}",
+        std::process::id(),
+        Instant::now()
+    ));
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    let _ = fs::remove_file(&path);
+    Ok(f)
+}
+
+/// Milliseconds on the system-wide monotonic clock (the same in the leader
+/// and the worker).
+pub fn now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+// ---------------------------------------------------------------------------
+// The worker's link to its leader.
+
+struct Link {
+    listen_fds: Mutex<Option<Vec<RawFd>>>,
+    ctl: Mutex<UnixStream>,
+    replies: Mutex<Receiver<String>>,
+    quarantine: Option<PathBuf>,
+    last_fault: Option<String>,
+}
+
+static LINK: OnceLock<Link> = OnceLock::new();
+static PAGE: OnceLock<&'static Page> = OnceLock::new();
+/// Interned module names; a module's id is its index + 1.
+static NAMES_TABLE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// This thread's slot in the page; `u32::MAX` until assigned,
+    /// `u32::MAX - 1` when the page is full.
+    static SLOT: Cell<u32> = const { Cell::new(u32::MAX) };
+}
+
+fn env_fd(name: &str) -> Option<RawFd> {
+    std::env::var(name).ok()?.trim().parse().ok()
+}
+
+fn set_cloexec(fd: RawFd) {
+    // SAFETY: fcntl on a descriptor this process owns.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+    }
+}
+
+/// Reads the worker environment, if the leader started us. Must run
+/// before any other thread starts (it edits the environment).
+pub fn init() {
+    let Some(fds) = std::env::var(ENV_LISTEN_FDS).ok() else {
+        return;
+    };
+    let listen_fds: Vec<RawFd> = fds
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let ctl_fd = env_fd(ENV_CONTROL_FD);
+    let page_fd = env_fd(ENV_STATUS_FD);
+    let quarantine = std::env::var_os(ENV_QUARANTINE).map(PathBuf::from);
+    let last_fault = std::env::var(ENV_LAST_FAULT).ok().filter(|s| !s.is_empty());
+    for v in [
+        ENV_LISTEN_FDS,
+        ENV_CONTROL_FD,
+        ENV_STATUS_FD,
+        ENV_QUARANTINE,
+        ENV_LAST_FAULT,
+    ] {
+        std::env::remove_var(v);
+    }
+    // What we inherited must not leak into processes modules start.
+    for &fd in &listen_fds {
+        set_cloexec(fd);
+    }
+    if let Some(fd) = page_fd {
+        set_cloexec(fd);
+        match PageMap::map(fd) {
+            Ok(m) => {
+                let _ = PAGE.set(m.leak());
+                install_fault_handlers();
+            }
+            Err(e) => eprintln!("switchyard worker: cannot map the status page: {e}"),
+        }
+        // SAFETY: the mapping stays; the descriptor is ours to close.
+        unsafe { libc::close(fd) };
+    }
+    let Some(ctl_fd) = ctl_fd else { return };
+    set_cloexec(ctl_fd);
+    // SAFETY: the leader handed us this descriptor; nothing else owns it.
+    let ctl = unsafe { UnixStream::from_raw_fd(ctl_fd) };
+    let (tx, rx) = crossbeam_channel::unbounded();
+    if let Ok(reader) = ctl.try_clone() {
+        let _ = std::thread::Builder::new()
+            .name("leader-link".into())
+            .spawn(move || read_leader(reader, tx));
+    }
+    let _ = LINK.set(Link {
+        listen_fds: Mutex::new(Some(listen_fds)),
+        ctl: Mutex::new(ctl),
+        replies: Mutex::new(rx),
+        quarantine,
+        last_fault,
+    });
+}
+
+fn read_leader(reader: UnixStream, tx: Sender<String>) {
+    for line in BufReader::new(reader).lines() {
+        let Ok(line) = line else { break };
+        let _ = tx.send(line);
+    }
+    // The leader is gone; PR_SET_PDEATHSIG ends us where it exists.
+    log::warn!("the leader closed its link to this worker");
+}
+
+/// Whether this process is a worker started by a leader.
+pub fn is_worker() -> bool {
+    LINK.get().is_some()
+}
+
+/// The listening sockets inherited from the leader (once).
+pub fn take_listeners() -> Option<Vec<TcpListener>> {
+    let fds = LINK.get()?.listen_fds.lock().take()?;
+    Some(
+        fds.into_iter()
+            // SAFETY: the leader passed these listening sockets to us.
+            .map(|fd| unsafe { TcpListener::from_raw_fd(fd) })
+            .collect(),
+    )
+}
+
+fn send(line: &str) -> io::Result<()> {
+    let Some(link) = LINK.get() else {
+        return Err(io::Error::other("not a worker"));
+    };
+    let mut ctl = link.ctl.lock();
+    ctl.write_all(line.as_bytes())?;
+    ctl.write_all(b"\n")
+}
+
+/// Tells the leader this worker is serving.
+pub fn ready() {
+    if let Err(e) = send("ready") {
+        log::error!("cannot tell the leader this worker is ready: {e}");
+    }
+}
+
+/// A module's id for [`enter`]; the same name always gets the same id.
+pub fn intern(name: &str) -> u32 {
+    let mut names = NAMES_TABLE.lock();
+    if let Some(i) = names.iter().position(|n| n == name) {
+        return i as u32 + 1;
+    }
+    names.push(name.to_string());
+    let id = names.len() as u32;
+    if let Some(page) = PAGE.get() {
+        if let Some(e) = page.names.get(id as usize - 1) {
+            store_bytes(&e.name, &e.name_len, name);
+        }
+    }
+    id
+}
+
+/// Records the file module `name` runs from (for the quarantine).
+pub fn loaded(name: &str, file: &Path) {
+    let id = intern(name);
+    if let Some(e) = PAGE.get().and_then(|p| p.names.get(id as usize - 1)) {
+        let abs = fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+        store_bytes(&e.path, &e.path_len, &abs.to_string_lossy());
+    }
+}
+
+/// While alive, the calling thread is recorded as running module `id`.
+pub struct Busy {
+    slot: Option<&'static Slot>,
+    prev: (u32, u64),
+}
+
+fn my_slot(page: &'static Page) -> Option<&'static Slot> {
+    let idx = SLOT.with(|s| {
+        let mut v = s.get();
+        if v == u32::MAX {
+            let n = page.next_slot.fetch_add(1, Ordering::AcqRel);
+            v = if (n as usize) < SLOTS {
+                n
+            } else {
+                u32::MAX - 1
+            };
+            s.set(v);
+        }
+        v
+    });
+    page.slots.get(idx as usize)
+}
+
+/// Marks the calling thread as running module `id` until the guard drops.
+#[inline]
+pub fn enter(id: u32) -> Busy {
+    let Some(slot) = PAGE.get().and_then(|p| my_slot(p)) else {
+        return Busy {
+            slot: None,
+            prev: (0, 0),
+        };
+    };
+    let prev = (
+        slot.module.load(Ordering::Relaxed),
+        slot.since_ms.load(Ordering::Relaxed),
+    );
+    if prev.0 == 0 {
+        slot.since_ms.store(now_ms(), Ordering::Release);
+    }
+    slot.module.store(id, Ordering::Release);
+    Busy {
+        slot: Some(slot),
+        prev,
+    }
+}
+
+impl Drop for Busy {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot {
+            // Module first: the leader must never see this call's module
+            // with the outer call's (or no) start time.
+            slot.module.store(self.prev.0, Ordering::Release);
+            if self.prev.0 != 0 {
+                slot.since_ms.store(self.prev.1, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// Records which module the crashing thread was running, then dies of the
+/// same signal with the default action.
+extern "C" fn on_fatal(sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    if let Some(page) = PAGE.get() {
+        let idx = SLOT.with(|s| s.get()) as usize;
+        if let Some(slot) = page.slots.get(idx) {
+            let m = slot.module.load(Ordering::Acquire);
+            if m != 0 {
+                let _ = page
+                    .faulted
+                    .compare_exchange(0, m, Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
+        page.fault_sig.store(sig as u32, Ordering::Release);
+    }
+    // SAFETY: async-signal-safe calls only. The signal is blocked while
+    // this handler runs, so the raised one is delivered, with the default
+    // action, as soon as it returns.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+fn install_fault_handlers() {
+    for sig in [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGABRT,
+        libc::SIGILL,
+        libc::SIGFPE,
+    ] {
+        // SAFETY: installs a handler that only does async-signal-safe work;
+        // SA_ONSTACK lets it run on the alternate stack Rust sets up for
+        // its threads (a stack overflow still gets recorded).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_fatal as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Quarantine.
+
+/// One quarantined module file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub name: String,
+    pub path: PathBuf,
+    pub len: u64,
+    pub mtime_ns: i64,
+    pub ino: u64,
+    pub crashes: u32,
+    pub reason: String,
+}
+
+impl Quarantined {
+    /// Whether `path` still holds the same file.
+    fn matches(&self, path: &Path) -> bool {
+        let abs = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        abs == self.path
+            && fs::metadata(&abs).is_ok_and(|m| {
+                m.len() == self.len && mtime_ns(&m) == self.mtime_ns && m.ino() == self.ino
+            })
+    }
+}
+
+pub fn mtime_ns(m: &fs::Metadata) -> i64 {
+    m.mtime() * 1_000_000_000 + m.mtime_nsec()
+}
+
+/// Reads a quarantine file (missing means empty).
+pub fn read_quarantine(file: &Path) -> Vec<Quarantined> {
+    let text = fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            if f.len() != 7 {
+                return None;
+            }
+            Some(Quarantined {
+                name: f[0].into(),
+                path: f[1].into(),
+                len: f[2].parse().ok()?,
+                mtime_ns: f[3].parse().ok()?,
+                ino: f[4].parse().ok()?,
+                crashes: f[5].parse().ok()?,
+                reason: f[6].into(),
+            })
+        })
+        .collect()
+}
+
+/// Writes a quarantine file atomically (temporary file, then rename).
+pub fn write_quarantine(file: &Path, entries: &[Quarantined]) -> io::Result<()> {
+    if entries.is_empty() {
+        return match fs::remove_file(file) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    let clean = |s: &str| s.replace(['\t', '\n', '\r'], " ");
+    let mut text = String::new();
+    for q in entries {
+        text.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            clean(&q.name),
+            clean(&q.path.to_string_lossy()),
+            q.len,
+            q.mtime_ns,
+            q.ino,
+            q.crashes,
+            clean(&q.reason)
+        ));
+    }
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    fs::write(&tmp, text)?;
+    fs::rename(&tmp, file)
+}
+
+/// The `ERR` line when `file` is quarantined, for the registry to report
+/// instead of loading it.
+pub fn quarantined(file: &Path) -> Option<String> {
+    let q = LINK.get()?.quarantine.as_ref()?;
+    read_quarantine(q)
+        .into_iter()
+        .find(|e| e.matches(file))
+        .map(|e| {
+            format!(
+                "ERR {}: quarantined after {} crashes ({}); change the file or RELOAD {} to load it again",
+                e.name, e.crashes, e.reason, e.name
+            )
+        })
+}
+
+/// `RELOAD <name>`: lifts the quarantine of module (or file stem) `name`.
+pub fn unquarantine(name: &str) {
+    let Some(q) = LINK.get().and_then(|l| l.quarantine.as_ref()) else {
+        return;
+    };
+    let all = read_quarantine(q);
+    let keep: Vec<Quarantined> = all
+        .iter()
+        .filter(|e| e.name != name && e.path.file_stem() != Some(std::ffi::OsStr::new(name)))
+        .cloned()
+        .collect();
+    if keep.len() != all.len() {
+        log::info!("{name}: quarantine lifted by an explicit RELOAD");
+        if let Err(e) = write_quarantine(q, &keep) {
+            log::error!("cannot update {}: {e}", q.display());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// STATUS and UPGRADE.
+
+/// The `STATUS` lines after the `host` line: `worker pid=<pid>
+/// uptime=<N>s`, then `fault ...` (why the previous worker died) and one
+/// `quarantined <name> ...` line per quarantined module.
+pub fn status_lines(started: Instant) -> String {
+    let mut out = format!(
+        "worker pid={} uptime={}s\n",
+        std::process::id(),
+        started.elapsed().as_secs()
+    );
+    if let Some(link) = LINK.get() {
+        if let Some(f) = &link.last_fault {
+            out.push_str(&format!("fault {f}\n"));
+        }
+        if let Some(q) = &link.quarantine {
+            for e in read_quarantine(q) {
+                out.push_str(&format!(
+                    "quarantined {} crashes={} reason=\"{}\"\n",
+                    e.name,
+                    e.crashes,
+                    e.reason.replace('"', "'")
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Longest the old worker waits for its replacement to be ready.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `UPGRADE`: asks the leader for a new worker; once it is ready, replies
+/// `OK upgrading: new worker pid=<pid>` and shuts this worker down
+/// gracefully (the new one already accepts on the same sockets).
+pub fn upgrade(shared: Arc<Shared>, to: ReplyTo) {
+    let reply = move |shared: &Shared, r: String| {
+        shared.mailboxes[to.loop_idx].send(Completion::Admin { to, reply: r });
+    };
+    let Some(link) = LINK.get() else {
+        return reply(
+            &shared,
+            "ERR upgrade needs the leader process (this server runs with --single)\n".into(),
+        );
+    };
+    let spawned = std::thread::Builder::new()
+        .name("upgrade".into())
+        .spawn(move || {
+            let replies = link.replies.lock();
+            while replies.try_recv().is_ok() {}
+            if let Err(e) = send("upgrade") {
+                return reply(&shared, format!("ERR upgrade: leader unreachable: {e}\n"));
+            }
+            match replies.recv_timeout(UPGRADE_TIMEOUT) {
+                Ok(l) if l.starts_with("upgraded ") => {
+                    let pid = l["upgraded ".len()..].trim().to_string();
+                    log::info!("UPGRADE: worker pid={pid} is ready; this worker drains and exits");
+                    reply(&shared, format!("OK upgrading: new worker pid={pid}\n"));
+                    shared.shutdown();
+                }
+                Ok(l) => {
+                    let why = l.strip_prefix("upgrade-failed ").unwrap_or(&l);
+                    reply(&shared, format!("ERR upgrade: {why}\n"));
+                }
+                Err(_) => reply(&shared, "ERR upgrade: no answer from the leader\n".into()),
+            }
+        });
+    if spawned.is_err() {
+        log::error!("UPGRADE: cannot start a thread");
+    }
+}

@@ -1,0 +1,395 @@
+//! Leader/worker mode: a worker killed by a module (segfault, abort, hang)
+//! is replaced on the same sockets, the fault is reported by `STATUS` and
+//! the log, a module that keeps crashing is quarantined, and `UPGRADE`
+//! swaps workers without refusing a connection.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use common::{rss_kib, Server, ServerBuilder, Status, INDEX_HTML};
+
+/// `worker pid=<pid> uptime=<N>s` from `STATUS`.
+fn worker_pid(st: &Status) -> u32 {
+    st.after
+        .iter()
+        .find_map(|l| l.strip_prefix("worker pid="))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no `worker pid=` line in STATUS:\n{}", st.raw))
+}
+
+fn line<'a>(st: &'a Status, prefix: &str) -> Option<&'a str> {
+    st.after
+        .iter()
+        .find(|l| l.starts_with(prefix))
+        .map(|s| s.as_str())
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().to_string()))
+        .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
+}
+
+/// Polls `STATUS` until a worker other than `old` answers.
+fn wait_new_worker(s: &Server, old: u32) -> Status {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = s.connect();
+        c.send_lenient(b"STATUS\n");
+        if let Ok(first) = c.try_read_line() {
+            let mut raw = format!("{first}\n");
+            while let Ok(l) = c.try_read_line() {
+                raw.push_str(&l);
+                raw.push('\n');
+                if l == "END" {
+                    break;
+                }
+            }
+            if raw.ends_with("END\n") {
+                let st = Status::parse(&raw);
+                if worker_pid(&st) != old {
+                    return st;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new worker within 5 s; log:\n{}",
+            s.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Clients looping on `GET /`, one new connection per request.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    connect_errors: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let connect_errors = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let handles = (0..clients)
+            .map(|_| {
+                let (stop, ok, ce, failed) = (
+                    stop.clone(),
+                    ok.clone(),
+                    connect_errors.clone(),
+                    failed.clone(),
+                );
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                        else {
+                            ce.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        };
+                        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                        let mut buf = Vec::new();
+                        let good = c
+                            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                            .is_ok()
+                            && c.read_to_end(&mut buf).is_ok()
+                            && buf.starts_with(b"HTTP/1.1 200")
+                            && buf.ends_with(INDEX_HTML.as_bytes());
+                        if good { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            connect_errors,
+            failed,
+            handles,
+        }
+    }
+
+    /// Stops the clients: (ok, connect errors, failed requests).
+    fn finish(self) -> (u64, u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles {
+            h.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.connect_errors.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn crash_server(tag: &str) -> Server {
+    ServerBuilder::new(&["http", "fx_crash"])
+        .tag(tag)
+        .server("event_loops = 2")
+        .server("hang_warn_ms = 300")
+        .server("hang_kill_ms = 1500")
+        .server("quarantine_after = 3")
+        .start()
+}
+
+/// One request that kills the worker; the rest keep being served.
+fn crash_case(path: &str, cause: &str) {
+    let s = crash_server(&format!("crash{}", path.replace('/', "-")));
+    let st = s.status();
+    let old = worker_pid(&st);
+    assert_ne!(old, s.pid(), "STATUS names the leader, not the worker");
+    assert_eq!(s.get("/crash/ok").text(), "ok");
+
+    let load = Load::start(s.addr, 2);
+    thread::sleep(Duration::from_millis(200));
+    let mut c = s.connect();
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    let r = c.try_read_response(false);
+    assert!(r.is_err(), "{path} was answered: {r:?}");
+
+    let st = wait_new_worker(&s, old);
+    thread::sleep(Duration::from_millis(300));
+    let (ok, connect_errors, failed) = load.finish();
+    assert!(ok > 0, "no request served");
+    assert_eq!(connect_errors, 0, "connections refused during the restart");
+    assert!(
+        failed <= 2,
+        "{failed} requests failed; at most the 2 connections open at the crash may"
+    );
+
+    assert!(!alive(old), "old worker {old} still running");
+    let fault = line(&st, "fault ").unwrap_or_else(|| panic!("no fault line:\n{}", st.raw));
+    assert!(
+        fault.contains(&format!("pid={old} ")) && fault.contains(&format!("cause={cause} ")),
+        "{fault}"
+    );
+    assert!(fault.contains("module=fx_crash "), "{fault}");
+    assert_eq!(st.expect("fx_crash").gen, 1);
+    assert_eq!(s.get("/").text(), INDEX_HTML);
+    assert_eq!(s.get("/crash/ok").text(), "ok");
+    let log = s.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("worker pid={old}")) && l.contains("fx_crash")),
+        "the log does not say which module crashed worker {old}:\n{log}"
+    );
+}
+
+#[test]
+fn segfault_in_a_module_restarts_the_worker() {
+    crash_case("/crash/segv", "SIGSEGV");
+}
+
+#[test]
+fn abort_in_a_module_restarts_the_worker() {
+    crash_case("/crash/abort", "SIGABRT");
+}
+
+#[test]
+fn hung_module_call_gets_the_worker_replaced() {
+    let s = crash_server("hang");
+    let old = worker_pid(&s.status());
+    let mut c = s.connect();
+    c.send(b"GET /crash/hang HTTP/1.1\r\nHost: x\r\n\r\n");
+    // Other connections are served meanwhile (or right after the kill).
+    assert_eq!(s.get("/").text(), INDEX_HTML);
+    assert!(c.try_read_response(false).is_err());
+    let st = wait_new_worker(&s, old);
+    let fault = line(&st, "fault ").unwrap_or_else(|| panic!("no fault line:\n{}", st.raw));
+    assert!(
+        fault.contains("cause=hang") && fault.contains("module=fx_crash"),
+        "{fault}"
+    );
+    let log = s.log();
+    assert!(log.contains("hang_warn_ms=300"), "no hang warning:\n{log}");
+    assert!(log.contains("hang_kill_ms=1500"), "no hang kill:\n{log}");
+    assert_eq!(s.get("/crash/ok").text(), "ok");
+}
+
+#[test]
+fn external_sigsegv_is_recovered() {
+    let s = crash_server("kill");
+    let old = worker_pid(&s.status());
+    // SAFETY: kill(2) on the worker the server reported.
+    assert_eq!(unsafe { libc::kill(old as i32, libc::SIGSEGV) }, 0);
+    let st = wait_new_worker(&s, old);
+    let fault = line(&st, "fault ").unwrap();
+    assert!(fault.contains("cause=SIGSEGV"), "{fault}");
+    assert_eq!(s.get("/").text(), INDEX_HTML);
+}
+
+#[test]
+fn repeated_crashes_quarantine_the_module_until_reload() {
+    let s = crash_server("quarantine");
+    let mut pid = worker_pid(&s.status());
+    for _ in 0..3 {
+        let mut c = s.connect();
+        c.send(b"GET /crash/segv HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(c.try_read_response(false).is_err());
+        pid = worker_pid(&wait_new_worker(&s, pid));
+    }
+    let st = s.status();
+    let q = line(&st, "quarantined fx_crash ")
+        .unwrap_or_else(|| panic!("fx_crash not quarantined:\n{}", st.raw));
+    assert!(q.contains("crashes=3"), "{q}");
+    assert!(st.module("fx_crash").is_none(), "{}", st.raw);
+    assert_eq!(s.get("/crash/ok").status, 404, "the http module answers");
+    assert_eq!(s.get("/").text(), INDEX_HTML);
+    assert!(
+        s.log().contains("quarantined after 3 crashes"),
+        "{}",
+        s.log()
+    );
+
+    // A plain RELOAD leaves it out and says why.
+    let reply = s.admin("RELOAD");
+    assert!(
+        reply
+            .lines()
+            .any(|l| l.starts_with("ERR fx_crash: quarantined after 3 crashes")),
+        "{reply}"
+    );
+    // An explicit RELOAD lifts it.
+    let reply = s.admin("RELOAD fx_crash");
+    assert!(reply.starts_with("OK fx_crash gen=1"), "{reply}");
+    assert_eq!(s.get("/crash/ok").text(), "ok");
+    let st = s.status();
+    assert!(line(&st, "quarantined ").is_none(), "{}", st.raw);
+}
+
+#[test]
+fn changed_file_lifts_the_quarantine_at_the_next_start() {
+    let s = ServerBuilder::new(&["http", "fx_crash"])
+        .tag("quarantine-file")
+        .server("quarantine_after = 1")
+        .start();
+    let pid = worker_pid(&s.status());
+    let mut c = s.connect();
+    c.send(b"GET /crash/abort HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(c.try_read_response(false).is_err());
+    let st = wait_new_worker(&s, pid);
+    assert!(st.module("fx_crash").is_none(), "{}", st.raw);
+    s.change_module("fx_crash");
+    let reply = s.admin("RELOAD");
+    assert!(
+        reply.lines().any(|l| l.starts_with("OK fx_crash gen=1")),
+        "{reply}"
+    );
+    assert_eq!(s.get("/crash/ok").text(), "ok");
+}
+
+#[test]
+fn upgrade_under_load_refuses_nothing_and_reclaims_memory() {
+    let s = ServerBuilder::new(&["http", "fx_app"])
+        .tag("upgrade")
+        .server("event_loops = 2")
+        .start();
+    let first = worker_pid(&s.status());
+    for _ in 0..50 {
+        assert_eq!(s.get("/").status, 200);
+    }
+    let fresh = rss_kib(first);
+
+    // 200 reloads on the old worker: retired generations stay mapped.
+    for i in 0..200 {
+        let r = s.admin("RELOAD http");
+        assert!(r.starts_with("OK http gen="), "reload {i}: {r}");
+    }
+    let grown = rss_kib(first);
+
+    let load = Load::start(s.addr, 8);
+    thread::sleep(Duration::from_millis(300));
+    let reply = s.admin("UPGRADE");
+    let new: u32 = reply
+        .trim()
+        .strip_prefix("OK upgrading: new worker pid=")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("UPGRADE replied {reply:?}; log:\n{}", s.log()));
+    assert_ne!(new, first);
+    thread::sleep(Duration::from_millis(500));
+    let st = s.status();
+    assert_eq!(worker_pid(&st), new, "{}", st.raw);
+    assert_eq!(st.expect("http").gen, 1, "{}", st.raw);
+    let (ok, connect_errors, failed) = load.finish();
+    assert!(ok > 0);
+    assert_eq!(connect_errors, 0, "connections refused during UPGRADE");
+    assert_eq!(failed, 0, "requests failed during UPGRADE");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(first) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(first), "old worker still running after UPGRADE");
+    for _ in 0..50 {
+        assert_eq!(s.get("/").status, 200);
+    }
+    let after = rss_kib(new);
+    eprintln!("RSS KiB: fresh {fresh}, after 200 reloads {grown}, new worker {after}");
+    assert!(
+        after <= fresh + fresh / 4 + 2048,
+        "new worker RSS {after} KiB vs a fresh worker's {fresh} KiB (old one had {grown})"
+    );
+}
+
+#[test]
+fn shutdown_stops_leader_and_worker() {
+    let mut s = crash_server("shutdown");
+    let pid = worker_pid(&s.status());
+    assert_eq!(s.admin("SHUTDOWN"), "OK shutting down\n");
+    let st = s
+        .wait_exit(Duration::from_secs(10))
+        .expect("leader still running after SHUTDOWN");
+    assert!(st.success(), "{st:?}");
+    assert!(!alive(pid), "worker {pid} still running");
+}
+
+#[test]
+fn sigterm_to_the_leader_stops_the_worker() {
+    let mut s = crash_server("sigterm");
+    let pid = worker_pid(&s.status());
+    s.signal(libc::SIGTERM);
+    let st = s
+        .wait_exit(Duration::from_secs(10))
+        .expect("leader still running after SIGTERM");
+    assert!(st.success(), "{st:?}");
+    assert!(!alive(pid), "worker {pid} still running");
+}
+
+#[test]
+fn killed_leader_takes_the_worker_with_it() {
+    let mut s = crash_server("leader-kill");
+    let pid = worker_pid(&s.status());
+    s.signal(libc::SIGKILL);
+    s.wait_exit(Duration::from_secs(5)).expect("leader alive");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(pid), "worker {pid} outlived its leader");
+}
+
+#[test]
+fn single_mode_has_no_leader() {
+    let s = ServerBuilder::new(&["http"])
+        .tag("single")
+        .arg("--single")
+        .start();
+    let st = s.status();
+    assert_eq!(worker_pid(&st), s.pid());
+    assert!(s.admin("UPGRADE").starts_with("ERR "));
+    assert_eq!(s.get("/").text(), INDEX_HTML);
+}

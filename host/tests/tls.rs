@@ -1,0 +1,1054 @@
+//! TLS termination on the shared port: certificates generated at test time
+//! (a test CA and leaf certificates from rcgen), a rustls client that checks
+//! which certificate the server presented, and `curl --cacert`.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rustls::crypto::ring;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+// --- certificates ------------------------------------------------------------
+
+/// A test certificate authority.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+/// A leaf certificate signed by a [`Ca`].
+#[derive(Clone)]
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+    der: Vec<u8>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = p.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A server certificate for these names (DNS names or IP addresses).
+    fn leaf(&self, names: &[&str]) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.distinguished_name.push(DnType::CommonName, names[0]);
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+
+    fn roots(&self) -> Arc<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.cert.der().clone()).unwrap();
+        Arc::new(roots)
+    }
+}
+
+/// The certificates of the config contract: a default one (localhost,
+/// 127.0.0.1 and `*.example.test`), one for `a.example.test` by SNI, and
+/// one for the wildcard `*.b.example.test`.
+struct Pki {
+    ca: Ca,
+    default: Leaf,
+    a: Leaf,
+    b: Leaf,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let ca = Ca::new("switchyard test CA");
+        let default = ca.leaf(&["localhost", "127.0.0.1", "*.example.test"]);
+        let a = ca.leaf(&["a.example.test"]);
+        let b = ca.leaf(&["*.b.example.test"]);
+        Pki { ca, default, a, b }
+    }
+
+    /// A server with the contract's `[server.tls]` (relative paths, next
+    /// to the config file) plus `extra_tls` lines in `[server.tls]`.
+    fn server(&self, modules: &[&str], extra_tls: &str) -> ServerBuilder {
+        ServerBuilder::new(modules)
+            .tag("tls")
+            .config_file("tls/cert.pem", self.default.cert_pem.clone())
+            .config_file("tls/key.pem", self.default.key_pem.clone())
+            .config_file("tls/a.pem", self.a.cert_pem.clone())
+            .config_file("tls/a.key", self.a.key_pem.clone())
+            .config_file("tls/b.pem", self.b.cert_pem.clone())
+            .config_file("tls/b.key", self.b.key_pem.clone())
+            .toml(&format!(
+                r#"
+[server.tls]
+cert = "tls/cert.pem"
+key = "tls/key.pem"
+{extra_tls}
+[[server.tls.sni]]
+names = ["a.example.test"]
+cert = "tls/a.pem"
+key = "tls/a.key"
+
+[[server.tls.sni]]
+names = ["*.b.example.test"]
+cert = "tls/b.pem"
+key = "tls/b.key"
+"#
+            ))
+    }
+}
+
+// --- a rustls client ---------------------------------------------------------
+
+fn client_config(
+    roots: &Arc<RootCertStore>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Arc<ClientConfig> {
+    let mut cfg = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+fn default_client_config(roots: &Arc<RootCertStore>) -> Arc<ClientConfig> {
+    client_config(
+        roots,
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+        &[b"http/1.1"],
+    )
+}
+
+/// `name` is the SNI name to send, or an IP address (then no SNI is sent).
+fn server_name(name: &str) -> ServerName<'static> {
+    ServerName::try_from(name.to_string()).unwrap()
+}
+
+fn tcp(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// A TLS client connection, handshake done.
+struct TlsClient {
+    s: StreamOwned<ClientConnection, TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl TlsClient {
+    fn connect(addr: SocketAddr, cfg: &Arc<ClientConfig>, name: &str) -> Result<TlsClient, String> {
+        let conn = ClientConnection::new(cfg.clone(), server_name(name))
+            .map_err(|e| format!("client session: {e}"))?;
+        let mut s = StreamOwned::new(conn, tcp(addr));
+        while s.conn.is_handshaking() {
+            s.conn
+                .complete_io(&mut s.sock)
+                .map_err(|e| format!("TLS handshake for {name:?}: {e}"))?;
+        }
+        Ok(TlsClient { s, buf: Vec::new() })
+    }
+
+    fn must(addr: SocketAddr, cfg: &Arc<ClientConfig>, name: &str) -> TlsClient {
+        Self::connect(addr, cfg, name).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The DER of the certificate the server presented.
+    fn peer_der(&self) -> Vec<u8> {
+        let certs: &[CertificateDer<'_>] = self
+            .s
+            .conn
+            .peer_certificates()
+            .expect("no peer certificate");
+        certs[0].to_vec()
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.s
+            .write_all(bytes)
+            .and_then(|_| self.s.flush())
+            .unwrap_or_else(|e| panic!("TLS write: {e}"));
+    }
+
+    /// More plaintext into the buffer; `Ok(false)` at the end of the
+    /// stream (close_notify or plain EOF).
+    fn fill(&mut self) -> Result<bool, String> {
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match self.s.read(&mut chunk) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(false),
+                Err(e) => {
+                    return Err(format!(
+                        "TLS read: {e} (buffered: {:?})",
+                        String::from_utf8_lossy(&self.buf)
+                    ))
+                }
+            }
+        }
+    }
+
+    fn read_line(&mut self) -> String {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return String::from_utf8_lossy(&line)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string();
+            }
+            if !self.fill().unwrap_or_else(|e| panic!("{e}")) {
+                panic!(
+                    "TLS connection closed before a full line; got {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+        }
+    }
+
+    /// Reads one HTTP response (Content-Length or close-delimited body).
+    fn read_response(&mut self) -> Response {
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if !self.fill().unwrap_or_else(|e| panic!("{e}")) {
+                panic!(
+                    "TLS connection closed before a response head; got {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+        };
+        let head: Vec<u8> = self.buf.drain(..head_end).collect();
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap().to_string();
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (n, v) = l.split_once(':').expect("header line");
+                (n.trim().to_string(), v.trim().to_string())
+            })
+            .collect();
+        let mut resp = Response {
+            status,
+            status_line,
+            headers,
+            body: Vec::new(),
+        };
+        if let Some(len) = resp.header("content-length") {
+            let len: usize = len.parse().unwrap();
+            while self.buf.len() < len {
+                assert!(
+                    self.fill().unwrap_or_else(|e| panic!("{e}")),
+                    "closed after {} of {len} body bytes",
+                    self.buf.len()
+                );
+            }
+            resp.body = self.buf.drain(..len).collect();
+        } else {
+            while self.fill().unwrap_or_else(|e| panic!("{e}")) {}
+            resp.body = std::mem::take(&mut self.buf);
+        }
+        resp
+    }
+
+    fn get(&mut self, path: &str) -> Response {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes());
+        self.read_response()
+    }
+}
+
+/// A `Connection: close` GET over a new TLS connection.
+fn tls_get(addr: SocketAddr, cfg: &Arc<ClientConfig>, name: &str, path: &str) -> Response {
+    let mut c = TlsClient::must(addr, cfg, name);
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes());
+    c.read_response()
+}
+
+/// A `Connection: close` GET over a new plaintext connection.
+fn plain_get(addr: SocketAddr, path: &str) -> Response {
+    let mut c = Client::connect(addr);
+    c.send(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    c.read_response(false)
+}
+
+/// The raw ClientHello record(s) a rustls client sends first.
+fn client_hello(cfg: &Arc<ClientConfig>, name: &str) -> Vec<u8> {
+    let mut conn = ClientConnection::new(cfg.clone(), server_name(name)).unwrap();
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    assert_eq!(out[0], 0x16);
+    out
+}
+
+/// Waits up to `within` for the peer to close; returns how long it took.
+/// Bytes sent before the close (a TLS alert) are allowed and returned.
+fn wait_closed(s: &mut TcpStream, within: Duration) -> Result<(Duration, Vec<u8>), String> {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = within.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(format!(
+                "still open after {within:?}; received {:?}",
+                String::from_utf8_lossy(&got)
+            ));
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut chunk) {
+            Ok(0) => return Ok((start.elapsed(), got)),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                ) =>
+            {
+                return Ok((start.elapsed(), got))
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => return Err(format!("read error {e}")),
+        }
+    }
+}
+
+fn assert_index(resp: &Response, what: &str) {
+    assert_eq!(resp.status, 200, "{what}: {}", resp.status_line);
+    assert_eq!(resp.text(), INDEX_HTML, "{what}: body");
+}
+
+// --- tests -------------------------------------------------------------------
+
+#[test]
+fn curl_gets_the_static_page_over_https() {
+    let pki = Pki::new();
+    let srv = pki.server(&["http"], "").start();
+    let dir = temp_dir("tls-curl");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, pki.ca.pem()).unwrap();
+    let port = srv.addr.port();
+    for name in ["localhost", "a.example.test", "x.b.example.test"] {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(&ca)
+            .arg("--resolve")
+            .arg(format!("{name}:{port}:127.0.0.1"))
+            .args(["-w", "\n%{http_code} %{http_version} %{ssl_verify_result}"])
+            .arg(format!("https://{name}:{port}/"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("curl is needed for this test (apt-get install curl): {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "curl https://{name}:{port}/ failed: {}{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (body, meta) = stdout.rsplit_once('\n').unwrap();
+        assert_eq!(meta, "200 1.1 0", "curl https://{name}:{port}/");
+        assert_eq!(body, INDEX_HTML, "curl https://{name}:{port}/ body");
+    }
+    // Plaintext on the same port, also through curl.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), INDEX_HTML);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn sni_selects_the_certificate() {
+    let pki = Pki::new();
+    let srv = pki.server(&["http"], "").start();
+    let cfg = default_client_config(&pki.ca.roots());
+    for (name, want, which) in [
+        ("a.example.test", &pki.a, "the a.example.test certificate"),
+        (
+            "x.b.example.test",
+            &pki.b,
+            "the *.b.example.test certificate",
+        ),
+        (
+            "other.example.test",
+            &pki.default,
+            "the default certificate",
+        ),
+        ("localhost", &pki.default, "the default certificate"),
+        // An IP address: the client sends no SNI at all.
+        (
+            "127.0.0.1",
+            &pki.default,
+            "the default certificate (no SNI)",
+        ),
+    ] {
+        let mut c = TlsClient::must(srv.addr, &cfg, name);
+        assert!(c.peer_der() == want.der, "SNI {name:?} should get {which}");
+        assert_eq!(
+            c.s.conn.alpn_protocol(),
+            Some(&b"http/1.1"[..]),
+            "ALPN for {name:?}"
+        );
+        assert_index(&c.get("/"), name);
+        assert_index(&c.get("/"), name); // keep-alive
+    }
+
+    // A wildcard covers one label only: y.x.b.example.test is not
+    // *.b.example.test, so it gets the default certificate (which does not
+    // cover it either: the client refuses it).
+    let c = TlsClient::connect(srv.addr, &cfg, "y.x.b.example.test");
+    assert!(
+        c.is_err(),
+        "a two-label match for *.b.example.test was accepted"
+    );
+
+    // TLS 1.2 alone works; ALPN offering h2 first still settles on http/1.1.
+    let cfg12 = client_config(
+        &pki.ca.roots(),
+        &[&rustls::version::TLS12],
+        &[b"h2", b"http/1.1"],
+    );
+    let mut c = TlsClient::must(srv.addr, &cfg12, "a.example.test");
+    assert_eq!(
+        c.s.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    assert_eq!(c.s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert!(c.peer_der() == pki.a.der);
+    assert_index(&c.get("/"), "TLS 1.2");
+    let cfg13 = client_config(&pki.ca.roots(), &[&rustls::version::TLS13], &[]);
+    let mut c = TlsClient::must(srv.addr, &cfg13, "a.example.test");
+    assert_eq!(
+        c.s.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert_index(&c.get("/"), "TLS 1.3");
+}
+
+#[test]
+fn json_rpc_and_raw_lines_over_tls() {
+    let pki = Pki::new();
+    let rpc = workspace().join("modules/rpc.so").is_file();
+    let modules: &[&str] = if rpc {
+        &["http", "fx_line", "rpc"]
+    } else {
+        &["http", "fx_line"]
+    };
+    let srv = pki.server(modules, "").start();
+    let cfg = default_client_config(&pki.ca.roots());
+
+    // A non-HTTP line protocol, several messages on one TLS connection.
+    let mut c = TlsClient::must(srv.addr, &cfg, "a.example.test");
+    for _ in 0..3 {
+        c.send(b"PING\n");
+        assert_eq!(c.read_line(), "PONG");
+    }
+    c.send(b"PING\nPING\n");
+    assert_eq!(c.read_line(), "PONG");
+    assert_eq!(c.read_line(), "PONG");
+
+    if !rpc {
+        eprintln!("note: modules/rpc.so is missing (run `make`); JSON-RPC over TLS not checked");
+        return;
+    }
+    let mut c = TlsClient::must(srv.addr, &cfg, "localhost");
+    c.send(b"{\"jsonrpc\":\"2.0\",\"method\":\"sys.ping\",\"id\":1}\n");
+    let line = c.read_line();
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["id"], 1, "{line}");
+    assert_eq!(v["result"], "pong", "{line}");
+    // Pipelined, on the same connection (the rpc module keeps it).
+    c.send(
+        b"{\"jsonrpc\":\"2.0\",\"method\":\"kv.set\",\"params\":{\"key\":\"tls\",\"value\":42},\"id\":2}\n\
+          {\"jsonrpc\":\"2.0\",\"method\":\"kv.get\",\"params\":{\"key\":\"tls\"},\"id\":3}\n",
+    );
+    let set: serde_json::Value = serde_json::from_str(&c.read_line()).unwrap();
+    assert_eq!(set["id"], 2, "{set}");
+    assert!(set.get("error").is_none(), "{set}");
+    let get: serde_json::Value = serde_json::from_str(&c.read_line()).unwrap();
+    assert_eq!(get["id"], 3, "{get}");
+    assert_eq!(get["result"], 42, "{get}");
+}
+
+#[test]
+fn admin_commands_over_tls() {
+    let pki = Pki::new();
+    let srv = pki.server(&["http"], "").start();
+    let cfg = default_client_config(&pki.ca.roots());
+    let mut c = TlsClient::must(srv.addr, &cfg, "localhost");
+    c.send(b"STATUS\n");
+    let first = c.read_line();
+    assert_eq!(first, "OK status");
+    let mut raw = format!("{first}\n");
+    loop {
+        let l = c.read_line();
+        raw.push_str(&l);
+        raw.push('\n');
+        if l == "END" {
+            break;
+        }
+    }
+    let st = Status::parse(&raw);
+    st.expect("http");
+    // The connection stays usable after an admin reply.
+    assert_index(&c.get("/"), "GET after STATUS on the same TLS connection");
+
+    let mut c = TlsClient::must(srv.addr, &cfg, "localhost");
+    c.send(b"RELOAD\n");
+    let mut reply = String::new();
+    loop {
+        let l = c.read_line();
+        reply.push_str(&l);
+        reply.push('\n');
+        if l.starts_with("OK reload:") || l.starts_with("ERR reload:") {
+            break;
+        }
+    }
+    let (lines, [_, _, _, failed]) = parse_reload(&reply);
+    assert_eq!(failed, 0, "{reply}");
+    assert!(
+        lines.iter().any(|l| l == "OK tls: 3 certificate(s)"),
+        "RELOAD over TLS: {reply}"
+    );
+}
+
+#[test]
+fn plaintext_and_tls_clients_on_the_same_port_at_once() {
+    let pki = Pki::new();
+    let srv = pki
+        .server(&["http"], "")
+        .file("big.bin", pseudo_random(1 << 20, 7))
+        .start();
+    let cfg = default_client_config(&pki.ca.roots());
+    let addr = srv.addr;
+
+    // One of each, open side by side, their requests interleaved.
+    let mut plain = srv.connect();
+    let mut tls = TlsClient::must(addr, &cfg, "a.example.test");
+    for i in 0..20 {
+        if i % 2 == 0 {
+            plain.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            tls.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        } else {
+            tls.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            plain.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        }
+        assert_index(&tls.read_response(), "tls");
+        assert_index(&plain.read_response(false), "plain");
+    }
+    // Pipelined requests over TLS, and a file large enough to need many
+    // writes (the TLS path cannot use sendfile).
+    tls.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /big.bin HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_index(&tls.read_response(), "pipelined 1");
+    let big = tls.read_response();
+    assert_eq!(big.status, 200);
+    assert!(
+        big.body == pseudo_random(1 << 20, 7),
+        "big.bin over TLS differs"
+    );
+    assert_index(&tls.read_response(), "pipelined 3");
+
+    // Many clients of both kinds at once.
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let cfg = cfg.clone();
+            thread::spawn(move || {
+                for round in 0..10 {
+                    if (t + round) % 2 == 0 {
+                        let mut c = Client::connect(addr);
+                        for _ in 0..5 {
+                            c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+                            assert_index(&c.read_response(false), "plain client");
+                        }
+                    } else {
+                        let name = ["localhost", "a.example.test", "z.b.example.test"][round % 3];
+                        let mut c = TlsClient::must(addr, &cfg, name);
+                        for _ in 0..5 {
+                            assert_index(&c.get("/"), "tls client");
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let st = srv.status();
+    assert_eq!(st.expect("http").faults, 0);
+}
+
+#[test]
+fn garbage_client_hellos_are_closed_without_harm() {
+    let pki = Pki::new();
+    let srv = pki.server(&["http"], "handshake_timeout_ms = 2000").start();
+    let cfg = default_client_config(&pki.ca.roots());
+    let mut established = TlsClient::must(srv.addr, &cfg, "a.example.test");
+    assert_index(&established.get("/"), "before");
+    let mut plain = srv.connect();
+    plain.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_index(&plain.read_response(false), "plain before");
+
+    // A real ClientHello with its body scrambled after the SNI parse
+    // would see it: the host starts a session, rustls rejects it.
+    let real = client_hello(&cfg, "a.example.test");
+    let mut scrambled = real.clone();
+    let n = scrambled.len();
+    for b in &mut scrambled[n - 40..] {
+        *b ^= 0x5a;
+    }
+    let mut wrong_type = real.clone();
+    wrong_type[5] = 2; // a ServerHello where the ClientHello should be
+    let mut bad_version = real.clone();
+    bad_version[1] = 0x02;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("short record", b"\x16\x03\x01\x00\x05hello".to_vec()),
+        ("zero-length record", b"\x16\x03\x01\x00\x00".to_vec()),
+        ("record too long", b"\x16\x03\x01\xff\xffxxxxxxxx".to_vec()),
+        ("random body", {
+            let mut v = b"\x16\x03\x01\x01\x00".to_vec();
+            v.extend(pseudo_random(256, 99));
+            v
+        }),
+        ("scrambled ClientHello", scrambled),
+        ("handshake of the wrong type", wrong_type),
+        ("bad record version", bad_version),
+        ("ClientHello then junk records", {
+            let mut v = real.clone();
+            v.extend_from_slice(b"\x17\x03\x03\x00\x10");
+            v.extend(pseudo_random(16, 5));
+            v
+        }),
+    ];
+    for (what, bytes) in &cases {
+        let mut s = tcp(srv.addr);
+        let _ = s.write_all(bytes);
+        match wait_closed(&mut s, Duration::from_secs(5)) {
+            Ok((_, got)) => assert!(
+                got.is_empty() || got[0] == 0x15 || got[0] == 0x16,
+                "{what}: the server answered {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+            Err(e) => panic!("{what}: {e}"),
+        }
+        // Everyone else is still served.
+        assert_index(&established.get("/"), what);
+        plain.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_index(&plain.read_response(false), what);
+    }
+    assert_index(
+        &tls_get(srv.addr, &cfg, "x.b.example.test", "/"),
+        "a new TLS connection after the garbage",
+    );
+    assert!(
+        srv.wait_log(Duration::from_secs(2), |l| !l.contains("panicked")),
+        "the host panicked"
+    );
+}
+
+/// Sends `bytes` and then nothing; the connection must be closed by the
+/// handshake timeout (500 ms) while other clients are served.
+fn assert_stall_closed(srv: &Server, cfg: &Arc<ClientConfig>, bytes: &[u8], what: &str) {
+    let mut stalled = tcp(srv.addr);
+    stalled.write_all(bytes).unwrap();
+    let start = Instant::now();
+    // Others are served during the stall, TLS and plaintext.
+    let others = {
+        let (addr, cfg, what) = (srv.addr, cfg.clone(), what.to_string());
+        thread::spawn(move || {
+            for _ in 0..5 {
+                assert_index(&tls_get(addr, &cfg, "a.example.test", "/"), &what);
+                assert_index(&plain_get(addr, "/"), &what);
+                thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    wait_closed(&mut stalled, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{what}: not closed by handshake_timeout_ms = 500: {e}"));
+    let took = start.elapsed();
+    others
+        .join()
+        .expect("another client was not served during the stall");
+    assert!(
+        took >= Duration::from_millis(400),
+        "{what}: closed after {took:?}, before the handshake timeout (500 ms)"
+    );
+    assert!(
+        took < Duration::from_millis(3000),
+        "{what}: closed only after {took:?} (handshake_timeout_ms = 500)"
+    );
+}
+
+#[test]
+fn stalled_handshake_after_the_client_hello_times_out() {
+    let pki = Pki::new();
+    let srv = pki.server(&["http"], "handshake_timeout_ms = 500").start();
+    let cfg = default_client_config(&pki.ca.roots());
+    let hello = client_hello(&cfg, "a.example.test");
+    assert_stall_closed(&srv, &cfg, &hello, "a whole ClientHello, then silence");
+}
+
+#[test]
+fn half_a_client_hello_times_out() {
+    let pki = Pki::new();
+    // first_bytes_timeout_ms stays at its default (10 s): a TLS handshake
+    // that stalls is bounded by the handshake timeout.
+    let srv = pki.server(&["http"], "handshake_timeout_ms = 500").start();
+    let cfg = default_client_config(&pki.ca.roots());
+    let hello = client_hello(&cfg, "a.example.test");
+    assert_stall_closed(&srv, &cfg, &hello[..hello.len() / 2], "half a ClientHello");
+}
+
+#[test]
+fn reload_rotates_certificates() {
+    let pki = Pki::new();
+    let srv = pki.server(&["http"], "").start();
+    let cfg = default_client_config(&pki.ca.roots());
+    let mut old_session = TlsClient::must(srv.addr, &cfg, "a.example.test");
+    assert!(old_session.peer_der() == pki.a.der);
+    assert_index(&old_session.get("/"), "before rotation");
+
+    // New files in place, then RELOAD.
+    let tls_dir = srv.dir.join("tls");
+    let a2 = pki.ca.leaf(&["a.example.test"]);
+    let default2 = pki.ca.leaf(&["localhost", "127.0.0.1", "*.example.test"]);
+    write_atomically(&tls_dir.join("a.pem"), &a2.cert_pem);
+    write_atomically(&tls_dir.join("a.key"), &a2.key_pem);
+    write_atomically(&tls_dir.join("cert.pem"), &default2.cert_pem);
+    write_atomically(&tls_dir.join("key.pem"), &default2.key_pem);
+    let reply = srv.admin("RELOAD");
+    let (lines, [_, _, _, failed]) = parse_reload(&reply);
+    assert_eq!(failed, 0, "{reply}");
+    assert!(
+        lines.iter().any(|l| l == "OK tls: 3 certificate(s)"),
+        "RELOAD reply: {reply}"
+    );
+    let c = TlsClient::must(srv.addr, &cfg, "a.example.test");
+    assert!(
+        c.peer_der() == a2.der,
+        "a new handshake still gets the old certificate"
+    );
+    let c = TlsClient::must(srv.addr, &cfg, "127.0.0.1");
+    assert!(
+        c.peer_der() == default2.der,
+        "default certificate not rotated"
+    );
+    let c = TlsClient::must(srv.addr, &cfg, "q.b.example.test");
+    assert!(c.peer_der() == pki.b.der, "unchanged certificate changed");
+    // The session established before the reload goes on.
+    for _ in 0..3 {
+        assert_index(&old_session.get("/"), "established session after rotation");
+    }
+
+    // A broken certificate: ERR, and the certificates in force stay.
+    write_atomically(
+        &tls_dir.join("a.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    );
+    let reply = srv.admin("RELOAD");
+    let (lines, [_, _, _, failed]) = parse_reload(&reply);
+    assert!(failed >= 1, "{reply}");
+    let err = lines
+        .iter()
+        .find(|l| l.starts_with("ERR tls: "))
+        .unwrap_or_else(|| panic!("no `ERR tls:` line in {reply}"));
+    assert!(
+        err.contains("a.pem") && err.ends_with("; keeping the certificates in force"),
+        "{err}"
+    );
+    let c = TlsClient::must(srv.addr, &cfg, "a.example.test");
+    assert!(
+        c.peer_der() == a2.der,
+        "a failed reload changed the certificate"
+    );
+
+    // A missing key, a key that does not match: the same.
+    std::fs::remove_file(tls_dir.join("a.pem")).unwrap();
+    write_atomically(&tls_dir.join("a.pem"), &a2.cert_pem);
+    write_atomically(&tls_dir.join("a.key"), &pki.b.key_pem);
+    let reply = srv.admin("RELOAD");
+    let (lines, [_, _, _, failed]) = parse_reload(&reply);
+    assert!(failed >= 1, "mismatched key accepted: {reply}");
+    assert!(lines.iter().any(|l| l.starts_with("ERR tls: ")), "{reply}");
+    std::fs::remove_file(tls_dir.join("a.key")).unwrap();
+    let reply = srv.admin("RELOAD");
+    let (lines, [_, _, _, failed]) = parse_reload(&reply);
+    assert!(failed >= 1, "missing key accepted: {reply}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ERR tls: ") && l.contains("a.key")),
+        "{reply}"
+    );
+    let c = TlsClient::must(srv.addr, &cfg, "a.example.test");
+    assert!(c.peer_der() == a2.der);
+    assert_index(
+        &old_session.get("/"),
+        "established session after failed reloads",
+    );
+
+    // Fixed again.
+    let a3 = pki.ca.leaf(&["a.example.test"]);
+    write_atomically(&tls_dir.join("a.pem"), &a3.cert_pem);
+    write_atomically(&tls_dir.join("a.key"), &a3.key_pem);
+    let reply = srv.admin("RELOAD");
+    let (_, [_, _, _, failed]) = parse_reload(&reply);
+    assert_eq!(failed, 0, "{reply}");
+    let c = TlsClient::must(srv.addr, &cfg, "a.example.test");
+    assert!(c.peer_der() == a3.der);
+}
+
+fn write_atomically(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Runs the binary with this config until it exits (it must, quickly).
+fn run_to_exit(dir: &Path, config: &str) -> (Option<i32>, String) {
+    let cfg_path = dir.join("switchyard.toml");
+    std::fs::write(&cfg_path, config).unwrap();
+    std::fs::create_dir_all(dir.join("modules")).unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "-port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "-threads",
+            "1",
+            "--modules",
+        ])
+        .arg(dir.join("modules"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--config")
+        .arg(&cfg_path)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("switchyard kept running with a bad TLS config:\n{config}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.code(), err)
+}
+
+#[test]
+fn a_bad_certificate_is_a_startup_error() {
+    let pki = Pki::new();
+    let dir = temp_dir("tls-start");
+    std::fs::create_dir_all(dir.join("tls")).unwrap();
+    std::fs::write(dir.join("tls/cert.pem"), &pki.default.cert_pem).unwrap();
+    std::fs::write(dir.join("tls/key.pem"), &pki.default.key_pem).unwrap();
+    std::fs::write(dir.join("tls/a.key"), &pki.b.key_pem).unwrap();
+    std::fs::write(dir.join("tls/a.pem"), &pki.a.cert_pem).unwrap();
+    std::fs::write(dir.join("tls/junk.pem"), "hello\n").unwrap();
+    for (what, tls, needle) in [
+        (
+            "missing certificate",
+            "[server.tls]\ncert = \"tls/missing.pem\"\nkey = \"tls/key.pem\"\n",
+            "missing.pem",
+        ),
+        (
+            "missing key",
+            "[server.tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/nokey.pem\"\n",
+            "nokey.pem",
+        ),
+        (
+            "no certificate in the file",
+            "[server.tls]\ncert = \"tls/junk.pem\"\nkey = \"tls/key.pem\"\n",
+            "junk.pem",
+        ),
+        (
+            "key of another certificate (SNI entry)",
+            "[server.tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n\
+             [[server.tls.sni]]\nnames = [\"a.example.test\"]\ncert = \"tls/a.pem\"\nkey = \"tls/a.key\"\n",
+            "a.key",
+        ),
+        (
+            "cert without key",
+            "[server.tls]\ncert = \"tls/cert.pem\"\n",
+            "key",
+        ),
+    ] {
+        let (code, err) = run_to_exit(&dir, tls);
+        assert_eq!(code, Some(2), "{what}: exit status; stderr:\n{err}");
+        let msg = err
+            .lines()
+            .find(|l| l.starts_with("switchyard: "))
+            .unwrap_or_else(|| panic!("{what}: no `switchyard: ...` message on stderr:\n{err}"));
+        assert!(msg.contains(needle), "{what}: message does not name {needle}: {msg}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn without_tls_config_a_client_hello_is_just_unrouted() {
+    let pki = Pki::new();
+    let srv = Server::start(&["http"]);
+    let cfg = default_client_config(&pki.ca.roots());
+    let mut s = tcp(srv.addr);
+    s.write_all(&client_hello(&cfg, "localhost")).unwrap();
+    let (_, got) = wait_closed(&mut s, Duration::from_secs(5)).unwrap();
+    assert!(got.is_empty(), "answered {got:?}");
+    assert_index(&srv.get("/"), "plaintext without TLS configured");
+    assert!(TlsClient::connect(srv.addr, &cfg, "localhost").is_err());
+}
+
+/// A TLS server standing in for a proxy upstream: answers each line with
+/// `UPSTREAM <sni>`, with its own certificate.
+fn tls_upstream(leaf: &Leaf) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::PrivateKeyDer;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let chain = vec![CertificateDer::from(leaf.der.clone())];
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let cfg = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+    );
+    thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(sock) = sock else { continue };
+            let cfg = cfg.clone();
+            thread::spawn(move || {
+                sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                let conn = rustls::ServerConnection::new(cfg).unwrap();
+                let mut s = StreamOwned::new(conn, sock);
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while let Ok(1) = s.read(&mut b) {
+                    line.push(b[0]);
+                    if b[0] == b'\n' {
+                        let sni = s.conn.server_name().unwrap_or("-").to_string();
+                        if s.write_all(format!("UPSTREAM {sni}\n").as_bytes()).is_err() {
+                            return;
+                        }
+                        let _ = s.flush();
+                        line.clear();
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn proxy_passthrough_names_are_not_terminated() {
+    if !workspace().join("modules/proxy.so").is_file() {
+        eprintln!("note: modules/proxy.so is missing (run `make`); passthrough not checked");
+        return;
+    }
+    let pki = Pki::new();
+    let upstream_leaf =
+        pki.ca
+            .leaf(&["pass.example.test", "x.wild.example.test", "a.example.test"]);
+    let upstream = tls_upstream(&upstream_leaf);
+    let srv = pki
+        .server(&["http", "proxy"], "")
+        .toml(&format!(
+            r#"
+[[modules.proxy.routes]]
+sni = "pass.example.test"
+upstreams = ["{upstream}"]
+
+[[modules.proxy.routes]]
+sni = "*.wild.example.test"
+upstreams = ["{upstream}"]
+"#
+        ))
+        .start();
+    let cfg = default_client_config(&pki.ca.roots());
+    for name in ["pass.example.test", "x.wild.example.test"] {
+        let mut c = TlsClient::connect(srv.addr, &cfg, name)
+            .unwrap_or_else(|e| panic!("passthrough {name}: {e}"));
+        assert!(
+            c.peer_der() == upstream_leaf.der,
+            "{name} is a proxy passthrough name: the host must not terminate it"
+        );
+        c.send(b"hello\n");
+        assert_eq!(c.read_line(), format!("UPSTREAM {name}"));
+    }
+    // Names with a certificate here are still terminated here, on the
+    // same port, at the same time.
+    let mut c = TlsClient::must(srv.addr, &cfg, "a.example.test");
+    assert!(c.peer_der() == pki.a.der);
+    assert_index(&c.get("/"), "terminated next to passthrough");
+    let c = TlsClient::must(srv.addr, &cfg, "other.example.test");
+    assert!(c.peer_der() == pki.default.der);
+}
