@@ -544,7 +544,11 @@ impl EventLoop {
                         g.module
                             .on_message(&conn.info, RSlice::from_slice(input), &mut conn.wbuf);
                     drop(busy);
+                    // An incomplete message waits for more bytes from the
+                    // socket; asking again now would spin.
+                    let wait = verdict.action == Action::NeedMore;
                     match self.apply(key, &g, verdict, before) {
+                        Next::Keep if wait => return Ok(progress),
                         Next::Keep => {}
                         Next::Close(why) => return Err(why),
                     }

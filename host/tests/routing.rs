@@ -178,3 +178,30 @@ fn concurrent_deferred_requests_all_answer_correctly() {
         assert_eq!(body, format!("deferred:/slow/c{i}"));
     }
 }
+
+#[test]
+fn messages_split_across_segments_are_completed() {
+    // A module that says "need more" must be asked again only when more
+    // bytes arrived: here the request line, the headers and a pipelined
+    // second request each arrive in pieces.
+    let s = Server::start(&["http", "fx_app"]);
+    let mut c = s.connect();
+    for piece in [
+        &b"GET /index.ht"[..],
+        b"ml HTTP/1.1\r\nHo",
+        b"st: x\r\n",
+        b"\r\nGET /app/sp",
+        b"lit HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        c.send(piece);
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    let r = c.read_response(false);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), INDEX_HTML);
+    let r = c.read_response(false);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "app:/app/split");
+    let st = s.status();
+    assert_eq!(st.expect("http").field("requests"), Some("1"));
+}
