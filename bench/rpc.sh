@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# `make bench-rpc` (and the end of `make bench`): the rpc module's kv.set and
+# kv.get calls per second over raw TCP JSON-RPC, next to redis-benchmark's
+# SET and GET against a Redis server, on this machine, in the same run, over
+# loopback only.
+#
+# Both sides get the same load: N connections, each with P requests in
+# flight (P=1: unpipelined, each client waits for its reply), random keys
+# out of a keyspace, 3-byte values. Switchyard is driven by rpc_load
+# (modules/rpc/examples/rpc_load.rs, one thread with non-blocking sockets,
+# like redis-benchmark). Each (op, pipeline) pair runs Switchyard then
+# Redis, alternating, BENCH_ROUNDS times; the table shows the averages and
+# the ratio switchyard/redis.
+#
+# Durability is not equal and the table says so: Redis runs with its
+# defaults (no AOF: a write is never fsynced, an RDB snapshot now and
+# then), Switchyard commits every write to SQLite's WAL before it answers
+# (sync=normal: survives kill -9; sync=full: also fsyncs every group commit,
+# survives power loss).
+#
+# Environment:
+#   BENCH_RPC_REQUESTS   requests per measured run (default 200000)
+#   BENCH_RPC_CONNS      connections (default 50, redis-benchmark's default)
+#   BENCH_RPC_PIPELINES  pipeline depths to measure (default "1 16")
+#   BENCH_RPC_KEYSPACE   random keys out of this many (default 100000)
+#   BENCH_RPC_SYNC       rpc sync modes to measure (default "normal full")
+#   BENCH_ROUNDS         runs per server and case, averaged (default 1)
+#   BENCH_THREADS        switchyard -threads (default 2)
+#
+# Needs a release build (`make build`); builds rpc_load; installs
+# redis-server (and redis-benchmark) with apt-get when missing.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+repo="$PWD"
+out="$repo/bench/out/rpc"
+
+requests="${BENCH_RPC_REQUESTS:-200000}"
+conns="${BENCH_RPC_CONNS:-50}"
+pipelines="${BENCH_RPC_PIPELINES:-1 16}"
+keyspace="${BENCH_RPC_KEYSPACE:-100000}"
+syncs="${BENCH_RPC_SYNC:-normal full}"
+rounds="${BENCH_ROUNDS:-1}"
+threads="${BENCH_THREADS:-2}"
+
+log() { printf 'bench-rpc: %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+ensure_tools() {
+    command -v redis-server >/dev/null 2>&1 && command -v redis-benchmark >/dev/null 2>&1 &&
+        command -v redis-cli >/dev/null 2>&1 && return 0
+    local sudo=""
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || die "need redis-server and redis-tools; install them or run as root"
+        sudo="sudo"
+    fi
+    log "installing redis-server"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+sy_pid=""
+redis_pid=""
+
+stop_switchyard() {
+    if [[ -n $sy_pid ]]; then
+        kill -TERM "$sy_pid" 2>/dev/null || true
+        wait "$sy_pid" 2>/dev/null || true
+        sy_pid=""
+    fi
+}
+
+stop_all() {
+    stop_switchyard
+    if [[ -n $redis_pid ]]; then
+        kill -TERM "$redis_pid" 2>/dev/null || true
+        wait "$redis_pid" 2>/dev/null || true
+        redis_pid=""
+    fi
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+# Starts switchyard with only the rpc module, a fresh database and `sync`.
+start_switchyard() {
+    local sync="$1" bin="$repo/target/release/switchyard"
+    [[ -x $bin ]] || die "$bin not found; run 'make build' first"
+    [[ -f modules/rpc.so ]] || die "modules/rpc.so not found; run 'make build' first"
+    local dir="$out/switchyard-$sync"
+    rm -rf "$dir"
+    mkdir -p "$dir/modules" "$dir/data"
+    cp modules/rpc.so "$dir/modules/"
+    printf '[modules.rpc]\nsync = "%s"\n' "$sync" >"$dir/switchyard.toml"
+    RUST_LOG="${RUST_LOG:-warn}" "$bin" -port 0 -threads "$threads" --bind 127.0.0.1 \
+        --modules "$dir/modules" --data-dir "$dir/data" --config "$dir/switchyard.toml" \
+        >"$dir/stdout.log" 2>"$dir/stderr.log" &
+    sy_pid=$!
+    local i addr=""
+    for ((i = 0; i < 200; i++)); do
+        addr="$(sed -n 's/^listening on //p' "$dir/stdout.log" | head -n1)"
+        [[ -n $addr ]] && break
+        kill -0 "$sy_pid" 2>/dev/null || { tail -n 20 "$dir/stderr.log" >&2; die "switchyard exited at start"; }
+        sleep 0.05
+    done
+    [[ -n $addr ]] || die "switchyard did not print 'listening on' within 10 s"
+    sy_addr="$addr"
+    log "switchyard $sy_addr (pid $sy_pid, sync=$sync)"
+}
+
+# Redis with its default persistence settings; only the port, the bind
+# address and the directory for its snapshot file are set.
+start_redis() {
+    local dir="$out/redis"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    redis_port="$(free_port)"
+    redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --daemonize no \
+        --logfile "$dir/redis.log" &
+    redis_pid=$!
+    local i
+    for ((i = 0; i < 200; i++)); do
+        redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+        kill -0 "$redis_pid" 2>/dev/null || { cat "$dir/redis.log" >&2; die "redis-server exited at start"; }
+        sleep 0.05
+    done
+    ((i < 200)) || die "redis-server did not answer within 10 s"
+    local aof fsync save
+    aof="$(redis-cli -p "$redis_port" config get appendonly | tail -n1)"
+    fsync="$(redis-cli -p "$redis_port" config get appendfsync | tail -n1)"
+    save="$(redis-cli -p "$redis_port" config get save | tail -n1)"
+    redis_desc="redis $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p'): appendonly=$aof (appendfsync=$fsync applies only with AOF on), save=\"$save\""
+    log "$redis_desc (pid $redis_pid, port $redis_port)"
+}
+
+# rpc_load against switchyard; prints calls per second.
+measure_sy() {
+    local op="$1" pipeline="$2" tag="$3" raw
+    raw="$out/results/$tag.txt"
+    "$repo/target/release/examples/rpc_load" --addr "$sy_addr" --op "$op" --conns "$conns" \
+        --pipeline "$pipeline" --requests "$requests" --keyspace "$keyspace" --value-size 3 >"$raw" 2>&1 ||
+        die "rpc_load failed: $(tail -n 3 "$raw")"
+    sed -n 's/.* rps=\([0-9.]*\).*/\1/p' "$raw"
+}
+
+# redis-benchmark with the same load; prints requests per second.
+measure_redis() {
+    local op="$1" pipeline="$2" tag="$3" raw
+    raw="$out/results/$tag.txt"
+    redis-benchmark -h 127.0.0.1 -p "$redis_port" -t "$op" -c "$conns" -n "$requests" \
+        -P "$pipeline" -r "$keyspace" -d 3 --csv >"$raw" 2>&1 ||
+        die "redis-benchmark failed: $(tail -n 3 "$raw")"
+    awk -F'"' -v t="${op^^}" '$2 == t { print $4 }' "$raw"
+}
+
+main() {
+    ensure_tools
+    rm -rf "$out"
+    mkdir -p "$out/results"
+    log "building rpc_load"
+    cargo build --release --quiet -p switchyard_rpc --example rpc_load
+    start_redis
+    log "$conns connections, $requests requests per run, keyspace $keyspace, 3-byte values, $rounds round(s), $(nproc) cores"
+
+    declare -A sum
+    local sync op p round r
+    for sync in $syncs; do
+        start_switchyard "$sync"
+        for p in $pipelines; do
+            for op in set get; do
+                # Untimed pass: fills the keyspace, warms both servers.
+                measure_sy "$op" "$p" "warmup-sy-$sync-$op-$p" >/dev/null
+                [[ -n ${sum[redis,$op,$p]:-} ]] || measure_redis "$op" "$p" "warmup-redis-$op-$p" >/dev/null
+                for ((round = 1; round <= rounds; round++)); do
+                    r="$(measure_sy "$op" "$p" "sy-$sync-$op-$p-$round")"
+                    log "$(printf 'switchyard sync=%-6s kv.%-3s P=%-3s round %d: %10.0f calls/s' "$sync" "$op" "$p" "$round" "$r")"
+                    sum[sy-$sync,$op,$p]="$(awk -v a="${sum[sy-$sync,$op,$p]:-0}" -v b="$r" 'BEGIN { print a + b }')"
+                    if [[ -z ${sum[redis-done,$op,$p,$round]:-} ]]; then
+                        r="$(measure_redis "$op" "$p" "redis-$op-$p-$round")"
+                        log "$(printf 'redis                  %-6s P=%-3s round %d: %10.0f requests/s' "${op^^}" "$p" "$round" "$r")"
+                        sum[redis,$op,$p]="$(awk -v a="${sum[redis,$op,$p]:-0}" -v b="$r" 'BEGIN { print a + b }')"
+                        sum[redis-done,$op,$p,$round]=1
+                    fi
+                done
+            done
+        done
+        stop_switchyard
+    done
+
+    {
+        printf '\nrpc: calls per second over raw TCP, %s connections, keyspace %s, 3-byte values\n' "$conns" "$keyspace"
+        printf '%-26s %-8s %9s %14s %14s %7s\n' switchyard op pipeline "switchyard/s" "redis/s" ratio
+        for sync in $syncs; do
+            for p in $pipelines; do
+                for op in set get; do
+                    local sy re ratio
+                    sy="$(awk -v s="${sum[sy-$sync,$op,$p]}" -v n="$rounds" 'BEGIN { printf "%.0f", s / n }')"
+                    re="$(awk -v s="${sum[redis,$op,$p]}" -v n="$rounds" 'BEGIN { printf "%.0f", s / n }')"
+                    ratio="$(awk -v a="$sy" -v b="$re" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
+                    printf '%-26s %-8s %9s %14s %14s %7s\n' "rpc sync=$sync" "kv.$op" "$p" "$sy" "$re" "$ratio"
+                done
+            done
+        done
+        printf '\n%s\n' "$redis_desc"
+        printf 'switchyard: SQLite WAL, a write is answered after its group commit; sync=normal: synchronous=NORMAL\n'
+        printf '  (survives kill -9; WAL fsynced at checkpoints, every second), sync=full: synchronous=FULL (fsync per commit)\n'
+        printf '(redis-benchmark -c %s -n %s -r %s -d 3 -P <pipeline>; rpc_load the same; %s round(s) averaged; raw output in %s)\n' \
+            "$conns" "$requests" "$keyspace" "$rounds" "${out#"$repo"/}/results"
+    } | tee "$out/results/summary.txt"
+}
+
+main "$@"

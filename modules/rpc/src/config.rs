@@ -1,0 +1,143 @@
+//! The `[modules.rpc]` table. Every key is optional; an unknown key or a
+//! bad value refuses the load, so a misspelt setting is reported at start.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// When a batch of writes counts as committed (see the crate doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// WAL with `synchronous=NORMAL`: a commit is written to the OS before
+    /// it is acknowledged (survives a process crash); the WAL is fsynced
+    /// at checkpoints, at least every `checkpoint_interval_ms`.
+    Normal,
+    /// WAL with `synchronous=FULL`: every commit is fsynced before it is
+    /// acknowledged (survives power loss).
+    Full,
+}
+
+impl SyncMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncMode::Normal => "normal",
+            SyncMode::Full => "full",
+        }
+    }
+}
+
+/// Settings of one generation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The SQLite database, relative to the module's data directory.
+    pub db: PathBuf,
+    /// Durability of acknowledged writes.
+    pub sync: SyncMode,
+    /// Longest request line (or HTTP body); a longer line is answered with
+    /// -32040 and the connection closed. Keep it at or below the host's
+    /// `[server] max_message_size`.
+    pub max_line_bytes: usize,
+    /// Most requests in one batch.
+    pub max_batch: usize,
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Most topic patterns one connection may subscribe to.
+    pub max_subscriptions: usize,
+    /// Largest `limit` that `kv.keys` accepts.
+    pub max_keys_limit: usize,
+    /// How often expired keys are purged from memory and disk.
+    pub purge_interval_ms: u64,
+    /// How often the WAL is checkpointed (and so fsynced in `normal` mode).
+    pub checkpoint_interval_ms: u64,
+    /// Under load (the previous batch held more than one connection's
+    /// writes), how long the writer lets more writes gather before a
+    /// commit; 0 commits as soon as nothing more is queued.
+    pub commit_delay_us: u64,
+    /// How long a retiring generation waits for its successor while it
+    /// hands messages over during a reload.
+    pub handoff_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            db: PathBuf::from("rpc.sqlite"),
+            sync: SyncMode::Normal,
+            max_line_bytes: 1 << 20,
+            max_batch: 1000,
+            max_key_bytes: 1024,
+            max_subscriptions: 1024,
+            max_keys_limit: 10_000,
+            purge_interval_ms: 1000,
+            checkpoint_interval_ms: 1000,
+            handoff_timeout_ms: 30_000,
+            commit_delay_us: 100,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the config table (JSON) and resolves the database path
+    /// against `data_dir`.
+    pub fn from_json(value: &serde_json::Value, data_dir: &Path) -> Result<Config, String> {
+        let mut cfg = Config::deserialize(value).map_err(|e| format!("[modules.rpc]: {e}"))?;
+        if cfg.max_line_bytes < 64 {
+            return Err("[modules.rpc]: max_line_bytes must be at least 64".into());
+        }
+        if cfg.max_batch == 0 || cfg.max_key_bytes == 0 || cfg.max_subscriptions == 0 {
+            return Err(
+                "[modules.rpc]: max_batch, max_key_bytes and max_subscriptions must be positive"
+                    .into(),
+            );
+        }
+        if cfg.purge_interval_ms == 0 || cfg.checkpoint_interval_ms == 0 {
+            return Err(
+                "[modules.rpc]: purge_interval_ms and checkpoint_interval_ms must be positive"
+                    .into(),
+            );
+        }
+        if cfg.db.is_relative() {
+            cfg.db = data_dir.join(&cfg.db);
+        }
+        Ok(cfg)
+    }
+
+    pub fn purge_interval(&self) -> Duration {
+        Duration::from_millis(self.purge_interval_ms)
+    }
+
+    pub fn checkpoint_interval(&self) -> Duration {
+        Duration::from_millis(self.checkpoint_interval_ms)
+    }
+
+    pub fn handoff_timeout(&self) -> Duration {
+        Duration::from_millis(self.handoff_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let c = Config::from_json(&serde_json::json!({}), Path::new("/d")).unwrap();
+        assert_eq!(c.db, PathBuf::from("/d/rpc.sqlite"));
+        assert_eq!(c.sync, SyncMode::Normal);
+        let c = Config::from_json(
+            &serde_json::json!({"sync": "full", "db": "/x/y.db"}),
+            Path::new("/d"),
+        )
+        .unwrap();
+        assert_eq!(c.sync, SyncMode::Full);
+        assert_eq!(c.db, PathBuf::from("/x/y.db"));
+        assert!(Config::from_json(&serde_json::json!({"snyc": "full"}), Path::new("/d")).is_err());
+        assert!(
+            Config::from_json(&serde_json::json!({"sync": "always"}), Path::new("/d")).is_err()
+        );
+        assert!(Config::from_json(&serde_json::json!({"max_batch": 0}), Path::new("/d")).is_err());
+    }
+}

@@ -1,0 +1,219 @@
+//! Per-connection state, kept only while there is some: the start of a
+//! message whose end has not arrived, and the reply to a submission the
+//! writer is working on.
+//!
+//! A write never makes its connection wait on the event loop: `on_message`
+//! hands the lines to the writer (which commits them together with every
+//! other connection's) and *defers* the connection; the host then pauses
+//! it and runs `on_deferred` on its pool, which collects the reply. So
+//! replies leave in request order, a connection with a write in flight is
+//! busy for the host (a graceful shutdown or a peer's half-close waits for
+//! the reply), and a client cannot pile up work: it has at most one
+//! submission in flight.
+//!
+//! Closed connections leave a tombstone for a while, so that a
+//! subscription still in the writer's queue when its connection closed is
+//! not added afterwards.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::mpsc::Receiver;
+use std::sync::{Mutex, MutexGuard};
+
+const SHARDS: usize = 64;
+/// Closed connection ids remembered per shard.
+const TOMBSTONES: usize = 1024;
+
+/// What is known about one connection.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    /// The start of a line whose newline has not arrived (or of an HTTP
+    /// request, see `partial_http`).
+    pub partial: Vec<u8>,
+    /// `partial` is the start of an HTTP request.
+    pub partial_http: bool,
+    /// The reply of the submission in the writer, once it is there.
+    pub pending: Option<Receiver<Vec<u8>>>,
+}
+
+impl ConnState {
+    fn is_empty(&self) -> bool {
+        self.partial.is_empty() && self.pending.is_none()
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    states: HashMap<u64, ConnState>,
+    closed: HashSet<u64>,
+    closed_order: VecDeque<u64>,
+}
+
+/// The state of every connection of one generation.
+pub struct Conns {
+    shards: Box<[Mutex<Shard>]>,
+}
+
+impl Default for Conns {
+    fn default() -> Conns {
+        Conns {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+}
+
+/// A locked shard, with the operations that need the lock held.
+pub struct Locked<'a> {
+    shard: MutexGuard<'a, Shard>,
+}
+
+impl Locked<'_> {
+    /// Whether the connection is known to have closed.
+    pub fn closed(&self, conn: u64) -> bool {
+        self.shard.closed.contains(&conn)
+    }
+}
+
+impl Conns {
+    /// Locks the shard that holds `conn`.
+    pub fn lock(&self, conn: u64) -> Locked<'_> {
+        let i = ((conn ^ (conn >> 32)) as usize) % SHARDS;
+        Locked {
+            shard: self.shards[i].lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// Takes the connection's state out for a call (hand the rest back
+    /// with [`Conns::put_back`]).
+    pub fn take(&self, conn: u64) -> ConnState {
+        self.lock(conn)
+            .shard
+            .states
+            .remove(&conn)
+            .unwrap_or_default()
+    }
+
+    /// `Some(http)` when the connection has the start of a message kept:
+    /// an HTTP request (`true`) or a line.
+    pub fn partial_kind(&self, conn: u64) -> Option<bool> {
+        let l = self.lock(conn);
+        let st = l.shard.states.get(&conn)?;
+        (!st.partial.is_empty()).then_some(st.partial_http)
+    }
+
+    /// Whether a submission's reply is to be collected.
+    pub fn has_pending(&self, conn: u64) -> bool {
+        let l = self.lock(conn);
+        l.shard
+            .states
+            .get(&conn)
+            .is_some_and(|st| st.pending.is_some())
+    }
+
+    /// Ends a call: stores what is left to remember. Returns `false` (and
+    /// stores nothing) if the connection closed meanwhile.
+    pub fn put_back(&self, conn: u64, st: ConnState) -> bool {
+        let mut l = self.lock(conn);
+        if l.closed(conn) {
+            return false;
+        }
+        if !st.is_empty() {
+            l.shard.states.insert(conn, st);
+        }
+        true
+    }
+
+    /// Forgets a closed connection and leaves a tombstone. `also` runs
+    /// under the lock (to drop its subscriptions atomically with it).
+    pub fn close(&self, conn: u64, also: impl FnOnce()) {
+        let mut l = self.lock(conn);
+        l.shard.states.remove(&conn);
+        if l.shard.closed.insert(conn) {
+            l.shard.closed_order.push_back(conn);
+            if l.shard.closed_order.len() > TOMBSTONES {
+                if let Some(old) = l.shard.closed_order.pop_front() {
+                    l.shard.closed.remove(&old);
+                }
+            }
+        }
+        also();
+    }
+
+    /// The kept partial messages, for the next generation: (id, bytes,
+    /// is HTTP). Call it once the writer is idle (no reply is pending).
+    pub fn snapshot(&self) -> Vec<(u64, Vec<u8>, bool)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let s = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, st) in &s.states {
+                if !st.partial.is_empty() {
+                    out.push((*id, st.partial.clone(), st.partial_http));
+                }
+            }
+        }
+        out
+    }
+
+    /// Restores a snapshot.
+    pub fn restore(&self, partials: Vec<(u64, Vec<u8>, bool)>) {
+        for (id, partial, partial_http) in partials {
+            let st = ConnState {
+                partial,
+                partial_http,
+                pending: None,
+            };
+            self.put_back(id, st);
+        }
+    }
+
+    /// Number of connections with state (for `STATUS`).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).states.len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_only_what_matters_and_forgets_closed() {
+        let c = Conns::default();
+        assert!(c.take(5).partial.is_empty());
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        assert!(c.put_back(
+            5,
+            ConnState {
+                partial: b"{\"par".to_vec(),
+                partial_http: false,
+                pending: Some(rx),
+            }
+        ));
+        assert_eq!(c.partial_kind(5), Some(false));
+        assert!(c.has_pending(5));
+        tx.send(b"reply".to_vec()).unwrap();
+        let mut st = c.take(5);
+        assert_eq!(st.pending.take().unwrap().recv().unwrap(), b"reply");
+        assert_eq!(c.partial_kind(5), None, "taken out");
+        st.partial.clear();
+        assert!(c.put_back(5, st));
+        assert!(c.is_empty(), "nothing left to remember");
+
+        let mut ran = false;
+        c.close(6, || ran = true);
+        assert!(ran);
+        let st = ConnState {
+            partial: b"x".to_vec(),
+            ..Default::default()
+        };
+        assert!(!c.put_back(6, st), "closed");
+        assert!(c.lock(6).closed(6));
+        assert!(c.is_empty());
+    }
+}

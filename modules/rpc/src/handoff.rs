@@ -1,0 +1,455 @@
+//! Reload in `overlap` mode: how a retiring generation hands over to its
+//! successor without failing a request or losing a subscription.
+//!
+//! Each generation keeps the committed data in memory and is the only
+//! writer of it, so two generations must never serve at the same time.
+//! The host calls `save_state` on the old generation just before it
+//! starts the new one; from that moment the old one is *frozen*:
+//!
+//! 1. `save_state` waits for the calls in progress, waits for the writer
+//!    to commit and answer everything queued, and returns the subscription
+//!    table, the partial messages connections have sent, the ownership
+//!    lock (see [`crate::owner`]) and a shared secret token.
+//! 2. The new generation loads the database (which now holds every
+//!    acknowledged write) and restores that state.
+//! 3. Until the route table points at the new generation (and for the
+//!    in-flight messages that still reach the old one afterwards), the
+//!    frozen generation answers nothing itself: it defers each message to
+//!    the pool and forwards it with [`module_api::Host::call`] to whatever
+//!    generation is current, retrying while that is still itself. The
+//!    forwarded message runs on the new generation as if it had arrived
+//!    there, for the same connection id; the reply comes back and goes out
+//!    in order. Connection closes are forwarded the same way.
+//! 4. The new generation *claims* the handover first thing in its start;
+//!    if it then fails to start, it tells the old one to resume before
+//!    returning its error. If no successor claims it within
+//!    `handoff_timeout_ms` (the host gave up on the reload before starting
+//!    one), the old generation resumes by itself; a claim that comes after
+//!    that is refused, and that start fails. So exactly one generation
+//!    serves at any time.
+//!
+//! Internal calls are framed as `\0rpc <token> <cmd> <conn> <kind>\n` +
+//! payload; only in-process calls (connection id 0) carrying the token are
+//! accepted, so no client can forge them.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::time::{Duration, Instant};
+
+use module_api::{CallStatus, RVec, Verdict};
+use serde::{Deserialize, Serialize};
+
+use crate::jsonrpc::{self, code, RpcError, Sink};
+use crate::{post, raw, HostApi, Rpc};
+
+/// Every internal call starts with this.
+pub const PREFIX: &[u8] = b"\0rpc ";
+
+/// Whether a generation serves requests itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Live,
+    /// Handed over: forwards everything to the current generation.
+    Frozen,
+    /// Another process owns the database (see [`crate::owner`]): requests
+    /// wait until it lets go.
+    Standby,
+}
+
+/// What a generation hands to the next one.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    pub token: String,
+    /// Connection id and its topic patterns.
+    pub subs: Vec<(u64, Vec<String>)>,
+    pub conns: Vec<ConnSnap>,
+    /// The descriptor of the held ownership lock (see [`crate::owner`]).
+    #[serde(default)]
+    pub lock_fd: Option<i32>,
+}
+
+/// The start of a message a connection has sent, as handed over.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConnSnap {
+    pub id: u64,
+    /// Hex of the bytes.
+    pub partial: String,
+    /// They start an HTTP request (else a line).
+    pub http: bool,
+}
+
+impl State {
+    /// The state from the previous generation, `None` on a first start.
+    pub fn parse(bytes: &[u8]) -> Result<Option<State>, String> {
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        let s: State = serde_json::from_slice(bytes)
+            .map_err(|e| format!("cannot read the previous generation's state: {e}"))?;
+        if s.version != 1 {
+            return Err(format!("unknown state version {}", s.version));
+        }
+        Ok(Some(s))
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A fresh secret for internal calls.
+pub fn new_token() -> String {
+    let s = RandomState::new();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{:016x}{:016x}",
+        s.hash_one(t),
+        s.hash_one(std::process::id())
+    )
+}
+
+pub fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn from_hex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+/// A parsed internal call.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Internal<'a> {
+    /// Handle `payload` as if it had arrived on connection `conn`.
+    Forward {
+        conn: u64,
+        http: bool,
+        payload: &'a [u8],
+    },
+    /// Connection `conn` closed.
+    Close { conn: u64 },
+    /// A successor is starting from this generation's state.
+    Claim,
+    /// The successor failed to start: serve again.
+    Resume,
+}
+
+/// The retiring side of a handover, guarded by the gate's write lock.
+#[derive(Debug, Default)]
+pub struct Handover {
+    /// When `save_state` froze this generation.
+    pub frozen_at: Option<Instant>,
+    /// A successor has claimed the state.
+    pub claimed: bool,
+}
+
+/// A frozen generation that nobody claimed went back to serving.
+#[derive(Debug)]
+pub struct Resumed;
+
+pub fn envelope(token: &str, cmd: &str, conn: u64, http: bool, payload: &[u8]) -> Vec<u8> {
+    let kind = if http { "http" } else { "raw" };
+    let mut v = format!("\0rpc {token} {cmd} {conn} {kind}\n").into_bytes();
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Parses an internal call; `None` if it is not one or the token is wrong.
+pub fn parse<'a>(input: &'a [u8], token: &str) -> Option<Internal<'a>> {
+    let rest = input.strip_prefix(PREFIX)?;
+    let nl = memchr::memchr(b'\n', rest)?;
+    let head = std::str::from_utf8(&rest[..nl]).ok()?;
+    let payload = &rest[nl + 1..];
+    let mut f = head.split(' ');
+    if f.next()? != token {
+        return None;
+    }
+    let cmd = f.next()?;
+    let conn: u64 = f.next()?.parse().ok()?;
+    let http = f.next()? == "http";
+    match cmd {
+        "fwd" => Some(Internal::Forward {
+            conn,
+            http,
+            payload,
+        }),
+        "close" => Some(Internal::Close { conn }),
+        "claim" => Some(Internal::Claim),
+        "resume" => Some(Internal::Resume),
+        _ => None,
+    }
+}
+
+fn action_name(v: &Verdict) -> &'static str {
+    match v.action {
+        module_api::Action::Close => "close",
+        module_api::Action::Keep => "keep",
+        _ => "done",
+    }
+}
+
+/// The retiring side's steps, each with the gate write-locked.
+impl Rpc {
+    fn gate(&self) -> std::sync::RwLockWriteGuard<'_, Mode> {
+        self.core.gate.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn live(&self) -> bool {
+        matches!(self.core.gate.try_read().as_deref(), Ok(Mode::Live))
+    }
+
+    /// The mode to go back to after a handover that did not happen.
+    fn unfrozen(&self) -> Mode {
+        if self
+            .core
+            .owner_fd
+            .load(std::sync::atomic::Ordering::Acquire)
+            >= 0
+        {
+            Mode::Live
+        } else {
+            Mode::Standby
+        }
+    }
+
+    fn handover(&self) -> std::sync::MutexGuard<'_, Handover> {
+        self.handover.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Freezes this generation for a handover (see [`handoff`]); returns
+    /// the mode it was in.
+    pub(crate) fn freeze(&self) -> Mode {
+        let mut gate = self.gate();
+        let was = std::mem::replace(&mut *gate, Mode::Frozen);
+        *self.handover() = Handover {
+            frozen_at: Some(std::time::Instant::now()),
+            claimed: false,
+        };
+        was
+    }
+
+    /// A successor claims the state: `false` if this generation is not
+    /// frozen (it resumed, or was never asked to hand over).
+    pub(crate) fn claim(&self) -> bool {
+        let gate = self.gate();
+        let frozen = *gate == Mode::Frozen;
+        if frozen {
+            self.handover().claimed = true;
+        }
+        frozen
+    }
+
+    /// Serves again: the successor failed to start.
+    pub(crate) fn resume(&self) {
+        let mut gate = self.gate();
+        *gate = self.unfrozen();
+        *self.handover() = Handover::default();
+    }
+
+    /// Serves again if no successor claimed the handover in time (the host
+    /// gave up on the reload before starting one). Returns whether it did.
+    pub fn resume_if_abandoned(&self) -> bool {
+        let mut gate = self.gate();
+        let h = self.handover();
+        let abandoned = *gate == Mode::Frozen
+            && !h.claimed
+            && h.frozen_at
+                .is_some_and(|t| t.elapsed() >= self.core.cfg.handoff_timeout());
+        drop(h);
+        if abandoned {
+            log::warn!(
+                "no new generation claimed the handover within {:?}; serving again",
+                self.core.cfg.handoff_timeout()
+            );
+            *gate = self.unfrozen();
+            *self.handover() = Handover::default();
+        }
+        abandoned
+    }
+}
+
+/// Receiver side: runs a forwarded message (on a pool thread, inside the
+/// sender's `call`). The reply is `ok <action>\n` + output, or `retry\n`
+/// when this generation is frozen too.
+pub fn serve(rpc: &Rpc, conn: u64, http: bool, payload: &[u8], out: &mut RVec<u8>) {
+    let gate = rpc.core.gate.read().unwrap_or_else(|e| e.into_inner());
+    if *gate != Mode::Live {
+        out.put(b"retry\n");
+        return;
+    }
+    let mut reply = RVec::new();
+    let v = if http {
+        post::on_deferred(rpc, conn, payload, &mut reply)
+    } else {
+        raw::on_deferred(rpc, conn, payload, &mut reply)
+    };
+    out.put(format!("ok {}\n", action_name(&v)).as_bytes());
+    out.put(&reply);
+}
+
+/// Sender side: a frozen generation hands one message (the whole input of
+/// a deferred call) to the current generation, waiting for it to be
+/// installed, and returns its reply and verdict — or `Err(Resumed)` when
+/// nobody claimed the handover and this generation serves again.
+pub fn forward(
+    rpc: &Rpc,
+    conn: u64,
+    http: bool,
+    input: &[u8],
+    out: &mut RVec<u8>,
+) -> Result<Verdict, Resumed> {
+    let msg = envelope(&rpc.token, "fwd", conn, http, input);
+    rpc.core
+        .stats
+        .forwarded
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + rpc.core.cfg.handoff_timeout();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match rpc.core.host.call("rpc", &msg) {
+            Ok(reply) => {
+                if let Some(rest) = reply.strip_prefix(b"ok ") {
+                    let nl = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+                    out.put(&rest[(nl + 1).min(rest.len())..]);
+                    let len = input.len();
+                    return Ok(match &rest[..nl] {
+                        b"close" => Verdict::close(len),
+                        b"keep" => Verdict::keep(len).watch_close(),
+                        _ => Verdict::done(len),
+                    });
+                }
+                if reply != b"retry\n" {
+                    log::error!(
+                        "handing a message over failed: {}",
+                        String::from_utf8_lossy(&reply)
+                    );
+                    break;
+                }
+            }
+            Err(CallStatus::Unavailable) => {}
+            Err(status) => {
+                log::error!("handing a message over failed: {status:?}");
+                break;
+            }
+        }
+        if rpc.resume_if_abandoned() {
+            return Err(Resumed);
+        }
+        if Instant::now() >= deadline {
+            log::error!(
+                "conn {conn}: no live rpc generation after {:?}; answering -32001",
+                rpc.core.cfg.handoff_timeout()
+            );
+            break;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+    Ok(unavailable(http, input.len(), out))
+}
+
+/// Answers a message that no generation can serve in time: -32001 (or
+/// 503) and close.
+pub fn unavailable(http: bool, len: usize, out: &mut RVec<u8>) -> Verdict {
+    if http {
+        return post::unavailable(out, len);
+    }
+    jsonrpc::write_error(
+        out,
+        None,
+        &RpcError::new(code::UNAVAILABLE, "service unavailable, retry"),
+    );
+    out.put(b"\n");
+    Verdict::close(len)
+}
+
+/// A successor's first step: claims the predecessor's state. `Err` when
+/// the predecessor gave up waiting and serves again.
+pub fn claim(host: &dyn HostApi, token: &str) -> Result<(), String> {
+    match host.call("rpc", &envelope(token, "claim", 0, false, b"")) {
+        Ok(reply) if reply.starts_with(b"refused") => Err(
+            "the previous generation waited too long for this one and serves again; reload again"
+                .into(),
+        ),
+        // Claimed, or no predecessor left to claim from.
+        _ => Ok(()),
+    }
+}
+
+/// Tells the current generation that `conn` closed (on the writer thread
+/// of a frozen generation).
+pub fn forward_close(host: &dyn HostApi, token: &str, conn: u64, timeout: Duration) {
+    let msg = envelope(token, "close", conn, false, b"");
+    let deadline = Instant::now() + timeout;
+    loop {
+        match host.call("rpc", &msg) {
+            Ok(reply) if reply.starts_with(b"ok") => return,
+            Ok(_) | Err(CallStatus::Unavailable) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Dropped on a failed start after the previous generation froze: tells
+/// it to serve again.
+pub struct ResumeGuard {
+    pub host: &'static dyn HostApi,
+    pub token: Option<String>,
+}
+
+impl Drop for ResumeGuard {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take() {
+            log::warn!("start failed after the handover; the previous generation resumes");
+            let _ = self
+                .host
+                .call("rpc", &envelope(&token, "resume", 0, false, b""));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip() {
+        let e = envelope("t0k", "fwd", 42, true, b"POST /rpc ...");
+        assert_eq!(
+            parse(&e, "t0k"),
+            Some(Internal::Forward {
+                conn: 42,
+                http: true,
+                payload: b"POST /rpc ..."
+            })
+        );
+        assert_eq!(parse(&e, "other"), None);
+        assert_eq!(parse(b"{\"jsonrpc\":\"2.0\"}", "t0k"), None);
+        let e = envelope("t0k", "close", 7, false, b"");
+        assert_eq!(parse(&e, "t0k"), Some(Internal::Close { conn: 7 }));
+        assert_eq!(from_hex(&to_hex(b"\0{\xff")), b"\0{\xff");
+        let s = State {
+            version: 1,
+            token: "x".into(),
+            subs: vec![(1, vec!["a.*".into()])],
+            conns: vec![ConnSnap {
+                id: 2,
+                partial: "7b".into(),
+                http: false,
+            }],
+            lock_fd: Some(9),
+        };
+        let back = State::parse(&s.encode()).unwrap().unwrap();
+        assert_eq!(back.subs, s.subs);
+        assert_eq!(back.lock_fd, Some(9));
+        assert!(State::parse(b"").unwrap().is_none());
+        assert!(State::parse(b"{\"version\":9,\"token\":\"\",\"subs\":[],\"conns\":[]}").is_err());
+    }
+}

@@ -1,0 +1,678 @@
+//! `rpc`: Switchyard's JSON-RPC 2.0 service bus — a durable shared
+//! key-value store and publish/subscribe for bots and apps.
+//!
+//! # Transports
+//!
+//! * **Raw TCP.** A connection whose first byte is `{` or `[` speaks
+//!   newline-delimited JSON-RPC: one request or batch per line, one reply
+//!   line per message that has one, in order; notifications get none.
+//!   Requests may be pipelined (many in flight). The connection stays with
+//!   this module for all its following lines, including malformed ones.
+//!   `printf '{"jsonrpc":"2.0","method":"sys.ping","id":1}\n' | nc 127.0.0.1 8080`
+//! * **HTTP.** `POST /rpc` with a single request or a batch as the body and
+//!   `Content-Type: application/json`; see [`post`].
+//! * **In-process.** Another module may call
+//!   `host.call("rpc", b"{...}\n")` from a pool thread or a job: lines (or
+//!   a `POST /rpc` request) in, replies out, no subscriptions.
+//!
+//! A message may arrive in pieces: its start is kept per connection
+//! (bounded by `max_line_bytes`) until the rest is there.
+//!
+//! # Methods
+//!
+//! `sys.ping`, `sys.methods`, `sys.version`; `kv.get`, `kv.set` (optional
+//! `ttl_ms`), `kv.del`, `kv.incr`, `kv.cas`, `kv.keys`; `bus.subscribe`,
+//! `bus.unsubscribe`, `bus.publish`. [`methods::METHODS`] describes each
+//! (and `sys.methods` returns those descriptions). Values are any JSON
+//! value except `null`, which stands for "no value". Expired keys vanish
+//! from reads at once and are purged from memory and disk in the
+//! background (`purge_interval_ms`).
+//!
+//! Subscribers on raw TCP receive
+//! `{"jsonrpc":"2.0","method":"bus.message","params":{"topic":…,"data":…}}`
+//! lines pushed on their connection. `*` in a pattern matches exactly one
+//! dot-separated segment. A slow subscriber's unsent output is bounded by
+//! the host's `[server] max_push_backlog` (1 MiB by default): beyond it the
+//! host writes [`OVERFLOW_NOTICE`] and disconnects it. The publisher never
+//! waits.
+//!
+//! # Errors
+//!
+//! | code | meaning |
+//! | --- | --- |
+//! | -32700 | parse error: the line is not JSON |
+//! | -32600 | invalid request: not a request object, empty or oversized batch |
+//! | -32601 | method not found |
+//! | -32602 | invalid params (unknown or missing names, bad types, limits) |
+//! | -32603 | internal error (a bug; counted as a fault) |
+//! | -32001 | service unavailable, retry: the module is being removed or a reload could not hand over in time |
+//! | -32010 | `kv.incr` on a value that is not a 64-bit integer |
+//! | -32011 | `kv.incr` would overflow |
+//! | -32020 | storage error: the batch could not be committed, nothing was written |
+//! | -32030 | `bus.subscribe`/`unsubscribe` outside a raw TCP connection |
+//! | -32031 | too many subscriptions on this connection |
+//! | -32040 | line over `max_line_bytes`; the connection is closed after this reply |
+//!
+//! A malformed line gets its error reply and nothing else happens: earlier
+//! and later requests on the connection are answered normally. Only a line
+//! over the size limit closes the connection.
+//!
+//! # Durability
+//!
+//! The data lives in SQLite (WAL mode) at `<data dir>/rpc/rpc.sqlite`, and
+//! in memory for reads. A single writer thread ([`writer`]) commits all
+//! writes that queued up while the previous commit ran as one transaction
+//! (group commit), and a write is acknowledged only after the transaction
+//! holding it has committed; readers see a write only from then on, so a
+//! read never returns a value that a crash could take back. Under load the
+//! writer lets writes gather for `commit_delay_us` before committing (only
+//! when the previous batch held several connections' writes). What
+//! "committed" survives depends on `sync`:
+//!
+//! * `sync = "normal"` (default): `synchronous=NORMAL`. A commit has been
+//!   written to the operating system before its writes are acknowledged.
+//!   **Every acknowledged write survives a crash of the server process**
+//!   (`kill -9`, abort, OOM kill). After an OS crash or power loss the
+//!   database is intact but may lack the writes acknowledged since the
+//!   last WAL checkpoint, which runs every `checkpoint_interval_ms` (1 s)
+//!   while there are writes — about Redis's `appendfsync everysec`.
+//! * `sync = "full"`: `synchronous=FULL`. Every commit is fsynced before any
+//!   write in it is acknowledged: acknowledged writes survive power loss
+//!   too (on storage that honours fsync). One fsync per batch, shared by
+//!   every write in it.
+//!
+//! # Reload
+//!
+//! `overlap`, with state handoff ([`handoff`]): `RELOAD rpc` fails no
+//! request. The old generation freezes, finishes what is queued, and hands
+//! its subscriptions and connection state to the new one, then forwards
+//! whatever still reaches it. Subscribers stay subscribed on the same
+//! connections, pending calls complete, and nobody sees -32001.
+//! Exclusive mode would have been simpler but makes every client retry
+//! (and the host closes kept connections that send during the reload, so
+//! subscribers would have to resubscribe); the handoff costs a short pause
+//! instead.
+//!
+//! # One owner per database
+//!
+//! The in-memory copy is right only while one writer changes the database,
+//! so a generation serves only while it holds an exclusive lock on
+//! `<db>.lock` ([`owner`]). A reload passes the lock to the successor. A
+//! process that finds it taken — the new worker of an `UPGRADE` while the
+//! old one drains, or a second server started on the same data directory
+//! — starts in *standby*: its requests wait (up to `handoff_timeout_ms`,
+//! then -32001) until the owner exits, then it loads the database and
+//! serves. `STATUS` shows `standby=1` meanwhile.
+//!
+//! # Memory
+//!
+//! All keys and values live in memory (the database is their durable
+//! copy). Per connection: a partial message up to `max_line_bytes`, and at
+//! most one submission in the writer (the host does not read from a
+//! connection while its writes commit). A batch's reply is capped at
+//! 8 × `max_line_bytes` (later calls in it get -32040).
+//!
+//! # Config (`[modules.rpc]`, every key optional)
+//!
+//! ```toml
+//! db = "rpc.sqlite"              # relative to the module's data directory
+//! sync = "normal"                # or "full" (see Durability)
+//! max_line_bytes = 1048576       # a longer line: -32040 and close (keep <= [server] max_message_size)
+//! max_batch = 1000               # requests per batch
+//! max_key_bytes = 1024
+//! max_subscriptions = 1024       # topic patterns per connection
+//! max_keys_limit = 10000         # largest kv.keys limit
+//! purge_interval_ms = 1000
+//! checkpoint_interval_ms = 1000
+//! handoff_timeout_ms = 30000     # how long a reload or a standby may keep requests waiting
+//! commit_delay_us = 100          # under load, let writes gather this long per commit (0: off)
+//! ```
+//!
+//! # The parts
+//!
+//! [`jsonrpc`] (framing, pure), [`methods`] (what each method does),
+//! [`store`] (committed data in memory), [`db`] (SQLite), [`writer`]
+//! (group commit), [`bus`] (topic trie), [`conns`] (reply ordering per
+//! connection), [`raw`] and [`post`] (the transports), [`handoff`]
+//! (reload), [`owner`] (one writer per database), [`config`].
+
+pub mod bus;
+pub mod config;
+pub mod conns;
+pub mod db;
+pub mod handoff;
+pub mod jsonrpc;
+pub mod methods;
+pub mod owner;
+pub mod post;
+pub mod raw;
+pub mod store;
+pub mod writer;
+
+#[cfg(test)]
+mod testdir;
+
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use module_api::{
+    CallStatus, ConnInfo, Handler, Manifest, Protocol, RVec, ReloadMode, StartContext, Verdict,
+};
+
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::conns::Conns;
+use crate::handoff::{Handover, Internal, Mode, ResumeGuard, State};
+use crate::jsonrpc::{code, RpcError};
+use crate::methods::Note;
+use crate::owner::Owner;
+use crate::store::Store;
+use crate::writer::{Start, Writer};
+
+/// Sent before the host disconnects a connection whose unsent output grew
+/// past `[server] max_push_backlog` (a subscriber that does not read).
+pub const OVERFLOW_NOTICE: &[u8] = b"{\"jsonrpc\":\"2.0\",\"method\":\"bus.overflow\",\"params\":{\"message\":\"too much unread output (slow subscriber); disconnecting\"}}\n";
+
+/// What the module needs from the host (the real [`module_api::Host`], or
+/// a stand-in in unit tests).
+pub trait HostApi: Send + Sync {
+    /// Queues bytes on a connection (never blocks).
+    fn push(&self, conn: u64, data: &[u8], notice: &[u8]) -> bool;
+    /// Calls the current generation of a module in-process (blocks).
+    fn call(&self, module: &str, input: &[u8]) -> Result<Vec<u8>, CallStatus>;
+}
+
+impl HostApi for module_api::Host {
+    fn push(&self, conn: u64, data: &[u8], notice: &[u8]) -> bool {
+        module_api::Host::push(self, conn, data, notice)
+    }
+    fn call(&self, module: &str, input: &[u8]) -> Result<Vec<u8>, CallStatus> {
+        module_api::Host::call(self, module, input)
+    }
+}
+
+/// Counters for `STATUS`.
+#[derive(Default)]
+pub struct Stats {
+    pub commits: AtomicU64,
+    pub writes: AtomicU64,
+    pub failed_commits: AtomicU64,
+    pub purged: AtomicU64,
+    /// Messages a frozen generation handed to its successor.
+    pub forwarded: AtomicU64,
+}
+
+/// What the event loops, the pool and the writer share.
+pub struct Core {
+    pub cfg: Config,
+    pub store: Store,
+    pub bus: Bus,
+    pub conns: Conns,
+    pub host: &'static dyn HostApi,
+    pub stats: Stats,
+    /// Whether this generation serves (see [`handoff`] and [`owner`]).
+    pub gate: RwLock<Mode>,
+    /// The descriptor of the ownership lock once held, else -1.
+    pub owner_fd: AtomicI32,
+}
+
+impl Core {
+    pub fn new(cfg: Config, store: Store, host: &'static dyn HostApi) -> Core {
+        Core {
+            bus: Bus::new(cfg.max_subscriptions),
+            cfg,
+            store,
+            conns: Conns::default(),
+            host,
+            stats: Stats::default(),
+            gate: RwLock::new(Mode::Live),
+            owner_fd: AtomicI32::new(-1),
+        }
+    }
+
+    /// Pushes a notification to its recipients; returns how many took it.
+    pub fn deliver(&self, note: &Note) -> usize {
+        note.topic_conns
+            .iter()
+            .filter(|&&c| self.host.push(c, &note.bytes, OVERFLOW_NOTICE))
+            .count()
+    }
+}
+
+/// The error for a line over the limit.
+pub fn too_large(core: &Core) -> RpcError {
+    RpcError::new(
+        code::TOO_LARGE,
+        format!(
+            "request too large: lines are limited to {} bytes; closing",
+            core.cfg.max_line_bytes
+        ),
+    )
+}
+
+/// One generation of the module.
+pub struct Rpc {
+    pub core: Arc<Core>,
+    pub writer: Writer,
+    /// The handover's progress (changed with the gate write-locked).
+    pub handover: std::sync::Mutex<Handover>,
+    /// Secret shared by the generations for internal calls.
+    pub token: String,
+}
+
+/// The module's manifest.
+pub fn manifest() -> Manifest {
+    Manifest::new("rpc", env!("CARGO_PKG_VERSION"))
+        .bind("{")
+        .bind("[")
+        .bind("POST /rpc")
+        .protocol(Protocol::JsonRpc)
+        .reload(ReloadMode::Overlap)
+        .defers(true)
+}
+
+impl Rpc {
+    /// Opens the database, loads it and starts the writer; `state` is the
+    /// previous generation's (empty on a first start).
+    pub fn start(
+        config: &serde_json::Value,
+        data_dir: &std::path::Path,
+        state: &[u8],
+        host: &'static dyn HostApi,
+    ) -> Result<Rpc, String> {
+        let cfg = Config::from_json(config, data_dir)?;
+        let state = State::parse(state)?;
+        if let Some(s) = &state {
+            handoff::claim(host, &s.token)?;
+        }
+        // From here on, a failure must let the frozen predecessor resume.
+        let mut resume = ResumeGuard {
+            host,
+            token: state.as_ref().map(|s| s.token.clone()),
+        };
+        let token = state
+            .as_ref()
+            .map_or_else(handoff::new_token, |s| s.token.clone());
+        // Own the database: the predecessor's lock, or a free one.
+        let lock = Owner::lock_path(&cfg.db);
+        let adopted = state
+            .as_ref()
+            .and_then(|s| s.lock_fd)
+            .and_then(|fd| Owner::adopt(fd, &lock));
+        let owner = match adopted {
+            Some(o) => Some(o),
+            None => Owner::try_acquire(&lock)?,
+        };
+        let (store, start, mode) = match owner {
+            Some(owner) => {
+                let db = db::Db::open(&cfg.db, cfg.sync)?;
+                let (map, expired) = db.load(store::now_ms())?;
+                let start = Start::Ready { db, expired, owner };
+                (Store::new(map), start, Mode::Live)
+            }
+            None => {
+                log::warn!(
+                    "{} is in use by another process (a worker being replaced, or another \
+                     server on this data directory); requests wait until it lets go",
+                    cfg.db.display()
+                );
+                (Store::default(), Start::Standby, Mode::Standby)
+            }
+        };
+        let core = Arc::new(Core::new(cfg, store, host));
+        *core.gate.write().unwrap_or_else(|e| e.into_inner()) = mode;
+        if let Some(s) = state {
+            let partials = s.conns.iter();
+            core.conns.restore(
+                partials
+                    .map(|c| (c.id, handoff::from_hex(&c.partial), c.http))
+                    .collect(),
+            );
+            core.bus.restore(s.subs);
+        }
+        let writer = Writer::spawn(core.clone(), start)?;
+        resume.token = None;
+        log::info!(
+            "{} keys loaded from {} (sync={}), {} subscriptions handed over",
+            core.store.len(),
+            core.cfg.db.display(),
+            core.cfg.sync.name(),
+            core.bus.counts().1
+        );
+        Ok(Rpc {
+            core,
+            writer,
+            handover: Default::default(),
+            token,
+        })
+    }
+
+    /// Whether input on a connection is (the rest of) an HTTP request
+    /// rather than JSON-RPC lines — a kept connection's input comes here
+    /// whatever its first bytes, so a started message decides first — and
+    /// whether it continues a kept start.
+    fn transport(&self, conn: u64, input: &[u8]) -> (bool, bool) {
+        let started = if conn == 0 {
+            None
+        } else {
+            self.core.conns.partial_kind(conn)
+        };
+        match started {
+            Some(http) => (http, true),
+            None => (input.starts_with(b"POST "), false),
+        }
+    }
+
+    /// In-process calls (connection id 0): internal calls between
+    /// generations, or JSON-RPC from another module.
+    fn on_call(&self, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+        match handoff::parse(input, &self.token) {
+            Some(Internal::Resume) => {
+                self.resume();
+                log::warn!("resuming: the next generation failed to start");
+                out.extend_from_copy_slice(b"ok done\n");
+                Verdict::done(input.len())
+            }
+            Some(Internal::Claim) => {
+                let reply: &[u8] = if self.claim() {
+                    b"ok done\n"
+                } else {
+                    b"refused\n"
+                };
+                out.extend_from_copy_slice(reply);
+                Verdict::done(input.len())
+            }
+            Some(Internal::Close { conn }) => {
+                let frozen = !matches!(
+                    self.core.gate.try_read().as_deref(),
+                    Ok(Mode::Live | Mode::Standby)
+                );
+                if !frozen {
+                    self.closed(conn);
+                    out.extend_from_copy_slice(b"ok done\n");
+                } else {
+                    out.extend_from_copy_slice(b"retry\n");
+                }
+                Verdict::done(input.len())
+            }
+            // Forwarded messages and JSON-RPC calls may wait for a commit.
+            Some(Internal::Forward { .. }) | None => Verdict::defer(input.len()),
+        }
+    }
+
+    fn on_call_deferred(&self, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+        if let Some(Internal::Forward {
+            conn,
+            http,
+            payload,
+        }) = handoff::parse(input, &self.token)
+        {
+            handoff::serve(self, conn, http, payload, out);
+            return Verdict::done(input.len());
+        }
+        let http = input.starts_with(b"POST ");
+        self.deferred(0, http, input, out)
+    }
+
+    /// A deferred message: handled here while live (the gate held, so a
+    /// handover waits for it), forwarded to the successor once frozen.
+    fn deferred(&self, conn: u64, http: bool, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+        if conn != 0 && self.core.conns.has_pending(conn) {
+            // Replies to lines this generation handed to its writer.
+            return raw::on_deferred(self, conn, input, out);
+        }
+        let since = std::time::Instant::now();
+        loop {
+            let gate = self.core.gate.read().unwrap_or_else(|e| e.into_inner());
+            match *gate {
+                Mode::Live => {
+                    return if http {
+                        post::on_deferred(self, conn, input, out)
+                    } else {
+                        raw::on_deferred(self, conn, input, out)
+                    };
+                }
+                Mode::Frozen => {
+                    drop(gate);
+                    if let Ok(v) = handoff::forward(self, conn, http, input, out) {
+                        return v;
+                    }
+                }
+                Mode::Standby => {
+                    drop(gate);
+                    if since.elapsed() >= self.core.cfg.handoff_timeout() {
+                        return handoff::unavailable(http, input.len(), out);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }
+        }
+    }
+
+    /// A connection closed: forget its state and subscriptions.
+    fn closed(&self, conn: u64) {
+        self.core
+            .conns
+            .close(conn, || self.core.bus.remove_conn(conn));
+    }
+}
+
+impl Handler for Rpc {
+    fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+        if conn.id == 0 {
+            return self.on_call(input, out);
+        }
+        let (http, continuing) = self.transport(conn.id, input);
+        let gate = match self.core.gate.try_read() {
+            Ok(g) if *g == Mode::Live => g,
+            // Frozen (or freezing): the pool forwards the message — one
+            // HTTP request at a time, so a pipelined one is not taken along.
+            _ if http && !continuing => {
+                return match post::frame(self, input, out) {
+                    post::Framed::Body { total, .. } => Verdict::defer(total),
+                    post::Framed::NeedMore => Verdict::defer(input.len()),
+                    post::Framed::Answered(v) => v,
+                }
+            }
+            _ => return Verdict::defer(input.len()),
+        };
+        let v = if http {
+            post::on_message(self, conn.id, continuing, input, out)
+        } else {
+            raw::on_message(self, conn.id, input, out)
+        };
+        drop(gate);
+        v
+    }
+
+    fn on_deferred(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+        if conn.id == 0 {
+            return self.on_call_deferred(input, out);
+        }
+        let (http, _) = self.transport(conn.id, input);
+        self.deferred(conn.id, http, input, out)
+    }
+
+    fn on_close(&self, conn: &ConnInfo) {
+        self.closed(conn.id);
+        let frozen = !matches!(
+            self.core.gate.try_read().as_deref(),
+            Ok(Mode::Live | Mode::Standby)
+        );
+        if frozen {
+            // The successor holds this connection's subscriptions now.
+            let (host, token, id) = (self.core.host, self.token.clone(), conn.id);
+            let timeout = self.core.cfg.handoff_timeout();
+            self.writer
+                .run(move || handoff::forward_close(host, &token, id, timeout));
+        }
+    }
+
+    fn save_state(&self) -> Vec<u8> {
+        // Wait for the calls in progress, then for the writer: after this,
+        // the database holds every write this generation took on.
+        if self.freeze() == Mode::Live {
+            self.writer.barrier();
+        }
+        let state = State {
+            version: 1,
+            token: self.token.clone(),
+            subs: self.core.bus.snapshot(),
+            conns: self
+                .core
+                .conns
+                .snapshot()
+                .into_iter()
+                .map(|(id, partial, http)| handoff::ConnSnap {
+                    id,
+                    partial: handoff::to_hex(&partial),
+                    http,
+                })
+                .collect(),
+            lock_fd: Some(self.core.owner_fd.load(Ordering::Acquire)).filter(|fd| *fd >= 0),
+        };
+        log::info!(
+            "handing over {} subscriptions and {} connection states",
+            state.subs.iter().map(|(_, p)| p.len()).sum::<usize>(),
+            state.conns.len()
+        );
+        state.encode()
+    }
+
+    fn stop(&self) {
+        self.writer.stop();
+        let n = self.core.stats.forwarded.load(Ordering::Relaxed);
+        if n > 0 {
+            log::info!("forwarded {n} messages to the next generation during the handover");
+        }
+    }
+
+    fn status(&self) -> String {
+        let (subscribers, patterns) = self.core.bus.counts();
+        let s = &self.core.stats;
+        format!(
+            "keys={} subscribers={subscribers} subscriptions={patterns} commits={} writes={} failed_commits={} purged={} sync={}{}",
+            self.core.store.len(),
+            s.commits.load(Ordering::Relaxed),
+            s.writes.load(Ordering::Relaxed),
+            s.failed_commits.load(Ordering::Relaxed),
+            s.purged.load(Ordering::Relaxed),
+            self.core.cfg.sync.name(),
+            match self.core.gate.try_read().as_deref() {
+                Ok(Mode::Standby) => " standby=1",
+                Ok(Mode::Frozen) => " handed_over=1",
+                _ => "",
+            },
+        )
+    }
+}
+
+fn start(ctx: StartContext<'_>) -> Result<Rpc, String> {
+    Rpc::start(&ctx.config, &ctx.host.data_dir(), ctx.state, ctx.host)
+}
+
+module_api::export_module!(manifest = manifest, start = start);
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A core with a stand-in host, for unit tests.
+
+    use super::*;
+
+    pub struct NullHost;
+
+    impl HostApi for NullHost {
+        fn push(&self, _conn: u64, _data: &[u8], _notice: &[u8]) -> bool {
+            true
+        }
+        fn call(&self, _module: &str, _input: &[u8]) -> Result<Vec<u8>, CallStatus> {
+            Err(CallStatus::NoSuchModule)
+        }
+    }
+
+    #[test]
+    fn handover_claim_resume_and_abandon() {
+        let dir = crate::testdir::TestDir::new("handover");
+        let cfg = serde_json::json!({"handoff_timeout_ms": 50});
+        let rpc = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
+        rpc.core.bus.subscribe(7, &["a.*".to_string()]).unwrap();
+        rpc.core.conns.put_back(
+            7,
+            conns::ConnState {
+                partial: b"{\"par".to_vec(),
+                ..Default::default()
+            },
+        );
+
+        let state = rpc.save_state();
+        assert!(!rpc.live());
+        assert!(rpc.claim());
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert!(
+            !rpc.resume_if_abandoned(),
+            "a claimed handover never resumes by itself"
+        );
+        rpc.resume();
+        assert!(rpc.live());
+
+        rpc.save_state();
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert!(rpc.resume_if_abandoned(), "nobody claimed it");
+        assert!(rpc.live());
+        assert!(!rpc.claim(), "a late claim is refused");
+
+        // A successor starts from the state: same token, subscriptions and
+        // partial lines.
+        let next = Rpc::start(&cfg, dir.path(), &state, &NullHost).unwrap();
+        assert_eq!(next.token, rpc.token);
+        assert_eq!(next.core.bus.recipients("a.b"), [7]);
+        assert_eq!(next.core.conns.partial_kind(7), Some(false));
+        rpc.stop();
+        next.stop();
+    }
+
+    #[test]
+    fn a_second_owner_waits_in_standby() {
+        let dir = crate::testdir::TestDir::new("standby");
+        let cfg = serde_json::json!({});
+        let a = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
+        let set = br#"{"jsonrpc":"2.0","method":"kv.set","params":["k",1],"id":1}"#;
+        let mut out = RVec::new();
+        raw::on_deferred(&a, 0, set, &mut out);
+        assert!(out
+            .as_slice()
+            .starts_with(br#"{"jsonrpc":"2.0","result":true"#));
+
+        let b = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
+        assert_eq!(*b.core.gate.read().unwrap(), Mode::Standby);
+        assert!(b.status().contains("standby=1"));
+        let info = ConnInfo::new(0, "127.0.0.1:1".parse().unwrap(), false);
+        let waiter = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let get = br#"{"jsonrpc":"2.0","method":"kv.get","params":["k"],"id":2}"#;
+                let mut out = RVec::new();
+                b.on_deferred(&info, get, &mut out);
+                out.into_vec()
+            });
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            assert!(!h.is_finished(), "waits while the other owner lives");
+            a.stop();
+            drop(a);
+            h.join().unwrap()
+        });
+        assert_eq!(waiter, b"{\"jsonrpc\":\"2.0\",\"result\":1,\"id\":2}\n");
+        assert!(b.live());
+        b.stop();
+    }
+
+    pub fn core() -> (Arc<Core>, crate::testdir::TestDir) {
+        core_with(serde_json::json!({}))
+    }
+
+    pub fn core_with(config: serde_json::Value) -> (Arc<Core>, crate::testdir::TestDir) {
+        let dir = crate::testdir::TestDir::new("core");
+        let cfg = Config::from_json(&config, dir.path()).unwrap();
+        let core = Core::new(cfg, Store::default(), &NullHost);
+        (Arc::new(core), dir)
+    }
+}

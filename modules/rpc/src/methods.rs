@@ -1,0 +1,721 @@
+//! The methods: their names, parameters and meaning, evaluated against an
+//! [`Env`] — the committed data on an event loop or a pool thread, or the
+//! writer's batch overlay.
+//!
+//! Parameters may be given by name (`{"key":"a","value":1}`) or by
+//! position (`["a",1]`, in the order listed in [`METHODS`]); unknown names
+//! are refused, so a typo (`ttl` for `ttl_ms`) is an error, not a silent
+//! no-op.
+
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::bus::check_topic;
+use crate::jsonrpc::{self, code, Item, Message, Request, RpcError, Sink};
+use crate::store::{json_eq, stored_text, Entry, View};
+use crate::Core;
+
+/// Every method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    SysPing,
+    SysMethods,
+    SysVersion,
+    KvGet,
+    KvSet,
+    KvDel,
+    KvIncr,
+    KvCas,
+    KvKeys,
+    BusSubscribe,
+    BusUnsubscribe,
+    BusPublish,
+}
+
+/// Name, method and one-line description (what `sys.methods` returns).
+pub const METHODS: &[(&str, Method, &str)] = &[
+    ("bus.publish", Method::BusPublish, "publish {topic, data} to the subscribers of topic; returns how many got it"),
+    ("bus.subscribe", Method::BusSubscribe, "subscribe this raw TCP connection to {topics} (\"*\" matches one dot-separated segment); messages arrive as bus.message notifications; returns this connection's subscription count"),
+    ("bus.unsubscribe", Method::BusUnsubscribe, "drop {topics} (all when omitted) from this connection; returns the subscriptions left"),
+    ("kv.cas", Method::KvCas, "compare-and-set {key, expected, value, ttl_ms?}: set value if the current value equals expected (null: the key is absent; value null deletes); returns true if it did"),
+    ("kv.del", Method::KvDel, "delete {key}; returns true if the key existed"),
+    ("kv.get", Method::KvGet, "the value of {key}, or null when absent or expired"),
+    ("kv.incr", Method::KvIncr, "atomically add {by} (default 1) to the 64-bit integer at {key} (absent: 0); returns the new value"),
+    ("kv.keys", Method::KvKeys, "up to {limit} (default 100) keys starting with {prefix}, sorted, after the key {after} if given"),
+    ("kv.set", Method::KvSet, "set {key} to the JSON {value} (not null), expiring after {ttl_ms} if given; returns true once durable"),
+    ("sys.methods", Method::SysMethods, "these method names with a one-line description each"),
+    ("sys.ping", Method::SysPing, "returns \"pong\""),
+    ("sys.version", Method::SysVersion, "the module's name and version and the protocol version"),
+];
+
+impl Method {
+    pub fn lookup(name: &str) -> Option<Method> {
+        METHODS
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, m, _)| *m)
+    }
+
+    /// Whether the method changes stored data (and so goes through the
+    /// writer and waits for a commit).
+    pub fn writes(self) -> bool {
+        matches!(
+            self,
+            Method::KvSet | Method::KvDel | Method::KvIncr | Method::KvCas
+        )
+    }
+}
+
+/// Whether a message calls any method that writes.
+pub fn needs_writer(msg: &Message<'_>) -> bool {
+    msg.any_call(|m| Method::lookup(m).is_some_and(Method::writes))
+}
+
+/// A `bus.message` notification waiting to be delivered.
+pub struct Note {
+    pub topic_conns: Vec<u64>,
+    pub bytes: Vec<u8>,
+}
+
+/// What a call is evaluated against.
+pub struct Env<'a> {
+    pub core: &'a Core,
+    pub view: View<'a>,
+    pub now: u64,
+    /// The raw TCP connection the call came on; 0 for HTTP and in-process
+    /// calls, which cannot subscribe.
+    pub conn: u64,
+    /// In the writer: notifications to deliver once the batch commits.
+    pub later: Option<&'a mut Vec<Note>>,
+    /// Set when the call added a subscription.
+    pub subscribed: bool,
+}
+
+/// Evaluates a message and writes its reply (without a newline). Returns
+/// whether anything was written (notifications get nothing).
+pub fn eval_message<S: Sink>(env: &mut Env<'_>, msg: &Message<'_>, out: &mut S) -> bool {
+    match msg {
+        Message::Empty => false,
+        Message::Error(e) => {
+            jsonrpc::write_error(out, None, e);
+            true
+        }
+        Message::Single(item) => eval_item(env, item, out),
+        Message::Batch(items) => {
+            let start = out.size();
+            // A batch of reads of big values could build a huge reply:
+            // past the cap, the remaining calls are answered with -32040.
+            let cap = env.core.cfg.max_line_bytes.saturating_mul(8);
+            let too_big = RpcError::new(code::TOO_LARGE, "reply too large: split the batch");
+            out.put(b"[");
+            let mut any = false;
+            for item in items {
+                let mark = out.size();
+                if any {
+                    out.put(b",");
+                }
+                let answered = if mark - start > cap {
+                    match item {
+                        Item::Call(r) if r.id.is_some() => {
+                            jsonrpc::write_error(out, r.id, &too_big);
+                            true
+                        }
+                        Item::Call(_) => false,
+                        Item::Invalid { id, error } => {
+                            jsonrpc::write_error(out, *id, error);
+                            true
+                        }
+                    }
+                } else {
+                    eval_item(env, item, out)
+                };
+                if answered {
+                    any = true;
+                } else {
+                    out.cut(mark);
+                }
+            }
+            if any {
+                out.put(b"]");
+            } else {
+                out.cut(start);
+            }
+            any
+        }
+    }
+}
+
+fn eval_item<S: Sink>(env: &mut Env<'_>, item: &Item<'_>, out: &mut S) -> bool {
+    match item {
+        Item::Invalid { id, error } => {
+            jsonrpc::write_error(out, *id, error);
+            true
+        }
+        Item::Call(req) => {
+            let start = out.size();
+            jsonrpc::begin_result(out);
+            let result = call(env, req, out);
+            match (result, req.id) {
+                (Ok(()), Some(id)) => {
+                    jsonrpc::end_reply(out, Some(id));
+                    true
+                }
+                (Err(e), Some(id)) => {
+                    out.cut(start);
+                    jsonrpc::write_error(out, Some(id), &e);
+                    true
+                }
+                (_, None) => {
+                    out.cut(start);
+                    false
+                }
+            }
+        }
+    }
+}
+
+fn params<'a, T: Deserialize<'a>>(req: &Request<'a>) -> Result<T, RpcError> {
+    let text = req.params.map_or("{}", RawValue::get);
+    serde_json::from_str(text).map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))
+}
+
+fn no_params(req: &Request<'_>) -> Result<(), RpcError> {
+    match req.params.map(RawValue::get) {
+        None | Some("{}") | Some("[]") => Ok(()),
+        Some(_) => Err(RpcError::invalid_params("this method takes no params")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyP<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetP<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(borrow)]
+    value: &'a RawValue,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+}
+
+fn one() -> i64 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncrP<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(default = "one")]
+    by: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CasP<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(borrow)]
+    expected: &'a RawValue,
+    #[serde(borrow)]
+    value: &'a RawValue,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysP<'a> {
+    #[serde(borrow, default)]
+    prefix: Cow<'a, str>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(borrow, default)]
+    after: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishP<'a> {
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicsP {
+    #[serde(default)]
+    topics: Option<Vec<String>>,
+    #[serde(default)]
+    topic: Option<String>,
+}
+
+/// `{"topics":[..]}`, `{"topic":".."}` or `[..]`; `None` when absent.
+fn topics(req: &Request<'_>) -> Result<Option<Vec<String>>, RpcError> {
+    match req.params.map(RawValue::get) {
+        None => Ok(None),
+        Some(text) if text.starts_with('[') => serde_json::from_str(text)
+            .map(Some)
+            .map_err(|e| RpcError::invalid_params(format!("invalid params: {e}"))),
+        Some(_) => {
+            let p: TopicsP = params(req)?;
+            match (p.topics, p.topic) {
+                (Some(_), Some(_)) => Err(RpcError::invalid_params(
+                    "give either topics or topic, not both",
+                )),
+                (Some(t), None) => Ok(Some(t)),
+                (None, Some(t)) => Ok(Some(vec![t])),
+                (None, None) => Ok(None),
+            }
+        }
+    }
+}
+
+fn check_key(key: &str, env: &Env<'_>) -> Result<(), RpcError> {
+    let max = env.core.cfg.max_key_bytes;
+    if key.is_empty() || key.len() > max {
+        return Err(RpcError::invalid_params(format!(
+            "key must be 1 to {max} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn expiry(ttl_ms: Option<u64>, now: u64) -> Result<u64, RpcError> {
+    match ttl_ms {
+        None => Ok(0),
+        Some(0) => Err(RpcError::invalid_params("ttl_ms must be at least 1")),
+        Some(t) => Ok(now.saturating_add(t)),
+    }
+}
+
+fn put_bool<S: Sink>(out: &mut S, b: bool) {
+    out.put(if b { b"true" } else { b"false" });
+}
+
+fn version_json() -> &'static [u8] {
+    static V: OnceLock<Vec<u8>> = OnceLock::new();
+    V.get_or_init(|| {
+        format!(
+            r#"{{"module":"rpc","version":"{}","jsonrpc":"2.0"}}"#,
+            env!("CARGO_PKG_VERSION")
+        )
+        .into_bytes()
+    })
+}
+
+fn methods_json() -> &'static [u8] {
+    static M: OnceLock<Vec<u8>> = OnceLock::new();
+    M.get_or_init(|| {
+        let mut out = b"{".to_vec();
+        for (i, (name, _, doc)) in METHODS.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            jsonrpc::write_str(&mut out, name);
+            out.push(b':');
+            jsonrpc::write_str(&mut out, doc);
+        }
+        out.push(b'}');
+        out
+    })
+}
+
+/// Runs one call and writes its result JSON.
+fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<(), RpcError> {
+    let Some(method) = Method::lookup(&req.method) else {
+        return Err(RpcError::new(
+            code::METHOD_NOT_FOUND,
+            format!("method not found: {}", req.method),
+        ));
+    };
+    let now = env.now;
+    match method {
+        Method::SysPing => {
+            no_params(req)?;
+            out.put(b"\"pong\"");
+        }
+        Method::SysVersion => {
+            no_params(req)?;
+            out.put(version_json());
+        }
+        Method::SysMethods => {
+            no_params(req)?;
+            out.put(methods_json());
+        }
+        Method::KvGet => {
+            let p: KeyP<'_> = params(req)?;
+            check_key(&p.key, env)?;
+            match env.view.get(&p.key, now) {
+                Some(e) => out.put(e.value.as_bytes()),
+                None => out.put(b"null"),
+            }
+        }
+        Method::KvSet => {
+            let p: SetP<'_> = params(req)?;
+            check_key(&p.key, env)?;
+            if p.value.get() == "null" {
+                return Err(RpcError::invalid_params(
+                    "value must not be null (kv.del removes a key)",
+                ));
+            }
+            let expires_at = expiry(p.ttl_ms, now)?;
+            env.view.put(
+                &p.key,
+                Some(Entry {
+                    value: stored_text(p.value),
+                    expires_at,
+                }),
+            );
+            out.put(b"true");
+        }
+        Method::KvDel => {
+            let p: KeyP<'_> = params(req)?;
+            check_key(&p.key, env)?;
+            let existed = env.view.get(&p.key, now).is_some();
+            if existed {
+                env.view.put(&p.key, None);
+            }
+            put_bool(out, existed);
+        }
+        Method::KvIncr => {
+            let p: IncrP<'_> = params(req)?;
+            check_key(&p.key, env)?;
+            let (current, expires_at) = match env.view.get(&p.key, now) {
+                None => (0, 0),
+                Some(e) => match serde_json::from_str::<i64>(&e.value) {
+                    Ok(n) => (n, e.expires_at),
+                    Err(_) => {
+                        return Err(RpcError::new(
+                            code::NOT_AN_INTEGER,
+                            "the value is not a 64-bit integer",
+                        ))
+                    }
+                },
+            };
+            let Some(n) = current.checked_add(p.by) else {
+                return Err(RpcError::new(
+                    code::OVERFLOW,
+                    "the result would overflow a 64-bit integer",
+                ));
+            };
+            let text = n.to_string();
+            out.put(text.as_bytes());
+            env.view.put(
+                &p.key,
+                Some(Entry {
+                    value: text.into_boxed_str(),
+                    expires_at,
+                }),
+            );
+        }
+        Method::KvCas => {
+            let p: CasP<'_> = params(req)?;
+            check_key(&p.key, env)?;
+            let expires_at = expiry(p.ttl_ms, now)?;
+            let current = env.view.get(&p.key, now);
+            let matches = match (current, p.expected.get()) {
+                (None, "null") => true,
+                (Some(e), expected) => expected != "null" && json_eq(&e.value, expected),
+                (None, _) => false,
+            };
+            if matches {
+                let entry = (p.value.get() != "null").then(|| Entry {
+                    value: stored_text(p.value),
+                    expires_at,
+                });
+                env.view.put(&p.key, entry);
+            }
+            put_bool(out, matches);
+        }
+        Method::KvKeys => {
+            let p: KeysP<'_> = params(req)?;
+            let max = env.core.cfg.max_keys_limit;
+            let limit = p.limit.unwrap_or(100.min(max));
+            if limit > max {
+                return Err(RpcError::invalid_params(format!(
+                    "limit must be at most {max}"
+                )));
+            }
+            let keys = env.view.keys(&p.prefix, p.after.as_deref(), limit, now);
+            out.put(b"[");
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.put(b",");
+                }
+                jsonrpc::write_str(out, k);
+            }
+            out.put(b"]");
+        }
+        Method::BusSubscribe => {
+            let conn = stream_conn(env)?;
+            let Some(topics) = topics(req)? else {
+                return Err(RpcError::invalid_params("topics is missing"));
+            };
+            let core = env.core;
+            let locked = core.conns.lock(conn);
+            // A connection that closed while this call waited in the
+            // writer's queue gets nothing (nobody reads the reply).
+            let n = if locked.closed(conn) {
+                0
+            } else {
+                core.bus.subscribe(conn, &topics)?
+            };
+            drop(locked);
+            env.subscribed = true;
+            out.put(n.to_string().as_bytes());
+        }
+        Method::BusUnsubscribe => {
+            let conn = stream_conn(env)?;
+            let topics = topics(req)?;
+            let n = env.core.bus.unsubscribe(conn, topics.as_deref());
+            out.put(n.to_string().as_bytes());
+        }
+        Method::BusPublish => {
+            let p: PublishP<'_> = params(req)?;
+            check_topic(&p.topic, false)?;
+            let mut params_json = Vec::with_capacity(p.topic.len() + p.data.get().len() + 24);
+            params_json.put(b"{\"topic\":");
+            jsonrpc::write_str(&mut params_json, &p.topic);
+            params_json.put(b",\"data\":");
+            params_json.put(stored_text(p.data).as_bytes());
+            params_json.put(b"}");
+            let note = Note {
+                topic_conns: env.core.bus.recipients(&p.topic),
+                bytes: jsonrpc::notification("bus.message", &params_json),
+            };
+            let n = match &mut env.later {
+                Some(later) => {
+                    let n = note.topic_conns.len();
+                    later.push(note);
+                    n
+                }
+                None => env.core.deliver(&note),
+            };
+            out.put(n.to_string().as_bytes());
+        }
+    }
+    Ok(())
+}
+
+fn stream_conn(env: &Env<'_>) -> Result<u64, RpcError> {
+    match env.conn {
+        0 => Err(RpcError::new(
+            code::NOT_A_STREAM,
+            "subscriptions need a raw TCP connection (they are pushed on it)",
+        )),
+        c => Ok(c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Map, Overlay};
+    use crate::testing::core;
+
+    /// Evaluates `line` in the writer's view over `map` + `overlay`.
+    fn run(
+        core: &Core,
+        map: &Map,
+        overlay: &mut Overlay,
+        conn: u64,
+        line: &str,
+    ) -> serde_json::Value {
+        let msg = jsonrpc::parse(line.as_bytes(), 100);
+        let mut notes = Vec::new();
+        let mut env = Env {
+            core,
+            view: View::Write { map, overlay },
+            now: 1000,
+            conn,
+            later: Some(&mut notes),
+            subscribed: false,
+        };
+        let mut out = Vec::new();
+        if !eval_message(&mut env, &msg, &mut out) {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{line}: bad reply {e}: {}", String::from_utf8_lossy(&out)))
+    }
+
+    fn req(method: &str, params: &str) -> String {
+        format!(r#"{{"jsonrpc":"2.0","method":"{method}","params":{params},"id":1}}"#)
+    }
+
+    #[test]
+    fn kv_methods() {
+        let (core, _dir) = core();
+        let map = Map::new();
+        let mut o = Overlay::new();
+        let mut r = |m: &str, p: &str| run(&core, &map, &mut o, 0, &req(m, p))["result"].clone();
+        assert_eq!(r("kv.get", r#"{"key":"a"}"#), serde_json::Value::Null);
+        assert_eq!(r("kv.set", r#"{"key":"a","value":{"x":[1,2]}}"#), true);
+        assert_eq!(r("kv.get", r#"["a"]"#), serde_json::json!({"x":[1,2]}));
+        assert_eq!(r("kv.incr", r#"{"key":"n"}"#), 1);
+        assert_eq!(r("kv.incr", r#"["n", 41]"#), 42);
+        assert_eq!(r("kv.cas", r#"{"key":"n","expected":41,"value":0}"#), false);
+        assert_eq!(
+            r("kv.cas", r#"{"key":"n","expected":42,"value":"x"}"#),
+            true
+        );
+        assert_eq!(r("kv.get", r#"{"key":"n"}"#), "x");
+        assert_eq!(
+            r("kv.cas", r#"{"key":"new","expected":null,"value":1}"#),
+            true
+        );
+        assert_eq!(
+            r("kv.cas", r#"{"key":"new","expected":null,"value":2}"#),
+            false
+        );
+        assert_eq!(r("kv.keys", r#"{}"#), serde_json::json!(["a", "n", "new"]));
+        assert_eq!(
+            r("kv.keys", r#"{"prefix":"n","limit":1}"#),
+            serde_json::json!(["n"])
+        );
+        assert_eq!(r("kv.del", r#"{"key":"a"}"#), true);
+        assert_eq!(r("kv.del", r#"{"key":"a"}"#), false);
+        assert_eq!(r("kv.set", r#"{"key":"t","value":1,"ttl_ms":5}"#), true);
+        assert_eq!(r("kv.get", r#"{"key":"t"}"#), 1);
+        assert_eq!(o["t"].as_ref().unwrap().expires_at, 1005);
+    }
+
+    #[test]
+    fn errors() {
+        let (core, _dir) = core();
+        let map = Map::new();
+        let mut o = Overlay::new();
+        let mut call = |m: &str, p: &str| run(&core, &map, &mut o, 0, &req(m, p));
+        let cases = [
+            ("kv.nope", "{}", code::METHOD_NOT_FOUND),
+            ("kv.get", r#"{"kee":"a"}"#, code::INVALID_PARAMS),
+            ("kv.get", r#"{"key":""}"#, code::INVALID_PARAMS),
+            (
+                "kv.set",
+                r#"{"key":"a","value":null}"#,
+                code::INVALID_PARAMS,
+            ),
+            (
+                "kv.set",
+                r#"{"key":"a","value":1,"ttl":5}"#,
+                code::INVALID_PARAMS,
+            ),
+            (
+                "kv.set",
+                r#"{"key":"a","value":1,"ttl_ms":0}"#,
+                code::INVALID_PARAMS,
+            ),
+            ("sys.ping", r#"{"x":1}"#, code::INVALID_PARAMS),
+            ("bus.subscribe", r#"{"topics":["a"]}"#, code::NOT_A_STREAM),
+            (
+                "bus.publish",
+                r#"{"topic":"a.*","data":1}"#,
+                code::INVALID_PARAMS,
+            ),
+            ("kv.keys", r#"{"limit":100000}"#, code::INVALID_PARAMS),
+        ];
+        for (m, p, want) in cases {
+            assert_eq!(call(m, p)["error"]["code"], want, "{m} {p}");
+        }
+        assert_eq!(
+            call("kv.set", r#"{"key":"s","value":"str"}"#)["result"],
+            true
+        );
+        assert_eq!(
+            call("kv.incr", r#"{"key":"s"}"#)["error"]["code"],
+            code::NOT_AN_INTEGER
+        );
+        assert_eq!(
+            call("kv.set", r#"{"key":"m","value":9223372036854775807}"#)["result"],
+            true
+        );
+        assert_eq!(
+            call("kv.incr", r#"{"key":"m"}"#)["error"]["code"],
+            code::OVERFLOW
+        );
+    }
+
+    #[test]
+    fn batches_and_notifications() {
+        let (core, _dir) = core();
+        let map = Map::new();
+        let mut o = Overlay::new();
+        let v = run(
+            &core,
+            &map,
+            &mut o,
+            0,
+            r#"[{"jsonrpc":"2.0","method":"kv.set","params":["k",1]},{"jsonrpc":"2.0","method":"kv.get","params":["k"],"id":"g"},{"jsonrpc":"2.0","method":"nope","id":3},5]"#,
+        );
+        let a = v.as_array().unwrap();
+        assert_eq!(a.len(), 3);
+        assert_eq!(a[0]["result"], 1);
+        assert_eq!(a[0]["id"], "g");
+        assert_eq!(a[1]["error"]["code"], code::METHOD_NOT_FOUND);
+        assert_eq!(a[2]["error"]["code"], code::INVALID_REQUEST);
+        assert_eq!(
+            run(
+                &core,
+                &map,
+                &mut o,
+                0,
+                r#"{"jsonrpc":"2.0","method":"nope"}"#
+            ),
+            serde_json::Value::Null,
+            "a notification never gets a reply, not even an error"
+        );
+    }
+
+    #[test]
+    fn batch_replies_are_capped() {
+        let (core, _dir) = crate::testing::core_with(serde_json::json!({"max_line_bytes": 100}));
+        let map = Map::new();
+        let mut o = Overlay::new();
+        let big = format!("\"{}\"", "v".repeat(90));
+        run(
+            &core,
+            &map,
+            &mut o,
+            0,
+            &req("kv.set", &format!(r#"["b",{big}]"#)),
+        );
+        let gets: Vec<String> = (0..20)
+            .map(|i| req("kv.get", r#"["b"]"#).replace("\"id\":1", &format!("\"id\":{i}")))
+            .collect();
+        let v = run(&core, &map, &mut o, 0, &format!("[{}]", gets.join(",")));
+        let a = v.as_array().unwrap();
+        assert_eq!(a.len(), 20);
+        assert_eq!(a[0]["result"], serde_json::Value::String("v".repeat(90)));
+        assert_eq!(a[19]["error"]["code"], code::TOO_LARGE);
+        assert_eq!(a[19]["id"], 19);
+    }
+
+    #[test]
+    fn lookup_matches_the_table() {
+        for (name, m, _) in METHODS {
+            assert_eq!(Method::lookup(name), Some(*m), "{name}");
+        }
+        assert_eq!(Method::lookup("kv.GET"), None);
+    }
+
+    #[test]
+    fn methods_json_is_valid() {
+        let v: serde_json::Value = serde_json::from_slice(methods_json()).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), METHODS.len());
+        let v: serde_json::Value = serde_json::from_slice(version_json()).unwrap();
+        assert_eq!(v["module"], "rpc");
+    }
+}
