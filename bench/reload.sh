@@ -138,6 +138,7 @@ start_nginx() {
     sed -e "s|@USER_LINE@|$user_line|" -e "s|@OUT@|$dir|g" -e "s|@PORT@|$port|g" \
         -e "s|@ROOT@|$site|g" -e "s|^worker_processes .*|worker_processes $threads;|" \
         bench/nginx.conf >"$dir/nginx.conf"
+    : >"$dir/https.conf" # nginx.conf includes it; no HTTPS here
     # shellcheck disable=SC2046
     "$(nginx_bin)" $(nginx_args) >"$dir/stdout.log" 2>&1 &
     nginx_pid=$!
