@@ -168,6 +168,13 @@ check_content() {
 }
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+# The process that loads the modules: the worker (STATUS names it), or
+# the server itself when it runs in one process.
+worker_pid() {
+    local pid
+    pid="$(admin STATUS | awk '$1 == "worker" { sub(/^pid=/, "", $2); print $2 }')"
+    echo "${pid:-$sy_pid}"
+}
 
 # One admin command on a new connection; prints the reply through END or
 # the first line.
@@ -255,7 +262,7 @@ run_one() {
     local server="$1" raw="$out/results/wrk-$server.txt" span
     # Reloads run from second 1 to second duration-1, inside the load.
     span=$((duration - 2))
-    [[ $server == switchyard ]] && row_rss0[$server]="$(rss_kb "$sy_pid")"
+    [[ $server == switchyard ]] && row_rss0[$server]="$(rss_kb "$(worker_pid)")"
     wrk -t"$threads" -c"$connections" -d"${duration}s" --latency "http://$(addr_of "$server")$path" >"$raw" 2>&1 &
     local wrk_pid=$!
     bg_pids="$wrk_pid"
@@ -292,7 +299,7 @@ run_one() {
         row_p99[$server]="$(percentile "$lat" 99)"
         row_max[$server]="$(percentile "$lat" 100)"
         kill -0 "$sy_pid" 2>/dev/null || die "switchyard died during the run; see $out/switchyard/stderr.log"
-        row_rss1[$server]="$(rss_kb "$sy_pid")"
+        row_rss1[$server]="$(rss_kb "$(worker_pid)")"
         row_retained[$server]="$(admin STATUS | awk '$1 == "http" {
             for (i = 2; i <= NF; i++) if ($i ~ /^(gen|retained|retained_bytes)=/) s = s (s ? " " : "") $i
             print s }')"
