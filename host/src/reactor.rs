@@ -204,8 +204,11 @@ impl EventLoop {
             .filter(|(_, c)| c.idle())
             .map(|(k, _)| k)
             .collect();
+        // Drive rather than close: a request that is already in the socket
+        // buffer (its event not seen yet) is answered first; a connection
+        // with nothing to read closes as idle.
         for k in idle {
-            self.close(k, "shutdown");
+            self.drive(k);
         }
     }
 
