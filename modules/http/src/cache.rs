@@ -65,6 +65,9 @@ pub struct Entry {
     pub etag: std::ops::Range<usize>,
     /// The file's bytes when it is small enough to keep in memory.
     pub body: Option<Box<[u8]>>,
+    /// The open file behind a larger cached body: the host sends from it
+    /// with `sendfile` (a duplicate descriptor per response).
+    pub open: Option<std::fs::File>,
     checked: AtomicU64,
     used: AtomicBool,
 }
@@ -103,6 +106,7 @@ impl Entry {
         let validators = validators_start..head.len();
         head.extend_from_slice(b"Accept-Ranges: bytes\r\n");
         Entry {
+            open: None,
             file,
             stamp,
             head: head.into_boxed_slice(),

@@ -153,7 +153,18 @@ fn respond(
     if let Some(body) = &entry.body {
         // `start + count <= len == body.len()`: both come from the entry.
         let range = start as usize..(start + count) as usize;
-        if count >= SHARE_ABOVE {
+        let dup = match &entry.open {
+            Some(f) if count >= SHARE_ABOVE => f.try_clone().ok(),
+            _ => None,
+        };
+        if let Some(dup) = dup {
+            // Large bodies: the kernel sends them from the page cache.
+            sent.file = FileBody {
+                fd: dup.into_raw_fd(),
+                offset: start,
+                len: count,
+            };
+        } else if count >= SHARE_ABOVE {
             // Large bodies go out straight from the cache, with no copy.
             sent.body = SharedBody::from_arc(entry.clone(), range);
         } else {
@@ -213,7 +224,11 @@ fn load(http: &Http, key: &[u8], found: Found) -> Result<Lookup, Missing> {
         .read_to_end(&mut body)
         .map_err(path::missing)?;
     if body.len() as u64 == stamp.len {
-        let entry = Arc::new(Entry::new(path, stamp, Some(body.into())));
+        let mut entry = Entry::new(path, stamp, Some(body.into()));
+        if stamp.len >= SHARE_ABOVE {
+            entry.open = Some(file);
+        }
+        let entry = Arc::new(entry);
         http.cache.insert(key, Arc::clone(&entry));
         Ok(Lookup::Entry(entry, None))
     } else {
