@@ -6,6 +6,14 @@
 //! `WouldBlock`. Module calls that block go to the worker pool and come back
 //! through the loop's mailbox. Timeouts are checked by a sweep four times a
 //! second.
+//!
+//! Built-in commands are in [`commands`], proxied connections in
+//! [`proxying`].
+
+mod commands;
+mod proxying;
+
+use proxying::proxy_event;
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,16 +25,14 @@ use abi_stable::std_types::{RSlice, RVec};
 use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use module_api::{Action, ConnInfo, Protocol, ProxyEvent, ProxyEventKind, Verdict};
+use module_api::{Action, ConnInfo, Protocol, ProxyEventKind, Verdict};
 use slab::Slab;
 
-use crate::admin::{self, Command};
 use crate::config::Server;
 use crate::conn::{self, Conn, PendingFile, ReadResult, Stage, READ_BUF};
 use crate::pool::{Completion, Control, Job, Mailbox, Pool, ReplyTo};
-use crate::proxy::{Pipe, Relay, Session};
 use crate::registry::{Generation, Registry};
-use crate::router::{Builtin, Match, RouteTable, SharedTable, Target};
+use crate::router::{Match, RouteTable, SharedTable, Target};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 /// Set in the token of a proxied connection's upstream socket.
@@ -603,163 +609,6 @@ impl EventLoop {
         Ok(true)
     }
 
-    /// Starts connecting a connection to an upstream; `out` goes first, then
-    /// the client's buffered bytes.
-    fn start_proxy(
-        &mut self,
-        key: usize,
-        gen: Arc<Generation>,
-        upstream: module_api::Upstream,
-        out: Vec<u8>,
-        initial: Vec<u8>,
-        attempts: u32,
-    ) {
-        let cfg = &self.shared.cfg;
-        let addr = upstream.addr();
-        let mut first = out;
-        first.extend_from_slice(&initial);
-        let sock = TcpStream::connect(addr).and_then(|mut sock| {
-            sock.set_nodelay(true)?;
-            self.poll.registry().register(
-                &mut sock,
-                Token(key | UPSTREAM),
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-            Ok(sock)
-        });
-        let conn = &mut self.conns[key];
-        match sock {
-            Ok(sock) => {
-                conn.stage = Stage::Proxy(Box::new(Session {
-                    gen,
-                    upstream,
-                    sock,
-                    connected: false,
-                    attempts: attempts + 1,
-                    initial,
-                    started: self.now,
-                    last_activity: self.now,
-                    up: Pipe::new(cfg.proxy_buffer_size, &first),
-                    down: Pipe::new(cfg.proxy_buffer_size, &[]),
-                    bytes_up: 0,
-                    bytes_down: 0,
-                    client_eof: conn.eof,
-                    upstream_eof: false,
-                    up_shut: false,
-                    down_shut: false,
-                }));
-            }
-            Err(e) => {
-                // Failed before any socket existed: ask the module at once.
-                log::warn!("conn {}: cannot connect to {addr}: {e}", conn.info.id);
-                conn.stage = Stage::Module(gen.clone());
-                self.proxy_retry(key, gen, upstream, initial, attempts + 1);
-            }
-        }
-    }
-
-    /// Relays a proxied connection (or finishes connecting it).
-    fn drive_proxy(&mut self, key: usize) {
-        let now = self.now;
-        let conn = &mut self.conns[key];
-        // Replies written before the hand-off go out first.
-        if conn.wpos < conn.wbuf.len() {
-            match conn.flush() {
-                Ok(_) if conn.wpos < conn.wbuf.len() => return,
-                Ok(_) => {}
-                Err(_) => return self.close(key, "write error"),
-            }
-        }
-        let Conn {
-            sock, stage, info, ..
-        } = conn;
-        let Stage::Proxy(session) = stage else {
-            return;
-        };
-        if !session.connected {
-            match session.check_connected() {
-                Ok(false) => return,
-                Ok(true) => {
-                    let g = session.gen.clone();
-                    let mut out = RVec::new();
-                    let _ = g.module.proxy_event(
-                        info,
-                        proxy_event(ProxyEventKind::Connected, session),
-                        &mut out,
-                    );
-                    log::debug!("conn {}: proxied to {}", info.id, session.upstream.addr());
-                }
-                Err(e) => return self.proxy_failed(key, e),
-            }
-        }
-        match session.relay(sock, now) {
-            Ok(Relay::Open) => {}
-            Ok(Relay::Done) => self.close(key, "proxy session done"),
-            Err(e) => {
-                log::debug!("conn {}: proxy relay: {e}", info.id);
-                self.close(key, "proxy relay error");
-            }
-        }
-    }
-
-    /// A connect failed: the module picks another upstream or gives up.
-    fn proxy_failed(&mut self, key: usize, err: io::Error) {
-        let conn = &mut self.conns[key];
-        let Stage::Proxy(mut session) = std::mem::replace(&mut conn.stage, Stage::Routing) else {
-            return;
-        };
-        let _ = self.poll.registry().deregister(&mut session.sock);
-        log::warn!(
-            "conn {}: upstream {} failed: {err}",
-            conn.info.id,
-            session.upstream.addr()
-        );
-        let gen = session.gen.clone();
-        conn.stage = Stage::Module(gen.clone());
-        let initial = std::mem::take(&mut session.initial);
-        self.proxy_retry(key, gen, session.upstream, initial, session.attempts);
-    }
-
-    /// Asks the module what to do after a failed connect; the connection is
-    /// in `Stage::Module(gen)` meanwhile (it counts in the module's conns).
-    fn proxy_retry(
-        &mut self,
-        key: usize,
-        gen: Arc<Generation>,
-        failed: module_api::Upstream,
-        initial: Vec<u8>,
-        attempts: u32,
-    ) {
-        let conn = &mut self.conns[key];
-        let mut out = RVec::new();
-        let event = ProxyEvent {
-            kind: ProxyEventKind::Failed,
-            upstream: failed,
-            bytes_up: 0,
-            bytes_down: 0,
-        };
-        let v = gen.module.proxy_event(&conn.info, event, &mut out);
-        if v.fault {
-            gen.stats.faults.fetch_add(1, Ordering::Relaxed);
-        }
-        if v.action == Action::Proxy && attempts < MAX_PROXY_ATTEMPTS {
-            self.start_proxy(key, gen, v.upstream, out.into_vec(), initial, attempts);
-            return;
-        }
-        if v.action == Action::Proxy {
-            log::warn!(
-                "conn {}: {} proxy attempts failed, closing",
-                conn.info.id,
-                attempts
-            );
-        }
-        conn.wbuf.extend_from_copy_slice(&out);
-        conn.closing = true;
-        conn.stage = Stage::Routing;
-        gen.stats.conns.fetch_sub(1, Ordering::Relaxed);
-        self.drive(key);
-    }
-
     /// Applies a module's verdict to the connection.
     fn apply(&mut self, key: usize, g: &Arc<Generation>, v: Verdict, wbuf_before: usize) -> Next {
         let now = self.now;
@@ -844,93 +693,6 @@ impl EventLoop {
         }
         conn.rbuf.consume(consumed);
         finish_message(conn, g, v, now);
-        Next::Keep
-    }
-
-    /// Runs a built-in command whose line is (perhaps partly) buffered.
-    fn builtin(&mut self, key: usize, b: Builtin) -> Next {
-        let conn = &mut self.conns[key];
-        let input = conn.rbuf.bytes();
-        let Some(nl) = input.iter().position(|&c| c == b'\n') else {
-            if input.len() > admin::MAX_LINE {
-                conn.wbuf.extend_from_copy_slice(b"ERR line too long\n");
-                conn.closing = true;
-            }
-            // Otherwise wait for the rest of the line.
-            return Next::Keep;
-        };
-        let mut line = &input[..nl];
-        if line.last() == Some(&b'\r') {
-            line = &line[..line.len() - 1];
-        }
-        let cmd = admin::parse(line);
-        let _ = b; // the prefix only routed here; the line decides.
-        let allowed = conn.trusted || conn.authed;
-        let to = ReplyTo {
-            loop_idx: self.idx,
-            key,
-            conn_id: conn.info.id,
-        };
-        let reply: Option<&[u8]> = match &cmd {
-            c if c.privileged() && !allowed => Some(b"ERR forbidden\n"),
-            Command::Close => {
-                conn.closing = true;
-                Some(b"OK bye\n")
-            }
-            Command::Auth(token) => match &self.shared.cfg.admin_token {
-                Some(expected) if admin::token_matches(token, expected) => {
-                    conn.authed = true;
-                    Some(b"OK\n")
-                }
-                Some(_) => Some(b"ERR bad token\n"),
-                None => Some(b"ERR no admin token is configured\n"),
-            },
-            Command::Unknown => Some(b"ERR unknown command\n"),
-            Command::Shutdown => {
-                log::info!("SHUTDOWN from {}", conn.info.peer());
-                self.shared.shutdown();
-                Some(b"OK shutting down\n")
-            }
-            Command::Status => {
-                let shared = self.shared.clone();
-                self.shared.control.run(move || {
-                    let reply = admin::status(&shared);
-                    shared.mailboxes[to.loop_idx].send(Completion::Admin { to, reply });
-                });
-                None
-            }
-            Command::Reload(name) => {
-                log::info!(
-                    "RELOAD {} from {}",
-                    name.unwrap_or("(all)"),
-                    conn.info.peer()
-                );
-                let shared = self.shared.clone();
-                let name = name.map(str::to_owned);
-                self.shared.control.run(move || {
-                    let reply = admin::reload(&shared, name.as_deref());
-                    shared.mailboxes[to.loop_idx].send(Completion::Admin { to, reply });
-                });
-                None
-            }
-            Command::Upgrade => {
-                log::info!("UPGRADE from {}", conn.info.peer());
-                crate::worker_link::upgrade(self.shared.clone(), to);
-                None
-            }
-            Command::Run(module, job) => {
-                log::info!("RUN {module} {job} from {}", conn.info.peer());
-                admin::run(&self.shared, module, job, to);
-                None
-            }
-        };
-        conn.rbuf.consume(nl + 1);
-        conn.msg_start = None;
-        conn.last_activity = self.now;
-        match reply {
-            Some(r) => conn.wbuf.extend_from_copy_slice(r),
-            None => conn.stage = Stage::Admin,
-        }
         Next::Keep
     }
 
@@ -1094,16 +856,6 @@ impl EventLoop {
             }
             self.close(key, why);
         }
-    }
-}
-
-/// The event for a session's current state.
-fn proxy_event(kind: ProxyEventKind, s: &Session) -> ProxyEvent {
-    ProxyEvent {
-        kind,
-        upstream: s.upstream,
-        bytes_up: s.bytes_up,
-        bytes_down: s.bytes_down,
     }
 }
 

@@ -1,0 +1,186 @@
+//! The event loop's side of proxied connections: connecting to the
+//! upstream a module chose, relaying, and asking the module again when a
+//! connect fails. The relay itself is in [`crate::proxy`].
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use abi_stable::std_types::RVec;
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+use module_api::{Action, ProxyEvent, ProxyEventKind};
+
+use super::{EventLoop, MAX_PROXY_ATTEMPTS, UPSTREAM};
+use crate::conn::{Conn, Stage};
+use crate::proxy::{Pipe, Relay, Session};
+use crate::registry::Generation;
+
+impl EventLoop {
+    /// Starts connecting a connection to an upstream; `out` goes first, then
+    /// the client's buffered bytes.
+    pub(super) fn start_proxy(
+        &mut self,
+        key: usize,
+        gen: Arc<Generation>,
+        upstream: module_api::Upstream,
+        out: Vec<u8>,
+        initial: Vec<u8>,
+        attempts: u32,
+    ) {
+        let cfg = &self.shared.cfg;
+        let addr = upstream.addr();
+        let mut first = out;
+        first.extend_from_slice(&initial);
+        let sock = TcpStream::connect(addr).and_then(|mut sock| {
+            sock.set_nodelay(true)?;
+            self.poll.registry().register(
+                &mut sock,
+                Token(key | UPSTREAM),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(sock)
+        });
+        let conn = &mut self.conns[key];
+        match sock {
+            Ok(sock) => {
+                conn.stage = Stage::Proxy(Box::new(Session {
+                    gen,
+                    upstream,
+                    sock,
+                    connected: false,
+                    attempts: attempts + 1,
+                    initial,
+                    started: self.now,
+                    last_activity: self.now,
+                    up: Pipe::new(cfg.proxy_buffer_size, &first),
+                    down: Pipe::new(cfg.proxy_buffer_size, &[]),
+                    bytes_up: 0,
+                    bytes_down: 0,
+                    client_eof: conn.eof,
+                    upstream_eof: false,
+                    up_shut: false,
+                    down_shut: false,
+                }));
+            }
+            Err(e) => {
+                // Failed before any socket existed: ask the module at once.
+                log::warn!("conn {}: cannot connect to {addr}: {e}", conn.info.id);
+                conn.stage = Stage::Module(gen.clone());
+                self.proxy_retry(key, gen, upstream, initial, attempts + 1);
+            }
+        }
+    }
+
+    /// Relays a proxied connection (or finishes connecting it).
+    pub(super) fn drive_proxy(&mut self, key: usize) {
+        let now = self.now;
+        let conn = &mut self.conns[key];
+        // Replies written before the hand-off go out first.
+        if conn.wpos < conn.wbuf.len() {
+            match conn.flush() {
+                Ok(_) if conn.wpos < conn.wbuf.len() => return,
+                Ok(_) => {}
+                Err(_) => return self.close(key, "write error"),
+            }
+        }
+        let Conn {
+            sock, stage, info, ..
+        } = conn;
+        let Stage::Proxy(session) = stage else {
+            return;
+        };
+        if !session.connected {
+            match session.check_connected() {
+                Ok(false) => return,
+                Ok(true) => {
+                    let g = session.gen.clone();
+                    let mut out = RVec::new();
+                    let _ = g.module.proxy_event(
+                        info,
+                        proxy_event(ProxyEventKind::Connected, session),
+                        &mut out,
+                    );
+                    log::debug!("conn {}: proxied to {}", info.id, session.upstream.addr());
+                }
+                Err(e) => return self.proxy_failed(key, e),
+            }
+        }
+        match session.relay(sock, now) {
+            Ok(Relay::Open) => {}
+            Ok(Relay::Done) => self.close(key, "proxy session done"),
+            Err(e) => {
+                log::debug!("conn {}: proxy relay: {e}", info.id);
+                self.close(key, "proxy relay error");
+            }
+        }
+    }
+
+    /// A connect failed: the module picks another upstream or gives up.
+    pub(super) fn proxy_failed(&mut self, key: usize, err: io::Error) {
+        let conn = &mut self.conns[key];
+        let Stage::Proxy(mut session) = std::mem::replace(&mut conn.stage, Stage::Routing) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut session.sock);
+        log::warn!(
+            "conn {}: upstream {} failed: {err}",
+            conn.info.id,
+            session.upstream.addr()
+        );
+        let gen = session.gen.clone();
+        conn.stage = Stage::Module(gen.clone());
+        let initial = std::mem::take(&mut session.initial);
+        self.proxy_retry(key, gen, session.upstream, initial, session.attempts);
+    }
+
+    /// Asks the module what to do after a failed connect; the connection is
+    /// in `Stage::Module(gen)` meanwhile (it counts in the module's conns).
+    fn proxy_retry(
+        &mut self,
+        key: usize,
+        gen: Arc<Generation>,
+        failed: module_api::Upstream,
+        initial: Vec<u8>,
+        attempts: u32,
+    ) {
+        let conn = &mut self.conns[key];
+        let mut out = RVec::new();
+        let event = ProxyEvent {
+            kind: ProxyEventKind::Failed,
+            upstream: failed,
+            bytes_up: 0,
+            bytes_down: 0,
+        };
+        let v = gen.module.proxy_event(&conn.info, event, &mut out);
+        if v.fault {
+            gen.stats.faults.fetch_add(1, Ordering::Relaxed);
+        }
+        if v.action == Action::Proxy && attempts < MAX_PROXY_ATTEMPTS {
+            self.start_proxy(key, gen, v.upstream, out.into_vec(), initial, attempts);
+            return;
+        }
+        if v.action == Action::Proxy {
+            log::warn!(
+                "conn {}: {} proxy attempts failed, closing",
+                conn.info.id,
+                attempts
+            );
+        }
+        conn.wbuf.extend_from_copy_slice(&out);
+        conn.closing = true;
+        conn.stage = Stage::Routing;
+        gen.stats.conns.fetch_sub(1, Ordering::Relaxed);
+        self.drive(key);
+    }
+}
+
+/// The event for a session's current state.
+pub(super) fn proxy_event(kind: ProxyEventKind, s: &Session) -> ProxyEvent {
+    ProxyEvent {
+        kind,
+        upstream: s.upstream,
+        bytes_up: s.bytes_up,
+        bytes_down: s.bytes_down,
+    }
+}
