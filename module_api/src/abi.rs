@@ -121,19 +121,13 @@ impl Upstream {
 
     /// The upstream at `addr`.
     pub fn new(addr: std::net::SocketAddr) -> Upstream {
-        let c = ConnInfo::new(0, addr, false);
-        Upstream {
-            ip: c.peer_ip,
-            port: c.peer_port,
-            is_v6: c.is_v6,
-        }
+        let (ip, port, is_v6) = encode_addr(addr);
+        Upstream { ip, port, is_v6 }
     }
 
     /// Its socket address.
     pub fn addr(&self) -> std::net::SocketAddr {
-        ConnInfo::new(0, "0.0.0.0:0".parse().expect("literal"), false)
-            .with_ip(self.ip, self.port, self.is_v6)
-            .peer()
+        decode_addr(self.ip, self.port, self.is_v6)
     }
 }
 
@@ -391,33 +385,16 @@ pub struct ConnInfo {
 impl ConnInfo {
     /// The peer's socket address.
     pub fn peer(&self) -> std::net::SocketAddr {
-        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-        let ip = if self.is_v6 {
-            IpAddr::V6(Ipv6Addr::from(self.peer_ip))
-        } else {
-            let b = self.peer_ip;
-            IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-        };
-        std::net::SocketAddr::new(ip, self.peer_port)
+        decode_addr(self.peer_ip, self.peer_port, self.is_v6)
     }
 
     /// Builds the info for a peer address.
     pub fn new(id: u64, peer: std::net::SocketAddr, tls: bool) -> ConnInfo {
-        let mut peer_ip = [0u8; 16];
-        let is_v6 = match peer.ip() {
-            std::net::IpAddr::V4(v4) => {
-                peer_ip[..4].copy_from_slice(&v4.octets());
-                false
-            }
-            std::net::IpAddr::V6(v6) => {
-                peer_ip = v6.octets();
-                true
-            }
-        };
+        let (peer_ip, peer_port, is_v6) = encode_addr(peer);
         ConnInfo {
             id,
             peer_ip,
-            peer_port: peer.port(),
+            peer_port,
             is_v6,
             tls,
             local_ip: [0; 16],
@@ -428,10 +405,7 @@ impl ConnInfo {
 
     /// Sets the local address.
     pub fn with_local(mut self, local: std::net::SocketAddr) -> ConnInfo {
-        let l = ConnInfo::new(0, local, false);
-        self.local_ip = l.peer_ip;
-        self.local_port = l.peer_port;
-        self.local_is_v6 = l.is_v6;
+        (self.local_ip, self.local_port, self.local_is_v6) = encode_addr(local);
         self
     }
 
@@ -440,19 +414,40 @@ impl ConnInfo {
         if self.local_port == 0 && self.local_ip == [0; 16] {
             return None;
         }
-        Some(
-            ConnInfo::new(0, "0.0.0.0:0".parse().expect("literal"), false)
-                .with_ip(self.local_ip, self.local_port, self.local_is_v6)
-                .peer(),
-        )
+        Some(decode_addr(
+            self.local_ip,
+            self.local_port,
+            self.local_is_v6,
+        ))
     }
+}
 
-    fn with_ip(mut self, ip: [u8; 16], port: u16, is_v6: bool) -> ConnInfo {
-        self.peer_ip = ip;
-        self.peer_port = port;
-        self.is_v6 = is_v6;
-        self
-    }
+/// A socket address as the ABI carries it: IPv4 in the first 4 bytes of
+/// `ip`, or IPv6, plus the port.
+fn encode_addr(addr: std::net::SocketAddr) -> ([u8; 16], u16, bool) {
+    let mut ip = [0u8; 16];
+    let is_v6 = match addr.ip() {
+        std::net::IpAddr::V4(v4) => {
+            ip[..4].copy_from_slice(&v4.octets());
+            false
+        }
+        std::net::IpAddr::V6(v6) => {
+            ip = v6.octets();
+            true
+        }
+    };
+    (ip, addr.port(), is_v6)
+}
+
+/// The inverse of [`encode_addr`].
+fn decode_addr(ip: [u8; 16], port: u16, is_v6: bool) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = if is_v6 {
+        IpAddr::V6(Ipv6Addr::from(ip))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]))
+    };
+    std::net::SocketAddr::new(ip, port)
 }
 
 /// Log levels, as in the `log` crate.
