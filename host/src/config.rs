@@ -62,6 +62,10 @@ pub struct Server {
     pub max_push_backlog: usize,
     /// Grace period for in-flight work on `SHUTDOWN`.
     pub shutdown_timeout_ms: u64,
+    /// While draining, a connection with nothing in flight stays open this
+    /// long for its next (or first) message, which is answered with the
+    /// draining flag set (HTTP: `Connection: close`); then it is closed.
+    pub shutdown_idle_grace_ms: u64,
     /// How long a replaced generation may keep serving in-flight messages
     /// before their connections are closed.
     pub drain_timeout_ms: u64,
@@ -106,6 +110,7 @@ impl Default for Server {
             proxy_buffer_size: 64 * 1024,
             max_push_backlog: 1 << 20,
             shutdown_timeout_ms: 10_000,
+            shutdown_idle_grace_ms: 1_000,
             drain_timeout_ms: 30_000,
             admin_token: None,
             watch: false,

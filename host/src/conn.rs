@@ -195,6 +195,9 @@ pub struct Conn {
     pub eof: bool,
     /// Close once the output is flushed.
     pub closing: bool,
+    /// A module answered a message flagged as draining: the connection
+    /// closes as soon as it is idle.
+    pub answered_draining: bool,
     /// When the first byte of the current message arrived.
     pub msg_start: Option<Instant>,
     /// Last time the connection finished a message or made write progress.
@@ -223,6 +226,7 @@ impl Conn {
             stage: Stage::Routing,
             eof: false,
             closing: false,
+            answered_draining: false,
             msg_start: None,
             last_activity: now,
         }

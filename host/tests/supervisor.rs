@@ -5,14 +5,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{rss_kib, Server, ServerBuilder, Status, INDEX_HTML};
+use common::{rss_kib, Client, Server, ServerBuilder, Status, INDEX_HTML};
 
 /// `worker pid=<pid> uptime=<N>s` from `STATUS`.
 fn worker_pid(st: &Status) -> u32 {
@@ -76,39 +76,68 @@ struct Load {
     ok: Arc<AtomicU64>,
     connect_errors: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+    told_close: Arc<AtomicU64>,
     handles: Vec<JoinHandle<()>>,
 }
 
 impl Load {
-    fn start(addr: SocketAddr, clients: usize) -> Load {
+    /// `clients` threads asking for `/` back to back: with `keep_alive`, on
+    /// one connection until the server says `Connection: close` (then on a
+    /// new one); otherwise one request per connection.
+    fn start(addr: SocketAddr, clients: usize, keep_alive: bool) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let connect_errors = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
+        let told_close = Arc::new(AtomicU64::new(0));
         let handles = (0..clients)
             .map(|_| {
-                let (stop, ok, ce, failed) = (
+                let (stop, ok, ce, failed, told_close) = (
                     stop.clone(),
                     ok.clone(),
                     connect_errors.clone(),
                     failed.clone(),
+                    told_close.clone(),
                 );
                 thread::spawn(move || {
+                    let request: &[u8] = if keep_alive {
+                        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+                    } else {
+                        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                    };
                     while !stop.load(Ordering::Relaxed) {
-                        let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                        let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
                         else {
                             ce.fetch_add(1, Ordering::Relaxed);
                             continue;
                         };
-                        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                        let mut buf = Vec::new();
-                        let good = c
-                            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                            .is_ok()
-                            && c.read_to_end(&mut buf).is_ok()
-                            && buf.starts_with(b"HTTP/1.1 200")
-                            && buf.ends_with(INDEX_HTML.as_bytes());
-                        if good { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                        stream
+                            .set_read_timeout(Some(Duration::from_secs(10)))
+                            .unwrap();
+                        let mut c = Client::from_stream(stream);
+                        // One connection: requests until it is told to close.
+                        loop {
+                            let resp = match c.stream.write_all(request) {
+                                Ok(()) => c.try_read_response(false).ok(),
+                                Err(_) => None,
+                            };
+                            let Some(r) =
+                                resp.filter(|r| r.status == 200 && r.body == INDEX_HTML.as_bytes())
+                            else {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            };
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            let close = r
+                                .header("connection")
+                                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                            if close && keep_alive {
+                                told_close.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if close || !keep_alive || stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                        }
                     }
                 })
             })
@@ -118,12 +147,14 @@ impl Load {
             ok,
             connect_errors,
             failed,
+            told_close,
             handles,
         }
     }
 
-    /// Stops the clients: (ok, connect errors, failed requests).
-    fn finish(self) -> (u64, u64, u64) {
+    /// Stops the clients: (ok, connect errors, failed requests, responses
+    /// that said `Connection: close` to a keep-alive client).
+    fn finish(self) -> (u64, u64, u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         for h in self.handles {
             h.join().unwrap();
@@ -132,6 +163,7 @@ impl Load {
             self.ok.load(Ordering::Relaxed),
             self.connect_errors.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
+            self.told_close.load(Ordering::Relaxed),
         )
     }
 }
@@ -154,7 +186,7 @@ fn crash_case(path: &str, cause: &str) {
     assert_ne!(old, s.pid(), "STATUS names the leader, not the worker");
     assert_eq!(s.get("/crash/ok").text(), "ok");
 
-    let load = Load::start(s.addr, 2);
+    let load = Load::start(s.addr, 2, false);
     thread::sleep(Duration::from_millis(200));
     let mut c = s.connect();
     c.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
@@ -163,7 +195,7 @@ fn crash_case(path: &str, cause: &str) {
 
     let st = wait_new_worker(&s, old);
     thread::sleep(Duration::from_millis(300));
-    let (ok, connect_errors, failed) = load.finish();
+    let (ok, connect_errors, failed, _) = load.finish();
     assert!(ok > 0, "no request served");
     assert_eq!(connect_errors, 0, "connections refused during the restart");
     assert!(
@@ -311,7 +343,8 @@ fn upgrade_under_load_refuses_nothing_and_reclaims_memory() {
     }
     let grown = rss_kib(first);
 
-    let load = Load::start(s.addr, 8);
+    let load = Load::start(s.addr, 4, false);
+    let keep_alive_load = Load::start(s.addr, 4, true);
     thread::sleep(Duration::from_millis(300));
     let reply = s.admin("UPGRADE");
     let new: u32 = reply
@@ -324,10 +357,17 @@ fn upgrade_under_load_refuses_nothing_and_reclaims_memory() {
     let st = s.status();
     assert_eq!(worker_pid(&st), new, "{}", st.raw);
     assert_eq!(st.expect("http").gen, 1, "{}", st.raw);
-    let (ok, connect_errors, failed) = load.finish();
+    let (ok, connect_errors, failed, _) = load.finish();
     assert!(ok > 0);
     assert_eq!(connect_errors, 0, "connections refused during UPGRADE");
     assert_eq!(failed, 0, "requests failed during UPGRADE");
+    // Keep-alive clients are not cut off mid-request: their next request on
+    // the old worker is answered with `Connection: close`.
+    let (ok, connect_errors, failed, told_close) = keep_alive_load.finish();
+    assert!(ok > 0);
+    assert_eq!(connect_errors, 0, "keep-alive: connections refused");
+    assert_eq!(failed, 0, "keep-alive: requests failed during UPGRADE");
+    assert!(told_close >= 1, "no keep-alive client was told to close");
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while alive(first) && Instant::now() < deadline {
@@ -392,4 +432,46 @@ fn single_mode_has_no_leader() {
     assert_eq!(worker_pid(&st), s.pid());
     assert!(s.admin("UPGRADE").starts_with("ERR "));
     assert_eq!(s.get("/").text(), INDEX_HTML);
+}
+
+#[test]
+fn upgrade_answers_idle_and_silent_connections_before_closing_them() {
+    let s = ServerBuilder::new(&["http"])
+        .tag("upgrade-idle")
+        .server("event_loops = 2")
+        .server("shutdown_idle_grace_ms = 5000")
+        .start();
+    let first = worker_pid(&s.status());
+    // An idle keep-alive connection, and one that has not sent a byte yet.
+    let mut idle = s.connect();
+    idle.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = idle.read_response(false);
+    assert_eq!((r.status, r.header("connection")), (200, None));
+    let mut silent = s.connect();
+    // The old worker holds both (plus this STATUS connection).
+    s.wait_status(Duration::from_secs(5), |st| st.host_field("conns") >= 3);
+
+    let reply = s.admin("UPGRADE");
+    assert!(reply.starts_with("OK upgrading"), "{reply}");
+    thread::sleep(Duration::from_millis(200));
+    assert!(alive(first), "the old worker quit with connections open");
+    for (name, c) in [("idle", &mut idle), ("silent", &mut silent)] {
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = c
+            .try_read_response(false)
+            .unwrap_or_else(|e| panic!("{name} connection: {e}; log:\n{}", s.log()));
+        assert_eq!(r.status, 200, "{name}");
+        assert_eq!(r.body, INDEX_HTML.as_bytes(), "{name}");
+        assert_eq!(r.header("connection"), Some("close"), "{name}");
+        c.expect_closed(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{name} connection not closed: {e}"));
+    }
+    // With nothing left to answer the old worker exits well before the
+    // grace ends.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while alive(first) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(first), "old worker still running");
+    assert_eq!(s.get("/").status, 200);
 }

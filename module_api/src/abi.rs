@@ -380,6 +380,12 @@ pub struct ConnInfo {
     pub local_ip: [u8; 16],
     pub local_port: u16,
     pub local_is_v6: bool,
+    /// `true` once the host is draining (shutdown or `UPGRADE`): the
+    /// connection closes after the message being answered, so a
+    /// request/response protocol should tell its client so (HTTP:
+    /// `Connection: close`) and the client reconnects to the new worker
+    /// instead of racing a close.
+    pub draining: bool,
 }
 
 impl ConnInfo {
@@ -400,6 +406,7 @@ impl ConnInfo {
             local_ip: [0; 16],
             local_port: 0,
             local_is_v6: false,
+            draining: false,
         }
     }
 

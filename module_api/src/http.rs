@@ -313,8 +313,15 @@ pub fn write_simple(
 /// complete request (head and `Content-Length` body), answers 400 for a
 /// malformed one, calls `f` with the request and its body, and writes its
 /// `(status, content type, body)` with keep-alive handled. HEAD requests get
-/// the head only. Chunked request bodies are refused with 411.
-pub fn handle_simple<F>(input: &[u8], out: &mut RVec<u8>, f: F) -> crate::Verdict
+/// the head only. Chunked request bodies are refused with 411. The
+/// connection closes after the answer when the request asks for it or the
+/// host is draining (`conn.draining`).
+pub fn handle_simple<F>(
+    conn: &crate::ConnInfo,
+    input: &[u8],
+    out: &mut RVec<u8>,
+    f: F,
+) -> crate::Verdict
 where
     F: FnOnce(&Request<'_, '_>, &[u8]) -> (u16, &'static str, Vec<u8>),
 {
@@ -368,7 +375,7 @@ where
     if input.len() < total {
         return crate::Verdict::NEED_MORE;
     }
-    let keep = req.keep_alive();
+    let keep = req.keep_alive() && !conn.draining;
     let (status, content_type, body) = f(&req, &input[req.head_len..total]);
     write_simple(out, status, content_type, &body, keep, req.method == "HEAD");
     if keep {
@@ -470,15 +477,31 @@ mod tests {
     #[test]
     fn simple_handler_cycle() {
         let mut out = RVec::new();
+        let mut conn = crate::ConnInfo::new(1, "127.0.0.1:9".parse().unwrap(), false);
         let full = b"POST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\nhiGET";
-        let v = handle_simple(&full[..full.len() - 4], &mut out, |_, _| unreachable!());
+        let v = handle_simple(
+            &conn,
+            &full[..full.len() - 4],
+            &mut out,
+            |_, _| unreachable!(),
+        );
         assert_eq!(v, crate::Verdict::NEED_MORE);
-        let v = handle_simple(full, &mut out, |req, body| {
+        let v = handle_simple(&conn, full, &mut out, |req, body| {
             assert_eq!(req.path(), "/x");
             (200, "text/plain", body.to_vec())
         });
         assert_eq!(v, crate::Verdict::done(full.len() - 3));
         assert!(out.as_slice().ends_with(b"\r\n\r\nhi"));
+        assert!(!String::from_utf8_lossy(&out).contains("Connection: close"));
+
+        // A draining host: the same request is answered and closed.
+        conn.draining = true;
+        out.clear();
+        let v = handle_simple(&conn, full, &mut out, |_, body| {
+            (200, "text/plain", body.to_vec())
+        });
+        assert_eq!(v, crate::Verdict::close(full.len() - 3));
+        assert!(String::from_utf8_lossy(&out).contains("Connection: close\r\n"));
     }
 
     #[test]

@@ -63,12 +63,13 @@
 //! }
 //!
 //! impl Handler for Hello {
-//!     fn on_message(&self, _conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+//!     fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
 //!         let mut headers = http::empty_headers();
 //!         match http::parse_request(input, &mut headers) {
 //!             Ok(http::Parsed::Partial) => Verdict::NEED_MORE,
 //!             Ok(http::Parsed::Complete(req)) => {
-//!                 let keep = req.keep_alive();
+//!                 // A draining host closes the connection after this answer.
+//!                 let keep = req.keep_alive() && !conn.draining;
 //!                 http::write_simple(out, 200, "text/plain", self.greeting.as_bytes(), keep, false);
 //!                 if keep { Verdict::done(req.head_len) } else { Verdict::close(req.head_len) }
 //!             }

@@ -1245,7 +1245,7 @@ impl<S> Router<S> {
             }
         };
         let resp = self.dispatch(state, &mut req);
-        let keep = req.keep_alive();
+        let keep = req.keep_alive() && !conn.draining;
         resp.write(out, keep, req.is_http10(), req.method == "HEAD");
         if log::log_enabled!(target: "access", log::Level::Info) {
             log::info!(

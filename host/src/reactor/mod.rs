@@ -96,6 +96,9 @@ pub struct EventLoop {
     now: Instant,
     last_sweep: Instant,
     last_refusal_log: Option<Instant>,
+    /// Draining: when idle connections stop waiting for one more message.
+    idle_close_at: Instant,
+    idle_grace_over: bool,
 }
 
 /// What processing decided about the connection.
@@ -132,6 +135,8 @@ impl EventLoop {
             now,
             last_sweep: now,
             last_refusal_log: None,
+            idle_close_at: now,
+            idle_grace_over: false,
         })
     }
 
@@ -181,6 +186,10 @@ impl EventLoop {
                     self.begin_shutdown();
                     self.now + Duration::from_millis(self.shared.cfg.shutdown_timeout_ms)
                 });
+                if !self.idle_grace_over && self.now >= self.idle_close_at {
+                    self.idle_grace_over = true;
+                    self.close_idle();
+                }
                 if self.conns.is_empty() {
                     return;
                 }
@@ -200,21 +209,47 @@ impl EventLoop {
         }
     }
 
+    /// Stops accepting and marks every connection as draining. Closing the
+    /// idle ones at once would race their clients: a keep-alive client may
+    /// be sending its next request right now, and a connection accepted a
+    /// moment ago has not sent its first one yet. So each idle connection
+    /// gets `shutdown_idle_grace_ms` for one more message, answered with
+    /// the draining flag (HTTP: `Connection: close`), and then closes.
     fn begin_shutdown(&mut self) {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        let grace = Duration::from_millis(self.shared.cfg.shutdown_idle_grace_ms);
+        self.idle_close_at = self.now + grace;
+        let mut idle = Vec::new();
+        for (k, c) in self.conns.iter_mut() {
+            c.info.draining = true;
+            if c.idle() {
+                idle.push(k);
+            }
+        }
+        // A request already in the socket buffer (its event not seen yet)
+        // is answered now.
+        for k in idle {
+            self.drive(k);
+        }
+        if grace.is_zero() {
+            self.idle_grace_over = true;
+            self.close_idle();
+        }
+    }
+
+    /// Closes every connection with nothing in flight (end of the idle
+    /// grace while draining).
+    fn close_idle(&mut self) {
         let idle: Vec<usize> = self
             .conns
             .iter()
             .filter(|(_, c)| c.idle())
             .map(|(k, _)| k)
             .collect();
-        // Drive rather than close: a request that is already in the socket
-        // buffer (its event not seen yet) is answered first; a connection
-        // with nothing to read closes as idle.
         for k in idle {
-            self.drive(k);
+            self.close(k, "shutdown");
         }
     }
 
@@ -428,7 +463,6 @@ impl EventLoop {
                 break;
             }
         }
-        let shutting_down = self.shared.shutting_down.load(Ordering::Relaxed);
         let conn = &mut self.conns[key];
         if conn.pending_output() {
             return;
@@ -440,7 +474,9 @@ impl EventLoop {
             if conn.eof {
                 return self.close(key, "peer closed");
             }
-            if shutting_down {
+            // Draining: it closes once it has answered a message since
+            // (or when the idle grace ends, in `run`).
+            if conn.info.draining && (conn.answered_draining || self.idle_grace_over) {
                 return self.close(key, "shutdown");
             }
             let wbuf = std::mem::replace(&mut conn.wbuf, RVec::new());
@@ -556,6 +592,9 @@ impl EventLoop {
                     // An incomplete message waits for more bytes from the
                     // socket; asking again now would spin.
                     let wait = verdict.action == Action::NeedMore;
+                    // Told that the connection drains: it may close once
+                    // this answer is out.
+                    conn.answered_draining |= conn.info.draining && !wait;
                     match self.apply(key, &g, verdict, before) {
                         Next::Keep if wait => return Ok(progress),
                         Next::Keep => {}

@@ -46,7 +46,7 @@ pub fn handle(http: &Http, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) ->
         Err(status) => return refuse(conn, Some(&req), status, input.len(), out),
     };
     let (consumed, keep_alive) = match body {
-        Some(n) => (req.head_len + n, req.keep_alive()),
+        Some(n) => (req.head_len + n, req.keep_alive() && !conn.draining),
         // The client holds the body back until "100 Continue": answer
         // now instead and close, as the body may or may not follow.
         None if expects_continue(&req) => (input.len(), false),

@@ -284,7 +284,7 @@ pub fn serve(rpc: &Rpc, conn: u64, http: bool, payload: &[u8], out: &mut RVec<u8
     }
     let mut reply = RVec::new();
     let v = if http {
-        post::on_deferred(rpc, conn, payload, &mut reply)
+        post::on_deferred(rpc, conn, false, payload, &mut reply)
     } else {
         raw::on_deferred(rpc, conn, payload, &mut reply)
     };

@@ -411,12 +411,19 @@ impl Rpc {
             return Verdict::done(input.len());
         }
         let http = input.starts_with(b"POST ");
-        self.deferred(0, http, input, out)
+        self.deferred(0, false, http, input, out)
     }
 
     /// A deferred message: handled here while live (the gate held, so a
     /// handover waits for it), forwarded to the successor once frozen.
-    fn deferred(&self, conn: u64, http: bool, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+    fn deferred(
+        &self,
+        conn: u64,
+        draining: bool,
+        http: bool,
+        input: &[u8],
+        out: &mut RVec<u8>,
+    ) -> Verdict {
         if conn != 0 && self.core.conns.has_pending(conn) {
             // Replies to lines this generation handed to its writer.
             return raw::on_deferred(self, conn, input, out);
@@ -427,7 +434,7 @@ impl Rpc {
             match *gate {
                 Mode::Live => {
                     return if http {
-                        post::on_deferred(self, conn, input, out)
+                        post::on_deferred(self, conn, draining, input, out)
                     } else {
                         raw::on_deferred(self, conn, input, out)
                     };
@@ -468,7 +475,7 @@ impl Handler for Rpc {
             // Frozen (or freezing): the pool forwards the message — one
             // HTTP request at a time, so a pipelined one is not taken along.
             _ if http && !continuing => {
-                return match post::frame(self, input, out) {
+                return match post::frame(self, input, conn.draining, out) {
                     post::Framed::Body { total, .. } => Verdict::defer(total),
                     post::Framed::NeedMore => Verdict::defer(input.len()),
                     post::Framed::Answered(v) => v,
@@ -477,7 +484,7 @@ impl Handler for Rpc {
             _ => return Verdict::defer(input.len()),
         };
         let v = if http {
-            post::on_message(self, conn.id, continuing, input, out)
+            post::on_message(self, conn.id, conn.draining, continuing, input, out)
         } else {
             raw::on_message(self, conn.id, input, out)
         };
@@ -490,7 +497,7 @@ impl Handler for Rpc {
             return self.on_call_deferred(input, out);
         }
         let (http, _) = self.transport(conn.id, input);
-        self.deferred(conn.id, http, input, out)
+        self.deferred(conn.id, conn.draining, http, input, out)
     }
 
     fn on_close(&self, conn: &ConnInfo) {

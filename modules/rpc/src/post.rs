@@ -44,8 +44,9 @@ fn fail(out: &mut RVec<u8>, status: u16, text: &str, consumed: usize) -> Framed<
     Framed::Answered(Verdict::close(consumed))
 }
 
-/// Reads one request from `input`.
-pub fn frame<'a>(rpc: &Rpc, input: &'a [u8], out: &mut RVec<u8>) -> Framed<'a> {
+/// Reads one request from `input`. `draining`: the host is shutting down,
+/// so the answer says `Connection: close`.
+pub fn frame<'a>(rpc: &Rpc, input: &'a [u8], draining: bool, out: &mut RVec<u8>) -> Framed<'a> {
     let mut headers = http::empty_headers();
     let req = match http::parse_request(input, &mut headers) {
         Ok(Parsed::Partial) if input.len() > MAX_HEAD => {
@@ -76,7 +77,7 @@ pub fn frame<'a>(rpc: &Rpc, input: &'a [u8], out: &mut RVec<u8>) -> Framed<'a> {
         let mime = v.split(';').next().unwrap_or("").trim().to_string();
         mime == "application/json" || mime == "application/json-rpc" || mime.is_empty()
     });
-    let keep = req.keep_alive();
+    let keep = req.keep_alive() && !draining;
     if !json {
         plain(out, 415, "use Content-Type: application/json\n", keep);
         return Framed::Answered(done(total, keep));
@@ -117,6 +118,7 @@ fn respond(out: &mut RVec<u8>, reply: &[u8], total: usize, keep: bool) -> Verdic
 pub fn on_message(
     rpc: &Rpc,
     conn: u64,
+    draining: bool,
     continuing: bool,
     input: &[u8],
     out: &mut RVec<u8>,
@@ -124,7 +126,7 @@ pub fn on_message(
     if continuing {
         return Verdict::defer(input.len());
     }
-    let (body, total, keep) = match frame(rpc, input, out) {
+    let (body, total, keep) = match frame(rpc, input, draining, out) {
         Framed::NeedMore => {
             keep_start(rpc, conn, input.to_vec());
             return Verdict::keep(input.len()).watch_close();
@@ -156,7 +158,13 @@ pub fn on_message(
 /// Handles requests on a pool thread, waiting for the commit of writes:
 /// the kept start of a request (if any) joined with `input`, then every
 /// complete request in it, in order. `conn` is 0 for an in-process call.
-pub fn on_deferred(rpc: &Rpc, conn: u64, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+pub fn on_deferred(
+    rpc: &Rpc,
+    conn: u64,
+    draining: bool,
+    input: &[u8],
+    out: &mut RVec<u8>,
+) -> Verdict {
     let core = &*rpc.core;
     let kept = if conn == 0 {
         Vec::new()
@@ -179,7 +187,7 @@ pub fn on_deferred(rpc: &Rpc, conn: u64, input: &[u8], out: &mut RVec<u8>) -> Ve
     };
     let mut pos = 0;
     while pos < data.len() {
-        let (body, total, keep) = match frame(rpc, &data[pos..], out) {
+        let (body, total, keep) = match frame(rpc, &data[pos..], draining, out) {
             Framed::NeedMore if conn == 0 => return fail_verdict(out, input.len()),
             Framed::NeedMore => {
                 keep_start(rpc, conn, data[pos..].to_vec());
