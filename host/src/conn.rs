@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use abi_stable::std_types::RVec;
 use mio::net::TcpStream;
-use module_api::abi::SharedBody;
+use module_api::abi::{FileBody, SharedBody};
 use module_api::ConnInfo;
 
 use crate::registry::Generation;
@@ -125,16 +125,29 @@ impl ReadBuf {
     }
 }
 
-/// A file range still to be sent after the write buffer.
+/// A file range still to be sent after the write buffer. Dropping it
+/// closes the descriptor or hands it back to the module that lent it.
 pub struct PendingFile {
-    pub fd: i32,
+    pub file: FileBody,
     pub offset: u64,
     pub remaining: u64,
 }
 
-/// `pread(2)` for the TLS path, where `sendfile` cannot be used.
-fn read_at(fd: i32, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for its length; the host owns `fd`.
+impl PendingFile {
+    pub fn new(file: FileBody) -> PendingFile {
+        let (offset, remaining) = (file.offset, file.len);
+        PendingFile {
+            file,
+            offset,
+            remaining,
+        }
+    }
+}
+
+/// `pread(2)`: the TLS path and in-process calls, where `sendfile` cannot
+/// be used.
+pub fn read_at(fd: i32, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for its length; the caller keeps `fd` open.
     let n = unsafe {
         libc::pread(
             fd,
@@ -147,12 +160,6 @@ fn read_at(fd: i32, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         Err(io::Error::last_os_error())
     } else {
         Ok(n as usize)
-    }
-}
-
-impl Drop for PendingFile {
-    fn drop(&mut self) {
-        sys::close_fd(self.fd);
     }
 }
 
@@ -195,6 +202,11 @@ pub struct Conn {
     pub eof: bool,
     /// Close once the output is flushed.
     pub closing: bool,
+    /// The socket may have bytes to read: set by every readable event,
+    /// cleared when a read finds it empty (plain TCP only).
+    pub read_ready: bool,
+    /// An event said the peer closed its side: read until EOF.
+    pub peer_closing: bool,
     /// A module answered a message flagged as draining: the connection
     /// closes as soon as it is idle.
     pub answered_draining: bool,
@@ -226,6 +238,8 @@ impl Conn {
             stage: Stage::Routing,
             eof: false,
             closing: false,
+            read_ready: true,
+            peer_closing: false,
             answered_draining: false,
             msg_start: None,
             last_activity: now,
@@ -285,6 +299,9 @@ impl Conn {
         if self.tls.is_some() {
             return self.read_tls(max);
         }
+        if !self.read_ready {
+            return Ok(ReadResult::Read(0));
+        }
         let mut total = 0;
         loop {
             if !self.rbuf.make_room(max) {
@@ -295,6 +312,7 @@ impl Conn {
                 });
             }
             let end = self.rbuf.end;
+            let room = self.rbuf.data.len() - end;
             match self.sock.read(&mut self.rbuf.data[end..]) {
                 Ok(0) => {
                     self.eof = true;
@@ -303,9 +321,18 @@ impl Conn {
                 Ok(n) => {
                     self.rbuf.end += n;
                     total += n;
+                    // A short read emptied the socket: the next read would
+                    // only say `WouldBlock`, and new bytes bring a new
+                    // (edge-triggered) event. Not when the peer's FIN was
+                    // signalled, which must still be read as EOF.
+                    if n < room && !self.peer_closing {
+                        self.read_ready = false;
+                        return Ok(ReadResult::Read(total));
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(ReadResult::Read(total))
+                    self.read_ready = false;
+                    return Ok(ReadResult::Read(total));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -405,7 +432,7 @@ impl Conn {
             } else if let Some(f) = &mut self.file {
                 let want = (f.remaining as usize).min(scratch.len());
                 if want > 0 {
-                    let n = read_at(f.fd, &mut scratch[..want], f.offset)?;
+                    let n = read_at(f.file.fd, &mut scratch[..want], f.offset)?;
                     if n == 0 {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -465,7 +492,9 @@ impl Conn {
             if head.is_empty() && body.is_empty() {
                 break;
             }
-            let result = if body.is_empty() {
+            let result = if body.is_empty() && self.file.is_some() {
+                sys::send_more(self.sock.as_raw_fd(), head)
+            } else if body.is_empty() {
                 self.sock.write(head)
             } else {
                 self.sock
@@ -493,7 +522,7 @@ impl Conn {
         if let Some(f) = &mut self.file {
             let sock = self.sock.as_raw_fd();
             while f.remaining > 0 {
-                match sys::sendfile(sock, f.fd, &mut f.offset, f.remaining) {
+                match sys::sendfile(sock, f.file.fd, &mut f.offset, f.remaining) {
                     Ok(0) => {
                         // The file shrank under us: the response is now
                         // short, so the connection cannot be reused.

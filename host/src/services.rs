@@ -83,7 +83,12 @@ impl Services {
         if v.body.is_some() {
             out.extend_from_copy_slice(v.body.bytes());
         }
-        crate::sys::close_fd(v.file.fd);
+        if v.file.is_some() {
+            if let Err(e) = read_file_body(&v.file, out) {
+                log::error!("call to {name}: reading its file body failed: {e}");
+                return CallStatus::Fault;
+            }
+        }
         match v.action {
             Action::NeedMore => CallStatus::Incomplete,
             _ => {
@@ -94,4 +99,25 @@ impl Services {
             }
         }
     }
+}
+
+/// Appends a module's file body to `out` (an in-process caller gets the
+/// whole answer in memory).
+fn read_file_body(file: &module_api::FileBody, out: &mut RVec<u8>) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut offset, mut left) = (file.offset, file.len);
+    while left > 0 {
+        let want = (left as usize).min(buf.len());
+        let n = crate::conn::read_at(file.fd, &mut buf[..want], offset)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file truncated",
+            ));
+        }
+        out.extend_from_copy_slice(&buf[..n]);
+        offset += n as u64;
+        left -= n as u64;
+    }
+    Ok(())
 }

@@ -244,6 +244,64 @@ fn cached_medium_file_is_shared_byte_exact() {
 }
 
 #[test]
+fn file_descriptors_are_not_leaked_or_closed_early() {
+    // A cached 64 KiB file goes out with sendfile from the cache's own
+    // descriptor; a 3 MiB file from one opened per response and closed
+    // after it. Many responses, some cut off mid-body, then the count of
+    // descriptors on each file, and the bytes once more.
+    let s = http_server();
+    let medium = pseudo_random(64 * 1024, 11);
+    let big = pseudo_random(3 * 1024 * 1024, 12);
+    s.write_site("medium.bin", &medium);
+    s.write_site("big.bin", &big);
+    for round in 0..20 {
+        let mut c = s.connect();
+        c.send(
+            b"GET /medium.bin HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /medium.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=20000-\r\n\r\n",
+        );
+        let r = c.read_response(false);
+        assert!(r.body == medium, "round {round}: medium body differs");
+        let r = c.read_response(false);
+        assert!(r.body == big, "round {round}: big body differs");
+        let r = c.read_response(false);
+        assert!(
+            r.body[..] == medium[20000..],
+            "round {round}: range differs"
+        );
+        // Asked for both, read nothing: the server gives up on the send.
+        let mut cut = s.connect();
+        cut.send(
+            b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\nGET /medium.bin HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        drop(cut);
+    }
+    let mut medium_fds = usize::MAX;
+    let mut big_fds = usize::MAX;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        medium_fds = common::open_descriptors(s.pid(), "medium.bin");
+        big_fds = common::open_descriptors(s.pid(), "big.bin");
+        if medium_fds <= 1 && big_fds == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        medium_fds <= 1,
+        "{medium_fds} descriptors on the cached file"
+    );
+    assert_eq!(big_fds, 0, "descriptors on the large file left open");
+    let r = s.get("/medium.bin");
+    assert!(r.body == medium, "cached body differs at the end");
+    assert!(
+        s.get("/big.bin").body == big,
+        "large body differs at the end"
+    );
+}
+
+#[test]
 fn changed_file_is_served_fresh() {
     let s = http_server();
     s.write_site("changing.txt", "version one\n");

@@ -604,41 +604,12 @@ fn concurrent_posts_while_reloading() {
         st.expect("webapp").field("draining") == Some("0")
     });
     assert_eq!(st.expect("webapp").field("draining"), Some("0"));
-    let open: usize = process_tree(s.pid())
-        .iter()
-        .filter_map(|pid| fs::read_dir(format!("/proc/{pid}/fd")).ok())
-        .flatten()
-        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
-        .filter(|target| target.to_string_lossy().contains("messages.db"))
-        .count();
+    let open = common::open_descriptors(s.pid(), "messages.db");
     assert!(open >= 1, "the database is not open at all?");
     assert!(
         open <= 2 * 8 + 1,
         "{open} descriptors on the database after 10 reloads"
     );
-}
-
-/// `pid` and its descendants (modules may run in a worker process).
-fn process_tree(pid: u32) -> Vec<u32> {
-    let mut all = vec![pid];
-    let mut i = 0;
-    while i < all.len() {
-        let p = all[i];
-        for task in fs::read_dir(format!("/proc/{p}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let children = fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            all.extend(
-                children
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok()),
-            );
-        }
-        i += 1;
-    }
-    all
 }
 
 /// Headless Chromium renders the board (tests/browser/webapp.sh); skipped

@@ -158,10 +158,12 @@ pub struct ProxyEvent {
 }
 
 /// A byte range of an open file that the host sends after `out` (with
-/// `sendfile(2)` where the platform has it). The host takes ownership of
-/// `fd` and closes it.
+/// `sendfile(2)` where the platform has it). Either the body owns `fd` and
+/// closes it when dropped ([`FileBody::owned`]), or the module keeps the
+/// descriptor open in a shared owner and the host calls `release(owner)`
+/// once it is done ([`FileBody::from_arc`]: no `dup`/`close` per response).
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(StableAbi, Debug)]
 pub struct FileBody {
     /// Open file descriptor, or -1 for none.
     pub fd: i32,
@@ -169,7 +171,16 @@ pub struct FileBody {
     pub offset: u64,
     /// Number of bytes to send.
     pub len: u64,
+    /// Passed to `release`.
+    pub owner: *const u8,
+    /// Frees `owner` (which keeps `fd` open); `None` when the body owns
+    /// `fd` itself.
+    pub release: Option<extern "C" fn(owner: *const u8)>,
 }
+
+// SAFETY: `from_arc` only accepts owners that are `Send + Sync`; an owned
+// descriptor may be closed from any thread.
+unsafe impl Send for FileBody {}
 
 impl FileBody {
     /// No file.
@@ -177,7 +188,73 @@ impl FileBody {
         fd: -1,
         offset: 0,
         len: 0,
+        owner: std::ptr::null(),
+        release: None,
     };
+
+    /// Sends `len` bytes from `offset` of `file`, which the body now owns.
+    #[cfg(unix)]
+    pub fn owned(file: std::fs::File, offset: u64, len: u64) -> FileBody {
+        use std::os::fd::IntoRawFd;
+        FileBody {
+            fd: file.into_raw_fd(),
+            offset,
+            len,
+            owner: std::ptr::null(),
+            release: None,
+        }
+    }
+
+    /// Sends `len` bytes from `offset` of the file `owner` keeps open; the
+    /// `Arc` is released when the host has sent them.
+    #[cfg(unix)]
+    pub fn from_arc<T>(owner: std::sync::Arc<T>, offset: u64, len: u64) -> FileBody
+    where
+        T: std::os::fd::AsFd + Send + Sync + 'static,
+    {
+        use std::os::fd::AsRawFd;
+        extern "C" fn release<T>(owner: *const u8) {
+            // SAFETY: `owner` came from `Arc::into_raw` below and is
+            // released exactly once, by `Drop`.
+            unsafe { drop(std::sync::Arc::from_raw(owner as *const T)) }
+        }
+        let fd = owner.as_fd().as_raw_fd();
+        FileBody {
+            fd,
+            offset,
+            len,
+            owner: std::sync::Arc::into_raw(owner) as *const u8,
+            release: Some(release::<T>),
+        }
+    }
+
+    /// Whether there is a file to send.
+    pub fn is_some(&self) -> bool {
+        self.fd >= 0
+    }
+}
+
+/// Two file bodies are equal when they send the same range of the same
+/// descriptor.
+impl PartialEq for FileBody {
+    fn eq(&self, other: &FileBody) -> bool {
+        (self.fd, self.offset, self.len) == (other.fd, other.offset, other.len)
+    }
+}
+
+impl Eq for FileBody {}
+
+impl Drop for FileBody {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release(self.owner);
+        } else if self.fd >= 0 {
+            #[cfg(unix)]
+            // SAFETY: without an owner the body owns `fd` (see `owned`).
+            drop(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(self.fd) });
+        }
+        self.fd = -1;
+    }
 }
 
 /// Bytes owned by the module that the host sends after `out` without

@@ -169,7 +169,19 @@ impl EventLoop {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
-                    Token(key) => self.drive(key & !UPSTREAM),
+                    Token(key) => {
+                        if key & UPSTREAM == 0 {
+                            if let Some(c) = self.conns.get_mut(key) {
+                                if event.is_readable() || event.is_error() {
+                                    c.read_ready = true;
+                                }
+                                if event.is_read_closed() || event.is_error() {
+                                    c.peer_closing = true;
+                                }
+                            }
+                        }
+                        self.drive(key & !UPSTREAM)
+                    }
                 }
             }
             for key in std::mem::take(&mut self.again) {
@@ -907,12 +919,8 @@ fn finish_message(conn: &mut Conn, g: &Arc<Generation>, v: Verdict, now: Instant
         conn.body = Some(v.body);
         conn.body_pos = 0;
     }
-    if v.file.fd >= 0 {
-        conn.file = Some(PendingFile {
-            fd: v.file.fd,
-            offset: v.file.offset,
-            remaining: v.file.len,
-        });
+    if v.file.is_some() {
+        conn.file = Some(PendingFile::new(v.file));
     }
     match v.action {
         Action::Close => conn.closing = true,

@@ -66,8 +66,8 @@ pub struct Entry {
     /// The file's bytes when it is small enough to keep in memory.
     pub body: Option<Box<[u8]>>,
     /// The open file behind a larger cached body: the host sends from it
-    /// with `sendfile` (a duplicate descriptor per response).
-    pub open: Option<std::fs::File>,
+    /// with `sendfile`, borrowing the descriptor for each response.
+    pub open: Option<std::sync::Arc<std::fs::File>>,
     checked: AtomicU64,
     used: AtomicBool,
 }

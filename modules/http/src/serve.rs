@@ -2,7 +2,6 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::IntoRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -153,17 +152,10 @@ fn respond(
     if let Some(body) = &entry.body {
         // `start + count <= len == body.len()`: both come from the entry.
         let range = start as usize..(start + count) as usize;
-        let dup = match &entry.open {
-            Some(f) if count >= SHARE_ABOVE => f.try_clone().ok(),
-            _ => None,
-        };
-        if let Some(dup) = dup {
+        let open = entry.open.as_ref().filter(|_| count >= SHARE_ABOVE);
+        if let Some(open) = open {
             // Large bodies: the kernel sends them from the page cache.
-            sent.file = FileBody {
-                fd: dup.into_raw_fd(),
-                offset: start,
-                len: count,
-            };
+            sent.file = FileBody::from_arc(Arc::clone(open), start, count);
         } else if count >= SHARE_ABOVE {
             // Large bodies go out straight from the cache, with no copy.
             sent.body = SharedBody::from_arc(entry.clone(), range);
@@ -171,11 +163,7 @@ fn respond(
             out.extend_from_copy_slice(&body[range]);
         }
     } else if let Some(file) = file {
-        sent.file = FileBody {
-            fd: file.into_raw_fd(),
-            offset: start,
-            len: count,
-        };
+        sent.file = FileBody::owned(file, start, count);
     }
     Some(sent)
 }
@@ -226,7 +214,7 @@ fn load(http: &Http, key: &[u8], found: Found) -> Result<Lookup, Missing> {
     if body.len() as u64 == stamp.len {
         let mut entry = Entry::new(path, stamp, Some(body.into()));
         if stamp.len >= SHARE_ABOVE {
-            entry.open = Some(file);
+            entry.open = Some(Arc::new(file));
         }
         let entry = Arc::new(entry);
         http.cache.insert(key, Arc::clone(&entry));
