@@ -485,6 +485,9 @@ fn work(rx: Receiver<Task>) {
         state.record.lock().last_start = Some(Timestamp::now());
         let t0 = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
+            // Jobs may run long: a crash is pinned on the module, a long
+            // run is not a hang.
+            let _busy = crate::worker_link::enter_unwatched(gen.slot_id);
             gen.module.run_job(RStr::from_str(&job))
         }));
         let result = match outcome {

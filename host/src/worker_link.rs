@@ -440,6 +440,20 @@ pub fn enter(id: u32) -> Busy {
     }
 }
 
+/// Like [`enter`], for module code that may legitimately run long (a
+/// scheduled job, a generation's `stop`): a crash in it is attributed to
+/// the module, but the leader's hang check leaves it alone.
+pub fn enter_unwatched(id: u32) -> Busy {
+    let busy = enter(id);
+    if let Some(slot) = busy.slot {
+        if busy.prev.0 == 0 {
+            // `busy()` skips slots without a start time.
+            slot.since_ms.store(0, Ordering::Release);
+        }
+    }
+    busy
+}
+
 impl Drop for Busy {
     #[inline]
     fn drop(&mut self) {

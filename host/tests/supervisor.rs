@@ -232,6 +232,28 @@ fn abort_in_a_module_restarts_the_worker() {
 }
 
 #[test]
+fn a_job_that_crashes_is_pinned_on_its_module_and_a_slow_one_is_no_hang() {
+    let s = crash_server("job-crash");
+    let old = worker_pid(&s.status());
+    // 2 s in a job is past hang_kill_ms (1.5 s): jobs may run long, so
+    // this is not a hang.
+    assert_eq!(s.admin("RUN fx_crash slow"), "OK fx_crash/slow slept 2 s\n");
+    assert_eq!(worker_pid(&s.status()), old, "log:\n{}", s.log());
+
+    let mut c = s.connect();
+    c.send(b"RUN fx_crash segv\n");
+    assert!(c.try_read_line().is_err(), "the crashing job was answered");
+    let st = wait_new_worker(&s, old);
+    let fault = line(&st, "fault ").unwrap_or_else(|| panic!("no fault line:\n{}", st.raw));
+    assert!(
+        fault.contains(&format!("pid={old} ")) && fault.contains("cause=SIGSEGV "),
+        "{fault}"
+    );
+    assert!(fault.contains("module=fx_crash "), "{fault}");
+    assert_eq!(s.get("/crash/ok").text(), "ok");
+}
+
+#[test]
 fn hung_module_call_gets_the_worker_replaced() {
     let s = crash_server("hang");
     let old = worker_pid(&s.status());

@@ -340,7 +340,9 @@ impl EventLoop {
         let told = match std::mem::replace(&mut conn.stage, Stage::Routing) {
             Stage::Module(g) | Stage::Deferred(g) => {
                 g.stats.conns.fetch_sub(1, Ordering::Relaxed);
+                let busy = crate::worker_link::enter(g.slot_id);
                 g.module.on_close(&conn.info);
+                drop(busy);
                 Some(g.name.clone())
             }
             Stage::Proxy(mut session) => {
@@ -348,11 +350,13 @@ impl EventLoop {
                 let g = session.gen.clone();
                 g.stats.conns.fetch_sub(1, Ordering::Relaxed);
                 let mut out = RVec::new();
+                let busy = crate::worker_link::enter(g.slot_id);
                 let _ = g.module.proxy_event(
                     &conn.info,
                     proxy_event(ProxyEventKind::Closed, &session),
                     &mut out,
                 );
+                drop(busy);
                 log::debug!(
                     "conn {}: proxy to {} closed ({why}): {} bytes up, {} down",
                     conn.info.id,
@@ -367,6 +371,7 @@ impl EventLoop {
         for name in &conn.watchers {
             if told.as_ref() != Some(name) {
                 if let Ok(g) = self.shared.registry.current(name) {
+                    let _busy = crate::worker_link::enter(g.slot_id);
                     g.module.on_close(&conn.info);
                 }
             }

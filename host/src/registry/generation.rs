@@ -112,7 +112,9 @@ impl Generation {
 impl Drop for Generation {
     fn drop(&mut self) {
         log::info!("{} gen={} stopped", self.name, self.gen);
+        let busy = crate::worker_link::enter_unwatched(self.slot_id);
         self.module.stop();
+        drop(busy);
         self.stats.retained.fetch_add(1, Ordering::Relaxed);
         self.stats
             .retained_bytes

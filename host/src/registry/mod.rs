@@ -411,7 +411,10 @@ impl Registry {
         if c.reload == ReloadMode::Exclusive || old.reload == ReloadMode::Exclusive {
             return self.replace_exclusive(state, name, file, c, old);
         }
-        let saved = old.module.save_state();
+        let saved = {
+            let _busy = crate::worker_link::enter_unwatched(old.slot_id);
+            old.module.save_state()
+        };
         drop(old);
         match self.launch(state, &c, &saved) {
             Ok(g) => self.install(state, file, g),
@@ -446,7 +449,10 @@ impl Registry {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        let saved = old.module.save_state();
+        let saved = {
+            let _busy = crate::worker_link::enter_unwatched(old.slot_id);
+            old.module.save_state()
+        };
         let previous = Candidate::of(&old);
         let slot = state
             .modules
