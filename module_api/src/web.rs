@@ -1586,6 +1586,16 @@ Content-Length: 13\r\n\r\n{\"n\": [1, 2]}";
         let v = inline.on_message(&7, &conn(), full, &mut out);
         assert_eq!(v, Verdict::done(full.len() - 8));
         assert!(text(out).starts_with("HTTP/1.1 200 OK"));
+
+        // A draining host: the answer is the connection's last.
+        let mut draining = conn();
+        draining.draining = true;
+        let mut out = RVec::new();
+        let v = inline.on_message(&7, &draining, full, &mut out);
+        assert_eq!(v, Verdict::close(full.len() - 8));
+        let s = text(out);
+        assert!(s.starts_with("HTTP/1.1 200 OK"), "{s}");
+        assert!(s.contains("Connection: close\r\n"), "{s}");
     }
 
     #[test]

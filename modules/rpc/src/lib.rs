@@ -672,6 +672,36 @@ pub(crate) mod testing {
         b.stop();
     }
 
+    #[test]
+    fn http_answers_close_the_connection_while_the_host_drains() {
+        let dir = crate::testdir::TestDir::new("draining");
+        let rpc = Rpc::start(&serde_json::json!({}), dir.path(), b"", &NullHost).unwrap();
+        let body = br#"{"jsonrpc":"2.0","method":"sys.ping","id":1}"#;
+        let req = format!(
+            "POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+            body.len(),
+            std::str::from_utf8(body).unwrap()
+        );
+        let mut info = ConnInfo::new(9, "127.0.0.1:1".parse().unwrap(), false);
+        for draining in [false, true] {
+            info.draining = draining;
+            let mut out = RVec::new();
+            let v = rpc.on_message(&info, req.as_bytes(), &mut out);
+            let text = String::from_utf8_lossy(&out).into_owned();
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            assert!(text.contains(r#""result":"pong""#), "{text}");
+            assert_eq!(text.contains("Connection: close\r\n"), draining, "{text}");
+            let want = if draining {
+                module_api::Action::Close
+            } else {
+                module_api::Action::Done
+            };
+            assert_eq!(v.action, want);
+            rpc.on_close(&info);
+        }
+        rpc.stop();
+    }
+
     pub fn core() -> (Arc<Core>, crate::testdir::TestDir) {
         core_with(serde_json::json!({}))
     }
