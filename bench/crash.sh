@@ -13,27 +13,21 @@
 # Environment: BENCH_CRASHES (10), BENCH_CONNECTIONS (100), BENCH_THREADS
 # (2), BENCH_WINDOW (2 seconds of wrk per crash).
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_init bench-crash crash
 
-cd "$(dirname "$0")/.."
-repo="$PWD"
-out="$repo/bench/out/crash"
 crashes="${BENCH_CRASHES:-10}"
 connections="${BENCH_CONNECTIONS:-100}"
 threads="${BENCH_THREADS:-2}"
 window="${BENCH_WINDOW:-2}"
 
-log() { printf 'bench-crash: %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
-
 command -v wrk >/dev/null 2>&1 || die "wrk is missing (apt-get install wrk)"
 command -v python3 >/dev/null 2>&1 || die "python3 is missing"
-[[ -x target/release/switchyard && -f modules/http.so ]] || die "run 'make build' first"
 
-rm -rf "$out"
-mkdir -p "$out/site/bench" "$out/modules" "$out/data"
-cp modules/http.so "$out/modules/"
+switchyard_dir "$out" http
+mkdir -p "$out/site/bench"
 head -c 1024 /dev/zero | tr '\0' 'x' > "$out/site/bench/small.html"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$out/switchyard.toml" <<TOML
 [server]
 threads = $threads
@@ -43,13 +37,9 @@ event_loops = $threads
 root = "$out/site"
 TOML
 
-RUST_LOG=warn target/release/switchyard -port "$port" --bind 127.0.0.1 \
-    --modules "$out/modules" --data-dir "$out/data" --config "$out/switchyard.toml" \
-    >"$out/stdout.log" 2>"$out/stderr.log" &
-leader=$!
-trap 'kill $leader 2>/dev/null || true; wait $leader 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q '^listening on' "$out/stdout.log" && break; sleep 0.1; done
-grep -q '^listening on' "$out/stdout.log" || die "switchyard did not start; see $out/stderr.log"
+start_switchyard "$out"
+leader=$sy_pid
+port="${sy_addr##*:}"
 log "leader pid=$leader on 127.0.0.1:$port; $crashes crashes under wrk -c $connections"
 
 # crash_once: prints "<old pid> <new pid> <recovery ms>".
@@ -92,13 +82,13 @@ for i in $(seq "$crashes"); do
     wrk -t "$threads" -c "$connections" -d "${window}s" "http://127.0.0.1:$port/bench/small.html" \
         >"$out/wrk-$i.txt" 2>&1 &
     wrk_pid=$!
+    track "$wrk_pid"
     sleep 0.5
     read -r old new ms < <(crash_once)
     wait "$wrk_pid"
-    socket_errs=$(awk '/Socket errors/ { n=0; for (i=1;i<=NF;i++) if ($i ~ /^[0-9]+,?$/) { gsub(",","",$i); n+=$i }; print n }' "$out/wrk-$i.txt")
-    non2xx=$(awk '/Non-2xx/ { print $NF }' "$out/wrk-$i.txt")
-    reqs=$(awk '/requests in/ { print $1 }' "$out/wrk-$i.txt")
-    errs=$(( ${socket_errs:-0} + ${non2xx:-0} ))
+    untrack "$wrk_pid"
+    reqs=$(wrk_requests "$out/wrk-$i.txt")
+    errs=$(wrk_error_count "$out/wrk-$i.txt")
     printf 'crash %2d: worker %s -> %s, recovery %7s ms, requests %s, errors %s\n' \
         "$i" "$old" "$new" "$ms" "${reqs:-?}" "$errs"
     results+=("$ms")

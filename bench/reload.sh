@@ -26,11 +26,12 @@
 # Needs a release build (`make build`); installs wrk and nginx with apt-get
 # when they are missing (like bench/run.sh).
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_init bench-reload reload
 
-cd "$(dirname "$0")/.."
-repo="$PWD"
-out="$repo/bench/out/reload"
 site="$out/site"
+nginx_dir="$out/nginx"
 
 duration="${BENCH_DURATION:-20}"
 reloads="${BENCH_RELOADS:-200}"
@@ -39,118 +40,26 @@ threads="${BENCH_THREADS:-2}"
 servers="${BENCH_SERVERS:-switchyard nginx}"
 path="${BENCH_PATH:-/bench/small.html}"
 
-log() { printf 'bench-reload: %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
-
 [[ $duration =~ ^[0-9]+$ && $duration -ge 3 ]] || die "BENCH_DURATION must be an integer >= 3"
 [[ $reloads =~ ^[0-9]+$ && $reloads -ge 1 ]] || die "BENCH_RELOADS must be a positive integer"
 
-# --- tools (as in bench/run.sh) ------------------------------------------------
-
-ensure_tools() {
-    local missing=()
-    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-    command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
-    command -v curl >/dev/null 2>&1 || missing+=(curl)
-    command -v python3 >/dev/null 2>&1 || missing+=(python3)
-    ((${#missing[@]})) || return 0
-    local sudo=""
-    if [[ $(id -u) -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || die "need ${missing[*]}; install them or run as root"
-        sudo="sudo"
-    fi
-    log "installing ${missing[*]}"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
-
-nginx_bin() { command -v nginx 2>/dev/null || echo /usr/sbin/nginx; }
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-make_site() {
-    rm -rf "$site"
-    mkdir -p "$site"
-    cp -R static_html/. "$site/"
-    mkdir -p "$site/bench"
-    head -c 65536 < <(yes 'switchyard bench payload 0123456789abcdef') >"$site/bench/64k.bin"
-    chmod -R a+rX "$site"
-}
-
-# --- servers and helpers ------------------------------------------------------
-
-sy_pid=""
-nginx_pid=""
-bg_pids=""
-
-stop_all() {
-    local pid
-    for pid in $bg_pids; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in $sy_pid $nginx_pid; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in $bg_pids $sy_pid $nginx_pid; do wait "$pid" 2>/dev/null || true; done
-    bg_pids=""
-    sy_pid=""
-    nginx_pid=""
-}
-trap stop_all EXIT
-trap 'exit 130' INT TERM
-
-start_switchyard() {
-    local bin="$repo/target/release/switchyard"
-    [[ -x $bin ]] || die "$bin not found; run 'make build' first"
-    [[ -f modules/http.so ]] || die "modules/http.so not found; run 'make build' first"
+start_sy() {
     local dir="$out/switchyard"
-    rm -rf "$dir"
-    mkdir -p "$dir/modules" "$dir/data"
-    cp modules/http.so "$dir/modules/"
+    switchyard_dir "$dir" http
     cat >"$dir/switchyard.toml" <<EOF
 [modules.http]
 root = "$site"
 EOF
-    RUST_LOG="${RUST_LOG:-warn}" "$bin" -port 0 -threads "$threads" --bind 127.0.0.1 \
-        --modules "$dir/modules" --data-dir "$dir/data" --config "$dir/switchyard.toml" \
-        >"$dir/stdout.log" 2>"$dir/stderr.log" &
-    sy_pid=$!
-    local i addr=""
-    for ((i = 0; i < 200; i++)); do
-        addr="$(sed -n 's/^listening on //p' "$dir/stdout.log" | head -n1)"
-        [[ -n $addr ]] && break
-        kill -0 "$sy_pid" 2>/dev/null || { tail -n 20 "$dir/stderr.log" >&2; die "switchyard exited at start"; }
-        sleep 0.05
-    done
-    [[ -n $addr ]] || die "switchyard did not print 'listening on' within 10 s"
-    sy_addr="$addr"
-    log "switchyard http://$addr (pid $sy_pid)"
+    start_switchyard "$dir" -threads "$threads"
+    log "switchyard http://$sy_addr (pid $sy_pid)"
 }
 
-nginx_dir="$out/nginx"
-nginx_args() { echo "-p $nginx_dir -c $nginx_dir/nginx.conf -e $nginx_dir/nginx-error.log"; }
-
-start_nginx() {
-    local dir="$nginx_dir" port
-    rm -rf "$dir"
-    mkdir -p "$dir/nginx-tmp"
+start_ng() {
+    local port
     port="${BENCH_NGINX_PORT:-$(free_port)}"
-    local user_line=""
-    [[ $(id -u) -eq 0 ]] && user_line="user root;"
-    sed -e "s|@USER_LINE@|$user_line|" -e "s|@OUT@|$dir|g" -e "s|@PORT@|$port|g" \
-        -e "s|@ROOT@|$site|g" -e "s|^worker_processes .*|worker_processes $threads;|" \
-        bench/nginx.conf >"$dir/nginx.conf"
-    : >"$dir/https.conf" # nginx.conf includes it; no HTTPS here
-    # shellcheck disable=SC2046
-    "$(nginx_bin)" $(nginx_args) >"$dir/stdout.log" 2>&1 &
-    nginx_pid=$!
-    local i
-    for ((i = 0; i < 200; i++)); do
-        [[ -s $dir/nginx.pid ]] && curl -fs -o /dev/null "http://127.0.0.1:$port/" && break
-        kill -0 "$nginx_pid" 2>/dev/null || { cat "$dir/stdout.log" "$dir/nginx-error.log" >&2 || true; die "nginx exited at start"; }
-        sleep 0.05
-    done
-    ((i < 200)) || die "nginx did not answer within 10 s"
+    start_nginx "$nginx_dir" "$site" "$port" "$threads"
     nginx_addr="127.0.0.1:$port"
-    log "nginx http://$nginx_addr (pid $nginx_pid, $("$(nginx_bin)" -v 2>&1 | sed 's/.*\///'))"
+    log "nginx http://$nginx_addr (pid $nginx_pid, $(nginx_version))"
 }
 
 addr_of() {
@@ -160,39 +69,13 @@ addr_of() {
     esac
 }
 
-check_content() {
-    local server="$1" got="$out/check.body" code
-    code="$(curl -s -o "$got" -w '%{http_code}' "http://$(addr_of "$server")$path")" || code="no answer"
-    [[ $code == 200 ]] || die "$server: GET $path -> $code"
-    cmp -s "$got" "$site$path" || die "$server: GET $path returned different bytes than $site$path"
-}
-
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 # The process that loads the modules: the worker (STATUS names it), or
 # the server itself when it runs in one process.
 worker_pid() {
     local pid
-    pid="$(admin STATUS | awk '$1 == "worker" { sub(/^pid=/, "", $2); print $2 }')"
+    pid="$(sy_admin "$sy_addr" STATUS | awk '$1 == "worker" { sub(/^pid=/, "", $2); print $2 }')"
     echo "${pid:-$sy_pid}"
-}
-
-# One admin command on a new connection; prints the reply through END or
-# the first line.
-admin() {
-    python3 - "$sy_addr" "$1" <<'EOF'
-import socket, sys
-host, port = sys.argv[1].rsplit(":", 1)
-s = socket.create_connection((host, int(port)), timeout=10)
-s.sendall(sys.argv[2].encode() + b"\n")
-f = s.makefile("rb")
-while True:
-    line = f.readline().decode(errors="replace")
-    if not line:
-        break
-    sys.stdout.write(line)
-    if sys.argv[2] != "STATUS" or line.strip() == "END":
-        break
-EOF
 }
 
 # Sends `RELOAD http` $reloads times, evenly spread over $1 seconds, on one
@@ -242,8 +125,8 @@ nginx_reloads() {
         now="$(date +%s.%N)"
         awk -v t="$target" -v n="$now" 'BEGIN { exit !(t > n) }' &&
             sleep "$(awk -v t="$target" -v n="$now" 'BEGIN { printf "%.3f", t - n }')"
-        # shellcheck disable=SC2046
-        "$(nginx_bin)" $(nginx_args) -s reload >>"$out/nginx/reload.log" 2>&1 ||
+        # shellcheck disable=SC2046 # the flags are paths without spaces
+        nginx $(nginx_args "$nginx_dir") -s reload >>"$nginx_dir/reload.log" 2>&1 ||
             echo "#$((i + 1)): nginx -s reload exited $?" >>"$errs"
     done
 }
@@ -259,13 +142,14 @@ percentile() {
 # Runs wrk against $1 while reloading it; fills the row_* arrays.
 declare -A row_req row_rps row_err row_errtxt row_reloads row_rfail row_p50 row_p99 row_max row_rss0 row_rss1 row_retained
 run_one() {
-    local server="$1" raw="$out/results/wrk-$server.txt" span
+    local server="$1"
+    local raw="$out/results/wrk-$server.txt" span
     # Reloads run from second 1 to second duration-1, inside the load.
     span=$((duration - 2))
     [[ $server == switchyard ]] && row_rss0[$server]="$(rss_kb "$(worker_pid)")"
     wrk -t"$threads" -c"$connections" -d"${duration}s" --latency "http://$(addr_of "$server")$path" >"$raw" 2>&1 &
     local wrk_pid=$!
-    bg_pids="$wrk_pid"
+    track "$wrk_pid"
     sleep 1
     local lat="$out/results/reload-latency-$server.txt" errs="$out/results/reload-errors-$server.txt"
     : >"$lat"
@@ -274,18 +158,12 @@ run_one() {
         nginx) nginx_reloads "$span" "$errs" ;;
     esac
     wait "$wrk_pid" || die "wrk failed against $server: $(tail -n 3 "$raw")"
-    bg_pids=""
+    untrack "$wrk_pid"
 
-    row_req[$server]="$(awk '/requests in/ { print $1 }' "$raw")"
-    row_rps[$server]="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$raw")"
-    row_err[$server]="$(awk '
-        /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 }
-        /Non-2xx or 3xx responses:/ { n += $NF }
-        END { print n + 0 }' "$raw")"
-    row_errtxt[$server]="$(awk '
-        /Socket errors:/ { sub(/^ *Socket errors: */, ""); e = e (e ? "; " : "") "socket " $0 }
-        /Non-2xx or 3xx responses:/ { e = e (e ? "; " : "") "non-2xx/3xx " $NF }
-        END { print (e ? e : "-") }' "$raw")"
+    row_req[$server]="$(wrk_requests "$raw")"
+    row_rps[$server]="$(wrk_rps "$raw" | awk '{ printf "%.0f", $1 }')"
+    row_err[$server]="$(wrk_error_count "$raw")"
+    row_errtxt[$server]="$(wrk_errors "$raw")"
     row_rfail[$server]="$(wc -l <"$errs" | tr -d ' ')"
     row_reloads[$server]="$reloads"
     row_p50[$server]="-"
@@ -300,7 +178,7 @@ run_one() {
         row_max[$server]="$(percentile "$lat" 100)"
         kill -0 "$sy_pid" 2>/dev/null || die "switchyard died during the run; see $out/switchyard/stderr.log"
         row_rss1[$server]="$(rss_kb "$(worker_pid)")"
-        row_retained[$server]="$(admin STATUS | awk '$1 == "http" {
+        row_retained[$server]="$(sy_admin "$sy_addr" STATUS | awk '$1 == "http" {
             for (i = 2; i <= NF; i++) if ($i ~ /^(gen|retained|retained_bytes)=/) s = s (s ? " " : "") $i
             print s }')"
     else
@@ -311,19 +189,19 @@ run_one() {
 }
 
 main() {
-    ensure_tools
+    ensure_tools wrk nginx curl python3
     rm -rf "$out"
     mkdir -p "$out/results"
-    make_site
+    make_site "$site"
 
     local server
     for server in $servers; do
         case "$server" in
-            switchyard) start_switchyard ;;
-            nginx) start_nginx ;;
+            switchyard) start_sy ;;
+            nginx) start_ng ;;
             *) die "unknown server '$server' in BENCH_SERVERS" ;;
         esac
-        check_content "$server"
+        expect_file "$server" "$path" "http://$(addr_of "$server")$path" "$site$path"
     done
     log "wrk -t$threads -c$connections -d${duration}s $path, $reloads reloads each, $(nproc) cores"
 

@@ -30,10 +30,9 @@
 # Needs a release build (`make build`); builds rpc_load; installs
 # redis-server (and redis-benchmark) with apt-get when missing.
 set -euo pipefail
-
-cd "$(dirname "$0")/.."
-repo="$PWD"
-out="$repo/bench/out/rpc"
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_init bench-rpc rpc
 
 requests="${BENCH_RPC_REQUESTS:-200000}"
 conns="${BENCH_RPC_CONNS:-50}"
@@ -43,71 +42,12 @@ syncs="${BENCH_RPC_SYNC:-normal full}"
 rounds="${BENCH_ROUNDS:-1}"
 threads="${BENCH_THREADS:-2}"
 
-log() { printf 'bench-rpc: %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
-
-ensure_tools() {
-    command -v redis-server >/dev/null 2>&1 && command -v redis-benchmark >/dev/null 2>&1 &&
-        command -v redis-cli >/dev/null 2>&1 && return 0
-    local sudo=""
-    if [[ $(id -u) -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || die "need redis-server and redis-tools; install them or run as root"
-        sudo="sudo"
-    fi
-    log "installing redis-server"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
-}
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-sy_pid=""
-redis_pid=""
-
-stop_switchyard() {
-    if [[ -n $sy_pid ]]; then
-        kill -TERM "$sy_pid" 2>/dev/null || true
-        wait "$sy_pid" 2>/dev/null || true
-        sy_pid=""
-    fi
-}
-
-stop_all() {
-    stop_switchyard
-    if [[ -n $redis_pid ]]; then
-        kill -TERM "$redis_pid" 2>/dev/null || true
-        wait "$redis_pid" 2>/dev/null || true
-        redis_pid=""
-    fi
-}
-trap stop_all EXIT
-trap 'exit 130' INT TERM
-
 # Starts switchyard with only the rpc module, a fresh database and `sync`.
-start_switchyard() {
-    local sync="$1" bin="$repo/target/release/switchyard"
-    [[ -x $bin ]] || die "$bin not found; run 'make build' first"
-    [[ -f modules/rpc.so ]] || die "modules/rpc.so not found; run 'make build' first"
-    local dir="$out/switchyard-$sync"
-    rm -rf "$dir"
-    mkdir -p "$dir/modules" "$dir/data"
-    cp modules/rpc.so "$dir/modules/"
+start_sy() {
+    local sync="$1" dir="$out/switchyard-$1"
+    switchyard_dir "$dir" rpc
     printf '[modules.rpc]\nsync = "%s"\n' "$sync" >"$dir/switchyard.toml"
-    RUST_LOG="${RUST_LOG:-warn}" "$bin" -port 0 -threads "$threads" --bind 127.0.0.1 \
-        --modules "$dir/modules" --data-dir "$dir/data" --config "$dir/switchyard.toml" \
-        >"$dir/stdout.log" 2>"$dir/stderr.log" &
-    sy_pid=$!
-    local i addr=""
-    for ((i = 0; i < 200; i++)); do
-        addr="$(sed -n 's/^listening on //p' "$dir/stdout.log" | head -n1)"
-        [[ -n $addr ]] && break
-        kill -0 "$sy_pid" 2>/dev/null || { tail -n 20 "$dir/stderr.log" >&2; die "switchyard exited at start"; }
-        sleep 0.05
-    done
-    [[ -n $addr ]] || die "switchyard did not print 'listening on' within 10 s"
-    sy_addr="$addr"
+    start_switchyard "$dir" -threads "$threads"
     log "switchyard $sy_addr (pid $sy_pid, sync=$sync)"
 }
 
@@ -121,13 +61,8 @@ start_redis() {
     redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --daemonize no \
         --logfile "$dir/redis.log" &
     redis_pid=$!
-    local i
-    for ((i = 0; i < 200; i++)); do
-        redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
-        kill -0 "$redis_pid" 2>/dev/null || { cat "$dir/redis.log" >&2; die "redis-server exited at start"; }
-        sleep 0.05
-    done
-    ((i < 200)) || die "redis-server did not answer within 10 s"
+    track "$redis_pid"
+    wait_until redis-server "$redis_pid" "$dir/redis.log" redis-cli -p "$redis_port" ping
     local aof fsync save
     aof="$(redis-cli -p "$redis_port" config get appendonly | tail -n1)"
     fsync="$(redis-cli -p "$redis_port" config get appendfsync | tail -n1)"
@@ -157,7 +92,10 @@ measure_redis() {
 }
 
 main() {
-    ensure_tools
+    local cmd
+    for cmd in redis-server redis-benchmark redis-cli; do
+        command -v "$cmd" >/dev/null 2>&1 || { install_packages redis-server redis-tools; break; }
+    done
     rm -rf "$out"
     mkdir -p "$out/results"
     log "building rpc_load"
@@ -168,7 +106,7 @@ main() {
     declare -A sum
     local sync op p round r
     for sync in $syncs; do
-        start_switchyard "$sync"
+        start_sy "$sync"
         for p in $pipelines; do
             for op in set get; do
                 # Untimed pass: fills the keyspace, warms both servers.
@@ -177,17 +115,17 @@ main() {
                 for ((round = 1; round <= rounds; round++)); do
                     r="$(measure_sy "$op" "$p" "sy-$sync-$op-$p-$round")"
                     log "$(printf 'switchyard sync=%-6s kv.%-3s P=%-3s round %d: %10.0f calls/s' "$sync" "$op" "$p" "$round" "$r")"
-                    sum[sy-$sync,$op,$p]="$(awk -v a="${sum[sy-$sync,$op,$p]:-0}" -v b="$r" 'BEGIN { print a + b }')"
+                    sum[sy-$sync,$op,$p]="$(add "${sum[sy-$sync,$op,$p]:-0}" "$r")"
                     if [[ -z ${sum[redis-done,$op,$p,$round]:-} ]]; then
                         r="$(measure_redis "$op" "$p" "redis-$op-$p-$round")"
                         log "$(printf 'redis                  %-6s P=%-3s round %d: %10.0f requests/s' "${op^^}" "$p" "$round" "$r")"
-                        sum[redis,$op,$p]="$(awk -v a="${sum[redis,$op,$p]:-0}" -v b="$r" 'BEGIN { print a + b }')"
+                        sum[redis,$op,$p]="$(add "${sum[redis,$op,$p]:-0}" "$r")"
                         sum[redis-done,$op,$p,$round]=1
                     fi
                 done
             done
         done
-        stop_switchyard
+        stop_pids "$sy_pid"
     done
 
     {
@@ -196,11 +134,10 @@ main() {
         for sync in $syncs; do
             for p in $pipelines; do
                 for op in set get; do
-                    local sy re ratio
-                    sy="$(awk -v s="${sum[sy-$sync,$op,$p]}" -v n="$rounds" 'BEGIN { printf "%.0f", s / n }')"
-                    re="$(awk -v s="${sum[redis,$op,$p]}" -v n="$rounds" 'BEGIN { printf "%.0f", s / n }')"
-                    ratio="$(awk -v a="$sy" -v b="$re" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
-                    printf '%-26s %-8s %9s %14s %14s %7s\n' "rpc sync=$sync" "kv.$op" "$p" "$sy" "$re" "$ratio"
+                    local sy re
+                    sy="$(mean "${sum[sy-$sync,$op,$p]}" "$rounds")"
+                    re="$(mean "${sum[redis,$op,$p]}" "$rounds")"
+                    printf '%-26s %-8s %9s %14s %14s %7s\n' "rpc sync=$sync" "kv.$op" "$p" "$sy" "$re" "$(ratio "$sy" "$re")"
                 done
             done
         done

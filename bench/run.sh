@@ -28,11 +28,12 @@
 # Needs a release build (`make build`); installs wrk, nginx, curl and openssl
 # with apt-get when they are missing.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_init bench
 
-cd "$(dirname "$0")/.."
-repo="$PWD"
-out="$repo/bench/out"
 site="$out/site"
+tls_dir="$out/tls"
 
 duration="${BENCH_DURATION:-10}"
 rounds="${BENCH_ROUNDS:-1}"
@@ -45,48 +46,7 @@ https_files="${BENCH_HTTPS_FILES-/bench/small.html}"
 # What the rows measure: a path over HTTP, or "https:<path>".
 items="$files"
 for p in $https_files; do items+="${items:+ }https:$p"; done
-[[ -n $items ]] || { echo "bench: nothing to measure" >&2; exit 1; }
-tls_dir="$out/tls"
-
-log() { printf 'bench: %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
-
-# --- tools -----------------------------------------------------------------
-
-ensure_tools() {
-    local missing=()
-    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-    command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
-    command -v curl >/dev/null 2>&1 || missing+=(curl)
-    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-    ((${#missing[@]})) || return 0
-    local sudo=""
-    if [[ $(id -u) -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || die "need ${missing[*]}; install them or run as root"
-        sudo="sudo"
-    fi
-    log "installing ${missing[*]}"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
-
-nginx_bin() { command -v nginx 2>/dev/null || echo /usr/sbin/nginx; }
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# --- the site ----------------------------------------------------------------
-
-make_site() {
-    rm -rf "$site"
-    mkdir -p "$site"
-    cp -R static_html/. "$site/"
-    mkdir -p "$site/bench"
-    # 65536 bytes, the same on every run.
-    head -c 65536 < <(yes 'switchyard bench payload 0123456789abcdef') >"$site/bench/64k.bin"
-    chmod -R a+rX "$site"
-}
+[[ -n $items ]] || die "nothing to measure"
 
 # The certificate both servers present over HTTPS.
 make_cert() {
@@ -96,33 +56,10 @@ make_cert() {
     chmod -R a+rX "$tls_dir"
 }
 
-# --- servers -----------------------------------------------------------------
-
-sy_pid=""
-nginx_pid=""
-
-stop_servers() {
-    local pid
-    for pid in $sy_pid $nginx_pid; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in $sy_pid $nginx_pid; do
-        wait "$pid" 2>/dev/null || true
-    done
-    sy_pid=""
-    nginx_pid=""
-}
-trap stop_servers EXIT
-trap 'exit 130' INT TERM
-
-start_switchyard() {
-    local bin="$repo/target/release/switchyard"
-    [[ -x $bin ]] || die "$bin not found; run 'make build' first"
+# Switchyard serves HTTP and, with a certificate configured, TLS on its one port.
+start_sy() {
     local dir="$out/switchyard"
-    rm -rf "$dir"
-    mkdir -p "$dir/modules" "$dir/data"
-    # The shipped modules, as a deployment would have them.
-    cp modules/*.so "$dir/modules/" 2>/dev/null || die "no modules/*.so; run 'make build' first"
+    switchyard_dir "$dir"
     cat >"$dir/switchyard.toml" <<EOF
 [modules.http]
 root = "$site"
@@ -135,39 +72,20 @@ cert = "$tls_dir/cert.pem"
 key = "$tls_dir/key.pem"
 EOF
     fi
-    RUST_LOG="${RUST_LOG:-warn}" "$bin" -port 0 -threads "$threads" --bind 127.0.0.1 \
-        --modules "$dir/modules" --data-dir "$dir/data" --config "$dir/switchyard.toml" \
-        >"$dir/stdout.log" 2>"$dir/stderr.log" &
-    sy_pid=$!
-    local i addr=""
-    for ((i = 0; i < 200; i++)); do
-        addr="$(sed -n 's/^listening on //p' "$dir/stdout.log" | head -n1)"
-        [[ -n $addr ]] && break
-        kill -0 "$sy_pid" 2>/dev/null || { tail -n 20 "$dir/stderr.log" >&2; die "switchyard exited at start"; }
-        sleep 0.05
-    done
-    [[ -n $addr ]] || die "switchyard did not print 'listening on' within 10 s"
-    sy_url="http://$addr"
-    sy_https_url="https://$addr" # TLS on the same port
+    start_switchyard "$dir" -threads "$threads"
+    sy_url="http://$sy_addr"
+    sy_https_url="https://$sy_addr" # TLS on the same port
     log "switchyard $sy_url (pid $sy_pid)"
 }
 
-start_nginx() {
-    local dir="$out/nginx" port
-    rm -rf "$dir"
-    mkdir -p "$dir/nginx-tmp"
+# nginx cannot serve plaintext and TLS on one port: HTTPS is a second server
+# block on its own port.
+start_ng() {
+    local port tls_port="" https_conf=""
     port="${BENCH_NGINX_PORT:-$(free_port)}"
-    # As root, nginx would drop its workers to "nobody"; keep the invoking user.
-    local user_line=""
-    [[ $(id -u) -eq 0 ]] && user_line="user root;"
-    # HTTPS: a second server block on its own port (nginx cannot serve
-    # plaintext and TLS on one port), included by bench/nginx.conf.
-    local tls_port=""
-    : >"$dir/https.conf"
     if [[ -n $https_files ]]; then
         tls_port="${BENCH_NGINX_TLS_PORT:-$(free_port)}"
-        cat >"$dir/https.conf" <<EOF
-server {
+        https_conf="server {
     listen 127.0.0.1:$tls_port ssl backlog=4096;
     server_name _;
     root $site;
@@ -177,24 +95,12 @@ server {
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_cache shared:SSL:10m;
 }
-EOF
+"
     fi
-    sed -e "s|@USER_LINE@|$user_line|" -e "s|@OUT@|$dir|g" -e "s|@PORT@|$port|g" \
-        -e "s|@ROOT@|$site|g" -e "s|^worker_processes .*|worker_processes $threads;|" \
-        bench/nginx.conf >"$dir/nginx.conf"
-    "$(nginx_bin)" -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log" \
-        >"$dir/stdout.log" 2>&1 &
-    nginx_pid=$!
-    local i
-    for ((i = 0; i < 200; i++)); do
-        curl -fs -o /dev/null "http://127.0.0.1:$port/" && break
-        kill -0 "$nginx_pid" 2>/dev/null || { cat "$dir/stdout.log" "$dir/nginx-error.log" >&2 || true; die "nginx exited at start"; }
-        sleep 0.05
-    done
-    ((i < 200)) || die "nginx did not answer within 10 s"
+    start_nginx "$out/nginx" "$site" "$port" "$threads" "$https_conf"
     nginx_url="http://127.0.0.1:$port"
     nginx_https_url="https://127.0.0.1:$tls_port"
-    log "nginx $nginx_url (pid $nginx_pid, $("$(nginx_bin)" -v 2>&1 | sed 's/.*\///'))"
+    log "nginx $nginx_url (pid $nginx_pid, $(nginx_version))"
 }
 
 # The URL of a row's item ("<path>" or "https:<path>") on a server.
@@ -216,15 +122,12 @@ label_of() {
     esac
 }
 
-# Both servers must return the file itself before any number means anything
-# (over HTTPS with the certificate verified against the generated one).
+# Both servers must return the file itself (over HTTPS with the certificate
+# verified against the generated one).
 check_content() {
-    local server="$1" item="$2" got="$out/check.body" code path="${2#https:}"
-    local tls=()
+    local server="$1" item="$2" tls=()
     [[ $item == https:* ]] && tls=(--cacert "$tls_dir/cert.pem")
-    code="$(curl -s "${tls[@]}" -o "$got" -w '%{http_code}' "$(url_of "$server" "$item")")" || code="no answer"
-    [[ $code == 200 ]] || die "$server: GET $(label_of "$item") -> $code"
-    cmp -s "$got" "$site$path" || die "$server: GET $(label_of "$item") returned different bytes than $site$path"
+    expect_file "$server" "$(label_of "$item")" "$(url_of "$server" "$item")" "$site${item#https:}" "${tls[@]}"
 }
 
 # The TLS version and cipher a server settles on with an OpenSSL client
@@ -234,36 +137,24 @@ tls_params() {
         awk '/^New, / { sub(/^New, /, ""); print; found = 1; exit } END { if (!found) print "?" }'
 }
 
-# --- measuring ---------------------------------------------------------------
-
-# Runs wrk; prints "<req/s> <p99> <errors>" where errors is a short
-# description or "-".
+# Runs wrk; prints "<req/s> <p99> <errors>".
 measure() {
-    local server="$1" item="$2" secs="$3" tag="$4"
-    local raw="$out/results/$tag.txt"
-    wrk -t"$threads" -c"$connections" -d"${secs}s" --latency "$(url_of "$server" "$item")" >"$raw" 2>&1 ||
-        die "wrk failed against $server: $(tail -n 3 "$raw")"
-    local rps p99 errors
-    rps="$(awk '/^Requests\/sec:/ { print $2 }' "$raw")"
-    p99="$(awk '$1 == "99%" { print $2 }' "$raw")"
-    errors="$(awk '
-        /Socket errors:/ { sub(/^ *Socket errors: */, ""); e = e (e ? "; " : "") "socket " $0 }
-        /Non-2xx or 3xx responses:/ { e = e (e ? "; " : "") "non-2xx/3xx " $NF }
-        END { print (e ? e : "-") }' "$raw")"
-    echo "${rps:-0} ${p99:--} $errors"
+    local server="$1" item="$2" secs="$3" raw="$out/results/$4.txt"
+    wrk_run "$raw" "$server" -t"$threads" -c"$connections" -d"${secs}s" --latency "$(url_of "$server" "$item")"
+    wrk_summary "$raw"
 }
 
 main() {
-    ensure_tools
+    ensure_tools wrk nginx curl openssl
     mkdir -p "$out/results"
-    make_site
+    make_site "$site"
     make_cert
 
     local server
     for server in $servers; do
         case "$server" in
-            switchyard) start_switchyard ;;
-            nginx) start_nginx ;;
+            switchyard) start_sy ;;
+            nginx) start_ng ;;
             *) die "unknown server '$server' in BENCH_SERVERS" ;;
         esac
     done
@@ -296,7 +187,7 @@ main() {
                 r="$(measure "$server" "$path" "$duration" "$server-$slug-$round")"
                 read -r rps lat err <<<"$r"
                 log "$(printf '%-10s %-18s round %d: %12s req/s  p99 %s  errors %s' "$server" "$(label_of "$path")" "$round" "$rps" "$lat" "$err")"
-                sum[$server,$path]="$(awk -v a="${sum[$server,$path]}" -v b="$rps" 'BEGIN { print a + b }')"
+                sum[$server,$path]="$(add "${sum[$server,$path]}" "$rps")"
                 p99[$server,$path]="$lat"
                 [[ $err == - ]] || errs[$server,$path]+="${errs[$server,$path]:+; }round $round: $err"
             done
@@ -307,13 +198,11 @@ main() {
     {
         printf '\n%-18s %16s %16s %8s %12s %12s\n' file "switchyard req/s" "nginx req/s" ratio "sy p99" "nginx p99"
         for path in $items; do
-            local sy="-" ng="-" ratio="-" sy99="-" ng99="-"
-            [[ -n ${sum[switchyard,$path]:-} ]] && sy="$(awk -v s="${sum[switchyard,$path]}" -v n="$rounds" 'BEGIN { printf "%.0f", s / n }')" && sy99="${p99[switchyard,$path]}"
-            [[ -n ${sum[nginx,$path]:-} ]] && ng="$(awk -v s="${sum[nginx,$path]}" -v n="$rounds" 'BEGIN { printf "%.0f", s / n }')" && ng99="${p99[nginx,$path]}"
-            if [[ $sy != - && $ng != - ]]; then
-                ratio="$(awk -v a="$sy" -v b="$ng" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
-            fi
-            printf '%-18s %16s %16s %8s %12s %12s\n' "$(label_of "$path")" "$sy" "$ng" "$ratio" "$sy99" "$ng99"
+            local sy="-" ng="-" rt="-" sy99="-" ng99="-"
+            [[ -n ${sum[switchyard,$path]:-} ]] && sy="$(mean "${sum[switchyard,$path]}" "$rounds")" && sy99="${p99[switchyard,$path]}"
+            [[ -n ${sum[nginx,$path]:-} ]] && ng="$(mean "${sum[nginx,$path]}" "$rounds")" && ng99="${p99[nginx,$path]}"
+            [[ $sy == - || $ng == - ]] || rt="$(ratio "$sy" "$ng")"
+            printf '%-18s %16s %16s %8s %12s %12s\n' "$(label_of "$path")" "$sy" "$ng" "$rt" "$sy99" "$ng99"
         done
         local key any=0
         for key in "${!errs[@]}"; do
