@@ -103,13 +103,12 @@ pub fn sendfile(sock: RawFd, file: RawFd, offset: &mut u64, len: u64) -> io::Res
     Ok(w as usize)
 }
 
-/// Whether [`KernelPipe`] works here (Linux `splice(2)`); elsewhere
-/// [`KernelPipe::new`] fails and callers copy through user space.
-pub const HAS_SPLICE: bool = cfg!(any(target_os = "linux", target_os = "android"));
-
 /// A kernel pipe between two sockets for `splice(2)`: bytes move socket →
 /// pipe → socket without being copied into user space. Both ends are
 /// non-blocking and close-on-exec, and are closed when it is dropped.
+/// Elsewhere than Linux [`KernelPipe::new`] fails and callers copy through
+/// user space. Splicing into a socket whose peer is gone gives `EPIPE`
+/// (the Rust runtime ignores `SIGPIPE`).
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub struct KernelPipe {
     read: std::os::fd::OwnedFd,

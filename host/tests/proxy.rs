@@ -33,6 +33,19 @@ fn start_proxy(tag: &str, toml: &str) -> Server {
     ServerBuilder::new(&["proxy"]).tag(tag).toml(toml).start()
 }
 
+/// Both relays: `proxy_splice` on (kernel pipes) and off (user space).
+const RELAYS: [bool; 2] = [true, false];
+
+/// A proxy with `proxy_splice` set.
+fn start_relay(tag: &str, splice: bool, toml: &str) -> Server {
+    let tag = format!("{tag}-{}", if splice { "splice" } else { "copy" });
+    ServerBuilder::new(&["proxy"])
+        .tag(&tag)
+        .server(&format!("proxy_splice = {splice}"))
+        .toml(toml)
+        .start()
+}
+
 /// Opens a connection through the proxy, sends `first` and returns the
 /// client and the tag of the upstream that greeted it.
 fn open(server: &Server, first: &str) -> (Client, String) {
@@ -124,22 +137,25 @@ fn proxy_protocol_headers_carry_the_client_address() {
 #[test]
 fn half_close_reaches_the_upstream_and_its_reply_comes_back() {
     let up = EchoUpstream::start("A");
-    let server = start_proxy(
-        "proxy-half",
-        &proxy_toml(
-            "",
-            &[format!("prefix = \"ECHO\"\nupstreams = {}", addrs(&[&up]))],
-        ),
-    );
-    let (mut c, _) = open(&server, "ECHO half\n");
-    assert_eq!(c.read_line(), "ECHO half");
-    c.send(b"more\n");
-    c.stream.shutdown(Shutdown::Write).unwrap();
-    // The upstream sees EOF only through the proxy's half-close, and
-    // answers after it.
-    assert_eq!(c.read_line(), "more");
-    assert_eq!(c.read_line(), "BYE 15");
-    c.expect_closed(IO_TIMEOUT).unwrap();
+    for splice in RELAYS {
+        let server = start_relay(
+            "proxy-half",
+            splice,
+            &proxy_toml(
+                "",
+                &[format!("prefix = \"ECHO\"\nupstreams = {}", addrs(&[&up]))],
+            ),
+        );
+        let (mut c, _) = open(&server, "ECHO half\n");
+        assert_eq!(c.read_line(), "ECHO half");
+        c.send(b"more\n");
+        c.stream.shutdown(Shutdown::Write).unwrap();
+        // The upstream sees EOF only through the proxy's half-close, and
+        // answers after it.
+        assert_eq!(c.read_line(), "more");
+        assert_eq!(c.read_line(), "BYE 15");
+        c.expect_closed(IO_TIMEOUT).unwrap();
+    }
 }
 
 #[test]
@@ -417,21 +433,20 @@ fn host_tls_termination_and_sni_passthrough_share_the_port() {
 }
 
 #[test]
-fn transfers_100_mib_each_way_intact_with_bounded_memory() {
-    // The default relay: splice(2) through pipes on Linux.
+fn transfers_100_mib_each_way_intact_with_bounded_memory_on_both_relays() {
     transfer_both_ways("proxy-bulk", &[], 100 << 20);
-}
-
-#[test]
-fn the_copy_path_transfers_both_ways_intact() {
-    transfer_both_ways("proxy-bulk-copy", &["proxy_splice = false"], 24 << 20);
+    transfer_both_ways("proxy-bulk-splice", &["proxy_splice = true"], 100 << 20);
 }
 
 #[test]
 fn a_small_buffer_bounds_each_direction_and_still_moves_everything() {
     // 1 KiB per direction: a pipe of one page holding at most 1 KiB, so
     // every few KiB the relay stops reading a side until its peer drains.
-    transfer_both_ways("proxy-bulk-small", &["proxy_buffer_size = 1024"], 8 << 20);
+    transfer_both_ways(
+        "proxy-bulk-small",
+        &["proxy_buffer_size = 1024", "proxy_splice = true"],
+        8 << 20,
+    );
     transfer_both_ways(
         "proxy-bulk-small-copy",
         &["proxy_buffer_size = 1024", "proxy_splice = false"],
@@ -560,8 +575,9 @@ fn wait_pipes(server: &Server, want: usize) -> usize {
 fn spliced_sessions_hold_two_pipes_and_every_ending_closes_them() {
     let up = EchoUpstream::start("A");
     let dead = dead_addr();
-    let server = start_proxy(
+    let server = start_relay(
         "proxy-fds",
+        true,
         &proxy_toml(
             "",
             &[
@@ -656,6 +672,7 @@ fn without_descriptors_for_pipes_the_session_copies_instead() {
     let server = ServerBuilder::new(&["proxy"])
         .tag("proxy-emfile")
         .arg("--single")
+        .server("proxy_splice = true")
         .toml(&proxy_toml(
             "",
             &[format!("prefix = \"ECHO\"\nupstreams = {}", addrs(&[&up]))],
@@ -720,13 +737,20 @@ fn without_descriptors_for_pipes_the_session_copies_instead() {
 #[test]
 fn bytes_read_before_the_hand_off_go_first_then_the_rest_in_order() {
     let up = EchoUpstream::start("A");
-    let server = start_proxy(
+    for splice in RELAYS {
+        bytes_read_first(&up, splice);
+    }
+}
+
+fn bytes_read_first(up: &EchoUpstream, splice: bool) {
+    let server = start_relay(
         "proxy-first",
+        splice,
         &proxy_toml(
             "",
             &[format!(
                 "prefix = \"ECHO\"\nproxy_protocol = \"v1\"\nupstreams = {}",
-                addrs(&[&up])
+                addrs(&[up])
             )],
         ),
     );
@@ -753,13 +777,22 @@ fn bytes_read_before_the_hand_off_go_first_then_the_rest_in_order() {
             )
         );
         let got = c.read_bytes(payload.len());
-        assert!(got == payload, "round {round}: the echoed bytes differ");
+        assert!(
+            got == payload,
+            "splice {splice} round {round}: the echoed bytes differ"
+        );
         writer.join().unwrap();
     }
 }
 
 #[test]
 fn an_upstream_half_close_reaches_the_client_which_can_still_send() {
+    for splice in RELAYS {
+        upstream_half_close(splice);
+    }
+}
+
+fn upstream_half_close(splice: bool) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let up_addr = listener.local_addr().unwrap();
     // Greets, shuts its sending side, then reads what comes until EOF.
@@ -772,8 +805,9 @@ fn an_upstream_half_close_reaches_the_client_which_can_still_send() {
         s.read_to_end(&mut got).unwrap();
         got
     });
-    let server = start_proxy(
+    let server = start_relay(
         "proxy-half-up",
+        splice,
         &proxy_toml(
             "",
             &[format!("prefix = \"HALF\"\nupstreams = [\"{up_addr}\"]")],
