@@ -641,6 +641,28 @@ fn spliced_sessions_hold_two_pipes_and_every_ending_closes_them() {
 }
 
 #[test]
+fn an_idle_session_is_closed_on_both_relays() {
+    let up = EchoUpstream::start("A");
+    for splice in RELAYS {
+        let server = ServerBuilder::new(&["proxy"])
+            .tag(&format!("proxy-idle-{splice}"))
+            .server(&format!("proxy_splice = {splice}"))
+            .server("proxy_idle_timeout_ms = 300")
+            .toml(&proxy_toml(
+                "",
+                &[format!("prefix = \"ECHO\"\nupstreams = {}", addrs(&[&up]))],
+            ))
+            .start();
+        let baseline = pipes(&server);
+        let (mut c, _) = open(&server, "ECHO idle\n");
+        assert_eq!(c.read_line(), "ECHO idle");
+        // Closed by the host with no EOF from either peer.
+        c.expect_closed(IO_TIMEOUT).unwrap();
+        assert_eq!(wait_pipes(&server, baseline), baseline, "splice {splice}");
+    }
+}
+
+#[test]
 fn no_pipes_when_splice_is_off() {
     let up = EchoUpstream::start("A");
     let server = ServerBuilder::new(&["proxy"])
