@@ -6,6 +6,7 @@
 #   make lint         rustfmt check and clippy with warnings as errors
 #   make bench        wrk against switchyard and nginx, side by side (HTTP and HTTPS)
 #   make bench-proxy  the proxy module next to HAProxy (mode tcp), both in front of nginx
+#   make bench-proxy-bulk  100 MiB transfers through the proxy module, each way, next to direct
 #   make bench-https  only the HTTPS rows: TLS termination next to nginx's
 #   make bench-reload the same load while both servers reload 200 times
 #   make bench-crash  wrk load while the worker is crashed 10 times: errors, recovery p50/p99
@@ -32,7 +33,7 @@ HOST_BIN := $(RELEASE)/switchyard
 MODULES  := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard modules/*/Cargo.toml)))
 FIXTURES := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard tests/fixtures/*/Cargo.toml)))
 
-.PHONY: all build cargo-build install-modules run test lint bench bench-proxy bench-https bench-reload bench-crash bench-webapp bench-rpc browser-check tls-cert licenses clean help
+.PHONY: all build cargo-build install-modules run test lint bench bench-proxy bench-proxy-bulk bench-https bench-reload bench-crash bench-webapp bench-rpc browser-check tls-cert licenses clean help
 
 all: build
 
@@ -76,10 +77,14 @@ bench: build
 	bench/run.sh
 	bench/webapp.sh
 	bench/proxy.sh
+	bench/proxy-bulk.sh
 	bench/rpc.sh
 
 bench-proxy: build
 	bench/proxy.sh
+
+bench-proxy-bulk: build
+	bench/proxy-bulk.sh
 
 bench-https: build
 	bench/https.sh

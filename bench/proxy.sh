@@ -15,6 +15,8 @@
 #   BENCH_CONNECTIONS  wrk connections (default 100)
 #   BENCH_THREADS      wrk threads, nginx workers, HAProxy nbthread and
 #                      Switchyard event loops (default 2)
+#   BENCH_PROXY_SPLICE true|false: sets Switchyard's `proxy_splice`
+#                      (unset: its default)
 #
 # Needs a release build (`make build`); installs wrk, nginx, haproxy and
 # curl with apt-get when they are missing.
@@ -52,6 +54,7 @@ start_servers() {
     cat >"$dir/switchyard.toml" <<EOF
 [server]
 event_loops = $threads
+${BENCH_PROXY_SPLICE:+proxy_splice = $BENCH_PROXY_SPLICE}
 
 [modules.proxy]
 [[modules.proxy.routes]]

@@ -57,6 +57,12 @@ pub struct Server {
     pub proxy_idle_timeout_ms: u64,
     /// Bytes buffered per direction of a proxied connection.
     pub proxy_buffer_size: usize,
+    /// Relay plain-TCP proxied connections with `splice(2)` through a
+    /// kernel pipe per direction (Linux); off, or elsewhere, bytes are
+    /// copied through user space. Off by default: measured on loopback it
+    /// used less CPU for bulk streams but moved bytes no faster, and was
+    /// slower for small request/response traffic (see the README).
+    pub proxy_splice: bool,
     /// Unsent bytes a connection may accumulate from server pushes before
     /// it is disconnected as a slow reader.
     pub max_push_backlog: usize,
@@ -108,6 +114,7 @@ impl Default for Server {
             upstream_connect_timeout_ms: 3_000,
             proxy_idle_timeout_ms: 300_000,
             proxy_buffer_size: 64 * 1024,
+            proxy_splice: false,
             max_push_backlog: 1 << 20,
             shutdown_timeout_ms: 10_000,
             shutdown_idle_grace_ms: 1_000,

@@ -1,14 +1,25 @@
 //! Proxied connections: a module answers `Action::Proxy` and the host
 //! connects to the upstream without blocking, then relays bytes both ways.
 //!
-//! One session owns the upstream socket and two bounded pipes (client to
-//! upstream, upstream to client). A full pipe stops reading its source, so
-//! memory per session is bounded whatever the peers do; a side's EOF is
-//! passed on as a write shutdown once its pipe drained (half-close); the
-//! session ends when both directions are shut.
+//! One session owns the upstream socket and one bounded [`Buffer`] per
+//! direction (client to upstream, upstream to client). A full buffer stops
+//! reading its source, so memory per session is bounded whatever the peers
+//! do; a side's EOF is passed on as a write shutdown once its buffer
+//! drained (half-close); the session ends when both directions are shut.
+//!
+//! A buffer is either a kernel pipe that `splice(2)` fills from one socket
+//! and empties into the other (Linux, plain TCP: the bytes never enter user
+//! space) or, as the portable fallback, a user-space [`Pipe`] that `read`
+//! and `write` go through. Either way the bytes the host had already read
+//! before the hand-off go out first.
+//!
+//! Sockets are edge-triggered: each side's [`Ready`] flags are cleared when
+//! a call says `WouldBlock` and set again only by the next event, so a
+//! session makes no call that is known to find nothing.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,8 +27,13 @@ use mio::net::TcpStream;
 use module_api::Upstream;
 
 use crate::registry::Generation;
+use crate::sys::KernelPipe;
 
-/// A bounded byte queue between two sockets.
+/// Rounds of moving bytes a session gets per turn before it yields to the
+/// loop's other connections (it is resumed after the next poll).
+const MAX_RELAY_ROUNDS: usize = 16;
+
+/// A bounded byte queue between two sockets, in user space.
 pub struct Pipe {
     buf: Vec<u8>,
     start: usize,
@@ -30,6 +46,8 @@ pub struct Moved {
     pub bytes: usize,
     /// The source reached EOF.
     pub eof: bool,
+    /// The socket said `WouldBlock`: wait for its next event.
+    pub blocked: bool,
 }
 
 impl Pipe {
@@ -72,7 +90,10 @@ impl Pipe {
                     self.end += n;
                     moved.bytes += n;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(moved),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    moved.blocked = true;
+                    return Ok(moved);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -80,21 +101,205 @@ impl Pipe {
     }
 
     /// Writes to `dst` until the pipe is empty or `dst` would block.
-    pub fn drain(&mut self, dst: &mut impl Write) -> io::Result<usize> {
-        let mut n_total = 0;
+    pub fn drain(&mut self, dst: &mut impl Write) -> io::Result<Moved> {
+        let mut moved = Moved::default();
         while self.start < self.end {
             match dst.write(&self.buf[self.start..self.end]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.start += n;
-                    n_total += n;
+                    moved.bytes += n;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    moved.blocked = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(n_total)
+        Ok(moved)
+    }
+}
+
+/// One direction through a kernel pipe: `splice(2)` from the source socket
+/// into the pipe, and from the pipe into the destination socket.
+pub struct Spliced {
+    /// Bytes already in user space when the session started (read before
+    /// the proxy decision, or written by the module): they go out first.
+    head: Vec<u8>,
+    head_pos: usize,
+    pipe: KernelPipe,
+    /// Bytes in the pipe now.
+    held: usize,
+    /// At most this many bytes wait in `head` and the pipe together.
+    bound: usize,
+}
+
+impl Spliced {
+    pub fn new(pipe: KernelPipe, bound: usize, initial: &[u8]) -> Spliced {
+        Spliced {
+            head: initial.to_vec(),
+            head_pos: 0,
+            pipe,
+            held: 0,
+            bound,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held == 0 && self.head_pos == self.head.len()
+    }
+
+    /// One `splice` from `src` into the pipe, of at most the room left
+    /// under the bound (none when full: backpressure). The relay loop calls
+    /// again while anything moves.
+    pub fn fill(&mut self, src: &TcpStream) -> io::Result<Moved> {
+        let mut moved = Moved::default();
+        let queued = self.held + (self.head.len() - self.head_pos);
+        let room = self.bound.saturating_sub(queued);
+        if room == 0 {
+            return Ok(moved);
+        }
+        loop {
+            match self.pipe.splice_in(src.as_raw_fd(), room) {
+                Ok(0) => moved.eof = true,
+                Ok(n) => {
+                    self.held += n;
+                    moved.bytes = n;
+                }
+                // With bytes in the pipe, `WouldBlock` may mean a pipe full
+                // of small segments rather than an empty socket: the socket
+                // stays ready, and is tried again once the pipe drained.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => moved.blocked = self.held == 0,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            return Ok(moved);
+        }
+    }
+
+    /// Writes the head, then splices the pipe into `dst`, until both are
+    /// empty or `dst` would block.
+    pub fn drain(&mut self, dst: &mut TcpStream) -> io::Result<Moved> {
+        let mut moved = Moved::default();
+        while self.head_pos < self.head.len() {
+            match dst.write(&self.head[self.head_pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.head_pos += n;
+                    moved.bytes += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    moved.blocked = true;
+                    return Ok(moved);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !self.head.is_empty() {
+            self.head = Vec::new();
+            self.head_pos = 0;
+        }
+        while self.held > 0 {
+            match self.pipe.splice_out(dst.as_raw_fd(), self.held) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.held -= n;
+                    moved.bytes += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    moved.blocked = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(moved)
+    }
+}
+
+/// One direction's bounded buffer.
+pub enum Buffer {
+    /// Through user space (`read`/`write`): TLS-terminated connections,
+    /// platforms without `splice`, `proxy_splice = false`, or when no pipe
+    /// could be made.
+    Copy(Pipe),
+    /// Through a kernel pipe (`splice`).
+    Splice(Spliced),
+}
+
+impl Buffer {
+    /// The two buffers of a new session, `initial` queued towards the
+    /// upstream. Splices when asked and possible; a failure to make the
+    /// pipes (e.g. `EMFILE`) falls back to copying.
+    pub fn pair(splice: bool, bound: usize, initial: &[u8], conn_id: u64) -> (Buffer, Buffer) {
+        if splice {
+            match (KernelPipe::new(bound), KernelPipe::new(bound)) {
+                (Ok(up), Ok(down)) => {
+                    return (
+                        Buffer::Splice(Spliced::new(up, bound, initial)),
+                        Buffer::Splice(Spliced::new(down, bound, &[])),
+                    )
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    log::debug!("conn {conn_id}: no pipe to splice through ({e}), copying");
+                }
+            }
+        }
+        (
+            Buffer::Copy(Pipe::new(bound, initial)),
+            Buffer::Copy(Pipe::new(bound, &[])),
+        )
+    }
+
+    pub fn is_spliced(&self) -> bool {
+        matches!(self, Buffer::Splice(_))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Buffer::Copy(p) => p.is_empty(),
+            Buffer::Splice(s) => s.is_empty(),
+        }
+    }
+
+    fn fill(&mut self, src: &mut TcpStream) -> io::Result<Moved> {
+        match self {
+            Buffer::Copy(p) => p.fill(src),
+            Buffer::Splice(s) => s.fill(src),
+        }
+    }
+
+    fn drain(&mut self, dst: &mut TcpStream) -> io::Result<Moved> {
+        match self {
+            Buffer::Copy(p) => p.drain(dst),
+            Buffer::Splice(s) => s.drain(dst),
+        }
+    }
+}
+
+/// What the events and calls so far say about one socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Ready {
+    pub read: bool,
+    pub write: bool,
+}
+
+impl Ready {
+    /// Unknown: try both.
+    pub const BOTH: Ready = Ready {
+        read: true,
+        write: true,
+    };
+
+    /// Records an event (an error or hang-up makes the next call find out).
+    pub fn note(&mut self, event: &mio::event::Event) {
+        let err = event.is_error();
+        self.read |= event.is_readable() || event.is_read_closed() || err;
+        self.write |= event.is_writable() || event.is_write_closed() || err;
     }
 }
 
@@ -112,9 +317,11 @@ pub struct Session {
     pub started: Instant,
     pub last_activity: Instant,
     /// Client to upstream.
-    pub up: Pipe,
+    pub up: Buffer,
     /// Upstream to client.
-    pub down: Pipe,
+    pub down: Buffer,
+    pub client_ready: Ready,
+    pub upstream_ready: Ready,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub client_eof: bool,
@@ -131,6 +338,9 @@ pub enum Relay {
     Open,
     /// Both directions are shut: the session is over.
     Done,
+    /// Bytes still moving after `MAX_RELAY_ROUNDS`: call again after the
+    /// next poll (no event would repeat it).
+    Yield,
 }
 
 impl Session {
@@ -152,45 +362,54 @@ impl Session {
         }
     }
 
-    /// Moves bytes both ways until nothing more can move now.
+    /// Moves bytes both ways until nothing more can move now (or the
+    /// turn is over).
     pub fn relay(&mut self, client: &mut TcpStream, now: Instant) -> io::Result<Relay> {
-        loop {
+        for _ in 0..MAX_RELAY_ROUNDS {
             let mut progress = false;
-            if !self.client_eof {
+            // Client to upstream.
+            if !self.client_eof && self.client_ready.read {
                 let m = self.up.fill(client)?;
                 self.client_eof = m.eof;
+                self.client_ready.read = !m.blocked;
                 progress |= m.bytes > 0 || m.eof;
             }
-            let n = self.up.drain(&mut self.sock)?;
-            self.bytes_up += n as u64;
-            progress |= n > 0;
+            if !self.up.is_empty() && self.upstream_ready.write {
+                let m = self.up.drain(&mut self.sock)?;
+                self.upstream_ready.write = !m.blocked;
+                self.bytes_up += m.bytes as u64;
+                progress |= m.bytes > 0;
+            }
             if self.client_eof && self.up.is_empty() && !self.up_shut {
                 let _ = self.sock.shutdown(Shutdown::Write);
                 self.up_shut = true;
             }
-            if !self.upstream_eof {
+            // Upstream to client.
+            if !self.upstream_eof && self.upstream_ready.read {
                 let m = self.down.fill(&mut self.sock)?;
                 self.upstream_eof = m.eof;
+                self.upstream_ready.read = !m.blocked;
                 progress |= m.bytes > 0 || m.eof;
             }
-            let n = self.down.drain(client)?;
-            self.bytes_down += n as u64;
-            progress |= n > 0;
+            if !self.down.is_empty() && self.client_ready.write {
+                let m = self.down.drain(client)?;
+                self.client_ready.write = !m.blocked;
+                self.bytes_down += m.bytes as u64;
+                progress |= m.bytes > 0;
+            }
             if self.upstream_eof && self.down.is_empty() && !self.down_shut {
                 let _ = client.shutdown(Shutdown::Write);
                 self.down_shut = true;
             }
-            if progress {
-                self.last_activity = now;
-            } else {
-                break;
+            if self.up_shut && self.down_shut {
+                return Ok(Relay::Done);
             }
+            if !progress {
+                return Ok(Relay::Open);
+            }
+            self.last_activity = now;
         }
-        Ok(if self.up_shut && self.down_shut {
-            Relay::Done
-        } else {
-            Relay::Open
-        })
+        Ok(Relay::Yield)
     }
 }
 
@@ -206,7 +425,7 @@ mod tests {
         assert_eq!(m.bytes, 6);
         assert!(!m.eof);
         let mut out = Vec::new();
-        p.drain(&mut out).unwrap();
+        assert_eq!(p.drain(&mut out).unwrap().bytes, 8);
         assert_eq!(out, b"abcdefgh");
         let m = p.fill(&mut src).unwrap();
         assert_eq!((m.bytes, m.eof), (4, true));

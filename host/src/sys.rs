@@ -1,5 +1,5 @@
 //! Platform-specific calls, each with a portable fallback: `SO_REUSEPORT`
-//! listeners and `sendfile(2)`.
+//! listeners, `sendfile(2)` and `splice(2)` through a pipe.
 
 use std::io;
 use std::net::SocketAddr;
@@ -101,4 +101,114 @@ pub fn sendfile(sock: RawFd, file: RawFd, offset: &mut u64, len: u64) -> io::Res
     }
     *offset += w as u64;
     Ok(w as usize)
+}
+
+/// A kernel pipe between two sockets for `splice(2)`: bytes move socket →
+/// pipe → socket without being copied into user space. Both ends are
+/// non-blocking and close-on-exec, and are closed when it is dropped.
+/// Elsewhere than Linux [`KernelPipe::new`] fails and callers copy through
+/// user space. Splicing into a socket whose peer is gone gives `EPIPE`
+/// (the Rust runtime ignores `SIGPIPE`).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub struct KernelPipe {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+}
+
+/// Linux's default pipe capacity (16 pages of 4 KiB).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl KernelPipe {
+    /// Opens a pipe and asks for a capacity of `size` bytes (the kernel
+    /// rounds up to a power of two pages; a refusal, e.g. above
+    /// `/proc/sys/fs/pipe-max-size` without privileges, keeps the default).
+    /// Callers bound what they put in it themselves.
+    pub fn new(size: usize) -> io::Result<KernelPipe> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [-1 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded: both are open descriptors owned by no one else.
+        let pipe = unsafe {
+            KernelPipe {
+                read: std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                write: std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            }
+        };
+        if size != DEFAULT_PIPE_SIZE {
+            use std::os::fd::AsRawFd;
+            let want = size.min(libc::c_int::MAX as usize) as libc::c_int;
+            // SAFETY: fcntl on a descriptor we own.
+            if unsafe { libc::fcntl(pipe.write.as_raw_fd(), libc::F_SETPIPE_SZ, want) } < 0 {
+                log::debug!(
+                    "pipe capacity {size} refused ({}), keeping the default",
+                    io::Error::last_os_error()
+                );
+            }
+        }
+        Ok(pipe)
+    }
+
+    /// Moves up to `len` bytes from the socket `src` into the pipe. 0 means
+    /// the socket's peer finished sending; `WouldBlock` that the socket has
+    /// nothing now *or* that the pipe is full.
+    pub fn splice_in(&self, src: RawFd, len: usize) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        splice(src, self.write.as_raw_fd(), len)
+    }
+
+    /// Moves up to `len` bytes from the pipe to the socket `dst`.
+    /// `WouldBlock` (with bytes in the pipe) means the socket is full.
+    pub fn splice_out(&self, dst: RawFd, len: usize) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        splice(self.read.as_raw_fd(), dst, len)
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain descriptors, no offsets (both are a socket or a pipe).
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Portable fallback: no pipe can be made, so callers copy through user
+/// space.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub struct KernelPipe {
+    _never: std::convert::Infallible,
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+impl KernelPipe {
+    pub fn new(_size: usize) -> io::Result<KernelPipe> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "splice(2) is Linux only",
+        ))
+    }
+
+    pub fn splice_in(&self, _src: RawFd, _len: usize) -> io::Result<usize> {
+        match self._never {}
+    }
+
+    pub fn splice_out(&self, _dst: RawFd, _len: usize) -> io::Result<usize> {
+        match self._never {}
+    }
 }

@@ -33,6 +33,19 @@ fn start_proxy(tag: &str, toml: &str) -> Server {
     ServerBuilder::new(&["proxy"]).tag(tag).toml(toml).start()
 }
 
+/// Both relays: `proxy_splice` on (kernel pipes) and off (user space).
+const RELAYS: [bool; 2] = [true, false];
+
+/// A proxy with `proxy_splice` set.
+fn start_relay(tag: &str, splice: bool, toml: &str) -> Server {
+    let tag = format!("{tag}-{}", if splice { "splice" } else { "copy" });
+    ServerBuilder::new(&["proxy"])
+        .tag(&tag)
+        .server(&format!("proxy_splice = {splice}"))
+        .toml(toml)
+        .start()
+}
+
 /// Opens a connection through the proxy, sends `first` and returns the
 /// client and the tag of the upstream that greeted it.
 fn open(server: &Server, first: &str) -> (Client, String) {
@@ -124,22 +137,25 @@ fn proxy_protocol_headers_carry_the_client_address() {
 #[test]
 fn half_close_reaches_the_upstream_and_its_reply_comes_back() {
     let up = EchoUpstream::start("A");
-    let server = start_proxy(
-        "proxy-half",
-        &proxy_toml(
-            "",
-            &[format!("prefix = \"ECHO\"\nupstreams = {}", addrs(&[&up]))],
-        ),
-    );
-    let (mut c, _) = open(&server, "ECHO half\n");
-    assert_eq!(c.read_line(), "ECHO half");
-    c.send(b"more\n");
-    c.stream.shutdown(Shutdown::Write).unwrap();
-    // The upstream sees EOF only through the proxy's half-close, and
-    // answers after it.
-    assert_eq!(c.read_line(), "more");
-    assert_eq!(c.read_line(), "BYE 15");
-    c.expect_closed(IO_TIMEOUT).unwrap();
+    for splice in RELAYS {
+        let server = start_relay(
+            "proxy-half",
+            splice,
+            &proxy_toml(
+                "",
+                &[format!("prefix = \"ECHO\"\nupstreams = {}", addrs(&[&up]))],
+            ),
+        );
+        let (mut c, _) = open(&server, "ECHO half\n");
+        assert_eq!(c.read_line(), "ECHO half");
+        c.send(b"more\n");
+        c.stream.shutdown(Shutdown::Write).unwrap();
+        // The upstream sees EOF only through the proxy's half-close, and
+        // answers after it.
+        assert_eq!(c.read_line(), "more");
+        assert_eq!(c.read_line(), "BYE 15");
+        c.expect_closed(IO_TIMEOUT).unwrap();
+    }
 }
 
 #[test]
@@ -417,8 +433,31 @@ fn host_tls_termination_and_sni_passthrough_share_the_port() {
 }
 
 #[test]
-fn transfers_100_mib_each_way_intact_with_bounded_memory() {
-    const SIZE: usize = 100 << 20;
+fn transfers_100_mib_each_way_intact_with_bounded_memory_on_both_relays() {
+    transfer_both_ways("proxy-bulk", &[], 100 << 20);
+    transfer_both_ways("proxy-bulk-splice", &["proxy_splice = true"], 100 << 20);
+}
+
+#[test]
+fn a_small_buffer_bounds_each_direction_and_still_moves_everything() {
+    // 1 KiB per direction: a pipe of one page holding at most 1 KiB, so
+    // every few KiB the relay stops reading a side until its peer drains.
+    transfer_both_ways(
+        "proxy-bulk-small",
+        &["proxy_buffer_size = 1024", "proxy_splice = true"],
+        8 << 20,
+    );
+    transfer_both_ways(
+        "proxy-bulk-small-copy",
+        &["proxy_buffer_size = 1024", "proxy_splice = false"],
+        8 << 20,
+    );
+}
+
+/// Streams `size` pseudo-random bytes each way at once through a proxy
+/// with these `[server]` lines, and checks counts, checksums, the proxy's
+/// memory and its byte counters.
+fn transfer_both_ways(tag: &str, server_lines: &[&str], size: usize) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let up_addr = listener.local_addr().unwrap();
     // The upstream: hashes what it reads, sends its own stream, at once.
@@ -441,17 +480,18 @@ fn transfers_100_mib_each_way_intact_with_bounded_memory() {
             }
             (n, h.0)
         });
-        let sent = send_stream(&s, SIZE, 0xfeed);
+        let sent = send_stream(&s, size, 0xfeed);
         s.shutdown(Shutdown::Write).unwrap();
         (reader.join().unwrap(), sent)
     });
-    let server = start_proxy(
-        "proxy-bulk",
-        &proxy_toml(
-            "",
-            &[format!("prefix = \"BULK\"\nupstreams = [\"{up_addr}\"]")],
-        ),
-    );
+    let mut builder = ServerBuilder::new(&["proxy"]).tag(tag).toml(&proxy_toml(
+        "",
+        &[format!("prefix = \"BULK\"\nupstreams = [\"{up_addr}\"]")],
+    ));
+    for line in server_lines {
+        builder = builder.server(line);
+    }
+    let server = builder.start();
     let rss_before = rss_kib(server.pid());
     let client = TcpStream::connect(server.addr).unwrap();
     client
@@ -489,15 +529,15 @@ fn transfers_100_mib_each_way_intact_with_bounded_memory() {
     });
     let mut prefixed = Fnv::default();
     prefixed.update(b"BULK");
-    let (_, sent_by_client) = send_stream_after(&client, SIZE, 0xbeef, prefixed);
+    let (_, sent_by_client) = send_stream_after(&client, size, 0xbeef, prefixed);
     client.shutdown(Shutdown::Write).unwrap();
     let (got_down, hash_down) = client_reader.join().unwrap();
     let ((got_up, hash_up), (_, sent_by_upstream)) = upstream.join().unwrap();
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let peak = sampler.join().unwrap();
-    assert_eq!(got_up, SIZE + 4, "bytes that reached the upstream");
+    assert_eq!(got_up, size + 4, "bytes that reached the upstream");
     assert_eq!(hash_up, sent_by_client, "client → upstream bytes changed");
-    assert_eq!(got_down, SIZE, "bytes that reached the client");
+    assert_eq!(got_down, size, "bytes that reached the client");
     assert_eq!(
         hash_down, sent_by_upstream,
         "upstream → client bytes changed"
@@ -505,12 +545,314 @@ fn transfers_100_mib_each_way_intact_with_bounded_memory() {
     let growth = peak.saturating_sub(rss_before);
     assert!(
         growth < 64 * 1024,
-        "proxy RSS grew by {growth} KiB (from {rss_before} to {peak}) for a 100 MiB stream"
+        "proxy RSS grew by {growth} KiB (from {rss_before} to {peak}) for a {} MiB stream",
+        size >> 20
     );
     let st = server.wait_status(IO_TIMEOUT, |s| s.proxy_route("BULK").num("active") == 0);
     let r = st.proxy_route("BULK");
-    assert_eq!(r.num("bytes_up"), (SIZE + 4) as u64, "{}", st.raw);
-    assert_eq!(r.num("bytes_down"), SIZE as u64, "{}", st.raw);
+    assert_eq!(r.num("bytes_up"), (size + 4) as u64, "{}", st.raw);
+    assert_eq!(r.num("bytes_down"), size as u64, "{}", st.raw);
+}
+
+/// Pipe descriptors open in the server's processes.
+fn pipes(server: &Server) -> usize {
+    open_descriptors(server.pid(), "pipe:")
+}
+
+/// Waits (bounded) until the server holds `want` pipe descriptors.
+fn wait_pipes(server: &Server, want: usize) -> usize {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let n = pipes(server);
+        if n == want || Instant::now() > deadline {
+            return n;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn spliced_sessions_hold_two_pipes_and_every_ending_closes_them() {
+    let up = EchoUpstream::start("A");
+    let dead = dead_addr();
+    let server = start_relay(
+        "proxy-fds",
+        true,
+        &proxy_toml(
+            "",
+            &[
+                format!("prefix = \"ECHO\"\nupstreams = {}", addrs(&[&up])),
+                // Refused connects: the session (and its pipes) is dropped
+                // before the module gives up.
+                format!("prefix = \"DEAD\"\nupstreams = [\"{dead}\"]\nretries = 0"),
+            ],
+        ),
+    );
+    let baseline = pipes(&server);
+
+    // 40 sessions open at once: two pipes (four descriptors) each.
+    let mut held: Vec<Client> = (0..40)
+        .map(|i| {
+            let (mut c, _) = open(&server, &format!("ECHO {i}\n"));
+            assert_eq!(c.read_line(), format!("ECHO {i}"));
+            c
+        })
+        .collect();
+    assert_eq!(
+        wait_pipes(&server, baseline + 40 * 4),
+        baseline + 40 * 4,
+        "40 spliced sessions over a baseline of {baseline} pipe descriptors"
+    );
+    // Every way a session ends: the client closes outright, the client
+    // half-closes and the upstream closes after its goodbye, the client
+    // resets.
+    for (i, mut c) in held.drain(..).enumerate() {
+        match i % 3 {
+            0 => drop(c),
+            1 => {
+                c.stream.shutdown(Shutdown::Write).unwrap();
+                assert!(c.read_line().starts_with("BYE "));
+                c.expect_closed(IO_TIMEOUT).unwrap();
+            }
+            _ => {
+                let sock = socket2::SockRef::from(&c.stream);
+                sock.set_linger(Some(Duration::ZERO)).unwrap();
+                drop(c);
+            }
+        }
+    }
+    // Many short sessions, one after another, and failed connects.
+    for i in 0..200 {
+        let (mut c, _) = open(&server, &format!("ECHO short {i}\n"));
+        assert_eq!(c.read_line(), format!("ECHO short {i}"));
+    }
+    for _ in 0..20 {
+        let mut c = server.connect();
+        c.send(b"DEAD\n");
+        c.expect_closed(IO_TIMEOUT).unwrap();
+    }
+    let st = server.wait_status(IO_TIMEOUT, |s| s.proxy_route("ECHO").num("active") == 0);
+    assert_eq!(st.proxy_route("ECHO").num("active"), 0, "{}", st.raw);
+    assert_eq!(
+        wait_pipes(&server, baseline),
+        baseline,
+        "pipe descriptors left after every session ended"
+    );
+}
+
+#[test]
+fn an_idle_session_is_closed_on_both_relays() {
+    let up = EchoUpstream::start("A");
+    for splice in RELAYS {
+        let server = ServerBuilder::new(&["proxy"])
+            .tag(&format!("proxy-idle-{splice}"))
+            .server(&format!("proxy_splice = {splice}"))
+            .server("proxy_idle_timeout_ms = 300")
+            .toml(&proxy_toml(
+                "",
+                &[format!("prefix = \"ECHO\"\nupstreams = {}", addrs(&[&up]))],
+            ))
+            .start();
+        let baseline = pipes(&server);
+        let (mut c, _) = open(&server, "ECHO idle\n");
+        assert_eq!(c.read_line(), "ECHO idle");
+        // Closed by the host with no EOF from either peer.
+        c.expect_closed(IO_TIMEOUT).unwrap();
+        assert_eq!(wait_pipes(&server, baseline), baseline, "splice {splice}");
+    }
+}
+
+#[test]
+fn no_pipes_when_splice_is_off() {
+    let up = EchoUpstream::start("A");
+    let server = ServerBuilder::new(&["proxy"])
+        .tag("proxy-nosplice")
+        .server("proxy_splice = false")
+        .toml(&proxy_toml(
+            "",
+            &[format!("prefix = \"ECHO\"\nupstreams = {}", addrs(&[&up]))],
+        ))
+        .start();
+    let baseline = pipes(&server);
+    let mut held: Vec<Client> = (0..5)
+        .map(|i| {
+            let (mut c, _) = open(&server, &format!("ECHO {i}\n"));
+            assert_eq!(c.read_line(), format!("ECHO {i}"));
+            c
+        })
+        .collect();
+    assert_eq!(pipes(&server), baseline, "the copy path opened pipes");
+    for c in &mut held {
+        c.send(b"again\n");
+        assert_eq!(c.read_line(), "again");
+    }
+}
+
+#[test]
+fn without_descriptors_for_pipes_the_session_copies_instead() {
+    let up = EchoUpstream::start("A");
+    let server = ServerBuilder::new(&["proxy"])
+        .tag("proxy-emfile")
+        .arg("--single")
+        .server("proxy_splice = true")
+        .toml(&proxy_toml(
+            "",
+            &[format!("prefix = \"ECHO\"\nupstreams = {}", addrs(&[&up]))],
+        ))
+        .start();
+    // One session first, so that whatever the first proxied connection
+    // allocates once is there before the descriptors are counted.
+    let baseline = pipes(&server);
+    let (mut c, _) = open(&server, "ECHO warm\n");
+    assert_eq!(c.read_line(), "ECHO warm");
+    drop(c);
+    assert_eq!(wait_pipes(&server, baseline), baseline);
+    let pid = server.pid();
+    let fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // New descriptors take the lowest free numbers under the limit: leave
+    // four free ones, room for the client's socket, the upstream's and one
+    // pipe end, so that pipe2 fails with EMFILE for one pipe or both.
+    let free_under =
+        |limit: u64| limit - fds.iter().filter(|&&f| (f as u64) < limit).count() as u64;
+    let mut limit = 0;
+    while free_under(limit) < 4 {
+        limit += 1;
+    }
+    let rl = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: prlimit(2) on our own child with a valid struct.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &rl,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+
+    let (mut c, tag) = open(&server, "ECHO fallback\n");
+    assert_eq!(tag, "A");
+    assert_eq!(c.read_line(), "ECHO fallback");
+    let payload = pseudo_random(256 * 1024, 7);
+    let mut w = c.stream.try_clone().unwrap();
+    let sent = payload.clone();
+    let writer = thread::spawn(move || w.write_all(&sent).unwrap());
+    assert!(
+        c.read_bytes(payload.len()) == payload,
+        "echoed bytes differ"
+    );
+    writer.join().unwrap();
+    assert_eq!(pipes(&server), baseline, "a pipe was opened past the limit");
+    c.stream.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        c.read_line(),
+        format!("BYE {}", "ECHO fallback\n".len() + payload.len())
+    );
+}
+
+#[test]
+fn bytes_read_before_the_hand_off_go_first_then_the_rest_in_order() {
+    let up = EchoUpstream::start("A");
+    for splice in RELAYS {
+        bytes_read_first(&up, splice);
+    }
+}
+
+fn bytes_read_first(up: &EchoUpstream, splice: bool) {
+    let server = start_relay(
+        "proxy-first",
+        splice,
+        &proxy_toml(
+            "",
+            &[format!(
+                "prefix = \"ECHO\"\nproxy_protocol = \"v1\"\nupstreams = {}",
+                addrs(&[up])
+            )],
+        ),
+    );
+    for round in 0..3u64 {
+        // One write: the host reads the prefix and a good part of what
+        // follows before the module decides; the rest is still in the
+        // socket and moves through the pipe.
+        let mut payload = b"ECHO ".to_vec();
+        payload.extend(pseudo_random(600 * 1024 + round as usize * 4099, round));
+        let mut c = server.connect();
+        let local = c.stream.local_addr().unwrap();
+        let dst = c.stream.peer_addr().unwrap();
+        let mut w = c.stream.try_clone().unwrap();
+        let sent = payload.clone();
+        let writer = thread::spawn(move || w.write_all(&sent).unwrap());
+        assert_eq!(c.read_line(), "A");
+        // The module's header first, then the client's bytes, intact.
+        assert_eq!(
+            c.read_line(),
+            format!(
+                "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}",
+                local.port(),
+                dst.port()
+            )
+        );
+        let got = c.read_bytes(payload.len());
+        assert!(
+            got == payload,
+            "splice {splice} round {round}: the echoed bytes differ"
+        );
+        writer.join().unwrap();
+    }
+}
+
+#[test]
+fn an_upstream_half_close_reaches_the_client_which_can_still_send() {
+    for splice in RELAYS {
+        upstream_half_close(splice);
+    }
+}
+
+fn upstream_half_close(splice: bool) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = listener.local_addr().unwrap();
+    // Greets, shuts its sending side, then reads what comes until EOF.
+    let upstream = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.write_all(b"hello, no more from me\n").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let server = start_relay(
+        "proxy-half-up",
+        splice,
+        &proxy_toml(
+            "",
+            &[format!("prefix = \"HALF\"\nupstreams = [\"{up_addr}\"]")],
+        ),
+    );
+    let mut c = server.connect();
+    c.send(b"HALF\n");
+    assert_eq!(c.read_line(), "hello, no more from me");
+    // EOF: the upstream's shutdown was passed on...
+    c.expect_closed(IO_TIMEOUT).unwrap();
+    // ...and this side still flows.
+    let tail = pseudo_random(300 * 1024, 3);
+    c.stream.write_all(&tail).unwrap();
+    c.stream.shutdown(Shutdown::Write).unwrap();
+    let got = upstream.join().unwrap();
+    let mut want = b"HALF\n".to_vec();
+    want.extend_from_slice(&tail);
+    assert!(
+        got == want,
+        "upstream got {} bytes, want {}",
+        got.len(),
+        want.len()
+    );
 }
 
 #[test]

@@ -169,18 +169,26 @@ impl EventLoop {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
-                    Token(key) => {
-                        if key & UPSTREAM == 0 {
-                            if let Some(c) = self.conns.get_mut(key) {
+                    Token(token) => {
+                        let key = token & !UPSTREAM;
+                        if let Some(c) = self.conns.get_mut(key) {
+                            if token & UPSTREAM != 0 {
+                                if let Stage::Proxy(s) = &mut c.stage {
+                                    s.upstream_ready.note(event);
+                                }
+                            } else {
                                 if event.is_readable() || event.is_error() {
                                     c.read_ready = true;
                                 }
                                 if event.is_read_closed() || event.is_error() {
                                     c.peer_closing = true;
                                 }
+                                if let Stage::Proxy(s) = &mut c.stage {
+                                    s.client_ready.note(event);
+                                }
                             }
                         }
-                        self.drive(key & !UPSTREAM)
+                        self.drive(key)
                     }
                 }
             }

@@ -13,7 +13,7 @@ use module_api::{Action, ProxyEvent, ProxyEventKind};
 
 use super::{EventLoop, MAX_PROXY_ATTEMPTS, UPSTREAM};
 use crate::conn::{Conn, Stage};
-use crate::proxy::{Pipe, Relay, Session};
+use crate::proxy::{Buffer, Ready, Relay, Session};
 use crate::registry::Generation;
 
 impl EventLoop {
@@ -44,6 +44,10 @@ impl EventLoop {
         let conn = &mut self.conns[key];
         match sock {
             Ok(sock) => {
+                // TLS terminated here means plaintext exists only in user
+                // space: such a connection can only copy.
+                let splice = cfg.proxy_splice && conn.tls.is_none();
+                let (up, down) = Buffer::pair(splice, cfg.proxy_buffer_size, &first, conn.info.id);
                 conn.stage = Stage::Proxy(Box::new(Session {
                     gen,
                     upstream,
@@ -53,8 +57,10 @@ impl EventLoop {
                     initial,
                     started: self.now,
                     last_activity: self.now,
-                    up: Pipe::new(cfg.proxy_buffer_size, &first),
-                    down: Pipe::new(cfg.proxy_buffer_size, &[]),
+                    up,
+                    down,
+                    client_ready: Ready::BOTH,
+                    upstream_ready: Ready::BOTH,
                     bytes_up: 0,
                     bytes_down: 0,
                     client_eof: conn.eof,
@@ -103,13 +109,27 @@ impl EventLoop {
                         &mut out,
                     );
                     drop(busy);
-                    log::debug!("conn {}: proxied to {}", info.id, session.upstream.addr());
+                    log::debug!(
+                        "conn {}: proxied to {} ({})",
+                        info.id,
+                        session.upstream.addr(),
+                        if session.up.is_spliced() {
+                            "splice"
+                        } else {
+                            "copy"
+                        }
+                    );
                 }
                 Err(e) => return self.proxy_failed(key, e),
             }
         }
         match session.relay(sock, now) {
             Ok(Relay::Open) => {}
+            Ok(Relay::Yield) => {
+                if !self.again.contains(&key) {
+                    self.again.push(key);
+                }
+            }
             Ok(Relay::Done) => self.close(key, "proxy session done"),
             Err(e) => {
                 log::debug!("conn {}: proxy relay: {e}", info.id);
