@@ -21,60 +21,31 @@
 # Needs a release build (`make build`) and python3.
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
-repo="$PWD"
-out="$repo/bench/out/proxy-bulk"
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_init bench-proxy-bulk proxy-bulk
 size_mib="${BENCH_SIZE_MIB:-100}"
 rounds="${BENCH_ROUNDS:-3}"
 threads="${BENCH_THREADS:-2}"
 size=$((size_mib * 1024 * 1024))
 
-log() { printf 'bench-proxy-bulk: %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
+ensure_tools python3
+switchyard_dir "$out" proxy
 
-pids=()
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-rm -rf "$out"
-mkdir -p "$out/modules" "$out/data"
-
-python3 bench/bulk.py upstream "$out/upstream.port" &
-pids+=($!)
-for ((i = 0; i < 200; i++)); do
-    [[ -f $out/upstream.port ]] && break
-    sleep 0.05
-done
-[[ -f $out/upstream.port ]] || die "the upstream did not start"
+python3 bench/bulk.py upstream "$out/upstream.port" >"$out/upstream.log" 2>&1 &
+up_pid=$!
+track "$up_pid"
+wait_until upstream "$up_pid" "$out/upstream.log" test -s "$out/upstream.port"
 up_port="$(cat "$out/upstream.port")"
 
-bin="$repo/target/release/switchyard"
-[[ -x $bin ]] || die "$bin not found; run 'make build' first"
-[[ -f modules/proxy.so ]] || die "modules/proxy.so not found; run 'make build' first"
-cp modules/proxy.so "$out/modules/"
 {
     printf '[server]\nevent_loops = %s\n' "$threads"
     [[ -n ${BENCH_PROXY_SPLICE:-} ]] && printf 'proxy_splice = %s\n' "$BENCH_PROXY_SPLICE"
     [[ -n ${BENCH_PROXY_BUFFER:-} ]] && printf 'proxy_buffer_size = %s\n' "$BENCH_PROXY_BUFFER"
     printf '\n[modules.proxy]\n[[modules.proxy.routes]]\nprefix = "BULK"\nupstreams = ["127.0.0.1:%s"]\n' "$up_port"
 } >"$out/switchyard.toml"
-RUST_LOG="${RUST_LOG:-warn}" "$bin" -port 0 -threads "$threads" --bind 127.0.0.1 \
-    --modules "$out/modules" --data-dir "$out/data" --config "$out/switchyard.toml" \
-    >"$out/stdout.log" 2>"$out/stderr.log" &
-pids+=($!)
-addr=""
-for ((i = 0; i < 200; i++)); do
-    addr="$(sed -n 's/^listening on //p' "$out/stdout.log" | head -n1)"
-    [[ -n $addr ]] && break
-    sleep 0.05
-done
-[[ -n $addr ]] || { tail -n 20 "$out/stderr.log" >&2; die "switchyard did not start"; }
-sy_port="${addr##*:}"
+start_switchyard "$out" -threads "$threads"
+sy_port="${sy_addr##*:}"
 log "upstream 127.0.0.1:$up_port, switchyard 127.0.0.1:$sy_port, ${size_mib} MiB x $rounds round(s), splice ${BENCH_PROXY_SPLICE:-default}, buffer ${BENCH_PROXY_BUFFER:-default}"
 
 declare -A sum
