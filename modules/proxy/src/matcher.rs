@@ -121,41 +121,11 @@ impl Matcher {
     }
 }
 
-/// A minimal TLS ClientHello record, with an SNI extension when `name` is
-/// given (for tests here and in the integration suite's spirit).
-#[cfg(test)]
-pub fn client_hello(name: Option<&str>) -> Vec<u8> {
-    let mut body = vec![0x03, 0x03];
-    body.extend_from_slice(&[7u8; 32]);
-    body.push(0);
-    body.extend_from_slice(&[0, 2, 0x13, 0x01]);
-    body.extend_from_slice(&[1, 0]);
-    let mut exts = Vec::new();
-    if let Some(n) = name {
-        let mut entry = vec![0u8];
-        entry.extend_from_slice(&(n.len() as u16).to_be_bytes());
-        entry.extend_from_slice(n.as_bytes());
-        let mut list = (entry.len() as u16).to_be_bytes().to_vec();
-        list.extend_from_slice(&entry);
-        exts.extend_from_slice(&[0, 0]);
-        exts.extend_from_slice(&(list.len() as u16).to_be_bytes());
-        exts.extend_from_slice(&list);
-    }
-    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
-    body.extend_from_slice(&exts);
-    let mut hs = vec![1u8];
-    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    hs.extend_from_slice(&body);
-    let mut rec = vec![0x16, 0x03, 0x01];
-    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-    rec.extend_from_slice(&hs);
-    rec
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::parse;
+    use module_api::tls::client_hello;
     use serde_json::json;
 
     fn matcher(routes: serde_json::Value) -> Matcher {

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use module_api::{Action, ConnInfo, Handler, ProxyEvent, ProxyEventKind, RVec, Upstream, Verdict};
 use serde_json::json;
 
-use crate::matcher::client_hello;
 use crate::Proxy;
+use module_api::tls::client_hello;
 
 fn conn(id: u64) -> ConnInfo {
     ConnInfo::new(id, "192.0.2.9:40000".parse().unwrap(), false)
