@@ -161,10 +161,10 @@ fn tcp(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// A TLS client connection, handshake done.
+/// A TLS client connection, handshake done, reading through the common
+/// client's buffer and parsers.
 struct TlsClient {
-    s: StreamOwned<ClientConnection, TcpStream>,
-    buf: Vec<u8>,
+    c: Client<StreamOwned<ClientConnection, TcpStream>>,
 }
 
 impl TlsClient {
@@ -177,120 +177,39 @@ impl TlsClient {
                 .complete_io(&mut s.sock)
                 .map_err(|e| format!("TLS handshake for {name:?}: {e}"))?;
         }
-        Ok(TlsClient { s, buf: Vec::new() })
+        Ok(TlsClient {
+            c: Client::from_stream(s),
+        })
     }
 
     fn must(addr: SocketAddr, cfg: &Arc<ClientConfig>, name: &str) -> TlsClient {
         Self::connect(addr, cfg, name).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// The client's TLS session.
+    fn session(&self) -> &ClientConnection {
+        &self.c.stream.conn
+    }
+
     /// The DER of the certificate the server presented.
     fn peer_der(&self) -> Vec<u8> {
         let certs: &[CertificateDer<'_>] = self
-            .s
-            .conn
+            .session()
             .peer_certificates()
             .expect("no peer certificate");
         certs[0].to_vec()
     }
 
     fn send(&mut self, bytes: &[u8]) {
-        self.s
-            .write_all(bytes)
-            .and_then(|_| self.s.flush())
-            .unwrap_or_else(|e| panic!("TLS write: {e}"));
-    }
-
-    /// More plaintext into the buffer; `Ok(false)` at the end of the
-    /// stream (close_notify or plain EOF).
-    fn fill(&mut self) -> Result<bool, String> {
-        let mut chunk = [0u8; 64 * 1024];
-        loop {
-            match self.s.read(&mut chunk) {
-                Ok(0) => return Ok(false),
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(true);
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(false),
-                Err(e) => {
-                    return Err(format!(
-                        "TLS read: {e} (buffered: {:?})",
-                        String::from_utf8_lossy(&self.buf)
-                    ))
-                }
-            }
-        }
+        self.c.send(bytes);
     }
 
     fn read_line(&mut self) -> String {
-        loop {
-            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=i).collect();
-                return String::from_utf8_lossy(&line)
-                    .trim_end_matches(['\r', '\n'])
-                    .to_string();
-            }
-            if !self.fill().unwrap_or_else(|e| panic!("{e}")) {
-                panic!(
-                    "TLS connection closed before a full line; got {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                );
-            }
-        }
+        self.c.read_line()
     }
 
-    /// Reads one HTTP response (Content-Length or close-delimited body).
     fn read_response(&mut self) -> Response {
-        let head_end = loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if !self.fill().unwrap_or_else(|e| panic!("{e}")) {
-                panic!(
-                    "TLS connection closed before a response head; got {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                );
-            }
-        };
-        let head: Vec<u8> = self.buf.drain(..head_end).collect();
-        let head = String::from_utf8_lossy(&head).into_owned();
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap().to_string();
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-        let headers: Vec<(String, String)> = lines
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let (n, v) = l.split_once(':').expect("header line");
-                (n.trim().to_string(), v.trim().to_string())
-            })
-            .collect();
-        let mut resp = Response {
-            status,
-            status_line,
-            headers,
-            body: Vec::new(),
-        };
-        if let Some(len) = resp.header("content-length") {
-            let len: usize = len.parse().unwrap();
-            while self.buf.len() < len {
-                assert!(
-                    self.fill().unwrap_or_else(|e| panic!("{e}")),
-                    "closed after {} of {len} body bytes",
-                    self.buf.len()
-                );
-            }
-            resp.body = self.buf.drain(..len).collect();
-        } else {
-            while self.fill().unwrap_or_else(|e| panic!("{e}")) {}
-            resp.body = std::mem::take(&mut self.buf);
-        }
-        resp
+        self.c.read_response(false)
     }
 
     fn get(&mut self, path: &str) -> Response {
@@ -434,7 +353,7 @@ fn sni_selects_the_certificate() {
         let mut c = TlsClient::must(srv.addr, &cfg, name);
         assert!(c.peer_der() == want.der, "SNI {name:?} should get {which}");
         assert_eq!(
-            c.s.conn.alpn_protocol(),
+            c.session().alpn_protocol(),
             Some(&b"http/1.1"[..]),
             "ALPN for {name:?}"
         );
@@ -459,16 +378,16 @@ fn sni_selects_the_certificate() {
     );
     let mut c = TlsClient::must(srv.addr, &cfg12, "a.example.test");
     assert_eq!(
-        c.s.conn.protocol_version(),
+        c.session().protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
-    assert_eq!(c.s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(c.session().alpn_protocol(), Some(&b"http/1.1"[..]));
     assert!(c.peer_der() == pki.a.der);
     assert_index(&c.get("/"), "TLS 1.2");
     let cfg13 = client_config(&pki.ca.roots(), &[&rustls::version::TLS13], &[]);
     let mut c = TlsClient::must(srv.addr, &cfg13, "a.example.test");
     assert_eq!(
-        c.s.conn.protocol_version(),
+        c.session().protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
     assert_index(&c.get("/"), "TLS 1.3");

@@ -489,9 +489,10 @@ impl Drop for Server {
     }
 }
 
-/// A client connection with a read buffer (responses may be pipelined).
-pub struct Client {
-    pub stream: TcpStream,
+/// A client connection with a read buffer (responses may be pipelined):
+/// plain TCP, or any other byte stream (a TLS session in the TLS tests).
+pub struct Client<S = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
 }
 
@@ -507,21 +508,27 @@ impl Client {
             buf: Vec::new(),
         }
     }
+}
 
+impl<S: Read + Write> Client<S> {
     /// Writes all of `bytes` (panics on error).
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream
             .write_all(bytes)
+            .and_then(|_| self.stream.flush())
             .unwrap_or_else(|e| panic!("write to server: {e}"));
     }
 
     /// Writes `bytes`, ignoring errors (the server may close early).
     pub fn send_lenient(&mut self, bytes: &[u8]) {
-        let _ = self.stream.write_all(bytes);
+        let _ = self
+            .stream
+            .write_all(bytes)
+            .and_then(|_| self.stream.flush());
     }
 
     /// Wraps an already connected stream (timeouts as the caller set them).
-    pub fn from_stream(stream: TcpStream) -> Client {
+    pub fn from_stream(stream: S) -> Client<S> {
         Client {
             stream,
             buf: Vec::new(),
@@ -539,6 +546,8 @@ impl Client {
                     return Ok(true);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // A TLS session closed without close_notify.
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(false),
                 Err(e) => {
                     return Err(format!(
                         "read from server: {e} (buffered so far: {:?})",
@@ -702,7 +711,9 @@ impl Client {
             self.buf.drain(..2);
         }
     }
+}
 
+impl Client {
     /// Waits (up to `timeout`) for the server to close the connection.
     /// `Ok` if it closed (EOF or reset) without sending anything more, `Err`
     /// with what happened otherwise.
