@@ -46,6 +46,22 @@ fn lines(path: &Path) -> Vec<String> {
 }
 
 /// A temporary directory for the jobs' files (paths without spaces).
+/// A job `slow` due every second that runs `secs` seconds in `out`: it
+/// appends `overlap` to `out/events` if it finds another run going, and
+/// `done` when it finishes.
+fn slow_job(out: &Path, secs: &str) -> String {
+    format!(
+        r#"
+[[modules.cron.jobs]]
+name = "slow"
+schedule = "* * * * * *"
+cwd = "{}"
+command = ["sh", "-c", "if [ -e running ]; then echo overlap >> events; fi; touch running; sleep {secs}; rm -f running; echo done >> events"]
+"#,
+        out.display()
+    )
+}
+
 fn out_dir(tag: &str) -> PathBuf {
     let d = temp_dir(tag);
     assert!(!d.to_str().unwrap().contains([' ', '"', '\'']));
@@ -105,20 +121,7 @@ timeout = "10s"
 #[test]
 fn a_job_slower_than_its_period_is_skipped_not_overlapped() {
     let out = out_dir("cron-out");
-    let s = start(
-        "cron-slow",
-        &["cron"],
-        &format!(
-            r#"
-[[modules.cron.jobs]]
-name = "slow"
-schedule = "* * * * * *"
-cwd = "{}"
-command = ["sh", "-c", "if [ -e running ]; then echo overlap >> events; fi; touch running; sleep 2.3; rm -f running; echo done >> events"]
-"#,
-            out.display()
-        ),
-    );
+    let s = start("cron-slow", &["cron"], &slow_job(&out, "2.3"));
     let st = wait_job(&s, "cron/slow", "two skipped runs", |j| {
         j.num("skipped") >= 2 && j.num("runs") >= 1
     });
@@ -452,20 +455,7 @@ command = ["sh", "-c", "date +%s >> ticks"]
 #[test]
 fn a_run_in_progress_finishes_on_the_old_generation() {
     let out = out_dir("cron-out");
-    let s = start(
-        "cron-handover",
-        &["cron"],
-        &format!(
-            r#"
-[[modules.cron.jobs]]
-name = "slow"
-schedule = "* * * * * *"
-cwd = "{}"
-command = ["sh", "-c", "if [ -e running ]; then echo overlap >> events; fi; touch running; sleep 1.5; rm -f running; echo done >> events"]
-"#,
-            out.display()
-        ),
-    );
+    let s = start("cron-handover", &["cron"], &slow_job(&out, "1.5"));
     wait_job(&s, "cron/slow", "a run to start", |j| {
         j.get("state") == "running"
     });
