@@ -85,13 +85,9 @@ impl Pool {
                 .spawn(move || {
                     for job in rx {
                         let mut out = RVec::new();
-                        let busy = crate::worker_link::enter(job.gen.slot_id);
-                        let verdict = job.gen.module.on_deferred(
-                            &job.info,
-                            RSlice::from_slice(&job.msg),
-                            &mut out,
-                        );
-                        drop(busy);
+                        let verdict = job.gen.enter(|m| {
+                            m.on_deferred(&job.info, RSlice::from_slice(&job.msg), &mut out)
+                        });
                         drop(job.gen);
                         mailboxes[job.to.loop_idx].send(Completion::Deferred {
                             to: job.to,

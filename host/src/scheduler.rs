@@ -487,8 +487,7 @@ fn work(rx: Receiver<Task>) {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             // Jobs may run long: a crash is pinned on the module, a long
             // run is not a hang.
-            let _busy = crate::worker_link::enter_unwatched(gen.slot_id);
-            gen.module.run_job(RStr::from_str(&job))
+            gen.enter_unwatched(|m| m.run_job(RStr::from_str(&job)))
         }));
         let result = match outcome {
             Ok(RResult::ROk(s)) => Ok(one_line(s.as_str())),

@@ -348,9 +348,7 @@ impl EventLoop {
         let told = match std::mem::replace(&mut conn.stage, Stage::Routing) {
             Stage::Module(g) | Stage::Deferred(g) => {
                 g.stats.conns.fetch_sub(1, Ordering::Relaxed);
-                let busy = crate::worker_link::enter(g.slot_id);
-                g.module.on_close(&conn.info);
-                drop(busy);
+                g.enter(|m| m.on_close(&conn.info));
                 Some(g.name.clone())
             }
             Stage::Proxy(mut session) => {
@@ -358,13 +356,13 @@ impl EventLoop {
                 let g = session.gen.clone();
                 g.stats.conns.fetch_sub(1, Ordering::Relaxed);
                 let mut out = RVec::new();
-                let busy = crate::worker_link::enter(g.slot_id);
-                let _ = g.module.proxy_event(
-                    &conn.info,
-                    proxy_event(ProxyEventKind::Closed, &session),
-                    &mut out,
-                );
-                drop(busy);
+                let _ = g.enter(|m| {
+                    m.proxy_event(
+                        &conn.info,
+                        proxy_event(ProxyEventKind::Closed, &session),
+                        &mut out,
+                    )
+                });
                 log::debug!(
                     "conn {}: proxy to {} closed ({why}): {} bytes up, {} down",
                     conn.info.id,
@@ -379,8 +377,7 @@ impl EventLoop {
         for name in &conn.watchers {
             if told.as_ref() != Some(name) {
                 if let Ok(g) = self.shared.registry.current(name) {
-                    let _busy = crate::worker_link::enter(g.slot_id);
-                    g.module.on_close(&conn.info);
+                    g.enter(|m| m.on_close(&conn.info));
                 }
             }
         }
@@ -609,11 +606,9 @@ impl EventLoop {
                     }
                     let before = conn.wbuf.len();
                     let input = conn.rbuf.bytes();
-                    let busy = crate::worker_link::enter(g.slot_id);
-                    let verdict =
-                        g.module
-                            .on_message(&conn.info, RSlice::from_slice(input), &mut conn.wbuf);
-                    drop(busy);
+                    let verdict = g.enter(|m| {
+                        m.on_message(&conn.info, RSlice::from_slice(input), &mut conn.wbuf)
+                    });
                     // An incomplete message waits for more bytes from the
                     // socket; asking again now would spin.
                     let wait = verdict.action == Action::NeedMore;

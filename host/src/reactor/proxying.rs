@@ -102,13 +102,13 @@ impl EventLoop {
                 Ok(true) => {
                     let g = session.gen.clone();
                     let mut out = RVec::new();
-                    let busy = crate::worker_link::enter(g.slot_id);
-                    let _ = g.module.proxy_event(
-                        info,
-                        proxy_event(ProxyEventKind::Connected, session),
-                        &mut out,
-                    );
-                    drop(busy);
+                    let _ = g.enter(|m| {
+                        m.proxy_event(
+                            info,
+                            proxy_event(ProxyEventKind::Connected, session),
+                            &mut out,
+                        )
+                    });
                     log::debug!(
                         "conn {}: proxied to {} ({})",
                         info.id,
@@ -174,9 +174,7 @@ impl EventLoop {
             bytes_up: 0,
             bytes_down: 0,
         };
-        let busy = crate::worker_link::enter(gen.slot_id);
-        let v = gen.module.proxy_event(&conn.info, event, &mut out);
-        drop(busy);
+        let v = gen.enter(|m| m.proxy_event(&conn.info, event, &mut out));
         if v.fault {
             gen.stats.faults.fetch_add(1, Ordering::Relaxed);
         }

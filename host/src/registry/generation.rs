@@ -55,6 +55,22 @@ fn epoch() -> Instant {
 }
 
 impl Generation {
+    /// Calls into the module with this thread recorded as running it: a
+    /// crash is pinned on the module, and a call that does not return
+    /// trips the leader's hang check.
+    #[inline]
+    pub fn enter<R>(&self, call: impl FnOnce(&ModuleBox) -> R) -> R {
+        let _busy = crate::worker_link::enter(self.slot_id);
+        call(&self.module)
+    }
+
+    /// Like [`Generation::enter`], for calls that may legitimately run
+    /// long (a job, `save_state`, `stop`): no hang check.
+    pub fn enter_unwatched<R>(&self, call: impl FnOnce(&ModuleBox) -> R) -> R {
+        let _busy = crate::worker_link::enter_unwatched(self.slot_id);
+        call(&self.module)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: Arc<str>,
@@ -112,9 +128,7 @@ impl Generation {
 impl Drop for Generation {
     fn drop(&mut self) {
         log::info!("{} gen={} stopped", self.name, self.gen);
-        let busy = crate::worker_link::enter_unwatched(self.slot_id);
-        self.module.stop();
-        drop(busy);
+        self.enter_unwatched(|m| m.stop());
         self.stats.retained.fetch_add(1, Ordering::Relaxed);
         self.stats
             .retained_bytes

@@ -411,10 +411,7 @@ impl Registry {
         if c.reload == ReloadMode::Exclusive || old.reload == ReloadMode::Exclusive {
             return self.replace_exclusive(state, name, file, c, old);
         }
-        let saved = {
-            let _busy = crate::worker_link::enter_unwatched(old.slot_id);
-            old.module.save_state()
-        };
+        let saved = old.enter_unwatched(|m| m.save_state());
         drop(old);
         match self.launch(state, &c, &saved) {
             Ok(g) => self.install(state, file, g),
@@ -449,10 +446,7 @@ impl Registry {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        let saved = {
-            let _busy = crate::worker_link::enter_unwatched(old.slot_id);
-            old.module.save_state()
-        };
+        let saved = old.enter_unwatched(|m| m.save_state());
         let previous = Candidate::of(&old);
         let slot = state
             .modules
