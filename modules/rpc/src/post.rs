@@ -139,20 +139,7 @@ pub fn on_message(
     if needs_writer(&msg) {
         return Verdict::defer(total);
     }
-    let mut reply = Vec::new();
-    {
-        let map = core.store.read();
-        let mut env = Env {
-            core,
-            view: View::Read(&map),
-            now: now_ms(),
-            conn: 0,
-            later: None,
-            subscribed: false,
-        };
-        eval_message(&mut env, &msg, &mut reply);
-    }
-    respond(out, &reply, total, keep)
+    respond(out, &answer_reads(core, &msg), total, keep)
 }
 
 /// Handles requests on a pool thread, waiting for the commit of writes:
@@ -237,6 +224,11 @@ fn answer(rpc: &Rpc, body: &[u8]) -> Vec<u8> {
                 v
             });
     }
+    answer_reads(core, &msg)
+}
+
+/// The reply to a message that only reads, under the store's read lock.
+fn answer_reads(core: &crate::Core, msg: &jsonrpc::Message<'_>) -> Vec<u8> {
     let mut reply = Vec::new();
     let map = core.store.read();
     let mut env = Env {
@@ -247,7 +239,7 @@ fn answer(rpc: &Rpc, body: &[u8]) -> Vec<u8> {
         later: None,
         subscribed: false,
     };
-    eval_message(&mut env, &msg, &mut reply);
+    eval_message(&mut env, msg, &mut reply);
     reply
 }
 
