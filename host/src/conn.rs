@@ -135,7 +135,7 @@ pub struct PendingFile {
 
 impl PendingFile {
     pub fn new(file: FileBody) -> PendingFile {
-        let (offset, remaining) = (file.offset, file.len);
+        let (offset, remaining) = (file.offset(), file.len());
         PendingFile {
             file,
             offset,
@@ -258,10 +258,7 @@ impl Conn {
     /// Unsent bytes, for the push backlog limit.
     pub fn backlog(&self) -> usize {
         (self.wbuf.len() - self.wpos)
-            + self
-                .body
-                .as_ref()
-                .map_or(0, |b| b.len as usize - self.body_pos)
+            + self.body.as_ref().map_or(0, |b| b.len() - self.body_pos)
             + self.file.as_ref().map_or(0, |f| f.remaining as usize)
             + self.push_queue.len()
     }
@@ -425,14 +422,14 @@ impl Conn {
             } else if let Some(b) = &self.body {
                 moved = tls.writer().write(&b.bytes()[self.body_pos..])?;
                 self.body_pos += moved;
-                if self.body_pos >= b.len as usize {
+                if self.body_pos >= b.len() {
                     self.body = None;
                     self.body_pos = 0;
                 }
             } else if let Some(f) = &mut self.file {
                 let want = (f.remaining as usize).min(scratch.len());
                 if want > 0 {
-                    let n = read_at(f.file.fd, &mut scratch[..want], f.offset)?;
+                    let n = read_at(f.file.fd(), &mut scratch[..want], f.offset)?;
                     if n == 0 {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -522,7 +519,7 @@ impl Conn {
         if let Some(f) = &mut self.file {
             let sock = self.sock.as_raw_fd();
             while f.remaining > 0 {
-                match sys::sendfile(sock, f.file.fd, &mut f.offset, f.remaining) {
+                match sys::sendfile(sock, f.file.fd(), &mut f.offset, f.remaining) {
                     Ok(0) => {
                         // The file shrank under us: the response is now
                         // short, so the connection cannot be reused.

@@ -33,12 +33,14 @@ pub enum Completion {
     },
     /// An admin command finished; `reply` is written to the connection.
     Admin { to: ReplyTo, reply: String },
-    /// A module pushes bytes to a connection (see `services`).
+    /// A module pushes bytes to connections of this loop (see
+    /// `services`); the bytes are shared, each connection copies them
+    /// into its own output only after its backlog was checked.
     Push {
-        conn_id: u64,
+        conn_ids: Vec<u64>,
         module: Arc<str>,
-        data: Vec<u8>,
-        notice: Vec<u8>,
+        data: Arc<[u8]>,
+        notice: Arc<[u8]>,
     },
 }
 

@@ -35,22 +35,36 @@ impl Services {
         let _ = self.registry.set(Arc::downgrade(registry));
     }
 
-    /// Queues pushed bytes on the loop that owns `conn`.
-    pub fn push(&self, module: &Arc<str>, conn: u64, data: &[u8], notice: &[u8]) -> bool {
+    /// Queues pushed bytes on the loops that own `conns`: the bytes are
+    /// copied once and shared. Returns how many connections were
+    /// addressed to a loop.
+    pub fn push(&self, module: &Arc<str>, conns: &[u64], data: &[u8], notice: &[u8]) -> usize {
         let Some(mailboxes) = self.mailboxes.get() else {
-            return false;
+            return 0;
         };
-        let (loop_idx, _) = conn::id_parts(conn);
-        let Some(mailbox) = mailboxes.get(loop_idx) else {
-            return false;
-        };
-        mailbox.send(Completion::Push {
-            conn_id: conn,
-            module: module.clone(),
-            data: data.to_vec(),
-            notice: notice.to_vec(),
-        });
-        true
+        let mut per_loop: Vec<Vec<u64>> = vec![Vec::new(); mailboxes.len()];
+        for &c in conns {
+            let (loop_idx, _) = conn::id_parts(c);
+            if let Some(ids) = per_loop.get_mut(loop_idx) {
+                ids.push(c);
+            }
+        }
+        let data: Arc<[u8]> = Arc::from(data);
+        let notice: Arc<[u8]> = Arc::from(notice);
+        let mut sent = 0;
+        for (mailbox, conn_ids) in mailboxes.iter().zip(per_loop) {
+            if conn_ids.is_empty() {
+                continue;
+            }
+            sent += conn_ids.len();
+            mailbox.send(Completion::Push {
+                conn_ids,
+                module: module.clone(),
+                data: data.clone(),
+                notice: notice.clone(),
+            });
+        }
+        sent
     }
 
     /// Runs one complete message through module `name`, inline.
@@ -105,10 +119,10 @@ impl Services {
 /// whole answer in memory).
 fn read_file_body(file: &module_api::FileBody, out: &mut RVec<u8>) -> std::io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
-    let (mut offset, mut left) = (file.offset, file.len);
+    let (mut offset, mut left) = (file.offset(), file.len());
     while left > 0 {
         let want = (left as usize).min(buf.len());
-        let n = crate::conn::read_at(file.fd, &mut buf[..want], offset)?;
+        let n = crate::conn::read_at(file.fd(), &mut buf[..want], offset)?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,

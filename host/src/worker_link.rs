@@ -454,6 +454,33 @@ pub fn enter_unwatched(id: u32) -> Busy {
     busy
 }
 
+/// Starts a wait that is not a hang on the calling thread (see
+/// `HostServices::wait_begin`): the leader's hang check skips the thread
+/// until [`wait_end`] gets the returned token back. The module stays
+/// recorded, so a crash meanwhile is still pinned on it.
+pub fn wait_begin() -> u64 {
+    let Some(slot) = PAGE.get().and_then(|p| my_slot(p)) else {
+        return 0;
+    };
+    // `busy()` skips slots without a start time.
+    slot.since_ms.swap(0, Ordering::AcqRel)
+}
+
+/// Ends a wait begun by [`wait_begin`]: a call that was watched before
+/// the wait is watched again, its clock restarted now (the wait was not
+/// its own time; a call stuck before the wait would have been caught
+/// then). `token` 0: the call was not watched, and stays so.
+pub fn wait_end(token: u64) {
+    if token == 0 {
+        return;
+    }
+    if let Some(slot) = PAGE.get().and_then(|p| my_slot(p)) {
+        if slot.module.load(Ordering::Acquire) != 0 {
+            slot.since_ms.store(now_ms().max(1), Ordering::Release);
+        }
+    }
+}
+
 impl Drop for Busy {
     #[inline]
     fn drop(&mut self) {

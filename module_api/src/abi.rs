@@ -166,19 +166,20 @@ pub struct ProxyEvent {
 #[derive(StableAbi, Debug)]
 pub struct FileBody {
     /// Open file descriptor, or -1 for none.
-    pub fd: i32,
+    fd: i32,
     /// First byte to send.
-    pub offset: u64,
+    offset: u64,
     /// Number of bytes to send.
-    pub len: u64,
+    len: u64,
     /// Passed to `release`.
-    pub owner: *const u8,
+    owner: *const u8,
     /// Frees `owner` (which keeps `fd` open); `None` when the body owns
     /// `fd` itself.
-    pub release: Option<extern "C" fn(owner: *const u8)>,
+    release: Option<extern "C" fn(owner: *const u8)>,
 }
 
-// SAFETY: `from_arc` only accepts owners that are `Send + Sync`; an owned
+// SAFETY: `from_arc` only accepts owners that are `Send + Sync`,
+// `from_raw_parts` makes its caller promise the same, and an owned
 // descriptor may be closed from any thread.
 unsafe impl Send for FileBody {}
 
@@ -228,9 +229,55 @@ impl FileBody {
         }
     }
 
+    /// A body from raw parts, for hosts and foreign-language glue.
+    ///
+    /// # Safety
+    ///
+    /// `fd` must be an open descriptor (or -1 for none) that stays open
+    /// until the body is dropped. With `release` set, `owner` keeps `fd`
+    /// open, may be released from any thread, and `release(owner)` is
+    /// called exactly once, on drop; without it, the body owns `fd` and
+    /// closes it on drop, so nothing else may close it.
+    pub unsafe fn from_raw_parts(
+        fd: i32,
+        offset: u64,
+        len: u64,
+        owner: *const u8,
+        release: Option<extern "C" fn(owner: *const u8)>,
+    ) -> FileBody {
+        FileBody {
+            fd,
+            offset,
+            len,
+            owner,
+            release,
+        }
+    }
+
     /// Whether there is a file to send.
     pub fn is_some(&self) -> bool {
         self.fd >= 0
+    }
+
+    /// The descriptor to read from (-1 for none); it stays open while the
+    /// body lives.
+    pub fn fd(&self) -> i32 {
+        self.fd
+    }
+
+    /// The first byte to send.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// How many bytes to send.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the range is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -265,17 +312,18 @@ impl Drop for FileBody {
 #[derive(StableAbi, Debug)]
 pub struct SharedBody {
     /// First byte, valid until `release` is called.
-    pub ptr: *const u8,
+    ptr: *const u8,
     /// Number of bytes.
-    pub len: u64,
+    len: u64,
     /// Passed to `release`.
-    pub owner: *const u8,
+    owner: *const u8,
     /// Frees `owner`; `None` for no body.
-    pub release: Option<extern "C" fn(owner: *const u8)>,
+    release: Option<extern "C" fn(owner: *const u8)>,
 }
 
-// SAFETY: `from_arc` only accepts owners that are `Send + Sync`, and the
-// bytes are immutable while shared.
+// SAFETY: `from_arc` only accepts owners that are `Send + Sync`,
+// `from_raw_parts` makes its caller promise the same, and the bytes are
+// immutable while shared.
 unsafe impl Send for SharedBody {}
 
 impl SharedBody {
@@ -308,14 +356,49 @@ impl SharedBody {
         }
     }
 
+    /// A body from raw parts, for hosts and foreign-language glue.
+    ///
+    /// # Safety
+    ///
+    /// `ptr..ptr + len` must be readable and unchanged until
+    /// `release(owner)` is called, which happens exactly once, on drop,
+    /// possibly on another thread. With `release` `None` the body is empty
+    /// whatever `ptr` and `len` say.
+    pub unsafe fn from_raw_parts(
+        ptr: *const u8,
+        len: u64,
+        owner: *const u8,
+        release: Option<extern "C" fn(owner: *const u8)>,
+    ) -> SharedBody {
+        if release.is_none() {
+            return SharedBody::NONE;
+        }
+        SharedBody {
+            ptr,
+            len,
+            owner,
+            release,
+        }
+    }
+
     /// Whether there is a body.
     pub fn is_some(&self) -> bool {
         self.release.is_some()
     }
 
+    /// Number of bytes.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// The shared bytes.
     pub fn bytes(&self) -> &[u8] {
-        if self.ptr.is_null() {
+        if self.ptr.is_null() || self.release.is_none() {
             return &[];
         }
         // SAFETY: `ptr..ptr+len` stays valid until `release` (see type doc).
@@ -463,6 +546,14 @@ pub struct ConnInfo {
     /// `Connection: close`) and the client reconnects to the new worker
     /// instead of racing a close.
     pub draining: bool,
+    /// The output budget for this call: once `out.len()` reaches this,
+    /// answer no further pipelined message in the same call. Return the
+    /// verdict for the messages answered so far (`consumed` = their
+    /// length); the host calls again with the rest once the connection's
+    /// unsent output has drained below its high-water mark. The first
+    /// message of a call is always answered, so a call makes progress.
+    /// `u64::MAX` when the caller sets no limit.
+    pub out_limit: u64,
 }
 
 impl ConnInfo {
@@ -484,7 +575,14 @@ impl ConnInfo {
             local_port: 0,
             local_is_v6: false,
             draining: false,
+            out_limit: u64::MAX,
         }
+    }
+
+    /// Whether `out` has reached this call's output budget (see
+    /// [`ConnInfo::out_limit`]).
+    pub fn out_full(&self, out_len: usize) -> bool {
+        out_len as u64 >= self.out_limit
     }
 
     /// Sets the local address.
@@ -564,8 +662,26 @@ pub trait HostServices: Send + Sync {
     /// complete message, as if it came from a loopback connection; its reply
     /// is appended to `out`. May block (deferred handlers run inline), so
     /// call it only from `on_deferred` or a job.
-    #[sabi(last_prefix_field)]
     fn call(&self, module: RStr<'_>, input: RSlice<'_, u8>, out: &mut RVec<u8>) -> CallStatus;
+    /// Like [`HostServices::push`] for many connections at once: the host
+    /// copies `data` once and shares it between them, and checks each
+    /// connection's backlog before queueing a copy for its socket. Returns
+    /// how many of `conns` exist. Never blocks.
+    fn push_many(
+        &self,
+        conns: RSlice<'_, u64>,
+        data: RSlice<'_, u8>,
+        overflow_notice: RSlice<'_, u8>,
+    ) -> u32;
+    /// The calling thread starts a wait that is not a hang (waiting for a
+    /// group commit, a hand-over, another thread's answer): the host's
+    /// hang detection leaves it alone until [`HostServices::wait_end`] is
+    /// called with the token this returns. A crash meanwhile is still
+    /// attributed to the module.
+    fn wait_begin(&self) -> u64;
+    /// Ends the wait begun by [`HostServices::wait_begin`].
+    #[sabi(last_prefix_field)]
+    fn wait_end(&self, token: u64);
 }
 
 /// The outcome of [`HostServices::call`].

@@ -137,6 +137,33 @@ impl Host {
         )
     }
 
+    /// Queues the same bytes for many connections, copied once; see
+    /// [`abi::HostServices::push_many`]. Returns how many exist.
+    pub fn push_many(&self, conns: &[u64], data: &[u8], overflow_notice: &[u8]) -> usize {
+        use abi_stable::std_types::RSlice;
+        self.raw.push_many(
+            RSlice::from_slice(conns),
+            RSlice::from_slice(data),
+            RSlice::from_slice(overflow_notice),
+        ) as usize
+    }
+
+    /// Runs `f`, a wait that is not a hang (a group commit, a hand-over,
+    /// another thread's answer), with the host's hang detection paused for
+    /// the calling thread; see [`abi::HostServices::wait_begin`]. Keep
+    /// loops and computation outside: a stuck computation must still be
+    /// caught.
+    pub fn wait<T>(&self, f: impl FnOnce() -> T) -> T {
+        struct End<'a>(&'a HostBox, u64);
+        impl Drop for End<'_> {
+            fn drop(&mut self) {
+                self.0.wait_end(self.1);
+            }
+        }
+        let _end = End(&self.raw, self.raw.wait_begin());
+        f()
+    }
+
     /// Calls another module in-process with one complete message; see
     /// [`abi::HostServices::call`]. Blocks: use it from `on_deferred` or a
     /// job only.

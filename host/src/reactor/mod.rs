@@ -761,12 +761,14 @@ impl EventLoop {
             let to = match c {
                 Completion::Deferred { to, .. } | Completion::Admin { to, .. } => to,
                 Completion::Push {
-                    conn_id,
+                    conn_ids,
                     module,
                     data,
                     notice,
                 } => {
-                    self.push(conn_id, module, data, notice);
+                    for conn_id in conn_ids {
+                        self.push(conn_id, module.clone(), &data, &notice);
+                    }
                     continue;
                 }
             };
@@ -813,7 +815,7 @@ impl EventLoop {
     }
 
     /// Queues bytes a module pushed to one of this loop's connections.
-    fn push(&mut self, conn_id: u64, module: Arc<str>, data: Vec<u8>, notice: Vec<u8>) {
+    fn push(&mut self, conn_id: u64, module: Arc<str>, data: &[u8], notice: &[u8]) {
         let (_, key) = conn::id_parts(conn_id);
         let limit = self.shared.cfg.max_push_backlog;
         let Some(conn) = self.conns.get_mut(key) else {
@@ -831,10 +833,10 @@ impl EventLoop {
                 conn.info.id,
                 conn.info.peer()
             );
-            conn.push_queue.extend_from_slice(&notice);
+            conn.push_queue.extend_from_slice(notice);
             conn.closing = true;
         } else {
-            conn.push_queue.extend_from_slice(&data);
+            conn.push_queue.extend_from_slice(data);
         }
         self.drive(key);
     }

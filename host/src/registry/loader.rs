@@ -207,14 +207,37 @@ impl HostServices for HostCtx {
     fn push(&self, conn: u64, data: RSlice<'_, u8>, overflow_notice: RSlice<'_, u8>) -> bool {
         self.services.push(
             &self.name,
-            conn,
+            &[conn],
             data.as_slice(),
             overflow_notice.as_slice(),
-        )
+        ) == 1
     }
 
     fn call(&self, module: RStr<'_>, input: RSlice<'_, u8>, out: &mut RVec<u8>) -> CallStatus {
         self.services.call(module.as_str(), input.as_slice(), out)
+    }
+
+    fn push_many(
+        &self,
+        conns: RSlice<'_, u64>,
+        data: RSlice<'_, u8>,
+        overflow_notice: RSlice<'_, u8>,
+    ) -> u32 {
+        let n = self.services.push(
+            &self.name,
+            conns.as_slice(),
+            data.as_slice(),
+            overflow_notice.as_slice(),
+        );
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    fn wait_begin(&self) -> u64 {
+        crate::worker_link::wait_begin()
+    }
+
+    fn wait_end(&self, token: u64) {
+        crate::worker_link::wait_end(token)
     }
 }
 

@@ -2,7 +2,7 @@
 //! verdicts out, against a real directory.
 
 use std::fs;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -142,7 +142,7 @@ fn head_has_no_body() {
     assert_eq!(r.header("content-length"), Some("13"));
     assert!(r.body.is_empty());
     let (v, r) = site.call(b"HEAD /big.bin HTTP/1.1\r\nHost: t\r\n\r\n");
-    assert_eq!(v.file.fd, -1);
+    assert_eq!(v.file.fd(), -1);
     assert_eq!(r.header("content-length"), Some("10000"));
     assert!(r.body.is_empty());
 }
@@ -235,11 +235,14 @@ fn ranges() {
 }
 
 fn read_file_body(v: &Verdict) -> Vec<u8> {
-    assert!(v.file.fd >= 0);
-    // The host owns the descriptor; here the test plays the host.
-    let file = fs::File::from(unsafe { OwnedFd::from_raw_fd(v.file.fd) });
-    let mut buf = vec![0; v.file.len as usize];
-    file.read_exact_at(&mut buf, v.file.offset).unwrap();
+    assert!(v.file.fd() >= 0);
+    // The body keeps the descriptor open while `v` lives; the test reads
+    // through it as the host would, without taking it over.
+    // SAFETY: `v.file` keeps `fd()` open for the whole borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(v.file.fd()) };
+    let file = fs::File::from(fd.try_clone_to_owned().unwrap());
+    let mut buf = vec![0; v.file.len() as usize];
+    file.read_exact_at(&mut buf, v.file.offset()).unwrap();
     buf
 }
 
@@ -254,12 +257,12 @@ fn large_files_go_out_as_file_bodies() {
         assert!(r.body.is_empty());
         assert_eq!(r.header("content-length"), Some("10000"));
         assert_eq!(r.header("content-type"), Some("application/octet-stream"));
-        assert_eq!((v.file.offset, v.file.len), (0, 10_000));
+        assert_eq!((v.file.offset(), v.file.len()), (0, 10_000));
         assert_eq!(read_file_body(&v), big);
     }
     let (v, r) = site.get("/big.bin", "Range: bytes=100-199\r\n");
     assert_eq!(r.status, 206);
-    assert_eq!((v.file.offset, v.file.len), (100, 100));
+    assert_eq!((v.file.offset(), v.file.len()), (100, 100));
     assert_eq!(read_file_body(&v), &big[100..200]);
 }
 
@@ -461,7 +464,7 @@ fn concurrent_readers_see_whole_files() {
                         continue;
                     }
                     let len: usize = r.header("content-length").unwrap().parse().unwrap();
-                    let body = if v.file.fd >= 0 {
+                    let body = if v.file.fd() >= 0 {
                         read_file_body(&v)
                     } else {
                         r.body

@@ -1,0 +1,4 @@
+//! Hostile clients: host.
+
+#[allow(unused_imports)]
+use crate::common;

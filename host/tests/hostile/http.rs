@@ -1,0 +1,4 @@
+//! Hostile clients: http.
+
+#[allow(unused_imports)]
+use crate::common;

@@ -1,0 +1,4 @@
+//! Hostile clients: rpc.
+
+#[allow(unused_imports)]
+use crate::common;

@@ -1,0 +1,4 @@
+//! Hostile clients: supervisor.
+
+#[allow(unused_imports)]
+use crate::common;
