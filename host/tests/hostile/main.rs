@@ -12,5 +12,6 @@ mod common;
 
 mod host;
 mod http;
+mod kv;
 mod rpc;
 mod supervisor;

@@ -1,0 +1,4 @@
+//! Hostile clients: the kv store (limits, memory, disk, waits).
+
+#[allow(unused_imports)]
+use crate::common;
