@@ -38,7 +38,11 @@ pub struct Server {
     /// Event loops; 0 means one per core.
     pub event_loops: usize,
     pub accept: AcceptMode,
+    /// Open client connections; a proxied session's upstream socket counts
+    /// as one more (its two pipes, with `proxy_splice`, as four more).
     pub max_connections: usize,
+    /// Open connections per peer address; 0: no limit.
+    pub max_connections_per_ip: usize,
     /// Routing (the first bytes of a message) must finish within this.
     pub first_bytes_timeout_ms: u64,
     /// A started message must be complete within this.
@@ -49,6 +53,9 @@ pub struct Server {
     pub send_timeout_ms: u64,
     /// Bytes the host buffers for one message before giving up on it.
     pub max_message_size: usize,
+    /// Bytes all of a worker's connections together may hold in read
+    /// buffers grown past their first 16 KiB (incomplete large messages).
+    pub max_buffered_bytes: usize,
     /// Routing gives up when this many bytes match no binding yet.
     pub max_header_size: usize,
     /// A proxied connection's upstream must accept within this.
@@ -66,6 +73,12 @@ pub struct Server {
     /// Unsent bytes a connection may accumulate from server pushes before
     /// it is disconnected as a slow reader.
     pub max_push_backlog: usize,
+    /// The output budget: above this many unsent bytes a connection's
+    /// module is not called and its socket not read until they drain.
+    pub max_output_buffer: usize,
+    /// Pushed bytes that may wait in one event loop's mailbox; past it a
+    /// push to that loop's connections is refused and they are closed.
+    pub max_pending_push_bytes: usize,
     /// Grace period for in-flight work on `SHUTDOWN`.
     pub shutdown_timeout_ms: u64,
     /// While draining, a connection with nothing in flight stays open this
@@ -105,17 +118,21 @@ impl Default for Server {
             event_loops: 0,
             accept: AcceptMode::Reuseport,
             max_connections: 10_000,
+            max_connections_per_ip: 0,
             first_bytes_timeout_ms: 10_000,
             header_timeout_ms: 30_000,
             idle_timeout_ms: 60_000,
             send_timeout_ms: 60_000,
             max_message_size: 1 << 20,
+            max_buffered_bytes: 256 << 20,
             max_header_size: 16 * 1024,
             upstream_connect_timeout_ms: 3_000,
             proxy_idle_timeout_ms: 300_000,
             proxy_buffer_size: 64 * 1024,
             proxy_splice: false,
             max_push_backlog: 1 << 20,
+            max_output_buffer: 1 << 20,
+            max_pending_push_bytes: 64 << 20,
             shutdown_timeout_ms: 10_000,
             shutdown_idle_grace_ms: 1_000,
             drain_timeout_ms: 30_000,
@@ -173,6 +190,12 @@ impl Config {
         }
         if s.max_connections == 0 {
             return Err("server.max_connections must be at least 1".into());
+        }
+        if s.max_output_buffer < 4096 {
+            return Err("server.max_output_buffer must be at least 4096".into());
+        }
+        if s.max_buffered_bytes < s.max_message_size {
+            return Err("server.max_buffered_bytes must be >= server.max_message_size".into());
         }
         if s.max_header_size < 16 || s.max_message_size < s.max_header_size {
             return Err("server.max_message_size must be >= server.max_header_size >= 16".into());

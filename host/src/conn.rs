@@ -20,8 +20,10 @@ use crate::sys;
 
 /// Size of a pooled read buffer.
 pub const READ_BUF: usize = 16 * 1024;
-/// Above this many unsent bytes the connection stops processing input.
-pub const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// A write buffer or push queue whose capacity grew past this for a large
+/// message is freed once empty rather than kept for the next one, so a
+/// connection that once carried a big answer does not hold it forever.
+pub const KEEP_OUT_CAPACITY: usize = 64 * 1024;
 
 /// Connection ids carry where the connection lives, so that a push can be
 /// routed to its loop and slab slot: `seq << 32 | loop << 24 | key`.
@@ -64,6 +66,12 @@ pub struct ReadBuf {
 impl ReadBuf {
     pub fn is_attached(&self) -> bool {
         !self.data.is_empty()
+    }
+
+    /// Bytes held beyond a pooled buffer's size (grown for a large
+    /// message): what `max_buffered_bytes` counts.
+    pub fn grown(&self) -> usize {
+        self.data.len().saturating_sub(READ_BUF)
     }
 
     pub fn attach(&mut self, buf: Vec<u8>) {
@@ -210,6 +218,9 @@ pub struct Conn {
     /// A module answered a message flagged as draining: the connection
     /// closes as soon as it is idle.
     pub answered_draining: bool,
+    /// Whether any byte arrived yet: a connection that has sent nothing
+    /// gets `first_bytes_timeout_ms` from its accept, not the idle timeout.
+    pub heard: bool,
     /// When the first byte of the current message arrived.
     pub msg_start: Option<Instant>,
     /// Last time the connection finished a message or made write progress.
@@ -241,6 +252,7 @@ impl Conn {
             read_ready: true,
             peer_closing: false,
             answered_draining: false,
+            heard: false,
             msg_start: None,
             last_activity: now,
         }
@@ -255,7 +267,8 @@ impl Conn {
             || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
-    /// Unsent bytes, for the push backlog limit.
+    /// Unsent bytes (write buffer, shared body, file range, queued
+    /// pushes): what the output budget and the push backlog limit count.
     pub fn backlog(&self) -> usize {
         (self.wbuf.len() - self.wpos)
             + self.body.as_ref().map_or(0, |b| b.len() - self.body_pos)
@@ -271,18 +284,37 @@ impl Conn {
         }
         self.wbuf.extend_from_copy_slice(&self.push_queue);
         self.push_queue.clear();
+        if self.push_queue.capacity() > KEEP_OUT_CAPACITY {
+            self.push_queue = Vec::new();
+        }
         true
     }
 
-    /// Whether input processing must wait (output backlog, a file being
-    /// sent, work off the loop).
-    pub fn paused(&self) -> bool {
+    /// Whether input processing must wait: work off the loop, a body or
+    /// file being sent, or unsent output above `budget` (the output
+    /// budget, `max_output_buffer`). While paused the socket is not read
+    /// either, so the kernel's buffers hold the client back.
+    pub fn paused(&self, budget: usize) -> bool {
         matches!(
             self.stage,
             Stage::Deferred(_) | Stage::Admin | Stage::Proxy(_)
         ) || self.body.is_some()
             || self.file.is_some()
-            || self.wbuf.len() - self.wpos > WRITE_HIGH_WATER
+            || over_budget(self.backlog(), budget)
+    }
+
+    /// The `out_limit` for a module call appending to `wbuf` now: what is
+    /// left of the budget once the unsent output is counted.
+    pub fn out_limit(&self, budget: usize) -> u64 {
+        out_limit(self.wbuf.len(), self.backlog(), budget)
+    }
+
+    /// Frees a write buffer that grew large for one message once it is
+    /// empty (see [`KEEP_OUT_CAPACITY`]).
+    pub fn shrink_output(&mut self) {
+        if self.wbuf.is_empty() && self.wbuf.capacity() > KEEP_OUT_CAPACITY {
+            self.wbuf = RVec::new();
+        }
     }
 
     /// Idle: nothing buffered, nothing to send, between messages.
@@ -540,5 +572,39 @@ impl Conn {
             self.file = None;
         }
         Ok(progress)
+    }
+}
+
+/// Whether `unsent` output bytes are above the output `budget`: the
+/// connection's module is not called and its socket not read until they
+/// drain.
+pub fn over_budget(unsent: usize, budget: usize) -> bool {
+    unsent > budget
+}
+
+/// The `ConnInfo::out_limit` for a call whose output starts at `out_len`
+/// bytes of the write buffer while `unsent` bytes are waiting: the module
+/// may add what is left of `budget`. A module that ignores it overshoots
+/// for one call only: the next call waits (see [`over_budget`]).
+pub fn out_limit(out_len: usize, unsent: usize, budget: usize) -> u64 {
+    (out_len as u64).saturating_add(budget.saturating_sub(unsent) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_decisions() {
+        // Nothing waiting: the whole budget.
+        assert_eq!(out_limit(0, 0, 1000), 1000);
+        // Earlier answers still in the buffer count.
+        assert_eq!(out_limit(300, 300, 1000), 1000);
+        assert_eq!(out_limit(300, 700, 1000), 600);
+        // Over budget: no room at all (the module answers one message).
+        assert_eq!(out_limit(50, 5000, 1000), 50);
+        assert!(!over_budget(1000, 1000));
+        assert!(over_budget(1001, 1000));
+        assert!(!over_budget(0, 0));
     }
 }

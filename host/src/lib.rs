@@ -118,6 +118,8 @@ fn run(args: cli::Args) -> Result<(), String> {
         return supervisor::lead(&config.server, &data_dir, listeners, addr);
     }
 
+    fit_descriptor_limit(&mut config.server, loops);
+
     let mut polls = Vec::with_capacity(loops);
     let mut mailboxes = Vec::with_capacity(loops);
     let mut inboxes = Vec::with_capacity(loops);
@@ -130,7 +132,8 @@ fn run(args: cli::Args) -> Result<(), String> {
     }
     let mailboxes = Arc::new(mailboxes);
     let services = Services::new();
-    services.set_mailboxes(mailboxes.clone());
+    let push_pending = services::PushPending::new(loops, config.server.max_pending_push_bytes);
+    services.set_mailboxes(mailboxes.clone(), push_pending.clone());
 
     let data_dir = args
         .data_dir
@@ -195,6 +198,9 @@ fn run(args: cli::Args) -> Result<(), String> {
         pool: Pool::start(threads, mailboxes.clone()),
         control: Control::start(),
         mailboxes,
+        push_pending,
+        per_ip: Default::default(),
+        buffered: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),
         conns: AtomicUsize::new(0),
         accepted: AtomicU64::new(0),
@@ -241,6 +247,42 @@ fn run(args: cli::Args) -> Result<(), String> {
     registry.clear();
     log::info!("shutdown complete");
     Ok(())
+}
+
+/// Descriptors kept out of `max_connections` for everything else the
+/// worker opens: listeners, epoll and waker descriptors, module libraries,
+/// files being served, SQLite databases with their journals, pipes.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft descriptor limit to the hard one and clamps
+/// `max_connections` to what it allows (one descriptor per connection; a
+/// proxied session's upstream socket, and its pipes with `proxy_splice`,
+/// count as further connections), with a warning when clamped.
+fn fit_descriptor_limit(server: &mut config::Server, loops: usize) {
+    let limit = match sys::raise_nofile_limit() {
+        Ok((old, new)) => {
+            if new != old {
+                log::info!("descriptor limit (RLIMIT_NOFILE) raised from {old} to {new}");
+            } else {
+                log::info!("descriptor limit (RLIMIT_NOFILE) is {new}");
+            }
+            new
+        }
+        Err(e) => {
+            log::warn!("cannot read or raise the descriptor limit: {e}");
+            return;
+        }
+    };
+    let reserve = RESERVED_DESCRIPTORS + 4 * loops as u64;
+    let fits = limit.saturating_sub(reserve).max(1);
+    if server.max_connections as u64 > fits {
+        log::warn!(
+            "max_connections {} is more than the descriptor limit {limit} allows \
+             ({reserve} kept for files, modules and databases): using {fits}",
+            server.max_connections
+        );
+        server.max_connections = fits as usize;
+    }
 }
 
 /// Opens the listening sockets: one per event loop with `SO_REUSEPORT`,

@@ -35,12 +35,15 @@ pub enum Completion {
     Admin { to: ReplyTo, reply: String },
     /// A module pushes bytes to connections of this loop (see
     /// `services`); the bytes are shared, each connection copies them
-    /// into its own output only after its backlog was checked.
+    /// into its own output only after its backlog was checked. `refused`:
+    /// the loop's mailbox held too many pushed bytes already, so these
+    /// connections get `notice` and close instead (`data` is empty).
     Push {
         conn_ids: Vec<u64>,
         module: Arc<str>,
         data: Arc<[u8]>,
         notice: Arc<[u8]>,
+        refused: bool,
     },
 }
 

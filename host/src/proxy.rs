@@ -330,6 +330,22 @@ pub struct Session {
     pub up_shut: bool,
     /// Write side of the client shut (upstream EOF passed on).
     pub down_shut: bool,
+    /// Connection slots the session holds beyond its client socket (its
+    /// upstream socket, and its pipes when spliced), given back when it
+    /// ends: see [`Session::extra_slots`].
+    pub slots: usize,
+}
+
+impl Session {
+    /// Slots (descriptors) a session takes beyond the client's: the
+    /// upstream socket, plus two pipes of two descriptors when spliced.
+    pub fn extra_slots(spliced: bool) -> usize {
+        if spliced {
+            5
+        } else {
+            1
+        }
+    }
 }
 
 /// What a relay round found.

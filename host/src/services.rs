@@ -2,6 +2,7 @@
 //! connection, and in-process calls to another module.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use abi_stable::std_types::{RSlice, RVec};
@@ -11,9 +12,50 @@ use crate::conn;
 use crate::pool::{Completion, Mailbox};
 use crate::registry::Registry;
 
+/// Pushed bytes sitting in each event loop's mailbox, not yet handed to
+/// their connections. A publisher never waits, so without a bound a loop
+/// that falls behind would let its mailbox grow without limit; past
+/// `cap` (`max_pending_push_bytes`) a push to that loop is refused and
+/// its connections are told (overflow notice) and closed.
+pub struct PushPending {
+    per_loop: Vec<AtomicUsize>,
+    cap: usize,
+}
+
+impl PushPending {
+    pub fn new(loops: usize, cap: usize) -> Arc<PushPending> {
+        Arc::new(PushPending {
+            per_loop: (0..loops).map(|_| AtomicUsize::new(0)).collect(),
+            cap,
+        })
+    }
+
+    /// Counts `bytes` into loop `idx`'s mailbox; false (nothing counted)
+    /// when that would pass the cap.
+    pub fn reserve(&self, idx: usize, bytes: usize) -> bool {
+        let slot = &self.per_loop[idx];
+        let mut cur = slot.load(Ordering::Relaxed);
+        loop {
+            if cur.saturating_add(bytes) > self.cap {
+                return false;
+            }
+            match slot.compare_exchange_weak(cur, cur + bytes, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// The loop took `bytes` out of its mailbox.
+    pub fn release(&self, idx: usize, bytes: usize) {
+        self.per_loop[idx].fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
 /// What every module's host handle shares.
 pub struct Services {
-    mailboxes: OnceLock<Arc<Vec<Mailbox>>>,
+    mailboxes: OnceLock<(Arc<Vec<Mailbox>>, Arc<PushPending>)>,
     registry: OnceLock<Weak<Registry>>,
 }
 
@@ -26,9 +68,9 @@ impl Services {
     }
 
     /// Connects the services to the event loops (before any module runs
-    /// traffic).
-    pub fn set_mailboxes(&self, mailboxes: Arc<Vec<Mailbox>>) {
-        let _ = self.mailboxes.set(mailboxes);
+    /// traffic), with the counters of pushed bytes in their mailboxes.
+    pub fn set_mailboxes(&self, mailboxes: Arc<Vec<Mailbox>>, pending: Arc<PushPending>) {
+        let _ = self.mailboxes.set((mailboxes, pending));
     }
 
     pub fn set_registry(&self, registry: &Arc<Registry>) {
@@ -37,9 +79,11 @@ impl Services {
 
     /// Queues pushed bytes on the loops that own `conns`: the bytes are
     /// copied once and shared. Returns how many connections were
-    /// addressed to a loop.
+    /// addressed to a loop. A loop whose mailbox already holds
+    /// `max_pending_push_bytes` gets a refusal instead (its connections
+    /// are sent `notice` and closed), logged; the caller never waits.
     pub fn push(&self, module: &Arc<str>, conns: &[u64], data: &[u8], notice: &[u8]) -> usize {
-        let Some(mailboxes) = self.mailboxes.get() else {
+        let Some((mailboxes, pending)) = self.mailboxes.get() else {
             return 0;
         };
         let mut per_loop: Vec<Vec<u64>> = vec![Vec::new(); mailboxes.len()];
@@ -52,16 +96,27 @@ impl Services {
         let data: Arc<[u8]> = Arc::from(data);
         let notice: Arc<[u8]> = Arc::from(notice);
         let mut sent = 0;
-        for (mailbox, conn_ids) in mailboxes.iter().zip(per_loop) {
+        for (idx, (mailbox, conn_ids)) in mailboxes.iter().zip(per_loop).enumerate() {
             if conn_ids.is_empty() {
                 continue;
             }
             sent += conn_ids.len();
+            let refused = !pending.reserve(idx, data.len());
+            if refused {
+                log::warn!(
+                    "{module}: loop {idx} holds max_pending_push_bytes ({}) of undelivered \
+                     pushes; refusing a {}-byte push to {} connection(s), which are disconnected",
+                    pending.cap,
+                    data.len(),
+                    conn_ids.len()
+                );
+            }
             mailbox.send(Completion::Push {
                 conn_ids,
                 module: module.clone(),
-                data: data.clone(),
+                data: if refused { Arc::from(&[][..]) } else { data.clone() },
                 notice: notice.clone(),
+                refused,
             });
         }
         sent

@@ -1,5 +1,6 @@
 //! Platform-specific calls, each with a portable fallback: `SO_REUSEPORT`
-//! listeners, `sendfile(2)` and `splice(2)` through a pipe.
+//! listeners, `sendfile(2)`, `splice(2)` through a pipe, and the
+//! descriptor limit.
 
 use std::io;
 use std::net::SocketAddr;
@@ -211,4 +212,42 @@ impl KernelPipe {
     pub fn splice_out(&self, _dst: RawFd, _len: usize) -> io::Result<usize> {
         match self._never {}
     }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (a process may do so
+/// without privileges) and returns `(old soft, new soft)`. An unlimited
+/// hard limit is taken as 1,048,576 (what Linux allows per process by
+/// default, `fs.nr_open`).
+pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let old = lim.rlim_cur as u64;
+    let want = if lim.rlim_max == libc::RLIM_INFINITY {
+        1 << 20
+    } else {
+        lim.rlim_max
+    };
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < want {
+        lim.rlim_cur = want;
+        // SAFETY: as above; the soft limit stays within the hard one.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((old, lim.rlim_cur as u64))
+}
+
+/// Whether an `accept` failed because descriptors (or kernel memory for
+/// them) ran out: the listener backs off instead of spinning on it.
+pub fn is_descriptor_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }

@@ -41,12 +41,17 @@ const UPSTREAM: usize = 1 << 25;
 const MAX_PROXY_ATTEMPTS: u32 = 8;
 const WAKER: Token = Token(usize::MAX);
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
-/// Read and write buffers kept per loop for reuse.
-const POOLED_BUFFERS: usize = 1024;
+/// How long accepting pauses after running out of descriptors (retried on
+/// the next wake-up after it, at most `SWEEP_EVERY` later).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
+/// Bytes of read buffers kept per loop for reuse (16 KiB each).
+const POOLED_READ_BYTES: usize = 4 << 20;
+/// Bytes of write buffers kept per loop for reuse. Bounded in bytes, not
+/// in count: a pool of a thousand 1 MiB buffers left behind by large
+/// answers (or pushes) is a gigabyte that never returns.
+const POOLED_WRITE_BYTES: usize = 4 << 20;
 /// Read/process/write rounds one connection gets per turn.
 const MAX_ROUNDS: usize = 16;
-/// Write buffers larger than this are freed rather than pooled.
-const MAX_POOLED_WBUF: usize = 1 << 20;
 
 /// State shared by all loops.
 pub struct Shared {
@@ -57,6 +62,14 @@ pub struct Shared {
     pub pool: Pool,
     pub control: Control,
     pub mailboxes: Arc<Vec<Mailbox>>,
+    /// Pushed bytes waiting in each loop's mailbox (see `services`).
+    pub push_pending: Arc<crate::services::PushPending>,
+    /// Open connections per peer address (only with
+    /// `max_connections_per_ip`).
+    pub per_ip: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Bytes held by read buffers grown past `READ_BUF` (see
+    /// `max_buffered_bytes`).
+    pub buffered: AtomicUsize,
     pub shutting_down: AtomicBool,
     pub conns: AtomicUsize,
     pub accepted: AtomicU64,
@@ -91,11 +104,17 @@ pub struct EventLoop {
     table: Arc<RouteTable>,
     buffers: Vec<Vec<u8>>,
     wbuffers: Vec<RVec<u8>>,
+    /// Capacity held by `wbuffers`.
+    wbuffer_bytes: usize,
     /// Connections that yielded with work left (see `MAX_ROUNDS`).
     again: Vec<usize>,
     now: Instant,
     last_sweep: Instant,
     last_refusal_log: Option<Instant>,
+    /// Accepting is paused until then after running out of descriptors.
+    accept_paused_until: Option<Instant>,
+    /// Accept failures since the last log line about them.
+    accept_failures: u64,
     /// Draining: when idle connections stop waiting for one more message.
     idle_close_at: Instant,
     idle_grace_over: bool,
@@ -131,10 +150,13 @@ impl EventLoop {
             table,
             buffers: Vec::new(),
             wbuffers: Vec::new(),
+            wbuffer_bytes: 0,
             again: Vec::new(),
             now,
             last_sweep: now,
             last_refusal_log: None,
+            accept_paused_until: None,
+            accept_failures: 0,
             idle_close_at: now,
             idle_grace_over: false,
         })
@@ -197,6 +219,10 @@ impl EventLoop {
             }
             self.drain_inbox();
             self.refresh_table();
+            if self.accept_paused_until.is_some_and(|t| self.now >= t) {
+                self.accept_paused_until = None;
+                self.accept();
+            }
             if self.now.duration_since(self.last_sweep) >= SWEEP_EVERY {
                 self.last_sweep = self.now;
                 self.sweep();
@@ -274,6 +300,9 @@ impl EventLoop {
     }
 
     fn accept(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return; // out of descriptors: `run` retries after the pause
+        }
         loop {
             let Some(listener) = &self.listener else {
                 return;
@@ -282,27 +311,126 @@ impl EventLoop {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if crate::sys::is_descriptor_exhaustion(&e) => {
+                    // The pending connections stay in the listen queue;
+                    // retrying at once would only fail again, as fast as
+                    // events come. Pause, retry from `run`, log once a
+                    // second.
+                    self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+                    self.accept_failures += 1;
+                    if self.refusal_log_due() {
+                        log::error!(
+                            "loop {}: accept failed {} time(s): {e}; pausing accepts for {} ms \
+                             (see max_connections and the descriptor limit)",
+                            self.idx,
+                            self.accept_failures,
+                            ACCEPT_BACKOFF.as_millis()
+                        );
+                        self.accept_failures = 0;
+                    }
+                    return;
+                }
                 Err(e) => {
-                    // EMFILE and friends: log and retry on the next event.
                     log::error!("loop {}: accept failed: {e}", self.idx);
                     return;
                 }
             };
-            let max = self.shared.cfg.max_connections;
-            if self.shared.conns.fetch_add(1, Ordering::AcqRel) >= max {
-                self.shared.conns.fetch_sub(1, Ordering::AcqRel);
-                let quiet = self
-                    .last_refusal_log
-                    .is_some_and(|t| self.now.duration_since(t) < Duration::from_secs(1));
-                if !quiet {
-                    log::warn!("max_connections ({max}) reached: refusing {peer}");
-                    self.last_refusal_log = Some(self.now);
-                }
+            if !self.admit(peer) {
                 drop(sock);
                 continue;
             }
             self.shared.accepted.fetch_add(1, Ordering::Relaxed);
             self.register(sock, peer);
+        }
+    }
+
+    /// Whether a rate-limited log line (refusals, accept failures) may be
+    /// written now: at most one a second per loop.
+    fn refusal_log_due(&mut self) -> bool {
+        let quiet = self
+            .last_refusal_log
+            .is_some_and(|t| self.now.duration_since(t) < Duration::from_secs(1));
+        if !quiet {
+            self.last_refusal_log = Some(self.now);
+        }
+        !quiet
+    }
+
+    /// Takes a connection slot for a new peer: within
+    /// `max_connections_per_ip`, and within `max_connections`, making room
+    /// by closing this loop's oldest idle connection when the slots are
+    /// full (nginx reuses idle keep-alive connections the same way), so
+    /// that silent or idle clients cannot lock everyone out, the admin
+    /// commands included. False: refused (logged).
+    fn admit(&mut self, peer: SocketAddr) -> bool {
+        let per_ip = self.shared.cfg.max_connections_per_ip;
+        if per_ip > 0 {
+            let mut peers = self.shared.per_ip.lock();
+            let n = peers.entry(peer.ip()).or_insert(0);
+            if *n >= per_ip {
+                drop(peers);
+                if self.refusal_log_due() {
+                    log::warn!(
+                        "max_connections_per_ip ({per_ip}) reached: refusing {peer}"
+                    );
+                }
+                return false;
+            }
+            *n += 1;
+        }
+        let max = self.shared.cfg.max_connections;
+        loop {
+            if self.shared.conns.fetch_add(1, Ordering::AcqRel) < max {
+                return true;
+            }
+            self.shared.conns.fetch_sub(1, Ordering::AcqRel);
+            if self.evict_idle(peer) {
+                continue;
+            }
+            if self.refusal_log_due() {
+                log::warn!(
+                    "max_connections ({max}) reached and no idle connection to close: refusing {peer}"
+                );
+            }
+            self.forget_peer(peer);
+            return false;
+        }
+    }
+
+    /// Closes this loop's longest-idle connection (nothing in flight,
+    /// nothing to send, no module keeping it or watching it) to make room
+    /// for `newcomer`. False when there is none.
+    fn evict_idle(&mut self, newcomer: SocketAddr) -> bool {
+        let victim = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.idle() && c.sticky.is_none() && c.watchers.is_empty())
+            .min_by_key(|(_, c)| c.last_activity)
+            .map(|(k, c)| (k, c.info.id, c.info.peer(), c.heard, c.last_activity));
+        let Some((key, id, peer, heard, since)) = victim else {
+            return false;
+        };
+        log::info!(
+            "max_connections ({}) reached: closing conn {id} from {peer} ({} for {} ms) to admit {newcomer}",
+            self.shared.cfg.max_connections,
+            if heard { "idle" } else { "silent" },
+            self.now.saturating_duration_since(since).as_millis()
+        );
+        self.close(key, "evicted for a new connection");
+        true
+    }
+
+    /// Gives back a peer's `max_connections_per_ip` slot.
+    fn forget_peer(&self, peer: SocketAddr) {
+        if self.shared.cfg.max_connections_per_ip == 0 {
+            return;
+        }
+        let mut peers = self.shared.per_ip.lock();
+        if let Some(n) = peers.get_mut(&peer.ip()) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&peer.ip());
+            }
         }
     }
 
@@ -314,6 +442,7 @@ impl EventLoop {
         if key >= conn::MAX_KEY {
             log::error!("loop {}: too many connections, refusing {peer}", self.idx);
             self.shared.conns.fetch_sub(1, Ordering::AcqRel);
+            self.forget_peer(peer);
             return;
         }
         let id = conn::make_id(seq, self.idx, key);
@@ -324,6 +453,7 @@ impl EventLoop {
         ) {
             log::error!("cannot register connection from {peer}: {e}");
             self.shared.conns.fetch_sub(1, Ordering::AcqRel);
+            self.forget_peer(peer);
             return;
         }
         let trusted = peer.ip().is_loopback()
@@ -343,6 +473,9 @@ impl EventLoop {
             return;
         }
         let mut conn = self.conns.remove(key);
+        self.shared
+            .buffered
+            .fetch_sub(conn.rbuf.grown(), Ordering::AcqRel);
         conn.close_tls();
         let _ = self.poll.registry().deregister(&mut conn.sock);
         let told = match std::mem::replace(&mut conn.stage, Stage::Routing) {
@@ -353,6 +486,9 @@ impl EventLoop {
             }
             Stage::Proxy(mut session) => {
                 let _ = self.poll.registry().deregister(&mut session.sock);
+                self.shared
+                    .conns
+                    .fetch_sub(session.slots, Ordering::AcqRel);
                 let g = session.gen.clone();
                 g.stats.conns.fetch_sub(1, Ordering::Relaxed);
                 let mut out = RVec::new();
@@ -387,20 +523,35 @@ impl EventLoop {
         conn.wbuf.clear();
         self.recycle_wbuf(std::mem::replace(&mut conn.wbuf, RVec::new()));
         self.shared.conns.fetch_sub(1, Ordering::AcqRel);
+        self.forget_peer(conn.info.peer());
         log::trace!("conn {} closed: {why}", conn.info.id);
     }
 
     fn recycle(&mut self, buf: Vec<u8>) {
-        if buf.len() == READ_BUF && self.buffers.len() < POOLED_BUFFERS {
+        if buf.len() == READ_BUF && (self.buffers.len() + 1) * READ_BUF <= POOLED_READ_BYTES {
             self.buffers.push(buf);
         }
     }
 
-    fn recycle_wbuf(&mut self, wbuf: RVec<u8>) {
+    /// Keeps an empty write buffer for the next connection that needs one,
+    /// within [`POOLED_WRITE_BYTES`]; large ones are freed.
+    fn recycle_wbuf(&mut self, mut wbuf: RVec<u8>) {
         let cap = wbuf.capacity();
-        if cap > 0 && cap <= MAX_POOLED_WBUF && self.wbuffers.len() < POOLED_BUFFERS {
+        if cap > 0
+            && cap <= conn::KEEP_OUT_CAPACITY
+            && self.wbuffer_bytes + cap <= POOLED_WRITE_BYTES
+        {
+            wbuf.clear();
+            self.wbuffer_bytes += cap;
             self.wbuffers.push(wbuf);
         }
+    }
+
+    /// A pooled write buffer, if any.
+    fn pooled_wbuf(&mut self) -> Option<RVec<u8>> {
+        let w = self.wbuffers.pop()?;
+        self.wbuffer_bytes -= w.capacity();
+        Some(w)
     }
 
     fn refresh_table(&mut self) {
@@ -419,6 +570,7 @@ impl EventLoop {
             return self.drive_proxy(key);
         }
         let max_message = self.shared.cfg.max_message_size;
+        let budget = self.shared.cfg.max_output_buffer;
         let mut rounds = 0;
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
@@ -434,16 +586,33 @@ impl EventLoop {
                 break;
             }
             let mut progress = false;
-            if !conn.paused() && !conn.eof && !conn.closing {
+            if !conn.paused(budget) && !conn.eof && !conn.closing {
                 if !conn.rbuf.is_attached() {
                     let buf = self.buffers.pop().unwrap_or_else(|| vec![0; READ_BUF]);
                     conn.rbuf.attach(buf);
                 }
                 let was_empty = conn.rbuf.is_empty();
-                match conn.read(max_message) {
+                let grown_before = conn.rbuf.grown();
+                let result = conn.read(max_message);
+                let grew = conn.rbuf.grown() - grown_before;
+                if grew > 0 {
+                    let total = self.shared.buffered.fetch_add(grew, Ordering::AcqRel) + grew;
+                    let limit = self.shared.cfg.max_buffered_bytes;
+                    if total > limit {
+                        log::warn!(
+                            "conn {} from {}: incomplete messages of all connections hold \
+                             {total} bytes, over max_buffered_bytes ({limit}): closing this one",
+                            conn.info.id,
+                            conn.info.peer()
+                        );
+                        return self.close(key, "max_buffered_bytes");
+                    }
+                }
+                match result {
                     Ok(ReadResult::Read(n)) => {
                         if n > 0 {
                             progress = true;
+                            conn.heard = true;
                             if was_empty {
                                 conn.msg_start = Some(self.now);
                             }
@@ -474,6 +643,7 @@ impl EventLoop {
                     if p {
                         conn.last_activity = self.now;
                         progress = true;
+                        conn.shrink_output();
                     }
                 }
                 Err(e) => {
@@ -503,6 +673,8 @@ impl EventLoop {
             }
             let wbuf = std::mem::replace(&mut conn.wbuf, RVec::new());
             if let Some(buf) = conn.rbuf.detach() {
+                let grown = buf.len().saturating_sub(READ_BUF);
+                self.shared.buffered.fetch_sub(grown, Ordering::AcqRel);
                 self.recycle(buf);
             }
             self.recycle_wbuf(wbuf);
@@ -516,10 +688,11 @@ impl EventLoop {
     /// the connection must wait. Returns whether anything happened.
     fn process(&mut self, key: usize) -> Result<bool, &'static str> {
         self.refresh_table();
+        let budget = self.shared.cfg.max_output_buffer;
         let mut progress = false;
         loop {
             let conn = &mut self.conns[key];
-            if conn.rbuf.is_empty() || conn.paused() || conn.closing {
+            if conn.rbuf.is_empty() || conn.paused(budget) || conn.closing {
                 return Ok(progress);
             }
             match &conn.stage {
@@ -576,6 +749,11 @@ impl EventLoop {
                                 conn.info.id,
                                 conn.info.peer()
                             );
+                            // An HTTP client is told why (as nginx does)
+                            // rather than left guessing at a reset.
+                            if crate::router::looks_like_http(input) {
+                                bad_request(&mut conn.wbuf);
+                            }
                             // Replies to earlier messages still go out.
                             conn.closing = true;
                             return Ok(true);
@@ -600,11 +778,16 @@ impl EventLoop {
                 Stage::Module(g) => {
                     let g = g.clone();
                     if conn.wbuf.capacity() == 0 {
-                        if let Some(w) = self.wbuffers.pop() {
-                            conn.wbuf = w;
+                        if let Some(w) = self.pooled_wbuf() {
+                            self.conns[key].wbuf = w;
                         }
                     }
+                    let conn = &mut self.conns[key];
                     let before = conn.wbuf.len();
+                    // The module answers no further pipelined message in
+                    // this call once `out` reaches the limit; one that
+                    // ignores it overshoots once, then `paused` holds it.
+                    conn.info.out_limit = conn.out_limit(budget);
                     let input = conn.rbuf.bytes();
                     let verdict = g.enter(|m| {
                         m.on_message(&conn.info, RSlice::from_slice(input), &mut conn.wbuf)
@@ -765,9 +948,13 @@ impl EventLoop {
                     module,
                     data,
                     notice,
+                    refused,
                 } => {
                     for conn_id in conn_ids {
-                        self.push(conn_id, module.clone(), &data, &notice);
+                        self.push(conn_id, module.clone(), &data, &notice, refused);
+                    }
+                    if !refused {
+                        self.shared.push_pending.release(self.idx, data.len());
                     }
                     continue;
                 }
@@ -815,7 +1002,7 @@ impl EventLoop {
     }
 
     /// Queues bytes a module pushed to one of this loop's connections.
-    fn push(&mut self, conn_id: u64, module: Arc<str>, data: &[u8], notice: &[u8]) {
+    fn push(&mut self, conn_id: u64, module: Arc<str>, data: &[u8], notice: &[u8], refused: bool) {
         let (_, key) = conn::id_parts(conn_id);
         let limit = self.shared.cfg.max_push_backlog;
         let Some(conn) = self.conns.get_mut(key) else {
@@ -827,7 +1014,10 @@ impl EventLoop {
         if !conn.watchers.contains(&module) {
             conn.watchers.push(module.clone());
         }
-        if conn.backlog() + data.len() > limit {
+        if refused {
+            conn.push_queue.extend_from_slice(notice);
+            conn.closing = true;
+        } else if conn.backlog() + data.len() > limit {
             log::warn!(
                 "conn {} from {}: {module} push backlog over {limit} bytes, disconnecting the slow reader",
                 conn.info.id,
@@ -888,6 +1078,14 @@ impl EventLoop {
             } else {
                 match &c.stage {
                     Stage::Deferred(_) | Stage::Admin | Stage::Proxy(_) => continue,
+                    // Accepted and silent ever since: it has not even
+                    // started a message, so the idle allowance (meant for
+                    // keep-alive between messages) does not apply.
+                    _ if c.rbuf.is_empty() && !c.heard => (
+                        c.accepted,
+                        cfg.first_bytes_timeout(),
+                        "first-bytes timeout",
+                    ),
                     _ if c.rbuf.is_empty() => (c.last_activity, cfg.idle_timeout(), "idle timeout"),
                     Stage::Routing => (
                         c.msg_start.unwrap_or(c.last_activity),
@@ -910,6 +1108,7 @@ impl EventLoop {
                 key,
                 io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
             );
+            self.drive(key);
         }
         for (key, why) in expired {
             if let Some(c) = self.conns.get(key) {
@@ -946,6 +1145,16 @@ fn finish_message(conn: &mut Conn, g: &Arc<Generation>, v: Verdict, now: Instant
     } else {
         Some(now)
     };
+}
+
+/// The reply to bytes that look like an HTTP request but match no
+/// binding (a malformed request line, an unknown method).
+fn bad_request(out: &mut RVec<u8>) {
+    let body = b"400 Bad Request\n";
+    module_api::http::start_response(out, 400, false);
+    module_api::http::push_header(out, "Content-Type", b"text/plain; charset=utf-8");
+    module_api::http::end_head(out, body.len() as u64);
+    out.extend_from_copy_slice(body);
 }
 
 /// The reply for a prefix whose module is reloading or gone.

@@ -32,7 +32,18 @@ impl EventLoop {
         let addr = upstream.addr();
         let mut first = out;
         first.extend_from_slice(&initial);
-        let sock = TcpStream::connect(addr).and_then(|mut sock| {
+        // The upstream socket is a descriptor like a client's: it counts
+        // against max_connections, so proxied sessions cannot exhaust the
+        // descriptor limit behind the connection count's back.
+        let full = self.shared.conns.load(Ordering::Acquire) >= cfg.max_connections;
+        let sock = if full {
+            Err(io::Error::other(
+                "max_connections reached (a proxied session's upstream socket counts)",
+            ))
+        } else {
+            TcpStream::connect(addr)
+        };
+        let sock = sock.and_then(|mut sock| {
             sock.set_nodelay(true)?;
             self.poll.registry().register(
                 &mut sock,
@@ -48,6 +59,8 @@ impl EventLoop {
                 // space: such a connection can only copy.
                 let splice = cfg.proxy_splice && conn.tls.is_none();
                 let (up, down) = Buffer::pair(splice, cfg.proxy_buffer_size, &first, conn.info.id);
+                let slots = Session::extra_slots(up.is_spliced());
+                self.shared.conns.fetch_add(slots, Ordering::AcqRel);
                 conn.stage = Stage::Proxy(Box::new(Session {
                     gen,
                     upstream,
@@ -67,6 +80,7 @@ impl EventLoop {
                     upstream_eof: false,
                     up_shut: false,
                     down_shut: false,
+                    slots,
                 }));
             }
             Err(e) => {
@@ -120,7 +134,10 @@ impl EventLoop {
                         }
                     );
                 }
-                Err(e) => return self.proxy_failed(key, e),
+                Err(e) => {
+                    self.proxy_failed(key, e);
+                    return self.drive(key);
+                }
             }
         }
         match session.relay(sock, now) {
@@ -139,12 +156,16 @@ impl EventLoop {
     }
 
     /// A connect failed: the module picks another upstream or gives up.
+    /// The caller drives the connection afterwards (it may be closing).
     pub(super) fn proxy_failed(&mut self, key: usize, err: io::Error) {
         let conn = &mut self.conns[key];
         let Stage::Proxy(mut session) = std::mem::replace(&mut conn.stage, Stage::Routing) else {
             return;
         };
         let _ = self.poll.registry().deregister(&mut session.sock);
+        self.shared
+            .conns
+            .fetch_sub(session.slots, Ordering::AcqRel);
         log::warn!(
             "conn {}: upstream {} failed: {err}",
             conn.info.id,
@@ -189,11 +210,13 @@ impl EventLoop {
                 attempts
             );
         }
+        // No `drive` here: this runs inside the caller's processing of the
+        // connection (a verdict being applied, a relay, the sweep), and a
+        // nested drive could close the slot under it. The caller drives.
         conn.wbuf.extend_from_copy_slice(&out);
         conn.closing = true;
         conn.stage = Stage::Routing;
         gen.stats.conns.fetch_sub(1, Ordering::Relaxed);
-        self.drive(key);
     }
 }
 
