@@ -190,3 +190,18 @@ fn read_file_body(file: &module_api::FileBody, out: &mut RVec<u8>) -> std::io::R
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PushPending;
+
+    #[test]
+    fn pending_push_bytes_are_capped_per_loop() {
+        let p = PushPending::new(2, 100);
+        assert!(p.reserve(0, 60));
+        assert!(!p.reserve(0, 50), "over the cap");
+        assert!(p.reserve(1, 100), "loops count separately");
+        p.release(0, 60);
+        assert!(p.reserve(0, 100));
+    }
+}
