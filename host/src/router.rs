@@ -264,8 +264,8 @@ pub fn looks_like_http(input: &[u8]) -> bool {
         .take(MAX_TOKEN + 1)
         .take_while(|b| b.is_ascii_uppercase())
         .count();
-    let after_token = (1..=MAX_TOKEN).contains(&token)
-        && matches!(line.get(token), Some(b' ' | b'\t'));
+    let after_token =
+        (1..=MAX_TOKEN).contains(&token) && matches!(line.get(token), Some(b' ' | b'\t'));
     after_token || line.windows(5).any(|w| w == b"HTTP/")
 }
 
@@ -369,7 +369,13 @@ mod tests {
         assert_eq!(found(&t, "GET http://x HTTP/1.1\r\n"), site);
         assert_eq!(found(&t, "GET http://x?q=1 HTTP/1.1\r\n"), site);
         // Still arriving: wait rather than guess.
-        for partial in ["GET h", "GET http", "GET http:/", "GET http://x", "GET http://x/ap"] {
+        for partial in [
+            "GET h",
+            "GET http",
+            "GET http:/",
+            "GET http://x",
+            "GET http://x/ap",
+        ] {
             assert!(
                 matches!(t.lookup(partial.as_bytes()), Match::NeedMore),
                 "{partial}"
@@ -392,11 +398,17 @@ mod tests {
         assert_eq!(absolute_form(b"GET ht"), Target3::Incomplete);
         assert_eq!(
             absolute_form(b"GET http://h/p"),
-            Target3::Split { method: 4, path: 12 }
+            Target3::Split {
+                method: 4,
+                path: 12
+            }
         );
         assert_eq!(
             absolute_form(b"GET http://h HTTP/1.1"),
-            Target3::Path { method: 4, path: 12 }
+            Target3::Path {
+                method: 4,
+                path: 12
+            }
         );
         assert_eq!(absolute_form(b"GET http://h\r\n"), Target3::No);
         let long = format!("GET {}://x/", "a".repeat(40));

@@ -2,7 +2,7 @@
 //! connection, and in-process calls to another module.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use abi_stable::std_types::{RSlice, RVec};
@@ -20,6 +20,10 @@ use crate::registry::Registry;
 pub struct PushPending {
     per_loop: Vec<AtomicUsize>,
     cap: usize,
+    /// For logging refusals at most once a second: when this was made,
+    /// and the second (since then, plus one) of the last line.
+    born: std::time::Instant,
+    last_log: AtomicU64,
 }
 
 impl PushPending {
@@ -27,7 +31,15 @@ impl PushPending {
         Arc::new(PushPending {
             per_loop: (0..loops).map(|_| AtomicUsize::new(0)).collect(),
             cap,
+            born: std::time::Instant::now(),
+            last_log: AtomicU64::new(0),
         })
+    }
+
+    /// Whether a refusal may be logged now (at most once a second).
+    fn log_due(&self) -> bool {
+        let now = self.born.elapsed().as_secs() + 1;
+        self.last_log.swap(now, Ordering::Relaxed) != now
     }
 
     /// Counts `bytes` into loop `idx`'s mailbox; false (nothing counted)
@@ -102,10 +114,11 @@ impl Services {
             }
             sent += conn_ids.len();
             let refused = !pending.reserve(idx, data.len());
-            if refused {
+            if refused && pending.log_due() {
                 log::warn!(
                     "{module}: loop {idx} holds max_pending_push_bytes ({}) of undelivered \
-                     pushes; refusing a {}-byte push to {} connection(s), which are disconnected",
+                     pushes; refusing a {}-byte push to {} connection(s), which are disconnected \
+                     (logged at most once a second)",
                     pending.cap,
                     data.len(),
                     conn_ids.len()
@@ -114,7 +127,11 @@ impl Services {
             mailbox.send(Completion::Push {
                 conn_ids,
                 module: module.clone(),
-                data: if refused { Arc::from(&[][..]) } else { data.clone() },
+                data: if refused {
+                    Arc::from(&[][..])
+                } else {
+                    data.clone()
+                },
                 notice: notice.clone(),
                 refused,
             });

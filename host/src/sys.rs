@@ -218,6 +218,8 @@ impl KernelPipe {
 /// without privileges) and returns `(old soft, new soft)`. An unlimited
 /// hard limit is taken as 1,048,576 (what Linux allows per process by
 /// default, `fs.nr_open`).
+// `rlim_t` is `u64` on Linux but not on every platform.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

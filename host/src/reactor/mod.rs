@@ -370,9 +370,7 @@ impl EventLoop {
             if *n >= per_ip {
                 drop(peers);
                 if self.refusal_log_due() {
-                    log::warn!(
-                        "max_connections_per_ip ({per_ip}) reached: refusing {peer}"
-                    );
+                    log::warn!("max_connections_per_ip ({per_ip}) reached: refusing {peer}");
                 }
                 return false;
             }
@@ -486,9 +484,7 @@ impl EventLoop {
             }
             Stage::Proxy(mut session) => {
                 let _ = self.poll.registry().deregister(&mut session.sock);
-                self.shared
-                    .conns
-                    .fetch_sub(session.slots, Ordering::AcqRel);
+                self.shared.conns.fetch_sub(session.slots, Ordering::AcqRel);
                 let g = session.gen.clone();
                 g.stats.conns.fetch_sub(1, Ordering::Relaxed);
                 let mut out = RVec::new();
@@ -1081,11 +1077,9 @@ impl EventLoop {
                     // Accepted and silent ever since: it has not even
                     // started a message, so the idle allowance (meant for
                     // keep-alive between messages) does not apply.
-                    _ if c.rbuf.is_empty() && !c.heard => (
-                        c.accepted,
-                        cfg.first_bytes_timeout(),
-                        "first-bytes timeout",
-                    ),
+                    _ if c.rbuf.is_empty() && !c.heard => {
+                        (c.accepted, cfg.first_bytes_timeout(), "first-bytes timeout")
+                    }
                     _ if c.rbuf.is_empty() => (c.last_activity, cfg.idle_timeout(), "idle timeout"),
                     Stage::Routing => (
                         c.msg_start.unwrap_or(c.last_activity),

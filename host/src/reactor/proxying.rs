@@ -163,9 +163,7 @@ impl EventLoop {
             return;
         };
         let _ = self.poll.registry().deregister(&mut session.sock);
-        self.shared
-            .conns
-            .fetch_sub(session.slots, Ordering::AcqRel);
+        self.shared.conns.fetch_sub(session.slots, Ordering::AcqRel);
         log::warn!(
             "conn {}: upstream {} failed: {err}",
             conn.info.id,
