@@ -115,6 +115,8 @@ pub struct EventLoop {
     accept_paused_until: Option<Instant>,
     /// Accept failures since the last log line about them.
     accept_failures: u64,
+    /// Idle connections closed for newcomers since the last line about it.
+    evicted_unlogged: u64,
     /// Draining: when idle connections stop waiting for one more message.
     idle_close_at: Instant,
     idle_grace_over: bool,
@@ -157,6 +159,7 @@ impl EventLoop {
             last_refusal_log: None,
             accept_paused_until: None,
             accept_failures: 0,
+            evicted_unlogged: 0,
             idle_close_at: now,
             idle_grace_over: false,
         })
@@ -408,12 +411,20 @@ impl EventLoop {
         let Some((key, id, peer, heard, since)) = victim else {
             return false;
         };
-        log::info!(
-            "max_connections ({}) reached: closing conn {id} from {peer} ({} for {} ms) to admit {newcomer}",
-            self.shared.cfg.max_connections,
-            if heard { "idle" } else { "silent" },
-            self.now.saturating_duration_since(since).as_millis()
-        );
+        // One line a second at most: a flood of newcomers would otherwise
+        // write one per connection.
+        self.evicted_unlogged += 1;
+        if self.refusal_log_due() {
+            log::info!(
+                "max_connections ({}) reached: closing conn {id} from {peer} ({} for {} ms) \
+                 to admit {newcomer} ({} closed this way since the previous such line)",
+                self.shared.cfg.max_connections,
+                if heard { "idle" } else { "silent" },
+                self.now.saturating_duration_since(since).as_millis(),
+                self.evicted_unlogged
+            );
+            self.evicted_unlogged = 0;
+        }
         self.close(key, "evicted for a new connection");
         true
     }
@@ -595,12 +606,14 @@ impl EventLoop {
                     let total = self.shared.buffered.fetch_add(grew, Ordering::AcqRel) + grew;
                     let limit = self.shared.cfg.max_buffered_bytes;
                     if total > limit {
-                        log::warn!(
-                            "conn {} from {}: incomplete messages of all connections hold \
-                             {total} bytes, over max_buffered_bytes ({limit}): closing this one",
-                            conn.info.id,
-                            conn.info.peer()
-                        );
+                        let (id, peer) = (conn.info.id, conn.info.peer());
+                        if self.refusal_log_due() {
+                            log::warn!(
+                                "conn {id} from {peer}: incomplete messages of all connections \
+                                 hold {total} bytes, over max_buffered_bytes ({limit}): closing \
+                                 this one (logged at most once a second)"
+                            );
+                        }
                         return self.close(key, "max_buffered_bytes");
                     }
                 }
@@ -652,6 +665,15 @@ impl EventLoop {
             }
         }
         let conn = &mut self.conns[key];
+        if conn.rbuf.is_empty() && conn.rbuf.grown() > 0 {
+            // A read buffer grown for one large message is freed as soon
+            // as that message is consumed, not kept while the connection
+            // lives (and counted against max_buffered_bytes).
+            if let Some(buf) = conn.rbuf.detach() {
+                let grown = buf.len() - READ_BUF;
+                self.shared.buffered.fetch_sub(grown, Ordering::AcqRel);
+            }
+        }
         if conn.pending_output() {
             return;
         }

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::common::{dead_addr, rss_kib, Client, Server, ServerBuilder, INDEX_HTML};
+use crate::common::{dead_addr, rss_kib, Client, EchoUpstream, Server, ServerBuilder, INDEX_HTML};
 
 /// The worker process, from `STATUS`'s `worker pid=<pid> ...` line.
 fn worker_pid(s: &Server) -> u32 {
@@ -64,7 +64,10 @@ fn rpc_line(method: &str, params: &str, id: u64) -> String {
 /// Item 1: connections that pipeline `kv.get`s of a large value and never
 /// read cannot grow the worker's memory past the output budget; another
 /// client is answered meanwhile. (The host pauses the connection above
-/// `max_output_buffer`; the rpc module stops answering at `out_limit`.)
+/// `max_output_buffer`; the rpc module stops answering at `out_limit`:
+/// this needs both halves, the rpc one from the rpc work of the same
+/// round. With an rpc module that ignores `out_limit` the one call that
+/// answers every buffered line overshoots: about 510 MB here.)
 #[test]
 fn pipelined_large_replies_stay_within_the_output_budget() {
     let s = ServerBuilder::new(&["rpc"]).tag("budget").start();
@@ -189,7 +192,8 @@ fn silent_connection_closed_after_first_bytes_timeout() {
 
 /// Item 5: a partial message the module waits on (NeedMore) counts against
 /// the message timeout, on a fresh connection and on one a module keeps
-/// (a bus subscriber with half a JSON-RPC line).
+/// (a bus subscriber with half a JSON-RPC line, which the rpc module of
+/// the same round leaves in the host's buffer instead of keeping it).
 #[test]
 fn partial_messages_count_against_the_message_timeout() {
     let s = ServerBuilder::new(&["http", "rpc"])
@@ -255,6 +259,37 @@ fn descriptor_exhaustion_backs_off() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Item 6: a proxied session's upstream socket is a descriptor and counts
+/// against `max_connections`: with 3 slots, one session (client and
+/// upstream) and a second client leave no room for a second upstream.
+#[test]
+fn proxied_sessions_count_their_upstream_socket() {
+    let up = EchoUpstream::start("UP");
+    let s = ServerBuilder::new(&["fx_proxy"])
+        .tag("proxyslots")
+        .server("max_connections = 3")
+        .toml(&format!(
+            "[modules.fx_proxy]\nupstreams = [\"{}\"]\n",
+            up.addr
+        ))
+        .start();
+    let mut a = s.connect();
+    a.send(b"PROXY-ME 1\n");
+    assert_eq!(a.read_line(), "UP");
+    assert_eq!(a.read_line(), "PROXY-ME 1");
+    let mut b = s.connect();
+    b.send_lenient(b"PROXY-ME 2\n");
+    let mut got = Vec::new();
+    let _ = b.stream.read_to_end(&mut got);
+    assert_eq!(String::from_utf8_lossy(&got), "NO UPSTREAM\n");
+    assert!(s
+        .log()
+        .contains("a proxied session's upstream socket counts"));
+    // The first session goes on.
+    a.send(b"ping\n");
+    assert_eq!(a.read_line(), "ping");
 }
 
 /// Item 12: with every slot held by silent connections, a new client (and
