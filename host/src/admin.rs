@@ -108,7 +108,10 @@ pub fn status(shared: &Shared) -> String {
 /// The `RELOAD` / `RELOAD <name>` reply.
 pub fn reload(shared: &Shared, name: Option<&str>) -> String {
     if let Some(n) = name {
-        crate::panics::inject(crate::panics::Site::Control, format!("RELOAD {n}").as_bytes());
+        crate::panics::inject(
+            crate::panics::Site::Control,
+            format!("RELOAD {n}").as_bytes(),
+        );
     }
     let mut out = String::new();
     match name {

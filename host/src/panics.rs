@@ -69,7 +69,11 @@ pub fn init(is_worker: bool) {
     let fault = std::env::var(ENV_FAULT_INJECT).ok().and_then(|v| {
         let f = FaultInject::parse(&v);
         match &f {
-            Some(f) => log::warn!("{ENV_FAULT_INJECT} is set (a test hook): {f:?}"),
+            Some(f) => log::warn!(
+                "{ENV_FAULT_INJECT} is set (a test hook): the {:?} thread panics on {:?}",
+                f.site,
+                String::from_utf8_lossy(&f.line)
+            ),
             None => log::error!(
                 "{ENV_FAULT_INJECT}={v:?} is not `loop-panic-on:<line>` or \
                  `control-panic-on:<line>`; ignored"
@@ -85,7 +89,9 @@ pub fn init(is_worker: bool) {
 }
 
 /// The test hook: panics when `line`, handled on `site`, is the armed one.
+/// The panic is reported at the caller's place.
 #[inline]
+#[track_caller]
 pub fn inject(site: Site, line: &[u8]) {
     if let Some(Some(f)) = FAULT.get() {
         if f.site == site && f.line == line {

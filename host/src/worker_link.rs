@@ -860,7 +860,9 @@ pub fn retained_over(shared: &Arc<Shared>, retired: u64, limit: u64) {
         Box::new(|r: Replaced| match r {
             Ok(pid) => log::info!("worker pid={pid} took over; this one drains and exits"),
             Err(why) => {
-                log::error!("replacing the worker failed: {why}; trying again after the next reload");
+                log::error!(
+                    "replacing the worker failed: {why}; trying again after the next reload"
+                );
                 AUTO_REPLACING.store(false, Ordering::Release);
             }
         }),
