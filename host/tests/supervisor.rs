@@ -1,5 +1,5 @@
-//! Leader/worker mode: a worker killed by a module (segfault, abort, hang)
-//! is replaced on the same sockets, the fault is reported by `STATUS` and
+//! Leader/worker mode: a worker killed by a module (segfault, abort, hang;
+//! a wait inside `host.wait` is none) is replaced on the same sockets, the fault is reported by `STATUS` and
 //! the log, a module that keeps crashing is quarantined, and `UPGRADE`
 //! swaps workers without refusing a connection.
 
@@ -115,6 +115,37 @@ fn hung_module_call_gets_the_worker_replaced() {
     assert!(log.contains("hang_warn_ms=300"), "no hang warning:\n{log}");
     assert!(log.contains("hang_kill_ms=1500"), "no hang kill:\n{log}");
     assert_eq!(s.get("/crash/ok").text(), "ok");
+}
+
+#[test]
+fn a_wait_on_a_pool_thread_is_no_hang_but_sleeping_outside_one_is() {
+    let s = crash_server("wait");
+    let old = worker_pid(&s.status());
+    // 2 s inside `host.wait` is past hang_kill_ms (1.5 s): not a hang.
+    let r = s.get("/crash/wait");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "waited"),
+        "{}",
+        s.log()
+    );
+    assert_eq!(
+        worker_pid(&s.status()),
+        old,
+        "killed for a wait:\n{}",
+        s.log()
+    );
+
+    // 3 s of blocking outside a wait is one.
+    let mut c = s.connect();
+    c.send(b"GET /crash/sleep HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(c.try_read_response(false).is_err());
+    let st = wait_new_worker(&s, old);
+    let fault = line(&st, "fault ").unwrap_or_else(|| panic!("no fault line:\n{}", st.raw));
+    assert!(
+        fault.contains("cause=hang") && fault.contains("module=fx_crash"),
+        "{fault}"
+    );
 }
 
 #[test]
