@@ -81,6 +81,16 @@ pub struct Entered {
     prev_module: u32,
     /// Whether this call started its own clock (and must stop it again).
     own_clock: bool,
+    /// An unwatched call inside a watched one pauses the caller's clock
+    /// like a wait: the [`Slot::wait_begin`] token, 0 when nothing paused.
+    paused: u64,
+}
+
+impl Entered {
+    /// Whether [`Slot::leave`] needs the time.
+    pub fn resumes_clock(&self) -> bool {
+        self.paused != 0
+    }
 }
 
 impl Slot {
@@ -88,11 +98,13 @@ impl Slot {
     /// starts the hang clock unless one already runs: a nested call (an
     /// in-process call into another module) shares its caller's clock, so
     /// the caller is charged for the time it waits for the callee, less
-    /// the callee's own waits. An unwatched call leaves the clock as it
-    /// is (off when outermost).
+    /// the callee's own waits. An unwatched call stops the clock until it
+    /// returns (its time is no hang, whoever called it).
     pub fn enter(&self, id: u32, watched: bool, now: u64) -> Entered {
         let prev_module = self.module.load(Ordering::Relaxed);
-        let own_clock = watched && self.since_ms.load(Ordering::Relaxed) == 0;
+        let since = self.since_ms.load(Ordering::Relaxed);
+        let own_clock = watched && since == 0;
+        let paused = if watched { 0 } else { self.wait_begin(now) };
         if own_clock {
             // Start time first: the leader must never see the module with
             // a stale start time.
@@ -102,18 +114,22 @@ impl Slot {
         Entered {
             prev_module,
             own_clock,
+            paused,
         }
     }
 
-    /// Undoes [`Slot::enter`]: back to the caller's module, and its clock
-    /// as the callee left it (shifted by the callee's waits).
-    pub fn leave(&self, e: Entered) {
+    /// Undoes [`Slot::enter`] at `now` (read only when
+    /// [`Entered::resumes_clock`]): back to the caller's module, and its
+    /// clock as the callee left it (shifted by the callee's waits).
+    pub fn leave(&self, e: Entered, now: u64) {
         // Module first: the leader must never see this call's start time
         // on no module; it may briefly see the caller's module with this
         // call's start time, which is no older than the caller's own.
         self.module.store(e.prev_module, Ordering::Release);
         if e.prev_module == 0 || e.own_clock {
             self.since_ms.store(0, Ordering::Release);
+        } else if e.paused != 0 {
+            self.wait_end(e.paused, now);
         }
     }
 
@@ -559,8 +575,9 @@ pub fn enter(id: u32) -> Busy {
 }
 
 /// Like [`enter`], for module code that may legitimately run long (a
-/// scheduled job, a generation's `stop`): a crash in it is attributed to
-/// the module, but the leader's hang check leaves it alone.
+/// scheduled job, a generation's `stop`, even when a module call leads to
+/// it): a crash in it is attributed to the module, but the leader's hang
+/// check leaves it alone.
 pub fn enter_unwatched(id: u32) -> Busy {
     enter_slot(id, false)
 }
@@ -598,7 +615,8 @@ impl Drop for Busy {
     #[inline]
     fn drop(&mut self) {
         if let Some((slot, entered)) = self.slot {
-            slot.leave(entered);
+            let now = if entered.resumes_clock() { now_ms() } else { 0 };
+            slot.leave(entered, now);
         }
     }
 }
@@ -955,7 +973,7 @@ mod tests {
         let s = slot();
         let e = s.enter(1, true, 1000);
         assert_eq!(age(&s, 1500), Some((1, 500)));
-        s.leave(e);
+        s.leave(e, 0);
         assert_eq!(age(&s, 1600), None);
         assert_eq!(s.since_ms.load(Ordering::Relaxed), 0, "no stale start time");
     }
@@ -970,7 +988,7 @@ mod tests {
         s.wait_end(t, 9000);
         // 300 ms before the wait, 100 after it.
         assert_eq!(age(&s, 9100), Some((1, 400)));
-        s.leave(e);
+        s.leave(e, 0);
     }
 
     #[test]
@@ -985,7 +1003,7 @@ mod tests {
             s.wait_end(t, now);
         }
         assert_eq!(age(&s, now), Some((1, 20_000)));
-        s.leave(e);
+        s.leave(e, 0);
     }
 
     #[test]
@@ -999,7 +1017,7 @@ mod tests {
         assert_eq!(age(&s, 5000), None, "the outer wait goes on");
         s.wait_end(outer, 6000);
         assert_eq!(age(&s, 6000), Some((1, 100)));
-        s.leave(e);
+        s.leave(e, 0);
     }
 
     #[test]
@@ -1012,10 +1030,10 @@ mod tests {
         let t = s.wait_begin(1300);
         s.wait_end(t, 8000);
         assert_eq!(age(&s, 8000), Some((2, 300)));
-        s.leave(callee);
+        s.leave(callee, 0);
         // Back in the caller: its 300 ms, not the callee's 6.7 s wait.
         assert_eq!(age(&s, 8100), Some((1, 400)));
-        s.leave(caller);
+        s.leave(caller, 0);
         assert_eq!(age(&s, 8100), None);
     }
 
@@ -1026,11 +1044,11 @@ mod tests {
         let t = s.wait_begin(1100);
         let callee = s.enter(2, true, 5000);
         assert_eq!(age(&s, 6000), Some((2, 1000)), "a stuck callee is caught");
-        s.leave(callee);
+        s.leave(callee, 0);
         assert_eq!(age(&s, 7000), None, "the caller's wait goes on");
         s.wait_end(t, 7000);
         assert_eq!(age(&s, 7000), Some((1, 100)));
-        s.leave(caller);
+        s.leave(caller, 0);
     }
 
     #[test]
@@ -1041,11 +1059,27 @@ mod tests {
         assert_eq!(s.wait_begin(2000), 0, "nothing to pause");
         let callee = s.enter(2, true, 3000);
         assert_eq!(age(&s, 4000), Some((2, 1000)));
-        s.leave(callee);
+        s.leave(callee, 0);
         assert_eq!(age(&s, 99_000), None);
         assert_eq!(s.module.load(Ordering::Relaxed), 1, "crashes still pinned");
-        s.leave(job);
+        s.leave(job, 0);
         assert_eq!(s.module.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn an_unwatched_call_inside_a_watched_one_pauses_its_clock() {
+        // A module call drops the last holder of a retired generation,
+        // whose `stop` runs long.
+        let s = slot();
+        let call = s.enter(1, true, 1000);
+        let stop = s.enter(2, false, 1200);
+        assert!(stop.resumes_clock());
+        assert_eq!(age(&s, 60_000), None, "stop may run long");
+        assert_eq!(s.module.load(Ordering::Relaxed), 2, "crashes pinned on 2");
+        s.leave(stop, 60_000);
+        assert_eq!(age(&s, 60_100), Some((1, 300)));
+        s.leave(call, 0);
+        assert_eq!(age(&s, 60_100), None);
     }
 
     #[test]
@@ -1060,10 +1094,31 @@ mod tests {
 
     #[test]
     fn a_thread_without_a_slot_takes_none_to_wait() {
-        // No page in unit tests, and this thread never entered a module.
-        assert_eq!(wait_begin(), 0);
-        wait_end(0);
-        assert_eq!(SLOT.with(|s| s.get()), u32::MAX);
+        // A real page, as in a worker (the only test that sets one).
+        let (_fd, map) = PageMap::create().unwrap();
+        let _ = PAGE.set(map.leak());
+        let page = *PAGE.get().unwrap();
+        std::thread::spawn(move || {
+            // A module's own thread, never in a module call.
+            let taken = page.next_slot.load(Ordering::Relaxed);
+            assert_eq!(wait_begin(), 0);
+            wait_end(0);
+            assert_eq!(SLOT.with(|s| s.get()), u32::MAX, "no slot assigned");
+            assert_eq!(page.next_slot.load(Ordering::Relaxed), taken);
+            // In a module call it gets one, and its wait pauses the clock.
+            let busy = enter(7);
+            let idx = SLOT.with(|s| s.get()) as usize;
+            assert!(page.busy().iter().any(|&(i, m, _)| i == idx && m == 7));
+            let t = wait_begin();
+            assert_ne!(t, 0);
+            assert!(!page.busy().iter().any(|&(i, ..)| i == idx));
+            wait_end(t);
+            assert!(page.busy().iter().any(|&(i, m, _)| i == idx && m == 7));
+            drop(busy);
+            assert!(!page.busy().iter().any(|&(i, ..)| i == idx));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
