@@ -41,8 +41,11 @@ impl Command<'_> {
     }
 }
 
-/// Parses one line (without its terminator).
+/// Parses one line (without its terminator). Runs on the event loop that
+/// read the line, which is where the test hook of [`crate::panics`] makes
+/// a loop panic when armed.
 pub fn parse(line: &[u8]) -> Command<'_> {
+    crate::panics::inject(crate::panics::Site::Loop, line);
     let Ok(line) = std::str::from_utf8(line) else {
         return Command::Unknown;
     };
@@ -104,6 +107,12 @@ pub fn status(shared: &Shared) -> String {
 
 /// The `RELOAD` / `RELOAD <name>` reply.
 pub fn reload(shared: &Shared, name: Option<&str>) -> String {
+    if let Some(n) = name {
+        crate::panics::inject(
+            crate::panics::Site::Control,
+            format!("RELOAD {n}").as_bytes(),
+        );
+    }
     let mut out = String::new();
     match name {
         Some(n) => {

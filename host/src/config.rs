@@ -107,6 +107,11 @@ pub struct Server {
     /// in a row is quarantined (not loaded) until its file changes or an
     /// explicit `RELOAD <name>`.
     pub quarantine_after: u32,
+    /// Bytes of module libraries that retired generations may keep mapped
+    /// (each reload maps a new copy; none is ever unmapped). Past it the
+    /// worker replaces itself the way `UPGRADE` does, which returns them.
+    /// 0 = no limit.
+    pub max_retained_bytes: u64,
 }
 
 impl Default for Server {
@@ -143,6 +148,7 @@ impl Default for Server {
             hang_warn_ms: 2_000,
             hang_kill_ms: 10_000,
             quarantine_after: 3,
+            max_retained_bytes: 256 << 20,
         }
     }
 }

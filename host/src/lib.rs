@@ -18,11 +18,14 @@
 //! * [`sys`]: platform-specific calls (`SO_REUSEPORT`, `sendfile`).
 //! * [`supervisor`] and [`worker_link`]: the leader process that holds the
 //!   sockets and restarts a crashed worker, and the worker's side of it.
+//! * [`panics`]: a panic in host code ends the worker (the leader replaces
+//!   it) instead of leaving a half-dead process.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod panics;
 pub mod pool;
 pub mod proxy;
 pub mod reactor;
@@ -61,6 +64,7 @@ pub fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
+    panics::init(worker_link::is_worker());
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -209,6 +213,18 @@ fn run(args: cli::Args) -> Result<(), String> {
         loops,
         threads,
     });
+
+    // Past `max_retained_bytes` the worker replaces itself (checked on the
+    // control thread after every reload).
+    {
+        let weak = Arc::downgrade(&shared);
+        let limit = config.server.max_retained_bytes;
+        registry.set_retired_hook(Box::new(move |retired| {
+            if let Some(shared) = weak.upgrade() {
+                worker_link::retained_over(&shared, retired, limit);
+            }
+        }));
+    }
 
     let mut handles = Vec::with_capacity(loops);
     for (idx, ((poll, listener), inbox)) in

@@ -153,12 +153,12 @@ impl Services {
             SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             false,
         );
-        let mut v = g.module.on_message(&info, RSlice::from_slice(input), out);
+        // `enter`: a crash or a hang in the callee is pinned on it; its
+        // time counts on the caller's clock, its waits do not.
+        let mut v = g.enter(|m| m.on_message(&info, RSlice::from_slice(input), out));
         if v.action == Action::Defer {
             let n = (v.consumed as usize).min(input.len());
-            v = g
-                .module
-                .on_deferred(&info, RSlice::from_slice(&input[..n]), out);
+            v = g.enter(|m| m.on_deferred(&info, RSlice::from_slice(&input[..n]), out));
         }
         if v.fault {
             g.stats

@@ -1,6 +1,13 @@
 //! The leader process: holds the listening sockets, runs one worker (this
 //! same binary, see [`crate::worker_link`]) that inherits them, and replaces
-//! it when it dies, hangs in module code, or is asked to (`UPGRADE`).
+//! it when it dies (a crash, or a host panic: see [`crate::panics`]), hangs
+//! in module code, or asks to be (`UPGRADE`, or its retired generations
+//! passed `max_retained_bytes`).
+//!
+//! There is no readiness deadline: a worker that takes long to start (a
+//! module opening a large database) is never killed for it. Until it is
+//! ready the old one serves (`UPGRADE`) or connections wait in the listen
+//! queue (after a crash).
 //!
 //! The leader never loads modules. Its loop waits on a self-pipe written by
 //! its signal handlers (`SIGCHLD`, `SIGHUP`, `SIGTERM`, `SIGINT`) and on its
@@ -34,8 +41,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 enum Role {
     /// Serving (or starting to).
     Current,
-    /// Started by `UPGRADE`, not ready yet; `requester` asked for it.
-    Candidate { requester: u32 },
+    /// Started by `UPGRADE`, not ready yet; `requester` asked for it,
+    /// `auto`matically (retained memory) or for an operator.
+    Candidate { requester: u32, auto: bool },
     /// Replaced: draining, killed at the deadline.
     Retiring { deadline: Instant },
 }
@@ -67,6 +75,9 @@ struct Leader {
     /// Crash restarts so far.
     restarts: u64,
     last_fault: String,
+    /// Workers replaced on request (`UPGRADE`, automatic), for `STATUS`.
+    upgrades: u64,
+    auto_upgrades: u64,
     /// Consecutive quick crashes (backoff).
     quick_streak: u32,
     /// The module blamed for the last crashes, and how many in a row.
@@ -145,6 +156,8 @@ pub fn lead(
         announced: false,
         restarts: 0,
         last_fault: String::new(),
+        upgrades: 0,
+        auto_upgrades: 0,
         quick_streak: 0,
         culprit_streak: None,
         restart_at: None,
@@ -212,13 +225,20 @@ impl Leader {
         let mut inherit = self.listen_fds.clone();
         inherit.push(theirs.as_raw_fd());
         inherit.push(page_fd.as_raw_fd());
+        // A candidate reports the upgrade that starts it: it only ever
+        // serves if that upgrade succeeds.
+        let (upgrades, auto) = match role {
+            Role::Candidate { auto, .. } => (self.upgrades + 1, self.auto_upgrades + auto as u64),
+            _ => (self.upgrades, self.auto_upgrades),
+        };
         let mut cmd = Command::new(&self.exe);
         cmd.args(&self.args)
             .env(link::ENV_LISTEN_FDS, fds.join(","))
             .env(link::ENV_CONTROL_FD, theirs.as_raw_fd().to_string())
             .env(link::ENV_STATUS_FD, page_fd.as_raw_fd().to_string())
             .env(link::ENV_QUARANTINE, &self.quarantine)
-            .env(link::ENV_LAST_FAULT, &self.last_fault);
+            .env(link::ENV_LAST_FAULT, &self.last_fault)
+            .env(link::ENV_UPGRADES, link::format_upgrades(upgrades, auto));
         // SAFETY: only async-signal-safe calls between fork and exec.
         let leader_pid = unsafe { libc::getpid() };
         unsafe {
@@ -316,7 +336,8 @@ impl Leader {
         for (pid, msg) in msgs {
             match msg.as_str() {
                 "ready" => self.on_ready(pid),
-                "upgrade" => self.on_upgrade(pid),
+                "upgrade" => self.on_upgrade(pid, false),
+                "upgrade auto" => self.on_upgrade(pid, true),
                 other => log::warn!("leader: worker pid={pid} sent {other:?}"),
             }
         }
@@ -341,7 +362,8 @@ impl Leader {
                     let _ = out.flush();
                 }
             }
-            Role::Candidate { requester } => {
+            Role::Candidate { requester, auto } => {
+                self.count_upgrade(auto);
                 let drain =
                     Duration::from_millis(self.cfg.shutdown_timeout_ms) + Duration::from_secs(2);
                 for o in &mut self.workers {
@@ -366,7 +388,12 @@ impl Leader {
         }
     }
 
-    fn on_upgrade(&mut self, pid: u32) {
+    fn count_upgrade(&mut self, auto: bool) {
+        self.upgrades += 1;
+        self.auto_upgrades += auto as u64;
+    }
+
+    fn on_upgrade(&mut self, pid: u32, auto: bool) {
         let busy = self
             .workers
             .iter()
@@ -388,8 +415,18 @@ impl Leader {
             }
             return;
         }
-        log::info!("leader: UPGRADE requested by worker pid={pid}");
-        match self.spawn(Role::Candidate { requester: pid }) {
+        log::info!(
+            "leader: {} requested by worker pid={pid}",
+            if auto {
+                "replacement (retained memory)"
+            } else {
+                "UPGRADE"
+            }
+        );
+        match self.spawn(Role::Candidate {
+            requester: pid,
+            auto,
+        }) {
             Ok(w) => self.workers.push(w),
             Err(e) => {
                 if let Some(w) = self.worker(pid) {
@@ -416,7 +453,7 @@ impl Leader {
                 Role::Retiring { .. } => {
                     log::info!("leader: old worker pid={} exited ({status})", w.pid);
                 }
-                Role::Candidate { requester } => {
+                Role::Candidate { requester, .. } => {
                     log::error!(
                         "leader: UPGRADE: new worker pid={} {} before it was ready",
                         w.pid,
@@ -435,7 +472,12 @@ impl Leader {
                     if !self.announced && status.signal().is_none() {
                         // A startup error (bad config, certificate...): the
                         // worker said why on stderr.
-                        return Err(format!("the worker {} during startup", describe(status)));
+                        let panic = w.page.get().panic();
+                        return Err(format!(
+                            "the worker {} during startup{}",
+                            describe(status),
+                            panic.map_or(String::new(), |p| format!(" (host panic on {p})"))
+                        ));
                     }
                     self.crashed(w, status);
                 }
@@ -447,23 +489,28 @@ impl Leader {
     /// The current worker died: say why, maybe quarantine, restart.
     fn crashed(&mut self, w: Worker, status: ExitStatus) {
         let page = w.page.get();
+        // A host panic is the host's bug: no module is blamed for it.
+        let panic = page.panic().filter(|_| w.hang.is_none());
         let (culprit, how) = match &w.hang {
             Some((id, how)) => (Some(*id), Some(how.clone())),
+            None if panic.is_some() => (None, None),
             None => {
                 let f = page.faulted.load(Ordering::Acquire);
                 (Some(f).filter(|&f| f != 0), None)
             }
         };
         let culprit_name = culprit.and_then(|id| page.name(id));
-        let cause = match (&how, status.signal()) {
-            (Some(_), _) => "hang".to_string(),
-            (None, Some(sig)) => signal_name(sig),
-            (None, None) => format!("exit={}", status.code().unwrap_or(-1)),
+        let cause = match (&how, &panic, status.signal()) {
+            (Some(_), _, _) => "hang".to_string(),
+            (None, Some(_), _) => "panic".to_string(),
+            (None, None, Some(sig)) => signal_name(sig),
+            (None, None, None) => format!("exit={}", status.code().unwrap_or(-1)),
         };
-        let mut detail = match (&culprit_name, &how) {
-            (Some(m), Some(h)) => format!(" while module {m} {h}"),
-            (Some(m), None) => format!(" while running module {m}"),
-            (None, _) => {
+        let mut detail = match (&culprit_name, &how, &panic) {
+            (_, _, Some(p)) => format!(" after a host panic on {p}"),
+            (Some(m), Some(h), _) => format!(" while module {m} {h}"),
+            (Some(m), None, _) => format!(" while running module {m}"),
+            (None, ..) => {
                 let busy: Vec<String> = page
                     .busy()
                     .into_iter()
@@ -529,12 +576,13 @@ impl Leader {
         );
         drop(w);
         // A worker started by UPGRADE takes over at once.
-        if let Some(c) = self
-            .workers
-            .iter_mut()
-            .find(|w| matches!(w.role, Role::Candidate { .. }))
-        {
+        let candidate = self.workers.iter_mut().find_map(|w| match w.role {
+            Role::Candidate { auto, .. } => Some((w, auto)),
+            _ => None,
+        });
+        if let Some((c, auto)) = candidate {
             c.role = Role::Current;
+            self.count_upgrade(auto);
             return;
         }
         if delay.is_zero() {

@@ -13,7 +13,13 @@
 //!   per call), so the leader can name the module a dead worker was running
 //!   and notice a call that never returns;
 //! * `SWITCHYARD_QUARANTINE`: the quarantine file, consulted at load;
-//! * `SWITCHYARD_LAST_FAULT`: why the previous worker died, for `STATUS`.
+//! * `SWITCHYARD_LAST_FAULT`: why the previous worker died, for `STATUS`;
+//! * `SWITCHYARD_UPGRADES`: `<upgrades> <auto_upgrades>`, how many times
+//!   the leader has replaced a worker on request so far, for `STATUS`.
+//!
+//! It also replaces the worker from inside: `UPGRADE`, and the automatic
+//! replacement when retired generations hold more than
+//! `max_retained_bytes` ([`retained_over`]).
 //!
 //! Without them (`--single`, or tests of the single process) every function
 //! here is a cheap no-op, except the `worker` line of `STATUS`.
@@ -26,7 +32,7 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -41,6 +47,7 @@ pub const ENV_CONTROL_FD: &str = "SWITCHYARD_CONTROL_FD";
 pub const ENV_STATUS_FD: &str = "SWITCHYARD_STATUS_FD";
 pub const ENV_QUARANTINE: &str = "SWITCHYARD_QUARANTINE";
 pub const ENV_LAST_FAULT: &str = "SWITCHYARD_LAST_FAULT";
+pub const ENV_UPGRADES: &str = "SWITCHYARD_UPGRADES";
 
 // ---------------------------------------------------------------------------
 // The shared status page.
@@ -53,13 +60,114 @@ const NAME_LEN: usize = 64;
 const PATH_LEN: usize = 448;
 
 /// One thread's current module call.
+///
+/// Invariant: `since_ms` is 0 whenever `module` is 0. While in module code
+/// it is the start of the call's hang clock, or 0 when the clock is off:
+/// an unwatched call (a job, `stop`), or a wait that is not a hang.
 #[repr(C)]
 pub struct Slot {
     /// Module id (1-based index into `names`), 0 when not in module code.
     pub module: AtomicU32,
     _pad: u32,
-    /// [`now_ms`] when the call started.
+    /// [`now_ms`] when the watched time of the call started (shifted later
+    /// by the waits it made), 0 when nothing is watched.
     pub since_ms: AtomicU64,
+}
+
+/// What [`Slot::enter`] changed, for [`Slot::leave`] to undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entered {
+    /// The module the thread was in before (0: none).
+    prev_module: u32,
+    /// Whether this call started its own clock (and must stop it again).
+    own_clock: bool,
+    /// An unwatched call inside a watched one pauses the caller's clock
+    /// like a wait: the [`Slot::wait_begin`] token, 0 when nothing paused.
+    paused: u64,
+}
+
+impl Entered {
+    /// Whether [`Slot::leave`] needs the time.
+    pub fn resumes_clock(&self) -> bool {
+        self.paused != 0
+    }
+}
+
+impl Slot {
+    /// Records a call into module `id` starting at `now`. A `watched` call
+    /// starts the hang clock unless one already runs: a nested call (an
+    /// in-process call into another module) shares its caller's clock, so
+    /// the caller is charged for the time it waits for the callee, less
+    /// the callee's own waits. An unwatched call stops the clock until it
+    /// returns (its time is no hang, whoever called it).
+    pub fn enter(&self, id: u32, watched: bool, now: u64) -> Entered {
+        let prev_module = self.module.load(Ordering::Relaxed);
+        let since = self.since_ms.load(Ordering::Relaxed);
+        let own_clock = watched && since == 0;
+        let paused = if watched { 0 } else { self.wait_begin(now) };
+        if own_clock {
+            // Start time first: the leader must never see the module with
+            // a stale start time.
+            self.since_ms.store(now.max(1), Ordering::Release);
+        }
+        self.module.store(id, Ordering::Release);
+        Entered {
+            prev_module,
+            own_clock,
+            paused,
+        }
+    }
+
+    /// Undoes [`Slot::enter`] at `now` (read only when
+    /// [`Entered::resumes_clock`]): back to the caller's module, and its
+    /// clock as the callee left it (shifted by the callee's waits).
+    pub fn leave(&self, e: Entered, now: u64) {
+        // Module first: the leader must never see this call's start time
+        // on no module; it may briefly see the caller's module with this
+        // call's start time, which is no older than the caller's own.
+        self.module.store(e.prev_module, Ordering::Release);
+        if e.prev_module == 0 || e.own_clock {
+            self.since_ms.store(0, Ordering::Release);
+        } else if e.paused != 0 {
+            self.wait_end(e.paused, now);
+        }
+    }
+
+    /// Pauses the clock for a wait that is not a hang. Returns the token
+    /// for [`Slot::wait_end`]: 0 when no clock ran (not in module code, an
+    /// unwatched call, or a wait inside a wait), otherwise one more than
+    /// the watched milliseconds the call had used before the wait.
+    pub fn wait_begin(&self, now: u64) -> u64 {
+        if self.module.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        match self.since_ms.swap(0, Ordering::AcqRel) {
+            0 => 0,
+            since => now.saturating_sub(since) + 1,
+        }
+    }
+
+    /// Resumes the clock paused by [`Slot::wait_begin`] as if the wait had
+    /// not happened: the time used before the wait still counts (a call
+    /// that spins between short waits is still caught), the wait does not.
+    pub fn wait_end(&self, token: u64, now: u64) {
+        if token == 0 || self.module.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let used = token - 1;
+        self.since_ms
+            .store(now.saturating_sub(used).max(1), Ordering::Release);
+    }
+
+    /// `(module, since_ms)` when the thread is in a watched module call: a
+    /// consistent reading (the same call before and after reading its
+    /// start time).
+    pub fn watched(&self) -> Option<(u32, u64)> {
+        let m = self.module.load(Ordering::Acquire);
+        let since = self.since_ms.load(Ordering::Acquire);
+        let again = self.module.load(Ordering::Acquire);
+        (m != 0 && m == again && since != 0).then_some((m, since))
+    }
 }
 
 /// A module name and the file it was loaded from.
@@ -84,7 +192,14 @@ pub struct Page {
     _pad: u32,
     pub slots: [Slot; SLOTS],
     names: [NameEntry; NAMES],
+    /// Where and why host code panicked (see [`crate::panics`]): the
+    /// worker then exits, and the leader reports `cause=panic`.
+    panic_len: AtomicU32,
+    panic: [AtomicU8; PANIC_LEN],
 }
+
+/// Bytes of a panic description the page keeps.
+const PANIC_LEN: usize = 1024;
 
 fn store_bytes(dst: &[AtomicU8], len: &AtomicU32, s: &str) {
     let b = s.as_bytes();
@@ -123,15 +238,14 @@ impl Page {
         self.slots[..n]
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| {
-                // A consistent reading: the same call before and after
-                // reading its start time.
-                let m = s.module.load(Ordering::Acquire);
-                let since = s.since_ms.load(Ordering::Acquire);
-                let again = s.module.load(Ordering::Acquire);
-                (m != 0 && m == again && since != 0).then_some((i, m, since))
-            })
+            .filter_map(|(i, s)| s.watched().map(|(m, since)| (i, m, since)))
             .collect()
+    }
+
+    /// The panic the worker recorded before it exited, if any.
+    pub fn panic(&self) -> Option<String> {
+        let p = load_bytes(&self.panic, &self.panic_len);
+        (!p.is_empty()).then_some(p)
     }
 }
 
@@ -246,6 +360,8 @@ struct Link {
     replies: Mutex<Receiver<String>>,
     quarantine: Option<PathBuf>,
     last_fault: Option<String>,
+    /// Worker replacements on request so far: (all, automatic).
+    upgrades: (u64, u64),
 }
 
 static LINK: OnceLock<Link> = OnceLock::new();
@@ -284,12 +400,17 @@ pub fn init() {
     let page_fd = env_fd(ENV_STATUS_FD);
     let quarantine = std::env::var_os(ENV_QUARANTINE).map(PathBuf::from);
     let last_fault = std::env::var(ENV_LAST_FAULT).ok().filter(|s| !s.is_empty());
+    let upgrades = std::env::var(ENV_UPGRADES)
+        .ok()
+        .and_then(|v| parse_upgrades(&v))
+        .unwrap_or_default();
     for v in [
         ENV_LISTEN_FDS,
         ENV_CONTROL_FD,
         ENV_STATUS_FD,
         ENV_QUARANTINE,
         ENV_LAST_FAULT,
+        ENV_UPGRADES,
     ] {
         std::env::remove_var(v);
     }
@@ -325,7 +446,19 @@ pub fn init() {
         replies: Mutex::new(rx),
         quarantine,
         last_fault,
+        upgrades,
     });
+}
+
+/// Reads `SWITCHYARD_UPGRADES` (`<upgrades> <auto_upgrades>`).
+fn parse_upgrades(v: &str) -> Option<(u64, u64)> {
+    let mut it = v.split_ascii_whitespace().map(|n| n.parse::<u64>().ok());
+    Some((it.next()??, it.next()??))
+}
+
+/// `SWITCHYARD_UPGRADES` for a worker (see [`parse_upgrades`]).
+pub fn format_upgrades(all: u64, auto: u64) -> String {
+    format!("{all} {auto}")
 }
 
 fn read_leader(reader: UnixStream, tx: Sender<String>) {
@@ -396,10 +529,11 @@ pub fn loaded(name: &str, file: &Path) {
 
 /// While alive, the calling thread is recorded as running module `id`.
 pub struct Busy {
-    slot: Option<&'static Slot>,
-    prev: (u32, u64),
+    slot: Option<(&'static Slot, Entered)>,
 }
 
+/// The calling thread's slot, assigned on first use; `None` without a
+/// page or when every slot is taken.
 fn my_slot(page: &'static Page) -> Option<&'static Slot> {
     let idx = SLOT.with(|s| {
         let mut v = s.get();
@@ -417,66 +551,62 @@ fn my_slot(page: &'static Page) -> Option<&'static Slot> {
     page.slots.get(idx as usize)
 }
 
-/// Marks the calling thread as running module `id` until the guard drops.
-#[inline]
-pub fn enter(id: u32) -> Busy {
-    let Some(slot) = PAGE.get().and_then(|p| my_slot(p)) else {
-        return Busy {
-            slot: None,
-            prev: (0, 0),
-        };
-    };
-    let prev = (
-        slot.module.load(Ordering::Relaxed),
-        slot.since_ms.load(Ordering::Relaxed),
-    );
-    if prev.0 == 0 {
-        slot.since_ms.store(now_ms(), Ordering::Release);
-    }
-    slot.module.store(id, Ordering::Release);
+/// The calling thread's slot if it has one already: a thread that never
+/// called into a module (a module's own thread) gets none.
+fn assigned_slot() -> Option<&'static Slot> {
+    let page = PAGE.get()?;
+    page.slots.get(SLOT.with(|s| s.get()) as usize)
+}
+
+fn enter_slot(id: u32, watched: bool) -> Busy {
     Busy {
-        slot: Some(slot),
-        prev,
+        slot: PAGE
+            .get()
+            .and_then(|p| my_slot(p))
+            .map(|slot| (slot, slot.enter(id, watched, now_ms()))),
     }
 }
 
+/// Marks the calling thread as running module `id` until the guard drops,
+/// with the hang clock running (see [`Slot::enter`]).
+#[inline]
+pub fn enter(id: u32) -> Busy {
+    enter_slot(id, true)
+}
+
 /// Like [`enter`], for module code that may legitimately run long (a
-/// scheduled job, a generation's `stop`): a crash in it is attributed to
-/// the module, but the leader's hang check leaves it alone.
+/// scheduled job, a generation's `stop`, even when a module call leads to
+/// it): a crash in it is attributed to the module, but the leader's hang
+/// check leaves it alone.
 pub fn enter_unwatched(id: u32) -> Busy {
-    let busy = enter(id);
-    if let Some(slot) = busy.slot {
-        if busy.prev.0 == 0 {
-            // `busy()` skips slots without a start time.
-            slot.since_ms.store(0, Ordering::Release);
-        }
-    }
-    busy
+    enter_slot(id, false)
 }
 
 /// Starts a wait that is not a hang on the calling thread (see
 /// `HostServices::wait_begin`): the leader's hang check skips the thread
 /// until [`wait_end`] gets the returned token back. The module stays
-/// recorded, so a crash meanwhile is still pinned on it.
+/// recorded, so a crash meanwhile is still pinned on it. A thread that is
+/// not in a module call (a module's own thread) is not watched anyway:
+/// token 0, and no slot is taken for it.
 pub fn wait_begin() -> u64 {
-    let Some(slot) = PAGE.get().and_then(|p| my_slot(p)) else {
-        return 0;
-    };
-    // `busy()` skips slots without a start time.
-    slot.since_ms.swap(0, Ordering::AcqRel)
+    assigned_slot().map_or(0, |slot| slot.wait_begin(now_ms()))
 }
 
-/// Ends a wait begun by [`wait_begin`]: a call that was watched before
-/// the wait is watched again, its clock restarted now (the wait was not
-/// its own time; a call stuck before the wait would have been caught
-/// then). `token` 0: the call was not watched, and stays so.
+/// Ends a wait begun by [`wait_begin`]: the call's clock runs again, with
+/// the wait left out of it (see [`Slot::wait_end`]).
 pub fn wait_end(token: u64) {
-    if token == 0 {
-        return;
+    if let Some(slot) = assigned_slot() {
+        slot.wait_end(token, now_ms());
     }
-    if let Some(slot) = PAGE.get().and_then(|p| my_slot(p)) {
-        if slot.module.load(Ordering::Acquire) != 0 {
-            slot.since_ms.store(now_ms().max(1), Ordering::Release);
+}
+
+/// Records in the page why host code panicked, for the leader to report
+/// once the worker has exited (see [`crate::panics`]). The first panic
+/// wins.
+pub fn record_panic(what: &str) {
+    if let Some(page) = PAGE.get() {
+        if page.panic_len.load(Ordering::Acquire) == 0 {
+            store_bytes(&page.panic, &page.panic_len, what);
         }
     }
 }
@@ -484,13 +614,9 @@ pub fn wait_end(token: u64) {
 impl Drop for Busy {
     #[inline]
     fn drop(&mut self) {
-        if let Some(slot) = self.slot {
-            // Module first: the leader must never see this call's module
-            // with the outer call's (or no) start time.
-            slot.module.store(self.prev.0, Ordering::Release);
-            if self.prev.0 != 0 {
-                slot.since_ms.store(self.prev.1, Ordering::Release);
-            }
+        if let Some((slot, entered)) = self.slot {
+            let now = if entered.resumes_clock() { now_ms() } else { 0 };
+            slot.leave(entered, now);
         }
     }
 }
@@ -657,11 +783,13 @@ pub fn unquarantine(name: &str) {
 // STATUS and UPGRADE.
 
 /// The `STATUS` lines after the `host` line: `worker pid=<pid>
-/// uptime=<N>s`, then `fault ...` (why the previous worker died) and one
+/// uptime=<N>s upgrades=<N> auto_upgrades=<N>` (replacements on request
+/// since the leader started, the automatic ones among them), then `fault ...` (why the previous worker died) and one
 /// `quarantined <name> ...` line per quarantined module.
 pub fn status_lines(started: Instant) -> String {
+    let (upgrades, auto) = LINK.get().map_or((0, 0), |l| l.upgrades);
     let mut out = format!(
-        "worker pid={} uptime={}s\n",
+        "worker pid={} uptime={}s upgrades={upgrades} auto_upgrades={auto}\n",
         std::process::id(),
         started.elapsed().as_secs()
     );
@@ -683,45 +811,320 @@ pub fn status_lines(started: Instant) -> String {
     out
 }
 
-/// Longest the old worker waits for its replacement to be ready.
+/// Longest an `UPGRADE` waits for the new worker before it answers `ERR`
+/// (the replacement may still complete later; see [`replace`]).
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `UPGRADE`: asks the leader for a new worker; once it is ready, replies
-/// `OK upgrading: new worker pid=<pid>` and shuts this worker down
-/// gracefully (the new one already accepts on the same sockets).
+/// Why the worker is being replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// An operator's `UPGRADE`.
+    Upgrade,
+    /// Retired generations passed `max_retained_bytes`.
+    Retained,
+}
+
+/// How a replacement ended: the new worker's pid, or why there is none.
+pub type Replaced = Result<u32, String>;
+
+/// `UPGRADE`: replaces the worker (see [`replace`]) and answers `OK
+/// upgrading: new worker pid=<pid>` or `ERR upgrade: <why>`.
 pub fn upgrade(shared: Arc<Shared>, to: ReplyTo) {
-    let reply = move |shared: &Shared, r: String| {
-        shared.mailboxes[to.loop_idx].send(Completion::Admin { to, reply: r });
-    };
-    let Some(link) = LINK.get() else {
-        return reply(
-            &shared,
-            "ERR upgrade needs the leader process (this server runs with --single)\n".into(),
+    let mailbox = shared.mailboxes[to.loop_idx].clone();
+    replace(
+        shared,
+        Replace::Upgrade,
+        Box::new(move |r: Replaced| {
+            let reply = match r {
+                Ok(pid) => format!("OK upgrading: new worker pid={pid}\n"),
+                Err(why) => format!("ERR upgrade: {why}\n"),
+            };
+            mailbox.send(Completion::Admin { to, reply });
+        }),
+    );
+}
+
+/// Whether an automatic replacement is under way (at most one at a time).
+static AUTO_REPLACING: AtomicBool = AtomicBool::new(false);
+
+/// Called on the control thread after every reload with the bytes retired
+/// generations hold (`retired`): past `limit` (0 = off) the worker is
+/// replaced the way `UPGRADE` does it, which returns that memory. At most
+/// one replacement at a time; a failed one is tried again after the next
+/// reload.
+pub fn retained_over(shared: &Arc<Shared>, retired: u64, limit: u64) {
+    if limit == 0 || retired <= limit || shared.shutting_down.load(Ordering::Acquire) {
+        return;
+    }
+    if AUTO_REPLACING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    if !is_worker() {
+        // Said once: the flag stays set.
+        log::warn!(
+            "retained generations hold {retired} bytes > max_retained_bytes={limit}, \
+             but this server runs with --single and cannot replace itself; \
+             restart it to return the memory"
         );
+        return;
+    }
+    log::warn!(
+        "retained generations hold {retired} bytes > max_retained_bytes={limit}: \
+         replacing the worker"
+    );
+    replace(
+        shared.clone(),
+        Replace::Retained,
+        Box::new(|r: Replaced| match r {
+            Ok(pid) => log::info!("worker pid={pid} took over; this one drains and exits"),
+            Err(why) => {
+                log::error!(
+                    "replacing the worker failed: {why}; trying again after the next reload"
+                );
+                AUTO_REPLACING.store(false, Ordering::Release);
+            }
+        }),
+    );
+}
+
+/// Asks the leader for a new worker on the same sockets; once it is ready,
+/// reports its pid to `done` and shuts this worker down gracefully (the
+/// new one already accepts). `done` gets an error when the leader refuses
+/// or is unreachable, or after [`UPGRADE_TIMEOUT`]; in that last case the
+/// thread keeps listening, so a new worker that becomes ready later still
+/// takes over cleanly instead of finding this one serving on.
+pub fn replace(shared: Arc<Shared>, why: Replace, done: Box<dyn FnOnce(Replaced) + Send>) {
+    let Some(link) = LINK.get() else {
+        return done(Err(
+            "needs the leader process (this server runs with --single)".into(),
+        ));
     };
     let spawned = std::thread::Builder::new()
         .name("upgrade".into())
         .spawn(move || {
             let replies = link.replies.lock();
             while replies.try_recv().is_ok() {}
-            if let Err(e) = send("upgrade") {
-                return reply(&shared, format!("ERR upgrade: leader unreachable: {e}\n"));
+            let request = match why {
+                Replace::Upgrade => "upgrade",
+                Replace::Retained => "upgrade auto",
+            };
+            if let Err(e) = send(request) {
+                return done(Err(format!("leader unreachable: {e}")));
             }
-            match replies.recv_timeout(UPGRADE_TIMEOUT) {
-                Ok(l) if l.starts_with("upgraded ") => {
-                    let pid = l["upgraded ".len()..].trim().to_string();
-                    log::info!("UPGRADE: worker pid={pid} is ready; this worker drains and exits");
-                    reply(&shared, format!("OK upgrading: new worker pid={pid}\n"));
+            let mut done = Some(done);
+            let answer = match replies.recv_timeout(UPGRADE_TIMEOUT) {
+                Ok(l) => Some(l),
+                Err(_) => {
+                    if let Some(d) = done.take() {
+                        d(Err(format!(
+                            "the new worker is not ready after {} s; it takes over when it is",
+                            UPGRADE_TIMEOUT.as_secs()
+                        )));
+                    }
+                    replies.recv().ok()
+                }
+            };
+            match answer {
+                Some(l) if l.starts_with("upgraded ") => {
+                    let pid = l["upgraded ".len()..].trim();
+                    log::info!("{why:?}: worker pid={pid} is ready; this worker drains and exits");
+                    if let Some(d) = done {
+                        d(Ok(pid.parse().unwrap_or(0)));
+                    }
                     shared.shutdown();
                 }
-                Ok(l) => {
+                Some(l) => {
                     let why = l.strip_prefix("upgrade-failed ").unwrap_or(&l);
-                    reply(&shared, format!("ERR upgrade: {why}\n"));
+                    if let Some(d) = done {
+                        d(Err(why.to_string()));
+                    }
                 }
-                Err(_) => reply(&shared, "ERR upgrade: no answer from the leader\n".into()),
+                None => {
+                    if let Some(d) = done {
+                        d(Err("the leader closed the link".into()));
+                    }
+                }
             }
         });
     if spawned.is_err() {
-        log::error!("UPGRADE: cannot start a thread");
+        log::error!("{why:?}: cannot start a thread to replace the worker");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot() -> Slot {
+        Slot {
+            module: AtomicU32::new(0),
+            _pad: 0,
+            since_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The hang check's view: (module, age in ms) at `now`.
+    fn age(s: &Slot, now: u64) -> Option<(u32, u64)> {
+        s.watched().map(|(m, since)| (m, now - since))
+    }
+
+    #[test]
+    fn a_call_is_watched_from_its_start_and_forgotten_after() {
+        let s = slot();
+        let e = s.enter(1, true, 1000);
+        assert_eq!(age(&s, 1500), Some((1, 500)));
+        s.leave(e, 0);
+        assert_eq!(age(&s, 1600), None);
+        assert_eq!(s.since_ms.load(Ordering::Relaxed), 0, "no stale start time");
+    }
+
+    #[test]
+    fn a_wait_is_left_out_and_the_time_before_it_still_counts() {
+        let s = slot();
+        let e = s.enter(1, true, 1000);
+        let t = s.wait_begin(1300);
+        assert_ne!(t, 0);
+        assert_eq!(age(&s, 9000), None, "a wait is not a hang");
+        s.wait_end(t, 9000);
+        // 300 ms before the wait, 100 after it.
+        assert_eq!(age(&s, 9100), Some((1, 400)));
+        s.leave(e, 0);
+    }
+
+    #[test]
+    fn a_spin_between_short_waits_is_still_caught() {
+        let s = slot();
+        let e = s.enter(1, true, 1000);
+        let mut now = 1000;
+        for _ in 0..100 {
+            now += 200; // spinning
+            let t = s.wait_begin(now);
+            now += 1; // a short wait
+            s.wait_end(t, now);
+        }
+        assert_eq!(age(&s, now), Some((1, 20_000)));
+        s.leave(e, 0);
+    }
+
+    #[test]
+    fn nested_waits_end_once() {
+        let s = slot();
+        let e = s.enter(1, true, 1000);
+        let outer = s.wait_begin(1100);
+        let inner = s.wait_begin(1200);
+        assert_eq!(inner, 0, "a wait inside a wait has nothing to pause");
+        s.wait_end(inner, 5000);
+        assert_eq!(age(&s, 5000), None, "the outer wait goes on");
+        s.wait_end(outer, 6000);
+        assert_eq!(age(&s, 6000), Some((1, 100)));
+        s.leave(e, 0);
+    }
+
+    #[test]
+    fn a_callee_shares_the_callers_clock_but_not_its_waits() {
+        // Module 1 calls module 2 in-process; 2 waits for a group commit.
+        let s = slot();
+        let caller = s.enter(1, true, 1000);
+        let callee = s.enter(2, true, 1200);
+        assert_eq!(age(&s, 1300), Some((2, 300)), "the callee is named");
+        let t = s.wait_begin(1300);
+        s.wait_end(t, 8000);
+        assert_eq!(age(&s, 8000), Some((2, 300)));
+        s.leave(callee, 0);
+        // Back in the caller: its 300 ms, not the callee's 6.7 s wait.
+        assert_eq!(age(&s, 8100), Some((1, 400)));
+        s.leave(caller, 0);
+        assert_eq!(age(&s, 8100), None);
+    }
+
+    #[test]
+    fn a_call_made_during_a_wait_is_watched_on_its_own() {
+        let s = slot();
+        let caller = s.enter(1, true, 1000);
+        let t = s.wait_begin(1100);
+        let callee = s.enter(2, true, 5000);
+        assert_eq!(age(&s, 6000), Some((2, 1000)), "a stuck callee is caught");
+        s.leave(callee, 0);
+        assert_eq!(age(&s, 7000), None, "the caller's wait goes on");
+        s.wait_end(t, 7000);
+        assert_eq!(age(&s, 7000), Some((1, 100)));
+        s.leave(caller, 0);
+    }
+
+    #[test]
+    fn unwatched_calls_stay_unwatched_but_their_callees_do_not() {
+        let s = slot();
+        let job = s.enter(1, false, 1000);
+        assert_eq!(age(&s, 99_000), None, "a job may run long");
+        assert_eq!(s.wait_begin(2000), 0, "nothing to pause");
+        let callee = s.enter(2, true, 3000);
+        assert_eq!(age(&s, 4000), Some((2, 1000)));
+        s.leave(callee, 0);
+        assert_eq!(age(&s, 99_000), None);
+        assert_eq!(s.module.load(Ordering::Relaxed), 1, "crashes still pinned");
+        s.leave(job, 0);
+        assert_eq!(s.module.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn an_unwatched_call_inside_a_watched_one_pauses_its_clock() {
+        // A module call drops the last holder of a retired generation,
+        // whose `stop` runs long.
+        let s = slot();
+        let call = s.enter(1, true, 1000);
+        let stop = s.enter(2, false, 1200);
+        assert!(stop.resumes_clock());
+        assert_eq!(age(&s, 60_000), None, "stop may run long");
+        assert_eq!(s.module.load(Ordering::Relaxed), 2, "crashes pinned on 2");
+        s.leave(stop, 60_000);
+        assert_eq!(age(&s, 60_100), Some((1, 300)));
+        s.leave(call, 0);
+        assert_eq!(age(&s, 60_100), None);
+    }
+
+    #[test]
+    fn a_wait_outside_module_code_changes_nothing() {
+        let s = slot();
+        assert_eq!(s.wait_begin(1000), 0);
+        s.wait_end(0, 2000);
+        s.wait_end(77, 2000);
+        assert_eq!(s.since_ms.load(Ordering::Relaxed), 0);
+        assert_eq!(age(&s, 3000), None);
+    }
+
+    #[test]
+    fn a_thread_without_a_slot_takes_none_to_wait() {
+        // A real page, as in a worker (the only test that sets one).
+        let (_fd, map) = PageMap::create().unwrap();
+        let _ = PAGE.set(map.leak());
+        let page = *PAGE.get().unwrap();
+        std::thread::spawn(move || {
+            // A module's own thread, never in a module call.
+            let taken = page.next_slot.load(Ordering::Relaxed);
+            assert_eq!(wait_begin(), 0);
+            wait_end(0);
+            assert_eq!(SLOT.with(|s| s.get()), u32::MAX, "no slot assigned");
+            assert_eq!(page.next_slot.load(Ordering::Relaxed), taken);
+            // In a module call it gets one, and its wait pauses the clock.
+            let busy = enter(7);
+            let idx = SLOT.with(|s| s.get()) as usize;
+            assert!(page.busy().iter().any(|&(i, m, _)| i == idx && m == 7));
+            let t = wait_begin();
+            assert_ne!(t, 0);
+            assert!(!page.busy().iter().any(|&(i, ..)| i == idx));
+            wait_end(t);
+            assert!(page.busy().iter().any(|&(i, m, _)| i == idx && m == 7));
+            drop(busy);
+            assert!(!page.busy().iter().any(|&(i, ..)| i == idx));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn upgrade_counts_round_trip() {
+        assert_eq!(parse_upgrades(&format_upgrades(3, 2)), Some((3, 2)));
+        assert_eq!(parse_upgrades("x"), None);
+        assert_eq!(parse_upgrades(""), None);
     }
 }

@@ -1,172 +1,15 @@
-//! Leader/worker mode: a worker killed by a module (segfault, abort, hang)
-//! is replaced on the same sockets, the fault is reported by `STATUS` and
+//! Leader/worker mode: a worker killed by a module (segfault, abort, hang;
+//! a wait inside `host.wait` is none) is replaced on the same sockets, the fault is reported by `STATUS` and
 //! the log, a module that keeps crashing is quarantined, and `UPGRADE`
 //! swaps workers without refusing a connection.
 
 mod common;
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{rss_kib, Client, Server, ServerBuilder, Status, INDEX_HTML};
-
-/// `worker pid=<pid> uptime=<N>s` from `STATUS`.
-fn worker_pid(st: &Status) -> u32 {
-    st.after
-        .iter()
-        .find_map(|l| l.strip_prefix("worker pid="))
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no `worker pid=` line in STATUS:\n{}", st.raw))
-}
-
-fn line<'a>(st: &'a Status, prefix: &str) -> Option<&'a str> {
-    st.after
-        .iter()
-        .find(|l| l.starts_with(prefix))
-        .map(|s| s.as_str())
-}
-
-/// Whether `pid` is a live (not zombie) process.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().to_string()))
-        .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
-}
-
-/// Polls `STATUS` until a worker other than `old` answers.
-fn wait_new_worker(s: &Server, old: u32) -> Status {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut c = s.connect();
-        c.send_lenient(b"STATUS\n");
-        if let Ok(first) = c.try_read_line() {
-            let mut raw = format!("{first}\n");
-            while let Ok(l) = c.try_read_line() {
-                raw.push_str(&l);
-                raw.push('\n');
-                if l == "END" {
-                    break;
-                }
-            }
-            if raw.ends_with("END\n") {
-                let st = Status::parse(&raw);
-                if worker_pid(&st) != old {
-                    return st;
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no new worker within 5 s; log:\n{}",
-            s.log()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Clients looping on `GET /`, one new connection per request.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    connect_errors: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    told_close: Arc<AtomicU64>,
-    handles: Vec<JoinHandle<()>>,
-}
-
-impl Load {
-    /// `clients` threads asking for `/` back to back: with `keep_alive`, on
-    /// one connection until the server says `Connection: close` (then on a
-    /// new one); otherwise one request per connection.
-    fn start(addr: SocketAddr, clients: usize, keep_alive: bool) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let connect_errors = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let told_close = Arc::new(AtomicU64::new(0));
-        let handles = (0..clients)
-            .map(|_| {
-                let (stop, ok, ce, failed, told_close) = (
-                    stop.clone(),
-                    ok.clone(),
-                    connect_errors.clone(),
-                    failed.clone(),
-                    told_close.clone(),
-                );
-                thread::spawn(move || {
-                    let request: &[u8] = if keep_alive {
-                        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
-                    } else {
-                        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                    };
-                    while !stop.load(Ordering::Relaxed) {
-                        let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-                        else {
-                            ce.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        };
-                        stream
-                            .set_read_timeout(Some(Duration::from_secs(10)))
-                            .unwrap();
-                        let mut c = Client::from_stream(stream);
-                        // One connection: requests until it is told to close.
-                        loop {
-                            let resp = match c.stream.write_all(request) {
-                                Ok(()) => c.try_read_response(false).ok(),
-                                Err(_) => None,
-                            };
-                            let Some(r) =
-                                resp.filter(|r| r.status == 200 && r.body == INDEX_HTML.as_bytes())
-                            else {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                break;
-                            };
-                            ok.fetch_add(1, Ordering::Relaxed);
-                            let close = r
-                                .header("connection")
-                                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-                            if close && keep_alive {
-                                told_close.fetch_add(1, Ordering::Relaxed);
-                            }
-                            if close || !keep_alive || stop.load(Ordering::Relaxed) {
-                                break;
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            connect_errors,
-            failed,
-            told_close,
-            handles,
-        }
-    }
-
-    /// Stops the clients: (ok, connect errors, failed requests, responses
-    /// that said `Connection: close` to a keep-alive client).
-    fn finish(self) -> (u64, u64, u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for h in self.handles {
-            h.join().unwrap();
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.connect_errors.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            self.told_close.load(Ordering::Relaxed),
-        )
-    }
-}
+use common::supervision::{alive, line, wait_new_worker, worker_pid, Load};
+use common::{rss_kib, Server, ServerBuilder, INDEX_HTML};
 
 fn crash_server(tag: &str) -> Server {
     ServerBuilder::new(&["http", "fx_crash"])
@@ -272,6 +115,37 @@ fn hung_module_call_gets_the_worker_replaced() {
     assert!(log.contains("hang_warn_ms=300"), "no hang warning:\n{log}");
     assert!(log.contains("hang_kill_ms=1500"), "no hang kill:\n{log}");
     assert_eq!(s.get("/crash/ok").text(), "ok");
+}
+
+#[test]
+fn a_wait_on_a_pool_thread_is_no_hang_but_sleeping_outside_one_is() {
+    let s = crash_server("wait");
+    let old = worker_pid(&s.status());
+    // 2 s inside `host.wait` is past hang_kill_ms (1.5 s): not a hang.
+    let r = s.get("/crash/wait");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "waited"),
+        "{}",
+        s.log()
+    );
+    assert_eq!(
+        worker_pid(&s.status()),
+        old,
+        "killed for a wait:\n{}",
+        s.log()
+    );
+
+    // 3 s of blocking outside a wait is one.
+    let mut c = s.connect();
+    c.send(b"GET /crash/sleep HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(c.try_read_response(false).is_err());
+    let st = wait_new_worker(&s, old);
+    let fault = line(&st, "fault ").unwrap_or_else(|| panic!("no fault line:\n{}", st.raw));
+    assert!(
+        fault.contains("cause=hang") && fault.contains("module=fx_crash"),
+        "{fault}"
+    );
 }
 
 #[test]

@@ -18,6 +18,17 @@ pub struct ModuleStats {
     /// Retired generations whose libraries stay mapped.
     pub retained: AtomicU64,
     pub retained_bytes: AtomicU64,
+    /// Library bytes of replaced generations still draining (retained
+    /// once they stop).
+    pub draining_bytes: AtomicU64,
+}
+
+impl ModuleStats {
+    /// Bytes of this module's libraries that stay mapped with no current
+    /// generation running from them: retained and still draining.
+    pub fn retired_bytes(&self) -> u64 {
+        self.retained_bytes.load(Ordering::Relaxed) + self.draining_bytes.load(Ordering::Relaxed)
+    }
 }
 
 /// One loaded instance of a module. Connections hold an `Arc` to the
@@ -108,7 +119,12 @@ impl Generation {
     /// `drain` are closed by their event loops.
     pub fn retire(&self, drain: Duration) {
         let at = (Instant::now() + drain).duration_since(epoch()).as_millis() as u64;
-        self.drain_deadline_ms.store(at.max(1), Ordering::Release);
+        let before = self.drain_deadline_ms.swap(at.max(1), Ordering::AcqRel);
+        if before == 0 {
+            self.stats
+                .draining_bytes
+                .fetch_add(self.mapped_size, Ordering::Relaxed);
+        }
     }
 
     /// Whether the drain deadline has passed.
@@ -129,6 +145,11 @@ impl Drop for Generation {
     fn drop(&mut self) {
         log::info!("{} gen={} stopped", self.name, self.gen);
         self.enter_unwatched(|m| m.stop());
+        if self.drain_deadline_ms.load(Ordering::Acquire) != 0 {
+            self.stats
+                .draining_bytes
+                .fetch_sub(self.mapped_size, Ordering::Relaxed);
+        }
         self.stats.retained.fetch_add(1, Ordering::Relaxed);
         self.stats
             .retained_bytes

@@ -105,7 +105,12 @@ pub struct Registry {
     config_hook: OnceLock<ConfigHook>,
     /// Told the SNI names modules take undecrypted, on every change.
     tls: OnceLock<Arc<crate::tls::Tls>>,
+    /// Told, after every reload, the bytes retired generations hold.
+    retired_hook: OnceLock<RetiredHook>,
 }
+
+/// See [`Registry::set_retired_hook`].
+pub type RetiredHook = Box<dyn Fn(u64) + Send + Sync>;
 
 /// See [`Registry::set_config_hook`].
 pub type ConfigHook = Box<dyn Fn(&Config) -> Option<Outcome> + Send + Sync>;
@@ -171,6 +176,7 @@ impl Registry {
             scheduler: OnceLock::new(),
             config_hook: OnceLock::new(),
             tls: OnceLock::new(),
+            retired_hook: OnceLock::new(),
         })
     }
 
@@ -184,6 +190,29 @@ impl Registry {
     /// outcome line (if any) is part of the reply.
     pub fn set_config_hook(&self, hook: ConfigHook) {
         let _ = self.config_hook.set(hook);
+    }
+
+    /// Registers what to tell, after every reload (on the thread that ran
+    /// it, the control thread), how many bytes of module libraries retired
+    /// generations keep mapped: the worker replaces itself past
+    /// `max_retained_bytes`.
+    pub fn set_retired_hook(&self, hook: RetiredHook) {
+        let _ = self.retired_hook.set(hook);
+    }
+
+    /// Bytes of module libraries mapped with no current generation running
+    /// from them: replaced or removed generations (draining or stopped)
+    /// and refused candidates whose code ran. Libraries are never unmapped,
+    /// so only a new worker returns them.
+    fn retired_bytes(state: &State) -> u64 {
+        state.stats.values().map(|s| s.retired_bytes()).sum()
+    }
+
+    /// Runs the retired hook once a reload is done.
+    fn after_reload(&self, state: &State) {
+        if let Some(hook) = self.retired_hook.get() {
+            hook(Self::retired_bytes(state));
+        }
     }
 
     /// The route table the event loops read.
@@ -599,7 +628,11 @@ impl Registry {
         } else {
             Outcome::err(format!("ERR {summary}"))
         });
-        out.into_iter().map(Outcome::log).collect()
+        let out = out.into_iter().map(Outcome::log).collect();
+        if reload {
+            self.after_reload(state);
+        }
+        out
     }
 
     /// `RELOAD <name>`: forces a new generation of one module (or loads
@@ -627,11 +660,13 @@ impl Registry {
             ))
             .log();
         }
-        match running {
+        let outcome = match running {
             Some(_) => self.replace(state, name, &file),
             None => self.add(state, &file),
         }
-        .log()
+        .log();
+        self.after_reload(state);
+        outcome
     }
 
     /// One `STATUS` line per module, sorted by name. Does not wait for a

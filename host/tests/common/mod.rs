@@ -9,6 +9,8 @@
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod supervision;
+
 use std::fs;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -102,6 +104,7 @@ pub struct ServerBuilder {
     cli: Option<Vec<String>>,
     threads: u32,
     files: Vec<(String, Vec<u8>)>,
+    envs: Vec<(String, String)>,
 }
 
 impl ServerBuilder {
@@ -120,6 +123,7 @@ impl ServerBuilder {
             cli: None,
             threads: 2,
             files: Vec::new(),
+            envs: Vec::new(),
         }
     }
 
@@ -171,6 +175,13 @@ impl ServerBuilder {
     /// (`--modules`, `--data-dir` and `--config` are always passed).
     pub fn cli(mut self, args: &[&str]) -> Self {
         self.cli = Some(args.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
+    /// Sets an environment variable for the server process (test hooks
+    /// such as `SWITCHYARD_FAULT_INJECT`).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.into(), value.into()));
         self
     }
 
@@ -243,6 +254,7 @@ impl ServerBuilder {
             .args(&args)
             .current_dir(&dir)
             .env("RUST_LOG", "info")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(fs::File::create(&stderr_path).unwrap())
