@@ -5,11 +5,14 @@
 //!
 //! The parts, in the order a request meets them:
 //!
-//! * [`frame`]: is a whole request buffered yet? Pure function over the
+//! * [`frame`]: is a whole request buffered yet? The SDK's one set of
+//!   strict HTTP/1.1 framing rules ([`crate::http::framing`]) over the
 //!   connection's bytes: [`Framed::Partial`] (wait), [`Framed::Complete`]
-//!   (the message length) or [`Framed::Refused`] (400, 413, 431: answer and
-//!   close). The body limit is checked against the declared length, so an
-//!   oversized upload is refused before it is received.
+//!   (the message length) or [`Framed::Refused`] (400, 413, 414, 431, 501:
+//!   answer and close). The body limit is checked against the declared
+//!   length, so an oversized upload is refused before it is received.
+//!   [`frame_conn`] resumes where the previous call on the same message
+//!   stopped, so a body arriving in many pieces is walked once.
 //! * [`Request`]: one complete message, parsed: method, path, the route's
 //!   parameters, query, headers, cookies, and the body (chunked bodies
 //!   decoded), with [`Request::json`] and [`Request::form`].
@@ -81,7 +84,7 @@ use std::fmt::Write as _;
 use abi_stable::std_types::RVec;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::http::{self, BodyFraming, ParseError, Parsed};
+use crate::http::{self, framing, Parsed};
 use crate::{ConnInfo, Verdict};
 
 /// What a handler returns: the response, or an error response (so that
@@ -110,12 +113,25 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The framing limits these stand for: the target may be as long as
+    /// the head, and HTTP/1.1 requests need `Host`.
+    pub fn framing(&self) -> framing::Limits {
+        framing::Limits {
+            max_head: self.max_head,
+            max_target: self.max_head,
+            max_body: self.max_body as u64,
+            require_host: true,
+        }
+    }
+}
+
 /// A request the framework answers itself, before any handler: the status
 /// and what is wrong. The connection is closed afterwards, since where the
 /// next request would start is unknown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// 400, 413 or 431.
+    /// 400, 413, 414, 431 or 501.
     pub status: u16,
     /// Why, for the JSON error body.
     pub message: &'static str,
@@ -132,6 +148,12 @@ impl Refusal {
     }
 }
 
+impl From<framing::Refusal> for Refusal {
+    fn from(r: framing::Refusal) -> Refusal {
+        Refusal::new(r.status, r.reason)
+    }
+}
+
 /// The outcome of [`frame`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Framed {
@@ -143,128 +165,42 @@ pub enum Framed {
     Refused(Refusal),
 }
 
-/// Finds where the request at the start of `input` ends. Pure: call it
-/// again with more bytes after a [`Framed::Partial`].
+impl From<framing::Frame> for Framed {
+    fn from(f: framing::Frame) -> Framed {
+        match f {
+            framing::Frame::Partial { .. } => Framed::Partial,
+            framing::Frame::Complete { total_len, .. } => Framed::Complete(total_len),
+            framing::Frame::Refused(r) => Framed::Refused(r.into()),
+        }
+    }
+}
+
+/// Finds where the request at the start of `input` ends, by the SDK's one
+/// set of framing rules ([`crate::http::framing`]). Pure and from scratch:
+/// a handler that sees a message grow over several calls should use
+/// [`frame_conn`], which resumes where the last call stopped.
 ///
-/// Refuses: malformed heads and framing (both `Content-Length` and
-/// `Transfer-Encoding`, unknown transfer codings, chunked HTTP/1.0, broken
-/// chunks, a missing `Host` in HTTP/1.1) with 400, heads over
-/// [`Limits::max_head`] or with too many headers with 431, and bodies over
-/// [`Limits::max_body`] with 413 as soon as their declared size is known.
+/// Refuses: malformed heads and framing (a `Content-Length` that is not
+/// digits, both `Content-Length` and `Transfer-Encoding`, chunked
+/// HTTP/1.0, broken chunks, a missing `Host` in HTTP/1.1) with 400, an
+/// overlong target with 414, heads over [`Limits::max_head`] or with too
+/// many headers with 431, transfer codings other than `chunked` with 501,
+/// and bodies over [`Limits::max_body`] with 413 as soon as their declared
+/// size is known.
 pub fn frame(input: &[u8], limits: &Limits) -> Framed {
-    let mut headers = http::empty_headers();
-    let req = match http::parse_request(input, &mut headers) {
-        Ok(Parsed::Complete(req)) => req,
-        Ok(Parsed::Partial) if input.len() > limits.max_head => {
-            return Framed::Refused(Refusal::new(431, "request head too large"))
-        }
-        Ok(Parsed::Partial) => return Framed::Partial,
-        Err(ParseError::TooManyHeaders) => {
-            return Framed::Refused(Refusal::new(431, "too many request headers"))
-        }
-        Err(ParseError::Malformed) => {
-            return Framed::Refused(Refusal::new(400, "malformed request"))
-        }
-    };
-    if req.head_len > limits.max_head {
-        return Framed::Refused(Refusal::new(431, "request head too large"));
-    }
-    if let Err(r) = check_head(&req) {
-        return Framed::Refused(r);
-    }
-    let rest = &input[req.head_len..];
-    match req.body_framing() {
-        Err(_) => Framed::Refused(Refusal::new(400, "bad body framing")),
-        Ok(BodyFraming::Length(n)) if n > limits.max_body as u64 => {
-            Framed::Refused(Refusal::new(413, "request body too large"))
-        }
-        Ok(BodyFraming::Length(n)) if (rest.len() as u64) < n => Framed::Partial,
-        Ok(BodyFraming::Length(n)) => Framed::Complete(req.head_len + n as usize),
-        Ok(BodyFraming::Chunked) => match scan_chunked(rest, limits.max_body, None) {
-            Ok(Some(n)) => Framed::Complete(req.head_len + n),
-            Ok(None) => Framed::Partial,
-            Err(r) => Framed::Refused(r),
-        },
-    }
+    framing::frame(
+        input,
+        &limits.framing(),
+        &mut framing::FrameState::default(),
+    )
+    .into()
 }
 
-/// The checks every request head must pass beyond its syntax.
-fn check_head(req: &http::Request<'_, '_>) -> std::result::Result<(), Refusal> {
-    let hosts = req
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("host"))
-        .count();
-    if hosts > 1 || (hosts == 0 && req.minor_version == 1) {
-        return Err(Refusal::new(400, "exactly one Host header is required"));
-    }
-    if req.minor_version == 0 && req.header("transfer-encoding").is_some() {
-        return Err(Refusal::new(400, "chunked bodies need HTTP/1.1"));
-    }
-    if !req.target.starts_with('/') {
-        return Err(Refusal::new(400, "request target must be a path"));
-    }
-    Ok(())
-}
-
-/// Walks a chunked body at the start of `body`: `Ok(Some(raw length))` once
-/// it is complete (trailers included), `Ok(None)` while incomplete. Data
-/// beyond `max` decoded bytes is refused with 413 as soon as a chunk size
-/// announces it. With `sink`, the decoded data is appended to it.
-fn scan_chunked(
-    body: &[u8],
-    max: usize,
-    mut sink: Option<&mut Vec<u8>>,
-) -> std::result::Result<Option<usize>, Refusal> {
-    const MALFORMED: Refusal = Refusal::new(400, "malformed chunked body");
-    let mut pos = 0;
-    let mut total: usize = 0;
-    loop {
-        match httparse::parse_chunk_size(&body[pos..]) {
-            Ok(httparse::Status::Complete((line, 0))) => {
-                pos += line;
-                break;
-            }
-            Ok(httparse::Status::Complete((line, size))) => {
-                let size = usize::try_from(size).map_err(|_| MALFORMED)?;
-                total = total.checked_add(size).ok_or(MALFORMED)?;
-                if total > max {
-                    return Err(Refusal::new(413, "request body too large"));
-                }
-                let start = pos + line;
-                let end = start + size + 2;
-                if body.len() < end {
-                    return Ok(None);
-                }
-                if &body[end - 2..end] != b"\r\n" {
-                    return Err(MALFORMED);
-                }
-                if let Some(s) = sink.as_deref_mut() {
-                    s.extend_from_slice(&body[start..start + size]);
-                }
-                pos = end;
-            }
-            Ok(httparse::Status::Partial) => {
-                // A chunk-size line longer than this is not a size.
-                return if body.len() - pos > 1024 {
-                    Err(MALFORMED)
-                } else {
-                    Ok(None)
-                };
-            }
-            Err(_) => return Err(MALFORMED),
-        }
-    }
-    // Trailer fields (ignored), then the empty line.
-    loop {
-        let rest = &body[pos..];
-        match rest.windows(2).position(|w| w == b"\r\n") {
-            None if rest.len() > 8 * 1024 => return Err(MALFORMED),
-            None => return Ok(None),
-            Some(0) => return Ok(Some(pos + 2)),
-            Some(line) => pos += line + 2,
-        }
-    }
+/// [`frame`] for the message buffered on connection `conn`, resuming
+/// where the previous call on the same message stopped (see
+/// [`framing::frame_conn`]): linear work however the bytes arrive.
+pub fn frame_conn(conn: &ConnInfo, input: &[u8], limits: &Limits) -> Framed {
+    framing::frame_conn(conn.id, input, &limits.framing()).into()
 }
 
 // ---------------------------------------------------------------------------
@@ -287,23 +223,29 @@ impl<'a> Request<'a> {
     /// Parses one complete message (as [`frame`] delimited it; anything
     /// after the message is ignored).
     pub fn parse(msg: &'a [u8], limits: &Limits) -> std::result::Result<Request<'a>, Refusal> {
-        let len = match frame(msg, limits) {
-            Framed::Complete(n) => n,
-            Framed::Partial => return Err(Refusal::new(400, "incomplete request")),
-            Framed::Refused(r) => return Err(r),
-        };
+        let limits = limits.framing();
+        let (head_len, body, len) =
+            match framing::frame(msg, &limits, &mut framing::FrameState::default()) {
+                framing::Frame::Complete {
+                    head_len,
+                    body,
+                    total_len,
+                } => (head_len, body, total_len),
+                framing::Frame::Partial { .. } => {
+                    return Err(Refusal::new(400, "incomplete request"))
+                }
+                framing::Frame::Refused(r) => return Err(r.into()),
+            };
         let mut scratch = http::empty_headers();
-        let Ok(Parsed::Complete(head)) = http::parse_request(&msg[..len], &mut scratch) else {
+        let Ok(Parsed::Complete(head)) = http::parse_request(&msg[..head_len], &mut scratch) else {
             return Err(Refusal::new(400, "malformed request"));
         };
-        let raw_body = &msg[head.head_len..len];
-        let body = match head.body_framing() {
-            Ok(BodyFraming::Chunked) => {
-                let mut decoded = Vec::new();
-                scan_chunked(raw_body, limits.max_body, Some(&mut decoded))?;
-                Cow::Owned(decoded)
+        let raw_body = &msg[head_len..len];
+        let body = match body {
+            framing::Body::Chunked { .. } => {
+                Cow::Owned(framing::decode_chunked(raw_body, &limits)?)
             }
-            _ => Cow::Borrowed(raw_body),
+            framing::Body::Length(_) => Cow::Borrowed(raw_body),
         };
         Ok(Request {
             method: head.method,
@@ -321,19 +263,22 @@ impl<'a> Request<'a> {
         self.method
     }
 
-    /// The request target as sent (path and query, percent-encoded).
+    /// The request target as sent (path and query, percent-encoded; for
+    /// an absolute-form request, `http://host/path?q`).
     pub fn target(&self) -> &'a str {
         self.target
     }
 
-    /// The path part of the target, still percent-encoded.
+    /// The path part of the target, still percent-encoded. For an
+    /// absolute-form target (`http://host/app/x`) it is the origin path
+    /// (`/app/x`), which is what routes match.
     pub fn path(&self) -> &'a str {
-        self.target.split('?').next().unwrap_or("")
+        framing::origin_path(self.target)
     }
 
     /// The raw query string (after `?`), if any.
     pub fn query_string(&self) -> Option<&'a str> {
-        self.target.split_once('?').map(|(_, q)| q)
+        framing::origin_query(self.target)
     }
 
     /// The query's `name=value` pairs, decoded (`+` is a space).
@@ -446,12 +391,18 @@ impl<'a> Request<'a> {
     }
 
     /// The body as an `application/x-www-form-urlencoded` form (what an
-    /// HTML form posts). Another content type is a 415.
+    /// HTML form posts). Another content type is a 415; a name or value
+    /// that is not UTF-8 once percent-decoded is a 400 (as a JSON body that
+    /// is not UTF-8 is), rather than text with replacement characters.
     pub fn form(&self) -> std::result::Result<Form, Response> {
         match self.content_type().as_deref() {
-            Some("application/x-www-form-urlencoded") => Ok(Form {
-                pairs: parse_urlencoded(&self.body),
-            }),
+            Some("application/x-www-form-urlencoded") => match parse_form(&self.body) {
+                Some(pairs) => Ok(Form { pairs }),
+                None => Err(Response::error(
+                    400,
+                    "form body is not valid UTF-8 (after percent-decoding)",
+                )),
+            },
             other => Err(Response::error(
                 415,
                 format!(
@@ -528,9 +479,35 @@ pub fn parse_urlencoded(input: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Decodes a form body like [`parse_urlencoded`], but `None` when a name
+/// or value is not UTF-8 once decoded.
+fn parse_form(input: &[u8]) -> Option<Vec<(String, String)>> {
+    input
+        .split(|&b| b == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &[][..]),
+            };
+            let k = String::from_utf8(decode_bytes(k, true)).ok()?;
+            let v = String::from_utf8(decode_bytes(v, true)).ok()?;
+            Some((k, v))
+        })
+        .collect()
+}
+
 /// Percent-decodes `s` leniently (see [`parse_urlencoded`]); with
 /// `plus_is_space`, `+` becomes a space.
 pub fn decode_component(s: &[u8], plus_is_space: bool) -> String {
+    match String::from_utf8(decode_bytes(s, plus_is_space)) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
+/// Percent-decodes `s` to bytes; a bad escape stays as written.
+fn decode_bytes(s: &[u8], plus_is_space: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
@@ -550,10 +527,7 @@ pub fn decode_component(s: &[u8], plus_is_space: bool) -> String {
         }
         i += 1;
     }
-    match String::from_utf8(out) {
-        Ok(s) => s,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    }
+    out
 }
 
 /// Percent-encodes every byte of `s` outside the RFC 3986 unreserved set.
@@ -1208,7 +1182,7 @@ impl<S> Router<S> {
         input: &[u8],
         out: &mut RVec<u8>,
     ) -> Verdict {
-        match frame(input, &self.limits) {
+        match frame_conn(conn, input, &self.limits) {
             Framed::Partial => Verdict::NEED_MORE,
             Framed::Refused(r) => {
                 access_log(conn, input, r.status);
@@ -1377,6 +1351,91 @@ mod tests {
             frame(&bad, &LIMITS),
             Framed::Refused(Refusal { status: 400, .. })
         ));
+    }
+
+    #[test]
+    fn strict_framing_statuses() {
+        let status = |input: &[u8]| match frame(input, &Limits::default()) {
+            Framed::Refused(r) => r.status,
+            other => panic!("{other:?}"),
+        };
+        let post = |h: &str| format!("POST /a HTTP/1.1\r\nHost: x\r\n{h}\r\n\r\n");
+        assert_eq!(status(post("Content-Length: +3").as_bytes()), 400);
+        assert_eq!(
+            status(post("Transfer-Encoding: gzip, chunked").as_bytes()),
+            501
+        );
+        let mut empty_size = post("Transfer-Encoding: chunked").into_bytes();
+        empty_size.extend_from_slice(b"\r\nabc\r\n0\r\n\r\n");
+        assert_eq!(status(&empty_size), 400);
+        assert_eq!(status(b"GET\t/app/ HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn absolute_form_routes_by_its_path() {
+        let msg = b"GET http://example.test/m/5?x=1 HTTP/1.1\r\nHost: example.test\r\n\r\n";
+        let req = Request::parse(msg, &LIMITS).unwrap();
+        assert_eq!(req.path(), "/m/5");
+        assert_eq!(req.query("x").as_deref(), Some("1"));
+        let (_, out) = run(&router(), std::str::from_utf8(msg).unwrap());
+        assert!(out.ends_with("{\"id\":5,\"s\":7}\n"), "{out}");
+    }
+
+    #[test]
+    fn chunked_body_in_pieces_through_the_router() {
+        let r = router().inline().limits(Limits {
+            max_head: 1024,
+            max_body: 1 << 20,
+        });
+        let c = ConnInfo::new(0xabc0_0001, "127.0.0.1:9".parse().unwrap(), false);
+        let mut msg =
+            b"POST /m HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[1\r\n"
+                .to_vec();
+        for _ in 0..3000 {
+            msg.extend_from_slice(b"2\r\n,1\r\n");
+        }
+        msg.extend_from_slice(b"1\r\n]\r\n0\r\n\r\n");
+        let mut out = RVec::new();
+        for end in (1..msg.len()).step_by(5) {
+            assert_eq!(
+                r.on_message(&7, &c, &msg[..end], &mut out),
+                Verdict::NEED_MORE
+            );
+        }
+        let v = r.on_message(&7, &c, &msg, &mut out);
+        assert_eq!(v, Verdict::done(msg.len()));
+        let s = text(out);
+        assert!(s.starts_with("HTTP/1.1 201 "), "{}", &s[..s.len().min(200)]);
+        assert_eq!(s.matches(",1").count(), 3000);
+    }
+
+    #[test]
+    fn form_refuses_invalid_utf8() {
+        let parse = |body: &[u8]| {
+            let mut msg = format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            msg.extend_from_slice(body);
+            let req = Request::parse(&msg, &Limits::default()).unwrap();
+            req.form().map_err(|r| {
+                (
+                    r.status(),
+                    String::from_utf8_lossy(r.body_bytes()).into_owned(),
+                )
+            })
+        };
+        assert_eq!(parse(b"a=%C3%A9").unwrap().get("a"), Some("\u{e9}"));
+        assert_eq!(
+            parse("a=\u{e9}".as_bytes()).unwrap().get("a"),
+            Some("\u{e9}")
+        );
+        for bad in [&b"a=%ff"[..], b"a=\xff", b"%C3=1", b"a=%C3"] {
+            let (status, body) = parse(bad).unwrap_err();
+            assert_eq!(status, 400);
+            assert!(body.contains("UTF-8"), "{body}");
+        }
     }
 
     #[test]
