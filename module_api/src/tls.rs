@@ -47,8 +47,10 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Parses the SNI name from the first TLS record of a connection (see
-/// [`host_name`] for which names are kept). Only
+/// Parses the SNI name from the first TLS record of a connection. Names
+/// are lower-cased without a trailing dot; any printable-ASCII name is
+/// kept (`_dmarc.example` too), and an unusable one (empty, over 255
+/// bytes, spaces, `/`, non-ASCII) gives `Hello(None)`: still TLS. Only
 /// the first record is read (a ClientHello split over several records
 /// is answered `Hello(None)`: no name).
 pub fn sni(input: &[u8]) -> Sni {
