@@ -1,5 +1,9 @@
 //! HTTP/1.x helpers shared by modules: request parsing (httparse, no
-//! allocation), body framing, and response writing with a cached `Date`.
+//! allocation), strict incremental message framing ([`framing`]: where a
+//! request ends and whether it is acceptable, the one implementation every
+//! HTTP reader uses), and response writing with a cached `Date`.
+
+pub mod framing;
 
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -93,49 +97,26 @@ impl<'b> Request<'b, '_> {
         }
     }
 
-    /// The path part of the target (before `?`).
+    /// The path part of the target (before `?`), still percent-encoded.
+    /// For an absolute-form target (`http://host/a?q`) it is the origin
+    /// path, `/a`.
     pub fn path(&self) -> &'b str {
-        self.target.split('?').next().unwrap_or("")
+        framing::origin_path(self.target)
     }
 
     /// The query part of the target (after `?`), if any.
     pub fn query(&self) -> Option<&'b str> {
-        self.target.split_once('?').map(|(_, q)| q)
+        framing::origin_query(self.target)
     }
 
-    /// How the request body is framed.
+    /// How the request body is framed, by the strict rules of
+    /// [`framing`] (which also tells the status to refuse with: prefer
+    /// [`framing::frame`] to find where a request ends).
     pub fn body_framing(&self) -> Result<BodyFraming, ParseError> {
-        let mut length: Option<u64> = None;
-        let mut chunked = false;
-        for h in self.headers {
-            if h.name.eq_ignore_ascii_case("content-length") {
-                let v = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .ok_or(ParseError::Malformed)?;
-                if length.is_some_and(|l| l != v) {
-                    return Err(ParseError::Malformed);
-                }
-                length = Some(v);
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                let last = h
-                    .value
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .unwrap_or(b"")
-                    .trim_ascii();
-                if !last.eq_ignore_ascii_case(b"chunked") {
-                    return Err(ParseError::Malformed);
-                }
-                chunked = true;
-            }
-        }
-        match (chunked, length) {
-            // Both present is a request-smuggling vector: refuse.
-            (true, Some(_)) => Err(ParseError::Malformed),
-            (true, None) => Ok(BodyFraming::Chunked),
-            (false, Some(n)) => Ok(BodyFraming::Length(n)),
-            (false, None) => Ok(BodyFraming::Length(0)),
+        match framing::body_framing(self) {
+            Ok(framing::Framing::Length(n)) => Ok(BodyFraming::Length(n)),
+            Ok(framing::Framing::Chunked) => Ok(BodyFraming::Chunked),
+            Err(_) => Err(ParseError::Malformed),
         }
     }
 }
@@ -151,41 +132,26 @@ pub enum BodyFraming {
 
 /// The length of a complete chunked body at the start of `body` (every
 /// chunk, the last chunk and the trailer section), or `Ok(None)` while it
-/// is still incomplete. Use it to find where the next pipelined request
-/// starts after a `Transfer-Encoding: chunked` body.
+/// is still incomplete, by the rules of [`framing`] (no size limit). Use
+/// it to find where the next pipelined request starts after a
+/// `Transfer-Encoding: chunked` body; a handler that sees the same body
+/// grow should use [`framing::frame`], which resumes instead of rescanning.
 pub fn chunked_body_len(body: &[u8]) -> Result<Option<usize>, ParseError> {
-    let mut pos = 0;
-    loop {
-        match httparse::parse_chunk_size(&body[pos..]) {
-            Ok(httparse::Status::Complete((line, 0))) => {
-                pos += line;
-                break;
-            }
-            Ok(httparse::Status::Complete((line, size))) => {
-                let end = usize::try_from(size)
-                    .ok()
-                    .and_then(|s| (pos + line).checked_add(s)?.checked_add(2))
-                    .ok_or(ParseError::Malformed)?;
-                if body.len() < end {
-                    return Ok(None);
-                }
-                if &body[end - 2..end] != b"\r\n" {
-                    return Err(ParseError::Malformed);
-                }
-                pos = end;
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(_) => return Err(ParseError::Malformed),
-        }
-    }
-    // Trailer fields, one per line, then an empty line.
-    loop {
-        let rest = &body[pos..];
-        match rest.windows(2).position(|w| w == b"\r\n") {
-            None => return Ok(None),
-            Some(0) => return Ok(Some(pos + 2)),
-            Some(line) => pos += line + 2,
-        }
+    // A synthetic head so that the one framing function walks the body.
+    const HEAD: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let limits = framing::Limits {
+        max_head: usize::MAX,
+        max_target: usize::MAX,
+        max_body: u64::MAX,
+        require_host: false,
+    };
+    let mut msg = Vec::with_capacity(HEAD.len() + body.len());
+    msg.extend_from_slice(HEAD);
+    msg.extend_from_slice(body);
+    match framing::frame(&msg, &limits, &mut framing::FrameState::default()) {
+        framing::Frame::Complete { total_len, .. } => Ok(Some(total_len - HEAD.len())),
+        framing::Frame::Partial { .. } => Ok(None),
+        framing::Frame::Refused(_) => Err(ParseError::Malformed),
     }
 }
 
@@ -309,13 +275,26 @@ pub fn write_simple(
     }
 }
 
+/// The limits [`handle_simple`] frames requests with: 16 KiB of head,
+/// 8 KiB of target, 1 MiB of body (the host's default
+/// `max_message_size`), `Host` not required (small handlers are called by
+/// hand-written clients).
+pub const SIMPLE_LIMITS: framing::Limits = framing::Limits {
+    max_head: 16 * 1024,
+    max_target: 8 * 1024,
+    max_body: 1 << 20,
+    require_host: false,
+};
+
 /// The whole request/response cycle of a small HTTP handler: waits for a
-/// complete request (head and `Content-Length` body), answers 400 for a
-/// malformed one, calls `f` with the request and its body, and writes its
-/// `(status, content type, body)` with keep-alive handled. HEAD requests get
-/// the head only. Chunked request bodies are refused with 411. The
-/// connection closes after the answer when the request asks for it or the
-/// host is draining (`conn.draining`).
+/// complete request (framed by [`framing::frame_conn`] with
+/// [`SIMPLE_LIMITS`]: `Content-Length` or chunked bodies), answers a
+/// refused one with its status (400, 413, 414, 431, 501) and closes, calls
+/// `f` with the request and its body (chunked bodies decoded), and writes
+/// its `(status, content type, body)` with keep-alive handled. HEAD
+/// requests get the head only. The connection closes after the answer when
+/// the request asks for it or the host is draining (`conn.draining`). One
+/// request per call: the host calls again for the next pipelined one.
 pub fn handle_simple<F>(
     conn: &crate::ConnInfo,
     input: &[u8],
@@ -325,58 +304,46 @@ pub fn handle_simple<F>(
 where
     F: FnOnce(&Request<'_, '_>, &[u8]) -> (u16, &'static str, Vec<u8>),
 {
+    let refuse = |out: &mut RVec<u8>, status: u16, reason: &str| {
+        let body = format!("{reason}\n");
+        write_simple(
+            out,
+            status,
+            "text/plain; charset=utf-8",
+            body.as_bytes(),
+            false,
+            false,
+        );
+        crate::Verdict::close(input.len())
+    };
+    let (head_len, body, total) = match framing::frame_conn(conn.id, input, &SIMPLE_LIMITS) {
+        framing::Frame::Partial { .. } => return crate::Verdict::NEED_MORE,
+        framing::Frame::Refused(r) => return refuse(out, r.status, r.reason),
+        framing::Frame::Complete {
+            head_len,
+            body,
+            total_len,
+        } => (head_len, body, total_len),
+    };
     let mut headers = empty_headers();
-    let req = match parse_request(input, &mut headers) {
-        Ok(Parsed::Partial) => return crate::Verdict::NEED_MORE,
-        Ok(Parsed::Complete(req)) => req,
-        Err(e) => {
-            let status = if e == ParseError::TooManyHeaders {
-                431
-            } else {
-                400
-            };
-            write_simple(
-                out,
-                status,
-                "text/plain; charset=utf-8",
-                b"bad request\n",
-                false,
-                false,
-            );
-            return crate::Verdict::close(input.len());
+    let Ok(Parsed::Complete(req)) = parse_request(&input[..head_len], &mut headers) else {
+        return refuse(out, 400, "malformed request");
+    };
+    let decoded;
+    let body = match body {
+        framing::Body::Length(_) => &input[head_len..total],
+        framing::Body::Chunked { .. } => {
+            match framing::decode_chunked(&input[head_len..total], &SIMPLE_LIMITS) {
+                Ok(d) => {
+                    decoded = d;
+                    &decoded[..]
+                }
+                Err(r) => return refuse(out, r.status, r.reason),
+            }
         }
     };
-    let body_len = match req.body_framing() {
-        Ok(BodyFraming::Length(n)) => n as usize,
-        Ok(BodyFraming::Chunked) => {
-            write_simple(
-                out,
-                411,
-                "text/plain; charset=utf-8",
-                b"length required\n",
-                false,
-                false,
-            );
-            return crate::Verdict::close(input.len());
-        }
-        Err(_) => {
-            write_simple(
-                out,
-                400,
-                "text/plain; charset=utf-8",
-                b"bad request\n",
-                false,
-                false,
-            );
-            return crate::Verdict::close(input.len());
-        }
-    };
-    let total = req.head_len.saturating_add(body_len);
-    if input.len() < total {
-        return crate::Verdict::NEED_MORE;
-    }
     let keep = req.keep_alive() && !conn.draining;
-    let (status, content_type, body) = f(&req, &input[req.head_len..total]);
+    let (status, content_type, body) = f(&req, body);
     write_simple(out, status, content_type, &body, keep, req.method == "HEAD");
     if keep {
         crate::Verdict::done(total)

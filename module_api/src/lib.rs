@@ -6,7 +6,11 @@
 //! calls it with the buffered input. This crate is everything a module
 //! author needs: the stable ABI ([`abi`], checked by the host at load time),
 //! the [`Handler`] trait you implement, the [`export_module!`] macro, and
-//! shared helpers ([`http`]).
+//! shared helpers: [`http`] (request parsing, response writing, and the
+//! one strict, incremental HTTP/1.1 framing function,
+//! [`http::framing`], that every HTTP reader should use to find where a
+//! request ends), [`web`] (a router and request/response types built on
+//! it) and [`tls`] (the ClientHello's SNI name).
 //!
 //! ## The contract
 //!
@@ -64,20 +68,12 @@
 //!
 //! impl Handler for Hello {
 //!     fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
-//!         let mut headers = http::empty_headers();
-//!         match http::parse_request(input, &mut headers) {
-//!             Ok(http::Parsed::Partial) => Verdict::NEED_MORE,
-//!             Ok(http::Parsed::Complete(req)) => {
-//!                 // A draining host closes the connection after this answer.
-//!                 let keep = req.keep_alive() && !conn.draining;
-//!                 http::write_simple(out, 200, "text/plain", self.greeting.as_bytes(), keep, false);
-//!                 if keep { Verdict::done(req.head_len) } else { Verdict::close(req.head_len) }
-//!             }
-//!             Err(_) => {
-//!                 http::write_simple(out, 400, "text/plain", b"bad request\n", false, false);
-//!                 Verdict::close(input.len())
-//!             }
-//!         }
+//!         // Waits for a whole request (strict HTTP/1.1 framing, bodies
+//!         // included), answers a malformed one with its status and closes,
+//!         // and handles keep-alive (a draining host closes after this).
+//!         http::handle_simple(conn, input, out, |_req, _body| {
+//!             (200, "text/plain", self.greeting.as_bytes().to_vec())
+//!         })
 //!     }
 //! }
 //!

@@ -47,7 +47,10 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Parses the SNI name from the first TLS record of a connection. Only
+/// Parses the SNI name from the first TLS record of a connection. Names
+/// are lower-cased without a trailing dot; any printable-ASCII name is
+/// kept (`_dmarc.example` too), and an unusable one (empty, over 255
+/// bytes, spaces, `/`, non-ASCII) gives `Hello(None)`: still TLS. Only
 /// the first record is read (a ClientHello split over several records
 /// is answered `Hello(None)`: no name).
 pub fn sni(input: &[u8]) -> Sni {
@@ -110,20 +113,27 @@ fn parse_hello(record: &[u8]) -> Option<Option<String>> {
             let name_type = names.u8()?;
             let name = names.vec16()?;
             if name_type == 0 {
-                let name = std::str::from_utf8(name).ok()?;
-                if name.is_empty()
-                    || !name
-                        .bytes()
-                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
-                {
-                    return None;
-                }
-                return Some(Some(name.to_ascii_lowercase()));
+                return Some(host_name(name));
             }
         }
         return Some(None);
     }
     Some(None)
+}
+
+/// The SNI host name as the router matches it (lower case), or `None`
+/// when it is unusable. Real clients send more than RFC 1123 letters,
+/// digits and hyphens (`_dmarc.example`, `a_b.test`, a trailing dot), so
+/// only what cannot be a name is refused: empty, over 255 bytes, or a byte
+/// outside printable ASCII, a space, `/` or `\`. A refused name still
+/// leaves the connection a TLS one, just without a name to route by.
+fn host_name(name: &[u8]) -> Option<String> {
+    let ok = |c: &u8| c.is_ascii_graphic() && *c != b'/' && *c != b'\\';
+    if name.is_empty() || name.len() > 255 || !name.iter().all(ok) {
+        return None;
+    }
+    let name = std::str::from_utf8(name).ok()?;
+    Some(name.trim_end_matches('.').to_ascii_lowercase()).filter(|n| !n.is_empty())
 }
 
 /// A minimal TLS ClientHello record, with an SNI extension naming `name`
@@ -172,6 +182,28 @@ mod tests {
             assert_eq!(sni(&rec[..cut]), Sni::Incomplete, "cut at {cut}");
         }
         assert_eq!(sni(b"GET / HTTP/1.1\r\n"), Sni::NotTls);
+    }
+
+    #[test]
+    fn names_real_clients_send() {
+        for (sent, seen) in [
+            ("_dmarc.example", "_dmarc.example"),
+            ("a_b.test", "a_b.test"),
+            ("Example.COM.", "example.com"),
+            ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+            ("127.0.0.1", "127.0.0.1"),
+        ] {
+            assert_eq!(
+                sni(&client_hello(Some(sent))),
+                Sni::Hello(Some(seen.into()))
+            );
+        }
+        // Unusable names: still TLS, just no name.
+        for bad in ["", "a b", "a/b", "caf\u{e9}.test", "a\0b", "."] {
+            assert_eq!(sni(&client_hello(Some(bad))), Sni::Hello(None), "{bad:?}");
+        }
+        let long = "a".repeat(256);
+        assert_eq!(sni(&client_hello(Some(&long))), Sni::Hello(None));
     }
 
     #[test]

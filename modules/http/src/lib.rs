@@ -8,9 +8,11 @@
 //!
 //! The parts:
 //!
-//! * [`request`]: framing and limits of one request (400, 413, 414, 431),
-//!   method dispatch, the access-log line. Keep-alive and pipelining: each
-//!   call consumes exactly one request, body included.
+//! * [`request`]: framing and limits of one request, by the SDK's strict
+//!   framing rules (400, 413, 414, 431, 501 for a transfer coding other
+//!   than `chunked`), method dispatch, the access-log line. Keep-alive and
+//!   pipelining: each call consumes exactly one request, body included
+//!   (`Content-Length` or chunked).
 //! * [`path`]: request target → file, refusing every way out of the root
 //!   (`..`, `%2e%2e`, `//abs`, symlinks leading outside).
 //! * [`cache`]: resolved files with precomputed headers; small files'

@@ -388,6 +388,60 @@ fn limits_and_malformed_requests() {
 }
 
 #[test]
+fn strict_framing() {
+    let site = Site::new(json!({}));
+    let status = |raw: &[u8]| {
+        let (v, r) = site.call(raw);
+        assert_eq!(
+            v.action,
+            Action::Close,
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
+        r.status
+    };
+    let post = |h: &str, body: &str| format!("POST /x HTTP/1.1\r\nHost: t\r\n{h}\r\n{body}");
+    assert_eq!(
+        status(post("Content-Length: +3\r\n", "abc").as_bytes()),
+        400
+    );
+    assert_eq!(
+        status(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: \xc2\xa03\r\n\r\nabc"),
+        400
+    );
+    let te = post("Transfer-Encoding: chunked\r\n", "\r\nabc\r\n0\r\n\r\n");
+    assert_eq!(status(te.as_bytes()), 400, "empty chunk-size line");
+    let te = post("Transfer-Encoding: gzip, chunked\r\n", "0\r\n\r\n");
+    assert_eq!(status(te.as_bytes()), 501);
+    assert_eq!(status(b"GET\t/ HTTP/1.1\r\nHost: t\r\n\r\n"), 400);
+    assert_eq!(status(b"GET / HTTP/1.1\r\nHost : t\r\n\r\n"), 400);
+    assert_eq!(status(b"GET / HTTP/1.1\r\nHost: t\r\n x\r\n\r\n"), 400);
+    // Absolute form: served by its path.
+    let (v, r) = site.call(b"GET http://t/hello.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!((r.status, v.action), (200, Action::Done));
+    assert_eq!(r.body, b"hello, world\n");
+}
+
+#[test]
+fn chunked_body_in_pieces_is_consumed_once_whole() {
+    let site = Site::new(json!({ "max_body": 1 << 20 }));
+    let mut req = b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..5000 {
+        req.extend_from_slice(b"3\r\nabc\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let whole = req.len();
+    req.extend_from_slice(b"GET / HTTP/1.1\r\n");
+    for end in (1..whole).step_by(3) {
+        let (v, _) = site.call(&req[..end]);
+        assert_eq!(v, Verdict::NEED_MORE, "at {end}");
+    }
+    let (v, r) = site.call(&req);
+    assert_eq!(r.status, 405);
+    assert_eq!(v.consumed, whole as u64);
+}
+
+#[test]
 fn http10_keep_alive() {
     let site = Site::new(json!({}));
     let (v, r) = site.call(b"GET /hello.txt HTTP/1.0\r\n\r\n");

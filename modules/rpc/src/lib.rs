@@ -473,11 +473,12 @@ impl Handler for Rpc {
         let gate = match self.core.gate.try_read() {
             Ok(g) if *g == Mode::Live => g,
             // Frozen (or freezing): the pool forwards the message — one
-            // HTTP request at a time, so a pipelined one is not taken along.
+            // whole HTTP request at a time (an incomplete one stays with
+            // the host), so a pipelined one is not taken along.
             _ if http && !continuing => {
-                return match post::frame(self, input, conn.draining, out) {
+                return match post::frame(self, conn.id, input, conn.draining, out) {
                     post::Framed::Body { total, .. } => Verdict::defer(total),
-                    post::Framed::NeedMore => Verdict::defer(input.len()),
+                    post::Framed::NeedMore => Verdict::NEED_MORE,
                     post::Framed::Answered(v) => v,
                 }
             }

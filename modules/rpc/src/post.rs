@@ -1,15 +1,27 @@
 //! JSON-RPC over HTTP: `POST /rpc` with the message (single or batch) as
-//! the body. The answer is `200` with the reply as `application/json`, or
-//! `204 No Content` when the message held only notifications. JSON-RPC
-//! errors are `200` too (the error is in the body); HTTP-level problems
-//! get their status: 400 malformed, 404 another path, 411 chunked body,
-//! 413 body over `max_line_bytes`, 415 a content type other than JSON,
-//! 431 request head too large.
+//! the body, `Content-Length` or chunked. The answer is `200` with the
+//! reply as `application/json`, or `204 No Content` when the message held
+//! only notifications. JSON-RPC errors are `200` too (the error is in the
+//! body); HTTP-level problems get their status, by the SDK's strict
+//! framing rules ([`module_api::http::framing`], the same as every other
+//! HTTP reader): 400 malformed (including a `Content-Length` that is not
+//! digits), 404 another path, 413 body over `max_line_bytes`, 415 a
+//! content type other than JSON, 414/431 request target/head too large,
+//! 501 a transfer coding other than `chunked`. `Host` is not required:
+//! hand-written clients call this.
+//!
+//! An incomplete request stays with the host (`NeedMore`): it is buffered
+//! there under the host's `header_timeout_ms` and `max_message_size`, and
+//! each arrival resumes the framing where the last one stopped, so a body
+//! that trickles in costs linear work and no copy in the module.
 //!
 //! Messages that only read are answered on the event loop; one that
 //! writes is deferred to the pool, which waits for its commit.
 
-use module_api::http::{self, BodyFraming, Parsed};
+use std::borrow::Cow;
+
+use module_api::http::framing::{self, Frame};
+use module_api::http::{self, Parsed};
 use module_api::{RVec, Verdict};
 
 use crate::conns::ConnState;
@@ -19,7 +31,7 @@ use crate::store::{now_ms, View};
 use crate::writer::Kind;
 use crate::Rpc;
 
-/// Largest request head.
+/// Largest request head (and request target).
 const MAX_HEAD: usize = 16 * 1024;
 
 /// A complete request, or what to do instead.
@@ -28,7 +40,8 @@ pub enum Framed<'a> {
     /// An HTTP error was written.
     Answered(Verdict),
     Body {
-        body: &'a [u8],
+        /// The body, de-chunked.
+        body: Cow<'a, [u8]>,
         total: usize,
         keep: bool,
     },
@@ -44,33 +57,43 @@ fn fail(out: &mut RVec<u8>, status: u16, text: &str, consumed: usize) -> Framed<
     Framed::Answered(Verdict::close(consumed))
 }
 
-/// Reads one request from `input`. `draining`: the host is shutting down,
-/// so the answer says `Connection: close`.
-pub fn frame<'a>(rpc: &Rpc, input: &'a [u8], draining: bool, out: &mut RVec<u8>) -> Framed<'a> {
-    let mut headers = http::empty_headers();
-    let req = match http::parse_request(input, &mut headers) {
-        Ok(Parsed::Partial) if input.len() > MAX_HEAD => {
-            return fail(out, 431, "request head too large\n", input.len())
-        }
-        Ok(Parsed::Partial) => return Framed::NeedMore,
-        Ok(Parsed::Complete(r)) => r,
-        Err(_) => return fail(out, 400, "bad request\n", input.len()),
+/// The framing limits: the body is one JSON-RPC message, at most
+/// `max_line_bytes` like a raw line.
+fn limits(rpc: &Rpc) -> framing::Limits {
+    framing::Limits {
+        max_head: MAX_HEAD,
+        max_target: MAX_HEAD,
+        max_body: rpc.core.cfg.max_line_bytes as u64,
+        require_host: false,
+    }
+}
+
+/// Reads one request from `input`, the bytes buffered on connection
+/// `conn` (0: not a connection's buffer; framed from scratch). `draining`:
+/// the host is shutting down, so the answer says `Connection: close`.
+pub fn frame<'a>(
+    rpc: &Rpc,
+    conn: u64,
+    input: &'a [u8],
+    draining: bool,
+    out: &mut RVec<u8>,
+) -> Framed<'a> {
+    let limits = limits(rpc);
+    let (head_len, body, total) = match framing::frame_conn(conn, input, &limits) {
+        Frame::Partial { .. } => return Framed::NeedMore,
+        Frame::Refused(r) => return fail(out, r.status, &format!("{}\n", r.reason), input.len()),
+        Frame::Complete {
+            head_len,
+            body,
+            total_len,
+        } => (head_len, body, total_len),
     };
-    let len = match req.body_framing() {
-        Ok(BodyFraming::Length(n)) => n,
-        Ok(BodyFraming::Chunked) => return fail(out, 411, "length required\n", input.len()),
-        Err(_) => return fail(out, 400, "bad request\n", input.len()),
+    let mut headers = http::empty_headers();
+    let Ok(Parsed::Complete(req)) = http::parse_request(&input[..head_len], &mut headers) else {
+        return fail(out, 400, "bad request\n", input.len());
     };
     if req.method != "POST" || req.path() != "/rpc" {
         return fail(out, 404, "not found: JSON-RPC is POST /rpc\n", input.len());
-    }
-    let max = rpc.core.cfg.max_line_bytes;
-    if len > max as u64 {
-        return fail(out, 413, "request body too large\n", input.len());
-    }
-    let total = req.head_len + len as usize;
-    if input.len() < total {
-        return Framed::NeedMore;
     }
     let json = req.header("content-type").map_or(true, |v| {
         let v = String::from_utf8_lossy(v).to_ascii_lowercase();
@@ -82,11 +105,15 @@ pub fn frame<'a>(rpc: &Rpc, input: &'a [u8], draining: bool, out: &mut RVec<u8>)
         plain(out, 415, "use Content-Type: application/json\n", keep);
         return Framed::Answered(done(total, keep));
     }
-    Framed::Body {
-        body: &input[req.head_len..total],
-        total,
-        keep,
-    }
+    let raw = &input[head_len..total];
+    let body = match body {
+        framing::Body::Length(_) => Cow::Borrowed(raw),
+        framing::Body::Chunked { .. } => match framing::decode_chunked(raw, &limits) {
+            Ok(decoded) => Cow::Owned(decoded),
+            Err(r) => return fail(out, r.status, &format!("{}\n", r.reason), input.len()),
+        },
+    };
+    Framed::Body { body, total, keep }
 }
 
 fn done(total: usize, keep: bool) -> Verdict {
@@ -112,9 +139,10 @@ fn respond(out: &mut RVec<u8>, reply: &[u8], total: usize, keep: bool) -> Verdic
 }
 
 /// Handles a request on an event loop: reads are answered here, writes
-/// and the rest of a request whose start was kept are deferred. An
-/// incomplete request is kept in the connection's state (the connection
-/// stays with this module until it is complete).
+/// are deferred (exactly the request, so the pool answers one request per
+/// call). An incomplete request is left with the host. `continuing`: the
+/// connection has the start of a request kept by a generation before this
+/// version (restored state); the pool joins it with the rest.
 pub fn on_message(
     rpc: &Rpc,
     conn: u64,
@@ -126,25 +154,26 @@ pub fn on_message(
     if continuing {
         return Verdict::defer(input.len());
     }
-    let (body, total, keep) = match frame(rpc, input, draining, out) {
-        Framed::NeedMore => {
-            keep_start(rpc, conn, input.to_vec());
-            return Verdict::keep(input.len()).watch_close();
-        }
+    let (body, total, keep) = match frame(rpc, conn, input, draining, out) {
+        Framed::NeedMore => return Verdict::NEED_MORE,
         Framed::Answered(v) => return v,
         Framed::Body { body, total, keep } => (body, total, keep),
     };
     let core = &*rpc.core;
-    let msg = jsonrpc::parse(body, core.cfg.max_batch);
+    let msg = jsonrpc::parse(&body, core.cfg.max_batch);
     if needs_writer(&msg) {
         return Verdict::defer(total);
     }
     respond(out, &answer_reads(core, &msg), total, keep)
 }
 
-/// Handles requests on a pool thread, waiting for the commit of writes:
-/// the kept start of a request (if any) joined with `input`, then every
-/// complete request in it, in order. `conn` is 0 for an in-process call.
+/// Handles one request on a pool thread, waiting for the commit of
+/// writes. `input` is one complete request (what `on_message` deferred, or
+/// an in-process call's message; `conn` is 0 for the latter). A start of a
+/// request that a generation before this version kept in the connection's
+/// state (restored after a reload) is joined with `input` first; only that
+/// path can still find the request incomplete, and keeps it as it was
+/// kept.
 pub fn on_deferred(
     rpc: &Rpc,
     conn: u64,
@@ -165,42 +194,34 @@ pub fn on_deferred(
             Vec::new()
         }
     };
-    let joined;
-    let data = if kept.is_empty() {
-        input
+    let data: Cow<'_, [u8]> = if kept.is_empty() {
+        Cow::Borrowed(input)
     } else {
-        joined = [&kept[..], input].concat();
-        &joined[..]
+        Cow::Owned([&kept[..], input].concat())
     };
-    let mut pos = 0;
-    while pos < data.len() {
-        let (body, total, keep) = match frame(rpc, &data[pos..], draining, out) {
-            Framed::NeedMore if conn == 0 => return fail_verdict(out, input.len()),
-            Framed::NeedMore => {
-                keep_start(rpc, conn, data[pos..].to_vec());
-                return Verdict::keep(input.len()).watch_close();
-            }
-            Framed::Answered(v) if v.action == module_api::Action::Close => {
-                return Verdict::close(input.len())
-            }
-            Framed::Answered(v) => {
-                pos += v.consumed as usize;
-                continue;
-            }
-            Framed::Body { body, total, keep } => (body, total, keep),
-        };
-        let reply = answer(rpc, body);
-        respond(out, &reply, total, keep);
-        if !keep {
-            return Verdict::close(input.len());
+    // Framed from scratch (id 0): the request is whole, one pass.
+    let (body, total, keep) = match frame(rpc, 0, &data, draining, out) {
+        Framed::NeedMore if kept.is_empty() => return fail_verdict(out, input.len()),
+        Framed::NeedMore => {
+            keep_start(rpc, conn, data.into_owned());
+            return Verdict::keep(input.len()).watch_close();
         }
-        pos += total;
-    }
-    Verdict::done(input.len())
+        Framed::Answered(v) if v.action == module_api::Action::Close => {
+            return Verdict::close(input.len())
+        }
+        Framed::Answered(v) => {
+            return Verdict::done((v.consumed as usize).saturating_sub(kept.len()).max(1))
+        }
+        Framed::Body { body, total, keep } => (body, total, keep),
+    };
+    let reply = answer(rpc, &body);
+    respond(out, &reply, total.saturating_sub(kept.len()).max(1), keep)
 }
 
 /// Keeps the start of a request until the rest arrives (the connection
-/// stays with this module meanwhile).
+/// stays with this module meanwhile). Only for a start kept by a
+/// generation before this version: this one leaves incomplete requests
+/// with the host.
 fn keep_start(rpc: &Rpc, conn: u64, partial: Vec<u8>) {
     let st = ConnState {
         partial,
