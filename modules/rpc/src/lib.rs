@@ -180,6 +180,18 @@ pub trait HostApi: Send + Sync {
     fn push(&self, conn: u64, data: &[u8], notice: &[u8]) -> bool;
     /// Calls the current generation of a module in-process (blocks).
     fn call(&self, module: &str, input: &[u8]) -> Result<Vec<u8>, CallStatus>;
+    /// Runs `f`, a wait on another thread (a commit, a hand-over), with
+    /// the host's hang detection paused ([`module_api::Host::wait`]).
+    fn wait(&self, f: &mut dyn FnMut());
+}
+
+/// Runs `f`, a wait on another thread, as [`HostApi::wait`]: the host
+/// does not count it toward `hang_kill_ms`.
+pub fn wait<T>(host: &dyn HostApi, f: impl FnOnce() -> T) -> T {
+    let mut f = Some(f);
+    let mut got = None;
+    host.wait(&mut || got = f.take().map(|f| f()));
+    got.expect("HostApi::wait runs its closure once")
 }
 
 impl HostApi for module_api::Host {
@@ -188,6 +200,9 @@ impl HostApi for module_api::Host {
     }
     fn call(&self, module: &str, input: &[u8]) -> Result<Vec<u8>, CallStatus> {
         module_api::Host::call(self, module, input)
+    }
+    fn wait(&self, f: &mut dyn FnMut()) {
+        module_api::Host::wait(self, f)
     }
 }
 
@@ -272,7 +287,7 @@ pub fn manifest() -> Manifest {
 }
 
 impl Rpc {
-    /// Opens the database, loads it and starts the writer; `state` is the
+    /// Opens the database (reading no value) and starts the writer; `state` is the
     /// previous generation's (empty on a first start).
     pub fn start(
         config: &serde_json::Value,
@@ -303,12 +318,11 @@ impl Rpc {
             Some(o) => Some(o),
             None => Owner::try_acquire(&lock)?,
         };
-        let (store, start, mode) = match owner {
+        let store = Store::new(&cfg.db, cfg.cache_bytes);
+        let (start, mode) = match owner {
             Some(owner) => {
                 let db = db::Db::open(&cfg.db, cfg.sync)?;
-                let (map, expired) = db.load(store::now_ms())?;
-                let start = Start::Ready { db, expired, owner };
-                (Store::new(map), start, Mode::Live)
+                (Start::Ready { db, owner }, Mode::Live)
             }
             None => {
                 log::warn!(
@@ -316,7 +330,7 @@ impl Rpc {
                      server on this data directory); requests wait until it lets go",
                     cfg.db.display()
                 );
-                (Store::default(), Start::Standby, Mode::Standby)
+                (Start::Standby, Mode::Standby)
             }
         };
         let core = Arc::new(Core::new(cfg, store, host));
@@ -333,7 +347,7 @@ impl Rpc {
         let writer = Writer::spawn(core.clone(), start)?;
         resume.token = None;
         log::info!(
-            "{} keys loaded from {} (sync={}), {} subscriptions handed over",
+            "serving {} keys from {} (sync={}), {} subscriptions handed over",
             core.store.len(),
             core.cfg.db.display(),
             core.cfg.sync.name(),
@@ -450,7 +464,9 @@ impl Rpc {
                     if since.elapsed() >= self.core.cfg.handoff_timeout() {
                         return handoff::unavailable(http, input.len(), out);
                     }
-                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    wait(self.core.host, || {
+                        std::thread::sleep(std::time::Duration::from_millis(2))
+                    });
                 }
             }
         }
@@ -558,8 +574,10 @@ impl Handler for Rpc {
         let (subscribers, patterns) = self.core.bus.counts();
         let s = &self.core.stats;
         format!(
-            "keys={} subscribers={subscribers} subscriptions={patterns} commits={} writes={} failed_commits={} purged={} sync={}{}",
+            "keys={} kv_bytes={} cached_bytes={} subscribers={subscribers} subscriptions={patterns} commits={} writes={} failed_commits={} purged={} sync={}{}",
             self.core.store.len(),
+            self.core.store.totals().bytes,
+            self.core.store.cached_bytes(),
             s.commits.load(Ordering::Relaxed),
             s.writes.load(Ordering::Relaxed),
             s.failed_commits.load(Ordering::Relaxed),
@@ -594,6 +612,9 @@ pub(crate) mod testing {
         }
         fn call(&self, _module: &str, _input: &[u8]) -> Result<Vec<u8>, CallStatus> {
             Err(CallStatus::NoSuchModule)
+        }
+        fn wait(&self, f: &mut dyn FnMut()) {
+            f()
         }
     }
 
@@ -709,7 +730,8 @@ pub(crate) mod testing {
     pub fn core_with(config: serde_json::Value) -> (Arc<Core>, crate::testdir::TestDir) {
         let dir = crate::testdir::TestDir::new("core");
         let cfg = Config::from_json(&config, dir.path()).unwrap();
-        let core = Core::new(cfg, Store::default(), &NullHost);
+        let store = Store::new(&cfg.db, cfg.cache_bytes);
+        let core = Core::new(cfg, store, &NullHost);
         (Arc::new(core), dir)
     }
 }
