@@ -753,7 +753,8 @@ mod tests {
         let full = size();
         assert!(full > 4_000_000, "{full}");
         let t0 = Instant::now();
-        while (core.store.len() > 0 || size() * 10 > full) && t0.elapsed() < Duration::from_secs(10)
+        while (!core.store.is_empty() || size() * 10 > full)
+            && t0.elapsed() < Duration::from_secs(10)
         {
             std::thread::sleep(Duration::from_millis(20));
         }
