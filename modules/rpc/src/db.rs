@@ -129,9 +129,17 @@ impl Db {
             .map_err(|e| err("cannot prepare", path, e))?;
         db.ensure_totals()
             .map_err(|e| err("cannot count the keys of", path, e))?;
-        db.conn
-            .execute_batch(&format!("PRAGMA user_version = {LAYOUT}"))
+        // Written only when it changes: a successor generation opens the
+        // database while its predecessor still has it open.
+        let version: i64 = db
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(cfg)?;
+        if version != LAYOUT {
+            db.conn
+                .execute_batch(&format!("PRAGMA user_version = {LAYOUT}"))
+                .map_err(cfg)?;
+        }
         Ok(db)
     }
 
