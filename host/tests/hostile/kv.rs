@@ -316,7 +316,7 @@ fn deleted_data_is_given_back_to_the_file_system() {
 /// acknowledged.
 #[test]
 fn a_burst_of_big_durable_writes_is_not_a_hang() {
-    const CONNS: usize = 8;
+    const CONNS: usize = 16;
     const EACH: usize = 8;
     const SIZE: usize = 512 * 1024;
     let dir = temp_dir("hostile-kv-waits");
@@ -350,7 +350,9 @@ fn a_burst_of_big_durable_writes_is_not_a_hang() {
                 let mut acked = 0;
                 for _ in 0..EACH {
                     let mut line = String::new();
-                    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+                    std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or_else(|e| {
+                        panic!("conn {n}: no reply ({e}): was the worker killed as hung?")
+                    });
                     assert!(line.contains("\"result\":true"), "conn {n}: {line:?}");
                     acked += 1;
                 }
