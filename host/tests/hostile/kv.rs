@@ -364,7 +364,7 @@ fn a_burst_of_big_durable_writes_is_not_a_hang() {
     let took = started.elapsed();
     eprintln!(
         "{} MiB of sync=full writes acknowledged in {took:?}",
-        CONNS * EACH * SIZE >> 20
+        (CONNS * EACH * SIZE) >> 20
     );
     assert_eq!(acked, CONNS * EACH);
     let st = s.status();
