@@ -278,7 +278,10 @@ impl Store {
     pub fn purged(&self, keys: &[(Box<str>, u64)], gone: Totals) {
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         for (key, _) in keys {
-            cache.put(key, None);
+            // Only keys already cached: a purge must not fill the cache.
+            if cache.slots.contains_key(&**key) {
+                cache.put(key, None);
+            }
         }
         cache.evict();
         drop(cache);
@@ -795,6 +798,32 @@ mod tests {
         let reader = store.read();
         let mut view = View::Read(&reader);
         assert_eq!(&*view.get("big", 0).unwrap().unwrap().value, &*v);
+    }
+
+    #[test]
+    fn eviction_gives_read_slots_a_second_chance() {
+        let one = SLOT_OVERHEAD + 3; // key "kN", value "1"
+        let mut c = Cache::new(MAX_SHARE * one);
+        for i in 0..MAX_SHARE {
+            c.put(&format!("k{i}"), entry("1", 0));
+        }
+        c.evict();
+        assert_eq!(c.slots.len(), MAX_SHARE, "fits");
+        assert!(c.get("k0").is_some(), "read: hot");
+        c.put("k8", entry("1", 0));
+        c.evict();
+        assert!(c.get("k0").is_some(), "kept for its read");
+        assert!(c.get("k1").is_none(), "the coldest went");
+        assert_eq!(c.bytes, MAX_SHARE * one);
+        // A key removed and cached again is evicted by its own ring entry.
+        c.remove("k2");
+        c.put("k2", entry("2", 0));
+        for i in 9..30 {
+            c.put(&format!("k{i}"), entry("1", 0));
+            c.evict();
+            assert!(c.bytes <= c.cap);
+        }
+        assert!(c.ring.len() <= 2 * c.slots.len() + 64);
     }
 
     #[test]
