@@ -44,6 +44,20 @@ pub struct Config {
     pub max_batch: usize,
     /// Longest key, in bytes.
     pub max_key_bytes: usize,
+    /// Largest value, in bytes of its stored (compact) JSON text. At most
+    /// `max_line_bytes`.
+    pub max_value_bytes: usize,
+    /// Most keys in the store (expired keys count until purged).
+    pub max_keys: u64,
+    /// Most bytes of keys plus values in the store (expired ones count
+    /// until purged).
+    pub max_total_bytes: u64,
+    /// Memory for values cached for reads on the event loops; a read of a
+    /// value that is not cached goes to the writer, which reads SQLite.
+    pub cache_bytes: usize,
+    /// Pages the writer gives back to the file system per step while the
+    /// database has free pages (0: never give space back).
+    pub vacuum_step_pages: u32,
     /// Most topic patterns one connection may subscribe to.
     pub max_subscriptions: usize,
     /// Largest `limit` that `kv.keys` accepts.
@@ -69,6 +83,11 @@ impl Default for Config {
             max_line_bytes: 1 << 20,
             max_batch: 1000,
             max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+            max_keys: 1_000_000,
+            max_total_bytes: 1 << 30,
+            cache_bytes: 64 << 20,
+            vacuum_step_pages: 1024,
             max_subscriptions: 1024,
             max_keys_limit: 10_000,
             purge_interval_ms: 1000,
@@ -84,6 +103,11 @@ impl Config {
     /// against `data_dir`.
     pub fn from_json(value: &serde_json::Value, data_dir: &Path) -> Result<Config, String> {
         let mut cfg = Config::deserialize(value).map_err(|e| format!("[modules.rpc]: {e}"))?;
+        if value.get("max_value_bytes").is_none() {
+            // The default follows a lowered line limit (a value must fit
+            // in a line).
+            cfg.max_value_bytes = cfg.max_value_bytes.min(cfg.max_line_bytes);
+        }
         if cfg.max_line_bytes < 64 {
             return Err("[modules.rpc]: max_line_bytes must be at least 64".into());
         }
@@ -92,6 +116,15 @@ impl Config {
                 "[modules.rpc]: max_batch, max_key_bytes and max_subscriptions must be positive"
                     .into(),
             );
+        }
+        if cfg.max_value_bytes == 0 || cfg.max_value_bytes > cfg.max_line_bytes {
+            return Err(format!(
+                "[modules.rpc]: max_value_bytes must be 1 to max_line_bytes ({})",
+                cfg.max_line_bytes
+            ));
+        }
+        if cfg.max_keys == 0 || cfg.max_total_bytes == 0 {
+            return Err("[modules.rpc]: max_keys and max_total_bytes must be positive".into());
         }
         if cfg.purge_interval_ms == 0 || cfg.checkpoint_interval_ms == 0 {
             return Err(
@@ -139,5 +172,12 @@ mod tests {
             Config::from_json(&serde_json::json!({"sync": "always"}), Path::new("/d")).is_err()
         );
         assert!(Config::from_json(&serde_json::json!({"max_batch": 0}), Path::new("/d")).is_err());
+        let e = Config::from_json(
+            &serde_json::json!({"max_line_bytes": 1000, "max_value_bytes": 1001}),
+            Path::new("/d"),
+        )
+        .unwrap_err();
+        assert!(e.contains("max_value_bytes"), "{e}");
+        assert_eq!(c.max_value_bytes, 1 << 20);
     }
 }

@@ -32,7 +32,7 @@ pub struct ConnState {
     /// `partial` is the start of an HTTP request.
     pub partial_http: bool,
     /// The reply of the submission in the writer, once it is there.
-    pub pending: Option<Receiver<Vec<u8>>>,
+    pub pending: Option<Receiver<crate::writer::Reply>>,
 }
 
 impl ConnState {
@@ -197,9 +197,13 @@ mod tests {
         ));
         assert_eq!(c.partial_kind(5), Some(false));
         assert!(c.has_pending(5));
-        tx.send(b"reply".to_vec()).unwrap();
+        tx.send(crate::writer::Reply {
+            out: b"reply".to_vec(),
+            taken: 1,
+        })
+        .unwrap();
         let mut st = c.take(5);
-        assert_eq!(st.pending.take().unwrap().recv().unwrap(), b"reply");
+        assert_eq!(st.pending.take().unwrap().recv().unwrap().out, b"reply");
         assert_eq!(c.partial_kind(5), None, "taken out");
         st.partial.clear();
         assert!(c.put_back(5, st));

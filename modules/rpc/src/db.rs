@@ -1,31 +1,64 @@
-//! The SQLite database: one table of keys, JSON values and expiry times,
-//! in WAL mode. Only the writer thread writes; loading happens at start.
+//! The SQLite database: the source of truth for every key. One table of
+//! keys, expiry times, value sizes and JSON values, a partial index of the
+//! keys that expire, and the store's totals (`meta`), all in WAL mode
+//! with incremental auto-vacuum. Only the writer thread writes; the
+//! totals change in the same transaction as the rows they count, so they
+//! are exact after a crash too.
+//!
+//! Column order matters: SQLite stores a large value in a chain of
+//! overflow pages after the columns before it, so `expires_at` and `size`
+//! come before `value` and can be read (for `kv.keys`, the totals, the
+//! purge) without touching the value.
 
+use std::ops::Bound;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::config::SyncMode;
-use crate::store::{Entry, Expired, Map, Overlay};
+use crate::store::{Entry, Overlay};
+
+/// `PRAGMA user_version` of the current layout. Version 0 (the first
+/// layout) had `value` before `expires_at` and no sizes nor totals.
+const LAYOUT: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS kv (
     key        TEXT PRIMARY KEY NOT NULL,
-    value      TEXT NOT NULL,
-    expires_at INTEGER NOT NULL DEFAULT 0
+    expires_at INTEGER NOT NULL DEFAULT 0,
+    size       INTEGER NOT NULL,
+    value      TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS kv_expiry ON kv (expires_at) WHERE expires_at > 0;
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY NOT NULL,
+    value INTEGER NOT NULL
 ) WITHOUT ROWID;
 ";
 
 /// Page size of a new database (an existing one keeps its own).
 const PAGE_SIZE: u32 = 1024;
-/// Page cache of the writer's connection, in KiB.
-const CACHE_KIB: u32 = 64 * 1024;
+/// Page cache of the writer's connection, in KiB. Values are cached by
+/// [`crate::store`] (bounded by `cache_bytes`); this one holds the
+/// b-tree's inner pages.
+const CACHE_KIB: u32 = 16 * 1024;
+/// How long a connection waits for another one's lock.
+const BUSY: Duration = Duration::from_secs(5);
 
-const UPSERT: &str = "INSERT INTO kv (key, value, expires_at) VALUES (?1, ?2, ?3)
-    ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at";
+const UPSERT: &str = "INSERT INTO kv (key, expires_at, size, value) VALUES (?1, ?2, ?3, ?4)
+    ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at,
+    size = excluded.size, value = excluded.value";
 const DELETE: &str = "DELETE FROM kv WHERE key = ?1";
-const PURGE: &str = "DELETE FROM kv WHERE key = ?1 AND expires_at = ?2";
+const PURGE: &str = "DELETE FROM kv WHERE key = ?1 AND expires_at = ?2 RETURNING size";
+const ADD_META: &str = "UPDATE meta SET value = value + ?2 WHERE name = ?1";
+
+/// Number of keys and bytes of keys plus values (expired rows included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub keys: u64,
+    pub bytes: u64,
+}
 
 /// An open database connection.
 pub struct Db {
@@ -38,8 +71,9 @@ fn err(what: &str, path: &Path, e: rusqlite::Error) -> String {
 
 impl Db {
     /// Opens (creating if needed) the database with the durability of
-    /// `sync`. Another connection may hold it too (the retiring generation
-    /// during a reload): writers then wait for each other, up to 5 s.
+    /// `sync`, bringing an older layout up to date (once, logged). Another
+    /// connection may hold it too (the retiring generation during a
+    /// reload): writers then wait for each other, up to 5 s.
     pub fn open(path: &Path, sync: SyncMode) -> Result<Db, String> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
@@ -52,12 +86,20 @@ impl Db {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| err("cannot open", path, e))?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(|e| err("cannot configure", path, e))?;
-        // Small pages: a random update rewrites one page into the WAL. Only
-        // a new database takes it (before the switch to WAL).
-        conn.execute_batch(&format!("PRAGMA page_size = {PAGE_SIZE};"))
-            .map_err(|e| err("cannot configure", path, e))?;
+        let cfg = |e| err("cannot configure", path, e);
+        conn.busy_timeout(BUSY).map_err(cfg)?;
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+            .map_err(cfg)?;
+        // Small pages: a random update rewrites one page into the WAL.
+        // Incremental auto-vacuum: deleted data can be given back to the
+        // file system a few pages at a time (see `vacuum_step`). A new
+        // database takes both before its first table; an existing one
+        // keeps its page size and switches with one VACUUM below.
+        conn.execute_batch(&format!(
+            "PRAGMA page_size = {PAGE_SIZE}; PRAGMA auto_vacuum = INCREMENTAL;"
+        ))
+        .map_err(cfg)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(|e| err("cannot switch to WAL", path, e))?;
@@ -71,61 +113,170 @@ impl Db {
             SyncMode::Normal => "NORMAL",
             SyncMode::Full => "FULL",
         };
-        // A large page cache: the writer does not read from the OS.
         conn.execute_batch(&format!(
             "PRAGMA synchronous = {sync_pragma};
              PRAGMA cache_size = -{CACHE_KIB};
-             PRAGMA wal_autocheckpoint = 65536;
-             {SCHEMA}"
+             PRAGMA wal_autocheckpoint = 65536;"
         ))
         .map_err(|e| err("cannot prepare", path, e))?;
-        Ok(Db { conn })
+        let mut db = Db { conn };
+        if tables > 0 {
+            db.upgrade(path)
+                .map_err(|e| err("cannot upgrade", path, e))?;
+        }
+        db.conn
+            .execute_batch(SCHEMA)
+            .map_err(|e| err("cannot prepare", path, e))?;
+        db.ensure_totals()
+            .map_err(|e| err("cannot count the keys of", path, e))?;
+        // Written only when it changes: a successor generation opens the
+        // database while its predecessor still has it open.
+        let version: i64 = db
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(cfg)?;
+        if version != LAYOUT {
+            db.conn
+                .execute_batch(&format!("PRAGMA user_version = {LAYOUT}"))
+                .map_err(cfg)?;
+        }
+        Ok(db)
     }
 
-    /// Reads every live key. Expired rows are left for the purge.
-    pub fn load(&self, now: u64) -> Result<(Map, Expired), String> {
-        let mut map = Map::new();
-        let mut expired = Vec::new();
-        let mut stmt = self
+    /// Brings a database of an older layout (or without incremental
+    /// auto-vacuum) up to date. Runs once per database; takes about as
+    /// long as copying it.
+    fn upgrade(&mut self, path: &Path) -> rusqlite::Result<()> {
+        let version: i64 = self
             .conn
-            .prepare("SELECT key, value, expires_at FROM kv")
-            .map_err(|e| e.to_string())?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })
-            .map_err(|e| e.to_string())?;
-        for row in rows {
-            let (key, value, at) = row.map_err(|e| e.to_string())?;
-            let entry = Entry {
-                value: value.into_boxed_str(),
-                expires_at: at.max(0) as u64,
-            };
-            if entry.live(now) {
-                map.insert(&key, entry);
-            } else {
-                expired.push((key.into_boxed_str(), entry.expires_at));
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version < LAYOUT {
+            let old: bool = self.conn.query_row(
+                "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'kv'",
+                [],
+                |r| r.get(0),
+            )?;
+            if old {
+                log::warn!(
+                    "{}: moving the data to the layout that keeps values out of key scans \
+                     (once; takes about as long as copying the file)",
+                    path.display()
+                );
+                self.in_transaction(|c| {
+                    c.execute_batch(
+                        "CREATE TABLE kv_next (
+                             key        TEXT PRIMARY KEY NOT NULL,
+                             expires_at INTEGER NOT NULL DEFAULT 0,
+                             size       INTEGER NOT NULL,
+                             value      TEXT NOT NULL
+                         ) WITHOUT ROWID;
+                         INSERT INTO kv_next (key, expires_at, size, value)
+                             SELECT key, expires_at, length(CAST(value AS BLOB)), value FROM kv;
+                         DROP TABLE kv;
+                         ALTER TABLE kv_next RENAME TO kv;
+                         DROP TABLE IF EXISTS meta;",
+                    )
+                })?;
             }
         }
-        Ok((map, expired))
+        let vacuum: i64 = self
+            .conn
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+        if vacuum != 2 {
+            log::warn!(
+                "{}: switching to incremental auto-vacuum so that deleted data is given \
+                 back to the file system (one VACUUM; takes about as long as copying the file)",
+                path.display()
+            );
+            self.conn
+                .execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")?;
+        }
+        Ok(())
     }
 
-    /// Writes a batch's changes in one transaction. When this returns
-    /// `Ok`, the batch is as durable as the sync mode promises.
+    /// Counts the keys once if the totals are missing (a new or upgraded
+    /// database). Reads keys and sizes, never values.
+    fn ensure_totals(&mut self) -> rusqlite::Result<()> {
+        let have: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM meta", [], |r| r.get(0))?;
+        if have == 2 {
+            return Ok(());
+        }
+        self.in_transaction(|c| {
+            c.execute_batch(
+                "DELETE FROM meta;
+                 INSERT INTO meta (name, value)
+                     SELECT 'keys', count(*) FROM kv;
+                 INSERT INTO meta (name, value)
+                     SELECT 'bytes', coalesce(sum(length(CAST(key AS BLOB)) + size), 0) FROM kv;",
+            )
+        })
+    }
+
+    /// The store's totals as committed.
+    pub fn totals(&self) -> rusqlite::Result<Totals> {
+        let mut stmt = self.conn.prepare_cached("SELECT name, value FROM meta")?;
+        let mut t = Totals::default();
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let n: i64 = r.get(1)?;
+            match r.get_ref(0)?.as_str()? {
+                "keys" => t.keys = n.max(0) as u64,
+                "bytes" => t.bytes = n.max(0) as u64,
+                _ => {}
+            }
+        }
+        Ok(t)
+    }
+
+    /// The row of `key`, expired or not.
+    pub fn get(&self, key: &str) -> rusqlite::Result<Option<Entry>> {
+        get_on(&self.conn, key)
+    }
+
+    /// Bytes of `key`'s stored value (expired or not); the value itself is
+    /// not read.
+    pub fn value_size(&self, key: &str) -> rusqlite::Result<Option<u64>> {
+        self.conn
+            .prepare_cached("SELECT size FROM kv WHERE key = ?1")?
+            .query_row([key], |r| r.get::<_, i64>(0))
+            .optional()
+            .map(|s| s.map(|s| s.max(0) as u64))
+    }
+
+    /// Calls `f(key, expires_at)` for the keys from `start` in order while
+    /// it returns `true`. Values are not read.
+    pub fn scan_keys(
+        &self,
+        start: Bound<&str>,
+        f: impl FnMut(&str, u64) -> bool,
+    ) -> rusqlite::Result<()> {
+        scan_on(&self.conn, start, f)
+    }
+
+    /// Writes a batch's changes and the new totals in one transaction.
+    /// When this returns `Ok`, the batch is as durable as the sync mode
+    /// promises.
     pub fn commit(&mut self, overlay: &Overlay) -> rusqlite::Result<()> {
+        let delta = overlay.delta();
         self.in_transaction(|conn| {
             let mut upsert = conn.prepare_cached(UPSERT)?;
             let mut delete = conn.prepare_cached(DELETE)?;
-            for (key, entry) in overlay {
+            for (key, entry) in overlay.changes() {
                 match entry {
-                    Some(e) => upsert.execute(params![&**key, &*e.value, e.expires_at as i64])?,
-                    None => delete.execute(params![&**key])?,
+                    Some(e) => upsert.execute(params![
+                        key,
+                        e.expires_at as i64,
+                        e.value.len() as i64,
+                        &*e.value
+                    ])?,
+                    None => delete.execute(params![key])?,
                 };
             }
+            let mut add = conn.prepare_cached(ADD_META)?;
+            add.execute(params!["keys", delta.0])?;
+            add.execute(params!["bytes", delta.1])?;
             Ok(())
         })
     }
@@ -133,14 +284,14 @@ impl Db {
     /// Runs `f` in a write transaction (statements cached, unlike
     /// rusqlite's `transaction`, which parses `BEGIN` and `COMMIT` each
     /// time); rolls back if anything fails.
-    fn in_transaction(
+    fn in_transaction<T>(
         &mut self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<()>,
-    ) -> rusqlite::Result<()> {
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
         self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        let done = f(&self.conn).and_then(|()| {
+        let done = f(&self.conn).and_then(|v| {
             self.conn.prepare_cached("COMMIT")?.execute([])?;
-            Ok(())
+            Ok(v)
         });
         if done.is_err() && !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -148,22 +299,72 @@ impl Db {
         done
     }
 
-    /// Deletes keys that are still expired at the given time.
-    pub fn purge(&mut self, keys: &[(Box<str>, u64)]) -> rusqlite::Result<()> {
+    /// Up to `limit` keys whose expiry is at or before `now`, with it.
+    pub fn expired(&self, now: u64, limit: usize) -> rusqlite::Result<Vec<(Box<str>, u64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT key, expires_at FROM kv WHERE expires_at > 0 AND expires_at <= ?1 LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![now as i64, limit as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?.into_boxed_str(),
+                r.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        })?;
+        rows.collect()
+    }
+
+    /// Deletes keys that still have the given expiry; returns what was
+    /// removed from the totals.
+    pub fn purge(&mut self, keys: &[(Box<str>, u64)]) -> rusqlite::Result<Totals> {
         self.in_transaction(|conn| {
             let mut purge = conn.prepare_cached(PURGE)?;
+            let mut gone = Totals::default();
             for (key, at) in keys {
-                purge.execute(params![&**key, *at as i64])?;
+                let size: Option<i64> = purge
+                    .query_row(params![&**key, *at as i64], |r| r.get(0))
+                    .optional()?;
+                if let Some(size) = size {
+                    gone.keys += 1;
+                    gone.bytes += key.len() as u64 + size.max(0) as u64;
+                }
             }
-            Ok(())
+            let mut add = conn.prepare_cached(ADD_META)?;
+            add.execute(params!["keys", -(gone.keys as i64)])?;
+            add.execute(params!["bytes", -(gone.bytes as i64)])?;
+            Ok(gone)
         })
     }
 
-    /// Copies the WAL into the database (and so fsyncs the WAL); never
-    /// waits for readers.
-    pub fn checkpoint(&self) -> rusqlite::Result<()> {
+    /// Pages of the file that hold nothing (given back by
+    /// [`Db::vacuum_step`]).
+    pub fn free_pages(&self) -> rusqlite::Result<u64> {
         self.conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))
+            .map(|n| n.max(0) as u64)
+    }
+
+    /// Gives up to `pages` free pages back to the file system (moving
+    /// pages from the end of the file into free slots, then truncating):
+    /// one short write transaction. Returns the free pages left.
+    pub fn vacuum_step(&mut self, pages: u32) -> rusqlite::Result<u64> {
+        // The pragma frees one page per step (each step returns a row):
+        // run it to the end.
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("PRAGMA incremental_vacuum({pages})"))?;
+        let mut rows = stmt.query([])?;
+        while rows.next()?.is_some() {}
+        drop(rows);
+        self.free_pages()
+    }
+
+    /// Copies the WAL into the database (and so fsyncs the WAL). `PASSIVE`
+    /// never waits for readers; `truncate` (when idle) also empties the WAL
+    /// file so that its space goes back to the file system.
+    pub fn checkpoint(&self, truncate: bool) -> rusqlite::Result<()> {
+        let mode = if truncate { "TRUNCATE" } else { "PASSIVE" };
+        self.conn
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
     }
 
     /// Test hook: makes every later write fail.
@@ -173,44 +374,185 @@ impl Db {
     }
 }
 
+/// A read-only connection, for the rare read on an event loop that finds
+/// its key evicted from the cache after it was routed there.
+pub struct ReadDb {
+    conn: Connection,
+}
+
+impl ReadDb {
+    pub fn open(path: &Path) -> Result<ReadDb, String> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| err("cannot open", path, e))?;
+        conn.busy_timeout(BUSY)
+            .map_err(|e| err("cannot configure", path, e))?;
+        Ok(ReadDb { conn })
+    }
+
+    /// The row of `key`, expired or not.
+    pub fn get(&self, key: &str) -> rusqlite::Result<Option<Entry>> {
+        get_on(&self.conn, key)
+    }
+
+    /// As [`Db::scan_keys`].
+    pub fn scan_keys(
+        &self,
+        start: Bound<&str>,
+        f: impl FnMut(&str, u64) -> bool,
+    ) -> rusqlite::Result<()> {
+        scan_on(&self.conn, start, f)
+    }
+}
+
+fn get_on(conn: &Connection, key: &str) -> rusqlite::Result<Option<Entry>> {
+    conn.prepare_cached("SELECT value, expires_at FROM kv WHERE key = ?1")?
+        .query_row([key], |r| {
+            Ok(Entry {
+                value: r.get::<_, String>(0)?.into_boxed_str(),
+                expires_at: r.get::<_, i64>(1)?.max(0) as u64,
+            })
+        })
+        .optional()
+}
+
+fn scan_on(
+    conn: &Connection,
+    start: Bound<&str>,
+    mut f: impl FnMut(&str, u64) -> bool,
+) -> rusqlite::Result<()> {
+    let (sql, from) = match start {
+        Bound::Excluded(k) => (
+            "SELECT key, expires_at FROM kv WHERE key > ?1 ORDER BY key",
+            k,
+        ),
+        Bound::Included(k) => (
+            "SELECT key, expires_at FROM kv WHERE key >= ?1 ORDER BY key",
+            k,
+        ),
+        Bound::Unbounded => (
+            "SELECT key, expires_at FROM kv WHERE key >= ?1 ORDER BY key",
+            "",
+        ),
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query([from])?;
+    while let Some(r) = rows.next()? {
+        let at = r.get::<_, i64>(1)?.max(0) as u64;
+        if !f(r.get_ref(0)?.as_str()?, at) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn entry(v: &str, at: u64) -> Option<Entry> {
+        Some(Entry {
+            value: v.into(),
+            expires_at: at,
+        })
+    }
+
     #[test]
-    fn commit_load_purge() {
+    fn commit_totals_purge() {
         let dir = crate::testdir::TestDir::new("db");
         let path = dir.path().join("t.sqlite");
         let mut db = Db::open(&path, SyncMode::Full).unwrap();
-        let mut o = Overlay::new();
-        o.insert(
-            "a".into(),
-            Some(Entry {
-                value: "1".into(),
-                expires_at: 0,
-            }),
-        );
-        o.insert(
-            "b".into(),
-            Some(Entry {
-                value: "[2]".into(),
-                expires_at: 50,
-            }),
-        );
+        let mut o = Overlay::default();
+        o.record("a", entry("1", 0), None);
+        o.record("b", entry("[2]", 50), None);
         db.commit(&o).unwrap();
-        let mut o = Overlay::new();
-        o.insert("c".into(), None);
+        let mut o = Overlay::default();
+        o.record("c", None, None);
         db.commit(&o).unwrap();
         drop(db);
 
         let mut db = Db::open(&path, SyncMode::Normal).unwrap();
-        let (map, expired) = db.load(100).unwrap();
-        assert_eq!(map.len(), 1);
-        assert_eq!(&*map.get("a").unwrap().value, "1");
+        assert_eq!(db.totals().unwrap(), Totals { keys: 2, bytes: 6 });
+        assert_eq!(db.get("a").unwrap(), entry("1", 0));
+        assert_eq!(db.value_size("b").unwrap(), Some(3));
+        let mut keys = Vec::new();
+        db.scan_keys(Bound::Unbounded, |k, at| {
+            keys.push((k.to_string(), at));
+            true
+        })
+        .unwrap();
+        assert_eq!(keys, [("a".to_string(), 0), ("b".to_string(), 50)]);
+        let expired = db.expired(100, 10).unwrap();
         assert_eq!(expired, vec![("b".into(), 50)]);
-        db.purge(&expired).unwrap();
-        let (_, expired) = db.load(100).unwrap();
-        assert!(expired.is_empty());
-        db.checkpoint().unwrap();
+        let gone = db.purge(&expired).unwrap();
+        assert_eq!(gone, Totals { keys: 1, bytes: 4 });
+        assert!(db.expired(100, 10).unwrap().is_empty());
+        assert_eq!(db.totals().unwrap(), Totals { keys: 1, bytes: 2 });
+        db.checkpoint(true).unwrap();
+        let r = ReadDb::open(&path).unwrap();
+        assert_eq!(r.get("a").unwrap(), entry("1", 0));
+    }
+
+    #[test]
+    fn upgrades_the_first_layout() {
+        let dir = crate::testdir::TestDir::new("db-upgrade");
+        let path = dir.path().join("old.sqlite");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 CREATE TABLE kv (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL,
+                     expires_at INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+                 INSERT INTO kv VALUES ('a', '\"é\"', 0), ('b', '2', 7);",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path, SyncMode::Normal).unwrap();
+        let vacuum: i64 = db
+            .conn
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(vacuum, 2, "incremental");
+        assert_eq!(db.get("a").unwrap(), entry("\"é\"", 0));
+        assert_eq!(
+            db.value_size("a").unwrap(),
+            Some(4),
+            "bytes, not characters"
+        );
+        assert_eq!(db.totals().unwrap(), Totals { keys: 2, bytes: 7 });
+    }
+
+    #[test]
+    fn gives_deleted_space_back() {
+        let dir = crate::testdir::TestDir::new("db-vacuum");
+        let path = dir.path().join("v.sqlite");
+        let mut db = Db::open(&path, SyncMode::Normal).unwrap();
+        let big = format!("\"{}\"", "x".repeat(100_000));
+        let mut o = Overlay::default();
+        for i in 0..40 {
+            o.record(&format!("k{i}"), entry(&big, 0), None);
+        }
+        db.commit(&o).unwrap();
+        db.checkpoint(true).unwrap();
+        let full = std::fs::metadata(&path).unwrap().len();
+        let mut o = Overlay::default();
+        for i in 0..40 {
+            o.record(&format!("k{i}"), None, Some(100_002));
+        }
+        db.commit(&o).unwrap();
+        assert!(db.free_pages().unwrap() > 3000);
+        let mut steps = 0;
+        while db.vacuum_step(1000).unwrap() > 0 {
+            steps += 1;
+        }
+        assert!(steps <= 5, "{steps} steps of 1000 pages");
+        db.checkpoint(true).unwrap();
+        let after = std::fs::metadata(&path).unwrap().len();
+        assert!(after * 10 < full, "{after} of {full} bytes left");
+        let wal = dir.path().join("v.sqlite-wal");
+        assert_eq!(std::fs::metadata(wal).map_or(0, |m| m.len()), 0);
+        assert_eq!(db.totals().unwrap(), Totals::default());
     }
 }

@@ -39,6 +39,9 @@ pub mod code {
     pub const TOO_MANY_SUBSCRIPTIONS: i64 = -32031;
     /// A line beyond the size limit; the connection is closed after it.
     pub const TOO_LARGE: i64 = -32040;
+    /// A write would pass a kv limit (`max_value_bytes`, `max_keys`,
+    /// `max_total_bytes`); nothing was written.
+    pub const LIMIT: i64 = -32050;
 }
 
 /// An error answer: code and message.

@@ -25,8 +25,22 @@
 //! `bus.unsubscribe`, `bus.publish`. [`methods::METHODS`] describes each
 //! (and `sys.methods` returns those descriptions). Values are any JSON
 //! value except `null`, which stands for "no value". Expired keys vanish
-//! from reads at once and are purged from memory and disk in the
+//! from reads at once and are purged from the cache and disk in the
 //! background (`purge_interval_ms`).
+//!
+//! # Limits
+//!
+//! A write that would pass one of these is answered with -32050, whose
+//! message names the limit and its value (`kv.set: value of 2000000 bytes
+//! exceeds max_value_bytes (1048576)`), and writes nothing; the other
+//! calls of a batch are not affected. Keys are at most `max_key_bytes`
+//! (-32602 otherwise); a value's stored JSON text at most
+//! `max_value_bytes`; the store holds at most `max_keys` keys and
+//! `max_total_bytes` bytes of keys plus values (keys that expired count
+//! until purged). Overwrites that do not grow the store and deletes are
+//! always accepted, so a store at its limit can be cleaned up. The totals
+//! are kept in the database, changed in the same transaction as the rows
+//! they count: exact after a crash, and read at start without a scan.
 //!
 //! Subscribers on raw TCP receive
 //! `{"jsonrpc":"2.0","method":"bus.message","params":{"topic":…,"data":…}}`
@@ -52,6 +66,7 @@
 //! | -32030 | `bus.subscribe`/`unsubscribe` outside a raw TCP connection |
 //! | -32031 | too many subscriptions on this connection |
 //! | -32040 | line over `max_line_bytes`; the connection is closed after this reply |
+//! | -32050 | a kv limit (`max_value_bytes`, `max_keys`, `max_total_bytes`); nothing was written |
 //!
 //! A malformed line gets its error reply and nothing else happens: earlier
 //! and later requests on the connection are answered normally. Only a line
@@ -59,8 +74,9 @@
 //!
 //! # Durability
 //!
-//! The data lives in SQLite (WAL mode) at `<data dir>/rpc/rpc.sqlite`, and
-//! in memory for reads. A single writer thread ([`writer`]) commits all
+//! The data lives in SQLite (WAL mode) at `<data dir>/rpc/rpc.sqlite`; a
+//! bounded cache holds recently used values for reads ([`store`]). A
+//! single writer thread ([`writer`]) commits all
 //! writes that queued up while the previous commit ran as one transaction
 //! (group commit), and a write is acknowledged only after the transaction
 //! holding it has committed; readers see a write only from then on, so a
@@ -81,6 +97,17 @@
 //!   too (on storage that honours fsync). One fsync per batch, shared by
 //!   every write in it.
 //!
+//! Waiting for a commit is not a hang: pool threads wait for the writer
+//! inside `Host::wait`, so a burst of big `sync = "full"` writes does not
+//! reach `[server] hang_kill_ms`.
+//!
+//! Deleted and expired data is given back to the file system: the
+//! database uses incremental auto-vacuum, and between batches the writer
+//! frees up to `vacuum_step_pages` pages per step (one short transaction,
+//! so writes are not held up), then truncates the WAL once idle for a
+//! `checkpoint_interval_ms`. A database made by an older version is
+//! converted once at start (logged; about as long as copying the file).
+//!
 //! # Reload
 //!
 //! `overlap`, with state handoff ([`handoff`]): `RELOAD rpc` fails no
@@ -95,21 +122,33 @@
 //!
 //! # One owner per database
 //!
-//! The in-memory copy is right only while one writer changes the database,
-//! so a generation serves only while it holds an exclusive lock on
+//! The cache is right only while one writer changes the database, so a
+//! generation serves only while it holds an exclusive lock on
 //! `<db>.lock` ([`owner`]). A reload passes the lock to the successor. A
 //! process that finds it taken — the new worker of an `UPGRADE` while the
 //! old one drains, or a second server started on the same data directory
 //! — starts in *standby*: its requests wait (up to `handoff_timeout_ms`,
-//! then -32001) until the owner exits, then it loads the database and
+//! then -32001) until the owner exits, then it opens the database and
 //! serves. `STATUS` shows `standby=1` meanwhile.
 //!
 //! # Memory
 //!
-//! All keys and values live in memory (the database is their durable
-//! copy). Per connection: a partial message up to `max_line_bytes`, and at
-//! most one submission in the writer (the host does not read from a
-//! connection while its writes commit). A batch's reply is capped at
+//! Values live in SQLite; memory holds at most `cache_bytes` of them (and
+//! of keys known to be absent), plus SQLite's page cache (16 MiB). Start-up
+//! reads no value: a worker over a 1 GiB database answers its first
+//! request in a fraction of a second. A read of a cached key is answered
+//! on the event loop; any other read (and every `kv.keys`, which lists
+//! from SQLite) goes to the writer, which reads SQLite, answers, and
+//! caches what it read. Only the writer changes the cache — with what it
+//! read, and with each batch once it committed — so a read can never
+//! bring back a value older than a committed write. A value over 1/8 of
+//! `cache_bytes` is never cached.
+//!
+//! Per connection: a partial message up to `max_line_bytes`, and at most
+//! one submission in the writer (the host does not read from a connection
+//! while its writes commit). The writer stops evaluating a submission's
+//! lines once its reply passes the submission's budget and reports how
+//! far it got ([`writer::Reply::taken`]). A batch's reply is capped at
 //! 8 × `max_line_bytes` (later calls in it get -32040).
 //!
 //! # Config (`[modules.rpc]`, every key optional)
@@ -120,6 +159,11 @@
 //! max_line_bytes = 1048576       # a longer line: -32040 and close (keep <= [server] max_message_size)
 //! max_batch = 1000               # requests per batch
 //! max_key_bytes = 1024
+//! max_value_bytes = 1048576      # stored JSON text of one value (<= max_line_bytes; default: the smaller)
+//! max_keys = 1000000             # keys in the store (-32050 beyond)
+//! max_total_bytes = 1073741824   # bytes of keys plus values in the store (-32050 beyond)
+//! cache_bytes = 67108864         # values cached for reads on the event loops
+//! vacuum_step_pages = 1024       # free pages given back per step (0: keep them)
 //! max_subscriptions = 1024       # topic patterns per connection
 //! max_keys_limit = 10000         # largest kv.keys limit
 //! purge_interval_ms = 1000
@@ -131,7 +175,7 @@
 //! # The parts
 //!
 //! [`jsonrpc`] (framing, pure), [`methods`] (what each method does),
-//! [`store`] (committed data in memory), [`db`] (SQLite), [`writer`]
+//! [`store`] (the value cache, the totals and limits), [`db`] (SQLite), [`writer`]
 //! (group commit), [`bus`] (topic trie), [`conns`] (reply ordering per
 //! connection), [`raw`] and [`post`] (the transports), [`handoff`]
 //! (reload), [`owner`] (one writer per database), [`config`].
@@ -180,6 +224,18 @@ pub trait HostApi: Send + Sync {
     fn push(&self, conn: u64, data: &[u8], notice: &[u8]) -> bool;
     /// Calls the current generation of a module in-process (blocks).
     fn call(&self, module: &str, input: &[u8]) -> Result<Vec<u8>, CallStatus>;
+    /// Runs `f`, a wait on another thread (a commit, a hand-over), with
+    /// the host's hang detection paused ([`module_api::Host::wait`]).
+    fn wait(&self, f: &mut dyn FnMut());
+}
+
+/// Runs `f`, a wait on another thread, as [`HostApi::wait`]: the host
+/// does not count it toward `hang_kill_ms`.
+pub fn wait<T>(host: &dyn HostApi, f: impl FnOnce() -> T) -> T {
+    let mut f = Some(f);
+    let mut got = None;
+    host.wait(&mut || got = f.take().map(|f| f()));
+    got.expect("HostApi::wait runs its closure once")
 }
 
 impl HostApi for module_api::Host {
@@ -188,6 +244,9 @@ impl HostApi for module_api::Host {
     }
     fn call(&self, module: &str, input: &[u8]) -> Result<Vec<u8>, CallStatus> {
         module_api::Host::call(self, module, input)
+    }
+    fn wait(&self, f: &mut dyn FnMut()) {
+        module_api::Host::wait(self, f)
     }
 }
 
@@ -272,7 +331,7 @@ pub fn manifest() -> Manifest {
 }
 
 impl Rpc {
-    /// Opens the database, loads it and starts the writer; `state` is the
+    /// Opens the database (reading no value) and starts the writer; `state` is the
     /// previous generation's (empty on a first start).
     pub fn start(
         config: &serde_json::Value,
@@ -303,12 +362,11 @@ impl Rpc {
             Some(o) => Some(o),
             None => Owner::try_acquire(&lock)?,
         };
-        let (store, start, mode) = match owner {
+        let store = Store::new(&cfg.db, cfg.cache_bytes);
+        let (start, mode) = match owner {
             Some(owner) => {
                 let db = db::Db::open(&cfg.db, cfg.sync)?;
-                let (map, expired) = db.load(store::now_ms())?;
-                let start = Start::Ready { db, expired, owner };
-                (Store::new(map), start, Mode::Live)
+                (Start::Ready { db, owner }, Mode::Live)
             }
             None => {
                 log::warn!(
@@ -316,7 +374,7 @@ impl Rpc {
                      server on this data directory); requests wait until it lets go",
                     cfg.db.display()
                 );
-                (Store::default(), Start::Standby, Mode::Standby)
+                (Start::Standby, Mode::Standby)
             }
         };
         let core = Arc::new(Core::new(cfg, store, host));
@@ -333,7 +391,7 @@ impl Rpc {
         let writer = Writer::spawn(core.clone(), start)?;
         resume.token = None;
         log::info!(
-            "{} keys loaded from {} (sync={}), {} subscriptions handed over",
+            "serving {} keys from {} (sync={}), {} subscriptions handed over",
             core.store.len(),
             core.cfg.db.display(),
             core.cfg.sync.name(),
@@ -450,7 +508,9 @@ impl Rpc {
                     if since.elapsed() >= self.core.cfg.handoff_timeout() {
                         return handoff::unavailable(http, input.len(), out);
                     }
-                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    wait(self.core.host, || {
+                        std::thread::sleep(std::time::Duration::from_millis(2))
+                    });
                 }
             }
         }
@@ -559,8 +619,10 @@ impl Handler for Rpc {
         let (subscribers, patterns) = self.core.bus.counts();
         let s = &self.core.stats;
         format!(
-            "keys={} subscribers={subscribers} subscriptions={patterns} commits={} writes={} failed_commits={} purged={} sync={}{}",
+            "keys={} kv_bytes={} cached_bytes={} subscribers={subscribers} subscriptions={patterns} commits={} writes={} failed_commits={} purged={} sync={}{}",
             self.core.store.len(),
+            self.core.store.totals().bytes,
+            self.core.store.cached_bytes(),
             s.commits.load(Ordering::Relaxed),
             s.writes.load(Ordering::Relaxed),
             s.failed_commits.load(Ordering::Relaxed),
@@ -595,6 +657,9 @@ pub(crate) mod testing {
         }
         fn call(&self, _module: &str, _input: &[u8]) -> Result<Vec<u8>, CallStatus> {
             Err(CallStatus::NoSuchModule)
+        }
+        fn wait(&self, f: &mut dyn FnMut()) {
+            f()
         }
     }
 
@@ -710,7 +775,8 @@ pub(crate) mod testing {
     pub fn core_with(config: serde_json::Value) -> (Arc<Core>, crate::testdir::TestDir) {
         let dir = crate::testdir::TestDir::new("core");
         let cfg = Config::from_json(&config, dir.path()).unwrap();
-        let core = Core::new(cfg, Store::default(), &NullHost);
+        let store = Store::new(&cfg.db, cfg.cache_bytes);
+        let core = Core::new(cfg, store, &NullHost);
         (Arc::new(core), dir)
     }
 }

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 
 use crate::bus::check_topic;
 use crate::jsonrpc::{self, code, Item, Message, Request, RpcError, Sink};
-use crate::store::{json_eq, stored_text, Entry, View};
+use crate::store::{json_eq, stored_text, Entry, Limit, View};
 use crate::Core;
 
 /// Every method.
@@ -69,9 +69,31 @@ impl Method {
     }
 }
 
-/// Whether a message calls any method that writes.
-pub fn needs_writer(msg: &Message<'_>) -> bool {
-    msg.any_call(|m| Method::lookup(m).is_some_and(Method::writes))
+/// Whether a message must be evaluated by the writer: it calls a method
+/// that writes, lists keys (`kv.keys` reads SQLite), or reads a key whose
+/// value `view` (the cache) does not hold. Everything else is answered
+/// from memory on the calling thread. Pass the view the message will then
+/// be evaluated with, so that nothing is evicted in between.
+pub fn needs_writer(view: &View<'_>, msg: &Message<'_>) -> bool {
+    let item = |i: &Item<'_>| {
+        let Item::Call(req) = i else {
+            return false;
+        };
+        match Method::lookup(&req.method) {
+            Some(Method::KvGet) => match params::<KeyP<'_>>(req) {
+                Ok(p) => !view.cached(&p.key),
+                // Answered with its error from memory.
+                Err(_) => false,
+            },
+            Some(m) => m.writes() || m == Method::KvKeys,
+            None => false,
+        }
+    };
+    match msg {
+        Message::Single(i) => item(i),
+        Message::Batch(items) => items.iter().any(item),
+        Message::Empty | Message::Error(_) => false,
+    }
 }
 
 /// A `bus.message` notification waiting to be delivered.
@@ -301,6 +323,22 @@ fn expiry(ttl_ms: Option<u64>, now: u64) -> Result<u64, RpcError> {
     }
 }
 
+/// The error for a write that would pass a limit.
+fn over(method: &str, limit: Limit) -> RpcError {
+    RpcError::new(code::LIMIT, format!("{method}: {limit}"))
+}
+
+/// Sets or deletes `key` in the batch, or refuses with the limit it
+/// would pass.
+fn put(
+    env: &mut Env<'_>,
+    req: &Request<'_>,
+    key: &str,
+    row: Option<Entry>,
+) -> Result<(), RpcError> {
+    env.view.put(key, row)?.map_err(|l| over(&req.method, l))
+}
+
 fn put_bool<S: Sink>(out: &mut S, b: bool) {
     out.put(if b { b"true" } else { b"false" });
 }
@@ -358,7 +396,7 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
         Method::KvGet => {
             let p: KeyP<'_> = params(req)?;
             check_key(&p.key, env)?;
-            match env.view.get(&p.key, now) {
+            match env.view.get(&p.key, now)? {
                 Some(e) => out.put(e.value.as_bytes()),
                 None => out.put(b"null"),
             }
@@ -372,28 +410,26 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
                 ));
             }
             let expires_at = expiry(p.ttl_ms, now)?;
-            env.view.put(
-                &p.key,
-                Some(Entry {
-                    value: stored_text(p.value),
-                    expires_at,
-                }),
-            );
+            let entry = Entry {
+                value: stored_text(p.value),
+                expires_at,
+            };
+            put(env, req, &p.key, Some(entry))?;
             out.put(b"true");
         }
         Method::KvDel => {
             let p: KeyP<'_> = params(req)?;
             check_key(&p.key, env)?;
-            let existed = env.view.get(&p.key, now).is_some();
+            let existed = env.view.get(&p.key, now)?.is_some();
             if existed {
-                env.view.put(&p.key, None);
+                put(env, req, &p.key, None)?;
             }
             put_bool(out, existed);
         }
         Method::KvIncr => {
             let p: IncrP<'_> = params(req)?;
             check_key(&p.key, env)?;
-            let (current, expires_at) = match env.view.get(&p.key, now) {
+            let (current, expires_at) = match env.view.get(&p.key, now)? {
                 None => (0, 0),
                 Some(e) => match serde_json::from_str::<i64>(&e.value) {
                     Ok(n) => (n, e.expires_at),
@@ -412,20 +448,18 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
                 ));
             };
             let text = n.to_string();
-            out.put(text.as_bytes());
-            env.view.put(
-                &p.key,
-                Some(Entry {
-                    value: text.into_boxed_str(),
-                    expires_at,
-                }),
-            );
+            let entry = Entry {
+                value: text.into_boxed_str(),
+                expires_at,
+            };
+            put(env, req, &p.key, Some(entry.clone()))?;
+            out.put(entry.value.as_bytes());
         }
         Method::KvCas => {
             let p: CasP<'_> = params(req)?;
             check_key(&p.key, env)?;
             let expires_at = expiry(p.ttl_ms, now)?;
-            let current = env.view.get(&p.key, now);
+            let current = env.view.get(&p.key, now)?;
             let matches = match (current, p.expected.get()) {
                 (None, "null") => true,
                 (Some(e), expected) => expected != "null" && json_eq(&e.value, expected),
@@ -436,7 +470,7 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
                     value: stored_text(p.value),
                     expires_at,
                 });
-                env.view.put(&p.key, entry);
+                put(env, req, &p.key, entry)?;
             }
             put_bool(out, matches);
         }
@@ -449,7 +483,7 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
                     "limit must be at most {max}"
                 )));
             }
-            let keys = env.view.keys(&p.prefix, p.after.as_deref(), limit, now);
+            let keys = env.view.keys(&p.prefix, p.after.as_deref(), limit, now)?;
             out.put(b"[");
             for (i, k) in keys.iter().enumerate() {
                 if i > 0 {
@@ -523,22 +557,34 @@ fn stream_conn(env: &Env<'_>) -> Result<u64, RpcError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Map, Overlay};
+    use crate::db::Db;
+    use crate::store::Overlay;
     use crate::testing::core;
 
-    /// Evaluates `line` in the writer's view over `map` + `overlay`.
+    /// The database of a test core.
+    fn open(core: &Core) -> Db {
+        Db::open(&core.cfg.db, core.cfg.sync).unwrap()
+    }
+
+    /// Evaluates `line` in the writer's view over the database + `overlay`.
     fn run(
         core: &Core,
-        map: &Map,
+        db: &Db,
         overlay: &mut Overlay,
         conn: u64,
         line: &str,
     ) -> serde_json::Value {
         let msg = jsonrpc::parse(line.as_bytes(), 100);
         let mut notes = Vec::new();
+        let reader = core.store.read();
         let mut env = Env {
             core,
-            view: View::Write { map, overlay },
+            view: View::Write {
+                reader: &reader,
+                db: Some(db),
+                overlay,
+                cfg: &core.cfg,
+            },
             now: 1000,
             conn,
             later: Some(&mut notes),
@@ -559,8 +605,8 @@ mod tests {
     #[test]
     fn kv_methods() {
         let (core, _dir) = core();
-        let map = Map::new();
-        let mut o = Overlay::new();
+        let map = open(&core);
+        let mut o = Overlay::default();
         let mut r = |m: &str, p: &str| run(&core, &map, &mut o, 0, &req(m, p))["result"].clone();
         assert_eq!(r("kv.get", r#"{"key":"a"}"#), serde_json::Value::Null);
         assert_eq!(r("kv.set", r#"{"key":"a","value":{"x":[1,2]}}"#), true);
@@ -590,14 +636,14 @@ mod tests {
         assert_eq!(r("kv.del", r#"{"key":"a"}"#), false);
         assert_eq!(r("kv.set", r#"{"key":"t","value":1,"ttl_ms":5}"#), true);
         assert_eq!(r("kv.get", r#"{"key":"t"}"#), 1);
-        assert_eq!(o["t"].as_ref().unwrap().expires_at, 1005);
+        assert_eq!(o.get("t").unwrap().as_ref().unwrap().expires_at, 1005);
     }
 
     #[test]
     fn errors() {
         let (core, _dir) = core();
-        let map = Map::new();
-        let mut o = Overlay::new();
+        let map = open(&core);
+        let mut o = Overlay::default();
         let mut call = |m: &str, p: &str| run(&core, &map, &mut o, 0, &req(m, p));
         let cases = [
             ("kv.nope", "{}", code::METHOD_NOT_FOUND),
@@ -651,8 +697,8 @@ mod tests {
     #[test]
     fn batches_and_notifications() {
         let (core, _dir) = core();
-        let map = Map::new();
-        let mut o = Overlay::new();
+        let map = open(&core);
+        let mut o = Overlay::default();
         let v = run(
             &core,
             &map,
@@ -682,8 +728,8 @@ mod tests {
     #[test]
     fn batch_replies_are_capped() {
         let (core, _dir) = crate::testing::core_with(serde_json::json!({"max_line_bytes": 100}));
-        let map = Map::new();
-        let mut o = Overlay::new();
+        let map = open(&core);
+        let mut o = Overlay::default();
         let big = format!("\"{}\"", "v".repeat(90));
         run(
             &core,
@@ -701,6 +747,91 @@ mod tests {
         assert_eq!(a[0]["result"], serde_json::Value::String("v".repeat(90)));
         assert_eq!(a[19]["error"]["code"], code::TOO_LARGE);
         assert_eq!(a[19]["id"], 19);
+    }
+
+    #[test]
+    fn limits_answer_with_the_limit_and_write_nothing() {
+        let (core, _dir) = crate::testing::core_with(serde_json::json!({
+            "max_line_bytes": 1000, "max_value_bytes": 100, "max_keys": 2, "max_total_bytes": 150
+        }));
+        let db = open(&core);
+        let mut o = Overlay::default();
+        let big = format!("\"{}\"", "v".repeat(200));
+        let v = run(
+            &core,
+            &db,
+            &mut o,
+            0,
+            &req("kv.set", &format!(r#"["a",{big}]"#)),
+        );
+        assert_eq!(v["error"]["code"], code::LIMIT);
+        assert_eq!(
+            v["error"]["message"],
+            "kv.set: value of 202 bytes exceeds max_value_bytes (100)"
+        );
+        assert!(o.is_empty(), "nothing written");
+        let mid = format!("\"{}\"", "v".repeat(78));
+        for k in ["a", "b"] {
+            let v = run(
+                &core,
+                &db,
+                &mut o,
+                0,
+                &req("kv.set", &format!(r#"["{k}",1]"#)),
+            );
+            assert_eq!(v["result"], true);
+        }
+        let v = run(&core, &db, &mut o, 0, &req("kv.incr", r#"["c"]"#));
+        assert_eq!(v["error"]["code"], code::LIMIT);
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_keys (2)"));
+        let v = run(
+            &core,
+            &db,
+            &mut o,
+            0,
+            &req("kv.set", &format!(r#"["a",{mid}]"#)),
+        );
+        assert_eq!(v["result"], true);
+        let v = run(
+            &core,
+            &db,
+            &mut o,
+            0,
+            &req("kv.cas", &format!(r#"["b",1,{mid}]"#)),
+        );
+        assert_eq!(v["error"]["code"], code::LIMIT);
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("kv.cas: the store would hold 162 bytes"));
+        assert_eq!(o.delta(), (2, 1 + 80 + 2));
+    }
+
+    #[test]
+    fn reads_that_miss_the_cache_go_to_the_writer() {
+        let (core, _dir) = core();
+        let reader = core.store.read();
+        let view = View::Read(&reader);
+        let needs = |line: &str| needs_writer(&view, &jsonrpc::parse(line.as_bytes(), 10));
+        assert!(needs(&req("kv.get", r#"["a"]"#)), "not cached");
+        assert!(needs(&req("kv.keys", "{}")));
+        assert!(needs(&req("kv.set", r#"["a",1]"#)));
+        assert!(
+            !needs(&req("kv.get", r#"{"kee":"a"}"#)),
+            "an error is answered at once"
+        );
+        assert!(!needs(&req("sys.ping", "[]")));
+        drop(reader);
+        core.store.fill(vec![("a".into(), None)]);
+        let reader = core.store.read();
+        let view = View::Read(&reader);
+        assert!(!needs_writer(
+            &view,
+            &jsonrpc::parse(req("kv.get", r#"["a"]"#).as_bytes(), 10)
+        ));
     }
 
     #[test]

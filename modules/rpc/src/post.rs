@@ -161,7 +161,7 @@ pub fn on_message(
     };
     let core = &*rpc.core;
     let msg = jsonrpc::parse(&body, core.cfg.max_batch);
-    if needs_writer(&msg) {
+    if needs_writer(&View::Read(&core.store.read()), &msg) {
         return Verdict::defer(total);
     }
     respond(out, &answer_reads(core, &msg), total, keep)
@@ -235,10 +235,11 @@ fn keep_start(rpc: &Rpc, conn: u64, partial: Vec<u8>) {
 fn answer(rpc: &Rpc, body: &[u8]) -> Vec<u8> {
     let core = &*rpc.core;
     let msg = jsonrpc::parse(body, core.cfg.max_batch);
-    if needs_writer(&msg) {
+    if needs_writer(&View::Read(&core.store.read()), &msg) {
         return rpc
             .writer
-            .call(0, Kind::Body, body.to_vec())
+            .call(0, Kind::Body, body.to_vec(), usize::MAX)
+            .map(|r| r.out)
             .unwrap_or_else(|e| {
                 let mut v = Vec::new();
                 jsonrpc::write_all_errors(&mut v, &msg, &e);

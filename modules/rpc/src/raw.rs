@@ -135,7 +135,7 @@ pub fn on_message(rpc: &Rpc, conn: u64, input: &[u8], out: &mut RVec<u8>) -> Ver
     let mut answered = 0;
     while let Some((line, end)) = lines.next() {
         let msg = jsonrpc::parse(line, core.cfg.max_batch);
-        if !needs_writer(&msg) {
+        if !needs_writer(&env.view, &msg) {
             if eval_message(&mut env, &msg, out) {
                 out.put(b"\n");
             }
@@ -161,6 +161,7 @@ pub fn on_message(rpc: &Rpc, conn: u64, input: &[u8], out: &mut RVec<u8>) -> Ver
             conn,
             kind: Kind::Lines,
             input: q,
+            budget: usize::MAX,
             reply: tx,
         };
         let pending = rpc.writer.submit(sub).then_some(rx);
@@ -212,9 +213,9 @@ pub fn on_deferred<S: Sink>(rpc: &Rpc, conn: u64, input: &[u8], out: &mut S) -> 
         core.conns.take(conn)
     };
     if let Some(rx) = st.pending.take() {
-        let close = match rx.recv() {
+        let close = match crate::wait(core.host, || rx.recv()) {
             Ok(reply) => {
-                out.put(&reply);
+                out.put(&reply.out);
                 false
             }
             Err(_) => {
@@ -263,7 +264,7 @@ pub fn on_deferred<S: Sink>(rpc: &Rpc, conn: u64, input: &[u8], out: &mut S) -> 
                 continue;
             }
             let msg = jsonrpc::parse(line, core.cfg.max_batch);
-            if needs_writer(&msg) {
+            if needs_writer(&env.view, &msg) {
                 let mut q = Vec::new();
                 push_line(&mut q, line);
                 queue = Some(q);
@@ -275,8 +276,8 @@ pub fn on_deferred<S: Sink>(rpc: &Rpc, conn: u64, input: &[u8], out: &mut S) -> 
         }
     }
     if let Some(q) = queue {
-        match rpc.writer.call(conn, Kind::Lines, q) {
-            Ok(reply) => out.put(&reply),
+        match rpc.writer.call(conn, Kind::Lines, q, usize::MAX) {
+            Ok(reply) => out.put(&reply.out),
             Err(e) => {
                 jsonrpc::write_error(out, None, &e);
                 out.put(b"\n");

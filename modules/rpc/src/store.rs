@@ -1,17 +1,35 @@
-//! The key-value data in memory: the committed map that every read sees,
-//! and the overlay in which the writer evaluates a batch before it commits.
+//! The key-value data as the rest of the module sees it: a bounded cache
+//! of committed values that the event loops read, the store's totals, and
+//! the writer's view of a batch (cache, then SQLite, under the batch's
+//! overlay) with the limits every write is checked against.
 //!
-//! The map holds exactly what the database holds (minus expired keys not
-//! purged yet, which reads skip): the writer changes it only after the
-//! batch that made the change has committed. So a reader never sees a
-//! value that a crash could take back.
+//! SQLite ([`crate::db`]) holds every key; memory holds at most
+//! `cache_bytes` of values. The cache is changed only by the writer
+//! thread — with the values of a batch once it has committed, and with
+//! what it read from SQLite for a batch — so a fill can never overwrite a
+//! newer write, and a reader never sees a value that a crash could take
+//! back. A read that finds its key cached (as a value or as "absent") is
+//! answered on the event loop; any other goes to the writer (see
+//! [`crate::methods::needs_writer`]).
+//!
+//! Eviction is CLOCK (second chance): a read marks its slot with an
+//! atomic flag under the shared lock, so readers never take the write
+//! lock; the writer sweeps the ring when the cache is over its budget.
 
-use std::collections::{BTreeSet, HashMap};
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::ops::Bound;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::value::RawValue;
+
+use crate::config::Config;
+use crate::db::{Db, ReadDb, Totals};
+use crate::jsonrpc::{code, RpcError};
 
 /// Milliseconds since the Unix epoch: the clock TTLs are measured on.
 pub fn now_ms() -> u64 {
@@ -22,6 +40,12 @@ pub fn now_ms() -> u64 {
 
 /// Changes made visible per write-lock hold in [`Store::apply`].
 const APPLY_SLICE: usize = 1024;
+/// Bytes a cache slot costs besides its key and value (map entry, ring
+/// entry, allocation headers), so that many small or absent keys count.
+const SLOT_OVERHEAD: usize = 96;
+/// A value costing more than this share of `cache_bytes` is never cached
+/// (it would push out everything else): reads of it go to the writer.
+const MAX_SHARE: usize = 8;
 
 /// A stored value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,206 +63,546 @@ impl Entry {
     }
 }
 
-/// The committed data: a hash map for point lookups, and the keys in
-/// order for `kv.keys` (touched only when a key appears or goes).
-#[derive(Debug, Default)]
-pub struct Map {
-    entries: HashMap<Arc<str>, Entry>,
-    ordered: BTreeSet<Arc<str>>,
+/// A row as the cache knows it: `None` means "no such key".
+type Row = Option<Entry>;
+
+struct Slot {
+    row: Row,
+    /// Read since the clock hand last passed (second chance).
+    hot: AtomicBool,
 }
 
-impl Map {
-    pub fn new() -> Map {
-        Map::default()
+fn cost(key: &str, row: &Row) -> usize {
+    key.len() + row.as_ref().map_or(0, |e| e.value.len()) + SLOT_OVERHEAD
+}
+
+/// Committed rows, bounded by `cap` bytes.
+struct Cache {
+    slots: HashMap<Arc<str>, Slot>,
+    /// Clock order; may hold keys no longer cached (skipped).
+    ring: VecDeque<Arc<str>>,
+    bytes: usize,
+    cap: usize,
+}
+
+impl Cache {
+    fn new(cap: usize) -> Cache {
+        Cache {
+            slots: HashMap::new(),
+            ring: VecDeque::new(),
+            bytes: 0,
+            cap,
+        }
     }
 
-    pub fn get(&self, key: &str) -> Option<&Entry> {
-        self.entries.get(key)
+    fn get(&self, key: &str) -> Option<&Row> {
+        let slot = self.slots.get(key)?;
+        if !slot.hot.load(Ordering::Relaxed) {
+            slot.hot.store(true, Ordering::Relaxed);
+        }
+        Some(&slot.row)
     }
 
-    pub fn contains_key(&self, key: &str) -> bool {
-        self.entries.contains_key(key)
-    }
-
-    pub fn insert(&mut self, key: &str, entry: Entry) {
-        match self.entries.get_mut(key) {
-            Some(e) => *e = entry,
+    /// Caches `row` for `key` (the committed state), or forgets the key if
+    /// the row is too big to cache. Does not evict.
+    fn put(&mut self, key: &str, row: Row) {
+        let c = cost(key, &row);
+        if c > self.cap / MAX_SHARE {
+            self.remove(key);
+            return;
+        }
+        match self.slots.get_mut(key) {
+            Some(slot) => {
+                self.bytes = self.bytes - cost(key, &slot.row) + c;
+                slot.row = row;
+            }
             None => {
                 let key: Arc<str> = Arc::from(key);
-                self.ordered.insert(key.clone());
-                self.entries.insert(key, entry);
+                self.ring.push_back(key.clone());
+                self.slots.insert(
+                    key,
+                    Slot {
+                        row,
+                        hot: AtomicBool::new(false),
+                    },
+                );
+                self.bytes += c;
             }
         }
     }
 
-    pub fn remove(&mut self, key: &str) {
-        if self.entries.remove(key).is_some() {
-            self.ordered.remove(key);
+    fn remove(&mut self, key: &str) {
+        if let Some(slot) = self.slots.remove(key) {
+            self.bytes -= cost(key, &slot.row);
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// Every entry, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Entry)> {
-        self.entries.iter().map(|(k, e)| (&**k, e))
-    }
-
-    /// Entries in key order from `start`.
-    pub fn range_from<'a>(
-        &'a self,
-        start: Bound<&'a str>,
-    ) -> impl Iterator<Item = (&'a str, &'a Entry)> {
-        self.ordered
-            .range::<str, _>((start, Bound::Unbounded))
-            .filter_map(|k| self.entries.get(k).map(|e| (&**k, e)))
+    /// Drops cold slots until the cache fits its budget.
+    fn evict(&mut self) {
+        while self.bytes > self.cap {
+            let Some(key) = self.ring.pop_front() else {
+                break;
+            };
+            // A ring entry is current only if it is the map's own key (a
+            // key removed and cached again has a newer ring entry).
+            let current = self
+                .slots
+                .get_key_value(&*key)
+                .filter(|(k, _)| Arc::ptr_eq(k, &key));
+            match current {
+                None => continue,
+                Some((_, slot)) if slot.hot.swap(false, Ordering::Relaxed) => {
+                    self.ring.push_back(key);
+                }
+                Some(_) => self.remove(&key),
+            }
+        }
+        if self.ring.len() > 2 * self.slots.len() + 64 {
+            let slots = &self.slots;
+            self.ring.retain(|k| {
+                slots
+                    .get_key_value(&**k)
+                    .is_some_and(|(m, _)| Arc::ptr_eq(m, k))
+            });
+        }
     }
 }
 
-/// Keys with the expiry they had when found expired.
-pub type Expired = Vec<(Box<str>, u64)>;
+/// What the cache says about a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cached<'a> {
+    /// The committed row (`None`: no such key); expired ones included.
+    Hit(Option<&'a Entry>),
+    /// Not cached: ask SQLite.
+    Miss,
+}
 
-/// Uncommitted changes of one batch: `None` deletes the key.
-pub type Overlay = HashMap<Box<str>, Option<Entry>>;
+/// Rows read from SQLite for a batch, to cache once it is evaluated.
+pub type Fills = Vec<(Box<str>, Row)>;
 
-/// The committed map behind a lock: readers on every event loop, one
-/// writer thread.
-#[derive(Default)]
+/// The data: the cache behind a lock (readers on every event loop, the
+/// writer thread changing it), and the totals.
 pub struct Store {
-    map: RwLock<Map>,
+    cache: RwLock<Cache>,
+    keys: AtomicU64,
+    bytes: AtomicU64,
+    path: PathBuf,
+    /// Opened on first use: see [`Reader::lookup_or_read`].
+    fallback: Mutex<Option<ReadDb>>,
 }
 
 impl Store {
-    pub fn new(map: Map) -> Store {
+    /// An empty store for the database at `path` with a cache of
+    /// `cache_bytes`.
+    pub fn new(path: &Path, cache_bytes: usize) -> Store {
         Store {
-            map: RwLock::new(map),
+            cache: RwLock::new(Cache::new(cache_bytes)),
+            keys: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            path: path.to_path_buf(),
+            fallback: Mutex::new(None),
         }
     }
 
-    /// Replaces everything (a generation taking over the database).
-    pub fn replace(&self, map: Map) {
-        *self.map.write().unwrap_or_else(|e| e.into_inner()) = map;
+    /// Starts over from the database's totals with an empty cache (a
+    /// generation taking the database over).
+    pub fn reset(&self, totals: Totals) {
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        *cache = Cache::new(cache.cap);
+        self.keys.store(totals.keys, Ordering::Release);
+        self.bytes.store(totals.bytes, Ordering::Release);
     }
 
-    /// A read lock on the committed map.
-    pub fn read(&self) -> RwLockReadGuard<'_, Map> {
-        self.map.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Makes a committed batch visible, a slice at a time so that readers
-    /// on the event loops never wait for a big batch as a whole.
-    pub fn apply(&self, overlay: Overlay) {
-        let mut changes = overlay.into_iter().peekable();
-        while changes.peek().is_some() {
-            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-            for (key, entry) in changes.by_ref().take(APPLY_SLICE) {
-                match entry {
-                    Some(e) => map.insert(&key, e),
-                    None => map.remove(&key),
-                }
-            }
+    /// A shared lock on the cache.
+    pub fn read(&self) -> Reader<'_> {
+        Reader {
+            cache: self.cache.read().unwrap_or_else(|e| e.into_inner()),
+            store: self,
         }
     }
 
-    /// Removes keys that are still expired with the same expiry (a purge
-    /// that has committed).
-    pub fn remove_expired(&self, keys: &[(Box<str>, u64)]) {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        for (key, at) in keys {
-            if map.get(key).is_some_and(|e| e.expires_at == *at) {
-                map.remove(key);
-            }
+    /// The committed totals.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            keys: self.keys.load(Ordering::Acquire),
+            bytes: self.bytes.load(Ordering::Acquire),
         }
     }
 
     /// Number of keys held (expired ones not yet purged included).
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.totals().keys as usize
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
 
-/// What a method evaluates against: the committed map alone (reads on an
-/// event loop), or the map under the writer's overlay.
-pub enum View<'a> {
-    Read(&'a Map),
-    Write {
-        map: &'a Map,
-        overlay: &'a mut Overlay,
-    },
-}
-
-impl View<'_> {
-    /// The live entry for `key`.
-    pub fn get(&self, key: &str, now: u64) -> Option<&Entry> {
-        let found = match self {
-            View::Read(map) => map.get(key),
-            View::Write { map, overlay } => match overlay.get(key) {
-                Some(e) => e.as_ref(),
-                None => map.get(key),
-            },
-        };
-        found.filter(|e| e.live(now))
+    /// Bytes of values and keys cached.
+    pub fn cached_bytes(&self) -> usize {
+        self.cache.read().unwrap_or_else(|e| e.into_inner()).bytes
     }
 
-    /// Sets or deletes `key`. Only the writer's view can change anything.
-    pub fn put(&mut self, key: &str, entry: Option<Entry>) {
-        match self {
-            View::Read(_) => unreachable!("a write method was evaluated outside the writer"),
-            View::Write { overlay, .. } => {
-                overlay.insert(key.into(), entry);
+    /// Caches rows read from SQLite (writer only: nothing can have
+    /// committed in between).
+    pub fn fill(&self, fills: Fills) {
+        if fills.is_empty() {
+            return;
+        }
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        for (key, row) in fills {
+            cache.put(&key, row);
+        }
+        cache.evict();
+    }
+
+    /// Makes a committed batch visible (its fills first, then its
+    /// changes), a slice at a time so that readers on the event loops
+    /// never wait for a big batch as a whole.
+    pub fn apply(&self, overlay: Overlay) {
+        let (keys, bytes) = overlay.delta();
+        self.fill(overlay.fills);
+        let mut changes = overlay.changes.into_iter().peekable();
+        while changes.peek().is_some() {
+            let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+            for (key, row) in changes.by_ref().take(APPLY_SLICE) {
+                cache.put(&key, row);
             }
+            cache.evict();
+        }
+        add(&self.keys, keys);
+        add(&self.bytes, bytes);
+    }
+
+    /// Forgets purged keys (their purge has committed).
+    pub fn purged(&self, keys: &[(Box<str>, u64)], gone: Totals) {
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        for (key, _) in keys {
+            // Only keys already cached: a purge must not fill the cache.
+            if cache.slots.contains_key(&**key) {
+                cache.put(key, None);
+            }
+        }
+        cache.evict();
+        drop(cache);
+        add(&self.keys, -(gone.keys as i64));
+        add(&self.bytes, -(gone.bytes as i64));
+    }
+
+    fn read_fallback(&self, key: &str) -> Result<Row, RpcError> {
+        let mut db = self.fallback.lock().unwrap_or_else(|e| e.into_inner());
+        if db.is_none() {
+            *db = Some(ReadDb::open(&self.path).map_err(|e| storage(&e))?);
+        }
+        let db = db.as_ref().expect("opened above");
+        db.get(key).map_err(|e| storage(&e))
+    }
+
+    fn scan_fallback(
+        &self,
+        start: Bound<&str>,
+        f: impl FnMut(&str, u64) -> bool,
+    ) -> Result<(), RpcError> {
+        let mut db = self.fallback.lock().unwrap_or_else(|e| e.into_inner());
+        if db.is_none() {
+            *db = Some(ReadDb::open(&self.path).map_err(|e| storage(&e))?);
+        }
+        let db = db.as_ref().expect("opened above");
+        db.scan_keys(start, f).map_err(|e| storage(&e))
+    }
+}
+
+fn add(n: &AtomicU64, delta: i64) {
+    if delta >= 0 {
+        n.fetch_add(delta as u64, Ordering::AcqRel);
+    } else {
+        let _ = n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            Some(v.saturating_sub(delta.unsigned_abs()))
+        });
+    }
+}
+
+fn storage(e: &dyn fmt::Display) -> RpcError {
+    RpcError::new(code::STORAGE, format!("storage error: {e}"))
+}
+
+/// A shared lock on the cache (see [`Store::read`]).
+pub struct Reader<'a> {
+    cache: RwLockReadGuard<'a, Cache>,
+    store: &'a Store,
+}
+
+impl Reader<'_> {
+    /// What the cache holds for `key`.
+    pub fn lookup(&self, key: &str) -> Cached<'_> {
+        match self.cache.get(key) {
+            Some(row) => Cached::Hit(row.as_ref()),
+            None => Cached::Miss,
         }
     }
 
-    /// Up to `limit` live keys starting with `prefix`, after `after`, in
-    /// order.
-    pub fn keys(&self, prefix: &str, after: Option<&str>, limit: usize, now: u64) -> Vec<String> {
-        let (map, overlay) = match self {
-            View::Read(map) => (*map, None),
-            View::Write { map, overlay } => (*map, Some(&**overlay)),
+    /// The committed row of `key`: from the cache, else read from SQLite
+    /// on this thread. Only a key evicted after [`crate::methods::needs_writer`]
+    /// routed its read here gets that far, so the read connection is
+    /// rarely used.
+    fn lookup_or_read(&self, key: &str) -> Result<Cow<'_, Entry>, Option<RpcError>> {
+        match self.lookup(key) {
+            Cached::Hit(Some(e)) => Ok(Cow::Borrowed(e)),
+            Cached::Hit(None) => Err(None),
+            Cached::Miss => match self.store.read_fallback(key) {
+                Ok(Some(e)) => Ok(Cow::Owned(e)),
+                Ok(None) => Err(None),
+                Err(e) => Err(Some(e)),
+            },
+        }
+    }
+
+    /// The cached committed entry of `key` (for tests and status).
+    pub fn get(&self, key: &str) -> Option<&Entry> {
+        match self.lookup(key) {
+            Cached::Hit(e) => e,
+            Cached::Miss => None,
+        }
+    }
+}
+
+/// A limit a write would pass; nothing is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    ValueBytes { size: usize, max: usize },
+    Keys { max: u64 },
+    TotalBytes { would: u64, max: u64 },
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::ValueBytes { size, max } => {
+                write!(f, "value of {size} bytes exceeds max_value_bytes ({max})")
+            }
+            Limit::Keys { max } => write!(
+                f,
+                "the store holds max_keys ({max}) keys; delete some or raise the limit"
+            ),
+            Limit::TotalBytes { would, max } => write!(
+                f,
+                "the store would hold {would} bytes of keys and values, over max_total_bytes ({max})"
+            ),
+        }
+    }
+}
+
+/// Uncommitted changes of one batch, what they do to the totals, and the
+/// rows read from SQLite while evaluating it.
+#[derive(Debug, Default)]
+pub struct Overlay {
+    changes: HashMap<Box<str>, Row>,
+    keys: i64,
+    bytes: i64,
+    fills: Fills,
+}
+
+impl Overlay {
+    /// Records that `key` becomes `row`; `before` is the size of its value
+    /// as the batch saw it so far (`None`: absent).
+    pub fn record(&mut self, key: &str, row: Row, before: Option<u64>) {
+        let size = |v: Option<u64>| v.map_or(0, |v| key.len() as i64 + v as i64);
+        let after = row.as_ref().map(|e| e.value.len() as u64);
+        self.keys += after.is_some() as i64 - before.is_some() as i64;
+        self.bytes += size(after) - size(before);
+        self.changes.insert(key.into(), row);
+    }
+
+    /// What the batch adds to the key count and to the bytes.
+    pub fn delta(&self) -> (i64, i64) {
+        (self.keys, self.bytes)
+    }
+
+    pub fn changes(&self) -> impl Iterator<Item = (&str, &Row)> {
+        self.changes.iter().map(|(k, r)| (&**k, r))
+    }
+
+    /// The batch's own row for `key`, if it changed it.
+    pub fn get(&self, key: &str) -> Option<&Row> {
+        self.changes.get(key)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// The rows read from SQLite (kept when the batch fails to commit:
+    /// they were committed before it).
+    pub fn take_fills(&mut self) -> Fills {
+        std::mem::take(&mut self.fills)
+    }
+}
+
+/// What a method evaluates against: the cache alone (reads on an event
+/// loop or a pool thread), or the writer's batch.
+pub enum View<'a> {
+    Read(&'a Reader<'a>),
+    Write {
+        reader: &'a Reader<'a>,
+        /// `None` while the generation waits for the database.
+        db: Option<&'a Db>,
+        overlay: &'a mut Overlay,
+        cfg: &'a Config,
+    },
+}
+
+fn no_db() -> RpcError {
+    RpcError::new(
+        code::STORAGE,
+        "storage error: the database is not open (another process owns it)",
+    )
+}
+
+impl View<'_> {
+    /// Whether a read of `key` can be answered without SQLite.
+    pub fn cached(&self, key: &str) -> bool {
+        match self {
+            View::Read(r) => r.lookup(key) != Cached::Miss,
+            View::Write { .. } => true,
+        }
+    }
+
+    /// The live entry for `key`.
+    pub fn get(&mut self, key: &str, now: u64) -> Result<Option<Cow<'_, Entry>>, RpcError> {
+        let found = match self {
+            View::Read(r) => match r.lookup_or_read(key) {
+                Ok(e) => Some(e),
+                Err(None) => None,
+                Err(Some(e)) => return Err(e),
+            },
+            View::Write {
+                reader,
+                db,
+                overlay,
+                ..
+            } => match overlay.changes.get(key) {
+                Some(row) => row.as_ref().map(Cow::Borrowed),
+                None => match reader.lookup(key) {
+                    Cached::Hit(e) => e.map(Cow::Borrowed),
+                    Cached::Miss => {
+                        let db = db.ok_or_else(no_db)?;
+                        let row = db.get(key).map_err(|e| storage(&e))?;
+                        let cap = reader.cache.cap / MAX_SHARE;
+                        if cost(key, &row) <= cap {
+                            overlay.fills.push((key.into(), row.clone()));
+                        }
+                        row.map(Cow::Owned)
+                    }
+                },
+            },
         };
+        Ok(found.filter(|e| e.live(now)))
+    }
+
+    /// Sets or deletes `key`, unless that would pass a limit. Only the
+    /// writer's view can change anything.
+    pub fn put(&mut self, key: &str, row: Row) -> Result<Result<(), Limit>, RpcError> {
+        let View::Write {
+            reader,
+            db,
+            overlay,
+            cfg,
+        } = self
+        else {
+            unreachable!("a write method was evaluated outside the writer")
+        };
+        let before = match overlay.changes.get(key) {
+            Some(r) => r.as_ref().map(|e| e.value.len() as u64),
+            None => match reader.lookup(key) {
+                Cached::Hit(e) => e.map(|e| e.value.len() as u64),
+                Cached::Miss => db
+                    .ok_or_else(no_db)?
+                    .value_size(key)
+                    .map_err(|e| storage(&e))?,
+            },
+        };
+        if let Some(e) = &row {
+            let size = e.value.len();
+            if size > cfg.max_value_bytes {
+                return Ok(Err(Limit::ValueBytes {
+                    size,
+                    max: cfg.max_value_bytes,
+                }));
+            }
+            let committed = reader.store.totals();
+            let (dk, db_) = overlay.delta();
+            let keys = (committed.keys as i64 + dk).max(0) as u64;
+            let bytes = (committed.bytes as i64 + db_).max(0) as u64;
+            if before.is_none() && keys >= cfg.max_keys {
+                return Ok(Err(Limit::Keys { max: cfg.max_keys }));
+            }
+            let old = before.map_or(0, |b| key.len() as u64 + b);
+            let would = bytes - old.min(bytes) + key.len() as u64 + size as u64;
+            // A write that does not grow the store is always allowed (the
+            // limit may have been lowered below what is stored).
+            if would > cfg.max_total_bytes && would > bytes {
+                return Ok(Err(Limit::TotalBytes {
+                    would,
+                    max: cfg.max_total_bytes,
+                }));
+            }
+        }
+        overlay.record(key, row, before);
+        Ok(Ok(()))
+    }
+
+    /// Up to `limit` live keys starting with `prefix`, after `after`, in
+    /// order, from SQLite (under the batch's changes in the writer).
+    pub fn keys(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<String>, RpcError> {
         let start = match after {
             Some(a) if a >= prefix => Bound::Excluded(a),
             _ => Bound::Included(prefix),
         };
+        let overlay = match self {
+            View::Read(_) => None,
+            View::Write { overlay, .. } => Some(&**overlay),
+        };
         let mut keys: Vec<String> = Vec::new();
-        for (k, e) in map.range_from(start) {
+        // Keys the batch changed are taken from the overlay below.
+        let mut take = |k: &str, at: u64| {
             if !k.starts_with(prefix) || keys.len() >= limit {
-                break;
+                return false;
             }
-            let visible = match overlay.and_then(|o| o.get(k)) {
-                Some(changed) => changed.as_ref().is_some_and(|e| e.live(now)),
-                None => e.live(now),
-            };
-            if visible {
+            let changed = overlay.is_some_and(|o| o.changes.contains_key(k));
+            if !changed && (at == 0 || at > now) {
                 keys.push(k.to_string());
             }
+            true
+        };
+        match self {
+            View::Read(r) => r.store.scan_fallback(start, &mut take)?,
+            View::Write { db, .. } => db
+                .ok_or_else(no_db)?
+                .scan_keys(start, &mut take)
+                .map_err(|e| storage(&e))?,
         }
         if let Some(overlay) = overlay {
             let after_ok = |k: &str| after.map_or(true, |a| k > a);
-            for (k, e) in overlay {
-                let new = e.as_ref().is_some_and(|e| e.live(now))
-                    && k.starts_with(prefix)
-                    && after_ok(k)
-                    && !map.contains_key(k);
-                if new {
+            for (k, row) in &overlay.changes {
+                if row.as_ref().is_some_and(|e| e.live(now)) && k.starts_with(prefix) && after_ok(k)
+                {
                     keys.push(k.to_string());
                 }
             }
             keys.sort_unstable();
             keys.truncate(limit);
         }
-        keys
+        Ok(keys)
     }
 }
 
@@ -275,36 +639,191 @@ pub fn json_eq(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SyncMode;
 
-    fn entry(v: &str, at: u64) -> Option<Entry> {
+    fn entry(v: &str, at: u64) -> Row {
         Some(Entry {
             value: v.into(),
             expires_at: at,
         })
     }
 
-    #[test]
-    fn overlay_shadows_map() {
-        let mut map = Map::new();
-        for k in ["a1", "a2", "a3", "b1"] {
-            map.insert(k, entry("1", 0).unwrap());
+    fn setup(cache: usize) -> (crate::testdir::TestDir, Db, Store, Config) {
+        let dir = crate::testdir::TestDir::new("store");
+        let cfg = Config::from_json(
+            &serde_json::json!({"cache_bytes": cache, "max_keys": 6, "max_total_bytes": 200,
+                "max_line_bytes": 100, "max_value_bytes": 50}),
+            dir.path(),
+        )
+        .unwrap();
+        let db = Db::open(&cfg.db, SyncMode::Normal).unwrap();
+        let store = Store::new(&cfg.db, cfg.cache_bytes);
+        (dir, db, store, cfg)
+    }
+
+    /// Evaluates `f` as one batch, commits it and makes it visible.
+    fn batch(db: &mut Db, store: &Store, cfg: &Config, f: impl FnOnce(&mut View<'_>)) {
+        let mut overlay = Overlay::default();
+        {
+            let reader = store.read();
+            let mut view = View::Write {
+                reader: &reader,
+                db: Some(db),
+                overlay: &mut overlay,
+                cfg,
+            };
+            f(&mut view);
         }
-        map.insert("a4", entry("1", 5).unwrap()); // expired at now=10
-        let mut overlay = Overlay::new();
+        db.commit(&overlay).unwrap();
+        store.apply(overlay);
+    }
+
+    #[test]
+    fn overlay_shadows_the_database() {
+        let (_dir, mut db, store, cfg) = setup(1 << 20);
+        batch(&mut db, &store, &cfg, |v| {
+            for k in ["a1", "a2", "a3", "b1"] {
+                v.put(k, entry("1", 0)).unwrap().unwrap();
+            }
+            v.put("a4", entry("1", 5)).unwrap().unwrap(); // expired at now=10
+        });
+        let reader = store.read();
+        let mut overlay = Overlay::default();
         let mut view = View::Write {
-            map: &map,
+            reader: &reader,
+            db: Some(&db),
             overlay: &mut overlay,
+            cfg: &cfg,
         };
-        view.put("a2", None);
-        view.put("a0", entry("2", 0));
-        view.put("a5", entry("2", 20));
-        assert!(view.get("a2", 10).is_none());
-        assert_eq!(&*view.get("a0", 10).unwrap().value, "2");
-        assert!(view.get("a4", 10).is_none());
-        assert_eq!(view.keys("a", None, 10, 10), ["a0", "a1", "a3", "a5"]);
-        assert_eq!(view.keys("a", Some("a1"), 2, 10), ["a3", "a5"]);
-        assert_eq!(View::Read(&map).keys("a", None, 2, 10), ["a1", "a2"]);
-        assert_eq!(View::Read(&map).keys("", Some("a4"), 10, 10), ["b1"]);
+        view.put("a2", None).unwrap().unwrap();
+        view.put("a0", entry("2", 0)).unwrap().unwrap();
+        view.put("a5", entry("2", 20)).unwrap().unwrap();
+        assert!(view.get("a2", 10).unwrap().is_none());
+        assert_eq!(&*view.get("a0", 10).unwrap().unwrap().value, "2");
+        assert!(view.get("a4", 10).unwrap().is_none());
+        assert_eq!(
+            view.keys("a", None, 10, 10).unwrap(),
+            ["a0", "a1", "a3", "a5"]
+        );
+        assert_eq!(view.keys("a", Some("a1"), 2, 10).unwrap(), ["a3", "a5"]);
+        assert_eq!(
+            View::Read(&reader).keys("a", None, 2, 10).unwrap(),
+            ["a1", "a2"]
+        );
+        assert_eq!(
+            View::Read(&reader).keys("", Some("a4"), 10, 10).unwrap(),
+            ["b1"]
+        );
+    }
+
+    #[test]
+    fn limits_and_exact_totals() {
+        let (_dir, mut db, store, cfg) = setup(1 << 20);
+        batch(&mut db, &store, &cfg, |v| {
+            let big = format!("\"{}\"", "x".repeat(49));
+            assert_eq!(
+                v.put("k", entry(&big, 0)).unwrap(),
+                Err(Limit::ValueBytes { size: 51, max: 50 })
+            );
+            for i in 0..6 {
+                v.put(&format!("k{i}"), entry("12345", 0)).unwrap().unwrap();
+            }
+            assert_eq!(
+                v.put("k6", entry("1", 0)).unwrap(),
+                Err(Limit::Keys { max: 6 })
+            );
+            // Overwriting and deleting stay possible at the key limit.
+            v.put("k0", entry("1", 0)).unwrap().unwrap();
+            v.put("k1", None).unwrap().unwrap();
+        });
+        assert_eq!(
+            store.totals(),
+            Totals {
+                keys: 5,
+                bytes: 3 + 4 * 7
+            }
+        );
+        assert_eq!(db.totals().unwrap(), store.totals());
+        batch(&mut db, &store, &cfg, |v| {
+            let v40 = format!("\"{}\"", "y".repeat(38));
+            for k in ["k2", "k3", "k4", "k5"] {
+                v.put(k, entry(&v40, 0)).unwrap().unwrap();
+            }
+            // 3 + 4 * 42 = 171 bytes; k0 growing to 42 would make 210.
+            let e = v.put("k0", entry(&v40, 0)).unwrap().unwrap_err();
+            assert_eq!(
+                e,
+                Limit::TotalBytes {
+                    would: 210,
+                    max: 200
+                }
+            );
+            assert!(e.to_string().contains("max_total_bytes (200)"), "{e}");
+        });
+        assert_eq!(db.totals().unwrap(), store.totals());
+    }
+
+    #[test]
+    fn reads_fill_a_bounded_cache() {
+        let (_dir, mut db, store, cfg) = setup(4000);
+        let v = format!("\"{}\"", "v".repeat(500));
+        batch(&mut db, &store, &cfg, |view| {
+            for i in 0..6 {
+                view.put(&format!("k{i}"), entry("1", 0)).unwrap().unwrap();
+            }
+        });
+        // Committed writes are cached; a value over 1/8 of the cache is not.
+        let mut o = Overlay::default();
+        o.record("big", entry(&v, 0), None);
+        db.commit(&o).unwrap();
+        store.apply(o);
+        assert_eq!(store.read().lookup("big"), Cached::Miss);
+        assert!(matches!(store.read().lookup("k1"), Cached::Hit(Some(_))));
+        // A miss in the writer reads SQLite and caches what it found,
+        // absent keys included.
+        store.reset(db.totals().unwrap());
+        assert_eq!(store.read().lookup("k1"), Cached::Miss);
+        batch(&mut db, &store, &cfg, |view| {
+            assert_eq!(&*view.get("k1", 0).unwrap().unwrap().value, "1");
+            assert!(view.get("nope", 0).unwrap().is_none());
+        });
+        assert!(matches!(store.read().lookup("k1"), Cached::Hit(Some(_))));
+        assert_eq!(store.read().lookup("nope"), Cached::Hit(None));
+        // Many keys: the cache stays within its budget.
+        for i in 0..200 {
+            store.fill(vec![(format!("n{i}").into(), None)]);
+            assert!(store.cached_bytes() <= 4000);
+        }
+        // A read view falls back to SQLite for a key that is not cached.
+        let reader = store.read();
+        let mut view = View::Read(&reader);
+        assert_eq!(&*view.get("big", 0).unwrap().unwrap().value, &*v);
+    }
+
+    #[test]
+    fn eviction_gives_read_slots_a_second_chance() {
+        let one = SLOT_OVERHEAD + 3; // key "kN", value "1"
+        let mut c = Cache::new(MAX_SHARE * one);
+        for i in 0..MAX_SHARE {
+            c.put(&format!("k{i}"), entry("1", 0));
+        }
+        c.evict();
+        assert_eq!(c.slots.len(), MAX_SHARE, "fits");
+        assert!(c.get("k0").is_some(), "read: hot");
+        c.put("k8", entry("1", 0));
+        c.evict();
+        assert!(c.get("k0").is_some(), "kept for its read");
+        assert!(c.get("k1").is_none(), "the coldest went");
+        assert_eq!(c.bytes, MAX_SHARE * one);
+        // A key removed and cached again is evicted by its own ring entry.
+        c.remove("k2");
+        c.put("k2", entry("2", 0));
+        for i in 9..30 {
+            c.put(&format!("k{i}"), entry("1", 0));
+            c.evict();
+            assert!(c.bytes <= c.cap);
+        }
+        assert!(c.ring.len() <= 2 * c.slots.len() + 64);
     }
 
     #[test]

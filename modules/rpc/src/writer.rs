@@ -11,9 +11,18 @@
 //! the batch, and sends the replies. A batch that fails to commit changes
 //! nothing and every request in it is answered with -32020.
 //!
-//! Between batches it purges expired keys and checkpoints the WAL.
+//! A submission's reply is bounded: once it passes the submission's
+//! `budget`, no further line of it is evaluated, and the reply says how
+//! much of the input it answered ([`Reply::taken`]); the caller hands the
+//! rest in again later. So a connection that pipelines thousands of reads
+//! of a big value behind one write never builds a reply of gigabytes.
+//!
+//! Between batches it purges expired keys (found through SQLite's expiry
+//! index), gives free pages back to the file system a step at a time
+//! (incremental vacuum), and checkpoints the WAL — truncating it when
+//! idle. These run only while the generation is live: a frozen one must
+//! not change the database under its successor.
 
-use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -26,8 +35,8 @@ use crate::handoff::Mode;
 use crate::jsonrpc::{self, code, RpcError};
 use crate::methods::{eval_message, Env, Note};
 use crate::owner::Owner;
-use crate::store::{now_ms, Expired, Map, Overlay, View};
-use crate::Core;
+use crate::store::{now_ms, Overlay, Reader, View};
+use crate::{Core, HostApi};
 
 /// Most submissions evaluated in one batch (one transaction).
 const MAX_BATCH: usize = 4096;
@@ -35,6 +44,10 @@ const MAX_BATCH: usize = 4096;
 const MAX_PURGE: usize = 10_000;
 /// How often a generation in standby tries to take the database over.
 const STANDBY_POLL: Duration = Duration::from_millis(20);
+
+/// How long the writer waits for work before a step of vacuum while the
+/// database has free pages (so that writes are never held up by it).
+const VACUUM_PAUSE: Duration = Duration::from_millis(2);
 
 /// How a submission's input is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +64,22 @@ pub struct Submission {
     pub conn: u64,
     pub kind: Kind,
     pub input: Vec<u8>,
+    /// Reply bytes after which no further line is evaluated (`Lines`
+    /// only; the first line always is).
+    pub budget: usize,
     /// Where the reply goes once the batch has committed.
-    pub reply: SyncSender<Vec<u8>>,
+    pub reply: SyncSender<Reply>,
+}
+
+/// The answer to a submission.
+#[derive(Debug, Default)]
+pub struct Reply {
+    /// The replies, each line's ending with a newline (`Lines`).
+    pub out: Vec<u8>,
+    /// Bytes of the input answered: all of it, or up to the end of the
+    /// line after which the reply passed the budget. Lines after that
+    /// were not evaluated (not written) and must be submitted again.
+    pub taken: usize,
 }
 
 enum Cmd {
@@ -67,18 +94,15 @@ enum Cmd {
 
 /// How the writer starts.
 pub enum Start {
-    /// This generation owns the database, already open and loaded.
-    Ready {
-        db: Db,
-        expired: Expired,
-        owner: Owner,
-    },
+    /// This generation owns the database, already open.
+    Ready { db: Db, owner: Owner },
     /// Another process owns it: take it over when it lets go.
     Standby,
 }
 
 /// The handle to the writer thread.
 pub struct Writer {
+    host: &'static dyn HostApi,
     tx: Mutex<Sender<Cmd>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -88,29 +112,28 @@ impl Writer {
     pub fn spawn(core: Arc<Core>, start: Start) -> Result<Writer, String> {
         let (tx, rx) = mpsc::channel();
         let now = Instant::now();
+        let host = core.host;
         let mut worker = Worker {
             core,
             db: None,
             owner: None,
-            expiry: BTreeSet::new(),
             dirty: false,
+            truncated: true,
+            vacuum: false,
             last_batch: 0,
             next_purge: now,
             next_checkpoint: now,
             standby_errors: 0,
         };
-        let expired = match start {
-            Start::Ready { db, expired, owner } => {
-                worker.take_over(db, owner);
-                expired
-            }
-            Start::Standby => Vec::new(),
-        };
+        if let Start::Ready { db, owner } = start {
+            worker.take_over(db, owner)?;
+        }
         let thread = std::thread::Builder::new()
             .name("rpc-writer".into())
-            .spawn(move || worker.run(rx, expired))
+            .spawn(move || worker.run(rx))
             .map_err(|e| format!("cannot start the writer thread: {e}"))?;
         Ok(Writer {
+            host,
             tx: Mutex::new(tx),
             thread: Mutex::new(Some(thread)),
         })
@@ -129,8 +152,16 @@ impl Writer {
         self.send(Cmd::Submit(s))
     }
 
-    /// Evaluates `input` in the writer and waits for the reply (blocks).
-    pub fn call(&self, conn: u64, kind: Kind, input: Vec<u8>) -> Result<Vec<u8>, RpcError> {
+    /// Evaluates `input` in the writer and waits for the reply (blocks;
+    /// the wait is not counted as a hang by the host). `budget` as in
+    /// [`Submission::budget`]; `usize::MAX` answers every line.
+    pub fn call(
+        &self,
+        conn: u64,
+        kind: Kind,
+        input: Vec<u8>,
+        budget: usize,
+    ) -> Result<Reply, RpcError> {
         let (tx, rx) = mpsc::sync_channel(1);
         let stopped =
             || RpcError::new(code::STORAGE, "the writer has stopped; nothing was written");
@@ -138,18 +169,19 @@ impl Writer {
             conn,
             kind,
             input,
+            budget,
             reply: tx,
         }) {
             return Err(stopped());
         }
-        rx.recv().map_err(|_| stopped())
+        crate::wait(self.host, || rx.recv()).map_err(|_| stopped())
     }
 
     /// Waits until everything queued so far is committed and delivered.
     pub fn barrier(&self) {
         let (tx, rx) = mpsc::sync_channel(1);
         if self.send(Cmd::Barrier(tx)) {
-            let _ = rx.recv();
+            let _ = crate::wait(self.host, || rx.recv());
         }
     }
 
@@ -179,11 +211,12 @@ struct Worker {
     owner: Option<Owner>,
     /// Failed attempts to open the database after taking the lock.
     standby_errors: u32,
-    /// (expiry, key) of every key written with a TTL; stale pairs (the key
-    /// changed since) are skipped when they come due.
-    expiry: BTreeSet<(u64, Box<str>)>,
     /// Commits since the last checkpoint.
     dirty: bool,
+    /// Whether the WAL was emptied since the last commit.
+    truncated: bool,
+    /// Whether the database has free pages to give back.
+    vacuum: bool,
     /// Submissions in the last batch.
     last_batch: usize,
     next_purge: Instant,
@@ -191,26 +224,17 @@ struct Worker {
 }
 
 impl Worker {
-    /// Starts serving from an open, loaded database.
-    fn take_over(&mut self, db: Db, owner: Owner) {
-        self.expiry.clear();
-        for (k, e) in self.core.store.read().iter() {
-            if e.expires_at != 0 {
-                self.expiry.insert((e.expires_at, Box::from(k)));
-            }
-        }
+    /// Starts serving from an open database: its totals, an empty cache.
+    fn take_over(&mut self, db: Db, owner: Owner) -> Result<(), String> {
+        let totals = db
+            .totals()
+            .map_err(|e| format!("cannot read the totals of the database: {e}"))?;
+        self.core.store.reset(totals);
+        self.vacuum = db.free_pages().unwrap_or(0) > 0;
         self.core.owner_fd.store(owner.fd(), Ordering::Release);
         self.db = Some(db);
         self.owner = Some(owner);
-    }
-
-    fn purge_loaded(&mut self, expired: &Expired) {
-        if let (Some(db), false) = (&mut self.db, expired.is_empty()) {
-            match db.purge(expired) {
-                Ok(()) => log::info!("purged {} keys that expired while stopped", expired.len()),
-                Err(e) => log::warn!("cannot purge expired keys: {e}"),
-            }
-        }
+        Ok(())
     }
 
     /// In standby: takes the database over once its owner let go.
@@ -227,26 +251,17 @@ impl Worker {
                 return;
             }
         };
-        let loaded = db::Db::open(&cfg.db, cfg.sync).and_then(|db| {
-            let (map, expired) = db.load(now_ms())?;
-            Ok((db, map, expired))
-        });
-        let (db, map, expired) = match loaded {
-            Ok(l) => l,
-            Err(e) => {
-                self.standby_error(&e);
-                return;
-            }
-        };
-        self.core.store.replace(map);
-        self.take_over(db, owner);
-        self.purge_loaded(&expired);
+        let taken = db::Db::open(&cfg.db, cfg.sync).and_then(|db| self.take_over(db, owner));
+        if let Err(e) = taken {
+            self.standby_error(&e);
+            return;
+        }
         let mut gate = self.core.gate.write().unwrap_or_else(|e| e.into_inner());
         if *gate == Mode::Standby {
             *gate = Mode::Live;
         }
         log::info!(
-            "the other owner of {} let go: {} keys loaded, serving",
+            "the other owner of {} let go: serving its {} keys",
             self.core.cfg.db.display(),
             self.core.store.len()
         );
@@ -259,11 +274,12 @@ impl Worker {
         self.standby_errors += 1;
     }
 
-    fn run(mut self, rx: Receiver<Cmd>, expired: Expired) {
-        self.purge_loaded(&expired);
+    fn run(mut self, rx: Receiver<Cmd>) {
         loop {
             let wait = if self.db.is_none() {
                 STANDBY_POLL
+            } else if self.vacuum && self.live() {
+                VACUUM_PAUSE
             } else {
                 self.next_purge
                     .min(self.next_checkpoint)
@@ -298,7 +314,7 @@ impl Worker {
                     }
                     Cmd::Stop => {
                         self.commit(batch);
-                        self.checkpoint();
+                        self.checkpoint(false);
                         return;
                     }
                 }
@@ -319,30 +335,41 @@ impl Worker {
         }
         let core = &*self.core;
         let now = now_ms();
-        let mut overlay = Overlay::new();
+        let mut overlay = Overlay::default();
         let mut notes = Vec::new();
-        let mut outs = Vec::with_capacity(subs.len());
+        let mut replies = Vec::with_capacity(subs.len());
         {
-            let map = core.store.read();
+            let reader = core.store.read();
+            let mut batch = Batch {
+                core,
+                reader: &reader,
+                db: self.db.as_ref(),
+                overlay: &mut overlay,
+                notes: &mut notes,
+                now,
+            };
             for sub in &subs {
-                let mut out = Vec::new();
-                let run = catch_unwind(AssertUnwindSafe(|| {
-                    evaluate(core, &map, &mut overlay, &mut notes, now, sub, &mut out)
-                }));
+                let mut reply = Reply::default();
+                let run = catch_unwind(AssertUnwindSafe(|| batch.evaluate(sub, &mut reply)));
                 if run.is_err() {
                     log::error!("a request panicked in the writer; answering it with -32603");
-                    out.clear();
+                    let taken = reply.taken.max(first_line(sub));
+                    reply = Reply::default();
                     answer_all(
                         core,
                         sub,
+                        taken,
                         &RpcError::new(code::INTERNAL_ERROR, "internal error"),
-                        &mut out,
+                        &mut reply.out,
                     );
+                    reply.taken = taken;
                 }
-                outs.push(out);
+                replies.push(reply);
             }
         }
-        if !overlay.is_empty() {
+        if overlay.is_empty() {
+            core.store.fill(overlay.take_fills());
+        } else {
             let writes = overlay.len() as u64;
             let committed = match &mut self.db {
                 Some(db) => db.commit(&overlay),
@@ -350,29 +377,26 @@ impl Worker {
             };
             match committed {
                 Ok(()) => {
-                    for (k, e) in &overlay {
-                        if let Some(e) = e {
-                            if e.expires_at != 0 {
-                                self.expiry.insert((e.expires_at, k.clone()));
-                            }
-                        }
-                    }
                     core.store.apply(overlay);
                     self.dirty = true;
+                    self.truncated = false;
+                    self.vacuum = true;
                     core.stats.commits.fetch_add(1, Ordering::Relaxed);
                     core.stats.writes.fetch_add(writes, Ordering::Relaxed);
                 }
                 Err(e) => {
                     log::error!("commit of {writes} changes failed, answering -32020: {e}");
                     core.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                    // What was read from SQLite is still the committed state.
+                    core.store.fill(overlay.take_fills());
                     let err = RpcError::new(
                         code::STORAGE,
                         format!("storage error, nothing was written: {e}"),
                     );
                     notes.clear();
-                    for (sub, out) in subs.iter().zip(outs.iter_mut()) {
-                        out.clear();
-                        answer_all(core, sub, &err, out);
+                    for (sub, reply) in subs.iter().zip(replies.iter_mut()) {
+                        reply.out.clear();
+                        answer_all(core, sub, reply.taken, &err, &mut reply.out);
                     }
                 }
             }
@@ -380,127 +404,197 @@ impl Worker {
         for note in &notes {
             core.deliver(note);
         }
-        for (sub, out) in subs.into_iter().zip(outs) {
-            let _ = sub.reply.send(out);
+        for (sub, reply) in subs.into_iter().zip(replies) {
+            let _ = sub.reply.send(reply);
         }
     }
 
+    /// Whether this generation serves (housekeeping changes the database
+    /// only then).
+    fn live(&self) -> bool {
+        matches!(self.core.gate.try_read().as_deref(), Ok(Mode::Live))
+    }
+
     fn housekeeping(&mut self) {
+        if self.db.is_none() || !self.live() {
+            return;
+        }
         let now = Instant::now();
         if now >= self.next_purge {
             self.purge();
             self.next_purge = Instant::now() + self.core.cfg.purge_interval();
         }
+        if self.vacuum {
+            self.vacuum_step();
+        }
         if now >= self.next_checkpoint {
-            self.checkpoint();
+            // Idle for a whole interval: empty the WAL file too.
+            let idle = !self.dirty && !self.truncated && !self.vacuum;
+            self.checkpoint(idle);
             self.next_checkpoint = Instant::now() + self.core.cfg.checkpoint_interval();
         }
     }
 
-    fn checkpoint(&mut self) {
-        if let (true, Some(db)) = (self.dirty, &self.db) {
-            match db.checkpoint() {
-                Ok(()) => self.dirty = false,
-                Err(e) => log::warn!("WAL checkpoint failed: {e}"),
+    fn checkpoint(&mut self, truncate: bool) {
+        let Some(db) = &self.db else {
+            return;
+        };
+        if !(self.dirty || truncate) {
+            return;
+        }
+        match db.checkpoint(truncate) {
+            Ok(()) => {
+                self.dirty = false;
+                self.truncated |= truncate;
+            }
+            Err(e) => log::warn!("WAL checkpoint failed: {e}"),
+        }
+    }
+
+    /// Gives up to `vacuum_step_pages` free pages back to the file system.
+    fn vacuum_step(&mut self) {
+        let pages = self.core.cfg.vacuum_step_pages;
+        let Some(db) = &mut self.db else {
+            return;
+        };
+        if pages == 0 {
+            self.vacuum = false;
+            return;
+        }
+        match db
+            .free_pages()
+            .and_then(|n| if n > 0 { db.vacuum_step(pages) } else { Ok(0) })
+        {
+            Ok(left) => {
+                if left == 0 && self.vacuum {
+                    self.dirty = true;
+                }
+                self.vacuum = left > 0;
+            }
+            Err(e) => {
+                log::warn!("incremental vacuum failed, will retry at the next change: {e}");
+                self.vacuum = false;
             }
         }
     }
 
-    /// Deletes keys whose TTL has passed, from disk then from memory.
+    /// Deletes keys whose TTL has passed, from disk then from the cache.
     fn purge(&mut self) {
-        let now = now_ms();
-        let mut due = Vec::new();
-        while due.len() < MAX_PURGE {
-            match self.expiry.first() {
-                Some((at, _)) if *at <= now => {
-                    if let Some(pair) = self.expiry.pop_first() {
-                        due.push(pair);
-                    }
-                }
-                _ => break,
-            }
-        }
-        if due.is_empty() {
-            return;
-        }
-        let keys: Vec<(Box<str>, u64)> = {
-            let map = self.core.store.read();
-            due.into_iter()
-                .filter(|(at, k)| map.get(k).is_some_and(|e| e.expires_at == *at))
-                .map(|(at, k)| (k, at))
-                .collect()
-        };
         let Some(db) = &mut self.db else {
             return;
         };
-        if keys.is_empty() {
+        let due = match db.expired(now_ms(), MAX_PURGE) {
+            Ok(d) => d,
+            Err(e) => {
+                log::warn!("cannot look for expired keys, will retry: {e}");
+                return;
+            }
+        };
+        if due.is_empty() {
             return;
         }
-        match db.purge(&keys) {
-            Ok(()) => {
-                self.core.store.remove_expired(&keys);
+        match db.purge(&due) {
+            Ok(gone) => {
+                self.core.store.purged(&due, gone);
                 self.dirty = true;
+                self.truncated = false;
+                self.vacuum = true;
                 self.core
                     .stats
                     .purged
-                    .fetch_add(keys.len() as u64, Ordering::Relaxed);
+                    .fetch_add(gone.keys, Ordering::Relaxed);
             }
-            Err(e) => {
-                log::warn!(
-                    "purging {} expired keys failed, will retry: {e}",
-                    keys.len()
-                );
-                self.expiry.extend(keys.into_iter().map(|(k, at)| (at, k)));
-            }
+            Err(e) => log::warn!("purging {} expired keys failed, will retry: {e}", due.len()),
         }
     }
 }
 
-/// Evaluates one submission into `out`.
-fn evaluate(
-    core: &Core,
-    map: &Map,
-    overlay: &mut Overlay,
-    notes: &mut Vec<Note>,
+/// What the submissions of one batch are evaluated against.
+struct Batch<'a> {
+    core: &'a Core,
+    reader: &'a Reader<'a>,
+    db: Option<&'a Db>,
+    overlay: &'a mut Overlay,
+    notes: &'a mut Vec<Note>,
     now: u64,
-    sub: &Submission,
-    out: &mut Vec<u8>,
-) {
-    let mut one = |text: &[u8], out: &mut Vec<u8>| {
-        let mut env = Env {
-            core,
-            view: View::Write {
-                map,
-                overlay: &mut *overlay,
-            },
-            now,
-            conn: sub.conn,
-            later: Some(&mut *notes),
-            subscribed: false,
-        };
+}
+
+impl Batch<'_> {
+    /// Evaluates one submission into `reply`, line by line until the
+    /// reply passes the budget.
+    fn evaluate(&mut self, sub: &Submission, reply: &mut Reply) {
+        match sub.kind {
+            Kind::Body => {
+                self.one(sub.conn, &sub.input, &mut reply.out);
+                reply.taken = sub.input.len();
+            }
+            Kind::Lines => {
+                for (line, end) in line_ends(&sub.input) {
+                    if reply.taken > 0 && reply.out.len() >= sub.budget {
+                        break;
+                    }
+                    if self.one(sub.conn, line, &mut reply.out) {
+                        reply.out.push(b'\n');
+                    }
+                    reply.taken = end;
+                }
+            }
+        }
+    }
+
+    /// Evaluates one message; returns whether it has a reply.
+    fn one(&mut self, conn: u64, text: &[u8], out: &mut Vec<u8>) -> bool {
+        let core = self.core;
         if text.len() > core.cfg.max_line_bytes {
             jsonrpc::write_error(out, None, &crate::too_large(core));
             return true;
         }
+        let mut env = Env {
+            core,
+            view: View::Write {
+                reader: self.reader,
+                db: self.db,
+                overlay: &mut *self.overlay,
+                cfg: &core.cfg,
+            },
+            now: self.now,
+            conn,
+            later: Some(&mut *self.notes),
+            subscribed: false,
+        };
         let msg = jsonrpc::parse(text, core.cfg.max_batch);
         eval_message(&mut env, &msg, out)
-    };
-    match sub.kind {
-        Kind::Body => {
-            one(&sub.input, out);
-        }
-        Kind::Lines => {
-            for line in crate::raw::lines(&sub.input) {
-                if one(line, out) {
-                    out.push(b'\n');
-                }
-            }
-        }
     }
 }
 
-/// Answers every request of a submission with the same error.
-fn answer_all(core: &Core, sub: &Submission, err: &RpcError, out: &mut Vec<u8>) {
+/// The lines of `buf` (split on `\n`, a trailing `\r` removed), each with
+/// the offset just past its newline.
+fn line_ends(buf: &[u8]) -> impl Iterator<Item = (&[u8], usize)> {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        if pos >= buf.len() {
+            return None;
+        }
+        let end = memchr::memchr(b'\n', &buf[pos..]).map_or(buf.len(), |i| pos + i + 1);
+        let mut line = &buf[pos..end];
+        line = line.strip_suffix(b"\n").unwrap_or(line);
+        line = line.strip_suffix(b"\r").unwrap_or(line);
+        pos = end;
+        Some((line, end))
+    })
+}
+
+/// Where a submission's first line ends (everything, for a body).
+fn first_line(sub: &Submission) -> usize {
+    match sub.kind {
+        Kind::Body => sub.input.len(),
+        Kind::Lines => line_ends(&sub.input).next().map_or(0, |(_, end)| end),
+    }
+}
+
+/// Answers every request of a submission's first `taken` bytes with the
+/// same error.
+fn answer_all(core: &Core, sub: &Submission, taken: usize, err: &RpcError, out: &mut Vec<u8>) {
     let one = |text: &[u8], out: &mut Vec<u8>| {
         let msg = jsonrpc::parse(text, core.cfg.max_batch);
         let before = out.len();
@@ -512,7 +606,7 @@ fn answer_all(core: &Core, sub: &Submission, err: &RpcError, out: &mut Vec<u8>) 
             one(&sub.input, out);
         }
         Kind::Lines => {
-            for line in crate::raw::lines(&sub.input) {
+            for (line, _) in line_ends(&sub.input[..taken.min(sub.input.len())]) {
                 if one(line, out) {
                     out.push(b'\n');
                 }
@@ -527,7 +621,7 @@ mod tests {
     use crate::testing::core;
 
     fn ready(dir: &crate::testdir::TestDir, read_only: bool) -> Start {
-        let path = dir.path().join("w.sqlite");
+        let path = dir.path().join("rpc.sqlite");
         let db = Db::open(&path, crate::config::SyncMode::Normal).unwrap();
         if read_only {
             db.make_read_only();
@@ -535,15 +629,11 @@ mod tests {
         let owner = Owner::try_acquire(&Owner::lock_path(&path))
             .unwrap()
             .unwrap();
-        Start::Ready {
-            db,
-            expired: Vec::new(),
-            owner,
-        }
+        Start::Ready { db, owner }
     }
 
-    fn reply(v: Vec<u8>) -> serde_json::Value {
-        serde_json::from_slice(&v).unwrap()
+    fn reply(v: Reply) -> serde_json::Value {
+        serde_json::from_slice(&v.out).unwrap()
     }
 
     #[test]
@@ -551,7 +641,7 @@ mod tests {
         let (core, dir) = core();
         let writer = Writer::spawn(core.clone(), ready(&dir, false)).unwrap();
         let set = br#"{"jsonrpc":"2.0","method":"kv.set","params":["a",1],"id":1}"#.to_vec();
-        let r = reply(writer.call(0, Kind::Body, set).unwrap());
+        let r = reply(writer.call(0, Kind::Body, set, usize::MAX).unwrap());
         assert_eq!(r["result"], true);
         assert_eq!(
             &*core.store.read().get("a").unwrap().value,
@@ -568,6 +658,7 @@ mod tests {
                 conn: 0,
                 kind: Kind::Lines,
                 input: line.into_bytes(),
+                budget: usize::MAX,
                 reply: tx,
             });
             waits.push(rx);
@@ -590,13 +681,90 @@ mod tests {
         writer.stop();
         let writer = Writer::spawn(core.clone(), ready(&dir, true)).unwrap();
         let set = br#"[{"jsonrpc":"2.0","method":"kv.set","params":["a",2],"id":1},{"jsonrpc":"2.0","method":"kv.get","params":["a"],"id":2}]"#.to_vec();
-        let r = reply(writer.call(0, Kind::Body, set).unwrap());
+        let r = reply(writer.call(0, Kind::Body, set, usize::MAX).unwrap());
         assert_eq!(r[0]["error"]["code"], code::STORAGE);
         assert_eq!(r[1]["error"]["code"], code::STORAGE);
-        assert_eq!(
-            &*core.store.read().get("a").unwrap().value,
-            "1",
-            "unchanged"
+        let get = br#"{"jsonrpc":"2.0","method":"kv.get","params":["a"],"id":3}"#.to_vec();
+        let r = reply(writer.call(0, Kind::Body, get, usize::MAX).unwrap());
+        assert_eq!(r["result"], 1, "unchanged");
+        assert!(core.store.read().get("a").is_some(), "cached by the read");
+        writer.stop();
+    }
+
+    #[test]
+    fn a_reply_stops_at_its_budget() {
+        let (core, dir) = core();
+        let writer = Writer::spawn(core.clone(), ready(&dir, false)).unwrap();
+        let value = format!("\"{}\"", "v".repeat(1000));
+        let mut input =
+            format!(r#"{{"jsonrpc":"2.0","method":"kv.set","params":["b",{value}],"id":0}}"#);
+        input.push('\n');
+        let get =
+            |i: usize| format!(r#"{{"jsonrpc":"2.0","method":"kv.get","params":["b"],"id":{i}}}"#);
+        for i in 1..=10 {
+            input.push_str(&get(i));
+            input.push_str("\r\n");
+        }
+        input.push_str(r#"{"jsonrpc":"2.0","method":"kv.incr","params":["n"],"id":11}"#);
+        input.push('\n');
+        let r = writer
+            .call(5, Kind::Lines, input.clone().into_bytes(), 2500)
+            .unwrap();
+        let lines: Vec<&[u8]> = r
+            .out
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(lines.len(), 4, "the third get passes 2500 bytes");
+        let done = &input[..r.taken];
+        assert!(done.ends_with(&format!("{}\r\n", get(3))), "{done}");
+        // The rest was not evaluated: the counter was not written.
+        let rest = input.as_bytes()[r.taken..].to_vec();
+        let r = writer
+            .call(5, Kind::Lines, rest.clone(), usize::MAX)
+            .unwrap();
+        assert_eq!(r.taken, rest.len());
+        let last = r.out.split(|b| *b == b'\n').rev().nth(1).unwrap();
+        assert_eq!(last, br#"{"jsonrpc":"2.0","result":1,"id":11}"#);
+        writer.stop();
+    }
+
+    #[test]
+    fn purges_and_gives_space_back() {
+        let (core, dir) = crate::testing::core_with(serde_json::json!({
+            "purge_interval_ms": 10, "checkpoint_interval_ms": 10
+        }));
+        let writer = Writer::spawn(core.clone(), ready(&dir, false)).unwrap();
+        let value = format!("\"{}\"", "v".repeat(200_000));
+        for i in 0..20 {
+            let line = format!(
+                r#"{{"jsonrpc":"2.0","method":"kv.set","params":{{"key":"k{i}","value":{value},"ttl_ms":1500}}}}"#
+            );
+            writer
+                .call(0, Kind::Body, line.into_bytes(), usize::MAX)
+                .unwrap();
+        }
+        assert_eq!(core.store.len(), 20);
+        let path = dir.path().join("rpc.sqlite");
+        let size = || {
+            let wal = dir.path().join("rpc.sqlite-wal");
+            std::fs::metadata(&path).unwrap().len() + std::fs::metadata(wal).map_or(0, |m| m.len())
+        };
+        let full = size();
+        assert!(full > 4_000_000, "{full}");
+        let t0 = Instant::now();
+        while (!core.store.is_empty() || size() * 10 > full)
+            && t0.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(core.store.len(), 0, "purged");
+        assert_eq!(core.store.totals().bytes, 0);
+        let wal = std::fs::metadata(dir.path().join("rpc.sqlite-wal")).map_or(0, |m| m.len());
+        assert!(
+            size() * 10 <= full,
+            "{} of {full} bytes left (wal {wal})",
+            size()
         );
         writer.stop();
     }
