@@ -176,19 +176,45 @@ pub const OVERFLOW_NOTICE: &[u8] = b"{\"jsonrpc\":\"2.0\",\"method\":\"bus.overf
 /// What the module needs from the host (the real [`module_api::Host`], or
 /// a stand-in in unit tests).
 pub trait HostApi: Send + Sync {
-    /// Queues bytes on a connection (never blocks).
-    fn push(&self, conn: u64, data: &[u8], notice: &[u8]) -> bool;
+    /// Queues the same bytes on many connections; the host copies them
+    /// once. Returns how many of them exist. Never blocks.
+    fn push_many(&self, conns: &[u64], data: &[u8], notice: &[u8]) -> usize;
     /// Calls the current generation of a module in-process (blocks).
     fn call(&self, module: &str, input: &[u8]) -> Result<Vec<u8>, CallStatus>;
+    /// Starts a wait on another thread that is not a hang (see [`wait`]).
+    fn wait_begin(&self) -> u64;
+    /// Ends a wait started by [`HostApi::wait_begin`].
+    fn wait_end(&self, token: u64);
 }
 
 impl HostApi for module_api::Host {
-    fn push(&self, conn: u64, data: &[u8], notice: &[u8]) -> bool {
-        module_api::Host::push(self, conn, data, notice)
+    fn push_many(&self, conns: &[u64], data: &[u8], notice: &[u8]) -> usize {
+        module_api::Host::push_many(self, conns, data, notice)
     }
     fn call(&self, module: &str, input: &[u8]) -> Result<Vec<u8>, CallStatus> {
         module_api::Host::call(self, module, input)
     }
+    fn wait_begin(&self) -> u64 {
+        self.raw().wait_begin()
+    }
+    fn wait_end(&self, token: u64) {
+        self.raw().wait_end(token)
+    }
+}
+
+/// Runs `f`, a wait for another thread (the writer's commit, a successor
+/// during a hand-over), with the host's hang detection paused for the
+/// calling thread: a slow commit is not a stuck module. Only the wait
+/// goes inside; computation stays outside, where a real hang is caught.
+pub fn wait<T>(host: &dyn HostApi, f: impl FnOnce() -> T) -> T {
+    struct End<'a>(&'a dyn HostApi, u64);
+    impl Drop for End<'_> {
+        fn drop(&mut self) {
+            self.0.wait_end(self.1);
+        }
+    }
+    let _end = End(host, host.wait_begin());
+    f()
 }
 
 /// Counters for `STATUS`.
@@ -219,7 +245,7 @@ pub struct Core {
 impl Core {
     pub fn new(cfg: Config, store: Store, host: &'static dyn HostApi) -> Core {
         Core {
-            bus: Bus::new(cfg.max_subscriptions),
+            bus: Bus::new(cfg.max_subscriptions, cfg.max_subscriptions_total),
             cfg,
             store,
             conns: Conns::default(),
@@ -230,12 +256,14 @@ impl Core {
         }
     }
 
-    /// Pushes a notification to its recipients; returns how many took it.
+    /// Pushes a notification to its recipients, one shared copy for all
+    /// of them; returns how many exist.
     pub fn deliver(&self, note: &Note) -> usize {
-        note.topic_conns
-            .iter()
-            .filter(|&&c| self.host.push(c, &note.bytes, OVERFLOW_NOTICE))
-            .count()
+        if note.topic_conns.is_empty() {
+            return 0;
+        }
+        self.host
+            .push_many(&note.topic_conns, &note.bytes, OVERFLOW_NOTICE)
     }
 }
 
@@ -450,7 +478,8 @@ impl Rpc {
                     if since.elapsed() >= self.core.cfg.handoff_timeout() {
                         return handoff::unavailable(http, input.len(), out);
                     }
-                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    let pause = std::time::Duration::from_millis(2);
+                    wait(self.core.host, || std::thread::sleep(pause));
                 }
             }
         }
@@ -472,8 +501,9 @@ impl Handler for Rpc {
         let (http, continuing) = self.transport(conn.id, input);
         let gate = match self.core.gate.try_read() {
             Ok(g) if *g == Mode::Live => g,
-            // Frozen (or freezing): the pool forwards the message — one
-            // HTTP request at a time, so a pipelined one is not taken along.
+            // Frozen (or freezing), or in standby: the pool forwards the
+            // message or waits — one HTTP request or raw line at a time,
+            // so a pipelined one is not taken along.
             _ if http && !continuing => {
                 return match post::frame(self, input, conn.draining, out) {
                     post::Framed::Body { total, .. } => Verdict::defer(total),
@@ -481,12 +511,13 @@ impl Handler for Rpc {
                     post::Framed::Answered(v) => v,
                 }
             }
-            _ => return Verdict::defer(input.len()),
+            _ if http => return Verdict::defer(input.len()),
+            _ => return raw::defer_line(self, conn, input, out),
         };
         let v = if http {
             post::on_message(self, conn.id, conn.draining, continuing, input, out)
         } else {
-            raw::on_message(self, conn.id, input, out)
+            raw::on_message(self, conn, input, out)
         };
         drop(gate);
         v
@@ -519,7 +550,7 @@ impl Handler for Rpc {
         // Wait for the calls in progress, then for the writer: after this,
         // the database holds every write this generation took on.
         if self.freeze() == Mode::Live {
-            self.writer.barrier();
+            wait(self.core.host, || self.writer.barrier());
         }
         let state = State {
             version: 1,
@@ -589,12 +620,16 @@ pub(crate) mod testing {
     pub struct NullHost;
 
     impl HostApi for NullHost {
-        fn push(&self, _conn: u64, _data: &[u8], _notice: &[u8]) -> bool {
-            true
+        fn push_many(&self, conns: &[u64], _data: &[u8], _notice: &[u8]) -> usize {
+            conns.len()
         }
         fn call(&self, _module: &str, _input: &[u8]) -> Result<Vec<u8>, CallStatus> {
             Err(CallStatus::NoSuchModule)
         }
+        fn wait_begin(&self) -> u64 {
+            0
+        }
+        fn wait_end(&self, _token: u64) {}
     }
 
     #[test]
