@@ -15,8 +15,14 @@
 //!   `host.call("rpc", b"{...}\n")` from a pool thread or a job: lines (or
 //!   a `POST /rpc` request) in, replies out, no subscriptions.
 //!
-//! A message may arrive in pieces: its start is kept per connection
-//! (bounded by `max_line_bytes`) until the rest is there.
+//! A message may arrive in pieces. A raw line still arriving stays in the
+//! host's buffer (bounded by `[server] max_message_size` and cut by its
+//! message timeout, `header_timeout_ms`); the module consumes complete
+//! lines only and searches each byte for a newline once ([`raw`]). The
+//! start of an HTTP request is kept by [`post`] until the rest is there.
+//! Pipelined replies stop at the host's output budget
+//! ([`module_api::ConnInfo::out_full`]): the module answers no further
+//! line until the client has read.
 //!
 //! # Methods
 //!
@@ -31,9 +37,14 @@
 //! Subscribers on raw TCP receive
 //! `{"jsonrpc":"2.0","method":"bus.message","params":{"topic":…,"data":…}}`
 //! lines pushed on their connection. `*` in a pattern matches exactly one
-//! dot-separated segment. A slow subscriber's unsent output is bounded by
-//! the host's `[server] max_push_backlog` (1 MiB by default): beyond it the
-//! host writes [`OVERFLOW_NOTICE`] and disconnects it. The publisher never
+//! dot-separated segment, and a last segment `>` one or more ([`bus`]); a
+//! subscriber whose patterns overlap gets each message once. A publish
+//! costs a walk of the topic's segments, whatever the number of other
+//! patterns, and its message is built once and handed to the host for all
+//! recipients together ([`module_api::Host::push_many`]). A slow
+//! subscriber's unsent output is bounded by the host's
+//! `[server] max_push_backlog` (1 MiB by default): beyond it the host
+//! writes [`OVERFLOW_NOTICE`] and disconnects it. The publisher never
 //! waits.
 //!
 //! # Errors
@@ -50,8 +61,8 @@
 //! | -32011 | `kv.incr` would overflow |
 //! | -32020 | storage error: the batch could not be committed, nothing was written |
 //! | -32030 | `bus.subscribe`/`unsubscribe` outside a raw TCP connection |
-//! | -32031 | too many subscriptions on this connection |
-//! | -32040 | line over `max_line_bytes`; the connection is closed after this reply |
+//! | -32031 | too many subscriptions: on this connection (`max_subscriptions`) or on the server (`max_subscriptions_total`) |
+//! | -32040 | line over `max_line_bytes` (its line ending included); the connection is closed after this reply |
 //!
 //! A malformed line gets its error reply and nothing else happens: earlier
 //! and later requests on the connection are answered normally. Only a line
@@ -107,9 +118,12 @@
 //! # Memory
 //!
 //! All keys and values live in memory (the database is their durable
-//! copy). Per connection: a partial message up to `max_line_bytes`, and at
-//! most one submission in the writer (the host does not read from a
-//! connection while its writes commit). A batch's reply is capped at
+//! copy). Per connection: at most one submission in the writer (the host
+//! does not read from a connection while its writes commit), cut so that
+//! its replies fit the host's output budget, and the start of an HTTP
+//! request up to `max_line_bytes`; raw lines still arriving are the host's.
+//! Subscriptions: `max_subscriptions` patterns per connection,
+//! `max_subscriptions_total` in all. A batch's reply is capped at
 //! 8 × `max_line_bytes` (later calls in it get -32040).
 //!
 //! # Config (`[modules.rpc]`, every key optional)
@@ -117,10 +131,11 @@
 //! ```toml
 //! db = "rpc.sqlite"              # relative to the module's data directory
 //! sync = "normal"                # or "full" (see Durability)
-//! max_line_bytes = 1048576       # a longer line: -32040 and close (keep <= [server] max_message_size)
+//! max_line_bytes = 1048576       # a longer line, newline included: -32040 and close (keep <= [server] max_message_size)
 //! max_batch = 1000               # requests per batch
 //! max_key_bytes = 1024
 //! max_subscriptions = 1024       # topic patterns per connection
+//! max_subscriptions_total = 250000  # topic patterns of all connections together
 //! max_keys_limit = 10000         # largest kv.keys limit
 //! purge_interval_ms = 1000
 //! checkpoint_interval_ms = 1000
@@ -132,7 +147,7 @@
 //!
 //! [`jsonrpc`] (framing, pure), [`methods`] (what each method does),
 //! [`store`] (committed data in memory), [`db`] (SQLite), [`writer`]
-//! (group commit), [`bus`] (topic trie), [`conns`] (reply ordering per
+//! (group commit), [`bus`] (subscription trie), [`conns`] (reply ordering per
 //! connection), [`raw`] and [`post`] (the transports), [`handoff`]
 //! (reload), [`owner`] (one writer per database), [`config`].
 
