@@ -21,8 +21,9 @@
 //! # Output stays bounded
 //!
 //! A call stops answering once its output reaches the host's budget
-//! ([`ConnInfo::out_full`]) and reports the lines answered; the host calls
-//! again with the rest once the client has read enough. A run of writing
+//! ([`ConnInfo::out_limit`]; [`DEFAULT_OUT_BUDGET`] when the host sets
+//! none) and reports the lines answered; the host calls again with the
+//! rest once the client has read enough. A run of writing
 //! lines handed to the writer is cut so that its replies, estimated from
 //! the lines' sizes, fit the same budget; a batch goes alone (its reply is
 //! capped at 8 × `max_line_bytes`, see [`crate::methods`]).
@@ -42,6 +43,20 @@ use crate::methods::{eval_message, needs_writer, Env};
 use crate::store::{now_ms, View};
 use crate::writer::{Kind, Submission};
 use crate::{too_large, wait, Rpc};
+
+/// The output budget of a call whose host sets none ([`ConnInfo::out_limit`]
+/// is `u64::MAX`): pipelined replies are never answered in one call beyond
+/// this, so no host can be made to buffer gigabytes for a client that
+/// does not read. The host calls again with the rest.
+pub const DEFAULT_OUT_BUDGET: usize = 1 << 20;
+
+/// Where `out` counts as full for this call.
+fn out_budget(info: &ConnInfo) -> usize {
+    match info.out_limit {
+        u64::MAX => DEFAULT_OUT_BUDGET,
+        limit => usize::try_from(limit).unwrap_or(usize::MAX),
+    }
+}
 
 /// What a reply to a writing line may take beyond the line's own length
 /// (its id is echoed; results and error messages are short): used to cut
@@ -128,6 +143,7 @@ pub fn on_message(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) 
     let core = &*rpc.core;
     let conn = info.id;
     let max = core.cfg.max_line_bytes;
+    let budget = out_budget(info);
     let mut st = core.conns.take(conn);
     if !st.partial.is_empty() && !st.partial_http {
         return handed_over(rpc, conn, st, input, out);
@@ -167,8 +183,8 @@ pub fn on_message(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) 
                 // the rest, from this line on.
                 break Verdict::keep(start).watch_close();
             }
-            let budget = (info.out_limit as usize).saturating_sub(out.len());
-            let (q, end) = writer_run(core, &msg, raw_line, &mut scan, input, budget);
+            let room = budget.saturating_sub(out.len());
+            let (q, end) = writer_run(core, &msg, raw_line, &mut scan, input, room);
             let (tx, rx) = mpsc::sync_channel(1);
             let sub = Submission {
                 conn,
@@ -182,7 +198,7 @@ pub fn on_message(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) 
         if eval_message(&mut env, &msg, out) {
             out.put(b"\n");
         }
-        if info.out_full(out.len()) {
+        if out.len() >= budget {
             break Verdict::keep(scan.pos()).watch_close();
         }
     };
@@ -527,11 +543,19 @@ mod tests {
         assert_eq!(v.action, module_api::Action::Keep);
         assert_eq!(v.consumed as usize, 3 * get(1).len());
         assert_eq!(lines(&out).count(), 3);
-        // Without a budget everything is answered.
+        // A host that sets no budget gets the default one (1 MiB).
         let mut out = RVec::new();
         let v = on_message(&rpc, &info(5, u64::MAX), input.as_bytes(), &mut out);
         assert_eq!(v.consumed as usize, input.len());
-        assert_eq!(lines(&out).count(), 100);
+        let mut out = RVec::new();
+        let many: String = (1..=200).map(get).collect();
+        let v = on_message(&rpc, &info(5, u64::MAX), many.as_bytes(), &mut out);
+        let n = lines(&out).count();
+        assert!(out.len() >= DEFAULT_OUT_BUDGET && out.len() - 10_100 < DEFAULT_OUT_BUDGET);
+        assert_eq!(
+            v.consumed as usize,
+            (1..=n as u64).map(|i| get(i).len()).sum::<usize>()
+        );
         rpc.writer.stop();
     }
 
