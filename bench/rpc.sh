@@ -18,7 +18,15 @@
 # (sync=normal: survives kill -9; sync=full: also fsyncs every group commit,
 # survives power loss).
 #
+# Then the pub/sub rows: bus.publish calls per second to a topic nobody
+# matches while S other connections hold 1, then K patterns each (literal,
+# `*` and `>` patterns sharing the topic's first segments), and the ratio
+# of the two rates: a publish walks the topic's path in the subscription
+# trie, so it costs the same whatever the number of other patterns.
+#
 # Environment:
+#   BENCH_RPC_PARTS      what to run: "kv", "pubsub" or both (default "kv pubsub";
+#                        pubsub alone needs no Redis)
 #   BENCH_RPC_REQUESTS   requests per measured run (default 200000)
 #   BENCH_RPC_CONNS      connections (default 50, redis-benchmark's default)
 #   BENCH_RPC_PIPELINES  pipeline depths to measure (default "1 16")
@@ -26,6 +34,10 @@
 #   BENCH_RPC_SYNC       rpc sync modes to measure (default "normal full")
 #   BENCH_ROUNDS         runs per server and case, averaged (default 1)
 #   BENCH_THREADS        switchyard -threads (default 2)
+#   BENCH_RPC_SUBSCRIBERS  pub/sub: connections holding patterns (default 50)
+#   BENCH_RPC_PATTERNS     pub/sub: patterns per such connection, first and last
+#                          compared (default "1 1024")
+#   BENCH_RPC_PUB_PIPELINE pub/sub: publishes in flight per connection (default 16)
 #
 # Needs a release build (`make build`); builds rpc_load; installs
 # redis-server (and redis-benchmark) with apt-get when missing.
@@ -41,6 +53,10 @@ keyspace="${BENCH_RPC_KEYSPACE:-100000}"
 syncs="${BENCH_RPC_SYNC:-normal full}"
 rounds="${BENCH_ROUNDS:-1}"
 threads="${BENCH_THREADS:-2}"
+parts="${BENCH_RPC_PARTS:-kv pubsub}"
+subscribers="${BENCH_RPC_SUBSCRIBERS:-50}"
+pattern_counts="${BENCH_RPC_PATTERNS:-1 1024}"
+pub_pipeline="${BENCH_RPC_PUB_PIPELINE:-16}"
 
 # Starts switchyard with only the rpc module, a fresh database and `sync`.
 start_sy() {
@@ -91,15 +107,52 @@ measure_redis() {
     awk -F'"' -v t="${op^^}" '$2 == t { print $4 }' "$raw"
 }
 
-main() {
+# bus.publish calls per second with `k` patterns on each of the
+# subscriber connections (none matching the published topics).
+measure_pub() {
+    local k="$1" tag="$2" raw
+    raw="$out/results/$tag.txt"
+    "$repo/target/release/examples/rpc_load" --addr "$sy_addr" --op publish --conns "$conns" \
+        --pipeline "$pub_pipeline" --requests "$requests" --keyspace "$keyspace" --value-size 16 \
+        --subscribers "$subscribers" --patterns "$k" >"$raw" 2>&1 ||
+        die "rpc_load failed: $(tail -n 3 "$raw")"
+    sed -n 's/.* rps=\([0-9.]*\).*/\1/p' "$raw"
+}
+
+bench_pubsub() {
+    declare -A psum
+    local k round r first="" last=""
+    start_sy normal
+    measure_pub 1 "warmup-pub" >/dev/null
+    # Rounds alternate between the pattern counts, so that load from
+    # elsewhere on the machine falls on all of them alike.
+    for ((round = 1; round <= rounds; round++)); do
+        for k in $pattern_counts; do
+            r="$(measure_pub "$k" "pub-$k-$round")"
+            log "$(printf 'switchyard bus.publish, %s connections x %-5s patterns, round %d: %10.0f calls/s' "$subscribers" "$k" "$round" "$r")"
+            psum[$k]="$(add "${psum[$k]:-0}" "$r")"
+        done
+    done
+    stop_pids "$sy_pid"
+    {
+        printf '\nrpc pub/sub: bus.publish calls per second over raw TCP, %s connections, pipeline %s,\n' "$conns" "$pub_pipeline"
+        printf 'to topics nobody matches while %s other connections hold K patterns each\n' "$subscribers"
+        printf '%-12s %14s %14s\n' "K patterns" "publish/s" "vs first"
+        for k in $pattern_counts; do
+            r="$(mean "${psum[$k]}" "$rounds")"
+            [[ -n $first ]] || first="$r"
+            last="$r"
+            printf '%-12s %14s %14s\n' "$k" "$r" "$(ratio "$r" "$first")"
+        done
+        printf 'ratio last/first: %s (1.00: the cost does not depend on the number of patterns)\n' "$(ratio "$last" "$first")"
+    } | tee -a "$out/results/summary.txt"
+}
+
+bench_kv() {
     local cmd
     for cmd in redis-server redis-benchmark redis-cli; do
         command -v "$cmd" >/dev/null 2>&1 || { install_packages redis-server redis-tools; break; }
     done
-    rm -rf "$out"
-    mkdir -p "$out/results"
-    log "building rpc_load"
-    cargo build --release --quiet -p switchyard_rpc --example rpc_load
     start_redis
     log "$conns connections, $requests requests per run, keyspace $keyspace, 3-byte values, $rounds round(s), $(nproc) cores"
 
@@ -146,7 +199,17 @@ main() {
         printf '  (survives kill -9; WAL fsynced at checkpoints, every second), sync=full: synchronous=FULL (fsync per commit)\n'
         printf '(redis-benchmark -c %s -n %s -r %s -d 3 -P <pipeline>; rpc_load the same; %s round(s) averaged; raw output in %s)\n' \
             "$conns" "$requests" "$keyspace" "$rounds" "${out#"$repo"/}/results"
-    } | tee "$out/results/summary.txt"
+    } | tee -a "$out/results/summary.txt"
+    stop_pids "$redis_pid"
+}
+
+main() {
+    rm -rf "$out"
+    mkdir -p "$out/results"
+    log "building rpc_load"
+    cargo build --release --quiet -p switchyard_rpc --example rpc_load
+    case " $parts " in *" kv "*) bench_kv ;; esac
+    case " $parts " in *" pubsub "*) bench_pubsub ;; esac
 }
 
 main "$@"

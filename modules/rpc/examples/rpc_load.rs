@@ -3,6 +3,12 @@
 //! `redis-benchmark -c N -P P` does for Redis. One thread, non-blocking
 //! sockets (mio), so the client costs about what redis-benchmark costs.
 //!
+//! `--op publish` sends `bus.publish` to `bench.target.<n>` instead; with
+//! `--subscribers S --patterns K`, S more connections first subscribe to K
+//! patterns each that never match it (literal, `*` and `>` patterns that
+//! share its first segments) and stay open while it runs, to show that a
+//! publish costs the same whatever the number of other patterns.
+//!
 //! ```text
 //! cargo run --release -p switchyard_rpc --example rpc_load -- \
 //!     --addr 127.0.0.1:8080 --op set --conns 50 --pipeline 1 --requests 200000
@@ -27,6 +33,8 @@ struct Args {
     requests: u64,
     keyspace: u64,
     value_size: usize,
+    subscribers: usize,
+    patterns: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -38,6 +46,8 @@ fn parse_args() -> Result<Args, String> {
         requests: 100_000,
         keyspace: 100_000,
         value_size: 3,
+        subscribers: 0,
+        patterns: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,14 +61,16 @@ fn parse_args() -> Result<Args, String> {
             "--requests" => a.requests = num(val()?)?,
             "--keyspace" => a.keyspace = num(val()?)?.max(1),
             "--value-size" => a.value_size = num(val()?)? as usize,
+            "--subscribers" => a.subscribers = num(val()?)? as usize,
+            "--patterns" => a.patterns = num(val()?)? as usize,
             "-h" | "--help" => {
-                println!("rpc_load [--addr A] [--op set|get|incr|ping] [--conns N] [--pipeline P] [--requests R] [--keyspace K] [--value-size B]");
+                println!("rpc_load [--addr A] [--op set|get|incr|ping|publish] [--conns N] [--pipeline P] [--requests R] [--keyspace K] [--value-size B] [--subscribers S --patterns K]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown flag {other}")),
         }
     }
-    if !["set", "get", "incr", "ping"].contains(&a.op.as_str()) {
+    if !["set", "get", "incr", "ping", "publish"].contains(&a.op.as_str()) {
         return Err(format!("unknown op {}", a.op));
     }
     if a.conns == 0 || a.pipeline == 0 {
@@ -102,6 +114,10 @@ impl Gen {
             "incr" => format!(
                 r#"{{"jsonrpc":"2.0","method":"kv.incr","params":["counter:{key:012}"],"id":{id}}}"#
             ),
+            "publish" => format!(
+                r#"{{"jsonrpc":"2.0","method":"bus.publish","params":{{"topic":"bench.target.{key}","data":"{}"}},"id":{id}}}"#,
+                self.value
+            ),
             _ => format!(r#"{{"jsonrpc":"2.0","method":"sys.ping","id":{id}}}"#),
         };
         out.extend_from_slice(line.as_bytes());
@@ -117,14 +133,25 @@ fn main() {
             std::process::exit(2);
         }
     };
-    match run(&args) {
+    let subscribers = match subscribe(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rpc_load: subscribing: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = run(&args);
+    drop(subscribers);
+    match result {
         Ok((secs, errors)) => {
             println!(
-                "op={} conns={} pipeline={} requests={} seconds={secs:.3} rps={:.0} errors={errors}",
+                "op={} conns={} pipeline={} requests={} subscribers={} patterns={} seconds={secs:.3} rps={:.0} errors={errors}",
                 args.op,
                 args.conns,
                 args.pipeline,
                 args.requests,
+                args.subscribers,
+                args.patterns,
                 args.requests as f64 / secs
             );
             if errors > 0 {
@@ -136,6 +163,57 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// Pattern `i` of subscriber `s`: never matches `bench.target.<n>`, but
+/// shares its first segments, so the trie holds it on the same branches.
+fn pattern(s: usize, i: usize) -> String {
+    match i % 4 {
+        0 => format!("bench.other{s}x{i}"),
+        1 => format!("bench.*.o{s}x{i}"),
+        2 => format!("*.target.o{s}x{i}.>"),
+        _ => format!("bench.target.o{s}x{i}"),
+    }
+}
+
+/// Opens `--subscribers` connections, each subscribed to `--patterns`
+/// non-matching patterns; they stay open until dropped.
+fn subscribe(a: &Args) -> io::Result<Vec<std::net::TcpStream>> {
+    let mut socks = Vec::with_capacity(a.subscribers);
+    for s in 0..a.subscribers {
+        let mut sock = std::net::TcpStream::connect_timeout(&a.addr, Duration::from_secs(5))?;
+        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let topics: Vec<String> = (0..a.patterns).map(|i| pattern(s, i)).collect();
+        let topics = topics
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(",");
+        let req = format!(
+            "{{\"jsonrpc\":\"2.0\",\"method\":\"bus.subscribe\",\"params\":{{\"topics\":[{topics}]}},\"id\":1}}\n"
+        );
+        sock.write_all(req.as_bytes())?;
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while byte[0] != b'\n' {
+            if sock.read(&mut byte)? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "server closed a subscriber",
+                ));
+            }
+            reply.push(byte[0]);
+        }
+        let want = format!("\"result\":{}", a.patterns);
+        if memchr::memmem::find(&reply, want.as_bytes()).is_none() {
+            return Err(io::Error::other(format!(
+                "subscribe failed: {}",
+                String::from_utf8_lossy(&reply)
+            )));
+        }
+        socks.push(sock);
+    }
+    Ok(socks)
 }
 
 fn run(a: &Args) -> io::Result<(f64, u64)> {

@@ -60,6 +60,8 @@ pub struct Config {
     pub vacuum_step_pages: u32,
     /// Most topic patterns one connection may subscribe to.
     pub max_subscriptions: usize,
+    /// Most topic patterns held by all connections together.
+    pub max_subscriptions_total: usize,
     /// Largest `limit` that `kv.keys` accepts.
     pub max_keys_limit: usize,
     /// How often expired keys are purged from memory and disk.
@@ -89,6 +91,7 @@ impl Default for Config {
             cache_bytes: 64 << 20,
             vacuum_step_pages: 1024,
             max_subscriptions: 1024,
+            max_subscriptions_total: 250_000,
             max_keys_limit: 10_000,
             purge_interval_ms: 1000,
             checkpoint_interval_ms: 1000,
@@ -111,9 +114,14 @@ impl Config {
         if cfg.max_line_bytes < 64 {
             return Err("[modules.rpc]: max_line_bytes must be at least 64".into());
         }
-        if cfg.max_batch == 0 || cfg.max_key_bytes == 0 || cfg.max_subscriptions == 0 {
+        if cfg.max_batch == 0
+            || cfg.max_key_bytes == 0
+            || cfg.max_subscriptions == 0
+            || cfg.max_subscriptions_total == 0
+        {
             return Err(
-                "[modules.rpc]: max_batch, max_key_bytes and max_subscriptions must be positive"
+                "[modules.rpc]: max_batch, max_key_bytes, max_subscriptions and \
+                 max_subscriptions_total must be positive"
                     .into(),
             );
         }

@@ -1,6 +1,8 @@
-//! Per-connection state, kept only while there is some: the start of a
-//! message whose end has not arrived, and the reply to a submission the
-//! writer is working on.
+//! Per-connection state, kept only while there is some: how far the
+//! host's buffered input was already searched for a newline (a raw line
+//! still arriving stays in the host's buffer, see [`crate::raw`]), the
+//! start of an HTTP request whose end has not arrived, and the reply to a
+//! submission the writer is working on.
 //!
 //! A write never makes its connection wait on the event loop: `on_message`
 //! hands the lines to the writer (which commits them together with every
@@ -26,18 +28,22 @@ const TOMBSTONES: usize = 1024;
 /// What is known about one connection.
 #[derive(Debug, Default)]
 pub struct ConnState {
-    /// The start of a line whose newline has not arrived (or of an HTTP
-    /// request, see `partial_http`).
+    /// The start of an HTTP request whose end has not arrived (kept by
+    /// [`crate::post`]; raw lines stay in the host's buffer).
     pub partial: Vec<u8>,
     /// `partial` is the start of an HTTP request.
     pub partial_http: bool,
     /// The reply of the submission in the writer, once it is there.
     pub pending: Option<Receiver<crate::writer::Reply>>,
+    /// Raw TCP: the first `scanned` bytes of the input the host will pass
+    /// next hold no newline (the start of a line still arriving), so the
+    /// next call searches only what arrived since.
+    pub scanned: usize,
 }
 
 impl ConnState {
     fn is_empty(&self) -> bool {
-        self.partial.is_empty() && self.pending.is_none()
+        self.partial.is_empty() && self.pending.is_none() && self.scanned == 0
     }
 }
 
@@ -159,7 +165,7 @@ impl Conns {
             let st = ConnState {
                 partial,
                 partial_http,
-                pending: None,
+                ..ConnState::default()
             };
             self.put_back(id, st);
         }
@@ -191,8 +197,8 @@ mod tests {
             5,
             ConnState {
                 partial: b"{\"par".to_vec(),
-                partial_http: false,
                 pending: Some(rx),
+                ..Default::default()
             }
         ));
         assert_eq!(c.partial_kind(5), Some(false));

@@ -8,14 +8,17 @@
 //!
 //! 1. `save_state` waits for the calls in progress, waits for the writer
 //!    to commit and answer everything queued, and returns the subscription
-//!    table, the partial messages connections have sent, the ownership
-//!    lock (see [`crate::owner`]) and a shared secret token.
+//!    table, the starts of HTTP requests connections have sent (a raw
+//!    line still arriving stays in the host's buffer and reaches the
+//!    successor as it is), the ownership lock (see [`crate::owner`]) and a
+//!    shared secret token.
 //! 2. The new generation loads the database (which now holds every
 //!    acknowledged write) and restores that state.
 //! 3. Until the route table points at the new generation (and for the
 //!    in-flight messages that still reach the old one afterwards), the
-//!    frozen generation answers nothing itself: it defers each message to
-//!    the pool and forwards it with [`module_api::Host::call`] to whatever
+//!    frozen generation answers nothing itself: it defers each message (one
+//!    raw line or HTTP request at a time) to the pool and forwards it with
+//!    [`module_api::Host::call`] to whatever
 //!    generation is current, retrying while that is still itself. The
 //!    forwarded message runs on the new generation as if it had arrived
 //!    there, for the same connection id; the reply comes back and goes out
@@ -347,7 +350,8 @@ pub fn forward(
             );
             break;
         }
-        std::thread::sleep(pause);
+        // Waiting for the successor to be installed is not a hang.
+        crate::wait(rpc.core.host, || std::thread::sleep(pause));
         pause = (pause * 2).min(Duration::from_millis(20));
     }
     Ok(unavailable(http, input.len(), out))

@@ -312,17 +312,6 @@ pub fn write_str<S: Sink + ?Sized>(out: &mut S, s: &str) {
     out.put(b"\"");
 }
 
-/// Writes a server-to-client notification line.
-pub fn notification(method: &str, params_json: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(48 + method.len() + params_json.len());
-    out.put(br#"{"jsonrpc":"2.0","method":"#);
-    write_str(&mut out, method);
-    out.put(br#","params":"#);
-    out.put(params_json);
-    out.put(b"}\n");
-    out
-}
-
 /// Writes the answers to every request of a message that has already been
 /// evaluated, all with the same error (used when a batch of writes could
 /// not be committed, or a reload could not hand a message over).

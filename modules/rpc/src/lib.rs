@@ -15,8 +15,14 @@
 //!   `host.call("rpc", b"{...}\n")` from a pool thread or a job: lines (or
 //!   a `POST /rpc` request) in, replies out, no subscriptions.
 //!
-//! A message may arrive in pieces: its start is kept per connection
-//! (bounded by `max_line_bytes`) until the rest is there.
+//! A message may arrive in pieces. A raw line still arriving stays in the
+//! host's buffer (bounded by `[server] max_message_size` and cut by its
+//! message timeout, `header_timeout_ms`); the module consumes complete
+//! lines only and searches each byte for a newline once ([`raw`]). The
+//! start of an HTTP request is kept by [`post`] until the rest is there.
+//! Pipelined replies stop at the host's output budget
+//! ([`module_api::ConnInfo::out_full`]): the module answers no further
+//! line until the client has read.
 //!
 //! # Methods
 //!
@@ -45,9 +51,14 @@
 //! Subscribers on raw TCP receive
 //! `{"jsonrpc":"2.0","method":"bus.message","params":{"topic":…,"data":…}}`
 //! lines pushed on their connection. `*` in a pattern matches exactly one
-//! dot-separated segment. A slow subscriber's unsent output is bounded by
-//! the host's `[server] max_push_backlog` (1 MiB by default): beyond it the
-//! host writes [`OVERFLOW_NOTICE`] and disconnects it. The publisher never
+//! dot-separated segment, and a last segment `>` one or more ([`bus`]); a
+//! subscriber whose patterns overlap gets each message once. A publish
+//! costs a walk of the topic's segments, whatever the number of other
+//! patterns, and its message is built once and handed to the host for all
+//! recipients together ([`module_api::Host::push_many`]). A slow
+//! subscriber's unsent output is bounded by the host's
+//! `[server] max_push_backlog` (1 MiB by default): beyond it the host
+//! writes [`OVERFLOW_NOTICE`] and disconnects it. The publisher never
 //! waits.
 //!
 //! # Errors
@@ -64,8 +75,8 @@
 //! | -32011 | `kv.incr` would overflow |
 //! | -32020 | storage error: the batch could not be committed, nothing was written |
 //! | -32030 | `bus.subscribe`/`unsubscribe` outside a raw TCP connection |
-//! | -32031 | too many subscriptions on this connection |
-//! | -32040 | line over `max_line_bytes`; the connection is closed after this reply |
+//! | -32031 | too many subscriptions: on this connection (`max_subscriptions`) or on the server (`max_subscriptions_total`) |
+//! | -32040 | line over `max_line_bytes` (its line ending included); the connection is closed after this reply |
 //! | -32050 | a kv limit (`max_value_bytes`, `max_keys`, `max_total_bytes`); nothing was written |
 //!
 //! A malformed line gets its error reply and nothing else happens: earlier
@@ -144,11 +155,15 @@
 //! bring back a value older than a committed write. A value over 1/8 of
 //! `cache_bytes` is never cached.
 //!
-//! Per connection: a partial message up to `max_line_bytes`, and at most
-//! one submission in the writer (the host does not read from a connection
-//! while its writes commit). The writer stops evaluating a submission's
-//! lines once its reply passes the submission's budget and reports how
-//! far it got ([`writer::Reply::taken`]). A batch's reply is capped at
+//! Per connection: at most one submission in the writer (the host does
+//! not read from a connection while its writes commit): one line that
+//! needs the writer and the writing lines right after it, cut so that
+//! their replies fit the host's output budget (a read that misses the
+//! cache goes alone, its reply bounded by `max_value_bytes`), and the
+//! start of an HTTP request up to `max_line_bytes`; raw lines still
+//! arriving are the host's. Subscriptions: `max_subscriptions` patterns
+//! per connection, `max_subscriptions_total` in all. A batch's reply is
+//! capped at
 //! 8 × `max_line_bytes` (later calls in it get -32040).
 //!
 //! # Config (`[modules.rpc]`, every key optional)
@@ -156,7 +171,7 @@
 //! ```toml
 //! db = "rpc.sqlite"              # relative to the module's data directory
 //! sync = "normal"                # or "full" (see Durability)
-//! max_line_bytes = 1048576       # a longer line: -32040 and close (keep <= [server] max_message_size)
+//! max_line_bytes = 1048576       # a longer line, newline included: -32040 and close (keep <= [server] max_message_size)
 //! max_batch = 1000               # requests per batch
 //! max_key_bytes = 1024
 //! max_value_bytes = 1048576      # stored JSON text of one value (<= max_line_bytes; default: the smaller)
@@ -165,6 +180,7 @@
 //! cache_bytes = 67108864         # values cached for reads on the event loops
 //! vacuum_step_pages = 1024       # free pages given back per step (0: keep them)
 //! max_subscriptions = 1024       # topic patterns per connection
+//! max_subscriptions_total = 250000  # topic patterns of all connections together
 //! max_keys_limit = 10000         # largest kv.keys limit
 //! purge_interval_ms = 1000
 //! checkpoint_interval_ms = 1000
@@ -176,7 +192,7 @@
 //!
 //! [`jsonrpc`] (framing, pure), [`methods`] (what each method does),
 //! [`store`] (the value cache, the totals and limits), [`db`] (SQLite), [`writer`]
-//! (group commit), [`bus`] (topic trie), [`conns`] (reply ordering per
+//! (group commit), [`bus`] (subscription trie), [`conns`] (reply ordering per
 //! connection), [`raw`] and [`post`] (the transports), [`handoff`]
 //! (reload), [`owner`] (one writer per database), [`config`].
 
@@ -220,34 +236,45 @@ pub const OVERFLOW_NOTICE: &[u8] = b"{\"jsonrpc\":\"2.0\",\"method\":\"bus.overf
 /// What the module needs from the host (the real [`module_api::Host`], or
 /// a stand-in in unit tests).
 pub trait HostApi: Send + Sync {
-    /// Queues bytes on a connection (never blocks).
-    fn push(&self, conn: u64, data: &[u8], notice: &[u8]) -> bool;
+    /// Queues the same bytes on many connections; the host copies them
+    /// once. Returns how many of them exist. Never blocks.
+    fn push_many(&self, conns: &[u64], data: &[u8], notice: &[u8]) -> usize;
     /// Calls the current generation of a module in-process (blocks).
     fn call(&self, module: &str, input: &[u8]) -> Result<Vec<u8>, CallStatus>;
-    /// Runs `f`, a wait on another thread (a commit, a hand-over), with
-    /// the host's hang detection paused ([`module_api::Host::wait`]).
-    fn wait(&self, f: &mut dyn FnMut());
-}
-
-/// Runs `f`, a wait on another thread, as [`HostApi::wait`]: the host
-/// does not count it toward `hang_kill_ms`.
-pub fn wait<T>(host: &dyn HostApi, f: impl FnOnce() -> T) -> T {
-    let mut f = Some(f);
-    let mut got = None;
-    host.wait(&mut || got = f.take().map(|f| f()));
-    got.expect("HostApi::wait runs its closure once")
+    /// Starts a wait on another thread that is not a hang (see [`wait`]).
+    fn wait_begin(&self) -> u64;
+    /// Ends a wait started by [`HostApi::wait_begin`].
+    fn wait_end(&self, token: u64);
 }
 
 impl HostApi for module_api::Host {
-    fn push(&self, conn: u64, data: &[u8], notice: &[u8]) -> bool {
-        module_api::Host::push(self, conn, data, notice)
+    fn push_many(&self, conns: &[u64], data: &[u8], notice: &[u8]) -> usize {
+        module_api::Host::push_many(self, conns, data, notice)
     }
     fn call(&self, module: &str, input: &[u8]) -> Result<Vec<u8>, CallStatus> {
         module_api::Host::call(self, module, input)
     }
-    fn wait(&self, f: &mut dyn FnMut()) {
-        module_api::Host::wait(self, f)
+    fn wait_begin(&self) -> u64 {
+        self.raw().wait_begin()
     }
+    fn wait_end(&self, token: u64) {
+        self.raw().wait_end(token)
+    }
+}
+
+/// Runs `f`, a wait for another thread (the writer's commit, a successor
+/// during a hand-over), with the host's hang detection paused for the
+/// calling thread: a slow commit is not a stuck module. Only the wait
+/// goes inside; computation stays outside, where a real hang is caught.
+pub fn wait<T>(host: &dyn HostApi, f: impl FnOnce() -> T) -> T {
+    struct End<'a>(&'a dyn HostApi, u64);
+    impl Drop for End<'_> {
+        fn drop(&mut self) {
+            self.0.wait_end(self.1);
+        }
+    }
+    let _end = End(host, host.wait_begin());
+    f()
 }
 
 /// Counters for `STATUS`.
@@ -278,7 +305,7 @@ pub struct Core {
 impl Core {
     pub fn new(cfg: Config, store: Store, host: &'static dyn HostApi) -> Core {
         Core {
-            bus: Bus::new(cfg.max_subscriptions),
+            bus: Bus::new(cfg.max_subscriptions, cfg.max_subscriptions_total),
             cfg,
             store,
             conns: Conns::default(),
@@ -289,12 +316,14 @@ impl Core {
         }
     }
 
-    /// Pushes a notification to its recipients; returns how many took it.
+    /// Pushes a notification to its recipients, one shared copy for all
+    /// of them; returns how many exist.
     pub fn deliver(&self, note: &Note) -> usize {
-        note.topic_conns
-            .iter()
-            .filter(|&&c| self.host.push(c, &note.bytes, OVERFLOW_NOTICE))
-            .count()
+        if note.topic_conns.is_empty() {
+            return 0;
+        }
+        self.host
+            .push_many(&note.topic_conns, &note.bytes, OVERFLOW_NOTICE)
     }
 }
 
@@ -508,9 +537,8 @@ impl Rpc {
                     if since.elapsed() >= self.core.cfg.handoff_timeout() {
                         return handoff::unavailable(http, input.len(), out);
                     }
-                    wait(self.core.host, || {
-                        std::thread::sleep(std::time::Duration::from_millis(2))
-                    });
+                    let pause = std::time::Duration::from_millis(2);
+                    wait(self.core.host, || std::thread::sleep(pause));
                 }
             }
         }
@@ -532,9 +560,9 @@ impl Handler for Rpc {
         let (http, continuing) = self.transport(conn.id, input);
         let gate = match self.core.gate.try_read() {
             Ok(g) if *g == Mode::Live => g,
-            // Frozen (or freezing): the pool forwards the message — one
-            // whole HTTP request at a time (an incomplete one stays with
-            // the host), so a pipelined one is not taken along.
+            // Frozen (or freezing), or in standby: the pool forwards the
+            // message or waits — one HTTP request or raw line at a time,
+            // so a pipelined one is not taken along.
             _ if http && !continuing => {
                 return match post::frame(self, conn.id, input, conn.draining, out) {
                     post::Framed::Body { total, .. } => Verdict::defer(total),
@@ -542,12 +570,13 @@ impl Handler for Rpc {
                     post::Framed::Answered(v) => v,
                 }
             }
-            _ => return Verdict::defer(input.len()),
+            _ if http => return Verdict::defer(input.len()),
+            _ => return raw::defer_line(self, conn, input, out),
         };
         let v = if http {
             post::on_message(self, conn.id, conn.draining, continuing, input, out)
         } else {
-            raw::on_message(self, conn.id, input, out)
+            raw::on_message(self, conn, input, out)
         };
         drop(gate);
         v
@@ -580,7 +609,7 @@ impl Handler for Rpc {
         // Wait for the calls in progress, then for the writer: after this,
         // the database holds every write this generation took on.
         if self.freeze() == Mode::Live {
-            self.writer.barrier();
+            wait(self.core.host, || self.writer.barrier());
         }
         let state = State {
             version: 1,
@@ -652,15 +681,16 @@ pub(crate) mod testing {
     pub struct NullHost;
 
     impl HostApi for NullHost {
-        fn push(&self, _conn: u64, _data: &[u8], _notice: &[u8]) -> bool {
-            true
+        fn push_many(&self, conns: &[u64], _data: &[u8], _notice: &[u8]) -> usize {
+            conns.len()
         }
         fn call(&self, _module: &str, _input: &[u8]) -> Result<Vec<u8>, CallStatus> {
             Err(CallStatus::NoSuchModule)
         }
-        fn wait(&self, f: &mut dyn FnMut()) {
-            f()
+        fn wait_begin(&self) -> u64 {
+            0
         }
+        fn wait_end(&self, _token: u64) {}
     }
 
     #[test]
@@ -770,6 +800,59 @@ pub(crate) mod testing {
 
     pub fn core() -> (Arc<Core>, crate::testdir::TestDir) {
         core_with(serde_json::json!({}))
+    }
+
+    /// Records every `push_many` call.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<(Vec<u64>, usize)>>);
+
+    impl HostApi for Recorder {
+        fn push_many(&self, conns: &[u64], data: &[u8], _notice: &[u8]) -> usize {
+            self.0.lock().unwrap().push((conns.to_vec(), data.len()));
+            conns.len()
+        }
+        fn call(&self, _module: &str, _input: &[u8]) -> Result<Vec<u8>, CallStatus> {
+            Err(CallStatus::NoSuchModule)
+        }
+        fn wait_begin(&self) -> u64 {
+            0
+        }
+        fn wait_end(&self, _token: u64) {}
+    }
+
+    #[test]
+    fn a_publish_is_one_push_for_all_its_recipients() {
+        let host: &'static Recorder = Box::leak(Box::default());
+        let dir = crate::testdir::TestDir::new("publish");
+        let cfg = Config::from_json(&serde_json::json!({}), dir.path()).unwrap();
+        let store = Store::new(&cfg.db, cfg.cache_bytes);
+        let core = Core::new(cfg, store, host);
+        for conn in 1..=300 {
+            core.bus.subscribe(conn, &["wide.*".to_string()]).unwrap();
+        }
+        core.bus.subscribe(7, &["wide.>".to_string()]).unwrap();
+        let data = format!("\"{}\"", "d".repeat(900 * 1024));
+        let line = format!(
+            r#"{{"jsonrpc":"2.0","method":"bus.publish","params":{{"topic":"wide.x","data":{data}}},"id":1}}"#
+        );
+        let map = core.store.read();
+        let mut env = methods::Env {
+            core: &core,
+            view: store::View::Read(&map),
+            now: 0,
+            conn: 0,
+            later: None,
+            subscribed: false,
+        };
+        let mut out = Vec::new();
+        methods::eval_message(&mut env, &jsonrpc::parse(line.as_bytes(), 10), &mut out);
+        assert_eq!(out, br#"{"jsonrpc":"2.0","result":300,"id":1}"#);
+        let calls = host.0.lock().unwrap();
+        assert_eq!(calls.len(), 1, "one push for every recipient");
+        let (mut conns, len) = calls[0].clone();
+        assert!(len > 900 * 1024 && len < 900 * 1024 + 100);
+        conns.sort_unstable();
+        assert_eq!(conns, (1..=300).collect::<Vec<u64>>(), "each once");
     }
 
     pub fn core_with(config: serde_json::Value) -> (Arc<Core>, crate::testdir::TestDir) {

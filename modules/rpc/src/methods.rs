@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::bus::check_topic;
+use crate::bus::{self, check_topic};
 use crate::jsonrpc::{self, code, Item, Message, Request, RpcError, Sink};
 use crate::store::{json_eq, stored_text, Entry, Limit, View};
 use crate::Core;
@@ -93,6 +93,18 @@ pub fn needs_writer(view: &View<'_>, msg: &Message<'_>) -> bool {
         Message::Single(i) => item(i),
         Message::Batch(items) => items.iter().any(item),
         Message::Empty | Message::Error(_) => false,
+    }
+}
+
+/// Whether a message is one call of a method that writes (its reply is
+/// small, whatever the value: the raw transport lets such lines join a
+/// run for the writer).
+pub fn only_writes(msg: &Message<'_>) -> bool {
+    match msg {
+        Message::Single(Item::Call(req)) => {
+            Method::lookup(&req.method).is_some_and(|m| m.writes())
+        }
+        _ => false,
     }
 }
 
@@ -520,16 +532,16 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
         Method::BusPublish => {
             let p: PublishP<'_> = params(req)?;
             check_topic(&p.topic, false)?;
-            let mut params_json = Vec::with_capacity(p.topic.len() + p.data.get().len() + 24);
-            params_json.put(b"{\"topic\":");
-            jsonrpc::write_str(&mut params_json, &p.topic);
-            params_json.put(b",\"data\":");
-            params_json.put(stored_text(p.data).as_bytes());
-            params_json.put(b"}");
-            let note = Note {
-                topic_conns: env.core.bus.recipients(&p.topic),
-                bytes: jsonrpc::notification("bus.message", &params_json),
+            let topic_conns = env.core.bus.recipients(&p.topic);
+            // Built once for every recipient (nothing when there is none).
+            let bytes = if topic_conns.is_empty() {
+                Vec::new()
+            } else if p.data.get().contains(['\n', '\r']) {
+                bus::message(&p.topic, &stored_text(p.data))
+            } else {
+                bus::message(&p.topic, p.data.get())
             };
+            let note = Note { topic_conns, bytes };
             let n = match &mut env.later {
                 Some(later) => {
                     let n = note.topic_conns.len();

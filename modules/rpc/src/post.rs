@@ -226,7 +226,7 @@ fn keep_start(rpc: &Rpc, conn: u64, partial: Vec<u8>) {
     let st = ConnState {
         partial,
         partial_http: true,
-        pending: None,
+        ..ConnState::default()
     };
     rpc.core.conns.put_back(conn, st);
 }

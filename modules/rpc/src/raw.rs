@@ -3,126 +3,152 @@
 //!
 //! [`on_message`] runs on an event loop and never blocks: reads, `sys.*`
 //! and `bus.*` are answered from memory straight into the host's output.
-//! At the first line that writes, that line and every complete line after
-//! it go to the writer, and the connection is deferred: [`on_deferred`]
-//! then collects their replies on the host's pool (see [`crate::conns`]).
-//! Lines over the size limit also go to [`on_deferred`], which answers
-//! them and closes.
+//! A line that writes, with the writing lines right after it, goes to the
+//! writer, and the connection is deferred: [`on_deferred`] then collects
+//! their replies on the host's pool (see [`crate::conns`]); the lines
+//! after them are handled by the next call.
 //!
-//! A line's start may arrive without its end: it is kept in the
-//! connection's state (bounded by `max_line_bytes`) and joined with the
-//! rest when that arrives.
+//! # Input stays with the host
+//!
+//! A call consumes complete lines only. A line whose newline has not
+//! arrived stays in the host's buffer, where the host's
+//! `max_message_size` and message timeout bound it like any message; the
+//! module remembers only how far it already searched that start for a
+//! newline ([`crate::conns::ConnState::scanned`]), so a line arriving in
+//! many pieces is searched once, never copied. With no complete line
+//! buffered the answer is `NeedMore`.
+//!
+//! # Output stays bounded
+//!
+//! A call stops answering once its output reaches the host's budget
+//! ([`ConnInfo::out_limit`]; [`DEFAULT_OUT_BUDGET`] when the host sets
+//! none) and reports the lines answered; the host calls again with the
+//! rest once the client has read enough. A run of writing
+//! lines handed to the writer is cut so that its replies, estimated from
+//! the lines' sizes, fit the same budget; a batch goes alone (its reply is
+//! capped at 8 × `max_line_bytes`, see [`crate::methods`]).
+//!
+//! A line longer than `max_line_bytes` (its line ending included) is
+//! answered with -32040, after the replies to the lines before it, and the
+//! connection is closed.
 
 use std::sync::mpsc;
 
 use abi_stable::std_types::RVec;
-use module_api::Verdict;
+use module_api::{ConnInfo, Verdict};
 
 use crate::conns::ConnState;
-use crate::jsonrpc::{self, code, RpcError, Sink};
-use crate::methods::{eval_message, needs_writer, Env};
+use crate::jsonrpc::{self, code, Message, RpcError, Sink};
+use crate::methods::{eval_message, needs_writer, only_writes, Env};
 use crate::store::{now_ms, View};
 use crate::writer::{Kind, Submission};
-use crate::{too_large, Rpc};
+use crate::{too_large, wait, Rpc};
+
+/// The output budget of a call whose host sets none ([`ConnInfo::out_limit`]
+/// is `u64::MAX`): pipelined replies are never answered in one call beyond
+/// this, so no host can be made to buffer gigabytes for a client that
+/// does not read. The host calls again with the rest.
+pub const DEFAULT_OUT_BUDGET: usize = 1 << 20;
+
+/// Where `out` counts as full for this call.
+fn out_budget(info: &ConnInfo) -> usize {
+    match info.out_limit {
+        u64::MAX => DEFAULT_OUT_BUDGET,
+        limit => usize::try_from(limit).unwrap_or(usize::MAX),
+    }
+}
+
+/// What a reply to a writing line may take beyond the line's own length
+/// (its id is echoed; results and error messages are short): used to cut
+/// a run of writing lines to the output budget.
+const REPLY_OVERHEAD: usize = 256;
 
 /// The lines of `buf` (split on `\n`, a trailing `\r` removed), except the
 /// empty piece after a final newline.
 pub fn lines(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
-    line_ends(buf).map(|(line, _)| line)
-}
-
-/// The lines of `buf` with the offset just past each one's newline.
-fn line_ends(buf: &[u8]) -> impl Iterator<Item = (&[u8], usize)> {
     let mut pos = 0;
     std::iter::from_fn(move || {
         if pos >= buf.len() {
             return None;
         }
         let end = memchr::memchr(b'\n', &buf[pos..]).map_or(buf.len(), |i| pos + i + 1);
-        let mut line = &buf[pos..end];
-        line = line.strip_suffix(b"\n").unwrap_or(line);
-        line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = trim(&buf[pos..end]);
         pos = end;
-        Some((line, end))
+        Some(line)
     })
 }
 
-/// `input` cut at line boundaries, given the partial line kept from
-/// earlier input.
-struct Framed<'a> {
-    /// The kept partial line completed by this input (without `\n`), and
-    /// where it ends in `input`.
-    joined: Option<(Vec<u8>, usize)>,
-    /// Whole lines of this input, each ending with `\n`, and where they
-    /// start in `input`.
-    complete: &'a [u8],
-    complete_at: usize,
-    /// The unfinished line to keep for later.
-    partial: Vec<u8>,
+/// A line without its `\n` and a `\r` before it.
+fn trim(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-fn frame<'a>(kept: &[u8], input: &'a [u8]) -> Framed<'a> {
-    let (joined, at) = if kept.is_empty() {
-        (None, 0)
-    } else {
-        match memchr::memchr(b'\n', input) {
-            None => {
-                return Framed {
-                    joined: None,
-                    complete: &[],
-                    complete_at: input.len(),
-                    partial: [kept, input].concat(),
-                }
+/// Cuts buffered input into complete lines, searching every byte for a
+/// newline once across calls: it starts from what the previous call
+/// remembered ([`Scanner::scanned`]).
+#[derive(Debug)]
+pub struct Scanner {
+    /// Offset just past the last line returned.
+    pos: usize,
+    /// Bytes from `pos` on known to hold no newline.
+    scanned: usize,
+}
+
+impl Scanner {
+    /// Starts at the beginning of the input, whose first `scanned` bytes
+    /// hold no newline.
+    pub fn new(scanned: usize) -> Scanner {
+        Scanner { pos: 0, scanned }
+    }
+
+    /// The next complete line of `input` (its line ending included), or
+    /// `None` when the rest has no newline.
+    pub fn next_line<'a>(&mut self, input: &'a [u8]) -> Option<&'a [u8]> {
+        let from = self.pos + self.scanned.min(input.len() - self.pos);
+        match memchr::memchr(b'\n', &input[from..]) {
+            Some(i) => {
+                let start = self.pos;
+                self.pos = from + i + 1;
+                self.scanned = 0;
+                Some(&input[start..self.pos])
             }
-            Some(i) => (Some(([kept, &input[..i]].concat(), i + 1)), i + 1),
+            None => {
+                self.scanned = input.len() - self.pos;
+                None
+            }
         }
-    };
-    let rest = &input[at..];
-    let cut = memchr::memrchr(b'\n', rest).map_or(0, |j| j + 1);
-    Framed {
-        joined,
-        complete: &rest[..cut],
-        complete_at: at,
-        partial: rest[cut..].to_vec(),
+    }
+
+    /// Offset just past the last line returned.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Bytes after [`Scanner::pos`] known to hold no newline: what to
+    /// remember when the call consumes exactly `pos` bytes.
+    pub fn scanned(&self) -> usize {
+        self.scanned
     }
 }
 
-impl Framed<'_> {
-    /// Every complete line with the offset in `input` just past it.
-    fn lines(&self) -> impl Iterator<Item = (&[u8], usize)> {
-        let joined = self.joined.as_ref().map(|(l, end)| {
-            let l = l.strip_suffix(b"\r").unwrap_or(l);
-            (l, *end)
-        });
-        let at = self.complete_at;
-        joined
-            .into_iter()
-            .chain(line_ends(self.complete).map(move |(l, end)| (l, at + end)))
-    }
-
-    fn oversized(&self, max: usize) -> bool {
-        self.partial.len() > max || self.lines().any(|(l, _)| l.len() > max)
-    }
+/// Writes a line's error reply.
+fn put_error<S: Sink>(out: &mut S, e: &RpcError) {
+    jsonrpc::write_error(out, None, e);
+    out.put(b"\n");
 }
 
-fn push_line(q: &mut Vec<u8>, line: &[u8]) {
-    q.extend_from_slice(line);
-    q.push(b'\n');
-}
-
-/// Handles input on an event loop.
-pub fn on_message(rpc: &Rpc, conn: u64, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+/// Handles input on an event loop (the generation is live).
+pub fn on_message(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
     let core = &*rpc.core;
-    let st = core.conns.take(conn);
-    let mut framed = frame(&st.partial, input);
-    if st.pending.is_some() || framed.oversized(core.cfg.max_line_bytes) {
-        // Answered (and the connection closed) on the pool.
-        core.conns.put_back(conn, st);
-        return Verdict::defer(input.len());
+    let conn = info.id;
+    let max = core.cfg.max_line_bytes;
+    let budget = out_budget(info);
+    let mut st = core.conns.take(conn);
+    if !st.partial.is_empty() && !st.partial_http {
+        return handed_over(rpc, conn, st, input, out);
     }
-    let partial = std::mem::take(&mut framed.partial);
-    let replies_before = out.len();
-    let mut lines = framed.lines();
+    let mut scan = Scanner::new(st.scanned);
     let map = core.store.read();
     let mut env = Env {
         core,
@@ -132,58 +158,161 @@ pub fn on_message(rpc: &Rpc, conn: u64, input: &[u8], out: &mut RVec<u8>) -> Ver
         later: None,
         subscribed: false,
     };
-    let mut answered = 0;
-    while let Some((line, end)) = lines.next() {
-        let msg = jsonrpc::parse(line, core.cfg.max_batch);
-        if !needs_writer(&env.view, &msg) {
-            if eval_message(&mut env, &msg, out) {
-                out.put(b"\n");
+    let verdict = loop {
+        let start = scan.pos();
+        let Some(raw_line) = scan.next_line(input) else {
+            if input.len() - start >= max {
+                // Even its newline would not fit.
+                put_error(out, &too_large(core));
+                break Verdict::close(input.len());
             }
-            answered = end;
-            continue;
-        }
-        drop(map);
-        if out.len() > replies_before {
-            // Send what is answered first; the host calls again with the
-            // rest (from this line on), which is still in its buffer. (A
-            // kept partial line, if any, was the first line: answered.)
-            return Verdict::keep(answered).watch_close();
-        }
-        // This line and every complete one after it go to the writer; the
-        // connection waits on the pool for their replies.
-        let mut q = Vec::with_capacity(framed.complete.len() + line.len() + 1);
-        push_line(&mut q, line);
-        for (l, _) in lines {
-            push_line(&mut q, l);
-        }
-        let (tx, rx) = mpsc::sync_channel(1);
-        let sub = Submission {
-            conn,
-            kind: Kind::Lines,
-            input: q,
-            budget: usize::MAX,
-            reply: tx,
+            break if start == 0 {
+                Verdict::NEED_MORE
+            } else {
+                Verdict::keep(start).watch_close()
+            };
         };
-        let pending = rpc.writer.submit(sub).then_some(rx);
-        core.conns.put_back(
-            conn,
-            ConnState {
-                partial,
-                partial_http: false,
-                pending,
-            },
-        );
-        return Verdict::defer(input.len());
-    }
+        if raw_line.len() > max {
+            put_error(out, &too_large(core));
+            break Verdict::close(input.len());
+        }
+        let msg = jsonrpc::parse(trim(raw_line), core.cfg.max_batch);
+        if needs_writer(&env.view, &msg) {
+            if start > 0 {
+                // Send what is answered first; the host calls again with
+                // the rest, from this line on.
+                break Verdict::keep(start).watch_close();
+            }
+            let room = budget.saturating_sub(out.len());
+            let (q, end) = writer_run(core, &msg, raw_line, &mut scan, input, room);
+            let (tx, rx) = mpsc::sync_channel(1);
+            let sub = Submission {
+                conn,
+                kind: Kind::Lines,
+                input: q,
+                // The run is already cut to fit (see `writer_run`), so the
+                // writer answers every line of it.
+                budget: usize::MAX,
+                reply: tx,
+            };
+            st.pending = rpc.writer.submit(sub).then_some(rx);
+            break Verdict::defer(end);
+        }
+        if eval_message(&mut env, &msg, out) {
+            out.put(b"\n");
+        }
+        if out.len() >= budget {
+            break Verdict::keep(scan.pos()).watch_close();
+        }
+    };
     drop(map);
-    core.conns.put_back(
-        conn,
-        ConnState {
-            partial,
-            ..ConnState::default()
-        },
-    );
-    Verdict::keep(input.len()).watch_close()
+    // `scanned` is relative to where the next call's input starts: after
+    // a line just returned it is 0 (nothing known), at the end of the
+    // complete lines it is the unfinished line's length.
+    st.scanned = if verdict.action == module_api::Action::NeedMore
+        || verdict.consumed as usize == scan.pos()
+    {
+        scan.scanned()
+    } else {
+        0
+    };
+    core.conns.put_back(conn, st);
+    verdict
+}
+
+/// The run of lines for the writer that starts with `first` (already
+/// parsed; a write, a `kv.keys` or a read the cache cannot answer): those
+/// lines, each ending with `\n`, and the offset just past the last one.
+/// After the first, only single writing calls join the run (their replies
+/// are small); it ends before any other line, a line over the limit or the
+/// unfinished line, after a batch (which goes alone), and once the
+/// estimated replies fill `budget` (the first line always goes, its reply
+/// bounded by `max_value_bytes` or the batch cap).
+fn writer_run(
+    core: &crate::Core,
+    first: &Message<'_>,
+    first_raw: &[u8],
+    scan: &mut Scanner,
+    input: &[u8],
+    budget: usize,
+) -> (Vec<u8>, usize) {
+    let max = core.cfg.max_line_bytes;
+    let mut q = Vec::with_capacity(first_raw.len() + 1);
+    q.extend_from_slice(trim(first_raw));
+    q.push(b'\n');
+    let mut end = scan.pos();
+    let mut estimate = first_raw.len() + REPLY_OVERHEAD;
+    if matches!(first, Message::Batch(_)) {
+        return (q, end);
+    }
+    while estimate < budget {
+        let Some(raw_line) = scan.next_line(input) else {
+            break;
+        };
+        if raw_line.len() > max {
+            break;
+        }
+        let line = trim(raw_line);
+        let msg = jsonrpc::parse(line, core.cfg.max_batch);
+        if !only_writes(&msg) {
+            break;
+        }
+        q.extend_from_slice(line);
+        q.push(b'\n');
+        end = scan.pos();
+        estimate += raw_line.len() + REPLY_OVERHEAD;
+    }
+    (q, end)
+}
+
+/// Raw lines while the generation does not serve (frozen for a reload, or
+/// in standby): the first complete line goes to the pool, which forwards
+/// it to the successor or waits until this generation serves. One line
+/// at a time, so the reply to each is bounded like any other.
+pub fn defer_line(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+    let core = &*rpc.core;
+    let mut st = core.conns.take(info.id);
+    let mut scan = Scanner::new(st.scanned);
+    let verdict = match scan.next_line(input) {
+        Some(line) => Verdict::defer(line.len()),
+        None if input.len() >= core.cfg.max_line_bytes => {
+            put_error(out, &too_large(core));
+            Verdict::close(input.len())
+        }
+        None => Verdict::NEED_MORE,
+    };
+    st.scanned = if verdict.action == module_api::Action::Defer {
+        0
+    } else {
+        scan.scanned()
+    };
+    core.conns.put_back(info.id, st);
+    verdict
+}
+
+/// A connection whose line start was handed over by a generation of an
+/// older version (which kept it in its own state): completes that line
+/// with the input up to the first newline, which goes to the pool whole.
+fn handed_over(
+    rpc: &Rpc,
+    conn: u64,
+    mut st: ConnState,
+    input: &[u8],
+    out: &mut RVec<u8>,
+) -> Verdict {
+    let core = &*rpc.core;
+    let mut scan = Scanner::new(st.scanned);
+    let verdict = match scan.next_line(input) {
+        Some(line) => Verdict::defer(line.len()),
+        None if st.partial.len() + input.len() >= core.cfg.max_line_bytes => {
+            put_error(out, &too_large(core));
+            Verdict::close(input.len())
+        }
+        None => Verdict::NEED_MORE,
+    };
+    st.scanned = scan.scanned();
+    core.conns.put_back(conn, st);
+    verdict
 }
 
 fn finish(len: usize, close: bool) -> Verdict {
@@ -200,10 +329,12 @@ fn writer_stopped() -> RpcError {
 
 /// Handles input on a pool thread (may block); replies go into `out`.
 /// Either collects the replies to lines [`on_message`] handed to the
-/// writer, or handles `input` itself: in order, waiting for the writer
-/// where needed, answering a line over the limit and closing. `conn` is 0
-/// for an in-process call, whose input is complete (a last line needs no
-/// newline).
+/// writer, or handles `input` itself: every line in order, waiting for the
+/// writer where needed, answering a line over the limit and closing.
+/// `conn` is 0 for an in-process call, whose input is complete (a last
+/// line needs no newline); otherwise the input is complete lines (one,
+/// from [`defer_line`]), or an unfinished line an older generation
+/// forwarded, which is kept until its end arrives.
 pub fn on_deferred<S: Sink>(rpc: &Rpc, conn: u64, input: &[u8], out: &mut S) -> Verdict {
     let core = &*rpc.core;
     let max = core.cfg.max_line_bytes;
@@ -213,25 +344,33 @@ pub fn on_deferred<S: Sink>(rpc: &Rpc, conn: u64, input: &[u8], out: &mut S) -> 
         core.conns.take(conn)
     };
     if let Some(rx) = st.pending.take() {
-        let close = match crate::wait(core.host, || rx.recv()) {
+        let close = match wait(core.host, || rx.recv()) {
             Ok(reply) => {
                 out.put(&reply.out);
                 false
             }
             Err(_) => {
-                jsonrpc::write_error(out, None, &writer_stopped());
-                out.put(b"\n");
+                put_error(out, &writer_stopped());
                 true
             }
         };
         core.conns.put_back(conn, st);
         return finish(input.len(), close);
     }
-    let mut framed = frame(&st.partial, input);
-    let last = if conn == 0 && !framed.partial.is_empty() {
-        Some(std::mem::take(&mut framed.partial))
+    // The start of a line an older generation kept (see `handed_over`).
+    let joined;
+    let data = if !st.partial.is_empty() && !st.partial_http {
+        joined = [&std::mem::take(&mut st.partial)[..], input].concat();
+        &joined[..]
     } else {
-        None
+        input
+    };
+    st.scanned = 0;
+    let complete = memchr::memrchr(b'\n', data).map_or(0, |i| i + 1);
+    let (whole, rest) = if conn == 0 {
+        (data, &[][..])
+    } else {
+        data.split_at(complete)
     };
     let mut close = false;
     let mut queue: Option<Vec<u8>> = None;
@@ -245,17 +384,13 @@ pub fn on_deferred<S: Sink>(rpc: &Rpc, conn: u64, input: &[u8], out: &mut S) -> 
             later: None,
             subscribed: false,
         };
-        let all = framed.lines().map(|(l, _)| l).chain(last.as_deref());
-        for line in all {
-            if line.len() > max {
+        for line in lines(whole) {
+            if line.len() >= max {
                 close = true;
                 match &mut queue {
                     // The writer answers it in its place, then we close.
                     Some(q) => push_line(q, line),
-                    None => {
-                        jsonrpc::write_error(out, None, &too_large(core));
-                        out.put(b"\n");
-                    }
+                    None => put_error(out, &too_large(core)),
                 }
                 break;
             }
@@ -276,30 +411,40 @@ pub fn on_deferred<S: Sink>(rpc: &Rpc, conn: u64, input: &[u8], out: &mut S) -> 
         }
     }
     if let Some(q) = queue {
-        match rpc.writer.call(conn, Kind::Lines, q, usize::MAX) {
+        match wait(core.host, || {
+            rpc.writer.call(conn, Kind::Lines, q, usize::MAX)
+        }) {
             Ok(reply) => out.put(&reply.out),
             Err(e) => {
-                jsonrpc::write_error(out, None, &e);
-                out.put(b"\n");
+                put_error(out, &e);
                 close = true;
             }
         }
     }
-    if !close && framed.partial.len() > max {
-        jsonrpc::write_error(out, None, &too_large(core));
-        out.put(b"\n");
+    if !close && rest.len() >= max {
+        put_error(out, &too_large(core));
         close = true;
     }
     if conn != 0 && !close {
-        st.partial = framed.partial;
+        // Only an older generation forwards an unfinished line.
+        st.partial = rest.to_vec();
+        st.partial_http = false;
         core.conns.put_back(conn, st);
     }
     finish(input.len(), close)
 }
 
+fn push_line(q: &mut Vec<u8>, line: &[u8]) {
+    q.extend_from_slice(line);
+    q.push(b'\n');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::core_with;
+    use crate::Core;
+    use std::sync::Arc;
 
     #[test]
     fn splits_lines() {
@@ -307,26 +452,178 @@ mod tests {
         assert_eq!(v, [&b"a"[..], b"b", b"", b"c"]);
         assert_eq!(lines(b"").count(), 0);
         assert_eq!(lines(b"x").collect::<Vec<_>>(), [b"x"]);
-        let ends: Vec<usize> = line_ends(b"ab\ncd\n").map(|(_, e)| e).collect();
-        assert_eq!(ends, [3, 6]);
     }
 
     #[test]
-    fn frames_partial_lines() {
-        let f = frame(b"", b"{1}\n{2}\n{3");
-        assert!(f.joined.is_none());
-        assert_eq!(f.complete, b"{1}\n{2}\n");
-        assert_eq!(f.partial, b"{3");
-        let ends: Vec<usize> = f.lines().map(|(_, e)| e).collect();
-        assert_eq!(ends, [4, 8]);
-        let f = frame(b"{3", b"4}\r\n{5}\n");
-        let v: Vec<(&[u8], usize)> = f.lines().collect();
-        assert_eq!(v, [(&b"{34}"[..], 4), (&b"{5}"[..], 8)]);
-        assert!(f.partial.is_empty());
-        let f = frame(b"{3", b"4");
-        assert_eq!(f.partial, b"{34");
-        assert_eq!(f.lines().count(), 0);
-        assert!(f.oversized(2));
-        assert!(!f.oversized(3));
+    fn scanner_returns_complete_lines_and_remembers_the_search() {
+        let mut s = Scanner::new(0);
+        let input = b"{1}\n{2}\r\n{3";
+        assert_eq!(s.next_line(input), Some(&b"{1}\n"[..]));
+        assert_eq!(s.pos(), 4);
+        assert_eq!(s.next_line(input), Some(&b"{2}\r\n"[..]));
+        assert_eq!(s.next_line(input), None);
+        assert_eq!((s.pos(), s.scanned()), (9, 2), "`{{3` searched");
+        // The next call's input starts at the unfinished line; the search
+        // resumes after the 2 bytes already searched.
+        let mut s = Scanner::new(2);
+        assert_eq!(s.next_line(b"{34"), None);
+        assert_eq!(s.scanned(), 3);
+        let mut s = Scanner::new(3);
+        assert_eq!(s.next_line(b"{345}\n{6"), Some(&b"{345}\n"[..]));
+        assert_eq!(s.scanned(), 0, "nothing known after a line");
+        assert_eq!(s.next_line(b"{345}\n{6"), None);
+        assert_eq!(s.scanned(), 2);
+        // A stale count larger than the input is clamped.
+        let mut s = Scanner::new(99);
+        assert_eq!(s.next_line(b"ab"), None);
+        assert_eq!(s.scanned(), 2);
+    }
+
+    #[test]
+    fn scanner_never_searches_a_byte_twice() {
+        // A 1 MB line arriving 1 KB at a time: every call searches only
+        // the new kilobyte (the remembered count moves by 1 KB a call).
+        let mut scanned = 0;
+        let mut buf = Vec::new();
+        for _ in 0..1000 {
+            buf.extend_from_slice(&[b'x'; 1000]);
+            let mut s = Scanner::new(scanned);
+            assert_eq!(s.next_line(&buf), None);
+            assert_eq!(s.scanned(), buf.len());
+            scanned = s.scanned();
+        }
+        buf.push(b'\n');
+        let mut s = Scanner::new(scanned);
+        assert_eq!(s.next_line(&buf).map(<[u8]>::len), Some(1_000_001));
+    }
+
+    fn rpc_with(config: serde_json::Value) -> (Rpc, crate::testdir::TestDir) {
+        let (core, dir) = core_with(config);
+        let core: Arc<Core> = core;
+        let writer = crate::writer::Writer::spawn(
+            core.clone(),
+            crate::writer::Start::Ready {
+                db: crate::db::Db::open(&core.cfg.db, core.cfg.sync).unwrap(),
+                owner: crate::owner::Owner::try_acquire(&crate::owner::Owner::lock_path(
+                    &core.cfg.db,
+                ))
+                .unwrap()
+                .unwrap(),
+            },
+        )
+        .unwrap();
+        let rpc = Rpc {
+            core,
+            writer,
+            handover: Default::default(),
+            token: "t".into(),
+        };
+        (rpc, dir)
+    }
+
+    fn info(id: u64, out_limit: u64) -> ConnInfo {
+        let mut i = ConnInfo::new(id, "127.0.0.1:1".parse().unwrap(), false);
+        i.out_limit = out_limit;
+        i
+    }
+
+    fn get(id: u64) -> String {
+        format!("{{\"jsonrpc\":\"2.0\",\"method\":\"kv.get\",\"params\":[\"big\"],\"id\":{id}}}\n")
+    }
+
+    #[test]
+    fn stops_answering_at_the_output_budget() {
+        let (rpc, _dir) = rpc_with(serde_json::json!({}));
+        let set = format!(
+            "{{\"jsonrpc\":\"2.0\",\"method\":\"kv.set\",\"params\":[\"big\",\"{}\"],\"id\":0}}\n",
+            "v".repeat(10_000)
+        );
+        let mut out = Vec::new();
+        on_deferred(&rpc, 0, set.as_bytes(), &mut out);
+        assert!(out.starts_with(br#"{"jsonrpc":"2.0","result":true"#));
+
+        let input: String = (1..=100).map(get).collect();
+        let mut out = RVec::new();
+        let v = on_message(&rpc, &info(5, 25_000), input.as_bytes(), &mut out);
+        // Three replies of 10 KB reach 25 KB: it stops there.
+        assert_eq!(v.action, module_api::Action::Keep);
+        assert_eq!(v.consumed as usize, 3 * get(1).len());
+        assert_eq!(lines(&out).count(), 3);
+        // A host that sets no budget gets the default one (1 MiB).
+        let mut out = RVec::new();
+        let v = on_message(&rpc, &info(5, u64::MAX), input.as_bytes(), &mut out);
+        assert_eq!(v.consumed as usize, input.len());
+        let mut out = RVec::new();
+        let many: String = (1..=200).map(get).collect();
+        let v = on_message(&rpc, &info(5, u64::MAX), many.as_bytes(), &mut out);
+        let n = lines(&out).count();
+        assert!(out.len() >= DEFAULT_OUT_BUDGET && out.len() - 10_100 < DEFAULT_OUT_BUDGET);
+        assert_eq!(
+            v.consumed as usize,
+            (1..=n as u64).map(|i| get(i).len()).sum::<usize>()
+        );
+        rpc.writer.stop();
+    }
+
+    #[test]
+    fn unfinished_lines_stay_with_the_host() {
+        let (rpc, _dir) = rpc_with(serde_json::json!({"max_line_bytes": 100}));
+        let ping = "{\"jsonrpc\":\"2.0\",\"method\":\"sys.ping\",\"id\":1}\n";
+        let mut out = RVec::new();
+        // Only a line start: nothing consumed, nothing written.
+        let v = on_message(&rpc, &info(7, u64::MAX), &ping.as_bytes()[..10], &mut out);
+        assert_eq!(v, Verdict::NEED_MORE);
+        assert!(out.is_empty());
+        assert_eq!(rpc.core.conns.take(7).scanned, 10);
+        // A complete line and the start of the next: the line is consumed.
+        let input = format!("{ping}{}", &ping[..20]);
+        let v = on_message(&rpc, &info(7, u64::MAX), input.as_bytes(), &mut out);
+        assert_eq!(v.action, module_api::Action::Keep);
+        assert_eq!(v.consumed as usize, ping.len());
+        assert_eq!(rpc.core.conns.take(7).scanned, 20);
+        // An unfinished line that reaches the limit: -32040 and close.
+        let mut out = RVec::new();
+        let v = on_message(&rpc, &info(7, u64::MAX), &[b'{'; 100], &mut out);
+        assert_eq!(v.action, module_api::Action::Close);
+        assert!(String::from_utf8_lossy(&out).contains("-32040"));
+        rpc.writer.stop();
+    }
+
+    #[test]
+    fn a_write_goes_to_the_writer_with_the_writes_after_it() {
+        let (rpc, _dir) = rpc_with(serde_json::json!({}));
+        let set = |i: u32| {
+            format!(
+                "{{\"jsonrpc\":\"2.0\",\"method\":\"kv.set\",\"params\":[\"k\",{i}],\"id\":{i}}}\n"
+            )
+        };
+        let get_k = "{\"jsonrpc\":\"2.0\",\"method\":\"kv.get\",\"params\":[\"k\"],\"id\":3}\n";
+        let input = format!("{}{}{get_k}{}", set(1), set(2), set(4));
+        let mut out = RVec::new();
+        let v = on_message(&rpc, &info(9, u64::MAX), input.as_bytes(), &mut out);
+        assert_eq!(v.action, module_api::Action::Defer);
+        assert_eq!(v.consumed as usize, set(1).len() + set(2).len());
+        let mut out = Vec::new();
+        let v = on_deferred(&rpc, 9, &input.as_bytes()[..v.consumed as usize], &mut out);
+        assert_eq!(v.action, module_api::Action::Keep);
+        assert_eq!(lines(&out).count(), 2);
+        // The read after them is answered on the event loop and sees them.
+        let rest = &input.as_bytes()[set(1).len() + set(2).len()..];
+        let mut out = RVec::new();
+        let v = on_message(&rpc, &info(9, u64::MAX), rest, &mut out);
+        assert_eq!(v.consumed as usize, get_k.len());
+        assert!(out.starts_with(br#"{"jsonrpc":"2.0","result":2,"id":3}"#));
+        // A budget cuts a run of writes short.
+        let many: String = (10..30).map(set).collect();
+        let v = on_message(&rpc, &info(9, 1000), many.as_bytes(), &mut RVec::new());
+        assert_eq!(v.action, module_api::Action::Defer);
+        assert!((v.consumed as usize) < many.len() / 2, "{}", v.consumed);
+        on_deferred(
+            &rpc,
+            9,
+            &many.as_bytes()[..v.consumed as usize],
+            &mut Vec::new(),
+        );
+        rpc.writer.stop();
     }
 }
