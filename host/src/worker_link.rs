@@ -902,7 +902,13 @@ pub fn replace(shared: Arc<Shared>, why: Replace, done: Box<dyn FnOnce(Replaced)
     let spawned = std::thread::Builder::new()
         .name("upgrade".into())
         .spawn(move || {
-            let replies = link.replies.lock();
+            // One replacement at a time: another one may still be waiting
+            // for its new worker (past UPGRADE_TIMEOUT, without an end).
+            let Some(replies) = link.replies.try_lock() else {
+                return done(Err(
+                    "a replacement of this worker is already under way".into()
+                ));
+            };
             while replies.try_recv().is_ok() {}
             let request = match why {
                 Replace::Upgrade => "upgrade",
