@@ -146,19 +146,14 @@ pub struct FrameState {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 enum Phase {
-    /// No end of head in `input[..scanned]`; the request line was checked
-    /// once `line_checked`.
+    /// Nothing seen yet.
     #[default]
     Start,
-    Head {
-        scanned: usize,
-        line_checked: bool,
-    },
+    /// No end of head starts at an LF before `scanned`; the request line
+    /// was checked once `line_checked`.
+    Head { scanned: usize, line_checked: bool },
     /// Everything up to `end` is the message.
-    Length {
-        head_len: usize,
-        end: u64,
-    },
+    Length { head_len: usize, end: u64 },
     /// A chunk-size line starts at `pos`; `scanned` bytes of it have no LF.
     ChunkSize {
         head_len: usize,
@@ -256,15 +251,23 @@ fn head(
     scanned: usize,
     line_checked: bool,
 ) -> Option<Frame> {
-    // The end of the head is an empty line: "\n\n" or "\n\r\n". The 2
-    // bytes before the new ones may start it.
-    let from = scanned.saturating_sub(2);
+    // The end of the head is an empty line: "\n\n" or "\n\r\n". `from`
+    // is where the LFs not yet known to start no such line begin (the
+    // last 2 bytes of the previous call lacked the bytes after them).
+    let from = scanned;
+    let (empty, lead) = leading_empty_lines(input);
+    if empty > MAX_LEADING_EMPTY {
+        return Some(Frame::Refused(refuse(400, "malformed request")));
+    }
     let mut first_lf = None;
     let mut end = None;
     let mut i = from;
     while let Some(off) = memchr(b'\n', &input[i..]) {
         let lf = i + off;
-        first_lf.get_or_insert(lf);
+        if lf >= lead {
+            // An LF after the leading empty lines ends the request line.
+            first_lf.get_or_insert(lf);
+        }
         match (input.get(lf + 1), input.get(lf + 2)) {
             (Some(b'\n'), _) => end = Some(lf + 2),
             (Some(b'\r'), Some(b'\n')) => end = Some(lf + 3),
@@ -283,17 +286,15 @@ fn head(
         return Some(Frame::Refused(refuse(414, "request target too long")));
     }
     if let Some(end) = end {
-        if leading_empty_lines(input) > MAX_LEADING_EMPTY {
-            return Some(Frame::Refused(refuse(400, "malformed request")));
-        }
         state.work += end as u64;
         match finish_head(input, end, limits, state) {
             HeadStep::Done(f) => return f,
             // An empty line before the request line, not the end of the
-            // head: look further.
+            // head: look further, from its last LF (`end - 1` is past
+            // `from`, so each round makes progress).
             HeadStep::NotYet => {
                 state.phase = Phase::Head {
-                    scanned: end,
+                    scanned: end - 1,
                     line_checked: line_done,
                 };
                 return None;
@@ -313,7 +314,7 @@ fn head(
         }
     }
     state.phase = Phase::Head {
-        scanned: input.len(),
+        scanned: input.len().saturating_sub(2).max(from),
         line_checked: line_done,
     };
     Some(Frame::Partial { head_len: None })
@@ -333,7 +334,7 @@ fn finish_head(input: &[u8], end: usize, limits: &Limits, state: &mut FrameState
     if head_len > limits.max_head {
         return refused(refuse(431, "request head too large"));
     }
-    if leading_empty_lines(input) > MAX_LEADING_EMPTY {
+    if leading_empty_lines(input).0 > MAX_LEADING_EMPTY {
         return refused(refuse(400, "malformed request"));
     }
     let head = super::Request {
@@ -365,18 +366,20 @@ fn finish_head(input: &[u8], end: usize, limits: &Limits, state: &mut FrameState
     }
 }
 
-/// Empty lines before the request line.
-fn leading_empty_lines(input: &[u8]) -> usize {
+/// Empty lines before the request line, counted up to one more than
+/// allowed, and the bytes they take.
+fn leading_empty_lines(input: &[u8]) -> (usize, usize) {
     let mut n = 0;
     let mut i = 0;
-    loop {
+    while n <= MAX_LEADING_EMPTY {
         match input.get(i..) {
             Some([b'\r', b'\n', ..]) => i += 2,
             Some([b'\n', ..]) => i += 1,
-            _ => return n,
+            _ => break,
         }
         n += 1;
     }
+    (n, i)
 }
 
 fn parse_error(e: httparse::Error) -> Refusal {
