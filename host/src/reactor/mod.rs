@@ -7,6 +7,15 @@
 //! through the loop's mailbox. Timeouts are checked by a sweep four times a
 //! second.
 //!
+//! Every resource a client can make the loop hold is bounded: unsent output
+//! by the output budget (`max_output_buffer`: above it the connection's
+//! module is not called and its socket not read), buffered input by
+//! `max_message_size` and `max_buffered_bytes`, connections by
+//! `max_connections` (idle ones are closed to admit newcomers) and the
+//! descriptor limit (accepting pauses on `EMFILE`), pushes by
+//! `max_push_backlog` and each mailbox's `max_pending_push_bytes`, and the
+//! buffer pools by bytes.
+//!
 //! Built-in commands are in [`commands`], proxied connections in
 //! [`proxying`].
 
