@@ -13,6 +13,8 @@
 #                   nightly-only -Zsanitizer, which the stable toolchain
 #                   accepts only with RUSTC_BOOTSTRAP=1 (set here when asked)
 #   FUZZ_ARGS       extra libFuzzer flags, e.g. "-jobs=2 -workers=2"
+#   FUZZ_PROFILE    cargo profile of fuzz/Cargo.toml: release (default), or
+#                   fuzz-ci (opt-level 1: a shorter build, slower runs)
 #   CARGO           cargo
 #
 # Why not `cargo fuzz run`: cargo-fuzz is not part of the toolchain and
@@ -36,6 +38,7 @@ CARGO=${CARGO:-cargo}
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 TIMEOUT=${FUZZ_TIMEOUT:-10}
 SANITIZER=${FUZZ_SANITIZER:-none}
+PROFILE=${FUZZ_PROFILE:-release}
 
 targets_all() {
     sed -n 's/^name = "\(.*\)"$/\1/p' "$FUZZ/Cargo.toml" | grep -v '^switchyard-fuzz$'
@@ -85,16 +88,16 @@ case "$SANITIZER" in
     *) echo "fuzz: FUZZ_SANITIZER is none or address" >&2; exit 2 ;;
 esac
 
-echo "fuzz: building ${#targets[@]} target(s) (sanitizer: $SANITIZER)"
+echo "fuzz: building ${#targets[@]} target(s) (profile: $PROFILE, sanitizer: $SANITIZER)"
 bins=()
 for t in "${targets[@]}"; do bins+=(--bin "$t"); done
 start=$(date +%s)
 RUSTFLAGS="$flags ${RUSTFLAGS:-}" \
-    "$CARGO" build --release --manifest-path "$FUZZ/Cargo.toml" --target "$triple" "${bins[@]}"
+    "$CARGO" build --profile "$PROFILE" --manifest-path "$FUZZ/Cargo.toml" --target "$triple" "${bins[@]}"
 echo "fuzz: built in $(($(date +%s) - start)) s"
 ((build_only)) && exit 0
 
-bin_dir="$FUZZ/target/$triple/release"
+bin_dir="$FUZZ/target/$triple/$PROFILE"
 failed=()
 for t in "${targets[@]}"; do
     out="$FUZZ/out/$t"
