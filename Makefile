@@ -21,13 +21,13 @@
 #
 # Variables: PORT (8080), ARGS (extra switchyard flags, e.g. ARGS="-threads 8"),
 # RUST_LOG (info for `make run`), CARGO (cargo), FUZZ_SECONDS (60),
-# FUZZ_CI_SECONDS (20), FUZZ_TARGETS (all; e.g. FUZZ_TARGETS="router cron").
+# FUZZ_CI_SECONDS (15), FUZZ_TARGETS (all; e.g. FUZZ_TARGETS="router cron").
 
 CARGO    ?= cargo
 PORT     ?= 8080
 ARGS     ?=
 FUZZ_SECONDS    ?= 60
-FUZZ_CI_SECONDS ?= 20
+FUZZ_CI_SECONDS ?= 15
 FUZZ_TARGETS    ?=
 
 RELEASE  := target/release

@@ -117,13 +117,13 @@ for t in "${targets[@]}"; do
     else
         echo "fuzz: $t FAILED (exit $status); last lines of $log:"
         tail -n 40 "$log" | sed 's/^/    /'
-        grep -h 'Test unit written to\|written to ' "$log" | sed 's/^/fuzz: artifact: /' || true
+        sed -n 's/.*Test unit written to /fuzz: artifact: /p' "$log"
         echo "fuzz: reproduce with: $bin_dir/$t <artifact>"
         failed+=("$t")
     fi
 done
 
-if ((${#failed[@]})); then echo "fuzz: crashed or hung: ${failed[*]}"; fi
+if ((${#failed[@]})); then echo "fuzz: failed (crash, hang or out of memory): ${failed[*]}"; fi
 # The closing line in the form CI reads as a test count.
 echo "fuzz: $((${#targets[@]} - ${#failed[@]})) passed, ${#failed[@]} failed"
 ((${#failed[@]} == 0))
