@@ -15,14 +15,20 @@
 #   make browser-check  headless Chromium renders the webapp's page
 #   make tls-cert     a self-signed pair for local HTTPS: tls/cert.pem, tls/key.pem
 #   make licenses     regenerate deps_licenses/
+#   make fuzz         every fuzz target in fuzz/ for FUZZ_SECONDS each (libFuzzer, stable toolchain)
+#   make fuzz-ci      the same, FUZZ_CI_SECONDS each (what .ci/run does)
 #   make clean        remove build output (never touches data/)
 #
 # Variables: PORT (8080), ARGS (extra switchyard flags, e.g. ARGS="-threads 8"),
-# RUST_LOG (info for `make run`), CARGO (cargo).
+# RUST_LOG (info for `make run`), CARGO (cargo), FUZZ_SECONDS (60),
+# FUZZ_CI_SECONDS (15), FUZZ_TARGETS (all; e.g. FUZZ_TARGETS="router cron").
 
 CARGO    ?= cargo
 PORT     ?= 8080
 ARGS     ?=
+FUZZ_SECONDS    ?= 60
+FUZZ_CI_SECONDS ?= 15
+FUZZ_TARGETS    ?=
 
 RELEASE  := target/release
 HOST_BIN := $(RELEASE)/switchyard
@@ -33,7 +39,7 @@ HOST_BIN := $(RELEASE)/switchyard
 MODULES  := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard modules/*/Cargo.toml)))
 FIXTURES := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard tests/fixtures/*/Cargo.toml)))
 
-.PHONY: all build cargo-build install-modules run test lint bench bench-proxy bench-proxy-bulk bench-https bench-reload bench-crash bench-webapp bench-rpc browser-check tls-cert licenses clean help
+.PHONY: all build cargo-build install-modules run test lint bench bench-proxy bench-proxy-bulk bench-https bench-reload bench-crash bench-webapp bench-rpc browser-check tls-cert licenses fuzz fuzz-ci clean help
 
 all: build
 
@@ -112,10 +118,25 @@ tls-cert:
 licenses:
 	scripts/gen-deps-licenses.sh
 
+# The fuzz crate is its own workspace (fuzz/Cargo.toml): lint and test never
+# build it. scripts/fuzz.sh builds it with libFuzzer's coverage flags on the
+# stable toolchain and runs each target on a scratch corpus (fuzz/out/)
+# seeded from fuzz/corpus/; a crash fails and names its input under
+# fuzz/artifacts/. See fuzz/README.md.
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh $(FUZZ_TARGETS)
+
+# CI: a build at opt-level 1 (profile fuzz-ci in fuzz/Cargo.toml) keeps the
+# whole step short; the rustfmt check covers the crate that `make lint`
+# does not see.
+fuzz-ci:
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
+	FUZZ_SECONDS=$(FUZZ_CI_SECONDS) FUZZ_PROFILE=fuzz-ci scripts/fuzz.sh $(FUZZ_TARGETS)
+
 clean:
 	$(CARGO) clean
 	rm -f modules/*.so modules/.*.so.tmp
-	rm -rf modules/.run bench/out
+	rm -rf modules/.run bench/out fuzz/target fuzz/out
 
 help:
 	@sed -n '3,/^$$/s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))

@@ -182,10 +182,15 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        let cfg: Config =
-            toml::from_str(&text).map_err(|e| format!("bad config {}: {e}", path.display()))?;
-        cfg.validate()
-            .map_err(|e| format!("bad config {}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| format!("bad config {}: {e}", path.display()))
+    }
+
+    /// Parses and validates the text of a config file (what [`Config::load`]
+    /// does after reading it; also the entry point of the `config` fuzz
+    /// target).
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate()?;
         Ok(cfg)
     }
 
