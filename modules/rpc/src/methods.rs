@@ -101,9 +101,7 @@ pub fn needs_writer(view: &View<'_>, msg: &Message<'_>) -> bool {
 /// run for the writer).
 pub fn only_writes(msg: &Message<'_>) -> bool {
     match msg {
-        Message::Single(Item::Call(req)) => {
-            Method::lookup(&req.method).is_some_and(|m| m.writes())
-        }
+        Message::Single(Item::Call(req)) => Method::lookup(&req.method).is_some_and(|m| m.writes()),
         _ => false,
     }
 }
