@@ -25,7 +25,7 @@ pub struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
-    /// Parses one complete message (as [`frame`] delimited it; anything
+    /// Parses one complete message (as [`super::frame`] delimited it; anything
     /// after the message is ignored).
     pub fn parse(msg: &'a [u8], limits: &Limits) -> std::result::Result<Request<'a>, Refusal> {
         let limits = limits.framing();
@@ -153,7 +153,7 @@ impl<'a> Request<'a> {
         (!t.is_empty()).then(|| t.to_ascii_lowercase())
     }
 
-    /// The value of cookie `name`, percent-decoded (as [`Cookie::new`]
+    /// The value of cookie `name`, percent-decoded (as [`super::Cookie::new`]
     /// encodes it).
     pub fn cookie(&self, name: &str) -> Option<String> {
         self.cookies()

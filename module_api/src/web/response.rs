@@ -152,7 +152,7 @@ pub enum SameSite {
 }
 
 /// A cookie to set. The value is percent-encoded on the wire (and decoded
-/// by [`Request::cookie`]), so it may hold any text.
+/// by [`super::Request::cookie`]), so it may hold any text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cookie {
     name: String,

@@ -243,7 +243,10 @@ impl<S> Router<S> {
 
     /// The event-loop half of a module's HTTP handling: waits for a whole
     /// request, refuses bad ones, then defers it to the worker pool (or,
-    /// with [`Router::inline`], handles it now). Never blocks.
+    /// with [`Router::inline`], handles it now). Never blocks. One request
+    /// per call, so pipelined requests never overrun the connection's
+    /// output budget ([`ConnInfo::out_limit`]): the host calls again for
+    /// the next one once its output allows.
     pub fn on_message(
         &self,
         state: &S,
