@@ -11,27 +11,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::supervision::alive;
 use common::*;
 use serde_json::{json, Value};
-
-/// The worker process (the one that runs modules and holds the data), from
-/// `STATUS`'s `worker pid=<pid> ...` line.
-fn worker_pid(s: &Server) -> u32 {
-    let st = s.status();
-    st.after
-        .iter()
-        .find_map(|l| l.strip_prefix("worker pid="))
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no `worker pid=` line in STATUS:\n{}", st.raw))
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().to_string()))
-        .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
-}
 
 fn rpc_server() -> Server {
     ServerBuilder::new(&["http", "rpc"]).tag("rpc").start()
@@ -612,7 +594,7 @@ fn slow_subscriber_is_told_and_disconnected() {
     let mut sub = Line::new(&s);
     assert_eq!(sub.ok("bus.subscribe", json!(["flood"])), 1);
     let mut p = Line::new(&s);
-    let worker = worker_pid(&s);
+    let worker = s.worker_pid();
     let rss_before = rss_kib(worker);
     let chunk = "x".repeat(32 * 1024);
     let started = Instant::now();
@@ -756,7 +738,7 @@ fn durable_across_kill_9(sync: &str, kill: Kill) {
         .tag("rpc-kill")
         .toml(&toml)
         .start();
-    let worker = worker_pid(&a);
+    let worker = a.worker_pid();
     let acked = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..4)
         .map(|t| {
@@ -842,7 +824,7 @@ fn durable_across_kill_9(sync: &str, kill: Kill) {
                 );
                 thread::sleep(Duration::from_millis(50));
             }
-            assert_ne!(worker_pid(&a), worker);
+            assert_ne!(a.worker_pid(), worker);
             &a
         }
         Kill::Server => {
@@ -1037,7 +1019,7 @@ fn python_example_client() {
 #[test]
 fn upgrade_hands_the_database_to_the_new_worker() {
     let s = rpc_server();
-    let first = worker_pid(&s);
+    let first = s.worker_pid();
     let running = Arc::new(AtomicBool::new(true));
     let clients: Vec<_> = (0..4)
         .map(|_| {
@@ -1088,7 +1070,7 @@ fn upgrade_hands_the_database_to_the_new_worker() {
         (acked..=acked + unknown).contains(&total),
         "counter {total}, {acked} acknowledged, {unknown} without a reply"
     );
-    assert_ne!(worker_pid(&s), first);
+    assert_ne!(s.worker_pid(), first);
     eprintln!("{acked} increments acknowledged across UPGRADE, {unknown} without a reply");
 }
 
@@ -1129,7 +1111,7 @@ fn a_second_server_on_the_same_database_waits() {
         "answered while another server owns the data"
     );
     assert_eq!(Line::new(&a).ok("kv.set", json!(["owner", "a2"])), true);
-    let worker = worker_pid(&a);
+    let worker = a.worker_pid();
     a.signal(libc::SIGKILL);
     assert!(a.wait_exit(Duration::from_secs(5)).is_some());
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -162,6 +162,13 @@ pub struct ProxyEvent {
 /// closes it when dropped ([`FileBody::owned`]), or the module keeps the
 /// descriptor open in a shared owner and the host calls `release(owner)`
 /// once it is done ([`FileBody::from_arc`]: no `dup`/`close` per response).
+///
+/// The fields are private, so safe code cannot make the host close or read
+/// a descriptor the body does not own:
+///
+/// ```compile_fail
+/// let body = module_api::FileBody { fd: 0, offset: 0, len: 10, owner: std::ptr::null(), release: None };
+/// ```
 #[repr(C)]
 #[derive(StableAbi, Debug)]
 pub struct FileBody {
@@ -308,6 +315,18 @@ impl Drop for FileBody {
 /// copying them (a cached file, say). The host calls `release(owner)` once
 /// it is done with them, on any thread. Build one with
 /// [`SharedBody::from_arc`].
+///
+/// The fields are private, so safe code cannot point the host at memory
+/// it does not own:
+///
+/// ```compile_fail
+/// let body = module_api::SharedBody {
+///     ptr: 0x1000 as *const u8,
+///     len: 1 << 30,
+///     owner: std::ptr::null(),
+///     release: None,
+/// };
+/// ```
 #[repr(C)]
 #[derive(StableAbi, Debug)]
 pub struct SharedBody {

@@ -1,6 +1,6 @@
 //! Opening module libraries and starting generations.
 //!
-//! Facts that shape this file (see DESIGN.md, "Reload"):
+//! Facts that shape this file (see docs/ARCHITECTURE.md, "Reload"):
 //! * `dlopen` of a path that is already loaded returns the old image, so
 //!   every load is made from a fresh copy with a unique name (unlinked once
 //!   mapped).

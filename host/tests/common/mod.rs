@@ -469,6 +469,12 @@ impl Server {
         Status::parse(&self.admin("STATUS"))
     }
 
+    /// The worker process (the one that runs modules and holds the data),
+    /// from `STATUS`'s `worker pid=<pid> ...` line.
+    pub fn worker_pid(&self) -> u32 {
+        supervision::worker_pid(&self.status())
+    }
+
     /// Polls `STATUS` (up to `timeout`) until `pred` holds; returns the last.
     pub fn wait_status(&self, timeout: Duration, pred: impl Fn(&Status) -> bool) -> Status {
         let deadline = Instant::now() + timeout;
@@ -1367,6 +1373,11 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Resident memory of a process in bytes (0 when it is gone).
+pub fn rss_bytes(pid: u32) -> u64 {
+    rss_kib(pid) * 1024
 }
 
 /// 64-bit FNV-1a, for checking that bulk transfers arrive intact.

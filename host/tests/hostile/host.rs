@@ -9,17 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::common::{dead_addr, rss_kib, Client, EchoUpstream, Server, ServerBuilder, INDEX_HTML};
 
-/// The worker process, from `STATUS`'s `worker pid=<pid> ...` line.
-fn worker_pid(s: &Server) -> u32 {
-    let st = s.status();
-    st.after
-        .iter()
-        .find_map(|l| l.strip_prefix("worker pid="))
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no `worker pid=` line in STATUS:\n{}", st.raw))
-}
-
 /// Waits until the server closes `c` (EOF or reset), up to `limit`;
 /// returns how long it took.
 fn time_to_close(c: &mut Client, limit: Duration) -> Result<Duration, String> {
@@ -71,7 +60,7 @@ fn rpc_line(method: &str, params: &str, id: u64) -> String {
 #[test]
 fn pipelined_large_replies_stay_within_the_output_budget() {
     let s = ServerBuilder::new(&["rpc"]).tag("budget").start();
-    let pid = worker_pid(&s);
+    let pid = s.worker_pid();
     // 256 KB values and 500 lines per connection keep the worst case (a
     // module answering every buffered line in one call) near 512 MB.
     let value = "v".repeat(256 * 1024);
@@ -230,7 +219,7 @@ fn descriptor_exhaustion_backs_off() {
         "{log}"
     );
 
-    let pid = worker_pid(&s);
+    let pid = s.worker_pid();
     let lim = libc::rlimit {
         rlim_cur: 96,
         rlim_max: 96,
@@ -362,7 +351,7 @@ fn partial_messages_are_bounded_globally() {
         .server("max_buffered_bytes = 4194304")
         .server("header_timeout_ms = 60000")
         .start();
-    let pid = worker_pid(&s);
+    let pid = s.worker_pid();
     let start = rss_kib(pid);
     // A body the module waits for (NeedMore): the host holds it.
     let chunk = format!(
@@ -424,7 +413,7 @@ fn large_pushes_leave_no_memory_behind() {
         .tag("pushrss")
         .server("max_push_backlog = 268435456")
         .start();
-    let pid = worker_pid(&s);
+    let pid = s.worker_pid();
     let sub = TcpStream::connect(s.addr).unwrap();
     sub.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut w = sub.try_clone().unwrap();

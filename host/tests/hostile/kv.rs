@@ -16,28 +16,6 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
-/// The worker process, from `STATUS`'s `worker pid=<pid> ...` line.
-fn worker_pid(s: &Server) -> u32 {
-    let st = s.status();
-    st.after
-        .iter()
-        .find_map(|l| l.strip_prefix("worker pid="))
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no `worker pid=` line in STATUS:\n{}", st.raw))
-}
-
-/// Resident memory of a process, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or_else(|| panic!("no VmRSS for {pid}"))
-}
-
 /// The database file plus its WAL, in bytes.
 fn disk(db: &Path) -> u64 {
     let wal = PathBuf::from(format!("{}-wal", db.display()));
@@ -212,8 +190,8 @@ fn a_big_database_is_served_at_once_without_holding_it() {
     let first = c.call("kv.get", json!(["big:7"]));
     let ready = started.elapsed();
     assert_eq!(first["result"].as_str().map(str::len), Some(SIZE - 2));
-    let pid = worker_pid(&s);
-    let at_start = rss(pid);
+    let pid = s.worker_pid();
+    let at_start = rss_bytes(pid);
     eprintln!("{VALUES} MB database: first answer after {ready:?}, worker RSS {at_start} bytes");
     assert!(
         ready < Duration::from_secs(10),
@@ -238,7 +216,7 @@ fn a_big_database_is_served_at_once_without_holding_it() {
             .len(),
         VALUES
     );
-    let after = rss(pid);
+    let after = rss_bytes(pid);
     eprintln!("after reading every value once: worker RSS {after} bytes");
     assert!(
         after < (VALUES * SIZE * 3 / 4) as u64,
@@ -328,7 +306,7 @@ fn a_burst_of_big_durable_writes_is_not_a_hang() {
         .server("hang_kill_ms = 300")
         .toml(&toml)
         .start();
-    let pid = worker_pid(&s);
+    let pid = s.worker_pid();
     let started = Instant::now();
     let clients: Vec<_> = (0..CONNS)
         .map(|n| {
@@ -368,7 +346,7 @@ fn a_burst_of_big_durable_writes_is_not_a_hang() {
     );
     assert_eq!(acked, CONNS * EACH);
     let st = s.status();
-    assert_eq!(worker_pid(&s), pid, "the worker was replaced:\n{}", st.raw);
+    assert_eq!(s.worker_pid(), pid, "the worker was replaced:\n{}", st.raw);
     assert!(
         !st.after
             .iter()

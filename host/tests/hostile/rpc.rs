@@ -18,22 +18,6 @@ use crate::common::*;
 
 const MIB: u64 = 1024 * 1024;
 
-/// The worker process (the one that runs modules), from `STATUS`.
-fn worker_pid(s: &Server) -> u32 {
-    let st = s.status();
-    st.after
-        .iter()
-        .find_map(|l| l.strip_prefix("worker pid="))
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no `worker pid=` line in STATUS:\n{}", st.raw))
-}
-
-/// Worker RSS in bytes.
-fn rss(pid: u32) -> u64 {
-    rss_kib(pid) * 1024
-}
-
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB as f64
 }
@@ -84,13 +68,13 @@ fn send_in_background(c: &Client, bytes: Vec<u8>) -> thread::JoinHandle<()> {
 #[test]
 fn pipelined_reads_of_a_big_value_stay_within_the_output_budget() {
     let s = ServerBuilder::new(&["rpc"]).tag("hostile-amplify").start();
-    let worker = worker_pid(&s);
+    let worker = s.worker_pid();
     let mut admin = s.connect();
     let big = "v".repeat(1_000_000);
     assert_eq!(ok(&mut admin, "kv.set", json!(["big", big])), true);
     assert_eq!(ok(&mut admin, "kv.set", json!(["small", 7])), true);
     drop(big);
-    let before = rss(worker);
+    let before = rss_bytes(worker);
 
     let gets: String = (0..5000)
         .map(|i| request("kv.get", json!(["big"]), i))
@@ -110,7 +94,7 @@ fn pipelined_reads_of_a_big_value_stay_within_the_output_budget() {
     let started = Instant::now();
     let mut answered = 0;
     while started.elapsed() < Duration::from_secs(4) {
-        let now = rss(worker);
+        let now = rss_bytes(worker);
         peak = peak.max(now);
         if now > bound {
             // SAFETY: kill(2) on the worker this test started.
@@ -173,10 +157,10 @@ fn unfinished_lines_are_bounded_and_closed_by_the_message_timeout() {
         .server(&format!("header_timeout_ms = {timeout_ms}"))
         .server("idle_timeout_ms = 120000")
         .start();
-    let worker = worker_pid(&s);
+    let worker = s.worker_pid();
     let mut probe = s.connect();
     assert_eq!(ok(&mut probe, "sys.ping", json!([])), "pong");
-    let before = rss(worker);
+    let before = rss_bytes(worker);
     let n = 200;
     let line = partial_line(1_000_000);
     let started = Instant::now();
@@ -203,7 +187,7 @@ fn unfinished_lines_are_bounded_and_closed_by_the_message_timeout() {
         .collect();
     let sent = started.elapsed();
     thread::sleep(Duration::from_millis(300));
-    let held = rss(worker);
+    let held = rss_bytes(worker);
     let per_conn = held.saturating_sub(before) / n as u64;
     println!(
         "partial lines: {n} x 1 MB sent in {sent:?}; worker RSS {:.0} MiB before, {:.0} MiB holding them ({:.2} MiB per connection)",
@@ -236,7 +220,7 @@ fn unfinished_lines_are_bounded_and_closed_by_the_message_timeout() {
     thread::sleep(Duration::from_millis(300));
     println!(
         "partial lines: all {n} (and the trickler) closed by the message timeout after {closed_after:?}; worker RSS then {:.0} MiB",
-        mib(rss(worker))
+        mib(rss_bytes(worker))
     );
     // The server is fine.
     let mut fresh = s.connect();
@@ -254,8 +238,8 @@ fn unfinished_lines_on_2000_connections() {
         .tag("hostile-partial-2000")
         .server("header_timeout_ms = 20000")
         .start();
-    let worker = worker_pid(&s);
-    let before = rss(worker);
+    let worker = s.worker_pid();
+    let before = rss_bytes(worker);
     let line = partial_line(1_000_000);
     let started = Instant::now();
     let mut clients = Vec::new();
@@ -273,7 +257,7 @@ fn unfinished_lines_on_2000_connections() {
         }
     }
     thread::sleep(Duration::from_millis(500));
-    let held = rss(worker);
+    let held = rss_bytes(worker);
     println!(
         "2000 partial lines: sent in {:?} ({refused} refused or cut); worker RSS {:.0} MiB before, {:.0} MiB holding them",
         started.elapsed(),
@@ -433,7 +417,7 @@ fn read_messages(c: &mut Client, n: usize) -> usize {
 #[test]
 fn big_messages_to_a_reading_subscriber_do_not_stay_allocated() {
     let s = ServerBuilder::new(&["rpc"]).tag("hostile-push-mem").start();
-    let worker = worker_pid(&s);
+    let worker = s.worker_pid();
     let mut sub = s.connect();
     assert_eq!(ok(&mut sub, "bus.subscribe", json!(["big"])), 1);
     let received = Arc::new(AtomicUsize::new(0));
@@ -450,7 +434,7 @@ fn big_messages_to_a_reading_subscriber_do_not_stay_allocated() {
     let data = "y".repeat(900 * 1024);
     let line = request("bus.publish", json!({"topic": "big", "data": data}), 1);
     drop(data);
-    let start = rss(worker);
+    let start = rss_bytes(worker);
     let mut after = Vec::new();
     let mut sent = 0;
     for _ in 0..3 {
@@ -466,7 +450,7 @@ fn big_messages_to_a_reading_subscriber_do_not_stay_allocated() {
             }
         }
         thread::sleep(Duration::from_millis(300));
-        after.push(rss(worker));
+        after.push(rss_bytes(worker));
     }
     reader.join().unwrap();
     println!(
@@ -494,7 +478,7 @@ fn one_big_message_to_300_idle_subscribers_is_shared() {
     let s = ServerBuilder::new(&["rpc"])
         .tag("hostile-push-wide")
         .start();
-    let worker = worker_pid(&s);
+    let worker = s.worker_pid();
     let mut subs: Vec<Client> = (0..300)
         .map(|_| {
             let mut c = s.connect();
@@ -506,12 +490,12 @@ fn one_big_message_to_300_idle_subscribers_is_shared() {
     let data = "w".repeat(900 * 1024);
     let line = request("bus.publish", json!({"topic": "wide", "data": data}), 1);
     drop(data);
-    let before = rss(worker);
+    let before = rss_bytes(worker);
     p.send(line.as_bytes());
     let v: Value = serde_json::from_str(&p.read_line()).unwrap();
     assert_eq!(v["result"], 300, "{v}");
     thread::sleep(Duration::from_millis(500));
-    let after = rss(worker);
+    let after = rss_bytes(worker);
     println!(
         "push memory: one 900 KB publish to 300 idle subscribers: worker RSS {:.0} MiB -> {:.0} MiB",
         mib(before),
@@ -553,7 +537,7 @@ fn waiting_for_the_database_is_not_a_hang() {
         .server("hang_kill_ms = 300")
         .toml(&toml)
         .start();
-    let b_worker = worker_pid(&b);
+    let b_worker = b.worker_pid();
     let waiting = {
         let addr = b.addr;
         thread::spawn(move || {
@@ -568,7 +552,7 @@ fn waiting_for_the_database_is_not_a_hang() {
     assert!(a.wait_exit(Duration::from_secs(5)).is_some());
     let v = waiting.join().unwrap();
     assert_eq!(v["result"], "a", "{v}");
-    assert_eq!(worker_pid(&b), b_worker, "the waiting worker was replaced");
+    assert_eq!(b.worker_pid(), b_worker, "the waiting worker was replaced");
     assert!(
         !b.log().contains("killing the worker"),
         "the leader took the wait for a hang"
