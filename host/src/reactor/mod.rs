@@ -642,7 +642,15 @@ impl EventLoop {
                             conn.info.id,
                             conn.info.peer()
                         );
-                        return self.close(key, "message too large");
+                        // Tell the client why, in its module's protocol,
+                        // then close once that is sent.
+                        let Stage::Module(g) = &conn.stage else {
+                            return self.close(key, "message too large");
+                        };
+                        let protocol = message_protocol(g.protocol, conn.rbuf.bytes());
+                        too_large(&mut conn.wbuf, protocol);
+                        conn.closing = true;
+                        progress = true;
                     }
                     Err(e) => {
                         log::debug!("conn {}: read error: {e}", conn.info.id);
@@ -909,7 +917,16 @@ impl EventLoop {
                     return Next::Close("module violation");
                 }
                 if conn.rbuf.len() >= self.shared.cfg.max_message_size {
-                    return Next::Close("message too large");
+                    log::warn!(
+                        "conn {} from {}: message exceeds {} bytes, closing",
+                        conn.info.id,
+                        conn.info.peer(),
+                        self.shared.cfg.max_message_size
+                    );
+                    let protocol = message_protocol(g.protocol, conn.rbuf.bytes());
+                    too_large(&mut conn.wbuf, protocol);
+                    conn.closing = true;
+                    return Next::Keep;
                 }
                 // Wait for more bytes: stop this round.
                 return Next::Keep;
@@ -1180,6 +1197,36 @@ fn bad_request(out: &mut RVec<u8>) {
     module_api::http::push_header(out, "Content-Type", b"text/plain; charset=utf-8");
     module_api::http::end_head(out, body.len() as u64);
     out.extend_from_copy_slice(body);
+}
+
+/// The protocol of one message: a module that speaks JSON-RPC may also
+/// take it over HTTP (the rpc module's `POST /rpc`), so a message that
+/// starts like an HTTP request is answered in HTTP.
+fn message_protocol(module: Protocol, message: &[u8]) -> Protocol {
+    if module == Protocol::JsonRpc && crate::router::looks_like_http(message) {
+        Protocol::Http
+    } else {
+        module
+    }
+}
+
+/// The reply to a message over `max_message_size`, before the host closes
+/// the connection.
+fn too_large(out: &mut RVec<u8>, protocol: Protocol) {
+    match protocol {
+        Protocol::Http => {
+            let body = b"413 Content Too Large: the request exceeds the server's max_message_size\n";
+            module_api::http::start_response(out, 413, false);
+            module_api::http::push_header(out, "Content-Type", b"text/plain; charset=utf-8");
+            module_api::http::end_head(out, body.len() as u64);
+            out.extend_from_copy_slice(body);
+        }
+        Protocol::JsonRpc => out.extend_from_copy_slice(
+            br#"{"jsonrpc":"2.0","error":{"code":-32040,"message":"message over the server's max_message_size; closing"},"id":null}
+"#,
+        ),
+        Protocol::Raw => {}
+    }
 }
 
 /// The reply for a prefix whose module is reloading or gone.

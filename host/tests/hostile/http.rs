@@ -11,7 +11,7 @@ use std::io::Write;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::common::{Client, Response, Server, ServerBuilder};
+use crate::common::{rss_kib, Client, Response, Server, ServerBuilder};
 
 /// The static site, the web app and the rpc module on one server.
 fn start(tag: &str, extra: &str) -> Server {
@@ -67,6 +67,38 @@ fn refused(s: &Server, who: &str, raw: &[u8], status: u16) -> Response {
     c.expect_closed(Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("{who}: after {status}: {e}"));
     r
+}
+
+/// A message over the host's `max_message_size` (here smaller than what
+/// the module itself would take) is answered in its module's protocol
+/// before the close: 413 for HTTP, -32040 for a JSON-RPC line.
+#[test]
+fn message_over_max_message_size_is_answered_then_closed() {
+    let s = ServerBuilder::new(&["rpc"])
+        .tag("too-large")
+        .server("max_message_size = 65536")
+        .start();
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","method":"kv.set","params":{{"key":"k","value":"{}"}},"id":1}}"#,
+        "v".repeat(100_000)
+    );
+    let raw = format!(
+        "POST /rpc HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut c = s.connect();
+    c.send_lenient(raw.as_bytes());
+    let r = c.read_response(false);
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.text().contains("max_message_size"), "{}", r.text());
+    c.expect_closed(Duration::from_secs(5)).unwrap();
+
+    let mut c = s.connect();
+    c.send_lenient(body.as_bytes());
+    let line = c.read_line();
+    assert!(line.contains("-32040"), "{line}");
+    c.expect_closed(Duration::from_secs(5)).unwrap();
+    assert!(s.log().contains("message exceeds 65536 bytes"));
 }
 
 #[test]
@@ -334,22 +366,6 @@ fn large_chunked_body_in_many_small_pieces_is_answered() {
 }
 
 /// The worker's resident set, in KiB.
-fn worker_rss_kib(s: &Server) -> u64 {
-    let status = s.status();
-    let pid = status
-        .after
-        .iter()
-        .find_map(|l| l.strip_prefix("worker pid="))
-        .and_then(|rest| rest.split_whitespace().next())
-        .map_or(s.pid(), |p| p.parse().unwrap());
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 /// 10,000 pipelined GETs of an 8 KiB file (80 MB of answers), sent at
 /// once and not read for a while: the server answers as the client reads,
 /// holding about one output budget, not every answer. The SDK stops each
@@ -360,7 +376,7 @@ fn ten_thousand_pipelined_gets_unread_stay_in_bounded_memory() {
     let s = start("http-pipeline", "");
     // Warm the cache and the worker.
     assert_eq!(s.get("/small.txt").body.len(), 8 * 1024);
-    let before = worker_rss_kib(&s);
+    let before = rss_kib(s.worker_pid());
     let mut c = s.connect();
     let mut writer = c.stream.try_clone().unwrap();
     let sender = thread::spawn(move || {
@@ -369,7 +385,7 @@ fn ten_thousand_pipelined_gets_unread_stay_in_bounded_memory() {
         writer.write_all(&all).unwrap();
     });
     thread::sleep(Duration::from_secs(2));
-    let during = worker_rss_kib(&s);
+    let during = rss_kib(s.worker_pid());
     let mut answered = 0;
     while answered < N {
         let r = c.read_response(false);
