@@ -181,6 +181,11 @@ fn is_json(text: &[u8]) -> bool {
 /// Parses one message (a line without its newline, or an HTTP body).
 /// Batches longer than `max_batch` are refused whole.
 pub fn parse(text: &[u8], max_batch: usize) -> Message<'_> {
+    // JSON text is UTF-8 (RFC 8259 8.1). serde_json checks it only in the
+    // strings it keeps, so a bad byte in a skipped member would pass.
+    if std::str::from_utf8(text).is_err() {
+        return Message::Error(RpcError::parse_error());
+    }
     match first_byte(text) {
         None => Message::Empty,
         Some(b'{') => match serde_json::from_slice::<Envelope<'_>>(text) {
@@ -454,6 +459,18 @@ mod tests {
             match parse(bad.as_bytes(), 10) {
                 Message::Error(e) => assert_eq!(e.code, code::PARSE_ERROR, "{bad}"),
                 other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // Not UTF-8, also where serde_json would skip over it (found by
+        // the jsonrpc fuzz target).
+        for bad in [
+            &b"{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"x\":\"\xff\",\"id\":1}"[..],
+            b"\"\xff\"",
+            b"[{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"x\":\"\xc3\"}]",
+        ] {
+            match parse(bad, 10) {
+                Message::Error(e) => assert_eq!(e.code, code::PARSE_ERROR, "{bad:?}"),
+                other => panic!("{bad:?}: {other:?}"),
             }
         }
         assert!(matches!(parse(b"  \t", 10), Message::Empty));
