@@ -586,7 +586,7 @@ fn chunked(input: &[u8], limits: &Limits, state: &mut FrameState) -> Option<Fram
                             head_len: Some(head_len),
                         });
                     }
-                    Err(()) => return Some(Frame::Refused(BAD_CHUNK)),
+                    Err(_) => return Some(Frame::Refused(BAD_CHUNK)),
                 };
                 let size = match chunk_size(&input[pos..lf - 1]) {
                     Some(s) => s,
@@ -664,10 +664,10 @@ fn chunked(input: &[u8], limits: &Limits, state: &mut FrameState) -> Option<Fram
                             head_len: Some(head_len),
                         });
                     }
-                    Err(()) if input.len() - pos > room => {
+                    Err(LineError::TooLong) => {
                         return Some(Frame::Refused(refuse(431, "trailer section too large")))
                     }
-                    Err(()) => return Some(Frame::Refused(BAD_CHUNK)),
+                    Err(LineError::BareLf) => return Some(Frame::Refused(BAD_CHUNK)),
                 };
                 if lf == pos + 1 {
                     return Some(Frame::Complete {
@@ -692,21 +692,31 @@ fn chunked(input: &[u8], limits: &Limits, state: &mut FrameState) -> Option<Fram
     }
 }
 
+/// Why a line is refused by [`line_end`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineError {
+    /// A LF without its CR (or an empty line where one is not allowed).
+    BareLf,
+    /// No line end within the line's limit.
+    TooLong,
+}
+
 /// The LF ending the line that starts at `pos` (no LF in
 /// `input[pos..scanned]`), which must be preceded by CR: `Ok(None)` while
-/// it has not arrived, `Err` for a bare LF or a line over `max` bytes.
+/// it has not arrived. The error says which rule broke, so that the same
+/// bytes get the same answer whether they arrive at once or in pieces.
 fn line_end(
     input: &[u8],
     pos: usize,
     scanned: usize,
     max: usize,
     state: &mut FrameState,
-) -> Result<Option<usize>, ()> {
+) -> Result<Option<usize>, LineError> {
     let from = scanned.max(pos);
     let limit = input.len().min(pos.saturating_add(max).saturating_add(2));
     if from >= limit {
         return if input.len() - pos > max {
-            Err(())
+            Err(LineError::TooLong)
         } else {
             Ok(None)
         };
@@ -716,14 +726,14 @@ fn line_end(
             let lf = from + i;
             state.work += (i + 1) as u64;
             if lf == pos || input[lf - 1] != b'\r' {
-                return Err(());
+                return Err(LineError::BareLf);
             }
             Ok(Some(lf))
         }
         None => {
             state.work += (limit - from) as u64;
             if input.len() - pos > max.saturating_add(1) {
-                Err(())
+                Err(LineError::TooLong)
             } else {
                 Ok(None)
             }
