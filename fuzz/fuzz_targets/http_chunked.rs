@@ -7,8 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use module_api::http::framing::{self, Body, Frame, FrameState, Limits};
 use module_api::http;
+use module_api::http::framing::{self, Body, Frame, FrameState, Limits};
 
 const HEAD: &[u8] = b"POST /f HTTP/1.1\r\nHost: f\r\nTransfer-Encoding: chunked\r\n\r\n";
 
