@@ -119,6 +119,15 @@ enum Decision {
     None,
 }
 
+/// Whether `input` starts like an absolute-form request line: an
+/// upper-case method token, one space, then a letter (a scheme).
+fn absolute_form_candidate(input: &[u8]) -> bool {
+    let method = input.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    method > 0
+        && input.get(method) == Some(&b' ')
+        && input.get(method + 1).is_some_and(u8::is_ascii_alphabetic)
+}
+
 /// What the lookup must answer for `input`, from first principles.
 fn model(all: &[(Vec<u8>, Colour)], input: &[u8]) -> Decision {
     if input.is_empty() {
@@ -162,8 +171,14 @@ fuzz_target!(|data: &[u8]| {
             Match::NeedMore => Decision::NeedMore,
             Match::None => Decision::None,
         };
-        let want = model(&all, seen);
-        assert_eq!(got, want, "lookup({seen:?})");
+        // The model covers origin-form lines. A line that may still be an
+        // absolute-form request (`METHOD SP scheme...`) is routed by its
+        // path once that is known (`router::absolute_form`): for those only
+        // the checks below hold (no panic, a decision never changes).
+        if !absolute_form_candidate(seen) {
+            let want = model(&all, seen);
+            assert_eq!(got, want, "lookup({seen:?})");
+        }
         if let Some(first) = &settled {
             assert_eq!(&got, first, "decision changed at {seen:?}");
         } else if got != Decision::NeedMore {
