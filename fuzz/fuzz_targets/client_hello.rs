@@ -4,7 +4,7 @@
 //!
 //! Two checks per input:
 //! * Arbitrary bytes: no panic; a name, when found, is non-empty, lower
-//!   case, of the characters a host name may hold; and the answer for any
+//!   case, printable, no trailing dot (what the reader keeps); and the answer for any
 //!   shorter piece of a record is `Incomplete` or the same as for the whole
 //!   (bytes arrive a few at a time, and the host decides on the first
 //!   answer that is not `Incomplete`).
@@ -23,12 +23,14 @@ const MAX_NAME: usize = 253;
 /// The characters a generated name is drawn from.
 const NAME_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.";
 
+/// A kept name: non-empty, printable ASCII without space, `/` or `\\`,
+/// lower case, no trailing dot (see `tls::host_name`).
 fn check_name(name: &str) {
     assert!(!name.is_empty());
+    assert!(!name.ends_with('.'), "name {name:?}");
     assert!(
-        name.bytes().all(|c| c.is_ascii_lowercase()
-            || c.is_ascii_digit()
-            || matches!(c, b'-' | b'.' | b'_')),
+        name.bytes()
+            .all(|c| c.is_ascii_graphic() && !c.is_ascii_uppercase() && c != b'/' && c != b'\\'),
         "name {name:?}"
     );
 }
