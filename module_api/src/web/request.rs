@@ -271,30 +271,28 @@ impl Form {
 /// do: `+` is a space, `%XX` a byte, a bad escape stays as written, invalid
 /// UTF-8 becomes U+FFFD, empty pairs are skipped.
 pub fn parse_urlencoded(input: &[u8]) -> Vec<(String, String)> {
+    raw_pairs(input)
+        .map(|(k, v)| (decode_component(k, true), decode_component(v, true)))
+        .collect()
+}
+
+/// The `name=value` pairs of `a=1&b&c=`, still encoded; empty pairs
+/// skipped, a pair without `=` has an empty value.
+fn raw_pairs(input: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     input
         .split(|&b| b == b'&')
         .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = match pair.iter().position(|&b| b == b'=') {
-                Some(i) => (&pair[..i], &pair[i + 1..]),
-                None => (pair, &[][..]),
-            };
-            (decode_component(k, true), decode_component(v, true))
+        .map(|pair| match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &[][..]),
         })
-        .collect()
 }
 
 /// Decodes a form body like [`parse_urlencoded`], but `None` when a name
 /// or value is not UTF-8 once decoded.
 fn parse_form(input: &[u8]) -> Option<Vec<(String, String)>> {
-    input
-        .split(|&b| b == b'&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = match pair.iter().position(|&b| b == b'=') {
-                Some(i) => (&pair[..i], &pair[i + 1..]),
-                None => (pair, &[][..]),
-            };
+    raw_pairs(input)
+        .map(|(k, v)| {
             let k = String::from_utf8(decode_bytes(k, true)).ok()?;
             let v = String::from_utf8(decode_bytes(v, true)).ok()?;
             Some((k, v))
