@@ -199,6 +199,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         table: registry.table(),
         registry: registry.clone(),
         tls,
+        services: services.clone(),
         pool: Pool::start(threads, mailboxes.clone()),
         control: Control::start(),
         mailboxes,

@@ -69,6 +69,9 @@ impl PushPending {
 pub struct Services {
     mailboxes: OnceLock<(Arc<Vec<Mailbox>>, Arc<PushPending>)>,
     registry: OnceLock<Weak<Registry>>,
+    /// The names on each connection's verified client certificate (mutual
+    /// TLS), by connection id; only connections that presented one.
+    identities: parking_lot::Mutex<std::collections::HashMap<u64, Arc<[String]>>>,
 }
 
 impl Services {
@@ -76,7 +79,30 @@ impl Services {
         Arc::new(Services {
             mailboxes: OnceLock::new(),
             registry: OnceLock::new(),
+            identities: Default::default(),
         })
+    }
+
+    /// Records the names of the verified client certificate connection
+    /// `conn` presented (see `HostServices::peer_identity`). The event
+    /// loop calls it once the handshake is complete and must call
+    /// [`Services::forget_peer_identity`] when the connection closes.
+    pub fn set_peer_identity(&self, conn: u64, names: Arc<[String]>) {
+        self.identities.lock().insert(conn, names);
+    }
+
+    /// Drops what [`Services::set_peer_identity`] recorded for `conn`.
+    pub fn forget_peer_identity(&self, conn: u64) {
+        self.identities.lock().remove(&conn);
+    }
+
+    /// The names recorded for `conn`; empty when none.
+    pub fn peer_identity(&self, conn: u64) -> Arc<[String]> {
+        self.identities
+            .lock()
+            .get(&conn)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(Vec::new()))
     }
 
     /// Connects the services to the event loops (before any module runs

@@ -701,6 +701,14 @@ pub trait HostServices: Send + Sync {
     /// Ends the wait begun by [`HostServices::wait_begin`].
     #[sabi(last_prefix_field)]
     fn wait_end(&self, token: u64);
+    /// The names of the verified client certificate connection `conn`
+    /// presented during a TLS handshake the host terminated (mutual TLS,
+    /// `[server.tls] client_auth`): the subject's common name first (when
+    /// it has one), then the subject alternative names (DNS names, e-mail
+    /// addresses, URIs), each once. Empty when the connection presented no
+    /// certificate, is not TLS, or no longer exists. Cheap (one map look-up);
+    /// a module that maps certificates to users asks once per connection.
+    fn peer_identity(&self, conn: u64) -> RVec<RString>;
 }
 
 /// The outcome of [`HostServices::call`].

@@ -133,6 +133,17 @@ impl Host {
         )
     }
 
+    /// The names on the verified client certificate of connection `conn`
+    /// (mutual TLS); empty without one. See
+    /// [`abi::HostServices::peer_identity`].
+    pub fn peer_identity(&self, conn: &ConnInfo) -> Vec<String> {
+        self.raw
+            .peer_identity(conn.id)
+            .into_iter()
+            .map(|s| s.into_string())
+            .collect()
+    }
+
     /// Queues the same bytes for many connections, copied once; see
     /// [`abi::HostServices::push_many`]. Returns how many exist.
     pub fn push_many(&self, conns: &[u64], data: &[u8], overflow_notice: &[u8]) -> usize {

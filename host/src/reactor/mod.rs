@@ -67,6 +67,9 @@ pub struct Shared {
     pub cfg: Server,
     pub registry: Arc<Registry>,
     pub tls: Arc<crate::tls::Tls>,
+    /// What modules call back into; the loops record client certificate
+    /// names here (mutual TLS).
+    pub services: Arc<crate::services::Services>,
     pub table: Arc<SharedTable>,
     pub pool: Pool,
     pub control: Control,

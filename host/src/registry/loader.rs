@@ -239,6 +239,14 @@ impl HostServices for HostCtx {
     fn wait_end(&self, token: u64) {
         crate::worker_link::wait_end(token)
     }
+
+    fn peer_identity(&self, conn: u64) -> RVec<RString> {
+        self.services
+            .peer_identity(conn)
+            .iter()
+            .map(|n| RString::from(n.as_str()))
+            .collect()
+    }
 }
 
 /// A binding must be non-empty and must not shadow a built-in command.
