@@ -88,9 +88,28 @@ pub struct Server {
     /// How long a replaced generation may keep serving in-flight messages
     /// before their connections are closed.
     pub drain_timeout_ms: u64,
-    /// When set, non-loopback peers must `AUTH <token>` before admin
-    /// commands.
+    /// When set, peers outside `admin_from` may `AUTH <token>` to run
+    /// admin commands. Re-read on `RELOAD`: a changed or removed token
+    /// takes the rights of connections that authenticated with the old one.
     pub admin_token: Option<String>,
+    /// Peer networks (CIDR, or a bare address) whose connections on the
+    /// public port may run admin commands without `AUTH`. Default:
+    /// loopback only. `[]` turns admin off on the public port (`AUTH` too);
+    /// the admin socket still works. Re-read on `RELOAD`.
+    pub admin_from: Vec<String>,
+    /// A Unix socket (created with mode 0600, owned by the leader) that
+    /// accepts the admin commands from whoever can open it, whatever
+    /// `admin_from` says. Unset: none.
+    pub admin_socket: Option<std::path::PathBuf>,
+    /// Whether `SHUTDOWN` is accepted on the public port (from an admin
+    /// peer). `false`: only the admin socket and signals stop the server.
+    pub public_shutdown: bool,
+    /// Failed `AUTH` attempts a connection may make before it is closed.
+    pub max_auth_failures: u32,
+    /// After a failed `AUTH`, further attempts from the same peer address
+    /// are refused unchecked for this long, doubling with each failure in
+    /// a row (capped at 64 times this).
+    pub auth_backoff_ms: u64,
     /// Reload modules when their files change.
     pub watch: bool,
     /// Explicit owners for prefixes bound by more than one module.
@@ -142,6 +161,11 @@ impl Default for Server {
             shutdown_idle_grace_ms: 1_000,
             drain_timeout_ms: 30_000,
             admin_token: None,
+            admin_from: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            admin_socket: None,
+            public_shutdown: true,
+            max_auth_failures: 5,
+            auth_backoff_ms: 500,
             watch: false,
             routes: BTreeMap::new(),
             tls: Default::default(),
