@@ -6,7 +6,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::pool::{Completion, ReplyTo};
+use crate::pool::AdminReply;
 use crate::reactor::Shared;
 
 /// Longest command line accepted.
@@ -133,27 +133,25 @@ pub fn reload(shared: &Shared, name: Option<&str>) -> String {
 
 /// `RUN <module> <job>`: starts the job on a job thread; its reply, `OK
 /// <module>/<job> <summary>` or `ERR <module>/<job>: <reason>`, goes to
-/// the connection through its loop's mailbox once the job has finished.
-pub fn run(shared: &Shared, module: &str, job: &str, to: ReplyTo) {
-    let mailbox = shared.mailboxes[to.loop_idx].clone();
+/// `reply` once the job has finished.
+pub fn run(shared: &Shared, module: &str, job: &str, reply: AdminReply) {
     let label = format!("{module}/{job}");
-    let send = move |reply: String| mailbox.send(Completion::Admin { to, reply });
     let Some(scheduler) = shared.registry.scheduler() else {
-        return send(format!("ERR {label}: jobs are not enabled\n"));
+        return reply.send(format!("ERR {label}: jobs are not enabled\n"));
     };
-    let (done, done_label) = (send.clone(), label.clone());
+    let (done, done_label) = (reply.clone(), label.clone());
     let started = scheduler.run_now(
         module,
         job,
         Box::new(move |result| {
-            done(match result {
+            done.send(match result {
                 Ok(summary) => format!("OK {done_label} {summary}\n"),
                 Err(why) => format!("ERR {done_label}: {why}\n"),
             })
         }),
     );
     if let Err(why) = started {
-        send(format!("ERR {label}: {why}\n"));
+        reply.send(format!("ERR {label}: {why}\n"));
     }
 }
 

@@ -47,6 +47,35 @@ pub struct Args {
     /// worker (for debugging, and where `fork` is unavailable).
     #[arg(long)]
     pub single: bool,
+
+    /// Print a new random bus token (64 hex characters) and, on a second
+    /// line, the config line that accepts it, `token_hash = "sha256:..."`;
+    /// then exit.
+    #[arg(long, conflicts_with = "hash_token")]
+    pub new_token: bool,
+
+    /// Read one token from stdin and print its `sha256:...` hash (what
+    /// `token_hash` holds); then exit.
+    #[arg(long)]
+    pub hash_token: bool,
+}
+
+/// A one-shot command that runs instead of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    NewToken,
+    HashToken,
+}
+
+impl Args {
+    /// The one-shot command asked for, if any.
+    pub fn tool(&self) -> Option<Tool> {
+        match (self.new_token, self.hash_token) {
+            (true, _) => Some(Tool::NewToken),
+            (_, true) => Some(Tool::HashToken),
+            _ => None,
+        }
+    }
 }
 
 /// Rewrites `-port`/`-threads` (and `-port=N`) into their `--` forms.
@@ -90,5 +119,27 @@ mod tests {
         assert_eq!(a.port, Some(9000));
         assert_eq!(a.threads, Some(3));
         assert_eq!(a.bind.as_deref(), Some("127.0.0.1"));
+        assert_eq!(a.tool(), None);
+    }
+
+    #[test]
+    fn token_tools() {
+        let parse = |args: &[&str]| {
+            Args::try_parse_from(normalize(args.iter().map(OsString::from)))
+                .map(|a| a.tool())
+                .map_err(|e| e.kind())
+        };
+        assert_eq!(
+            parse(&["switchyard", "--new-token"]),
+            Ok(Some(Tool::NewToken))
+        );
+        assert_eq!(
+            parse(&["switchyard", "--hash-token"]),
+            Ok(Some(Tool::HashToken))
+        );
+        assert_eq!(
+            parse(&["switchyard", "--new-token", "--hash-token"]),
+            Err(clap::error::ErrorKind::ArgumentConflict)
+        );
     }
 }

@@ -11,6 +11,8 @@
 //!   for admin work, and the mailboxes back to the loops.
 //! * [`proxy`]: relaying connections that a module hands to an upstream.
 //! * [`admin`]: the built-in commands.
+//! * [`admin_socket`]: the admin Unix socket, the same commands for whoever
+//!   may open the file.
 //! * [`scheduler`]: modules' scheduled jobs, run on job threads.
 //! * [`services`]: what modules call back into (push, in-process calls).
 //! * [`watch`]: `--watch`, reloading when module files change.
@@ -20,8 +22,11 @@
 //!   sockets and restarts a crashed worker, and the worker's side of it.
 //! * [`panics`]: a panic in host code ends the worker (the leader replaces
 //!   it) instead of leaving a half-dead process.
+//! * [`token`]: `--new-token` and `--hash-token`, bus tokens and the hashes
+//!   the config stores.
 
 pub mod admin;
+pub mod admin_socket;
 pub mod cli;
 pub mod config;
 pub mod conn;
@@ -36,6 +41,7 @@ pub mod services;
 pub mod supervisor;
 pub mod sys;
 pub mod tls;
+pub mod token;
 pub mod watch;
 pub mod worker_link;
 
@@ -61,6 +67,9 @@ use crate::services::Services;
 pub fn main() -> ExitCode {
     worker_link::init();
     let args = cli::parse();
+    if let Some(tool) = args.tool() {
+        return run_tool(tool);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
@@ -69,6 +78,22 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
+            eprintln!("switchyard: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs a one-shot command (`--new-token`, `--hash-token`) instead of the
+/// server.
+fn run_tool(tool: cli::Tool) -> ExitCode {
+    let done = match tool {
+        cli::Tool::NewToken => token::print_new(),
+        cli::Tool::HashToken => token::print_hash_of_stdin(),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
             eprintln!("switchyard: {e}");
             ExitCode::from(2)
         }
@@ -114,12 +139,29 @@ fn run(args: cli::Args) -> Result<(), String> {
         Some(inherited) => inherited_listeners(inherited, &mut loops)?,
         None => open_listeners(ip, server.port, mode, loops)?,
     };
+    // The admin socket, likewise: a worker serves the one its leader
+    // bound; the leader, or a --single process, binds it now, while it has
+    // no other thread (see `admin_socket::bind`), and removes the file
+    // when it exits (`admin_file`).
+    let (admin_listener, admin_file) = match worker_link::take_admin_socket() {
+        Some(inherited) => (Some(inherited), None),
+        None => match &server.admin_socket {
+            Some(path) if !worker_link::is_worker() => {
+                let bound = admin_socket::bind(path)?;
+                (Some(bound.listener), Some(bound.file))
+            }
+            _ => (None, None),
+        },
+    };
     if !args.single && !worker_link::is_worker() {
         let data_dir = args
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("data"));
-        return supervisor::lead(&config.server, &data_dir, listeners, addr);
+        let admin = admin_listener
+            .zip(admin_file)
+            .map(|(listener, file)| admin_socket::Bound { listener, file });
+        return supervisor::lead(&config.server, &data_dir, listeners, addr, admin);
     }
 
     fit_descriptor_limit(&mut config.server, loops);
@@ -241,6 +283,9 @@ fn run(args: cli::Args) -> Result<(), String> {
         );
     }
     signals(shared.clone())?;
+    if let Some(listener) = admin_listener {
+        admin_socket::serve(shared.clone(), listener)?;
+    }
     if args.watch || config.server.watch {
         watch::start(shared.clone(), registry.dir().to_path_buf())?;
     }
@@ -262,6 +307,7 @@ fn run(args: cli::Args) -> Result<(), String> {
     }
     scheduler.shutdown(Duration::from_millis(config.server.shutdown_timeout_ms));
     registry.clear();
+    drop(admin_file);
     log::info!("shutdown complete");
     Ok(())
 }

@@ -4,7 +4,9 @@
 //! An event loop never blocks: a deferred message goes to the pool with
 //! the address of its connection (loop, slab key, connection id); the
 //! result comes back through that loop's channel and wakes it with its
-//! `mio::Waker`.
+//! `mio::Waker`. An admin command's reply has two possible readers, a
+//! connection of an event loop or a thread of the admin socket: both are
+//! an [`AdminReply`].
 
 use std::sync::Arc;
 use std::thread;
@@ -21,6 +23,39 @@ pub struct ReplyTo {
     pub loop_idx: usize,
     pub key: usize,
     pub conn_id: u64,
+}
+
+/// Where the reply of an admin command that finishes later (`RUN`,
+/// `UPGRADE`) goes. Whoever runs the command sends through it once, from
+/// any thread.
+#[derive(Clone)]
+pub enum AdminReply {
+    /// A connection of an event loop (the public port): delivered as
+    /// [`Completion::Admin`] through the loop's mailbox.
+    Conn { mailbox: Mailbox, to: ReplyTo },
+    /// A thread waiting on a channel (a client of the admin socket).
+    Channel(Sender<String>),
+}
+
+impl AdminReply {
+    /// The reply path to the event-loop connection `to`.
+    pub fn conn(mailboxes: &[Mailbox], to: ReplyTo) -> AdminReply {
+        AdminReply::Conn {
+            mailbox: mailboxes[to.loop_idx].clone(),
+            to,
+        }
+    }
+
+    /// Delivers `reply`. A reader that has gone away (the connection
+    /// closed, the client thread ended) is not an error: nobody waits.
+    pub fn send(&self, reply: String) {
+        match self {
+            AdminReply::Conn { mailbox, to } => mailbox.send(Completion::Admin { to: *to, reply }),
+            AdminReply::Channel(tx) => {
+                let _ = tx.send(reply);
+            }
+        }
+    }
 }
 
 /// A result for an event loop.

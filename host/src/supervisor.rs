@@ -9,6 +9,11 @@
 //! ready the old one serves (`UPGRADE`) or connections wait in the listen
 //! queue (after a crash).
 //!
+//! With `admin_socket` configured, the leader also holds the admin Unix
+//! socket (bound before the first worker, see [`crate::admin_socket`]):
+//! every worker inherits it like the listeners, so it keeps working across
+//! crashes and `UPGRADE`, and the leader removes its file when it exits.
+//!
 //! The leader never loads modules. Its loop waits on a self-pipe written by
 //! its signal handlers (`SIGCHLD`, `SIGHUP`, `SIGTERM`, `SIGINT`) and on its
 //! control sockets to the workers, waking at least every 100 ms to look for
@@ -27,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::admin_socket::Bound;
 use crate::config::Server as ServerCfg;
 use crate::worker_link::{self as link, PageMap, Quarantined};
 
@@ -67,6 +73,8 @@ struct Leader {
     exe: PathBuf,
     args: Vec<OsString>,
     listen_fds: Vec<RawFd>,
+    /// The admin socket every worker inherits, if configured.
+    admin_fd: Option<RawFd>,
     addr: SocketAddr,
     cfg: ServerCfg,
     quarantine: PathBuf,
@@ -112,12 +120,14 @@ fn kill(pid: u32, sig: i32) {
     }
 }
 
-/// Runs the leader until shutdown. `listeners` are already bound.
+/// Runs the leader until shutdown. `listeners` are already bound, and so is
+/// `admin`, the admin socket; its file is removed when this returns.
 pub fn lead(
     cfg: &ServerCfg,
     data_dir: &Path,
     listeners: Vec<TcpListener>,
     addr: SocketAddr,
+    admin: Option<Bound>,
 ) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
     std::fs::create_dir_all(data_dir)
@@ -149,6 +159,7 @@ pub fn lead(
         exe,
         args: std::env::args_os().skip(1).collect(),
         listen_fds: listeners.iter().map(|l| l.as_raw_fd()).collect(),
+        admin_fd: admin.as_ref().map(|a| a.listener.as_raw_fd()),
         addr,
         cfg: cfg.clone(),
         quarantine: data_dir.join(".switchyard-quarantine"),
@@ -213,6 +224,8 @@ pub fn lead(
         }
     };
     drop(listeners);
+    // Every worker has exited: nothing serves the admin socket any more.
+    drop(admin);
     result
 }
 
@@ -225,6 +238,7 @@ impl Leader {
         let mut inherit = self.listen_fds.clone();
         inherit.push(theirs.as_raw_fd());
         inherit.push(page_fd.as_raw_fd());
+        inherit.extend(self.admin_fd);
         // A candidate reports the upgrade that starts it: it only ever
         // serves if that upgrade succeeds.
         let (upgrades, auto) = match role {
@@ -239,6 +253,9 @@ impl Leader {
             .env(link::ENV_QUARANTINE, &self.quarantine)
             .env(link::ENV_LAST_FAULT, &self.last_fault)
             .env(link::ENV_UPGRADES, link::format_upgrades(upgrades, auto));
+        if let Some(fd) = self.admin_fd {
+            cmd.env(link::ENV_ADMIN_FD, fd.to_string());
+        }
         // SAFETY: only async-signal-safe calls between fork and exec.
         let leader_pid = unsafe { libc::getpid() };
         unsafe {

@@ -5,6 +5,9 @@
 //! environment variables naming descriptors it inherited:
 //! * `SWITCHYARD_LISTEN_FDS`: the listening sockets (comma-separated), used
 //!   instead of binding;
+//! * `SWITCHYARD_ADMIN_FD`: the admin Unix socket (`[server] admin_socket`)
+//!   when one is configured, bound by the leader and served by the worker
+//!   (see [`crate::admin_socket`]);
 //! * `SWITCHYARD_CONTROL_FD`: a socket pair to the leader, one text line per
 //!   message (`ready`, `upgrade` up; `upgraded <pid>`, `upgrade-failed
 //!   <why>` down);
@@ -30,7 +33,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -39,10 +42,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::pool::{Completion, ReplyTo};
+use crate::pool::AdminReply;
 use crate::reactor::Shared;
 
 pub const ENV_LISTEN_FDS: &str = "SWITCHYARD_LISTEN_FDS";
+pub const ENV_ADMIN_FD: &str = "SWITCHYARD_ADMIN_FD";
 pub const ENV_CONTROL_FD: &str = "SWITCHYARD_CONTROL_FD";
 pub const ENV_STATUS_FD: &str = "SWITCHYARD_STATUS_FD";
 pub const ENV_QUARANTINE: &str = "SWITCHYARD_QUARANTINE";
@@ -356,6 +360,8 @@ pub fn now_ms() -> u64 {
 
 struct Link {
     listen_fds: Mutex<Option<Vec<RawFd>>>,
+    /// The admin socket's listener, until [`take_admin_socket`].
+    admin_fd: Mutex<Option<RawFd>>,
     ctl: Mutex<UnixStream>,
     replies: Mutex<Receiver<String>>,
     quarantine: Option<PathBuf>,
@@ -396,6 +402,7 @@ pub fn init() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
+    let admin_fd = env_fd(ENV_ADMIN_FD);
     let ctl_fd = env_fd(ENV_CONTROL_FD);
     let page_fd = env_fd(ENV_STATUS_FD);
     let quarantine = std::env::var_os(ENV_QUARANTINE).map(PathBuf::from);
@@ -406,6 +413,7 @@ pub fn init() {
         .unwrap_or_default();
     for v in [
         ENV_LISTEN_FDS,
+        ENV_ADMIN_FD,
         ENV_CONTROL_FD,
         ENV_STATUS_FD,
         ENV_QUARANTINE,
@@ -415,7 +423,7 @@ pub fn init() {
         std::env::remove_var(v);
     }
     // What we inherited must not leak into processes modules start.
-    for &fd in &listen_fds {
+    for &fd in listen_fds.iter().chain(&admin_fd) {
         set_cloexec(fd);
     }
     if let Some(fd) = page_fd {
@@ -442,6 +450,7 @@ pub fn init() {
     }
     let _ = LINK.set(Link {
         listen_fds: Mutex::new(Some(listen_fds)),
+        admin_fd: Mutex::new(admin_fd),
         ctl: Mutex::new(ctl),
         replies: Mutex::new(rx),
         quarantine,
@@ -484,6 +493,15 @@ pub fn take_listeners() -> Option<Vec<TcpListener>> {
             .map(|fd| unsafe { TcpListener::from_raw_fd(fd) })
             .collect(),
     )
+}
+
+/// The admin socket inherited from the leader (once); `None` when the
+/// leader has none (no `admin_socket` configured) or this is no worker.
+pub fn take_admin_socket() -> Option<UnixListener> {
+    let fd = LINK.get()?.admin_fd.lock().take()?;
+    // SAFETY: the leader passed this listening Unix socket to us; nothing
+    // else in this process owns the descriptor.
+    Some(unsafe { UnixListener::from_raw_fd(fd) })
 }
 
 fn send(line: &str) -> io::Result<()> {
@@ -828,18 +846,16 @@ pub enum Replace {
 pub type Replaced = Result<u32, String>;
 
 /// `UPGRADE`: replaces the worker (see [`replace`]) and answers `OK
-/// upgrading: new worker pid=<pid>` or `ERR upgrade: <why>`.
-pub fn upgrade(shared: Arc<Shared>, to: ReplyTo) {
-    let mailbox = shared.mailboxes[to.loop_idx].clone();
+/// upgrading: new worker pid=<pid>` or `ERR upgrade: <why>` to `reply`.
+pub fn upgrade(shared: Arc<Shared>, reply: AdminReply) {
     replace(
         shared,
         Replace::Upgrade,
         Box::new(move |r: Replaced| {
-            let reply = match r {
+            reply.send(match r {
                 Ok(pid) => format!("OK upgrading: new worker pid={pid}\n"),
                 Err(why) => format!("ERR upgrade: {why}\n"),
-            };
-            mailbox.send(Completion::Admin { to, reply });
+            });
         }),
     );
 }

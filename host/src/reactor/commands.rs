@@ -5,7 +5,7 @@
 use super::{EventLoop, Next};
 use crate::admin::{self, Command};
 use crate::conn::Stage;
-use crate::pool::{Completion, ReplyTo};
+use crate::pool::{AdminReply, Completion, ReplyTo};
 use crate::router::Builtin;
 
 impl EventLoop {
@@ -77,12 +77,16 @@ impl EventLoop {
             }
             Command::Upgrade => {
                 log::info!("UPGRADE from {}", conn.info.peer());
-                crate::worker_link::upgrade(self.shared.clone(), to);
+                crate::worker_link::upgrade(
+                    self.shared.clone(),
+                    AdminReply::conn(&self.shared.mailboxes, to),
+                );
                 None
             }
             Command::Run(module, job) => {
                 log::info!("RUN {module} {job} from {}", conn.info.peer());
-                admin::run(&self.shared, module, job, to);
+                let reply = AdminReply::conn(&self.shared.mailboxes, to);
+                admin::run(&self.shared, module, job, reply);
                 None
             }
         };

@@ -1,0 +1,551 @@
+//! The admin Unix socket (`[server] admin_socket`), after HAProxy's stats
+//! socket: a socket file with mode 0600 that accepts every built-in command
+//! from whoever can open it, whatever `admin_from`, `admin_token` and
+//! `public_shutdown` say about the public port. File permissions are the
+//! access control: only the server's user (and root) can connect.
+//!
+//! The protocol is the public port's: one command per line, at most
+//! [`admin::MAX_LINE`] bytes, replies whose lines begin with `OK` or `ERR`
+//! (`STATUS` ends with `END`). `AUTH <token>` answers `OK` without checking:
+//! nothing needs unlocking here.
+//!
+//! Who does what:
+//! * [`bind`] creates the file. The leader calls it at start, before its
+//!   first worker, and passes the listener to every worker it starts
+//!   (`SWITCHYARD_ADMIN_FD`, see [`crate::worker_link`]), so the socket
+//!   outlives worker crashes and `UPGRADE`; a `--single` process binds it
+//!   itself. Whoever bound it removes the file when it exits
+//!   ([`SocketFile`]).
+//! * [`serve`] runs in the worker: one `admin-socket` thread accepts, and
+//!   each client gets a thread of its own, at most [`MAX_CLIENTS`] at once.
+//!   `STATUS` and `RELOAD` run on the control thread, as from the public
+//!   port; `RUN` and `UPGRADE` answer through an [`AdminReply`] channel.
+//!
+//! A connection is served by the worker that accepted it. After `UPGRADE`
+//! (and `SHUTDOWN`) the reply is the last line on that connection: the
+//! worker that sent it is draining. Reconnect to talk to the new one.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crate::admin::{self, Command};
+use crate::pool::AdminReply;
+use crate::reactor::Shared;
+
+/// Clients served at once; one more is answered `ERR busy` and closed.
+/// Each holds a thread, and the socket is reachable only by the server's
+/// own user, so the bound is about a runaway script, not an attacker.
+pub const MAX_CLIENTS: usize = 16;
+
+/// How often the accepting thread looks at the shutdown flag while no
+/// client connects.
+const ACCEPT_TICK: Duration = Duration::from_millis(200);
+
+/// Mode of the socket file: read and write for the owner only.
+const MODE: u32 = 0o600;
+
+/// The socket file this process created. Dropping it removes the file,
+/// unless the path no longer holds this socket (an operator removed it and
+/// another server bound the same path since): that one is left alone.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino);
+        if !ours {
+            log::info!(
+                "admin socket {} was replaced or removed meanwhile; leaving it",
+                self.path.display()
+            );
+            return;
+        }
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => log::info!("admin socket {} removed", self.path.display()),
+            Err(e) => log::warn!("cannot remove admin socket {}: {e}", self.path.display()),
+        }
+    }
+}
+
+/// A freshly bound admin socket: the listener to serve (or hand to the
+/// workers) and the file to remove at exit.
+#[derive(Debug)]
+pub struct Bound {
+    pub listener: UnixListener,
+    pub file: SocketFile,
+}
+
+/// Creates the admin socket at `path` with mode 0600.
+///
+/// A file already at `path` is refused unless it is a socket. A socket
+/// that answers a connection belongs to a running server: "admin socket
+/// <path> is in use by another server". One that refuses is what a killed
+/// server left behind: it is removed and replaced. Every error names the
+/// path and the operating system's reason.
+///
+/// Called at start, before the process has other threads (see
+/// [`bind_owner_only`] for why that matters).
+pub fn bind(path: &Path) -> Result<Bound, String> {
+    clear_stale(path)?;
+    let listener = bind_owner_only(path)
+        .map_err(|e| format!("cannot create admin socket {}: {e}", path.display()))?;
+    // The umask made it 0600 already; saying so again costs nothing and
+    // holds on a file system that ignores the umask for sockets.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(MODE))
+        .map_err(|e| format!("cannot chmod admin socket {}: {e}", path.display()))?;
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| format!("cannot stat admin socket {}: {e}", path.display()))?;
+    log::info!("admin socket {} (mode 0600)", path.display());
+    Ok(Bound {
+        listener,
+        file: SocketFile {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        },
+    })
+}
+
+/// Makes room for the socket at `path`: nothing there, or a stale socket
+/// file that is removed. See [`bind`].
+fn clear_stale(path: &Path) -> Result<(), String> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot check admin socket {}: {e}", path.display())),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(format!(
+            "admin socket {}: the path exists and is not a socket; \
+             refusing to replace it (remove it or choose another path)",
+            path.display()
+        ));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(format!(
+            "admin socket {} is in use by another server",
+            path.display()
+        )),
+        // Nobody listens: a server that was killed left its file.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            match std::fs::remove_file(path) {
+                Ok(()) => {
+                    log::info!(
+                        "admin socket {}: removed a stale socket file",
+                        path.display()
+                    );
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(format!(
+                    "admin socket {}: cannot remove the stale socket file: {e}",
+                    path.display()
+                )),
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!(
+            "admin socket {}: cannot tell whether a server uses it: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// Binds a Unix socket whose file is born with mode 0600.
+///
+/// `bind(2)` creates the file with `0777 & !umask`, so the umask is set to
+/// 0177 around the call: there is no moment at which the file is wider
+/// than 0600, as there would be with bind-then-chmod. The umask is
+/// process-wide; this runs at start before any other thread exists (the
+/// leader, or a `--single` process, before its first worker or thread),
+/// and even a thread creating a file meanwhile would only get a file
+/// narrower than it asked for, never a wider one. The other way, binding in
+/// a fresh 0700 directory and renaming into place, would leave
+/// `getsockname` naming the temporary path and needs a directory next to
+/// the socket that the user may not be allowed to create.
+fn bind_owner_only(path: &Path) -> io::Result<UnixListener> {
+    // SAFETY: umask(2) only swaps the process's file-mode mask; it cannot
+    // fail and touches no memory of ours.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above; puts the previous mask back.
+    unsafe { libc::umask(old) };
+    bound
+}
+
+/// Serves the admin socket in this process: starts the `admin-socket`
+/// thread that accepts clients until the server shuts down.
+pub fn serve(shared: Arc<Shared>, listener: UnixListener) -> Result<(), String> {
+    // Non-blocking, because during an UPGRADE two workers share the socket:
+    // the one that loses the race for a client must not block in accept.
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("admin socket: {e}"))?;
+    thread::Builder::new()
+        .name("admin-socket".into())
+        .spawn(move || accept_loop(&shared, &listener))
+        .map_err(|e| format!("cannot start the admin socket thread: {e}"))?;
+    Ok(())
+}
+
+/// Accepts clients until shutdown. A draining worker (`SHUTDOWN`, the old
+/// worker of an `UPGRADE`) stops accepting, so new clients reach the new
+/// worker.
+fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
+    let active = Arc::new(AtomicUsize::new(0));
+    while !shared.shutting_down.load(Ordering::Acquire) {
+        if !wait_readable(listener, ACCEPT_TICK) {
+            continue;
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                // Out of descriptors, most likely: pause instead of spinning.
+                log::warn!("admin socket: accept failed: {e}");
+                thread::sleep(ACCEPT_TICK);
+                continue;
+            }
+        };
+        admit(shared, stream, &active);
+    }
+    log::info!("admin socket: draining, no longer accepting in this worker");
+}
+
+/// Polls the listener for a client, up to `timeout`.
+fn wait_readable(listener: &UnixListener, timeout: Duration) -> bool {
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
+    n > 0
+}
+
+/// Starts a client's thread, or answers `ERR busy` when [`MAX_CLIENTS`]
+/// are being served.
+fn admit(shared: &Arc<Shared>, stream: UnixStream, active: &Arc<AtomicUsize>) {
+    // The accepted socket must block: its thread reads with timeouts.
+    if stream.set_nonblocking(false).is_err() {
+        return;
+    }
+    if active.load(Ordering::Acquire) >= MAX_CLIENTS {
+        log::warn!("admin socket: {MAX_CLIENTS} clients already connected; refusing one more");
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = (&stream).write_all(b"ERR busy\n");
+        return;
+    }
+    active.fetch_add(1, Ordering::AcqRel);
+    let slot = ClientSlot(active.clone());
+    let shared = shared.clone();
+    let spawned = thread::Builder::new()
+        .name("admin-client".into())
+        .spawn(move || {
+            let _slot = slot;
+            serve_client(&shared, &stream);
+        });
+    if let Err(e) = spawned {
+        log::error!("admin socket: cannot start a client thread: {e}");
+    }
+}
+
+/// A client's place among the [`MAX_CLIENTS`]; given back on drop.
+struct ClientSlot(Arc<AtomicUsize>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What the connection does after a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Reads the next command.
+    Keep,
+    /// Closes the connection.
+    Close,
+    /// Starts the graceful shutdown (the reply is written first), closes.
+    Shutdown,
+}
+
+/// Runs one client's commands until it closes, goes idle past
+/// `idle_timeout_ms`, sends an oversized line or stops reading past
+/// `send_timeout_ms`.
+fn serve_client(shared: &Arc<Shared>, stream: &UnixStream) {
+    let _ = stream.set_read_timeout(Some(shared.cfg.idle_timeout()));
+    let _ = stream.set_write_timeout(Some(shared.cfg.send_timeout()));
+    let mut reader = BufReader::new(stream);
+    let mut writer = stream;
+    loop {
+        let line = match read_line(&mut reader) {
+            Ok(Line::Complete(l)) => l,
+            Ok(Line::End) => return,
+            Ok(Line::TooLong) => {
+                log::warn!(
+                    "admin socket: a command line longer than {} bytes; closing",
+                    admin::MAX_LINE
+                );
+                let _ = writer.write_all(b"ERR line too long\n");
+                return;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                log::debug!("admin socket: client idle past idle_timeout_ms; closing");
+                return;
+            }
+            Err(_) => return,
+        };
+        let cmd = admin::parse(&line);
+        log::info!("{} from admin socket", describe(&cmd));
+        let (reply, after) = execute(shared, &cmd);
+        if let Err(e) = writer.write_all(reply.as_bytes()) {
+            log::info!("admin socket: cannot write the reply ({e}); closing");
+            return;
+        }
+        match after {
+            After::Keep if !shared.shutting_down.load(Ordering::Acquire) => {}
+            After::Shutdown => return shared.shutdown(),
+            _ => return,
+        }
+    }
+}
+
+/// One read from a client.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// A command line, without its `\n` or `\r\n`. A last line without a
+    /// terminator before the client's end of input counts too.
+    Complete(Vec<u8>),
+    /// More than [`admin::MAX_LINE`] bytes before the line's end.
+    TooLong,
+    /// The client closed its side.
+    End,
+}
+
+/// Reads one line of at most [`admin::MAX_LINE`] bytes (terminator not
+/// counted), never buffering more than that.
+fn read_line(r: &mut impl BufRead) -> io::Result<Line> {
+    let limit = admin::MAX_LINE + 2; // room for "\r\n"
+    let mut buf = Vec::with_capacity(64);
+    let n = Read::take(&mut *r, limit as u64).read_until(b'\n', &mut buf)?;
+    if n == 0 {
+        return Ok(Line::End);
+    }
+    let ended = buf.last() == Some(&b'\n');
+    if ended {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+    }
+    if buf.len() > admin::MAX_LINE || (!ended && n == limit) {
+        return Ok(Line::TooLong);
+    }
+    Ok(Line::Complete(buf))
+}
+
+/// The command as the log shows it (an `AUTH` token is not logged).
+fn describe(cmd: &Command) -> String {
+    match cmd {
+        Command::Reload(name) => format!("RELOAD {}", name.unwrap_or("(all)")),
+        Command::Status => "STATUS".into(),
+        Command::Close => "CLOSE".into(),
+        Command::Shutdown => "SHUTDOWN".into(),
+        Command::Upgrade => "UPGRADE".into(),
+        Command::Auth(_) => "AUTH (not needed here)".into(),
+        Command::Run(module, job) => format!("RUN {module} {job}"),
+        Command::Unknown => "an unknown command".into(),
+    }
+}
+
+/// Runs `cmd` for a socket client, blocking until its reply is ready.
+/// Replies are the public port's, word for word.
+fn execute(shared: &Arc<Shared>, cmd: &Command) -> (String, After) {
+    match cmd {
+        Command::Status => {
+            let s = shared.clone();
+            let reply = wait_reply(|to| shared.control.run(move || to.send(admin::status(&s))));
+            (reply, After::Keep)
+        }
+        Command::Reload(name) => {
+            let (s, name) = (shared.clone(), name.map(str::to_owned));
+            let reply = wait_reply(|to| {
+                shared
+                    .control
+                    .run(move || to.send(admin::reload(&s, name.as_deref())))
+            });
+            (reply, After::Keep)
+        }
+        Command::Run(module, job) => {
+            let reply = wait_reply(|to| admin::run(shared, module, job, to));
+            (reply, After::Keep)
+        }
+        Command::Upgrade => {
+            let reply = wait_reply(|to| crate::worker_link::upgrade(shared.clone(), to));
+            // On success this worker drains: the client must reconnect to
+            // reach the new one, so say so by closing.
+            let after = if reply.starts_with("OK") {
+                After::Close
+            } else {
+                After::Keep
+            };
+            (reply, after)
+        }
+        Command::Shutdown => ("OK shutting down\n".into(), After::Shutdown),
+        Command::Close => ("OK bye\n".into(), After::Close),
+        // Opening the socket was the authentication.
+        Command::Auth(_) => ("OK\n".into(), After::Keep),
+        Command::Unknown => ("ERR unknown command\n".into(), After::Keep),
+    }
+}
+
+/// Starts a command with a channel as its reply path and waits for the
+/// reply.
+fn wait_reply(start: impl FnOnce(AdminReply)) -> String {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    start(AdminReply::Channel(tx));
+    rx.recv()
+        .unwrap_or_else(|_| "ERR the command ended without a reply\n".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// Every read of `input` through the first that is not a command.
+    fn lines(input: &[u8]) -> Vec<Line> {
+        let mut r = BufReader::new(Cursor::new(input.to_vec()));
+        let mut out = Vec::new();
+        loop {
+            let l = read_line(&mut r).unwrap();
+            let more = matches!(l, Line::Complete(_));
+            out.push(l);
+            if !more {
+                return out;
+            }
+        }
+    }
+
+    #[test]
+    fn lines_end_in_lf_or_crlf_and_the_last_may_lack_one() {
+        assert_eq!(
+            lines(b"STATUS\nRELOAD http\r\nCLOSE"),
+            [
+                Line::Complete(b"STATUS".to_vec()),
+                Line::Complete(b"RELOAD http".to_vec()),
+                Line::Complete(b"CLOSE".to_vec()),
+                Line::End,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_line_of_max_line_bytes_passes_and_one_more_byte_does_not() {
+        let mut ok = vec![b'x'; admin::MAX_LINE];
+        ok.extend_from_slice(b"\r\n");
+        assert_eq!(
+            lines(&ok),
+            [Line::Complete(vec![b'x'; admin::MAX_LINE]), Line::End]
+        );
+        let mut long = vec![b'x'; admin::MAX_LINE + 1];
+        long.push(b'\n');
+        assert_eq!(lines(&long), [Line::TooLong]);
+        // No terminator in sight: refused without reading it all.
+        assert_eq!(lines(&vec![b'x'; 100 * admin::MAX_LINE]), [Line::TooLong]);
+    }
+
+    fn temp(tag: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("switchyard-adminsock-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn bind_makes_a_0600_socket_and_removes_it_on_drop() {
+        let dir = temp("mode");
+        let path = dir.join("admin.sock");
+        let bound = bind(&path).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // A second bind while it listens is refused with the path.
+        let err = bind(&path).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "admin socket {} is in use by another server",
+                path.display()
+            )
+        );
+        drop(bound);
+        assert!(!path.exists(), "the file is removed with its owner");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_and_a_regular_file_is_refused() {
+        let dir = temp("stale");
+        let path = dir.join("admin.sock");
+        // A listener dropped without removing its file: nobody answers.
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let bound = bind(&path).unwrap();
+        assert!(UnixStream::connect(&path).is_ok(), "the new socket answers");
+        drop(bound);
+
+        std::fs::write(&path, b"not a socket").unwrap();
+        let err = bind(&path).unwrap_err();
+        assert!(err.contains("exists and is not a socket"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_socket_file_replaced_meanwhile_is_left_alone() {
+        let dir = temp("replaced");
+        let path = dir.join("admin.sock");
+        let bound = bind(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let other = UnixListener::bind(&path).unwrap();
+        drop(bound);
+        assert!(path.exists(), "another server's socket stays");
+        drop(other);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn commands_are_logged_without_tokens() {
+        assert_eq!(describe(&Command::Auth("s3cret")), "AUTH (not needed here)");
+        assert_eq!(describe(&Command::Reload(None)), "RELOAD (all)");
+        assert_eq!(describe(&Command::Run("cron", "tick")), "RUN cron tick");
+    }
+}
