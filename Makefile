@@ -14,6 +14,7 @@
 #   make bench-rpc    the rpc module: kv.set/kv.get calls per second next to redis-benchmark
 #   make browser-check  headless Chromium renders the webapp's page
 #   make tls-cert     a self-signed pair for local HTTPS: tls/cert.pem, tls/key.pem
+#   make token        a new bus token and its `token_hash = "sha256:..."` config line
 #   make licenses     regenerate deps_licenses/
 #   make fuzz         every fuzz target in fuzz/ for FUZZ_SECONDS each (libFuzzer, stable toolchain)
 #   make fuzz-ci      the same, FUZZ_CI_SECONDS each (what .ci/run does)
@@ -39,7 +40,7 @@ HOST_BIN := $(RELEASE)/switchyard
 MODULES  := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard modules/*/Cargo.toml)))
 FIXTURES := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard tests/fixtures/*/Cargo.toml)))
 
-.PHONY: all build cargo-build install-modules run test lint bench bench-proxy bench-proxy-bulk bench-https bench-reload bench-crash bench-webapp bench-rpc browser-check tls-cert licenses fuzz fuzz-ci clean help
+.PHONY: all build cargo-build install-modules run test lint bench bench-proxy bench-proxy-bulk bench-https bench-reload bench-crash bench-webapp bench-rpc browser-check tls-cert token licenses fuzz fuzz-ci clean help
 
 all: build
 
@@ -114,6 +115,11 @@ browser-check: build
 # valid for (default "localhost 127.0.0.1").
 tls-cert:
 	scripts/tls-cert.sh tls $(TLS_NAMES)
+
+# Only the host binary is needed; stdout is the two lines and nothing else.
+token:
+	@$(CARGO) build --release --quiet -p switchyard
+	@$(HOST_BIN) --new-token
 
 licenses:
 	scripts/gen-deps-licenses.sh

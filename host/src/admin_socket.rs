@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::admin::{self, Command};
 use crate::pool::AdminReply;
@@ -185,26 +185,51 @@ fn bind_owner_only(path: &Path) -> io::Result<UnixListener> {
     bound
 }
 
+/// Clients being served, and those among them with a command under way.
+#[derive(Default)]
+struct Clients {
+    connected: AtomicUsize,
+    working: AtomicUsize,
+}
+
+/// The admin socket being served by this process (see [`serve`]).
+pub struct Serving {
+    clients: Arc<Clients>,
+}
+
+impl Serving {
+    /// Waits (until `deadline`) for the commands under way to write their
+    /// replies. The worker calls it after its event loops have ended:
+    /// `UPGRADE` ends this worker just after the new one is ready, and its
+    /// `OK upgrading` line must still reach the client that asked.
+    pub fn finish(&self, deadline: Instant) {
+        while self.clients.working.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 /// Serves the admin socket in this process: starts the `admin-socket`
 /// thread that accepts clients until the server shuts down.
-pub fn serve(shared: Arc<Shared>, listener: UnixListener) -> Result<(), String> {
+pub fn serve(shared: Arc<Shared>, listener: UnixListener) -> Result<Serving, String> {
     // Non-blocking, because during an UPGRADE two workers share the socket:
     // the one that loses the race for a client must not block in accept.
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("admin socket: {e}"))?;
+    let clients = Arc::new(Clients::default());
+    let counts = clients.clone();
     thread::Builder::new()
         .name("admin-socket".into())
-        .spawn(move || accept_loop(&shared, &listener))
+        .spawn(move || accept_loop(&shared, &listener, &counts))
         .map_err(|e| format!("cannot start the admin socket thread: {e}"))?;
-    Ok(())
+    Ok(Serving { clients })
 }
 
 /// Accepts clients until shutdown. A draining worker (`SHUTDOWN`, the old
 /// worker of an `UPGRADE`) stops accepting, so new clients reach the new
 /// worker.
-fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
-    let active = Arc::new(AtomicUsize::new(0));
+fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener, clients: &Arc<Clients>) {
     while !shared.shutting_down.load(Ordering::Acquire) {
         if !wait_readable(listener, ACCEPT_TICK) {
             continue;
@@ -226,7 +251,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
                 continue;
             }
         };
-        admit(shared, stream, &active);
+        admit(shared, stream, clients);
     }
     log::info!("admin socket: draining, no longer accepting in this worker");
 }
@@ -245,37 +270,41 @@ fn wait_readable(listener: &UnixListener, timeout: Duration) -> bool {
 
 /// Starts a client's thread, or answers `ERR busy` when [`MAX_CLIENTS`]
 /// are being served.
-fn admit(shared: &Arc<Shared>, stream: UnixStream, active: &Arc<AtomicUsize>) {
+fn admit(shared: &Arc<Shared>, stream: UnixStream, clients: &Arc<Clients>) {
     // The accepted socket must block: its thread reads with timeouts.
     if stream.set_nonblocking(false).is_err() {
         return;
     }
-    if active.load(Ordering::Acquire) >= MAX_CLIENTS {
+    if clients.connected.load(Ordering::Acquire) >= MAX_CLIENTS {
         log::warn!("admin socket: {MAX_CLIENTS} clients already connected; refusing one more");
         let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
         let _ = (&stream).write_all(b"ERR busy\n");
         return;
     }
-    active.fetch_add(1, Ordering::AcqRel);
-    let slot = ClientSlot(active.clone());
+    let slot = Counted::new(clients.clone(), |c| &c.connected);
     let shared = shared.clone();
     let spawned = thread::Builder::new()
         .name("admin-client".into())
-        .spawn(move || {
-            let _slot = slot;
-            serve_client(&shared, &stream);
-        });
+        .spawn(move || serve_client(&shared, &stream, &slot.0));
     if let Err(e) = spawned {
         log::error!("admin socket: cannot start a client thread: {e}");
     }
 }
 
-/// A client's place among the [`MAX_CLIENTS`]; given back on drop.
-struct ClientSlot(Arc<AtomicUsize>);
+/// One count in [`Clients`] (a client connected, a command under way),
+/// taken back on drop.
+struct Counted(Arc<Clients>, fn(&Clients) -> &AtomicUsize);
 
-impl Drop for ClientSlot {
+impl Counted {
+    fn new(clients: Arc<Clients>, which: fn(&Clients) -> &AtomicUsize) -> Counted {
+        which(&clients).fetch_add(1, Ordering::AcqRel);
+        Counted(clients, which)
+    }
+}
+
+impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        (self.1)(&self.0).fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -293,7 +322,7 @@ enum After {
 /// Runs one client's commands until it closes, goes idle past
 /// `idle_timeout_ms`, sends an oversized line or stops reading past
 /// `send_timeout_ms`.
-fn serve_client(shared: &Arc<Shared>, stream: &UnixStream) {
+fn serve_client(shared: &Arc<Shared>, stream: &UnixStream, clients: &Arc<Clients>) {
     let _ = stream.set_read_timeout(Some(shared.cfg.idle_timeout()));
     let _ = stream.set_write_timeout(Some(shared.cfg.send_timeout()));
     let mut reader = BufReader::new(stream);
@@ -321,6 +350,7 @@ fn serve_client(shared: &Arc<Shared>, stream: &UnixStream) {
             }
             Err(_) => return,
         };
+        let _working = Counted::new(clients.clone(), |c| &c.working);
         let cmd = admin::parse(&line);
         log::info!("{} from admin socket", describe(&cmd));
         let (reply, after) = execute(shared, &cmd);

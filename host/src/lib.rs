@@ -283,9 +283,10 @@ fn run(args: cli::Args) -> Result<(), String> {
         );
     }
     signals(shared.clone())?;
-    if let Some(listener) = admin_listener {
-        admin_socket::serve(shared.clone(), listener)?;
-    }
+    let admin_serving = match admin_listener {
+        Some(listener) => Some(admin_socket::serve(shared.clone(), listener)?),
+        None => None,
+    };
     if args.watch || config.server.watch {
         watch::start(shared.clone(), registry.dir().to_path_buf())?;
     }
@@ -305,7 +306,11 @@ fn run(args: cli::Args) -> Result<(), String> {
     for h in handles {
         let _ = h.join();
     }
-    scheduler.shutdown(Duration::from_millis(config.server.shutdown_timeout_ms));
+    let grace = Duration::from_millis(config.server.shutdown_timeout_ms);
+    if let Some(admin) = &admin_serving {
+        admin.finish(Instant::now() + grace);
+    }
+    scheduler.shutdown(grace);
     registry.clear();
     drop(admin_file);
     log::info!("shutdown complete");
