@@ -44,9 +44,10 @@ use crate::reactor::Shared;
 /// own user, so the bound is about a runaway script, not an attacker.
 pub const MAX_CLIENTS: usize = 16;
 
-/// How often the accepting thread looks at the shutdown flag while no
-/// client connects.
-const ACCEPT_TICK: Duration = Duration::from_millis(200);
+/// How often the accepting thread, and a client's thread waiting for its
+/// next line, look at the shutdown flag: a draining worker ends at most
+/// this much later because of its admin socket clients.
+const TICK: Duration = Duration::from_millis(200);
 
 /// Mode of the socket file: read and write for the owner only.
 const MODE: u32 = 0o600;
@@ -185,11 +186,10 @@ fn bind_owner_only(path: &Path) -> io::Result<UnixListener> {
     bound
 }
 
-/// Clients being served, and those among them with a command under way.
+/// Clients being served.
 #[derive(Default)]
 struct Clients {
     connected: AtomicUsize,
-    working: AtomicUsize,
 }
 
 /// The admin socket being served by this process (see [`serve`]).
@@ -198,12 +198,14 @@ pub struct Serving {
 }
 
 impl Serving {
-    /// Waits (until `deadline`) for the commands under way to write their
-    /// replies. The worker calls it after its event loops have ended:
-    /// `UPGRADE` ends this worker just after the new one is ready, and its
-    /// `OK upgrading` line must still reach the client that asked.
+    /// Waits (until `deadline`) for the clients to finish: once the server
+    /// drains, each is answered for the commands it has sent and then
+    /// closed (see [`serve_client`]). The worker calls it after its event
+    /// loops have ended: `UPGRADE` ends this worker just after the new one
+    /// is ready, and its `OK upgrading` line must still reach the client
+    /// that asked.
     pub fn finish(&self, deadline: Instant) {
-        while self.clients.working.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        while self.clients.connected.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(5));
         }
     }
@@ -231,7 +233,9 @@ pub fn serve(shared: Arc<Shared>, listener: UnixListener) -> Result<Serving, Str
 /// worker.
 fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener, clients: &Arc<Clients>) {
     while !shared.shutting_down.load(Ordering::Acquire) {
-        if !wait_readable(listener, ACCEPT_TICK) {
+        // The flag again after the wait: a client that connects after
+        // this worker began draining belongs to the new worker.
+        if !wait_readable(listener, TICK) || shared.shutting_down.load(Ordering::Acquire) {
             continue;
         }
         let stream = match listener.accept() {
@@ -247,7 +251,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener, clients: &Arc<Clie
             Err(e) => {
                 // Out of descriptors, most likely: pause instead of spinning.
                 log::warn!("admin socket: accept failed: {e}");
-                thread::sleep(ACCEPT_TICK);
+                thread::sleep(TICK);
                 continue;
             }
         };
@@ -281,30 +285,32 @@ fn admit(shared: &Arc<Shared>, stream: UnixStream, clients: &Arc<Clients>) {
         let _ = (&stream).write_all(b"ERR busy\n");
         return;
     }
-    let slot = Counted::new(clients.clone(), |c| &c.connected);
+    let slot = Connected::new(clients.clone());
     let shared = shared.clone();
     let spawned = thread::Builder::new()
         .name("admin-client".into())
-        .spawn(move || serve_client(&shared, &stream, &slot.0));
+        .spawn(move || {
+            let _slot = slot;
+            serve_client(&shared, &stream);
+        });
     if let Err(e) = spawned {
         log::error!("admin socket: cannot start a client thread: {e}");
     }
 }
 
-/// One count in [`Clients`] (a client connected, a command under way),
-/// taken back on drop.
-struct Counted(Arc<Clients>, fn(&Clients) -> &AtomicUsize);
+/// A client's place among the [`MAX_CLIENTS`], given back on drop.
+struct Connected(Arc<Clients>);
 
-impl Counted {
-    fn new(clients: Arc<Clients>, which: fn(&Clients) -> &AtomicUsize) -> Counted {
-        which(&clients).fetch_add(1, Ordering::AcqRel);
-        Counted(clients, which)
+impl Connected {
+    fn new(clients: Arc<Clients>) -> Connected {
+        clients.connected.fetch_add(1, Ordering::AcqRel);
+        Connected(clients)
     }
 }
 
-impl Drop for Counted {
+impl Drop for Connected {
     fn drop(&mut self) {
-        (self.1)(&self.0).fetch_sub(1, Ordering::AcqRel);
+        self.0.connected.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -321,15 +327,24 @@ enum After {
 
 /// Runs one client's commands until it closes, goes idle past
 /// `idle_timeout_ms`, sends an oversized line or stops reading past
-/// `send_timeout_ms`.
-fn serve_client(shared: &Arc<Shared>, stream: &UnixStream, clients: &Arc<Clients>) {
-    let _ = stream.set_read_timeout(Some(shared.cfg.idle_timeout()));
+/// `send_timeout_ms`; or, once the server drains, until it has nothing
+/// more under way (a command sent is still answered, then the connection
+/// closes).
+fn serve_client(shared: &Arc<Shared>, stream: &UnixStream) {
+    let idle = shared.cfg.idle_timeout();
+    // Reads wake up every tick to notice a drain.
+    let _ = stream.set_read_timeout(Some(idle.min(TICK)));
     let _ = stream.set_write_timeout(Some(shared.cfg.send_timeout()));
     let mut reader = BufReader::new(stream);
     let mut writer = stream;
+    let mut partial = Vec::new();
+    let mut last_line = Instant::now();
     loop {
-        let line = match read_line(&mut reader) {
-            Ok(Line::Complete(l)) => l,
+        let line = match read_line(&mut reader, &mut partial) {
+            Ok(Line::Complete(l)) => {
+                last_line = Instant::now();
+                l
+            }
             Ok(Line::End) => return,
             Ok(Line::TooLong) => {
                 log::warn!(
@@ -345,12 +360,17 @@ fn serve_client(shared: &Arc<Shared>, stream: &UnixStream, clients: &Arc<Clients
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                log::debug!("admin socket: client idle past idle_timeout_ms; closing");
-                return;
+                if partial.is_empty() && shared.shutting_down.load(Ordering::Acquire) {
+                    return;
+                }
+                if last_line.elapsed() >= idle {
+                    log::debug!("admin socket: client idle past idle_timeout_ms; closing");
+                    return;
+                }
+                continue;
             }
             Err(_) => return,
         };
-        let _working = Counted::new(clients.clone(), |c| &c.working);
         let cmd = admin::parse(&line);
         log::info!("{} from admin socket", describe(&cmd));
         let (reply, after) = execute(shared, &cmd);
@@ -379,14 +399,17 @@ enum Line {
 }
 
 /// Reads one line of at most [`admin::MAX_LINE`] bytes (terminator not
-/// counted), never buffering more than that.
-fn read_line(r: &mut impl BufRead) -> io::Result<Line> {
+/// counted), never buffering more than that. `partial` holds what a read
+/// that timed out had got of the line so far; it is empty again whenever
+/// this returns `Ok`.
+fn read_line(r: &mut impl BufRead, partial: &mut Vec<u8>) -> io::Result<Line> {
     let limit = admin::MAX_LINE + 2; // room for "\r\n"
-    let mut buf = Vec::with_capacity(64);
-    let n = Read::take(&mut *r, limit as u64).read_until(b'\n', &mut buf)?;
-    if n == 0 {
+    let room = limit.saturating_sub(partial.len()) as u64;
+    let n = Read::take(&mut *r, room).read_until(b'\n', partial)?;
+    if n == 0 && partial.is_empty() {
         return Ok(Line::End);
     }
+    let mut buf = std::mem::take(partial);
     let ended = buf.last() == Some(&b'\n');
     if ended {
         buf.pop();
@@ -394,7 +417,7 @@ fn read_line(r: &mut impl BufRead) -> io::Result<Line> {
             buf.pop();
         }
     }
-    if buf.len() > admin::MAX_LINE || (!ended && n == limit) {
+    if buf.len() > admin::MAX_LINE || (!ended && buf.len() == limit) {
         return Ok(Line::TooLong);
     }
     Ok(Line::Complete(buf))
@@ -438,14 +461,19 @@ fn execute(shared: &Arc<Shared>, cmd: &Command) -> (String, After) {
         }
         Command::Upgrade => {
             let reply = wait_reply(|to| crate::worker_link::upgrade(shared.clone(), to));
-            // On success this worker drains: the client must reconnect to
-            // reach the new one, so say so by closing.
-            let after = if reply.starts_with("OK") {
-                After::Close
-            } else {
-                After::Keep
-            };
-            (reply, after)
+            if !reply.starts_with("OK") {
+                return (reply, After::Keep);
+            }
+            // This worker drains now: the upgrade thread starts its
+            // shutdown just after the reply. The reply waits for that
+            // (briefly), so that a client that reconnects once it has read
+            // it is accepted by the new worker, never by this one; and the
+            // connection closes, because this worker serves no more.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while !shared.shutting_down.load(Ordering::Acquire) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            (reply, After::Close)
         }
         Command::Shutdown => ("OK shutting down\n".into(), After::Shutdown),
         Command::Close => ("OK bye\n".into(), After::Close),
@@ -473,8 +501,9 @@ mod tests {
     fn lines(input: &[u8]) -> Vec<Line> {
         let mut r = BufReader::new(Cursor::new(input.to_vec()));
         let mut out = Vec::new();
+        let mut partial = Vec::new();
         loop {
-            let l = read_line(&mut r).unwrap();
+            let l = read_line(&mut r, &mut partial).unwrap();
             let more = matches!(l, Line::Complete(_));
             out.push(l);
             if !more {
@@ -509,6 +538,45 @@ mod tests {
         assert_eq!(lines(&long), [Line::TooLong]);
         // No terminator in sight: refused without reading it all.
         assert_eq!(lines(&vec![b'x'; 100 * admin::MAX_LINE]), [Line::TooLong]);
+    }
+
+    /// A client whose bytes come in pieces, with read timeouts between.
+    struct Trickle(Vec<io::Result<&'static [u8]>>);
+
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Ok(0);
+            }
+            let piece = self.0.remove(0)?;
+            out[..piece.len()].copy_from_slice(piece);
+            Ok(piece.len())
+        }
+    }
+
+    #[test]
+    fn a_line_split_by_read_timeouts_is_kept_whole() {
+        let timeout = || Err(io::Error::from(io::ErrorKind::WouldBlock));
+        let mut r = BufReader::new(Trickle(vec![
+            Ok(b"STA"),
+            timeout(),
+            Ok(b"TUS\nRELO"),
+            timeout(),
+            Ok(b"AD\n"),
+        ]));
+        let mut partial = Vec::new();
+        assert!(read_line(&mut r, &mut partial).is_err());
+        assert_eq!(partial, b"STA");
+        assert_eq!(
+            read_line(&mut r, &mut partial).unwrap(),
+            Line::Complete(b"STATUS".to_vec())
+        );
+        assert!(read_line(&mut r, &mut partial).is_err());
+        assert_eq!(
+            read_line(&mut r, &mut partial).unwrap(),
+            Line::Complete(b"RELOAD".to_vec())
+        );
+        assert_eq!(read_line(&mut r, &mut partial).unwrap(), Line::End);
     }
 
     fn temp(tag: &str) -> PathBuf {
