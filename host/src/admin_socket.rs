@@ -97,7 +97,7 @@ pub struct Bound {
 /// path and the operating system's reason.
 ///
 /// Called at start, before the process has other threads (see
-/// [`bind_owner_only`] for why that matters).
+/// `bind_owner_only` for why that matters).
 pub fn bind(path: &Path) -> Result<Bound, String> {
     clear_stale(path)?;
     let listener = bind_owner_only(path)
@@ -200,7 +200,7 @@ pub struct Serving {
 impl Serving {
     /// Waits (until `deadline`) for the clients to finish: once the server
     /// drains, each is answered for the commands it has sent and then
-    /// closed (see [`serve_client`]). The worker calls it after its event
+    /// closed (see `serve_client`). The worker calls it after its event
     /// loops have ended: `UPGRADE` ends this worker just after the new one
     /// is ready, and its `OK upgrading` line must still reach the client
     /// that asked.

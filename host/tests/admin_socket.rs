@@ -1,8 +1,9 @@
 //! The admin Unix socket (`[server] admin_socket`) through the real binary:
 //! its file and mode, every command answered whatever `admin_from` says,
 //! `SHUTDOWN` stopping the leader, the socket outliving a worker crash and
-//! `UPGRADE`, stale and busy socket files at start, the line and client
-//! limits; and the `--new-token` / `--hash-token` tools.
+//! `UPGRADE`, `--single` binding it itself, stale and busy socket files at
+//! start, the line and client limits; and the `--new-token` /
+//! `--hash-token` tools.
 
 mod common;
 
@@ -153,6 +154,28 @@ fn shutdown_over_the_socket_stops_the_leader_and_removes_the_file() {
         "{}",
         s.log()
     );
+}
+
+#[test]
+fn a_single_process_binds_serves_and_removes_the_socket_itself() {
+    let (_dir, path) = socket_path("as-single");
+    let mut s = ServerBuilder::new(&["http"])
+        .tag("adminsock-single")
+        .server(&format!("admin_socket = {:?}", path.to_str().unwrap()))
+        .arg("--single")
+        .start();
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{meta:?}");
+    let st = Status::parse(&ask(&path, "STATUS"));
+    assert_eq!(worker_pid(&st), s.pid(), "the process itself serves");
+    assert_eq!(
+        ask(&path, "UPGRADE"),
+        "ERR upgrade: needs the leader process (this server runs with --single)\n"
+    );
+    assert_eq!(ask(&path, "SHUTDOWN"), "OK shutting down\n");
+    let status = s.wait_exit(Duration::from_secs(15)).expect("exits");
+    assert!(status.success(), "{status:?}");
+    assert!(!path.exists(), "{} left behind", path.display());
 }
 
 #[test]
