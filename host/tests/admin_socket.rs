@@ -138,6 +138,33 @@ fn reload_over_the_socket() {
 }
 
 #[test]
+fn run_over_the_socket_answers_when_the_job_has_finished() {
+    let (_dir, path) = socket_path("as-run");
+    let _s = ServerBuilder::new(&["cron"])
+        .tag("adminsock-run")
+        .server(&format!("admin_socket = {:?}", path.to_str().unwrap()))
+        .toml(
+            r#"
+[[modules.cron.jobs]]
+name = "once"
+schedule = "0 0 1 1 *"
+command = ["sh", "-c", "sleep 0.3; echo hi"]
+"#,
+        )
+        .start();
+    let started = Instant::now();
+    assert_eq!(
+        ask(&path, "RUN cron once"),
+        "OK cron/once exit status 0: hi\n"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        ask(&path, "RUN cron nope"),
+        "ERR cron/nope: module cron has no job \"nope\"\n"
+    );
+}
+
+#[test]
 fn shutdown_over_the_socket_stops_the_leader_and_removes_the_file() {
     let (_dir, path) = socket_path("as-shutdown");
     let mut s = server_with_socket(&path, &[]);
