@@ -301,6 +301,16 @@ impl Tls {
             std::sync::atomic::Ordering::Relaxed,
         );
         *self.current.write() = current;
+        if let (Some(mode), Some(ca)) = (settings.client_auth()?, &settings.client_ca) {
+            log::info!(
+                "tls: client certificates {}, checked against {}",
+                match mode {
+                    ClientAuth::Optional => "optional",
+                    ClientAuth::Required => "required",
+                },
+                base.join(ca).display()
+            );
+        }
         Ok(settings.sni.len() + usize::from(settings.cert.is_some()))
     }
 
@@ -343,5 +353,62 @@ impl Tls {
             self.handshake_timeout_ms
                 .load(std::sync::atomic::Ordering::Relaxed),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(toml_text: &str) -> TlsSettings {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn client_auth_needs_client_ca_and_a_certificate() {
+        let cert = "cert = \"c.pem\"\nkey = \"k.pem\"\n";
+        assert_eq!(settings(cert).client_auth(), Ok(None));
+        let s = settings(&format!("{cert}client_ca = \"ca.pem\"\n"));
+        assert_eq!(s.client_auth(), Ok(Some(ClientAuth::Optional)));
+        let s = settings(&format!(
+            "{cert}client_ca = \"ca.pem\"\nclient_auth = \"required\"\n"
+        ));
+        assert_eq!(s.client_auth(), Ok(Some(ClientAuth::Required)));
+        let e = settings(&format!("{cert}client_auth = \"required\"\n"))
+            .client_auth()
+            .unwrap_err();
+        assert!(e.contains("client_auth is set but client_ca is not"), "{e}");
+        let e = settings("client_ca = \"ca.pem\"\n")
+            .client_auth()
+            .unwrap_err();
+        assert!(e.contains("needs a server certificate"), "{e}");
+        assert!(toml::from_str::<TlsSettings>("client_auth = \"maybe\"\n").is_err());
+    }
+
+    #[test]
+    fn a_bad_client_ca_names_its_file_and_keeps_what_is_in_force() {
+        let dir = std::env::temp_dir().join(format!("switchyard-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("k.pem"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("junk.pem"), "junk\n").unwrap();
+        let tls = Tls::default();
+        let base = "cert = \"c.pem\"\nkey = \"k.pem\"\n";
+        tls.load(&settings(base), &dir).unwrap();
+        for (ca, needle) in [
+            ("missing.pem", "cannot read client_ca"),
+            ("junk.pem", "no certificate in client_ca"),
+        ] {
+            let s = settings(&format!("{base}client_ca = \"{ca}\"\n"));
+            let e = tls.load(&s, &dir).unwrap_err();
+            assert!(e.contains(needle) && e.contains(ca), "{e}");
+            assert!(tls.active(), "a failed load turned TLS off");
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
