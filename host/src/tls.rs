@@ -92,7 +92,7 @@ impl TlsSettings {
     /// `client_auth` without `client_ca` is an error (it would silently
     /// let every client in), and so are client certificates without any
     /// server certificate (nothing would ask for them).
-    pub fn client_auth(&self) -> Result<Option<ClientAuth>, String> {
+    pub fn client_auth_mode(&self) -> Result<Option<ClientAuth>, String> {
         match (&self.client_ca, self.client_auth) {
             (None, None) => Ok(None),
             (None, Some(_)) => Err("[server.tls] client_auth is set but client_ca is not: \
@@ -220,7 +220,7 @@ fn client_verifier(
 fn build(settings: &TlsSettings, base: &Path) -> Result<Terminator, String> {
     // Checked (and the CA file read) first: a bad client_ca is reported
     // even when a certificate is broken too, and never half-applied.
-    let verifier = match (settings.client_auth()?, &settings.client_ca) {
+    let verifier = match (settings.client_auth_mode()?, &settings.client_ca) {
         (Some(mode), Some(ca)) => Some(client_verifier(ca, mode, base)?),
         _ => None,
     };
@@ -290,7 +290,7 @@ impl Tls {
     /// previous ones in force. Returns how many certificate pairs are in
     /// force.
     pub fn load(&self, settings: &TlsSettings, base: &Path) -> Result<usize, String> {
-        settings.client_auth()?;
+        settings.client_auth_mode()?;
         let current = if settings.enabled() {
             Some(Arc::new(build(settings, base)?))
         } else {
@@ -301,7 +301,7 @@ impl Tls {
             std::sync::atomic::Ordering::Relaxed,
         );
         *self.current.write() = current;
-        if let (Some(mode), Some(ca)) = (settings.client_auth()?, &settings.client_ca) {
+        if let (Some(mode), Some(ca)) = (settings.client_auth_mode()?, &settings.client_ca) {
             log::info!(
                 "tls: client certificates {}, checked against {}",
                 match mode {
@@ -367,19 +367,19 @@ mod tests {
     #[test]
     fn client_auth_needs_client_ca_and_a_certificate() {
         let cert = "cert = \"c.pem\"\nkey = \"k.pem\"\n";
-        assert_eq!(settings(cert).client_auth(), Ok(None));
+        assert_eq!(settings(cert).client_auth_mode(), Ok(None));
         let s = settings(&format!("{cert}client_ca = \"ca.pem\"\n"));
-        assert_eq!(s.client_auth(), Ok(Some(ClientAuth::Optional)));
+        assert_eq!(s.client_auth_mode(), Ok(Some(ClientAuth::Optional)));
         let s = settings(&format!(
             "{cert}client_ca = \"ca.pem\"\nclient_auth = \"required\"\n"
         ));
-        assert_eq!(s.client_auth(), Ok(Some(ClientAuth::Required)));
+        assert_eq!(s.client_auth_mode(), Ok(Some(ClientAuth::Required)));
         let e = settings(&format!("{cert}client_auth = \"required\"\n"))
-            .client_auth()
+            .client_auth_mode()
             .unwrap_err();
         assert!(e.contains("client_auth is set but client_ca is not"), "{e}");
         let e = settings("client_ca = \"ca.pem\"\n")
-            .client_auth()
+            .client_auth_mode()
             .unwrap_err();
         assert!(e.contains("needs a server certificate"), "{e}");
         assert!(toml::from_str::<TlsSettings>("client_auth = \"maybe\"\n").is_err());
