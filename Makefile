@@ -15,6 +15,8 @@
 #   make browser-check  headless Chromium renders the webapp's page
 #   make tls-cert     a self-signed pair for local HTTPS: tls/cert.pem, tls/key.pem
 #   make token        a new bus token and its `token_hash = "sha256:..."` config line
+#   make tls-client-cert NAME=bot1  a client certificate for mutual TLS, tls/clients/bot1.pem
+#                     (+ .key), signed by tls/client-ca.pem (made on first use; make tls-client-ca)
 #   make licenses     regenerate deps_licenses/
 #   make fuzz         every fuzz target in fuzz/ for FUZZ_SECONDS each (libFuzzer, stable toolchain)
 #   make fuzz-ci      the same, FUZZ_CI_SECONDS each (what .ci/run does)
@@ -40,7 +42,7 @@ HOST_BIN := $(RELEASE)/switchyard
 MODULES  := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard modules/*/Cargo.toml)))
 FIXTURES := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard tests/fixtures/*/Cargo.toml)))
 
-.PHONY: all build cargo-build install-modules run test lint bench bench-proxy bench-proxy-bulk bench-https bench-reload bench-crash bench-webapp bench-rpc browser-check tls-cert token licenses fuzz fuzz-ci clean help
+.PHONY: all build cargo-build install-modules run test lint bench bench-proxy bench-proxy-bulk bench-https bench-reload bench-crash bench-webapp bench-rpc browser-check tls-cert tls-client-ca tls-client-cert token licenses fuzz fuzz-ci clean help
 
 all: build
 
@@ -120,6 +122,15 @@ tls-cert:
 token:
 	@$(CARGO) build --release --quiet -p switchyard
 	@$(HOST_BIN) --new-token
+# Mutual TLS: the CA that `client_ca` names (tls/client-ca.pem), kept once
+# made; and a client certificate with CN=$(NAME) signed by it, ALT: its
+# subject alternative names (DNS names, e-mail addresses, URIs).
+tls-client-ca:
+	scripts/tls-cert.sh --client-ca tls
+
+tls-client-cert:
+	@test -n "$(NAME)" || { echo "make tls-client-cert: say which client, e.g. NAME=bot1" >&2; exit 2; }
+	scripts/tls-cert.sh --client "$(NAME)" tls $(ALT)
 
 licenses:
 	scripts/gen-deps-licenses.sh

@@ -196,6 +196,12 @@ pub struct Conn {
     pub tls: Option<Box<rustls::ServerConnection>>,
     /// Whether the first bytes were already looked at for a TLS handshake.
     pub tls_checked: bool,
+    /// Whether the completed TLS handshake was looked at for a client
+    /// certificate (see [`Conn::take_client_cert`]).
+    handshake_seen: bool,
+    /// Names from a client certificate are recorded for this connection
+    /// in the services: they must be forgotten when it closes.
+    pub has_identity: bool,
     /// When the connection was accepted (handshake timeout).
     pub accepted: Instant,
     /// Modules that asked for `on_close` on this connection.
@@ -241,6 +247,8 @@ impl Conn {
             watchers: Vec::new(),
             tls: None,
             tls_checked: false,
+            handshake_seen: false,
+            has_identity: false,
             accepted: now,
             sticky: None,
             body: None,
@@ -494,6 +502,27 @@ impl Conn {
                 return Ok(progress);
             }
         }
+    }
+
+    /// Whether a TLS handshake terminated here is still in progress.
+    pub fn tls_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
+    }
+
+    /// The verified client certificate (the leaf, DER), returned once: by
+    /// the first call after the TLS handshake completed with one. `None`
+    /// before the handshake completes, on later calls, and for a client
+    /// that presented none (or a connection not terminated here). rustls
+    /// only completes a handshake whose certificate verified.
+    pub fn take_client_cert(&mut self) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        if self.handshake_seen || self.tls.is_none() || self.tls_handshaking() {
+            return None;
+        }
+        self.handshake_seen = true;
+        let tls = self.tls.as_ref()?;
+        tls.peer_certificates()?
+            .first()
+            .map(|c| c.clone().into_owned())
     }
 
     /// Sends a TLS close_notify, best effort, before the socket closes.

@@ -7,6 +7,16 @@
 //! router as plaintext. Certificates are chosen by SNI: exact names first,
 //! then `*.domain` wildcards, then the default. `RELOAD` re-reads them;
 //! a bad file keeps the certificates in force.
+//!
+//! Mutual TLS: with `client_ca`, every terminated handshake (whatever its
+//! SNI name) asks the client for a certificate, which rustls' webpki
+//! verifier checks against those CAs; `client_auth = "required"` refuses
+//! a client without one, `"optional"` (the default) lets it in
+//! anonymously. A certificate that is presented must verify either way.
+//! Once a handshake completes with a verified certificate, the event loop
+//! reads its names with [`identity::names`] and records them for modules
+//! (`HostServices::peer_identity`) until the connection closes. The CA
+//! file is re-read on `RELOAD` with the certificates, all or nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -17,10 +27,13 @@ use parking_lot::RwLock;
 use rustls::crypto::ring;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::ServerConfig;
+use rustls::{RootCertStore, ServerConfig};
 use serde::Deserialize;
+
+pub mod identity;
 
 /// `[server.tls]`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -36,6 +49,23 @@ pub struct TlsSettings {
     /// A handshake must complete within this.
     #[serde(default = "default_handshake_ms")]
     pub handshake_timeout_ms: u64,
+    /// CA certificates (PEM, one or more) that client certificates must
+    /// chain to: setting it turns on mutual TLS for every name served.
+    pub client_ca: Option<PathBuf>,
+    /// Whether a client must present a certificate; only with
+    /// `client_ca`, which makes it [`ClientAuth::Optional`] by default.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// `client_auth`: what a client without a certificate gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// The handshake completes without one (the connection then has no
+    /// identity); a certificate that is presented must still verify.
+    Optional,
+    /// The handshake fails without a verified certificate.
+    Required,
 }
 
 fn default_handshake_ms() -> u64 {
@@ -56,6 +86,24 @@ impl TlsSettings {
     /// Whether any certificate is configured.
     pub fn enabled(&self) -> bool {
         self.cert.is_some() || !self.sni.is_empty()
+    }
+
+    /// What clients must present: `None` without `client_ca`. A
+    /// `client_auth` without `client_ca` is an error (it would silently
+    /// let every client in), and so are client certificates without any
+    /// server certificate (nothing would ask for them).
+    pub fn client_auth_mode(&self) -> Result<Option<ClientAuth>, String> {
+        match (&self.client_ca, self.client_auth) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err("[server.tls] client_auth is set but client_ca is not: \
+                 name the PEM file of the CA certificates that client certificates must \
+                 chain to"
+                .into()),
+            (Some(_), _) if !self.enabled() => Err("[server.tls] client_ca needs a server \
+                 certificate (cert and key, or [[server.tls.sni]] entries)"
+                .into()),
+            (Some(_), mode) => Ok(Some(mode.unwrap_or(ClientAuth::Optional))),
+        }
     }
 }
 
@@ -129,9 +177,53 @@ fn load_pair(cert: &Path, key: &Path, base: &Path) -> Result<Arc<CertifiedKey>, 
     Ok(Arc::new(ck))
 }
 
+/// The verifier of client certificates against the CA certificates in
+/// `ca` (relative to `base`).
+fn client_verifier(
+    ca: &Path,
+    mode: ClientAuth,
+    base: &Path,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let path = base.join(ca);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
+        .map_err(|e| format!("cannot read client_ca {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad certificate in client_ca {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in client_ca {}", path.display()));
+    }
+    let mut roots = RootCertStore::empty();
+    for (i, cert) in certs.into_iter().enumerate() {
+        roots.add(cert).map_err(|e| {
+            format!(
+                "client_ca {}: certificate {} is not a usable CA: {e}",
+                path.display(),
+                i + 1
+            )
+        })?;
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(ring::default_provider()),
+    );
+    let builder = match mode {
+        ClientAuth::Optional => builder.allow_unauthenticated(),
+        ClientAuth::Required => builder,
+    };
+    builder
+        .build()
+        .map_err(|e| format!("client_ca {}: {e}", path.display()))
+}
+
 /// Builds a server config from the settings; paths are relative to `base`
 /// (the config file's directory).
 fn build(settings: &TlsSettings, base: &Path) -> Result<Terminator, String> {
+    // Checked (and the CA file read) first: a bad client_ca is reported
+    // even when a certificate is broken too, and never half-applied.
+    let verifier = match (settings.client_auth_mode()?, &settings.client_ca) {
+        (Some(mode), Some(ca)) => Some(client_verifier(ca, mode, base)?),
+        _ => None,
+    };
     let default = match (&settings.cert, &settings.key) {
         (Some(c), Some(k)) => Some(load_pair(c, k, base)?),
         (None, None) => None,
@@ -161,11 +253,16 @@ fn build(settings: &TlsSettings, base: &Path) -> Result<Terminator, String> {
         wildcard,
         default,
     });
-    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+    let builder = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("tls: {e}"))?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver.clone());
+        .map_err(|e| format!("tls: {e}"))?;
+    // One config for every name: the client CA applies whichever
+    // certificate the SNI name selects.
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Terminator {
         config: Arc::new(config),
@@ -189,9 +286,11 @@ pub struct Tls {
 }
 
 impl Tls {
-    /// Loads the certificates; an error leaves the previous ones in force.
-    /// Returns how many certificate pairs are in force.
+    /// Loads the certificates and the client CA; an error leaves the
+    /// previous ones in force. Returns how many certificate pairs are in
+    /// force.
     pub fn load(&self, settings: &TlsSettings, base: &Path) -> Result<usize, String> {
+        settings.client_auth_mode()?;
         let current = if settings.enabled() {
             Some(Arc::new(build(settings, base)?))
         } else {
@@ -202,6 +301,16 @@ impl Tls {
             std::sync::atomic::Ordering::Relaxed,
         );
         *self.current.write() = current;
+        if let (Some(mode), Some(ca)) = (settings.client_auth_mode()?, &settings.client_ca) {
+            log::info!(
+                "tls: client certificates {}, checked against {}",
+                match mode {
+                    ClientAuth::Optional => "optional",
+                    ClientAuth::Required => "required",
+                },
+                base.join(ca).display()
+            );
+        }
         Ok(settings.sni.len() + usize::from(settings.cert.is_some()))
     }
 
@@ -244,5 +353,62 @@ impl Tls {
             self.handshake_timeout_ms
                 .load(std::sync::atomic::Ordering::Relaxed),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(toml_text: &str) -> TlsSettings {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn client_auth_needs_client_ca_and_a_certificate() {
+        let cert = "cert = \"c.pem\"\nkey = \"k.pem\"\n";
+        assert_eq!(settings(cert).client_auth_mode(), Ok(None));
+        let s = settings(&format!("{cert}client_ca = \"ca.pem\"\n"));
+        assert_eq!(s.client_auth_mode(), Ok(Some(ClientAuth::Optional)));
+        let s = settings(&format!(
+            "{cert}client_ca = \"ca.pem\"\nclient_auth = \"required\"\n"
+        ));
+        assert_eq!(s.client_auth_mode(), Ok(Some(ClientAuth::Required)));
+        let e = settings(&format!("{cert}client_auth = \"required\"\n"))
+            .client_auth_mode()
+            .unwrap_err();
+        assert!(e.contains("client_auth is set but client_ca is not"), "{e}");
+        let e = settings("client_ca = \"ca.pem\"\n")
+            .client_auth_mode()
+            .unwrap_err();
+        assert!(e.contains("needs a server certificate"), "{e}");
+        assert!(toml::from_str::<TlsSettings>("client_auth = \"maybe\"\n").is_err());
+    }
+
+    #[test]
+    fn a_bad_client_ca_names_its_file_and_keeps_what_is_in_force() {
+        let dir = std::env::temp_dir().join(format!("switchyard-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("k.pem"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("junk.pem"), "junk\n").unwrap();
+        let tls = Tls::default();
+        let base = "cert = \"c.pem\"\nkey = \"k.pem\"\n";
+        tls.load(&settings(base), &dir).unwrap();
+        for (ca, needle) in [
+            ("missing.pem", "cannot read client_ca"),
+            ("junk.pem", "no certificate in client_ca"),
+        ] {
+            let s = settings(&format!("{base}client_ca = \"{ca}\"\n"));
+            let e = tls.load(&s, &dir).unwrap_err();
+            assert!(e.contains(needle) && e.contains(ca), "{e}");
+            assert!(tls.active(), "a failed load turned TLS off");
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

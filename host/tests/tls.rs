@@ -13,7 +13,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
 use rustls::crypto::ring;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -59,6 +62,23 @@ impl Ca {
         let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .unwrap();
         p.distinguished_name.push(DnType::CommonName, names[0]);
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+
+    /// A client certificate: subject CN `cn`, these subject alternative
+    /// names, extended key usage clientAuth.
+    fn client(&self, cn: &str, sans: Vec<SanType>) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.subject_alt_names = sans;
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
         Leaf {
             cert_pem: cert.pem(),
@@ -206,6 +226,10 @@ impl TlsClient {
 
     fn read_line(&mut self) -> String {
         self.c.read_line()
+    }
+
+    fn try_read_line(&mut self) -> Result<String, String> {
+        self.c.try_read_line()
     }
 
     fn read_response(&mut self) -> Response {
@@ -970,4 +994,541 @@ upstreams = ["{upstream}"]
     assert_index(&c.get("/"), "terminated next to passthrough");
     let c = TlsClient::must(srv.addr, &cfg, "other.example.test");
     assert!(c.peer_der() == pki.default.der);
+}
+
+// --- mutual TLS --------------------------------------------------------------
+
+fn dns(s: &str) -> SanType {
+    SanType::DnsName(s.try_into().unwrap())
+}
+
+fn email(s: &str) -> SanType {
+    SanType::Rfc822Name(s.try_into().unwrap())
+}
+
+fn uri(s: &str) -> SanType {
+    SanType::URI(s.try_into().unwrap())
+}
+
+/// Presents `chain` with the key of `key_pem`, as given: no check that
+/// they match or even parse (rustls' `with_client_auth_cert` would refuse
+/// a garbage chain before sending it).
+#[derive(Debug)]
+struct AnyClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for AnyClientCert {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A client config trusting `roots` that presents `chain` (leaf first)
+/// signed with `key_pem`, for the given TLS versions.
+fn client_cert_config_with(
+    roots: &Arc<RootCertStore>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    chain: Vec<Vec<u8>>,
+    key_pem: &str,
+) -> Arc<ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::PrivateKeyDer;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let signing = ring::sign::any_supported_type(&key).unwrap();
+    let chain = chain.into_iter().map(CertificateDer::from).collect();
+    let certified = rustls::sign::CertifiedKey::new(chain, signing);
+    Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_client_cert_resolver(Arc::new(AnyClientCert(Arc::new(certified)))),
+    )
+}
+
+/// A client config that presents `leaf` (TLS 1.3 and 1.2).
+fn client_cert_config(roots: &Arc<RootCertStore>, leaf: &Leaf) -> Arc<ClientConfig> {
+    client_cert_config_with(
+        roots,
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+        vec![leaf.der.clone()],
+        &leaf.key_pem,
+    )
+}
+
+/// The client certificates of the mutual TLS tests: `bot1` and `bot2`
+/// from the CA named in `client_ca`, `stranger` from another CA.
+struct Clients {
+    ca: Ca,
+    other_ca: Ca,
+    bot1: Leaf,
+    bot2: Leaf,
+    stranger: Leaf,
+}
+
+/// What the whoami fixture answers for bot1 (CN, then DNS, e-mail, URI).
+const BOT1_NAMES: &str =
+    "whoami bot1,bot1.example.test,bots.example.test,bot1@example.test,spiffe://example.test/bot1";
+
+impl Clients {
+    fn new() -> Clients {
+        let ca = Ca::new("switchyard test client CA");
+        let other_ca = Ca::new("some other CA");
+        // Listed out of the contract's order: the host sorts them.
+        let bot1 = ca.client(
+            "bot1",
+            vec![
+                uri("spiffe://example.test/bot1"),
+                dns("bot1.example.test"),
+                email("bot1@example.test"),
+                dns("bots.example.test"),
+                dns("bot1"),
+            ],
+        );
+        let bot2 = ca.client("bot2", vec![]);
+        let stranger = other_ca.client("bot1", vec![dns("bot1.example.test")]);
+        Clients {
+            ca,
+            other_ca,
+            bot1,
+            bot2,
+            stranger,
+        }
+    }
+
+    /// A server with the whoami fixture, `client_ca = "tls/clients.pem"`
+    /// holding this CA, and `client_auth = <mode>` unless `None`.
+    fn server(&self, pki: &Pki, mode: Option<&str>) -> Server {
+        let auth = mode.map_or(String::new(), |m| format!("client_auth = \"{m}\"\n"));
+        pki.server(
+            &["fx_whoami"],
+            &format!("client_ca = \"tls/clients.pem\"\n{auth}"),
+        )
+        .config_file("tls/clients.pem", self.ca.pem())
+        .start()
+    }
+}
+
+/// Asks the whoami fixture over a new TLS connection; `Err` says how the
+/// connection failed (handshake, or no answer after it).
+fn whoami(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> Result<String, String> {
+    let mut c = TlsClient::connect(addr, cfg, "a.example.test")?;
+    // TLS 1.3: the client's side of the handshake is over before the
+    // server has looked at its certificate; a refusal shows on this read.
+    c.c.send_lenient(b"WHOAMI\n");
+    c.try_read_line()
+}
+
+/// A refused client: no whoami line, whatever the version.
+fn assert_refused(addr: SocketAddr, cfg: &Arc<ClientConfig>, what: &str) -> String {
+    match whoami(addr, cfg) {
+        Ok(line) => panic!("{what}: accepted, answered {line:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn mtls_required_admits_only_certificates_from_client_ca() {
+    let pki = Pki::new();
+    let clients = Clients::new();
+    let srv = clients.server(&pki, Some("required"));
+    let roots = pki.ca.roots();
+
+    // Signed by client_ca: admitted, its names in the contract's order.
+    let bot1 = client_cert_config(&roots, &clients.bot1);
+    assert_eq!(whoami(srv.addr, &bot1).unwrap(), BOT1_NAMES);
+    let mut c = TlsClient::must(srv.addr, &bot1, "a.example.test");
+    for _ in 0..3 {
+        c.send(b"WHOAMI\n");
+        assert_eq!(c.read_line(), BOT1_NAMES, "keep-alive");
+    }
+    // Whatever the SNI name (and so the server certificate).
+    for name in ["x.b.example.test", "localhost", "127.0.0.1"] {
+        let mut c = TlsClient::must(srv.addr, &bot1, name);
+        c.send(b"WHOAMI\n");
+        assert_eq!(c.read_line(), BOT1_NAMES, "SNI {name}");
+    }
+    let bot2 = client_cert_config(&roots, &clients.bot2);
+    assert_eq!(whoami(srv.addr, &bot2).unwrap(), "whoami bot2");
+
+    // No certificate: the handshake fails, TLS 1.3 and 1.2 alike.
+    let anon = default_client_config(&roots);
+    let e = assert_refused(srv.addr, &anon, "no certificate (TLS 1.3)");
+    assert!(e.contains("CertificateRequired"), "TLS 1.3 refusal: {e}");
+    let anon12 = client_config(&roots, &[&rustls::version::TLS12], &[]);
+    let e = TlsClient::connect(srv.addr, &anon12, "a.example.test")
+        .err()
+        .expect("no certificate (TLS 1.2): handshake completed");
+    assert!(e.contains("CertificateRequired"), "TLS 1.2 refusal: {e}");
+    assert!(
+        srv.wait_log(Duration::from_secs(5), |l| l.lines().any(|l| {
+            l.contains("tls handshake failed")
+                && l.contains("from 127.0.0.1:")
+                && l.contains("no certificates")
+        })),
+        "the refusal is not logged with the peer and the reason"
+    );
+
+    // Signed by another CA (same names): refused.
+    let stranger = client_cert_config(&roots, &clients.stranger);
+    let e = assert_refused(srv.addr, &stranger, "certificate from another CA");
+    assert!(e.contains("UnknownCA"), "{e}");
+    let stranger12 = client_cert_config_with(
+        &roots,
+        &[&rustls::version::TLS12],
+        vec![clients.stranger.der.clone()],
+        &clients.stranger.key_pem,
+    );
+    assert!(TlsClient::connect(srv.addr, &stranger12, "a.example.test").is_err());
+    // A CA certificate is not a client certificate.
+    let ca_as_client = client_cert_config_with(
+        &roots,
+        &[&rustls::version::TLS13],
+        vec![clients.ca.cert.der().to_vec()],
+        &clients.ca.key.serialize_pem(),
+    );
+    assert_refused(srv.addr, &ca_as_client, "the CA's own certificate");
+
+    // Plaintext on the same port is not TLS: no certificate, no names.
+    let mut plain = srv.connect();
+    plain.send(b"WHOAMI\n");
+    assert_eq!(plain.read_line(), "whoami -");
+    // And the admitted session is still served.
+    c.send(b"WHOAMI\n");
+    assert_eq!(c.read_line(), BOT1_NAMES);
+}
+
+#[test]
+fn mtls_optional_lets_anonymous_clients_in() {
+    let pki = Pki::new();
+    let clients = Clients::new();
+    // client_ca alone: optional.
+    let srv = clients.server(&pki, None);
+    let roots = pki.ca.roots();
+    assert_eq!(
+        whoami(srv.addr, &default_client_config(&roots)).unwrap(),
+        "whoami -"
+    );
+    assert_eq!(
+        whoami(
+            srv.addr,
+            &client_config(&roots, &[&rustls::version::TLS12], &[])
+        )
+        .unwrap(),
+        "whoami -",
+        "TLS 1.2 without a certificate"
+    );
+    assert_eq!(
+        whoami(srv.addr, &client_cert_config(&roots, &clients.bot1)).unwrap(),
+        BOT1_NAMES
+    );
+    // A certificate that is presented must verify, even when optional.
+    let stranger = client_cert_config(&roots, &clients.stranger);
+    assert_refused(srv.addr, &stranger, "optional, certificate from another CA");
+    // Spelled out, the same.
+    let srv = clients.server(&pki, Some("optional"));
+    assert_eq!(
+        whoami(srv.addr, &default_client_config(&roots)).unwrap(),
+        "whoami -"
+    );
+    assert_eq!(
+        whoami(srv.addr, &client_cert_config(&roots, &clients.bot2)).unwrap(),
+        "whoami bot2"
+    );
+}
+
+/// Waits until the whoami fixture, asked over `asker`, says connection
+/// `id` has no names.
+fn wait_forgotten(asker: &mut TlsClient, id: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        asker.send(format!("WHOAMI OF {id}\n").as_bytes());
+        let line = asker.read_line();
+        if line == "whoami -" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: conn {id} still has {line:?} 5 s after closing"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn conn_id(c: &mut TlsClient) -> String {
+    c.send(b"WHOAMI ID\n");
+    let line = c.read_line();
+    line.strip_prefix("id ")
+        .unwrap_or_else(|| panic!("WHOAMI ID answered {line:?}"))
+        .to_string()
+}
+
+#[test]
+fn mtls_identity_is_forgotten_when_the_connection_closes() {
+    let pki = Pki::new();
+    let clients = Clients::new();
+    let srv = clients.server(&pki, None);
+    let roots = pki.ca.roots();
+    let bot1 = client_cert_config(&roots, &clients.bot1);
+    let mut asker = TlsClient::must(srv.addr, &default_client_config(&roots), "a.example.test");
+    let own = conn_id(&mut asker);
+    asker.send(format!("WHOAMI OF {own}\n").as_bytes());
+    assert_eq!(asker.read_line(), "whoami -", "an anonymous connection");
+
+    // Closed by the client.
+    let mut c = TlsClient::must(srv.addr, &bot1, "a.example.test");
+    let id = conn_id(&mut c);
+    asker.send(format!("WHOAMI OF {id}\n").as_bytes());
+    assert_eq!(
+        asker.read_line().replace("whoami ", ""),
+        BOT1_NAMES.replace("whoami ", ""),
+        "the names are recorded by connection id while it is open"
+    );
+    drop(c);
+    wait_forgotten(&mut asker, &id, "closed by the client");
+
+    // Closed by the server: the built-in CLOSE, and an unrouted line.
+    let mut c = TlsClient::must(srv.addr, &bot1, "a.example.test");
+    let id = conn_id(&mut c);
+    c.send(b"CLOSE\n");
+    let _ = c.try_read_line();
+    wait_forgotten(&mut asker, &id, "CLOSE");
+    let mut c = TlsClient::must(srv.addr, &bot1, "a.example.test");
+    let id = conn_id(&mut c);
+    c.send(b"(no module binds this)\n");
+    if let Ok(line) = c.try_read_line() {
+        panic!("an unrouted line is answered: {line:?}");
+    }
+    wait_forgotten(&mut asker, &id, "no module for the line");
+
+    // Many in a row: not one of them keeps its names (the map does not
+    // grow with closed connections).
+    let ids: Vec<String> = (0..20)
+        .map(|_| {
+            let mut c = TlsClient::must(srv.addr, &bot1, "a.example.test");
+            conn_id(&mut c)
+        })
+        .collect();
+    for id in &ids {
+        wait_forgotten(&mut asker, id, "one of 20 short connections");
+    }
+    // A new connection starts without names of its own.
+    let mut anon = TlsClient::must(srv.addr, &default_client_config(&roots), "a.example.test");
+    anon.send(b"WHOAMI\n");
+    assert_eq!(anon.read_line(), "whoami -");
+}
+
+#[test]
+fn mtls_reload_changes_who_is_accepted() {
+    let pki = Pki::new();
+    let clients = Clients::new();
+    let srv = clients.server(&pki, Some("required"));
+    let roots = pki.ca.roots();
+    let bot1 = client_cert_config(&roots, &clients.bot1);
+    let stranger = client_cert_config(&roots, &clients.stranger);
+    let mut before = TlsClient::must(srv.addr, &bot1, "a.example.test");
+    before.send(b"WHOAMI\n");
+    assert_eq!(before.read_line(), BOT1_NAMES);
+    assert_refused(srv.addr, &stranger, "before the reload");
+
+    // client_ca now holds only the other CA.
+    let path = srv.dir.join("tls/clients.pem");
+    write_atomically(&path, &clients.other_ca.pem());
+    let reply = srv.admin("RELOAD");
+    let (lines, [_, _, _, failed]) = parse_reload(&reply);
+    assert_eq!(failed, 0, "{reply}");
+    assert!(lines.iter().any(|l| l.starts_with("OK tls: ")), "{reply}");
+    assert_eq!(
+        whoami(srv.addr, &stranger).unwrap(),
+        "whoami bot1,bot1.example.test"
+    );
+    assert_refused(srv.addr, &bot1, "bot1 after its CA was removed");
+    // A session established before the reload keeps its names.
+    before.send(b"WHOAMI\n");
+    assert_eq!(before.read_line(), BOT1_NAMES, "established session");
+
+    // Both CAs in one file: both admitted.
+    write_atomically(
+        &path,
+        &format!("{}{}", clients.ca.pem(), clients.other_ca.pem()),
+    );
+    let reply = srv.admin("RELOAD");
+    assert_eq!(parse_reload(&reply).1[3], 0, "{reply}");
+    assert_eq!(whoami(srv.addr, &bot1).unwrap(), BOT1_NAMES);
+    assert_eq!(
+        whoami(srv.addr, &stranger).unwrap(),
+        "whoami bot1,bot1.example.test"
+    );
+
+    // A broken CA file: ERR naming it, and the settings in force stay.
+    for (what, contents) in [
+        ("junk", "not a certificate\n".to_string()),
+        (
+            "bad base64",
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n".into(),
+        ),
+        ("a key, no certificate", clients.bot2.key_pem.clone()),
+    ] {
+        write_atomically(&path, &contents);
+        let reply = srv.admin("RELOAD");
+        let (lines, [_, _, _, failed]) = parse_reload(&reply);
+        assert!(failed >= 1, "{what}: {reply}");
+        let err = lines
+            .iter()
+            .find(|l| l.starts_with("ERR tls: "))
+            .unwrap_or_else(|| panic!("{what}: no `ERR tls:` line in {reply}"));
+        assert!(
+            err.contains("clients.pem") && err.ends_with("; keeping the certificates in force"),
+            "{what}: {err}"
+        );
+        assert_eq!(whoami(srv.addr, &bot1).unwrap(), BOT1_NAMES, "{what}");
+        assert!(whoami(srv.addr, &stranger).is_ok(), "{what}");
+        assert!(
+            whoami(srv.addr, &default_client_config(&roots)).is_err(),
+            "{what}: required no longer in force"
+        );
+    }
+    std::fs::remove_file(&path).unwrap();
+    let reply = srv.admin("RELOAD");
+    assert!(
+        reply.contains("ERR tls: cannot read client_ca") && reply.contains("clients.pem"),
+        "missing file: {reply}"
+    );
+    assert_eq!(whoami(srv.addr, &bot1).unwrap(), BOT1_NAMES);
+}
+
+#[test]
+fn mtls_config_errors_refuse_to_start() {
+    let pki = Pki::new();
+    let clients = Clients::new();
+    let dir = temp_dir("tls-mtls-start");
+    std::fs::create_dir_all(dir.join("tls")).unwrap();
+    std::fs::write(dir.join("tls/cert.pem"), &pki.default.cert_pem).unwrap();
+    std::fs::write(dir.join("tls/key.pem"), &pki.default.key_pem).unwrap();
+    std::fs::write(dir.join("tls/clients.pem"), clients.ca.pem()).unwrap();
+    std::fs::write(dir.join("tls/junk.pem"), "hello\n").unwrap();
+    let base = "[server.tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n";
+    for (what, extra, needles) in [
+        (
+            "client_auth without client_ca",
+            "client_auth = \"required\"\n",
+            &["client_auth", "client_ca is not"][..],
+        ),
+        (
+            "client_auth optional without client_ca",
+            "client_auth = \"optional\"\n",
+            &["client_auth", "client_ca is not"][..],
+        ),
+        (
+            "missing client_ca",
+            "client_ca = \"tls/nothere.pem\"\n",
+            &["nothere.pem"][..],
+        ),
+        (
+            "client_ca without a certificate in it",
+            "client_ca = \"tls/junk.pem\"\n",
+            &["junk.pem", "no certificate"][..],
+        ),
+        (
+            "unknown client_auth",
+            "client_ca = \"tls/clients.pem\"\nclient_auth = \"sometimes\"\n",
+            &["sometimes", "optional", "required"][..],
+        ),
+    ] {
+        let (code, err) = run_to_exit(&dir, &format!("{base}{extra}"));
+        assert_eq!(code, Some(2), "{what}: exit status; stderr:\n{err}");
+        // From the `switchyard: ...` line on (a TOML error spans lines).
+        let at = err
+            .find("switchyard: ")
+            .unwrap_or_else(|| panic!("{what}: no `switchyard: ...` message on stderr:\n{err}"));
+        let msg = &err[at..];
+        for n in needles {
+            assert!(msg.contains(n), "{what}: message does not say {n:?}: {msg}");
+        }
+    }
+    // client_ca without any server certificate.
+    let (code, err) = run_to_exit(&dir, "[server.tls]\nclient_ca = \"tls/clients.pem\"\n");
+    assert_eq!(code, Some(2), "client_ca alone; stderr:\n{err}");
+    assert!(
+        err.contains("client_ca needs a server certificate"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn mtls_hostile_client_chains_are_closed_and_the_server_serves_on() {
+    let pki = Pki::new();
+    let clients = Clients::new();
+    let srv = clients.server(&pki, Some("required"));
+    let roots = pki.ca.roots();
+    let bot1 = client_cert_config(&roots, &clients.bot1);
+    let mut established = TlsClient::must(srv.addr, &bot1, "a.example.test");
+    established.send(b"WHOAMI\n");
+    assert_eq!(established.read_line(), BOT1_NAMES);
+
+    let leaf = clients.bot1.der.clone();
+    let ca = clients.ca.cert.der().to_vec();
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        // Past rustls' limit on one handshake message (64 KiB).
+        ("a 200 KB chain", {
+            let mut v = vec![leaf.clone()];
+            v.extend(std::iter::repeat_n(ca.clone(), 200_000 / ca.len()));
+            v
+        }),
+        // Within the limit, but far longer than any real chain. rustls
+        // looks only at the certificates it needs to build a path, so
+        // this one (and garbage after a good leaf) verifies.
+        ("a chain of 100 certificates", {
+            let mut v = vec![leaf.clone()];
+            v.extend(std::iter::repeat_n(ca.clone(), 100));
+            v
+        }),
+        ("a garbage certificate", vec![pseudo_random(1000, 7)]),
+        ("an empty certificate", vec![Vec::new()]),
+        (
+            "garbage after a good leaf",
+            vec![leaf.clone(), pseudo_random(60_000, 8)],
+        ),
+        ("a truncated leaf", vec![leaf[..leaf.len() / 2].to_vec()]),
+    ];
+    for (what, chain) in cases {
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let cfg =
+                client_cert_config_with(&roots, &[version], chain.clone(), &clients.bot1.key_pem);
+            let what = format!("{what} ({:?})", version.version);
+            let start = Instant::now();
+            match whoami(srv.addr, &cfg) {
+                Ok(line) => {
+                    // Only a chain that verifies may get in (rustls skips
+                    // extra certificates it does not need).
+                    assert!(
+                        what.starts_with("a chain of 100") || what.starts_with("garbage after"),
+                        "{what}: accepted, answered {line:?}"
+                    );
+                    assert_eq!(line, BOT1_NAMES, "{what}");
+                }
+                Err(e) => assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "{what}: took {:?} to fail: {e}",
+                    start.elapsed()
+                ),
+            }
+            // The server goes on: the established session and a new one.
+            established.send(b"WHOAMI\n");
+            assert_eq!(established.read_line(), BOT1_NAMES, "{what}");
+            assert_eq!(whoami(srv.addr, &bot1).unwrap(), BOT1_NAMES, "{what}");
+        }
+    }
+    assert!(
+        srv.wait_log(Duration::from_secs(1), |l| !l.contains("panicked")),
+        "the host panicked"
+    );
 }

@@ -536,6 +536,10 @@ impl EventLoop {
                 }
             }
         }
+        // After `on_close`: a module may still ask who it was.
+        if conn.has_identity {
+            self.shared.services.forget_peer_identity(conn.info.id);
+        }
         if let Some(buf) = conn.rbuf.detach() {
             self.recycle(buf);
         }
@@ -655,11 +659,26 @@ impl EventLoop {
                         conn.closing = true;
                         progress = true;
                     }
+                    Err(e) if conn.tls_handshaking() => {
+                        // A refused client certificate lands here too
+                        // (none sent while required, unknown issuer,
+                        // expired, malformed chain): the operator sees
+                        // who and why; a flood of them logs once a second
+                        // at info, the rest at debug.
+                        let (id, peer) = (conn.info.id, conn.info.peer());
+                        if self.refusal_log_due() {
+                            log::info!("conn {id} from {peer}: tls handshake failed: {e}");
+                        } else {
+                            log::debug!("conn {id} from {peer}: tls handshake failed: {e}");
+                        }
+                        return self.close(key, "tls handshake failed");
+                    }
                     Err(e) => {
                         log::debug!("conn {}: read error: {e}", conn.info.id);
                         return self.close(key, "read error");
                     }
                 }
+                self.record_identity(key);
             }
             match self.process(key) {
                 Ok(p) => progress |= p,
@@ -845,6 +864,30 @@ impl EventLoop {
                 Stage::Deferred(_) | Stage::Admin | Stage::Proxy(_) => return Ok(progress),
             }
             progress = true;
+        }
+    }
+
+    /// Once the TLS handshake has completed, records the names on the
+    /// client's verified certificate for modules (mutual TLS). Runs right
+    /// after a read, so before any decrypted byte reaches a module.
+    fn record_identity(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        let Some(der) = conn.take_client_cert() else {
+            return;
+        };
+        let (id, peer) = (conn.info.id, conn.info.peer());
+        match crate::tls::identity::names(&der) {
+            Ok(names) if names.is_empty() => {
+                log::debug!("conn {id} from {peer}: client certificate without usable names");
+            }
+            Ok(names) => {
+                log::debug!("conn {id} from {peer}: client certificate for {names:?}");
+                conn.has_identity = true;
+                self.shared.services.set_peer_identity(id, names.into());
+            }
+            // rustls verified it, so this is rare: the connection goes on
+            // without an identity, as if no certificate had been sent.
+            Err(e) => log::warn!("conn {id} from {peer}: {e}; no identity recorded"),
         }
     }
 
