@@ -9,6 +9,7 @@
 //! the privileged commands; anyone else gets `ERR forbidden`. `CLOSE` is
 //! for everyone. A line longer than [`admin::MAX_LINE`] is refused and the
 //! connection closed.
+
 use super::{EventLoop, Next};
 use crate::admin::{self, Command, Standing};
 use crate::conn::Stage;
