@@ -6,7 +6,8 @@
 //! Peers are keyed by IPv4 address, or by IPv6 /64 (one host usually owns a
 //! whole /64, so keying by full address would hand it 2^64 fresh slates).
 //! The table is bounded ([`MAX_PEERS`]): a spray of source addresses evicts
-//! expired entries first, then the oldest, so memory stays flat. Nothing
+//! expired entries first, then the oldest in a batch, so memory stays flat
+//! and the cost per attempt bounded. Nothing
 //! here sleeps: a locked peer is answered at once.
 
 use std::collections::HashMap;
@@ -114,16 +115,33 @@ impl AuthBackoff {
     }
 }
 
-/// Drops forgotten entries; if none was, the one whose lock ends first.
+/// Drops forgotten entries; if none was, the sixteenth whose locks end
+/// first. Evicting in a batch keeps a spray of new addresses at a bounded
+/// cost per attempt (one scan of the table per `len / 16` newcomers, not
+/// one per newcomer).
 fn make_room(peers: &mut HashMap<IpAddr, Entry>, now: Instant) {
     let before = peers.len();
     peers.retain(|_, e| now < e.forget_at);
     if peers.len() < before {
         return;
     }
-    if let Some(oldest) = peers.iter().min_by_key(|(_, e)| e.until).map(|(k, _)| *k) {
-        peers.remove(&oldest);
-    }
+    let mut ends: Vec<Instant> = peers.values().map(|e| e.until).collect();
+    let n = (ends.len() / 16).max(1);
+    let (_, cut, _) = ends.select_nth_unstable(n - 1);
+    let cut = *cut;
+    let mut left = n;
+    peers.retain(|_, e| {
+        if left > 0 && e.until <= cut {
+            left -= 1;
+            false
+        } else {
+            true
+        }
+    });
+    log::warn!(
+        "AUTH backoff: {} peers remembered, forgetting the {n} whose locks end first          (a spray of failing addresses)",
+        before
+    );
 }
 
 #[cfg(test)]
@@ -202,5 +220,16 @@ mod tests {
         // The newest are remembered; the oldest were evicted.
         assert!(t.locked(ip("10.0.39.15"), now).is_some());
         assert!(t.locked(ip("10.0.0.0"), now).is_none());
+    }
+
+    #[test]
+    fn full_size_spray_stays_at_max_peers() {
+        let t = AuthBackoff::default();
+        let now = Instant::now();
+        for i in 0..100_000u32 {
+            let a = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            t.failed(a, BASE, now + Duration::from_micros(i as u64));
+        }
+        assert!(t.len() <= MAX_PEERS && t.len() > MAX_PEERS - MAX_PEERS / 16);
     }
 }

@@ -1,14 +1,15 @@
 //! Hostile clients against admin access on the public port: a password
 //! guesser pipelining wrong `AUTH` lines, the per-address backoff it runs
-//! into (and that other addresses do not), oversized `AUTH` lines.
+//! into (and that other addresses do not), oversized `AUTH` lines, and a
+//! proxy route pointing back at the server's own port.
 //!
-//! The servers here set `admin_from` to a network no test peer is in, so
-//! loopback clients must `AUTH` like remote ones would.
+//! The guarded servers here set `admin_from` to a network no test peer is
+//! in, so loopback clients must `AUTH` like remote ones would.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::common::{Client, Server, ServerBuilder, IO_TIMEOUT};
+use crate::common::{free_port, Client, Server, ServerBuilder, IO_TIMEOUT};
 
 const TOKEN: &str = "tok-c0ffee-42";
 
@@ -163,4 +164,46 @@ fn oversized_auth_lines_are_refused_and_closed() {
     let mut c = s.connect();
     c.send(format!("AUTH {TOKEN}\n").as_bytes());
     assert_eq!(c.read_line(), "OK");
+}
+
+#[test]
+fn a_proxy_route_back_at_our_own_port_is_not_an_admin() {
+    // fx_proxy relays to this server's own port. The connection the
+    // server accepts from its own upstream socket comes from 127.0.0.1,
+    // inside the default admin_from, but carries the proxy client's bytes.
+    let port = free_port();
+    let s = ServerBuilder::new(&["http", "fx_proxy"])
+        .tag("hostile-admin-loop")
+        .cli(&[
+            "-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "-threads",
+            "2",
+        ])
+        .toml(&format!(
+            "[modules.fx_proxy]\nupstreams = [\"127.0.0.1:{port}\"]\n"
+        ))
+        .start();
+    let mut c = s.connect();
+    c.send(b"PROXY-ME KEEP\n");
+    assert_eq!(c.read_line(), "KEPT");
+    // Relayed to our own port as the first bytes of a new connection.
+    c.send(b"STATUS\n");
+    assert_eq!(c.read_line(), "ERR forbidden");
+    c.send(b"SHUTDOWN\n");
+    assert_eq!(c.read_line(), "ERR forbidden");
+    c.send(b"CLOSE\n");
+    assert_eq!(c.read_line(), "OK bye");
+    assert!(
+        s.wait_log(IO_TIMEOUT, |l| l
+            .matches("an upstream socket of this server")
+            .count()
+            == 1),
+        "{}",
+        s.log()
+    );
+    // A direct loopback client is still an admin, and the server runs.
+    assert!(s.admin("STATUS").starts_with("OK status"));
 }
