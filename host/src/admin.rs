@@ -17,9 +17,9 @@
 //! `public_shutdown = false` refuses `SHUTDOWN` on the public port.
 //! All of these settings are re-read on `RELOAD` and SIGHUP.
 
-mod access;
-mod backoff;
-mod self_forward;
+pub mod access;
+pub mod backoff;
+pub mod self_forward;
 
 pub use access::{parse_networks, AdminAccess, ConnAuth, LiveAccess, Standing};
 pub use backoff::AuthBackoff;
