@@ -2,7 +2,31 @@
 //! `SHUTDOWN`, `UPGRADE`, `AUTH <token>` and `RUN <module> <job>`. Each is one text
 //! line; each reply line begins with `OK` or `ERR`. Parsing is pure; the
 //! commands that touch the registry run on the control thread, `RUN` on a
-//! job thread.
+//! job thread. [`status`], [`reload`] and [`run`] take only the shared
+//! state, so any front end (the public port, an admin socket) can call them.
+//!
+//! Who may run them on the public port is decided per command, against the
+//! settings in force ([`access`]): a peer inside `admin_from` (default:
+//! loopback) is an admin unless it is the local end of one of our own
+//! upstream sockets ([`self_forward`]); any other peer must first `AUTH`
+//! with `admin_token`, and keeps its rights only while that token is the
+//! configured one. `admin_from = []` turns admin off on the public port,
+//! `AUTH` included; `CLOSE` works for everyone. Failed `AUTH` attempts are
+//! logged with the peer, close the connection after `max_auth_failures`,
+//! and lock the peer out for a doubling window ([`backoff`]).
+//! `public_shutdown = false` refuses `SHUTDOWN` on the public port.
+//! All of these settings are re-read on `RELOAD` and SIGHUP.
+
+pub mod access;
+pub mod backoff;
+pub mod self_forward;
+
+pub use access::{parse_networks, AdminAccess, ConnAuth, LiveAccess, Standing};
+pub use backoff::AuthBackoff;
+pub use self_forward::{OwnUpstream, OwnUpstreams};
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use std::sync::atomic::Ordering;
 
@@ -74,6 +98,89 @@ pub fn token_matches(given: &str, expected: &str) -> bool {
         diff |= (x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0)) as usize;
     }
     diff == 0
+}
+
+/// The reply to `SHUTDOWN` on the public port with `public_shutdown =
+/// false`.
+pub const SHUTDOWN_DISABLED: &str =
+    "ERR SHUTDOWN is disabled on this port; use the admin socket or SIGTERM\n";
+
+/// What an `AUTH` line came to; [`AuthReply::line`] is its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthReply {
+    Ok,
+    /// `admin_from = []`: no admin on this port.
+    Forbidden,
+    NoToken,
+    BadToken,
+    /// Refused unchecked: the peer failed recently.
+    Locked(Duration),
+    /// The connection reached `max_auth_failures`: it is closed.
+    TooMany,
+}
+
+impl AuthReply {
+    pub fn line(&self) -> String {
+        match self {
+            AuthReply::Ok => "OK\n".into(),
+            AuthReply::Forbidden => "ERR forbidden\n".into(),
+            AuthReply::NoToken => "ERR no admin token is configured\n".into(),
+            AuthReply::BadToken => "ERR bad token\n".into(),
+            AuthReply::Locked(left) => format!(
+                "ERR AUTH locked for {} ms after failed attempts\n",
+                left.as_millis().max(1)
+            ),
+            AuthReply::TooMany => "ERR too many failed AUTH attempts\n".into(),
+        }
+    }
+
+    /// Whether the connection must close once the reply is out.
+    pub fn closes(&self) -> bool {
+        *self == AuthReply::TooMany
+    }
+}
+
+/// `AUTH <token>` from `peer` on a connection whose standing is `conn`.
+/// A peer locked out by [`AuthBackoff`] is refused without the token being
+/// looked at; either failure counts against `max_auth_failures`, and each
+/// is logged at warn with the peer (never with the token).
+pub fn auth(
+    access: &AdminAccess,
+    backoff: &AuthBackoff,
+    conn: &mut ConnAuth,
+    peer: SocketAddr,
+    token: &str,
+    now: Instant,
+) -> AuthReply {
+    if !access.enabled() {
+        return AuthReply::Forbidden;
+    }
+    if !access.has_token() {
+        return AuthReply::NoToken;
+    }
+    let failure = if let Some(left) = backoff.locked(peer.ip(), now) {
+        AuthReply::Locked(left)
+    } else if access.token_matches(token) {
+        backoff.succeeded(peer.ip());
+        conn.authenticated(access.epoch());
+        log::info!("AUTH from {peer}: ok");
+        return AuthReply::Ok;
+    } else {
+        backoff.failed(peer.ip(), access.auth_backoff, now);
+        AuthReply::BadToken
+    };
+    let failures = conn.failed();
+    let max = access.max_auth_failures;
+    let why = match failure {
+        AuthReply::Locked(_) => "refused, peer locked out after recent failures",
+        _ => "bad token",
+    };
+    log::warn!("AUTH from {peer} failed ({why}): {failures} of {max} on this connection");
+    if failures >= max {
+        log::warn!("AUTH from {peer}: {failures} failed attempts, closing the connection");
+        return AuthReply::TooMany;
+    }
+    failure
 }
 
 /// The `STATUS` reply.
@@ -176,6 +283,65 @@ mod tests {
         assert!(Command::Run("a", "b").privileged());
         assert!(Command::Shutdown.privileged());
         assert!(!Command::Close.privileged());
+    }
+
+    fn access(toml: &str) -> AdminAccess {
+        let cfg = crate::config::Config::parse(toml).unwrap();
+        AdminAccess::new(&cfg.server, 0).unwrap()
+    }
+
+    #[test]
+    fn auth_fails_locks_and_closes() {
+        let a = access(
+            "[server]\nadmin_token = \"t\"\nadmin_from = [\"192.0.2.0/24\"]\n\
+             max_auth_failures = 3\nauth_backoff_ms = 100",
+        );
+        let backoff = AuthBackoff::default();
+        let peer: SocketAddr = "198.51.100.9:4000".parse().unwrap();
+        let now = Instant::now();
+        let mut conn = ConnAuth::default();
+        assert_eq!(
+            auth(&a, &backoff, &mut conn, peer, "x", now),
+            AuthReply::BadToken
+        );
+        let locked = auth(&a, &backoff, &mut conn, peer, "t", now);
+        assert_eq!(locked, AuthReply::Locked(Duration::from_millis(100)));
+        assert_eq!(
+            locked.line(),
+            "ERR AUTH locked for 100 ms after failed attempts\n"
+        );
+        let last = auth(&a, &backoff, &mut conn, peer, "t", now);
+        assert_eq!(last, AuthReply::TooMany);
+        assert!(last.closes());
+        // Another connection from the same peer after the window: the
+        // right token works and clears the peer.
+        let mut other = ConnAuth::default();
+        let later = now + Duration::from_millis(100);
+        assert_eq!(
+            auth(&a, &backoff, &mut other, peer, "t", later),
+            AuthReply::Ok
+        );
+        assert!(backoff.is_empty());
+        assert_eq!(a.standing(peer, &other, |_| false), Standing::Admin);
+    }
+
+    #[test]
+    fn auth_when_admin_is_off_or_tokenless() {
+        let backoff = AuthBackoff::default();
+        let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut conn = ConnAuth::default();
+        let off = access("[server]\nadmin_token = \"t\"\nadmin_from = []");
+        let now = Instant::now();
+        assert_eq!(
+            auth(&off, &backoff, &mut conn, peer, "t", now),
+            AuthReply::Forbidden
+        );
+        let none = access("[server]");
+        assert_eq!(
+            auth(&none, &backoff, &mut conn, peer, "t", now),
+            AuthReply::NoToken
+        );
+        assert!(backoff.is_empty());
     }
 
     #[test]

@@ -108,7 +108,9 @@ pub struct Server {
     pub max_auth_failures: u32,
     /// After a failed `AUTH`, further attempts from the same peer address
     /// are refused unchecked for this long, doubling with each failure in
-    /// a row (capped at 64 times this).
+    /// a row (capped at 64 times this). 0: no backoff. Up to 4096 peers
+    /// are remembered (IPv6 by /64); a peer quiet for 64 times this after
+    /// its lock ends starts over.
     pub auth_backoff_ms: u64,
     /// Reload modules when their files change.
     pub watch: bool,
@@ -235,6 +237,22 @@ impl Config {
         if s.max_header_size < 16 || s.max_message_size < s.max_header_size {
             return Err("server.max_message_size must be >= server.max_header_size >= 16".into());
         }
+        crate::admin::parse_networks(&s.admin_from)?;
+        if let Some(t) = &s.admin_token {
+            // `AUTH <token>` carries one word on one command line.
+            if t.is_empty() || t.chars().any(char::is_whitespace) {
+                return Err("server.admin_token must be one word (no spaces), not empty".into());
+            }
+            if t.len() > crate::admin::MAX_LINE - "AUTH ".len() {
+                return Err(format!(
+                    "server.admin_token must be at most {} bytes",
+                    crate::admin::MAX_LINE - "AUTH ".len()
+                ));
+            }
+        }
+        if s.max_auth_failures == 0 {
+            return Err("server.max_auth_failures must be at least 1".into());
+        }
         for (name, v) in [
             ("first_bytes_timeout_ms", s.first_bytes_timeout_ms),
             ("header_timeout_ms", s.header_timeout_ms),
@@ -285,5 +303,19 @@ mod tests {
         assert_eq!(cfg.module_json("http"), r#"{"root":"site"}"#);
         assert_eq!(cfg.module_json("nope"), "{}");
         assert!(toml::from_str::<Config>("[server]\nbogus = 1").is_err());
+    }
+
+    #[test]
+    fn admin_settings_are_validated() {
+        let e =
+            Config::parse("[server]\nadmin_from = [\"127.0.0.0/8\", \"10.0.0.0/33\"]").unwrap_err();
+        assert!(e.contains("\"10.0.0.0/33\""), "{e}");
+        assert!(Config::parse("[server]\nadmin_from = []").is_ok());
+        assert!(Config::parse("[server]\nadmin_from = [\"192.0.2.7\", \"::1\"]").is_ok());
+        let e = Config::parse("[server]\nadmin_token = \"two words\"").unwrap_err();
+        assert!(e.contains("admin_token"), "{e}");
+        assert!(Config::parse("[server]\nadmin_token = \"\"").is_err());
+        let e = Config::parse("[server]\nmax_auth_failures = 0").unwrap_err();
+        assert!(e.contains("max_auth_failures"), "{e}");
     }
 }

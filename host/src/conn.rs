@@ -182,8 +182,9 @@ pub enum ReadResult {
 pub struct Conn {
     pub sock: TcpStream,
     pub info: ConnInfo,
-    pub trusted: bool,
-    pub authed: bool,
+    /// Its admin standing on the public port (token epoch, failed
+    /// `AUTH`s); rights themselves are decided per command.
+    pub auth: crate::admin::ConnAuth,
     pub rbuf: ReadBuf,
     pub wbuf: RVec<u8>,
     pub wpos: usize,
@@ -234,12 +235,11 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(sock: TcpStream, info: ConnInfo, trusted: bool, now: Instant) -> Conn {
+    pub fn new(sock: TcpStream, info: ConnInfo, now: Instant) -> Conn {
         Conn {
             sock,
             info,
-            trusted,
-            authed: false,
+            auth: Default::default(),
             rbuf: ReadBuf::default(),
             wbuf: RVec::new(),
             wpos: 0,

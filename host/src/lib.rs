@@ -209,9 +209,25 @@ fn run(args: cli::Args) -> Result<(), String> {
     if let Some(n) = tls_load(&tls, &config.server.tls, &tls_base)? {
         log::info!("tls: {n} certificate(s) loaded");
     }
+    // Admin settings: a bad `admin_from` was refused by `Config::load`.
+    let admin = Arc::new(admin::LiveAccess::new(admin::AdminAccess::new(
+        &config.server,
+        0,
+    )?));
     {
         let tls = tls.clone();
+        let admin = admin.clone();
         registry.set_config_hook(Box::new(move |cfg: &Config| {
+            // The admin settings follow the file at once; the config was
+            // validated, so this cannot fail on a file `load` accepted.
+            match admin.apply(&cfg.server) {
+                Ok(changes) => {
+                    for c in changes {
+                        log::info!("RELOAD: {c}");
+                    }
+                }
+                Err(e) => log::error!("RELOAD: admin settings kept: {e}"),
+            }
             if !cfg.server.tls.enabled() && !tls.active() {
                 return None;
             }
@@ -246,6 +262,9 @@ fn run(args: cli::Args) -> Result<(), String> {
         control: Control::start(),
         mailboxes,
         push_pending,
+        admin,
+        auth_backoff: Default::default(),
+        own_upstreams: Default::default(),
         per_ip: Default::default(),
         buffered: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),

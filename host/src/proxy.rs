@@ -334,6 +334,10 @@ pub struct Session {
     /// upstream socket, and its pipes when spliced), given back when it
     /// ends: see [`Session::extra_slots`].
     pub slots: usize,
+    /// Marks the upstream socket's local address as ours while the session
+    /// lives, so that a proxy route pointing back at our own port does not
+    /// turn into an admin by address (see `admin::self_forward`).
+    pub own: Option<crate::admin::OwnUpstream>,
 }
 
 impl Session {

@@ -1,9 +1,17 @@
 //! The event loop's side of the built-in commands: parsing the line,
 //! checking who may run it, answering the cheap ones at once and handing
 //! `RELOAD`, `STATUS`, `RUN` and `UPGRADE` to the control thread.
+//!
+//! Rights are decided for every line against the admin settings in force
+//! ([`crate::admin::AdminAccess`], replaced on `RELOAD`): a peer inside
+//! `admin_from` that is not one of our own upstream sockets, or a
+//! connection that authenticated with the token still configured, may run
+//! the privileged commands; anyone else gets `ERR forbidden`. `CLOSE` is
+//! for everyone. A line longer than [`admin::MAX_LINE`] is refused and the
+//! connection closed.
 
 use super::{EventLoop, Next};
-use crate::admin::{self, Command};
+use crate::admin::{self, Command, Standing};
 use crate::conn::Stage;
 use crate::pool::{AdminReply, Completion, ReplyTo};
 use crate::router::Builtin;
@@ -13,12 +21,22 @@ impl EventLoop {
     pub(super) fn builtin(&mut self, key: usize, b: Builtin) -> Next {
         let conn = &mut self.conns[key];
         let input = conn.rbuf.bytes();
-        let Some(nl) = input.iter().position(|&c| c == b'\n') else {
-            if input.len() > admin::MAX_LINE {
-                conn.wbuf.extend_from_copy_slice(b"ERR line too long\n");
-                conn.closing = true;
-            }
-            // Otherwise wait for the rest of the line.
+        let nl = input.iter().position(|&c| c == b'\n');
+        // Too long whether or not its end already arrived (a long line
+        // read in one go has its newline in the buffer).
+        if nl.unwrap_or(input.len()) > admin::MAX_LINE {
+            log::warn!(
+                "conn {} from {}: command line over {} bytes, closing",
+                conn.info.id,
+                conn.info.peer(),
+                admin::MAX_LINE
+            );
+            conn.wbuf.extend_from_copy_slice(b"ERR line too long\n");
+            conn.closing = true;
+            return Next::Keep;
+        }
+        let Some(nl) = nl else {
+            // Wait for the rest of the line.
             return Next::Keep;
         };
         let mut line = &input[..nl];
@@ -27,27 +45,49 @@ impl EventLoop {
         }
         let cmd = admin::parse(line);
         let _ = b; // the prefix only routed here; the line decides.
-        let allowed = conn.trusted || conn.authed;
+        let access = self.shared.admin.current();
+        let peer = conn.info.peer();
+        let standing = access.standing(peer, &conn.auth, |p| self.shared.own_upstreams.contains(p));
+        if standing == Standing::SelfForwarded && cmd.privileged() && conn.auth.first_self_forward()
+        {
+            log::warn!(
+                "conn {} from {peer}: an upstream socket of this server (a proxy route \
+                 pointing back at our own port): not an admin peer by address",
+                conn.info.id
+            );
+        }
+        let allowed = standing == Standing::Admin;
         let to = ReplyTo {
             loop_idx: self.idx,
             key,
             conn_id: conn.info.id,
         };
+        let owned;
         let reply: Option<&[u8]> = match &cmd {
             c if c.privileged() && !allowed => Some(b"ERR forbidden\n"),
             Command::Close => {
                 conn.closing = true;
                 Some(b"OK bye\n")
             }
-            Command::Auth(token) => match &self.shared.cfg.admin_token {
-                Some(expected) if admin::token_matches(token, expected) => {
-                    conn.authed = true;
-                    Some(b"OK\n")
-                }
-                Some(_) => Some(b"ERR bad token\n"),
-                None => Some(b"ERR no admin token is configured\n"),
-            },
+            Command::Auth(token) => {
+                let now = self.now;
+                let r = admin::auth(
+                    &access,
+                    &self.shared.auth_backoff,
+                    &mut conn.auth,
+                    peer,
+                    token,
+                    now,
+                );
+                conn.closing |= r.closes();
+                owned = r.line();
+                Some(owned.as_bytes())
+            }
             Command::Unknown => Some(b"ERR unknown command\n"),
+            Command::Shutdown if !access.public_shutdown => {
+                log::warn!("SHUTDOWN from {peer} refused: public_shutdown = false");
+                Some(admin::SHUTDOWN_DISABLED.as_bytes())
+            }
             Command::Shutdown => {
                 log::info!("SHUTDOWN from {}", conn.info.peer());
                 self.shared.shutdown();

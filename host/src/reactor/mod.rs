@@ -76,6 +76,14 @@ pub struct Shared {
     pub mailboxes: Arc<Vec<Mailbox>>,
     /// Pushed bytes waiting in each loop's mailbox (see `services`).
     pub push_pending: Arc<crate::services::PushPending>,
+    /// The admin settings in force (`admin_token`, `admin_from`, ...),
+    /// replaced on every `RELOAD`; read per command, never cached.
+    pub admin: Arc<crate::admin::LiveAccess>,
+    /// Peers recently failing `AUTH`, locked out for a while.
+    pub auth_backoff: crate::admin::AuthBackoff,
+    /// Local addresses of the upstream sockets open now (a connection
+    /// from one of them is never an admin by address).
+    pub own_upstreams: Arc<crate::admin::OwnUpstreams>,
     /// Open connections per peer address (only with
     /// `max_connections_per_ip`).
     pub per_ip: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
@@ -477,13 +485,13 @@ impl EventLoop {
             self.forget_peer(peer);
             return;
         }
-        let trusted = peer.ip().is_loopback()
-            || matches!(peer.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
+        // No admin rights are decided here: each command is checked against
+        // the settings in force when it arrives (see `commands`).
         let mut info = ConnInfo::new(id, peer, false);
         if let Ok(local) = sock.local_addr() {
             info = info.with_local(local);
         }
-        entry.insert(Conn::new(sock, info, trusted, self.now));
+        entry.insert(Conn::new(sock, info, self.now));
         log::trace!("conn {id} from {peer}");
         // Data may already be there (edge-triggered: no event repeats it).
         self.drive(key);

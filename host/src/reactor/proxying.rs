@@ -59,6 +59,12 @@ impl EventLoop {
                 // space: such a connection can only copy.
                 let splice = cfg.proxy_splice && conn.tls.is_none();
                 let (up, down) = Buffer::pair(splice, cfg.proxy_buffer_size, &first, conn.info.id);
+                // The kernel chose the local port in `connect`, before any
+                // byte can reach our own listener through it.
+                let own = sock
+                    .local_addr()
+                    .ok()
+                    .map(|a| self.shared.own_upstreams.mark(a));
                 let slots = Session::extra_slots(up.is_spliced());
                 self.shared.conns.fetch_add(slots, Ordering::AcqRel);
                 conn.stage = Stage::Proxy(Box::new(Session {
@@ -81,6 +87,7 @@ impl EventLoop {
                     up_shut: false,
                     down_shut: false,
                     slots,
+                    own,
                 }));
             }
             Err(e) => {

@@ -10,6 +10,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod admin;
 mod host;
 mod http;
 mod kv;
