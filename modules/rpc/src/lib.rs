@@ -196,6 +196,7 @@
 //! connection), [`raw`] and [`post`] (the transports), [`handoff`]
 //! (reload), [`owner`] (one writer per database), [`config`].
 
+pub mod access;
 pub mod bus;
 pub mod config;
 pub mod conns;
@@ -212,6 +213,7 @@ pub mod writer;
 #[cfg(test)]
 mod testdir;
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -219,6 +221,7 @@ use module_api::{
     CallStatus, ConnInfo, Handler, Manifest, Protocol, RVec, ReloadMode, StartContext, Verdict,
 };
 
+use crate::access::{Access, Who};
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::conns::Conns;
@@ -245,6 +248,9 @@ pub trait HostApi: Send + Sync {
     fn wait_begin(&self) -> u64;
     /// Ends a wait started by [`HostApi::wait_begin`].
     fn wait_end(&self, token: u64);
+    /// The names on connection `conn`'s verified client certificate (CN
+    /// first, then SANs); empty without one.
+    fn peer_identity(&self, conn: u64) -> Vec<String>;
 }
 
 impl HostApi for module_api::Host {
@@ -259,6 +265,13 @@ impl HostApi for module_api::Host {
     }
     fn wait_end(&self, token: u64) {
         self.raw().wait_end(token)
+    }
+    fn peer_identity(&self, conn: u64) -> Vec<String> {
+        self.raw()
+            .peer_identity(conn)
+            .into_iter()
+            .map(|s| s.into_string())
+            .collect()
     }
 }
 
@@ -294,6 +307,8 @@ pub struct Core {
     pub store: Store,
     pub bus: Bus,
     pub conns: Conns,
+    /// Users, sessions and the login brake ([`access`]).
+    pub access: Access,
     pub host: &'static dyn HostApi,
     pub stats: Stats,
     /// Whether this generation serves (see [`handoff`] and [`owner`]).
@@ -303,9 +318,11 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(cfg: Config, store: Store, host: &'static dyn HostApi) -> Core {
-        Core {
+    /// Fails when the users table is wrong (the message names the user).
+    pub fn new(cfg: Config, store: Store, host: &'static dyn HostApi) -> Result<Core, String> {
+        Ok(Core {
             bus: Bus::new(cfg.max_subscriptions, cfg.max_subscriptions_total),
+            access: Access::new(&cfg)?,
             cfg,
             store,
             conns: Conns::default(),
@@ -313,7 +330,7 @@ impl Core {
             stats: Stats::default(),
             gate: RwLock::new(Mode::Live),
             owner_fd: AtomicI32::new(-1),
-        }
+        })
     }
 
     /// Pushes a notification to its recipients, one shared copy for all
@@ -336,6 +353,46 @@ pub fn too_large(core: &Core) -> RpcError {
             core.cfg.max_line_bytes
         ),
     )
+}
+
+/// The notification a connection gets when a reload took one of its
+/// subscriptions away.
+pub fn revoked_notice(pattern: &str) -> Vec<u8> {
+    let mut out = br#"{"jsonrpc":"2.0","method":"bus.revoked","params":{"pattern":"#.to_vec();
+    jsonrpc::write_str(&mut out, pattern);
+    out.extend_from_slice(b"}}\n");
+    out
+}
+
+/// After a reload: drops the handed-over subscriptions that their
+/// connections may no longer hold under the new users, telling each
+/// connection with a `bus.revoked` notification per pattern. `whos` are
+/// the connections whose sessions were handed over; the others were
+/// served in protected mode (loopback) and are judged as they are now.
+fn revoke_subscriptions(core: &Core, whos: Vec<(u64, Who)>) {
+    let whos: std::collections::HashMap<u64, Who> = whos.into_iter().collect();
+    for (conn, patterns) in core.bus.snapshot() {
+        let who = whos.get(&conn).cloned().unwrap_or_else(|| {
+            if core.access.users.is_empty() {
+                Who::Loopback
+            } else {
+                core.access.who(core.host, conn, None)
+            }
+        });
+        let gone: Vec<String> = patterns
+            .into_iter()
+            .filter(|p| !who.may(access::Right::Subscribe, p))
+            .collect();
+        if gone.is_empty() {
+            continue;
+        }
+        core.bus.unsubscribe(conn, Some(&gone));
+        for p in &gone {
+            log::info!("conn {conn}: subscription {p:?} revoked by the new users/permissions");
+            core.host
+                .push_many(&[conn], &revoked_notice(p), OVERFLOW_NOTICE);
+        }
+    }
 }
 
 /// One generation of the module.
@@ -368,16 +425,20 @@ impl Rpc {
         state: &[u8],
         host: &'static dyn HostApi,
     ) -> Result<Rpc, String> {
-        let cfg = Config::from_json(config, data_dir)?;
         let state = State::parse(state)?;
         if let Some(s) = &state {
             handoff::claim(host, &s.token)?;
         }
-        // From here on, a failure must let the frozen predecessor resume.
+        // From here on, a failure must let the frozen predecessor resume
+        // (at once: a config the new generation refuses, such as a bad
+        // users table, leaves the old one serving without a pause).
         let mut resume = ResumeGuard {
             host,
             token: state.as_ref().map(|s| s.token.clone()),
         };
+        let cfg = Config::from_json(config, data_dir)?;
+        // Checked before the database lock is taken over.
+        Access::new(&cfg)?;
         let token = state
             .as_ref()
             .map_or_else(handoff::new_token, |s| s.token.clone());
@@ -406,7 +467,7 @@ impl Rpc {
                 (Start::Standby, Mode::Standby)
             }
         };
-        let core = Arc::new(Core::new(cfg, store, host));
+        let core = Arc::new(Core::new(cfg, store, host)?);
         *core.gate.write().unwrap_or_else(|e| e.into_inner()) = mode;
         if let Some(s) = state {
             let partials = s.conns.iter();
@@ -416,6 +477,8 @@ impl Rpc {
                     .collect(),
             );
             core.bus.restore(s.subs);
+            let whos = core.access.restore(host, s.sessions);
+            revoke_subscriptions(&core, whos);
         }
         let writer = Writer::spawn(core.clone(), start)?;
         resume.token = None;
@@ -491,14 +554,15 @@ impl Rpc {
         if let Some(Internal::Forward {
             conn,
             http,
+            peer,
             payload,
         }) = handoff::parse(input, &self.token)
         {
-            handoff::serve(self, conn, http, payload, out);
+            handoff::serve(self, conn, http, peer, payload, out);
             return Verdict::done(input.len());
         }
         let http = input.starts_with(b"POST ");
-        self.deferred(0, false, http, input, out)
+        self.deferred(0, None, false, http, input, out)
     }
 
     /// A deferred message: handled here while live (the gate held, so a
@@ -506,6 +570,7 @@ impl Rpc {
     fn deferred(
         &self,
         conn: u64,
+        peer: Option<IpAddr>,
         draining: bool,
         http: bool,
         input: &[u8],
@@ -513,7 +578,7 @@ impl Rpc {
     ) -> Verdict {
         if conn != 0 && self.core.conns.has_pending(conn) {
             // Replies to lines this generation handed to its writer.
-            return raw::on_deferred(self, conn, input, out);
+            return raw::on_deferred(self, conn, peer, input, out);
         }
         let since = std::time::Instant::now();
         loop {
@@ -521,14 +586,14 @@ impl Rpc {
             match *gate {
                 Mode::Live => {
                     return if http {
-                        post::on_deferred(self, conn, draining, input, out)
+                        post::on_deferred(self, conn, peer, draining, input, out)
                     } else {
-                        raw::on_deferred(self, conn, input, out)
+                        raw::on_deferred(self, conn, peer, input, out)
                     };
                 }
                 Mode::Frozen => {
                     drop(gate);
-                    if let Ok(v) = handoff::forward(self, conn, http, input, out) {
+                    if let Ok(v) = handoff::forward(self, conn, http, peer, input, out) {
                         return v;
                     }
                 }
@@ -544,11 +609,12 @@ impl Rpc {
         }
     }
 
-    /// A connection closed: forget its state and subscriptions.
+    /// A connection closed: forget its state, subscriptions and login.
     fn closed(&self, conn: u64) {
         self.core
             .conns
             .close(conn, || self.core.bus.remove_conn(conn));
+        self.core.access.sessions.remove(conn);
     }
 }
 
@@ -574,7 +640,7 @@ impl Handler for Rpc {
             _ => return raw::defer_line(self, conn, input, out),
         };
         let v = if http {
-            post::on_message(self, conn.id, conn.draining, continuing, input, out)
+            post::on_message(self, conn, continuing, input, out)
         } else {
             raw::on_message(self, conn, input, out)
         };
@@ -587,7 +653,8 @@ impl Handler for Rpc {
             return self.on_call_deferred(input, out);
         }
         let (http, _) = self.transport(conn.id, input);
-        self.deferred(conn.id, conn.draining, http, input, out)
+        let peer = Some(conn.peer().ip());
+        self.deferred(conn.id, peer, conn.draining, http, input, out)
     }
 
     fn on_close(&self, conn: &ConnInfo) {
@@ -627,6 +694,7 @@ impl Handler for Rpc {
                 })
                 .collect(),
             lock_fd: Some(self.core.owner_fd.load(Ordering::Acquire)).filter(|fd| *fd >= 0),
+            sessions: self.core.access.sessions.snapshot(),
         };
         log::info!(
             "handing over {} subscriptions and {} connection states",
@@ -691,6 +759,9 @@ pub(crate) mod testing {
             0
         }
         fn wait_end(&self, _token: u64) {}
+        fn peer_identity(&self, _conn: u64) -> Vec<String> {
+            Vec::new()
+        }
     }
 
     #[test]
@@ -741,7 +812,7 @@ pub(crate) mod testing {
         let a = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
         let set = br#"{"jsonrpc":"2.0","method":"kv.set","params":["k",1],"id":1}"#;
         let mut out = RVec::new();
-        raw::on_deferred(&a, 0, set, &mut out);
+        raw::on_deferred(&a, 0, None, set, &mut out);
         assert!(out
             .as_slice()
             .starts_with(br#"{"jsonrpc":"2.0","result":true"#));
@@ -818,6 +889,9 @@ pub(crate) mod testing {
             0
         }
         fn wait_end(&self, _token: u64) {}
+        fn peer_identity(&self, _conn: u64) -> Vec<String> {
+            Vec::new()
+        }
     }
 
     #[test]
@@ -826,7 +900,7 @@ pub(crate) mod testing {
         let dir = crate::testdir::TestDir::new("publish");
         let cfg = Config::from_json(&serde_json::json!({}), dir.path()).unwrap();
         let store = Store::new(&cfg.db, cfg.cache_bytes);
-        let core = Core::new(cfg, store, host);
+        let core = Core::new(cfg, store, host).unwrap();
         for conn in 1..=300 {
             core.bus.subscribe(conn, &["wide.*".to_string()]).unwrap();
         }
@@ -843,6 +917,9 @@ pub(crate) mod testing {
             conn: 0,
             later: None,
             subscribed: false,
+            who: crate::access::Who::Internal,
+            peer: None,
+            close: false,
         };
         let mut out = Vec::new();
         methods::eval_message(&mut env, &jsonrpc::parse(line.as_bytes(), 10), &mut out);
@@ -859,7 +936,7 @@ pub(crate) mod testing {
         let dir = crate::testdir::TestDir::new("core");
         let cfg = Config::from_json(&config, dir.path()).unwrap();
         let store = Store::new(&cfg.db, cfg.cache_bytes);
-        let core = Core::new(cfg, store, &NullHost);
+        let core = Core::new(cfg, store, &NullHost).unwrap();
         (Arc::new(core), dir)
     }
 }
