@@ -647,6 +647,185 @@ mod tests {
         assert!(!is_loopback(IpAddr::V6(Ipv6Addr::UNSPECIFIED)));
     }
 
+    /// A host whose connection 7 carries a certificate for `bot1.example.org`.
+    struct CertHost;
+
+    impl HostApi for CertHost {
+        fn push_many(&self, conns: &[u64], _: &[u8], _: &[u8]) -> usize {
+            conns.len()
+        }
+        fn call(&self, _: &str, _: &[u8]) -> Result<Vec<u8>, module_api::CallStatus> {
+            Err(module_api::CallStatus::NoSuchModule)
+        }
+        fn wait_begin(&self) -> u64 {
+            0
+        }
+        fn wait_end(&self, _: u64) {}
+        fn peer_identity(&self, conn: u64) -> Vec<String> {
+            match conn {
+                7 => vec!["Bot One".into(), "bot1.example.org".into()],
+                _ => Vec::new(),
+            }
+        }
+    }
+
+    fn hash(token: &str) -> String {
+        let h = users::hash_token(token);
+        format!(
+            "sha256:{}",
+            h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )
+    }
+
+    fn access(users: serde_json::Value, extra: serde_json::Value) -> Access {
+        let mut cfg = serde_json::json!({ "users": users });
+        cfg.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let cfg = Config::from_json(&cfg, std::path::Path::new("/d")).unwrap();
+        Access::new(&cfg).unwrap()
+    }
+
+    fn name(w: &Who) -> Option<(&str, How)> {
+        match w {
+            Who::User(u, how) => Some((&u.name, *how)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn certificates_tokens_and_the_default_user() {
+        let a = access(
+            serde_json::json!([
+                {"name": "bot1", "token_hash": hash("t1"), "certs": ["bot1.example.org"],
+                 "max_connections": 1},
+                {"name": "guest", "permissions": {"kv_read": ["pub.>"]}}
+            ]),
+            serde_json::json!({"no_auth_user": "guest"}),
+        );
+        let lo = ip("127.0.0.1");
+        // The certificate logs connection 7 in, once (cached).
+        assert_eq!(name(&a.who(&CertHost, 7, lo)), Some(("bot1", How::Cert)));
+        assert_eq!(name(&a.who(&CertHost, 7, lo)), Some(("bot1", How::Cert)));
+        // Another connection without one acts as the default user.
+        assert_eq!(
+            name(&a.who(&CertHost, 8, lo)),
+            Some(("guest", How::NoAuthUser))
+        );
+        // bot1 has max_connections = 1, held by connection 7.
+        let o = a.authenticate(8, lo, "t1", None);
+        assert_eq!(o.result.unwrap_err().code, code::USER_LIMIT);
+        assert_eq!(
+            name(&a.who(&CertHost, 8, lo)),
+            Some(("guest", How::NoAuthUser)),
+            "unchanged"
+        );
+        a.sessions.remove(7);
+        let o = a.authenticate(8, lo, "t1", Some("bot1"));
+        assert_eq!(name(&o.result.unwrap()), Some(("bot1", How::Token)));
+        assert_eq!(name(&a.who(&CertHost, 8, lo)), Some(("bot1", How::Token)));
+        // In-process calls are internal whatever the users.
+        assert!(matches!(a.who(&CertHost, 0, None), Who::Internal));
+    }
+
+    #[test]
+    fn failed_logins_close_the_connection_and_pause_the_address() {
+        let a = access(
+            serde_json::json!([{"name": "bot1", "token_hash": hash("t1")}]),
+            serde_json::json!({"max_auth_failures": 3, "auth_backoff_ms": 60000}),
+        );
+        let peer = ip("10.0.0.9");
+        assert!(matches!(a.who(&CertHost, 5, peer), Who::Anonymous));
+        let o = a.authenticate(5, peer, "wrong", None);
+        assert_eq!(o.result.unwrap_err().message, "authentication failed");
+        assert!(!o.close);
+        // Paused: even the right token is refused unchecked.
+        let o = a.authenticate(5, peer, "t1", None);
+        let e = o.result.unwrap_err();
+        assert_eq!(e.code, code::AUTH_FAILED);
+        assert!(e.message.contains("retry in"), "{}", e.message);
+        assert!(!o.close);
+        let o = a.authenticate(5, peer, "t1", None);
+        assert!(o.close, "the third failure closes");
+        // Another address is not paused.
+        assert!(a
+            .authenticate(6, ip("10.0.0.10"), "t1", None)
+            .result
+            .is_ok());
+    }
+
+    #[test]
+    fn reload_resolves_sessions_against_the_new_users() {
+        let old = access(
+            serde_json::json!([
+                {"name": "bot1", "token_hash": hash("t1")},
+                {"name": "bot2", "token_hash": hash("t2")},
+                {"name": "bot3", "token_hash": hash("t3")}
+            ]),
+            serde_json::json!({}),
+        );
+        let lo = ip("127.0.0.1");
+        for (conn, t) in [(1, "t1"), (2, "t2"), (3, "t3")] {
+            assert!(old.authenticate(conn, lo, t, None).result.is_ok());
+        }
+        old.who(&CertHost, 4, lo);
+        let snaps = old.sessions.snapshot();
+        // bot2 removed, bot3's token rotated.
+        let new = access(
+            serde_json::json!([
+                {"name": "bot1", "token_hash": hash("t1"), "permissions": {"kv_read": ["x"]}},
+                {"name": "bot3", "token_hash": hash("t3-new")}
+            ]),
+            serde_json::json!({}),
+        );
+        let whos: std::collections::HashMap<u64, Who> =
+            new.restore(&CertHost, snaps.clone()).into_iter().collect();
+        assert_eq!(name(&whos[&1]), Some(("bot1", How::Token)));
+        assert!(whos[&1].may(Right::KvRead, "x"), "the new permissions");
+        assert!(matches!(whos[&2], Who::Anonymous), "removed user");
+        assert!(matches!(whos[&3], Who::Anonymous), "rotated token");
+        assert!(matches!(whos[&4], Who::Anonymous));
+        assert_eq!(new.users.get("bot1").unwrap().conns.current(), 1);
+        // To protected mode: loopback sessions keep everything.
+        let none = access(serde_json::json!([]), serde_json::json!({}));
+        let whos = none.restore(&CertHost, snaps);
+        assert!(whos.iter().all(|(_, w)| matches!(w, Who::Loopback)));
+    }
+
+    #[test]
+    fn permission_errors_name_method_key_and_user() {
+        let a = access(
+            serde_json::json!([{"name": "bot1", "token_hash": hash("t1"),
+                                "permissions": {"kv_read": ["bot1.*"], "subscribe": ["events.>"]}}]),
+            serde_json::json!({}),
+        );
+        let who = a
+            .authenticate(3, ip("127.0.0.1"), "t1", None)
+            .result
+            .unwrap();
+        let e = who.check(Right::KvRead, "kv.get", "bot2.x").unwrap_err();
+        assert_eq!(e.code, code::PERMISSION_DENIED);
+        assert_eq!(
+            e.message,
+            r#"permission denied: user "bot1" may not kv.get "bot2.x""#
+        );
+        assert!(who.check(Right::KvRead, "kv.get", "bot1.x").is_ok());
+        assert!(who
+            .check(Right::Subscribe, "bus.subscribe", "events.a.*")
+            .is_ok());
+        assert!(who.check(Right::Subscribe, "bus.subscribe", ">").is_err());
+        assert_eq!(who.whoami()["permissions"]["kv_read"]["allow"][0], "bot1.*");
+        assert_eq!(
+            Who::Protected.admit("sys.ping", true).unwrap_err().code,
+            code::AUTH_REQUIRED
+        );
+        assert!(Who::Anonymous.admit("sys.auth", true).is_ok());
+        assert_eq!(
+            Who::Anonymous.admit("kv.get", false).unwrap_err().code,
+            code::AUTH_REQUIRED
+        );
+    }
+
     #[test]
     fn bearer_headers() {
         assert_eq!(Credentials::from_header(None), Credentials::None);
