@@ -80,7 +80,10 @@ impl Line {
         let code = r["error"]["code"]
             .as_i64()
             .unwrap_or_else(|| panic!("{method} {params}: expected an error, got {r}"));
-        (code, r["error"]["message"].as_str().unwrap_or("").to_string())
+        (
+            code,
+            r["error"]["message"].as_str().unwrap_or("").to_string(),
+        )
     }
 
     fn auth(&mut self, token: &str) -> Value {
@@ -272,19 +275,25 @@ fn users_log_in_and_are_held_to_their_permissions() {
     let (code, msg) = a.err("sys.auth", json!({"token": "not-the-token"}));
     assert_eq!((code, msg.as_str()), (-32062, "authentication failed"));
     assert!(
-        s.wait_log(Duration::from_secs(5), |l| l
-            .lines()
-            .any(|l| l.contains("WARN") && l.contains("failed authentication from 127.0.0.1"))),
+        s.wait_log(Duration::from_secs(5), |l| l.lines().any(|l| l
+            .contains("WARN")
+            && l.contains("failed authentication from 127.0.0.1"))),
         "{}",
         s.log()
     );
-    assert!(!s.log().contains("not-the-token"), "the token is never logged");
+    assert!(
+        !s.log().contains("not-the-token"),
+        "the token is never logged"
+    );
     // The right token under another user's name is wrong too.
     let (code, _) = a.err("sys.auth", json!({"token": "bot1-token", "user": "bot2"}));
     assert_eq!(code, -32062);
     assert_eq!(a.auth("bot1-token"), json!({"user": "bot1"}));
     let me = a.ok("sys.whoami", json!({}));
-    assert_eq!((me["user"].as_str(), me["auth"].as_str()), (Some("bot1"), Some("token")));
+    assert_eq!(
+        (me["user"].as_str(), me["auth"].as_str()),
+        (Some("bot1"), Some("token"))
+    );
     assert_eq!(me["permissions"]["kv_read"]["allow"], json!(["bot1.*"]));
 
     assert_eq!(a.ok("kv.set", json!(["bot1.x", 1])), true);
@@ -296,13 +305,28 @@ fn users_log_in_and_are_held_to_their_permissions() {
         assert!(msg.contains(needle), "{msg} names {needle}");
     }
     assert_eq!(a.err("kv.set", json!(["bot2.x", 1])).0, -32061);
-    assert_eq!(a.err("kv.incr", json!(["bot1.x.deeper"])).0, -32061, "`*` is one segment");
+    assert_eq!(
+        a.err("kv.incr", json!(["bot1.x.deeper"])).0,
+        -32061,
+        "`*` is one segment"
+    );
     let (code, msg) = a.err("bus.subscribe", json!(["other.>"]));
     assert_eq!(code, -32061);
-    assert!(msg.contains("bus.subscribe") && msg.contains("other.>"), "{msg}");
-    assert_eq!(a.err("bus.subscribe", json!([">"])).0, -32061, "wider than events.>");
+    assert!(
+        msg.contains("bus.subscribe") && msg.contains("other.>"),
+        "{msg}"
+    );
+    assert_eq!(
+        a.err("bus.subscribe", json!([">"])).0,
+        -32061,
+        "wider than events.>"
+    );
     assert_eq!(a.ok("bus.subscribe", json!(["events.a.*"])), 1);
-    assert_eq!(a.err("bus.publish", json!({"topic": "events.a.b", "data": 1})).0, -32061);
+    assert_eq!(
+        a.err("bus.publish", json!({"topic": "events.a.b", "data": 1}))
+            .0,
+        -32061
+    );
     // A batch: the denied call gets its error, the others run.
     a.send(&format!(
         "[{},{},{}]",
@@ -321,8 +345,15 @@ fn users_log_in_and_are_held_to_their_permissions() {
     assert_eq!(b.auth("bot2-token"), json!({"user": "bot2"}));
     assert_eq!(b.ok("kv.set", json!(["bot2.x", 9])), true);
     assert_eq!(b.ok("kv.get", json!(["bot1.z"])), 3);
-    assert_eq!(b.err("bus.publish", json!({"topic": "secret.x", "data": 1})).0, -32061);
-    assert_eq!(b.ok("bus.publish", json!({"topic": "events.a.b", "data": 7})), 1);
+    assert_eq!(
+        b.err("bus.publish", json!({"topic": "secret.x", "data": 1}))
+            .0,
+        -32061
+    );
+    assert_eq!(
+        b.ok("bus.publish", json!({"topic": "events.a.b", "data": 7})),
+        1
+    );
     let pushed = a.read();
     assert_eq!(pushed["method"], "bus.message", "{pushed}");
     assert_eq!(pushed["params"]["topic"], "events.a.b");
@@ -340,11 +371,17 @@ fn users_log_in_and_are_held_to_their_permissions() {
     let get = req("kv.get", json!(["bot1.x"]));
     let r = post(s.addr, &get, &[]);
     assert_eq!(r.status, 401, "{}", r.text());
-    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"switchyard\""));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"switchyard\"")
+    );
     assert_eq!(body(&r)["error"]["code"], -32060);
     let r = post(s.addr, &get, &["Authorization: Bearer wrong"]);
     assert_eq!(r.status, 401, "{}", r.text());
-    assert!(r.header("www-authenticate").unwrap().contains("invalid_token"));
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("invalid_token"));
     assert_eq!(body(&r)["error"]["code"], -32062);
     let r = post(s.addr, &get, &["Authorization: Basic Ym90MTp4"]);
     assert_eq!(r.status, 401, "{}", r.text());
@@ -355,7 +392,11 @@ fn users_log_in_and_are_held_to_their_permissions() {
     let r = post(s.addr, &req("kv.get", json!(["bot2.x"])), &bearer);
     assert_eq!(body(&r)["error"]["code"], -32061);
     // A write goes through the pool, authorized there as well.
-    let r = post(s.addr, &req("kv.set", json!(["bot1.h", "via http"])), &bearer);
+    let r = post(
+        s.addr,
+        &req("kv.set", json!(["bot1.h", "via http"])),
+        &bearer,
+    );
     assert_eq!(body(&r)["result"], true, "{}", r.text());
     let r = post(s.addr, &req("kv.set", json!(["bot2.h", 1])), &bearer);
     assert_eq!(body(&r)["error"]["code"], -32061, "{}", r.text());
@@ -408,13 +449,26 @@ fn reload_applies_new_permissions_to_open_connections() {
         note,
         json!({"jsonrpc": "2.0", "method": "bus.revoked", "params": {"pattern": "events.>"}})
     );
-    assert_eq!(a.ok("kv.get", json!(["shared.x"])), Value::Null, "new right");
+    assert_eq!(
+        a.ok("kv.get", json!(["shared.x"])),
+        Value::Null,
+        "new right"
+    );
     assert_eq!(a.ok("sys.whoami", json!({}))["user"], "bot1");
     // The revoked subscription delivers nothing; the kept one does.
-    assert_eq!(pub2.ok("bus.publish", json!({"topic": "events.a", "data": 1})), 0);
-    assert_eq!(pub2.ok("bus.publish", json!({"topic": "bot1.a", "data": 2})), 1);
+    assert_eq!(
+        pub2.ok("bus.publish", json!({"topic": "events.a", "data": 1})),
+        0
+    );
+    assert_eq!(
+        pub2.ok("bus.publish", json!({"topic": "bot1.a", "data": 2})),
+        1
+    );
     let m = a.read();
-    assert_eq!((m["method"].as_str(), m["params"]["data"].as_i64()), (Some("bus.message"), Some(2)));
+    assert_eq!(
+        (m["method"].as_str(), m["params"]["data"].as_i64()),
+        (Some("bus.message"), Some(2))
+    );
     // The removed user's connection is no longer logged in.
     let (code, msg) = gone.err("kv.get", json!(["bot3.x"]));
     assert_eq!(code, -32060, "{msg}");
@@ -444,7 +498,11 @@ fn per_user_connection_and_rate_limits() {
     let (code, msg) = second.err("sys.auth", json!({"token": "bot1-token"}));
     assert_eq!(code, -32063, "{msg}");
     assert!(msg.contains("max_connections"), "{msg}");
-    assert_eq!(second.err("kv.get", json!(["k"])).0, -32060, "stays logged out");
+    assert_eq!(
+        second.err("kv.get", json!(["k"])).0,
+        -32060,
+        "stays logged out"
+    );
     drop(first);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -468,7 +526,10 @@ fn per_user_connection_and_rate_limits() {
             None => admitted += 1,
             Some(-32063) => {
                 limited += 1;
-                assert!(r["error"]["message"].as_str().unwrap().contains("requests_per_second"));
+                assert!(r["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("requests_per_second"));
             }
             Some(c) => panic!("unexpected {c}: {r}"),
         }
@@ -491,7 +552,10 @@ fn unauthenticated_connections_act_as_no_auth_user() {
     let s = server("noauth", &toml);
     let mut c = Line::new(&s);
     let me = c.ok("sys.whoami", json!({}));
-    assert_eq!((me["user"].as_str(), me["auth"].as_str()), (Some("guest"), Some("no_auth_user")));
+    assert_eq!(
+        (me["user"].as_str(), me["auth"].as_str()),
+        (Some("guest"), Some("no_auth_user"))
+    );
     assert_eq!(c.ok("kv.get", json!(["pub.a"])), Value::Null);
     assert_eq!(c.err("kv.set", json!(["pub.a", 1])).0, -32061);
     assert_eq!(c.err("kv.get", json!(["private"])).0, -32061);
@@ -510,7 +574,10 @@ fn unauthenticated_connections_act_as_no_auth_user() {
 /// with it has no rpc module and logs why.
 #[test]
 fn a_bad_users_table_is_refused() {
-    let good = rpc_toml("auth_backoff_ms = 0", &user("bot1", BOT1, "", "kv_read = [\">\"]"));
+    let good = rpc_toml(
+        "auth_backoff_ms = 0",
+        &user("bot1", BOT1, "", "kv_read = [\">\"]"),
+    );
     let s = server("badusers", &good);
     let mut a = Line::new(&s);
     a.auth("bot1-token");
@@ -521,7 +588,10 @@ fn a_bad_users_table_is_refused() {
     let t = Instant::now();
     let reply = reload_with(&s, &good, &bad);
     assert!(reply.contains("ERR rpc"), "{reply}");
-    assert!(reply.contains("broken") && reply.contains("token_hash"), "{reply}");
+    assert!(
+        reply.contains("broken") && reply.contains("token_hash"),
+        "{reply}"
+    );
     assert_eq!(a.ok("kv.get", json!(["x"])), Value::Null);
     assert!(
         t.elapsed() < Duration::from_secs(5),
@@ -530,7 +600,10 @@ fn a_bad_users_table_is_refused() {
     );
     let dup = format!("{good}{}", user("bot1", BOT2, "", ""));
     let reply = reload_with(&s, &bad, &dup);
-    assert!(reply.contains("ERR rpc") && reply.contains("\"bot1\" is configured twice"), "{reply}");
+    assert!(
+        reply.contains("ERR rpc") && reply.contains("\"bot1\" is configured twice"),
+        "{reply}"
+    );
 
     let s2 = server("badstart", &bad);
     assert!(
@@ -545,5 +618,50 @@ fn a_bad_users_table_is_refused() {
     assert!(
         !got.as_deref().is_ok_and(|l| l.contains("pong")),
         "no rpc module serves with a bad users table: {got:?}"
+    );
+}
+
+/// `examples/rpc_client.py --token`: the example logs each of its
+/// connections in and runs within the user's permissions.
+#[test]
+fn python_example_client_with_a_token() {
+    let toml = rpc_toml(
+        "",
+        &user(
+            "bot1",
+            BOT1,
+            "",
+            "kv_read = [\"*\"]\nkv_write = [\"*\"]\npublish = [\"chat.>\"]\nsubscribe = [\"chat.>\"]",
+        ),
+    );
+    let s = server("pyexample", &toml);
+    let out = Command::new("timeout")
+        .args(["20", "python3"])
+        .arg(workspace().join("examples/rpc_client.py"))
+        .args(["--host", "127.0.0.1", "--port", &s.addr.port().to_string()])
+        .env("SWITCHYARD_TOKEN", "bot1-token")
+        .output()
+        .expect("python3 is needed for this test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "example failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("acting as bot1 via token"), "{stdout}");
+    assert!(stdout.contains("received on chat.room1: "), "{stdout}");
+    // Without the token it is refused.
+    let out = Command::new("timeout")
+        .args(["20", "python3"])
+        .arg(workspace().join("examples/rpc_client.py"))
+        .args(["--host", "127.0.0.1", "--port", &s.addr.port().to_string()])
+        .env_remove("SWITCHYARD_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("-32060"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

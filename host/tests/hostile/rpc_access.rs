@@ -50,7 +50,9 @@ fn post(s: &Server, token: &str) -> Response {
 fn twenty_wrong_auths_on_one_stream_close_it() {
     let s = server("authflood", "");
     let mut c = s.connect();
-    let flood: String = (1..=20).map(|i| auth_line(&format!("guess-{i}"), i)).collect();
+    let flood: String = (1..=20)
+        .map(|i| auth_line(&format!("guess-{i}"), i))
+        .collect();
     c.send_lenient(flood.as_bytes());
     let mut answered = Vec::new();
     while let Ok(line) = c.try_read_line() {
@@ -58,15 +60,25 @@ fn twenty_wrong_auths_on_one_stream_close_it() {
         assert_eq!(v["error"]["code"], -32062, "{v}");
         answered.push(v["id"].as_u64().unwrap());
     }
-    println!("20 wrong sys.auth pipelined: {} answered, then closed", answered.len());
-    assert_eq!(answered, [1, 2, 3, 4, 5], "max_auth_failures = 5 by default");
+    println!(
+        "20 wrong sys.auth pipelined: {} answered, then closed",
+        answered.len()
+    );
+    assert_eq!(
+        answered,
+        [1, 2, 3, 4, 5],
+        "max_auth_failures = 5 by default"
+    );
     c.expect_closed(Duration::from_secs(5)).unwrap();
     let log = s.log();
     assert!(
         log.contains("failed authentication from 127.0.0.1"),
         "{log}"
     );
-    assert!(log.contains("5 failed authentications (max_auth_failures); closing"), "{log}");
+    assert!(
+        log.contains("5 failed authentications (max_auth_failures); closing"),
+        "{log}"
+    );
     assert!(!log.contains("guess-1"), "tokens are never logged");
 }
 
@@ -84,11 +96,17 @@ fn a_guessing_address_is_paused() {
     other.send(auth_line("bot1-token", 2).as_bytes());
     let v = read(&mut other);
     assert_eq!(v["error"]["code"], -32062, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("retry in"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("retry in"),
+        "{v}"
+    );
     let r = post(&s, "bot1-token");
     assert_eq!(r.status, 401, "{}", r.text());
     assert!(r.text().contains("retry in"), "{}", r.text());
-    assert!(t.elapsed() < Duration::from_millis(700), "checked within the pause");
+    assert!(
+        t.elapsed() < Duration::from_millis(700),
+        "checked within the pause"
+    );
     std::thread::sleep(Duration::from_millis(900).saturating_sub(t.elapsed()));
     other.send(auth_line("bot1-token", 3).as_bytes());
     assert_eq!(read(&mut other)["result"], json!({"user": "bot1"}));
