@@ -26,9 +26,10 @@
 //!
 //! # Methods
 //!
-//! `sys.ping`, `sys.methods`, `sys.version`; `kv.get`, `kv.set` (optional
-//! `ttl_ms`), `kv.del`, `kv.incr`, `kv.cas`, `kv.keys`; `bus.subscribe`,
-//! `bus.unsubscribe`, `bus.publish`. [`methods::METHODS`] describes each
+//! `sys.ping`, `sys.methods`, `sys.version`, `sys.auth`, `sys.whoami`;
+//! `kv.get`, `kv.set` (optional `ttl_ms`), `kv.del`, `kv.incr`, `kv.cas`,
+//! `kv.keys`; `bus.subscribe`, `bus.unsubscribe`, `bus.publish`.
+//! [`methods::METHODS`] describes each
 //! (and `sys.methods` returns those descriptions). Values are any JSON
 //! value except `null`, which stands for "no value". Expired keys vanish
 //! from reads at once and are purged from the cache and disk in the
@@ -78,10 +79,87 @@
 //! | -32031 | too many subscriptions: on this connection (`max_subscriptions`) or on the server (`max_subscriptions_total`) |
 //! | -32040 | line over `max_line_bytes` (its line ending included); the connection is closed after this reply |
 //! | -32050 | a kv limit (`max_value_bytes`, `max_keys`, `max_total_bytes`); nothing was written |
+//! | -32060 | authentication required: the method needs a logged-in user, or the bus is in protected mode and the peer is not loopback (the message says how to configure users) |
+//! | -32061 | permission denied; the message names the method, the key or subject, and the user |
+//! | -32062 | authentication failed: a wrong token (or user name), or the address is paused after failures (the message gives the wait) |
+//! | -32063 | a per-user limit: `max_connections` (the connection stays as it was) or `requests_per_second` |
 //!
 //! A malformed line gets its error reply and nothing else happens: earlier
 //! and later requests on the connection are answered normally. Only a line
 //! over the size limit closes the connection.
+//!
+//! # Access control
+//!
+//! ([`access`]) **Protected mode.** While no users are configured the bus
+//! serves loopback peers (127.0.0.0/8, `::1`, IPv4-mapped loopback) and
+//! in-process calls only, like Redis's protected mode: any other peer gets
+//! -32060 for every call (raw TCP: each line is answered, and the
+//! connection stays open so the client reads why; `POST /rpc`: 403).
+//! A fresh server bound to `0.0.0.0` so exposes no open bus.
+//!
+//! **Users** (the NATS model), in `[[modules.rpc.users]]`:
+//!
+//! ```toml
+//! [[modules.rpc.users]]
+//! name = "bot1"
+//! token_hash = "sha256:<64 lowercase hex of SHA-256 of the token>"  # switchyard --new-token
+//! certs = ["bot1.example.org"]   # client-certificate names (CN or SAN) that log in as bot1
+//! max_connections = 10           # raw TCP connections logged in at once (0/absent: no limit)
+//! requests_per_second = 200      # token bucket, burst one second's worth (0/absent: no limit)
+//! [modules.rpc.users.permissions]
+//! kv_read = ["bot1.>", "shared.*"]          # or { allow = [...], deny = [...] }
+//! kv_write = ["bot1.>"]
+//! publish = ["bot1.>"]
+//! subscribe = ["events.>", "bot1.>"]
+//! ```
+//!
+//! With users, every connection except in-process calls acts as a user
+//! before it may call anything but `sys.ping`, `sys.version`,
+//! `sys.methods`, `sys.auth` and `sys.whoami` (-32060): raw TCP sends
+//! `{"method":"sys.auth","params":{"token":"…"}}` (optional `"user"`,
+//! checked too) once and gets `{"user":"bot1"}`; HTTP sends
+//! `Authorization: Bearer <token>` on every `POST /rpc` (none: 401 with
+//! `WWW-Authenticate: Bearer realm="switchyard"`; wrong: 401); a
+//! connection whose verified client certificate (the host's mutual TLS)
+//! names a user in its `certs` is that user with no token (asked once per
+//! raw connection; per request over HTTP); otherwise `no_auth_user`, if
+//! set, applies. `sys.whoami` says who and how (`token`, `cert`,
+//! `no_auth_user`, `loopback`, `internal`) and lists the permissions.
+//! Loopback peers log in like everyone else once users exist.
+//!
+//! Permissions use the bus's patterns on keys and subjects alike (`*` one
+//! dot-separated segment, a last `>` one or more); deny wins over allow,
+//! and an absent list allows nothing. `kv.get`/`kv.keys` need `kv_read`
+//! (`kv.keys` lists only readable keys), `kv.set`/`del`/`incr`/`cas`
+//! `kv_write`, `bus.publish` `publish`, and `bus.subscribe` a `subscribe`
+//! pattern that *covers* the requested one (`events.>` covers
+//! `events.a.*`) and no denied pattern it overlaps (it could receive a
+//! denied subject). In a batch each call is checked on its own.
+//!
+//! A login costs one SHA-256 and a constant-time compare with each user's
+//! hash; nothing blocks. Failures are logged at warn with the peer (never
+//! the token); a connection is closed after `max_auth_failures`; each
+//! failure pauses its address (`auth_backoff_ms`, doubling up to
+//! `auth_backoff_max_ms`, at most `auth_backoff_peers` addresses
+//! remembered), during which `sys.auth` and Bearer tokens from it are
+//! refused unchecked (-32062 with the wait). Limits per user count across
+//! its connections; `requests_per_second` counts every call (each call of
+//! a batch), and the bucket starts full again after a reload.
+//!
+//! **Reload.** A config change starts a new generation with the new
+//! table. The old one hands each raw connection's login over; the new one
+//! resolves it at once: a token login survives if its user still exists
+//! with the same `token_hash` (a rotated token logs the connection out),
+//! certificate and `no_auth_user` logins are made again, changed
+//! permissions apply to the next call, and subscriptions the connection
+//! may no longer hold are dropped, each announced with a pushed
+//! `{"jsonrpc":"2.0","method":"bus.revoked","params":{"pattern":…}}` and
+//! logged. Messages a frozen generation forwards carry the connection's
+//! id and address and are authorized as that connection. A users table
+//! that does not check out (a duplicate name, a bad hash, a bad pattern,
+//! an unknown `no_auth_user`, two users claiming one certificate name)
+//! fails the start with a message naming the user: `RELOAD` answers
+//! `ERR` and the running generation serves on at once.
 //!
 //! # Durability
 //!
@@ -186,6 +264,12 @@
 //! checkpoint_interval_ms = 1000
 //! handoff_timeout_ms = 30000     # how long a reload or a standby may keep requests waiting
 //! commit_delay_us = 100          # under load, let writes gather this long per commit (0: off)
+//! no_auth_user = "guest"         # the user connections that did not log in act as (default: none)
+//! max_auth_failures = 5          # failed sys.auth after which a connection is closed (0: never)
+//! auth_backoff_ms = 500          # pause per address after a failed login, doubling (0: none)
+//! auth_backoff_max_ms = 30000    # the longest pause
+//! auth_backoff_peers = 4096      # addresses the pause table holds
+//! # [[modules.rpc.users]]: see Access control (none: protected mode)
 //! ```
 //!
 //! # The parts
@@ -194,7 +278,8 @@
 //! [`store`] (the value cache, the totals and limits), [`db`] (SQLite), [`writer`]
 //! (group commit), [`bus`] (subscription trie), [`conns`] (reply ordering per
 //! connection), [`raw`] and [`post`] (the transports), [`handoff`]
-//! (reload), [`owner`] (one writer per database), [`config`].
+//! (reload), [`owner`] (one writer per database), [`access`] (users,
+//! permissions, logins), [`config`].
 
 pub mod access;
 pub mod bus;

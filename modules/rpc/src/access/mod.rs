@@ -1,7 +1,7 @@
 //! Access control: who may call what on the bus.
 //!
 //! * While no users are configured the bus is in **protected mode**: it
-//!   serves loopback peers and in-process calls only ([`decide`]).
+//!   serves loopback peers and in-process calls only ([`decide()`]).
 //! * With users, every connection but in-process calls acts as a user
 //!   ([`Who`]): logged in with `sys.auth` (raw TCP) or
 //!   `Authorization: Bearer` (each HTTP request), by a verified client
