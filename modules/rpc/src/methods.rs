@@ -99,11 +99,24 @@ pub fn needs_writer(view: &View<'_>, who: &Who, msg: &Message<'_>) -> bool {
         // Every call is answered with its refusal, from memory.
         return false;
     }
+    let calls = |m: Method| match msg {
+        Message::Single(Item::Call(r)) => Method::lookup(&r.method) == Some(m),
+        Message::Batch(items) => items
+            .iter()
+            .any(|i| matches!(i, Item::Call(r) if Method::lookup(&r.method) == Some(m))),
+        _ => false,
+    };
+    // A caller that has not logged in is refused everything but the open
+    // methods, from memory, so it cannot keep the writer busy; unless the
+    // message logs in first (a batch with `sys.auth`), which may make the
+    // calls after it valid writes.
+    let refused_unless_open = matches!(who, Who::Anonymous) && !calls(Method::SysAuth);
     let item = |i: &Item<'_>| {
         let Item::Call(req) = i else {
             return false;
         };
         match Method::lookup(&req.method) {
+            Some(m) if refused_unless_open && !m.open() => false,
             Some(Method::KvGet) => match params::<KeyP<'_>>(req) {
                 Ok(p) => !view.cached(&p.key),
                 // Answered with its error from memory.
@@ -937,6 +950,20 @@ mod tests {
         assert!(
             !needs_writer(&view, &crate::access::Who::Protected, &set),
             "refused from memory"
+        );
+        assert!(!needs_writer(&view, &crate::access::Who::Anonymous, &set));
+        let auth_then_set = format!(
+            "[{},{}]",
+            req("sys.auth", r#"["t"]"#),
+            req("kv.set", r#"["a",1]"#)
+        );
+        assert!(
+            needs_writer(
+                &view,
+                &crate::access::Who::Anonymous,
+                &jsonrpc::parse(auth_then_set.as_bytes(), 10)
+            ),
+            "a batch that logs in first may write after it"
         );
     }
 

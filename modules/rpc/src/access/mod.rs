@@ -386,7 +386,9 @@ impl Access {
         log::warn!(
             "rpc: failed authentication from {} (conn {conn}{}): {what}; address paused {pause} ms",
             show(peer),
-            user.map(|u| format!(", user {u:?}")).unwrap_or_default(),
+            // The claimed name, cut short: it comes from the client.
+            user.map(|u| format!(", user {:?}", u.chars().take(64).collect::<String>()))
+                .unwrap_or_default(),
         );
     }
 
