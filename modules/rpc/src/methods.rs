@@ -453,9 +453,20 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
                 )));
             }
             let core = env.core;
+            // Under the connection's lock: a login evaluated in the
+            // writer after its connection closed must not leave a session
+            // (and a user's connection slot) behind.
+            let locked = (env.conn != 0).then(|| core.conns.lock(env.conn));
+            if locked.as_ref().is_some_and(|l| l.closed(env.conn)) {
+                return Err(RpcError::new(
+                    code::AUTH_FAILED,
+                    "the connection has closed",
+                ));
+            }
             let outcome = core
                 .access
                 .authenticate(env.conn, env.peer, &p.token, p.user.as_deref());
+            drop(locked);
             env.close |= outcome.close;
             let who = outcome.result?;
             if let Who::User(u, _) = &who {
