@@ -17,17 +17,22 @@
 //!
 //! Messages that only read are answered on the event loop; one that
 //! writes is deferred to the pool, which waits for its commit.
+//!
+//! Each request is authorized on its own ([`crate::access`]): in
+//! protected mode a peer that is not loopback gets 403; with users, the
+//! `Authorization: Bearer` token (or the connection's client certificate,
+//! or `no_auth_user`) decides, and without any the answer is 401 with
+//! `WWW-Authenticate: Bearer realm="switchyard"`. Both carry a JSON-RPC
+//! error body. A deferred request is authorized again on the pool.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 
 use module_api::http::framing::{self, Frame};
 use module_api::http::{self, Parsed};
-use std::net::IpAddr;
-
 use module_api::{ConnInfo, RVec, Verdict};
 
 use crate::access::{Credentials, HttpRefusal, Who};
-
 use crate::conns::ConnState;
 use crate::jsonrpc::{self, Sink};
 use crate::methods::{eval_message, needs_writer, Env};

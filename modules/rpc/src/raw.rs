@@ -31,6 +31,15 @@
 //! A line longer than `max_line_bytes` (its line ending included) is
 //! answered with -32040, after the replies to the lines before it, and the
 //! connection is closed.
+//!
+//! # Who is calling
+//!
+//! Each call looks up once who the connection acts as
+//! ([`crate::access::Access::who`]); `sys.auth` changes it for the lines
+//! after it, and lines handed to the writer carry it along. In protected
+//! mode a peer that is not loopback gets -32060 for every line and the
+//! connection stays open; a connection that fails `sys.auth`
+//! `max_auth_failures` times is closed after that reply.
 
 use std::net::IpAddr;
 use std::sync::mpsc;
