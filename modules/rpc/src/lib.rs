@@ -137,8 +137,10 @@
 //! denied subject). In a batch each call is checked on its own.
 //!
 //! A login costs one SHA-256 and a constant-time compare with each user's
-//! hash; nothing blocks. Failures are logged at warn with the peer (never
-//! the token); a connection is closed after `max_auth_failures`; each
+//! hash; nothing blocks. Checked failures are logged at warn with the
+//! peer (never the token; the refusals during a pause only at debug, so a
+//! flood cannot flood the log); a connection is closed after
+//! `max_auth_failures` (logged at info); each
 //! failure pauses its address (`auth_backoff_ms`, doubling up to
 //! `auth_backoff_max_ms`, at most `auth_backoff_peers` addresses
 //! remembered), during which `sys.auth` and Bearer tokens from it are

@@ -424,7 +424,10 @@ impl Access {
         let Some(user) = found else {
             let err = match paused {
                 Some(ms) => {
-                    log::warn!(
+                    // Not at warn: these come as fast as a client sends
+                    // them, while checked failures are at most one per
+                    // pause per address.
+                    log::debug!(
                         "rpc: sys.auth from {} (conn {conn}) refused unchecked: the address is paused for {ms} ms",
                         show(peer)
                     );
@@ -495,7 +498,7 @@ impl Access {
         });
         s.failures += 1;
         if s.failures >= self.max_auth_failures {
-            log::warn!(
+            log::info!(
                 "rpc: conn {conn} from {}: {} failed authentications (max_auth_failures); closing",
                 show(peer),
                 s.failures
