@@ -232,6 +232,17 @@ fn protected_mode_refuses_a_non_loopback_peer() {
         .contains("protected mode"));
     // Nothing was written from there.
     let mut near = Line::to(local);
+    let status = {
+        let mut c = Client::connect(local);
+        c.send(b"STATUS\n");
+        c.read_admin_reply("STATUS")
+    };
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("rpc ") && l.contains("users=0") && l.contains(" protected=1")),
+        "{status}"
+    );
     assert_eq!(near.ok("kv.get", json!(["k"])), Value::Null);
     assert_eq!(near.ok("kv.set", json!(["k", 2])), true);
     assert_eq!(near.ok("sys.whoami", json!({}))["auth"], "loopback");
@@ -366,6 +377,15 @@ fn users_log_in_and_are_held_to_their_permissions() {
         b.ok("kv.keys", json!({})),
         json!(["bot1.x", "bot1.y", "bot1.z", "bot2.x"])
     );
+    let st = s.status();
+    let rpc = st.expect("rpc");
+    assert_eq!(
+        (rpc.num("users"), rpc.num("logged_in")),
+        (2, 2),
+        "{}",
+        rpc.line
+    );
+    assert!(!rpc.line.contains("protected=1"), "{}", rpc.line);
 
     // HTTP: a Bearer token on each request.
     let get = req("kv.get", json!(["bot1.x"]));

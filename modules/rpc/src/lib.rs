@@ -95,7 +95,9 @@
 //! in-process calls only, like Redis's protected mode: any other peer gets
 //! -32060 for every call (raw TCP: each line is answered, and the
 //! connection stays open so the client reads why; `POST /rpc`: 403).
-//! A fresh server bound to `0.0.0.0` so exposes no open bus.
+//! A fresh server bound to `0.0.0.0` so exposes no open bus. `STATUS`
+//! shows `users=<n> logged_in=<n>`, and `protected=1` while there are no
+//! users.
 //!
 //! **Users** (the NATS model), in `[[modules.rpc.users]]`:
 //!
@@ -803,7 +805,7 @@ impl Handler for Rpc {
         let (subscribers, patterns) = self.core.bus.counts();
         let s = &self.core.stats;
         format!(
-            "keys={} kv_bytes={} cached_bytes={} subscribers={subscribers} subscriptions={patterns} commits={} writes={} failed_commits={} purged={} sync={}{}",
+            "keys={} kv_bytes={} cached_bytes={} subscribers={subscribers} subscriptions={patterns} commits={} writes={} failed_commits={} purged={} sync={} users={} logged_in={}{}{}",
             self.core.store.len(),
             self.core.store.totals().bytes,
             self.core.store.cached_bytes(),
@@ -812,6 +814,14 @@ impl Handler for Rpc {
             s.failed_commits.load(Ordering::Relaxed),
             s.purged.load(Ordering::Relaxed),
             self.core.cfg.sync.name(),
+            self.core.access.users.len(),
+            self.core.access.sessions.logged_in(),
+            // No users: only loopback peers are served.
+            if self.core.access.users.is_empty() {
+                " protected=1"
+            } else {
+                ""
+            },
             match self.core.gate.try_read().as_deref() {
                 Ok(Mode::Standby) => " standby=1",
                 Ok(Mode::Frozen) => " handed_over=1",

@@ -116,6 +116,17 @@ impl Sessions {
         out
     }
 
+    /// Connections logged in as some user (for `STATUS`).
+    pub fn logged_in(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let map = s.lock().unwrap_or_else(|e| e.into_inner());
+                map.values().filter(|s| s.login.is_some()).count()
+            })
+            .sum()
+    }
+
     pub fn len(&self) -> usize {
         self.shards
             .iter()

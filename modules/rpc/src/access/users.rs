@@ -259,6 +259,11 @@ impl Users {
         Ok(out)
     }
 
+    /// How many users are configured.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
     /// No users: the bus is in protected mode.
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
