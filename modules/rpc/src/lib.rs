@@ -936,6 +936,73 @@ pub(crate) mod testing {
         b.stop();
     }
 
+    /// A message a frozen generation forwards arrives as an in-process
+    /// call (connection id 0) but runs as the connection it came from:
+    /// its login, or its address in protected mode.
+    #[test]
+    fn forwarded_messages_are_authorized_as_their_connection() {
+        let dir = crate::testdir::TestDir::new("fwdauth");
+        let hash = format!(
+            "sha256:{}",
+            access::users::hash_token("t1")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let cfg = serde_json::json!({"users": [{"name": "bot1", "token_hash": hash,
+            "permissions": {"kv_read": ["bot1.*"]}}]});
+        let rpc = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
+        let internal = ConnInfo::new(0, "127.0.0.1:1".parse().unwrap(), false);
+        let peer = Some("10.0.0.5".parse().unwrap());
+        let forward = |line: &str| {
+            let env = handoff::envelope(&rpc.token, "fwd", 7, false, peer, line.as_bytes());
+            let mut out = RVec::new();
+            rpc.on_deferred(&internal, &env, &mut out);
+            let text = String::from_utf8(out.into_vec()).unwrap();
+            let body = text.split_once('\n').unwrap().1.to_string();
+            serde_json::from_str::<serde_json::Value>(body.trim()).unwrap()
+        };
+        let get = "{\"jsonrpc\":\"2.0\",\"method\":\"kv.get\",\"params\":[\"bot1.x\"],\"id\":1}\n";
+        assert_eq!(
+            forward(get)["error"]["code"],
+            code::AUTH_REQUIRED,
+            "not in-process"
+        );
+        let auth = "{\"jsonrpc\":\"2.0\",\"method\":\"sys.auth\",\"params\":[\"t1\"],\"id\":2}\n";
+        assert_eq!(forward(auth)["result"]["user"], "bot1");
+        assert_eq!(forward(get)["result"], serde_json::Value::Null);
+        let other = get.replace("bot1.x", "bot2.x");
+        assert_eq!(forward(&other)["error"]["code"], code::PERMISSION_DENIED);
+        // An in-process call proper is internal.
+        let mut out = RVec::new();
+        rpc.on_deferred(&internal, other.as_bytes(), &mut out);
+        assert!(out
+            .as_slice()
+            .starts_with(br#"{"jsonrpc":"2.0","result":null"#));
+        rpc.stop();
+
+        // Protected mode: the forwarded address decides.
+        let dir = crate::testdir::TestDir::new("fwdprot");
+        let rpc = Rpc::start(&serde_json::json!({}), dir.path(), b"", &NullHost).unwrap();
+        for (peer, want) in [("10.0.0.5", Some(code::AUTH_REQUIRED)), ("127.0.0.1", None)] {
+            let env = handoff::envelope(
+                &rpc.token,
+                "fwd",
+                7,
+                false,
+                peer.parse().ok(),
+                get.as_bytes(),
+            );
+            let mut out = RVec::new();
+            rpc.on_deferred(&internal, &env, &mut out);
+            let text = String::from_utf8(out.into_vec()).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(text.split_once('\n').unwrap().1.trim()).unwrap();
+            assert_eq!(v["error"]["code"].as_i64(), want, "{peer}: {v}");
+        }
+        rpc.stop();
+    }
+
     #[test]
     fn http_answers_close_the_connection_while_the_host_drains() {
         let dir = crate::testdir::TestDir::new("draining");
