@@ -6,14 +6,19 @@ One connection carries calls and, once subscribed, pushed `bus.message`
 notifications; a reader thread sorts replies (by id) from notifications.
 
     python3 examples/rpc_client.py --port 8080
+    python3 examples/rpc_client.py --port 8080 --token "$BOT_TOKEN"
 
 sets and gets a value, counts a visit, subscribes to chat.* and receives a
-message published from a second connection.
+message published from a second connection. With users configured
+([[modules.rpc.users]]), pass the user's token with --token (or in the
+SWITCHYARD_TOKEN environment variable): each connection logs in with
+sys.auth first. Without users the bus serves loopback peers only.
 """
 
 import argparse
 import itertools
 import json
+import os
 import queue
 import socket
 import threading
@@ -29,7 +34,7 @@ class RpcError(Exception):
 
 
 class Client:
-    def __init__(self, host="127.0.0.1", port=8080, timeout=10.0):
+    def __init__(self, host="127.0.0.1", port=8080, timeout=10.0, token=None):
         self.timeout = timeout
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.settimeout(None)  # the reader waits as long as it takes
@@ -40,6 +45,7 @@ class Client:
         self.messages = queue.Queue()  # (topic, data) of bus.message
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        self.user = self.auth(token)["user"] if token else None
 
     def _read(self):
         try:
@@ -53,6 +59,8 @@ class Client:
                     self.messages.put((msg["params"]["topic"], msg["params"]["data"]))
                 elif msg.get("method") == "bus.overflow":
                     print("server: " + msg["params"]["message"])
+                elif msg.get("method") == "bus.revoked":
+                    print("server revoked the subscription", msg["params"]["pattern"])
         except OSError:
             pass
         with self._cond:
@@ -85,6 +93,16 @@ class Client:
             req["params"] = params
         self.sock.sendall(json.dumps(req).encode() + b"\n")
 
+    def auth(self, token, user=None):
+        """Logs this connection in (raises RpcError -32062 on a wrong token)."""
+        params = {"token": token}
+        if user is not None:
+            params["user"] = user
+        return self.call("sys.auth", params)
+
+    def whoami(self):
+        return self.call("sys.whoami")
+
     def get(self, key):
         return self.call("kv.get", {"key": key})
 
@@ -115,10 +133,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8080)
+    ap.add_argument(
+        "--token",
+        default=os.environ.get("SWITCHYARD_TOKEN"),
+        help="log in with this token (default: $SWITCHYARD_TOKEN)",
+    )
     args = ap.parse_args()
 
-    c = Client(args.host, args.port)
+    c = Client(args.host, args.port, token=args.token)
     print("ping ->", c.call("sys.ping"))
+    me = c.whoami()
+    print("acting as", me["user"] or "(nobody)", "via", me["auth"])
     c.set("greeting", {"text": "hello", "from": "python"})
     print("got greeting =", c.get("greeting"))
     print("visits =", c.incr("example:visits"))
@@ -128,7 +153,7 @@ def main():
         print("as expected, incr on an object fails:", e)
 
     print("subscribed to", c.subscribe("chat.*"), "pattern(s)")
-    other = Client(args.host, args.port)
+    other = Client(args.host, args.port, token=args.token)
     print("published to", other.publish("chat.room1", {"text": "hi"}), "subscriber(s)")
     topic, data = c.next_message()
     print(f"received on {topic}: {data}")

@@ -15,4 +15,5 @@ mod host;
 mod http;
 mod kv;
 mod rpc;
+mod rpc_access;
 mod supervisor;

@@ -14,6 +14,10 @@
 //!     --addr 127.0.0.1:8080 --op set --conns 50 --pipeline 1 --requests 200000
 //! ```
 //!
+//! `--token T` logs every connection in with `sys.auth` first (a bus
+//! with users configured), so the cost of access control can be measured
+//! against the same run without users.
+//!
 //! Prints one line: `op=set conns=50 pipeline=1 requests=200000
 //! seconds=2.345 rps=85287 errors=0`. Exits non-zero if any reply was an
 //! error or a connection failed.
@@ -35,6 +39,7 @@ struct Args {
     value_size: usize,
     subscribers: usize,
     patterns: usize,
+    token: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -48,6 +53,7 @@ fn parse_args() -> Result<Args, String> {
         value_size: 3,
         subscribers: 0,
         patterns: 0,
+        token: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -63,8 +69,9 @@ fn parse_args() -> Result<Args, String> {
             "--value-size" => a.value_size = num(val()?)? as usize,
             "--subscribers" => a.subscribers = num(val()?)? as usize,
             "--patterns" => a.patterns = num(val()?)? as usize,
+            "--token" => a.token = Some(val()?),
             "-h" | "--help" => {
-                println!("rpc_load [--addr A] [--op set|get|incr|ping|publish] [--conns N] [--pipeline P] [--requests R] [--keyspace K] [--value-size B] [--subscribers S --patterns K]");
+                println!("rpc_load [--addr A] [--op set|get|incr|ping|publish] [--conns N] [--pipeline P] [--requests R] [--keyspace K] [--value-size B] [--subscribers S --patterns K] [--token T]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown flag {other}")),
@@ -183,6 +190,7 @@ fn subscribe(a: &Args) -> io::Result<Vec<std::net::TcpStream>> {
     for s in 0..a.subscribers {
         let mut sock = std::net::TcpStream::connect_timeout(&a.addr, Duration::from_secs(5))?;
         sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        login(&mut sock, a)?;
         let topics: Vec<String> = (0..a.patterns).map(|i| pattern(s, i)).collect();
         let topics = topics
             .iter()
@@ -193,17 +201,7 @@ fn subscribe(a: &Args) -> io::Result<Vec<std::net::TcpStream>> {
             "{{\"jsonrpc\":\"2.0\",\"method\":\"bus.subscribe\",\"params\":{{\"topics\":[{topics}]}},\"id\":1}}\n"
         );
         sock.write_all(req.as_bytes())?;
-        let mut reply = Vec::new();
-        let mut byte = [0u8; 1];
-        while byte[0] != b'\n' {
-            if sock.read(&mut byte)? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "server closed a subscriber",
-                ));
-            }
-            reply.push(byte[0]);
-        }
+        let reply = read_reply(&mut sock)?;
         let want = format!("\"result\":{}", a.patterns);
         if memchr::memmem::find(&reply, want.as_bytes()).is_none() {
             return Err(io::Error::other(format!(
@@ -214,6 +212,41 @@ fn subscribe(a: &Args) -> io::Result<Vec<std::net::TcpStream>> {
         socks.push(sock);
     }
     Ok(socks)
+}
+
+/// Reads one reply line (blocking).
+fn read_reply(sock: &mut std::net::TcpStream) -> io::Result<Vec<u8>> {
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        if sock.read(&mut byte)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "server closed a connection during setup",
+            ));
+        }
+        reply.push(byte[0]);
+    }
+    Ok(reply)
+}
+
+/// `sys.auth` with `--token`, if given (blocking, before the run).
+fn login(sock: &mut std::net::TcpStream, a: &Args) -> io::Result<()> {
+    let Some(token) = &a.token else {
+        return Ok(());
+    };
+    let req = format!(
+        "{{\"jsonrpc\":\"2.0\",\"method\":\"sys.auth\",\"params\":{{\"token\":{token:?}}},\"id\":0}}\n"
+    );
+    sock.write_all(req.as_bytes())?;
+    let reply = read_reply(sock)?;
+    if memchr::memmem::find(&reply, b"\"result\"").is_none() {
+        return Err(io::Error::other(format!(
+            "sys.auth failed: {}",
+            String::from_utf8_lossy(&reply)
+        )));
+    }
+    Ok(())
 }
 
 fn run(a: &Args) -> io::Result<(f64, u64)> {
@@ -228,7 +261,9 @@ fn run(a: &Args) -> io::Result<(f64, u64)> {
     };
     let mut conns = Vec::with_capacity(a.conns);
     for i in 0..a.conns {
-        let std_sock = std::net::TcpStream::connect_timeout(&a.addr, Duration::from_secs(5))?;
+        let mut std_sock = std::net::TcpStream::connect_timeout(&a.addr, Duration::from_secs(5))?;
+        std_sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        login(&mut std_sock, a)?;
         std_sock.set_nodelay(true)?;
         std_sock.set_nonblocking(true)?;
         let mut sock = TcpStream::from_std(std_sock);

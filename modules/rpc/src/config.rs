@@ -75,6 +75,21 @@ pub struct Config {
     /// How long a retiring generation waits for its successor while it
     /// hands messages over during a reload.
     pub handoff_timeout_ms: u64,
+    /// `[[modules.rpc.users]]`, checked and compiled by
+    /// [`crate::access::users::Users::compile`]. None: protected mode.
+    pub users: Vec<serde_json::Value>,
+    /// The user that connections which have not authenticated act as.
+    pub no_auth_user: Option<String>,
+    /// Failed `sys.auth` calls after which a connection is closed (0:
+    /// never).
+    pub max_auth_failures: u32,
+    /// The pause a failed authentication opens for its peer address
+    /// (doubling while failures continue; 0: no pause).
+    pub auth_backoff_ms: u64,
+    /// The longest such pause.
+    pub auth_backoff_max_ms: u64,
+    /// Peer addresses the pause table remembers at most.
+    pub auth_backoff_peers: usize,
 }
 
 impl Default for Config {
@@ -97,6 +112,12 @@ impl Default for Config {
             checkpoint_interval_ms: 1000,
             handoff_timeout_ms: 30_000,
             commit_delay_us: 100,
+            users: Vec::new(),
+            no_auth_user: None,
+            max_auth_failures: 5,
+            auth_backoff_ms: 500,
+            auth_backoff_max_ms: 30_000,
+            auth_backoff_peers: 4096,
         }
     }
 }

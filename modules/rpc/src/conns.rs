@@ -206,6 +206,7 @@ mod tests {
         tx.send(crate::writer::Reply {
             out: b"reply".to_vec(),
             taken: 1,
+            close: false,
         })
         .unwrap();
         let mut st = c.take(5);

@@ -42,6 +42,9 @@ use std::time::{Duration, Instant};
 use module_api::{CallStatus, RVec, Verdict};
 use serde::{Deserialize, Serialize};
 
+use std::net::IpAddr;
+
+use crate::access::session::SessionSnap;
 use crate::jsonrpc::{self, code, RpcError, Sink};
 use crate::{post, raw, HostApi, Rpc};
 
@@ -70,6 +73,10 @@ pub struct State {
     /// The descriptor of the held ownership lock (see [`crate::owner`]).
     #[serde(default)]
     pub lock_fd: Option<i32>,
+    /// Who each raw TCP connection was logged in as; the successor
+    /// resolves these against its own users ([`crate::access::Access::restore`]).
+    #[serde(default)]
+    pub sessions: Vec<SessionSnap>,
 }
 
 /// The start of a message a connection has sent, as handed over.
@@ -127,10 +134,12 @@ pub fn from_hex(s: &str) -> Vec<u8> {
 /// A parsed internal call.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Internal<'a> {
-    /// Handle `payload` as if it had arrived on connection `conn`.
+    /// Handle `payload` as if it had arrived on connection `conn` from
+    /// `peer` (authorized as that connection, never as in-process).
     Forward {
         conn: u64,
         http: bool,
+        peer: Option<IpAddr>,
         payload: &'a [u8],
     },
     /// Connection `conn` closed.
@@ -154,9 +163,21 @@ pub struct Handover {
 #[derive(Debug)]
 pub struct Resumed;
 
-pub fn envelope(token: &str, cmd: &str, conn: u64, http: bool, payload: &[u8]) -> Vec<u8> {
+/// Frames an internal call. `peer`, the connection's address, travels
+/// with forwarded messages so that the successor decides protected mode
+/// as the old generation would have (a generation before this version
+/// sent none: such a peer is unknown, and so not loopback).
+pub fn envelope(
+    token: &str,
+    cmd: &str,
+    conn: u64,
+    http: bool,
+    peer: Option<IpAddr>,
+    payload: &[u8],
+) -> Vec<u8> {
     let kind = if http { "http" } else { "raw" };
-    let mut v = format!("\0rpc {token} {cmd} {conn} {kind}\n").into_bytes();
+    let peer = peer.map(|ip| format!(" {ip}")).unwrap_or_default();
+    let mut v = format!("\0rpc {token} {cmd} {conn} {kind}{peer}\n").into_bytes();
     v.extend_from_slice(payload);
     v
 }
@@ -174,10 +195,12 @@ pub fn parse<'a>(input: &'a [u8], token: &str) -> Option<Internal<'a>> {
     let cmd = f.next()?;
     let conn: u64 = f.next()?.parse().ok()?;
     let http = f.next()? == "http";
+    let peer = f.next().and_then(|p| p.parse().ok());
     match cmd {
         "fwd" => Some(Internal::Forward {
             conn,
             http,
+            peer,
             payload,
         }),
         "close" => Some(Internal::Close { conn }),
@@ -279,7 +302,14 @@ impl Rpc {
 /// Receiver side: runs a forwarded message (on a pool thread, inside the
 /// sender's `call`). The reply is `ok <action>\n` + output, or `retry\n`
 /// when this generation is frozen too.
-pub fn serve(rpc: &Rpc, conn: u64, http: bool, payload: &[u8], out: &mut RVec<u8>) {
+pub fn serve(
+    rpc: &Rpc,
+    conn: u64,
+    http: bool,
+    peer: Option<IpAddr>,
+    payload: &[u8],
+    out: &mut RVec<u8>,
+) {
     let gate = rpc.core.gate.read().unwrap_or_else(|e| e.into_inner());
     if *gate != Mode::Live {
         out.put(b"retry\n");
@@ -287,9 +317,9 @@ pub fn serve(rpc: &Rpc, conn: u64, http: bool, payload: &[u8], out: &mut RVec<u8
     }
     let mut reply = RVec::new();
     let v = if http {
-        post::on_deferred(rpc, conn, false, payload, &mut reply)
+        post::on_deferred(rpc, conn, peer, false, payload, &mut reply)
     } else {
-        raw::on_deferred(rpc, conn, payload, &mut reply)
+        raw::on_deferred(rpc, conn, peer, payload, &mut reply)
     };
     out.put(format!("ok {}\n", action_name(&v)).as_bytes());
     out.put(&reply);
@@ -303,10 +333,11 @@ pub fn forward(
     rpc: &Rpc,
     conn: u64,
     http: bool,
+    peer: Option<IpAddr>,
     input: &[u8],
     out: &mut RVec<u8>,
 ) -> Result<Verdict, Resumed> {
-    let msg = envelope(&rpc.token, "fwd", conn, http, input);
+    let msg = envelope(&rpc.token, "fwd", conn, http, peer, input);
     rpc.core
         .stats
         .forwarded
@@ -375,7 +406,7 @@ pub fn unavailable(http: bool, len: usize, out: &mut RVec<u8>) -> Verdict {
 /// A successor's first step: claims the predecessor's state. `Err` when
 /// the predecessor gave up waiting and serves again.
 pub fn claim(host: &dyn HostApi, token: &str) -> Result<(), String> {
-    match host.call("rpc", &envelope(token, "claim", 0, false, b"")) {
+    match host.call("rpc", &envelope(token, "claim", 0, false, None, b"")) {
         Ok(reply) if reply.starts_with(b"refused") => Err(
             "the previous generation waited too long for this one and serves again; reload again"
                 .into(),
@@ -388,7 +419,7 @@ pub fn claim(host: &dyn HostApi, token: &str) -> Result<(), String> {
 /// Tells the current generation that `conn` closed (on the writer thread
 /// of a frozen generation).
 pub fn forward_close(host: &dyn HostApi, token: &str, conn: u64, timeout: Duration) {
-    let msg = envelope(token, "close", conn, false, b"");
+    let msg = envelope(token, "close", conn, false, None, b"");
     let deadline = Instant::now() + timeout;
     loop {
         match host.call("rpc", &msg) {
@@ -414,7 +445,7 @@ impl Drop for ResumeGuard {
             log::warn!("start failed after the handover; the previous generation resumes");
             let _ = self
                 .host
-                .call("rpc", &envelope(&token, "resume", 0, false, b""));
+                .call("rpc", &envelope(&token, "resume", 0, false, None, b""));
         }
     }
 }
@@ -425,18 +456,26 @@ mod tests {
 
     #[test]
     fn envelopes_round_trip() {
-        let e = envelope("t0k", "fwd", 42, true, b"POST /rpc ...");
+        let peer = Some("10.77.0.1".parse().unwrap());
+        let e = envelope("t0k", "fwd", 42, true, peer, b"POST /rpc ...");
         assert_eq!(
             parse(&e, "t0k"),
             Some(Internal::Forward {
                 conn: 42,
                 http: true,
+                peer,
                 payload: b"POST /rpc ..."
             })
         );
+        // From a generation that sent no address: unknown.
+        let old = b"\0rpc t0k fwd 42 raw\n{}";
+        assert!(matches!(
+            parse(old, "t0k"),
+            Some(Internal::Forward { peer: None, .. })
+        ));
         assert_eq!(parse(&e, "other"), None);
         assert_eq!(parse(b"{\"jsonrpc\":\"2.0\"}", "t0k"), None);
-        let e = envelope("t0k", "close", 7, false, b"");
+        let e = envelope("t0k", "close", 7, false, None, b"");
         assert_eq!(parse(&e, "t0k"), Some(Internal::Close { conn: 7 }));
         assert_eq!(from_hex(&to_hex(b"\0{\xff")), b"\0{\xff");
         let s = State {
@@ -449,10 +488,18 @@ mod tests {
                 http: false,
             }],
             lock_fd: Some(9),
+            sessions: vec![SessionSnap {
+                id: 2,
+                user: Some("bot1".into()),
+                how: Some(crate::access::session::How::Token),
+                token_hash: None,
+                peer,
+            }],
         };
         let back = State::parse(&s.encode()).unwrap().unwrap();
         assert_eq!(back.subs, s.subs);
         assert_eq!(back.lock_fd, Some(9));
+        assert_eq!(back.sessions, s.sessions);
         assert!(State::parse(b"").unwrap().is_none());
         assert!(State::parse(b"{\"version\":9,\"token\":\"\",\"subs\":[],\"conns\":[]}").is_err());
     }

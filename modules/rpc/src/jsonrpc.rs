@@ -42,6 +42,16 @@ pub mod code {
     /// A write would pass a kv limit (`max_value_bytes`, `max_keys`,
     /// `max_total_bytes`); nothing was written.
     pub const LIMIT: i64 = -32050;
+    /// Authentication required: the call needs a logged-in user, or the
+    /// bus is in protected mode and the peer is not loopback.
+    pub const AUTH_REQUIRED: i64 = -32060;
+    /// The user may not do this to that key or subject.
+    pub const PERMISSION_DENIED: i64 = -32061;
+    /// `sys.auth` (or a Bearer token) was wrong, or the address is paused
+    /// after failures.
+    pub const AUTH_FAILED: i64 = -32062;
+    /// A per-user limit: `max_connections` or `requests_per_second`.
+    pub const USER_LIMIT: i64 = -32063;
 }
 
 /// An error answer: code and message.

@@ -26,9 +26,10 @@
 //!
 //! # Methods
 //!
-//! `sys.ping`, `sys.methods`, `sys.version`; `kv.get`, `kv.set` (optional
-//! `ttl_ms`), `kv.del`, `kv.incr`, `kv.cas`, `kv.keys`; `bus.subscribe`,
-//! `bus.unsubscribe`, `bus.publish`. [`methods::METHODS`] describes each
+//! `sys.ping`, `sys.methods`, `sys.version`, `sys.auth`, `sys.whoami`;
+//! `kv.get`, `kv.set` (optional `ttl_ms`), `kv.del`, `kv.incr`, `kv.cas`,
+//! `kv.keys`; `bus.subscribe`, `bus.unsubscribe`, `bus.publish`.
+//! [`methods::METHODS`] describes each
 //! (and `sys.methods` returns those descriptions). Values are any JSON
 //! value except `null`, which stands for "no value". Expired keys vanish
 //! from reads at once and are purged from the cache and disk in the
@@ -78,10 +79,91 @@
 //! | -32031 | too many subscriptions: on this connection (`max_subscriptions`) or on the server (`max_subscriptions_total`) |
 //! | -32040 | line over `max_line_bytes` (its line ending included); the connection is closed after this reply |
 //! | -32050 | a kv limit (`max_value_bytes`, `max_keys`, `max_total_bytes`); nothing was written |
+//! | -32060 | authentication required: the method needs a logged-in user, or the bus is in protected mode and the peer is not loopback (the message says how to configure users) |
+//! | -32061 | permission denied; the message names the method, the key or subject, and the user |
+//! | -32062 | authentication failed: a wrong token (or user name), or the address is paused after failures (the message gives the wait) |
+//! | -32063 | a per-user limit: `max_connections` (the connection stays as it was) or `requests_per_second` |
 //!
 //! A malformed line gets its error reply and nothing else happens: earlier
 //! and later requests on the connection are answered normally. Only a line
 //! over the size limit closes the connection.
+//!
+//! # Access control
+//!
+//! ([`access`]) **Protected mode.** While no users are configured the bus
+//! serves loopback peers (127.0.0.0/8, `::1`, IPv4-mapped loopback) and
+//! in-process calls only, like Redis's protected mode: any other peer gets
+//! -32060 for every call (raw TCP: each line is answered, and the
+//! connection stays open so the client reads why; `POST /rpc`: 403).
+//! A fresh server bound to `0.0.0.0` so exposes no open bus. `STATUS`
+//! shows `users=<n> logged_in=<n>`, and `protected=1` while there are no
+//! users.
+//!
+//! **Users** (the NATS model), in `[[modules.rpc.users]]`:
+//!
+//! ```toml
+//! [[modules.rpc.users]]
+//! name = "bot1"
+//! token_hash = "sha256:<64 lowercase hex of SHA-256 of the token>"  # switchyard --new-token
+//! certs = ["bot1.example.org"]   # client-certificate names (CN or SAN) that log in as bot1
+//! max_connections = 10           # raw TCP connections logged in at once (0/absent: no limit)
+//! requests_per_second = 200      # token bucket, burst one second's worth (0/absent: no limit)
+//! [modules.rpc.users.permissions]
+//! kv_read = ["bot1.>", "shared.*"]          # or { allow = [...], deny = [...] }
+//! kv_write = ["bot1.>"]
+//! publish = ["bot1.>"]
+//! subscribe = ["events.>", "bot1.>"]
+//! ```
+//!
+//! With users, every connection except in-process calls acts as a user
+//! before it may call anything but `sys.ping`, `sys.version`,
+//! `sys.methods`, `sys.auth` and `sys.whoami` (-32060): raw TCP sends
+//! `{"method":"sys.auth","params":{"token":"…"}}` (optional `"user"`,
+//! checked too) once and gets `{"user":"bot1"}`; HTTP sends
+//! `Authorization: Bearer <token>` on every `POST /rpc` (none: 401 with
+//! `WWW-Authenticate: Bearer realm="switchyard"`; wrong: 401); a
+//! connection whose verified client certificate (the host's mutual TLS)
+//! names a user in its `certs` is that user with no token (asked once per
+//! raw connection; per request over HTTP); otherwise `no_auth_user`, if
+//! set, applies. `sys.whoami` says who and how (`token`, `cert`,
+//! `no_auth_user`, `loopback`, `internal`) and lists the permissions.
+//! Loopback peers log in like everyone else once users exist.
+//!
+//! Permissions use the bus's patterns on keys and subjects alike (`*` one
+//! dot-separated segment, a last `>` one or more); deny wins over allow,
+//! and an absent list allows nothing. `kv.get`/`kv.keys` need `kv_read`
+//! (`kv.keys` lists only readable keys), `kv.set`/`del`/`incr`/`cas`
+//! `kv_write`, `bus.publish` `publish`, and `bus.subscribe` a `subscribe`
+//! pattern that *covers* the requested one (`events.>` covers
+//! `events.a.*`) and no denied pattern it overlaps (it could receive a
+//! denied subject). In a batch each call is checked on its own.
+//!
+//! A login costs one SHA-256 and a constant-time compare with each user's
+//! hash; nothing blocks. Checked failures are logged at warn with the
+//! peer (never the token; the refusals during a pause only at debug, so a
+//! flood cannot flood the log); a connection is closed after
+//! `max_auth_failures` (logged at info); each
+//! failure pauses its address (`auth_backoff_ms`, doubling up to
+//! `auth_backoff_max_ms`, at most `auth_backoff_peers` addresses
+//! remembered), during which `sys.auth` and Bearer tokens from it are
+//! refused unchecked (-32062 with the wait). Limits per user count across
+//! its connections; `requests_per_second` counts every call (each call of
+//! a batch), and the bucket starts full again after a reload.
+//!
+//! **Reload.** A config change starts a new generation with the new
+//! table. The old one hands each raw connection's login over; the new one
+//! resolves it at once: a token login survives if its user still exists
+//! with the same `token_hash` (a rotated token logs the connection out),
+//! certificate and `no_auth_user` logins are made again, changed
+//! permissions apply to the next call, and subscriptions the connection
+//! may no longer hold are dropped, each announced with a pushed
+//! `{"jsonrpc":"2.0","method":"bus.revoked","params":{"pattern":…}}` and
+//! logged. Messages a frozen generation forwards carry the connection's
+//! id and address and are authorized as that connection. A users table
+//! that does not check out (a duplicate name, a bad hash, a bad pattern,
+//! an unknown `no_auth_user`, two users claiming one certificate name)
+//! fails the start with a message naming the user: `RELOAD` answers
+//! `ERR` and the running generation serves on at once.
 //!
 //! # Durability
 //!
@@ -186,6 +268,12 @@
 //! checkpoint_interval_ms = 1000
 //! handoff_timeout_ms = 30000     # how long a reload or a standby may keep requests waiting
 //! commit_delay_us = 100          # under load, let writes gather this long per commit (0: off)
+//! no_auth_user = "guest"         # the user connections that did not log in act as (default: none)
+//! max_auth_failures = 5          # failed sys.auth after which a connection is closed (0: never)
+//! auth_backoff_ms = 500          # pause per address after a failed login, doubling (0: none)
+//! auth_backoff_max_ms = 30000    # the longest pause
+//! auth_backoff_peers = 4096      # addresses the pause table holds
+//! # [[modules.rpc.users]]: see Access control (none: protected mode)
 //! ```
 //!
 //! # The parts
@@ -194,8 +282,10 @@
 //! [`store`] (the value cache, the totals and limits), [`db`] (SQLite), [`writer`]
 //! (group commit), [`bus`] (subscription trie), [`conns`] (reply ordering per
 //! connection), [`raw`] and [`post`] (the transports), [`handoff`]
-//! (reload), [`owner`] (one writer per database), [`config`].
+//! (reload), [`owner`] (one writer per database), [`access`] (users,
+//! permissions, logins), [`config`].
 
+pub mod access;
 pub mod bus;
 pub mod config;
 pub mod conns;
@@ -212,6 +302,7 @@ pub mod writer;
 #[cfg(test)]
 mod testdir;
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -219,6 +310,7 @@ use module_api::{
     CallStatus, ConnInfo, Handler, Manifest, Protocol, RVec, ReloadMode, StartContext, Verdict,
 };
 
+use crate::access::{Access, Who};
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::conns::Conns;
@@ -245,6 +337,9 @@ pub trait HostApi: Send + Sync {
     fn wait_begin(&self) -> u64;
     /// Ends a wait started by [`HostApi::wait_begin`].
     fn wait_end(&self, token: u64);
+    /// The names on connection `conn`'s verified client certificate (CN
+    /// first, then SANs); empty without one.
+    fn peer_identity(&self, conn: u64) -> Vec<String>;
 }
 
 impl HostApi for module_api::Host {
@@ -259,6 +354,13 @@ impl HostApi for module_api::Host {
     }
     fn wait_end(&self, token: u64) {
         self.raw().wait_end(token)
+    }
+    fn peer_identity(&self, conn: u64) -> Vec<String> {
+        self.raw()
+            .peer_identity(conn)
+            .into_iter()
+            .map(|s| s.into_string())
+            .collect()
     }
 }
 
@@ -294,6 +396,8 @@ pub struct Core {
     pub store: Store,
     pub bus: Bus,
     pub conns: Conns,
+    /// Users, sessions and the login brake ([`access`]).
+    pub access: Access,
     pub host: &'static dyn HostApi,
     pub stats: Stats,
     /// Whether this generation serves (see [`handoff`] and [`owner`]).
@@ -303,9 +407,11 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(cfg: Config, store: Store, host: &'static dyn HostApi) -> Core {
-        Core {
+    /// Fails when the users table is wrong (the message names the user).
+    pub fn new(cfg: Config, store: Store, host: &'static dyn HostApi) -> Result<Core, String> {
+        Ok(Core {
             bus: Bus::new(cfg.max_subscriptions, cfg.max_subscriptions_total),
+            access: Access::new(&cfg)?,
             cfg,
             store,
             conns: Conns::default(),
@@ -313,7 +419,7 @@ impl Core {
             stats: Stats::default(),
             gate: RwLock::new(Mode::Live),
             owner_fd: AtomicI32::new(-1),
-        }
+        })
     }
 
     /// Pushes a notification to its recipients, one shared copy for all
@@ -336,6 +442,46 @@ pub fn too_large(core: &Core) -> RpcError {
             core.cfg.max_line_bytes
         ),
     )
+}
+
+/// The notification a connection gets when a reload took one of its
+/// subscriptions away.
+pub fn revoked_notice(pattern: &str) -> Vec<u8> {
+    let mut out = br#"{"jsonrpc":"2.0","method":"bus.revoked","params":{"pattern":"#.to_vec();
+    jsonrpc::write_str(&mut out, pattern);
+    out.extend_from_slice(b"}}\n");
+    out
+}
+
+/// After a reload: drops the handed-over subscriptions that their
+/// connections may no longer hold under the new users, telling each
+/// connection with a `bus.revoked` notification per pattern. `whos` are
+/// the connections whose sessions were handed over; the others were
+/// served in protected mode (loopback) and are judged as they are now.
+fn revoke_subscriptions(core: &Core, whos: Vec<(u64, Who)>) {
+    let whos: std::collections::HashMap<u64, Who> = whos.into_iter().collect();
+    for (conn, patterns) in core.bus.snapshot() {
+        let who = whos.get(&conn).cloned().unwrap_or_else(|| {
+            if core.access.users.is_empty() {
+                Who::Loopback
+            } else {
+                core.access.who(core.host, conn, None)
+            }
+        });
+        let gone: Vec<String> = patterns
+            .into_iter()
+            .filter(|p| !who.may(access::Right::Subscribe, p))
+            .collect();
+        if gone.is_empty() {
+            continue;
+        }
+        core.bus.unsubscribe(conn, Some(&gone));
+        for p in &gone {
+            log::info!("conn {conn}: subscription {p:?} revoked by the new users/permissions");
+            core.host
+                .push_many(&[conn], &revoked_notice(p), OVERFLOW_NOTICE);
+        }
+    }
 }
 
 /// One generation of the module.
@@ -368,16 +514,20 @@ impl Rpc {
         state: &[u8],
         host: &'static dyn HostApi,
     ) -> Result<Rpc, String> {
-        let cfg = Config::from_json(config, data_dir)?;
         let state = State::parse(state)?;
         if let Some(s) = &state {
             handoff::claim(host, &s.token)?;
         }
-        // From here on, a failure must let the frozen predecessor resume.
+        // From here on, a failure must let the frozen predecessor resume
+        // (at once: a config the new generation refuses, such as a bad
+        // users table, leaves the old one serving without a pause).
         let mut resume = ResumeGuard {
             host,
             token: state.as_ref().map(|s| s.token.clone()),
         };
+        let cfg = Config::from_json(config, data_dir)?;
+        // Checked before the database lock is taken over.
+        Access::new(&cfg)?;
         let token = state
             .as_ref()
             .map_or_else(handoff::new_token, |s| s.token.clone());
@@ -406,7 +556,7 @@ impl Rpc {
                 (Start::Standby, Mode::Standby)
             }
         };
-        let core = Arc::new(Core::new(cfg, store, host));
+        let core = Arc::new(Core::new(cfg, store, host)?);
         *core.gate.write().unwrap_or_else(|e| e.into_inner()) = mode;
         if let Some(s) = state {
             let partials = s.conns.iter();
@@ -416,6 +566,8 @@ impl Rpc {
                     .collect(),
             );
             core.bus.restore(s.subs);
+            let whos = core.access.restore(host, s.sessions);
+            revoke_subscriptions(&core, whos);
         }
         let writer = Writer::spawn(core.clone(), start)?;
         resume.token = None;
@@ -491,14 +643,15 @@ impl Rpc {
         if let Some(Internal::Forward {
             conn,
             http,
+            peer,
             payload,
         }) = handoff::parse(input, &self.token)
         {
-            handoff::serve(self, conn, http, payload, out);
+            handoff::serve(self, conn, http, peer, payload, out);
             return Verdict::done(input.len());
         }
         let http = input.starts_with(b"POST ");
-        self.deferred(0, false, http, input, out)
+        self.deferred(0, None, false, http, input, out)
     }
 
     /// A deferred message: handled here while live (the gate held, so a
@@ -506,6 +659,7 @@ impl Rpc {
     fn deferred(
         &self,
         conn: u64,
+        peer: Option<IpAddr>,
         draining: bool,
         http: bool,
         input: &[u8],
@@ -513,7 +667,7 @@ impl Rpc {
     ) -> Verdict {
         if conn != 0 && self.core.conns.has_pending(conn) {
             // Replies to lines this generation handed to its writer.
-            return raw::on_deferred(self, conn, input, out);
+            return raw::on_deferred(self, conn, peer, input, out);
         }
         let since = std::time::Instant::now();
         loop {
@@ -521,14 +675,14 @@ impl Rpc {
             match *gate {
                 Mode::Live => {
                     return if http {
-                        post::on_deferred(self, conn, draining, input, out)
+                        post::on_deferred(self, conn, peer, draining, input, out)
                     } else {
-                        raw::on_deferred(self, conn, input, out)
+                        raw::on_deferred(self, conn, peer, input, out)
                     };
                 }
                 Mode::Frozen => {
                     drop(gate);
-                    if let Ok(v) = handoff::forward(self, conn, http, input, out) {
+                    if let Ok(v) = handoff::forward(self, conn, http, peer, input, out) {
                         return v;
                     }
                 }
@@ -544,11 +698,12 @@ impl Rpc {
         }
     }
 
-    /// A connection closed: forget its state and subscriptions.
+    /// A connection closed: forget its state, subscriptions and login.
     fn closed(&self, conn: u64) {
         self.core
             .conns
             .close(conn, || self.core.bus.remove_conn(conn));
+        self.core.access.sessions.remove(conn);
     }
 }
 
@@ -574,7 +729,7 @@ impl Handler for Rpc {
             _ => return raw::defer_line(self, conn, input, out),
         };
         let v = if http {
-            post::on_message(self, conn.id, conn.draining, continuing, input, out)
+            post::on_message(self, conn, continuing, input, out)
         } else {
             raw::on_message(self, conn, input, out)
         };
@@ -587,7 +742,8 @@ impl Handler for Rpc {
             return self.on_call_deferred(input, out);
         }
         let (http, _) = self.transport(conn.id, input);
-        self.deferred(conn.id, conn.draining, http, input, out)
+        let peer = Some(conn.peer().ip());
+        self.deferred(conn.id, peer, conn.draining, http, input, out)
     }
 
     fn on_close(&self, conn: &ConnInfo) {
@@ -627,6 +783,7 @@ impl Handler for Rpc {
                 })
                 .collect(),
             lock_fd: Some(self.core.owner_fd.load(Ordering::Acquire)).filter(|fd| *fd >= 0),
+            sessions: self.core.access.sessions.snapshot(),
         };
         log::info!(
             "handing over {} subscriptions and {} connection states",
@@ -648,7 +805,7 @@ impl Handler for Rpc {
         let (subscribers, patterns) = self.core.bus.counts();
         let s = &self.core.stats;
         format!(
-            "keys={} kv_bytes={} cached_bytes={} subscribers={subscribers} subscriptions={patterns} commits={} writes={} failed_commits={} purged={} sync={}{}",
+            "keys={} kv_bytes={} cached_bytes={} subscribers={subscribers} subscriptions={patterns} commits={} writes={} failed_commits={} purged={} sync={} users={} logged_in={}{}{}",
             self.core.store.len(),
             self.core.store.totals().bytes,
             self.core.store.cached_bytes(),
@@ -657,6 +814,14 @@ impl Handler for Rpc {
             s.failed_commits.load(Ordering::Relaxed),
             s.purged.load(Ordering::Relaxed),
             self.core.cfg.sync.name(),
+            self.core.access.users.len(),
+            self.core.access.sessions.logged_in(),
+            // No users: only loopback peers are served.
+            if self.core.access.users.is_empty() {
+                " protected=1"
+            } else {
+                ""
+            },
             match self.core.gate.try_read().as_deref() {
                 Ok(Mode::Standby) => " standby=1",
                 Ok(Mode::Frozen) => " handed_over=1",
@@ -691,6 +856,9 @@ pub(crate) mod testing {
             0
         }
         fn wait_end(&self, _token: u64) {}
+        fn peer_identity(&self, _conn: u64) -> Vec<String> {
+            Vec::new()
+        }
     }
 
     #[test]
@@ -741,7 +909,7 @@ pub(crate) mod testing {
         let a = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
         let set = br#"{"jsonrpc":"2.0","method":"kv.set","params":["k",1],"id":1}"#;
         let mut out = RVec::new();
-        raw::on_deferred(&a, 0, set, &mut out);
+        raw::on_deferred(&a, 0, None, set, &mut out);
         assert!(out
             .as_slice()
             .starts_with(br#"{"jsonrpc":"2.0","result":true"#));
@@ -766,6 +934,73 @@ pub(crate) mod testing {
         assert_eq!(waiter, b"{\"jsonrpc\":\"2.0\",\"result\":1,\"id\":2}\n");
         assert!(b.live());
         b.stop();
+    }
+
+    /// A message a frozen generation forwards arrives as an in-process
+    /// call (connection id 0) but runs as the connection it came from:
+    /// its login, or its address in protected mode.
+    #[test]
+    fn forwarded_messages_are_authorized_as_their_connection() {
+        let dir = crate::testdir::TestDir::new("fwdauth");
+        let hash = format!(
+            "sha256:{}",
+            access::users::hash_token("t1")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let cfg = serde_json::json!({"users": [{"name": "bot1", "token_hash": hash,
+            "permissions": {"kv_read": ["bot1.*"]}}]});
+        let rpc = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
+        let internal = ConnInfo::new(0, "127.0.0.1:1".parse().unwrap(), false);
+        let peer = Some("10.0.0.5".parse().unwrap());
+        let forward = |line: &str| {
+            let env = handoff::envelope(&rpc.token, "fwd", 7, false, peer, line.as_bytes());
+            let mut out = RVec::new();
+            rpc.on_deferred(&internal, &env, &mut out);
+            let text = String::from_utf8(out.into_vec()).unwrap();
+            let body = text.split_once('\n').unwrap().1.to_string();
+            serde_json::from_str::<serde_json::Value>(body.trim()).unwrap()
+        };
+        let get = "{\"jsonrpc\":\"2.0\",\"method\":\"kv.get\",\"params\":[\"bot1.x\"],\"id\":1}\n";
+        assert_eq!(
+            forward(get)["error"]["code"],
+            code::AUTH_REQUIRED,
+            "not in-process"
+        );
+        let auth = "{\"jsonrpc\":\"2.0\",\"method\":\"sys.auth\",\"params\":[\"t1\"],\"id\":2}\n";
+        assert_eq!(forward(auth)["result"]["user"], "bot1");
+        assert_eq!(forward(get)["result"], serde_json::Value::Null);
+        let other = get.replace("bot1.x", "bot2.x");
+        assert_eq!(forward(&other)["error"]["code"], code::PERMISSION_DENIED);
+        // An in-process call proper is internal.
+        let mut out = RVec::new();
+        rpc.on_deferred(&internal, other.as_bytes(), &mut out);
+        assert!(out
+            .as_slice()
+            .starts_with(br#"{"jsonrpc":"2.0","result":null"#));
+        rpc.stop();
+
+        // Protected mode: the forwarded address decides.
+        let dir = crate::testdir::TestDir::new("fwdprot");
+        let rpc = Rpc::start(&serde_json::json!({}), dir.path(), b"", &NullHost).unwrap();
+        for (peer, want) in [("10.0.0.5", Some(code::AUTH_REQUIRED)), ("127.0.0.1", None)] {
+            let env = handoff::envelope(
+                &rpc.token,
+                "fwd",
+                7,
+                false,
+                peer.parse().ok(),
+                get.as_bytes(),
+            );
+            let mut out = RVec::new();
+            rpc.on_deferred(&internal, &env, &mut out);
+            let text = String::from_utf8(out.into_vec()).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(text.split_once('\n').unwrap().1.trim()).unwrap();
+            assert_eq!(v["error"]["code"].as_i64(), want, "{peer}: {v}");
+        }
+        rpc.stop();
     }
 
     #[test]
@@ -818,6 +1053,9 @@ pub(crate) mod testing {
             0
         }
         fn wait_end(&self, _token: u64) {}
+        fn peer_identity(&self, _conn: u64) -> Vec<String> {
+            Vec::new()
+        }
     }
 
     #[test]
@@ -826,7 +1064,7 @@ pub(crate) mod testing {
         let dir = crate::testdir::TestDir::new("publish");
         let cfg = Config::from_json(&serde_json::json!({}), dir.path()).unwrap();
         let store = Store::new(&cfg.db, cfg.cache_bytes);
-        let core = Core::new(cfg, store, host);
+        let core = Core::new(cfg, store, host).unwrap();
         for conn in 1..=300 {
             core.bus.subscribe(conn, &["wide.*".to_string()]).unwrap();
         }
@@ -843,6 +1081,9 @@ pub(crate) mod testing {
             conn: 0,
             later: None,
             subscribed: false,
+            who: crate::access::Who::Internal,
+            peer: None,
+            close: false,
         };
         let mut out = Vec::new();
         methods::eval_message(&mut env, &jsonrpc::parse(line.as_bytes(), 10), &mut out);
@@ -859,7 +1100,7 @@ pub(crate) mod testing {
         let dir = crate::testdir::TestDir::new("core");
         let cfg = Config::from_json(&config, dir.path()).unwrap();
         let store = Store::new(&cfg.db, cfg.cache_bytes);
-        let core = Core::new(cfg, store, &NullHost);
+        let core = Core::new(cfg, store, &NullHost).unwrap();
         (Arc::new(core), dir)
     }
 }

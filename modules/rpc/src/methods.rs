@@ -13,6 +13,9 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use std::net::IpAddr;
+
+use crate::access::{Right, Who, MAX_TOKEN_BYTES};
 use crate::bus::{self, check_topic};
 use crate::jsonrpc::{self, code, Item, Message, Request, RpcError, Sink};
 use crate::store::{json_eq, stored_text, Entry, Limit, View};
@@ -33,6 +36,8 @@ pub enum Method {
     BusSubscribe,
     BusUnsubscribe,
     BusPublish,
+    SysAuth,
+    SysWhoami,
 }
 
 /// Name, method and one-line description (what `sys.methods` returns).
@@ -46,9 +51,11 @@ pub const METHODS: &[(&str, Method, &str)] = &[
     ("kv.incr", Method::KvIncr, "atomically add {by} (default 1) to the 64-bit integer at {key} (absent: 0); returns the new value"),
     ("kv.keys", Method::KvKeys, "up to {limit} (default 100) keys starting with {prefix}, sorted, after the key {after} if given"),
     ("kv.set", Method::KvSet, "set {key} to the JSON {value} (not null), expiring after {ttl_ms} if given; returns true once durable"),
+    ("sys.auth", Method::SysAuth, "log this raw TCP connection in: {token, user?}; returns {user}. Over HTTP it only checks the token (send Authorization: Bearer on each request)"),
     ("sys.methods", Method::SysMethods, "these method names with a one-line description each"),
     ("sys.ping", Method::SysPing, "returns \"pong\""),
     ("sys.version", Method::SysVersion, "the module's name and version and the protocol version"),
+    ("sys.whoami", Method::SysWhoami, "{user, auth, permissions}: who this connection acts as, how it was authenticated (token, cert, no_auth_user, loopback, internal) and what it may do"),
 ];
 
 impl Method {
@@ -57,6 +64,18 @@ impl Method {
             .iter()
             .find(|(n, _, _)| *n == name)
             .map(|(_, m, _)| *m)
+    }
+
+    /// Whether the method may be called before logging in.
+    pub fn open(self) -> bool {
+        matches!(
+            self,
+            Method::SysPing
+                | Method::SysVersion
+                | Method::SysMethods
+                | Method::SysAuth
+                | Method::SysWhoami
+        )
     }
 
     /// Whether the method changes stored data (and so goes through the
@@ -72,14 +91,32 @@ impl Method {
 /// Whether a message must be evaluated by the writer: it calls a method
 /// that writes, lists keys (`kv.keys` reads SQLite), or reads a key whose
 /// value `view` (the cache) does not hold. Everything else is answered
-/// from memory on the calling thread. Pass the view the message will then
+/// from memory on the calling thread (so is everything from a caller
+/// whose every call is refused). Pass the view the message will then
 /// be evaluated with, so that nothing is evicted in between.
-pub fn needs_writer(view: &View<'_>, msg: &Message<'_>) -> bool {
+pub fn needs_writer(view: &View<'_>, who: &Who, msg: &Message<'_>) -> bool {
+    if who.refuses_all() {
+        // Every call is answered with its refusal, from memory.
+        return false;
+    }
+    let calls = |m: Method| match msg {
+        Message::Single(Item::Call(r)) => Method::lookup(&r.method) == Some(m),
+        Message::Batch(items) => items
+            .iter()
+            .any(|i| matches!(i, Item::Call(r) if Method::lookup(&r.method) == Some(m))),
+        _ => false,
+    };
+    // A caller that has not logged in is refused everything but the open
+    // methods, from memory, so it cannot keep the writer busy; unless the
+    // message logs in first (a batch with `sys.auth`), which may make the
+    // calls after it valid writes.
+    let refused_unless_open = matches!(who, Who::Anonymous) && !calls(Method::SysAuth);
     let item = |i: &Item<'_>| {
         let Item::Call(req) = i else {
             return false;
         };
         match Method::lookup(&req.method) {
+            Some(m) if refused_unless_open && !m.open() => false,
             Some(Method::KvGet) => match params::<KeyP<'_>>(req) {
                 Ok(p) => !view.cached(&p.key),
                 // Answered with its error from memory.
@@ -124,6 +161,13 @@ pub struct Env<'a> {
     pub later: Option<&'a mut Vec<Note>>,
     /// Set when the call added a subscription.
     pub subscribed: bool,
+    /// Who the calls act as; `sys.auth` changes it for the calls after it.
+    pub who: Who,
+    /// The peer's address (`None` in-process), for logins.
+    pub peer: Option<IpAddr>,
+    /// Set when the connection must be closed after this reply (too many
+    /// failed logins).
+    pub close: bool,
 }
 
 /// Evaluates a message and writes its reply (without a newline). Returns
@@ -287,6 +331,15 @@ struct PublishP<'a> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct AuthP<'a> {
+    #[serde(borrow)]
+    token: Cow<'a, str>,
+    #[serde(borrow, default)]
+    user: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TopicsP {
     #[serde(default)]
     topics: Option<Vec<String>>,
@@ -389,8 +442,46 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
             format!("method not found: {}", req.method),
         ));
     };
+    env.who.admit(&req.method, method.open())?;
     let now = env.now;
     match method {
+        Method::SysAuth => {
+            let p: AuthP<'_> = params(req)?;
+            if p.token.is_empty() || p.token.len() > MAX_TOKEN_BYTES {
+                return Err(RpcError::invalid_params(format!(
+                    "token must be 1 to {MAX_TOKEN_BYTES} bytes"
+                )));
+            }
+            let core = env.core;
+            // Under the connection's lock: a login evaluated in the
+            // writer after its connection closed must not leave a session
+            // (and a user's connection slot) behind.
+            let locked = (env.conn != 0).then(|| core.conns.lock(env.conn));
+            if locked.as_ref().is_some_and(|l| l.closed(env.conn)) {
+                return Err(RpcError::new(
+                    code::AUTH_FAILED,
+                    "the connection has closed",
+                ));
+            }
+            let outcome = core
+                .access
+                .authenticate(env.conn, env.peer, &p.token, p.user.as_deref());
+            drop(locked);
+            env.close |= outcome.close;
+            let who = outcome.result?;
+            if let Who::User(u, _) = &who {
+                out.put(b"{\"user\":");
+                jsonrpc::write_str(out, &u.name);
+                out.put(b"}");
+            }
+            if env.conn != 0 {
+                env.who = who;
+            }
+        }
+        Method::SysWhoami => {
+            no_params(req)?;
+            out.put(env.who.whoami().to_string().as_bytes());
+        }
         Method::SysPing => {
             no_params(req)?;
             out.put(b"\"pong\"");
@@ -406,6 +497,7 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
         Method::KvGet => {
             let p: KeyP<'_> = params(req)?;
             check_key(&p.key, env)?;
+            env.who.check(Right::KvRead, &req.method, &p.key)?;
             match env.view.get(&p.key, now)? {
                 Some(e) => out.put(e.value.as_bytes()),
                 None => out.put(b"null"),
@@ -414,6 +506,7 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
         Method::KvSet => {
             let p: SetP<'_> = params(req)?;
             check_key(&p.key, env)?;
+            env.who.check(Right::KvWrite, &req.method, &p.key)?;
             if p.value.get() == "null" {
                 return Err(RpcError::invalid_params(
                     "value must not be null (kv.del removes a key)",
@@ -430,6 +523,7 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
         Method::KvDel => {
             let p: KeyP<'_> = params(req)?;
             check_key(&p.key, env)?;
+            env.who.check(Right::KvWrite, &req.method, &p.key)?;
             let existed = env.view.get(&p.key, now)?.is_some();
             if existed {
                 put(env, req, &p.key, None)?;
@@ -439,6 +533,7 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
         Method::KvIncr => {
             let p: IncrP<'_> = params(req)?;
             check_key(&p.key, env)?;
+            env.who.check(Right::KvWrite, &req.method, &p.key)?;
             let (current, expires_at) = match env.view.get(&p.key, now)? {
                 None => (0, 0),
                 Some(e) => match serde_json::from_str::<i64>(&e.value) {
@@ -468,6 +563,7 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
         Method::KvCas => {
             let p: CasP<'_> = params(req)?;
             check_key(&p.key, env)?;
+            env.who.check(Right::KvWrite, &req.method, &p.key)?;
             let expires_at = expiry(p.ttl_ms, now)?;
             let current = env.view.get(&p.key, now)?;
             let matches = match (current, p.expected.get()) {
@@ -493,7 +589,13 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
                     "limit must be at most {max}"
                 )));
             }
-            let keys = env.view.keys(&p.prefix, p.after.as_deref(), limit, now)?;
+            // Only the keys the caller may read, so a page is full of
+            // them (hidden keys are skipped, not counted).
+            let who = &env.who;
+            let visible = |k: &str| who.may(Right::KvRead, k);
+            let keys = env
+                .view
+                .keys(&p.prefix, p.after.as_deref(), limit, now, &visible)?;
             out.put(b"[");
             for (i, k) in keys.iter().enumerate() {
                 if i > 0 {
@@ -508,6 +610,10 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
             let Some(topics) = topics(req)? else {
                 return Err(RpcError::invalid_params("topics is missing"));
             };
+            for t in &topics {
+                check_topic(t, true)?;
+                env.who.check(Right::Subscribe, &req.method, t)?;
+            }
             let core = env.core;
             let locked = core.conns.lock(conn);
             // A connection that closed while this call waited in the
@@ -530,6 +636,7 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
         Method::BusPublish => {
             let p: PublishP<'_> = params(req)?;
             check_topic(&p.topic, false)?;
+            env.who.check(Right::Publish, &req.method, &p.topic)?;
             let topic_conns = env.core.bus.recipients(&p.topic);
             // Built once for every recipient (nothing when there is none).
             let bytes = if topic_conns.is_empty() {
@@ -599,6 +706,9 @@ mod tests {
             conn,
             later: Some(&mut notes),
             subscribed: false,
+            who: crate::access::Who::Internal,
+            peer: None,
+            close: false,
         };
         let mut out = Vec::new();
         if !eval_message(&mut env, &msg, &mut out) {
@@ -825,7 +935,13 @@ mod tests {
         let (core, _dir) = core();
         let reader = core.store.read();
         let view = View::Read(&reader);
-        let needs = |line: &str| needs_writer(&view, &jsonrpc::parse(line.as_bytes(), 10));
+        let needs = |line: &str| {
+            needs_writer(
+                &view,
+                &crate::access::Who::Internal,
+                &jsonrpc::parse(line.as_bytes(), 10),
+            )
+        };
         assert!(needs(&req("kv.get", r#"["a"]"#)), "not cached");
         assert!(needs(&req("kv.keys", "{}")));
         assert!(needs(&req("kv.set", r#"["a",1]"#)));
@@ -838,10 +954,28 @@ mod tests {
         core.store.fill(vec![("a".into(), None)]);
         let reader = core.store.read();
         let view = View::Read(&reader);
-        assert!(!needs_writer(
-            &view,
-            &jsonrpc::parse(req("kv.get", r#"["a"]"#).as_bytes(), 10)
-        ));
+        let (get, set) = (req("kv.get", r#"["a"]"#), req("kv.set", r#"["a",1]"#));
+        let get = jsonrpc::parse(get.as_bytes(), 10);
+        assert!(!needs_writer(&view, &crate::access::Who::Internal, &get));
+        let set = jsonrpc::parse(set.as_bytes(), 10);
+        assert!(
+            !needs_writer(&view, &crate::access::Who::Protected, &set),
+            "refused from memory"
+        );
+        assert!(!needs_writer(&view, &crate::access::Who::Anonymous, &set));
+        let auth_then_set = format!(
+            "[{},{}]",
+            req("sys.auth", r#"["t"]"#),
+            req("kv.set", r#"["a",1]"#)
+        );
+        assert!(
+            needs_writer(
+                &view,
+                &crate::access::Who::Anonymous,
+                &jsonrpc::parse(auth_then_set.as_bytes(), 10)
+            ),
+            "a batch that logs in first may write after it"
+        );
     }
 
     #[test]

@@ -17,13 +17,22 @@
 //!
 //! Messages that only read are answered on the event loop; one that
 //! writes is deferred to the pool, which waits for its commit.
+//!
+//! Each request is authorized on its own ([`crate::access`]): in
+//! protected mode a peer that is not loopback gets 403; with users, the
+//! `Authorization: Bearer` token (or the connection's client certificate,
+//! or `no_auth_user`) decides, and without any the answer is 401 with
+//! `WWW-Authenticate: Bearer realm="switchyard"`. Both carry a JSON-RPC
+//! error body. A deferred request is authorized again on the pool.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 
 use module_api::http::framing::{self, Frame};
 use module_api::http::{self, Parsed};
-use module_api::{RVec, Verdict};
+use module_api::{ConnInfo, RVec, Verdict};
 
+use crate::access::{Credentials, HttpRefusal, Who};
 use crate::conns::ConnState;
 use crate::jsonrpc::{self, Sink};
 use crate::methods::{eval_message, needs_writer, Env};
@@ -44,6 +53,8 @@ pub enum Framed<'a> {
         body: Cow<'a, [u8]>,
         total: usize,
         keep: bool,
+        /// The `Authorization` header's value.
+        auth: Option<&'a [u8]>,
     },
 }
 
@@ -105,6 +116,7 @@ pub fn frame<'a>(
         plain(out, 415, "use Content-Type: application/json\n", keep);
         return Framed::Answered(done(total, keep));
     }
+    let auth = req.header("authorization");
     let raw = &input[head_len..total];
     let body = match body {
         framing::Body::Length(_) => Cow::Borrowed(raw),
@@ -113,7 +125,45 @@ pub fn frame<'a>(
             Err(r) => return fail(out, r.status, &format!("{}\n", r.reason), input.len()),
         },
     };
-    Framed::Body { body, total, keep }
+    Framed::Body {
+        body,
+        total,
+        keep,
+        auth,
+    }
+}
+
+/// Who the request acts as, or its refusal written out (401 with
+/// `WWW-Authenticate`, or 403 in protected mode; a JSON-RPC error body).
+fn authorize(
+    rpc: &Rpc,
+    conn: u64,
+    peer: Option<IpAddr>,
+    auth: Option<&[u8]>,
+    out: &mut RVec<u8>,
+    total: usize,
+    keep: bool,
+) -> Result<Who, Verdict> {
+    let core = &*rpc.core;
+    let creds = Credentials::from_header(auth);
+    core.access
+        .who_http(core.host, conn, peer, &creds)
+        .map_err(|refusal| {
+            let mut body = Vec::new();
+            jsonrpc::write_error(&mut body, None, &refusal.error());
+            http::start_response(out, refusal.status(), keep);
+            if refusal.status() == 401 {
+                let challenge: &[u8] = match refusal {
+                    HttpRefusal::Missing => br#"Bearer realm="switchyard""#,
+                    _ => br#"Bearer realm="switchyard", error="invalid_token""#,
+                };
+                http::push_header(out, "WWW-Authenticate", challenge);
+            }
+            http::push_header(out, "Content-Type", b"application/json");
+            http::end_head(out, body.len() as u64);
+            out.put(&body);
+            done(total, keep)
+        })
 }
 
 fn done(total: usize, keep: bool) -> Verdict {
@@ -145,8 +195,7 @@ fn respond(out: &mut RVec<u8>, reply: &[u8], total: usize, keep: bool) -> Verdic
 /// version (restored state); the pool joins it with the rest.
 pub fn on_message(
     rpc: &Rpc,
-    conn: u64,
-    draining: bool,
+    info: &ConnInfo,
     continuing: bool,
     input: &[u8],
     out: &mut RVec<u8>,
@@ -154,17 +203,28 @@ pub fn on_message(
     if continuing {
         return Verdict::defer(input.len());
     }
-    let (body, total, keep) = match frame(rpc, conn, input, draining, out) {
+    let (conn, peer) = (info.id, Some(info.peer().ip()));
+    let (body, total, keep, auth) = match frame(rpc, conn, input, info.draining, out) {
         Framed::NeedMore => return Verdict::NEED_MORE,
         Framed::Answered(v) => return v,
-        Framed::Body { body, total, keep } => (body, total, keep),
+        Framed::Body {
+            body,
+            total,
+            keep,
+            auth,
+        } => (body, total, keep, auth),
+    };
+    let who = match authorize(rpc, conn, peer, auth, out, total, keep) {
+        Ok(who) => who,
+        Err(v) => return v,
     };
     let core = &*rpc.core;
     let msg = jsonrpc::parse(&body, core.cfg.max_batch);
-    if needs_writer(&View::Read(&core.store.read()), &msg) {
+    if needs_writer(&View::Read(&core.store.read()), &who, &msg) {
+        // The pool authorizes it again from the same header.
         return Verdict::defer(total);
     }
-    respond(out, &answer_reads(core, &msg), total, keep)
+    respond(out, &answer_reads(core, &msg, who, peer), total, keep)
 }
 
 /// Handles one request on a pool thread, waiting for the commit of
@@ -177,6 +237,7 @@ pub fn on_message(
 pub fn on_deferred(
     rpc: &Rpc,
     conn: u64,
+    peer: Option<IpAddr>,
     draining: bool,
     input: &[u8],
     out: &mut RVec<u8>,
@@ -200,7 +261,7 @@ pub fn on_deferred(
         Cow::Owned([&kept[..], input].concat())
     };
     // Framed from scratch (id 0): the request is whole, one pass.
-    let (body, total, keep) = match frame(rpc, 0, &data, draining, out) {
+    let (body, total, keep, auth) = match frame(rpc, 0, &data, draining, out) {
         Framed::NeedMore if kept.is_empty() => return fail_verdict(out, input.len()),
         Framed::NeedMore => {
             keep_start(rpc, conn, data.into_owned());
@@ -212,10 +273,20 @@ pub fn on_deferred(
         Framed::Answered(v) => {
             return Verdict::done((v.consumed as usize).saturating_sub(kept.len()).max(1))
         }
-        Framed::Body { body, total, keep } => (body, total, keep),
+        Framed::Body {
+            body,
+            total,
+            keep,
+            auth,
+        } => (body, total, keep, auth),
     };
-    let reply = answer(rpc, &body);
-    respond(out, &reply, total.saturating_sub(kept.len()).max(1), keep)
+    let consumed = total.saturating_sub(kept.len()).max(1);
+    let who = match authorize(rpc, conn, peer, auth, out, consumed, keep) {
+        Ok(who) => who,
+        Err(v) => return v,
+    };
+    let reply = answer(rpc, &body, who, peer);
+    respond(out, &reply, consumed, keep)
 }
 
 /// Keeps the start of a request until the rest arrives (the connection
@@ -232,13 +303,13 @@ fn keep_start(rpc: &Rpc, conn: u64, partial: Vec<u8>) {
 }
 
 /// The JSON-RPC reply to one body, waiting for the writer if it writes.
-fn answer(rpc: &Rpc, body: &[u8]) -> Vec<u8> {
+fn answer(rpc: &Rpc, body: &[u8], who: Who, peer: Option<IpAddr>) -> Vec<u8> {
     let core = &*rpc.core;
     let msg = jsonrpc::parse(body, core.cfg.max_batch);
-    if needs_writer(&View::Read(&core.store.read()), &msg) {
+    if needs_writer(&View::Read(&core.store.read()), &who, &msg) {
         return rpc
             .writer
-            .call(0, Kind::Body, body.to_vec(), usize::MAX)
+            .call(0, who, peer, Kind::Body, body.to_vec(), usize::MAX)
             .map(|r| r.out)
             .unwrap_or_else(|e| {
                 let mut v = Vec::new();
@@ -246,11 +317,16 @@ fn answer(rpc: &Rpc, body: &[u8]) -> Vec<u8> {
                 v
             });
     }
-    answer_reads(core, &msg)
+    answer_reads(core, &msg, who, peer)
 }
 
 /// The reply to a message that only reads, under the store's read lock.
-fn answer_reads(core: &crate::Core, msg: &jsonrpc::Message<'_>) -> Vec<u8> {
+fn answer_reads(
+    core: &crate::Core,
+    msg: &jsonrpc::Message<'_>,
+    who: Who,
+    peer: Option<IpAddr>,
+) -> Vec<u8> {
     let mut reply = Vec::new();
     let map = core.store.read();
     let mut env = Env {
@@ -260,6 +336,9 @@ fn answer_reads(core: &crate::Core, msg: &jsonrpc::Message<'_>) -> Vec<u8> {
         conn: 0,
         later: None,
         subscribed: false,
+        who,
+        peer,
+        close: false,
     };
     eval_message(&mut env, msg, &mut reply);
     reply

@@ -31,7 +31,17 @@
 //! A line longer than `max_line_bytes` (its line ending included) is
 //! answered with -32040, after the replies to the lines before it, and the
 //! connection is closed.
+//!
+//! # Who is calling
+//!
+//! Each call looks up once who the connection acts as
+//! ([`crate::access::Access::who`]); `sys.auth` changes it for the lines
+//! after it, and lines handed to the writer carry it along. In protected
+//! mode a peer that is not loopback gets -32060 for every line and the
+//! connection stays open; a connection that fails `sys.auth`
+//! `max_auth_failures` times is closed after that reply.
 
+use std::net::IpAddr;
 use std::sync::mpsc;
 
 use abi_stable::std_types::RVec;
@@ -149,6 +159,9 @@ pub fn on_message(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) 
         return handed_over(rpc, conn, st, input, out);
     }
     let mut scan = Scanner::new(st.scanned);
+    let peer = Some(info.peer().ip());
+    // Looked up once per call; `sys.auth` changes it for later lines.
+    let who = core.access.who(core.host, conn, peer);
     let map = core.store.read();
     let mut env = Env {
         core,
@@ -157,6 +170,9 @@ pub fn on_message(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) 
         conn,
         later: None,
         subscribed: false,
+        who,
+        peer,
+        close: false,
     };
     let verdict = loop {
         let start = scan.pos();
@@ -177,7 +193,7 @@ pub fn on_message(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) 
             break Verdict::close(input.len());
         }
         let msg = jsonrpc::parse(trim(raw_line), core.cfg.max_batch);
-        if needs_writer(&env.view, &msg) {
+        if needs_writer(&env.view, &env.who, &msg) {
             if start > 0 {
                 // Send what is answered first; the host calls again with
                 // the rest, from this line on.
@@ -188,6 +204,8 @@ pub fn on_message(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) 
             let (tx, rx) = mpsc::sync_channel(1);
             let sub = Submission {
                 conn,
+                who: env.who.clone(),
+                peer,
                 kind: Kind::Lines,
                 input: q,
                 // The run is already cut to fit (see `writer_run`), so the
@@ -200,6 +218,10 @@ pub fn on_message(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) 
         }
         if eval_message(&mut env, &msg, out) {
             out.put(b"\n");
+        }
+        if env.close {
+            // Too many failed logins: this reply is the last.
+            break Verdict::close(scan.pos());
         }
         if out.len() >= budget {
             break Verdict::keep(scan.pos()).watch_close();
@@ -335,7 +357,13 @@ fn writer_stopped() -> RpcError {
 /// line needs no newline); otherwise the input is complete lines (one,
 /// from [`defer_line`]), or an unfinished line an older generation
 /// forwarded, which is kept until its end arrives.
-pub fn on_deferred<S: Sink>(rpc: &Rpc, conn: u64, input: &[u8], out: &mut S) -> Verdict {
+pub fn on_deferred<S: Sink>(
+    rpc: &Rpc,
+    conn: u64,
+    peer: Option<IpAddr>,
+    input: &[u8],
+    out: &mut S,
+) -> Verdict {
     let core = &*rpc.core;
     let max = core.cfg.max_line_bytes;
     let mut st = if conn == 0 {
@@ -347,7 +375,7 @@ pub fn on_deferred<S: Sink>(rpc: &Rpc, conn: u64, input: &[u8], out: &mut S) -> 
         let close = match wait(core.host, || rx.recv()) {
             Ok(reply) => {
                 out.put(&reply.out);
-                false
+                reply.close
             }
             Err(_) => {
                 put_error(out, &writer_stopped());
@@ -374,6 +402,7 @@ pub fn on_deferred<S: Sink>(rpc: &Rpc, conn: u64, input: &[u8], out: &mut S) -> 
     };
     let mut close = false;
     let mut queue: Option<Vec<u8>> = None;
+    let mut who = core.access.who(core.host, conn, peer);
     {
         let map = core.store.read();
         let mut env = Env {
@@ -383,6 +412,9 @@ pub fn on_deferred<S: Sink>(rpc: &Rpc, conn: u64, input: &[u8], out: &mut S) -> 
             conn,
             later: None,
             subscribed: false,
+            who: who.clone(),
+            peer,
+            close: false,
         };
         for line in lines(whole) {
             if line.len() >= max {
@@ -399,7 +431,7 @@ pub fn on_deferred<S: Sink>(rpc: &Rpc, conn: u64, input: &[u8], out: &mut S) -> 
                 continue;
             }
             let msg = jsonrpc::parse(line, core.cfg.max_batch);
-            if needs_writer(&env.view, &msg) {
+            if needs_writer(&env.view, &env.who, &msg) {
                 let mut q = Vec::new();
                 push_line(&mut q, line);
                 queue = Some(q);
@@ -408,13 +440,21 @@ pub fn on_deferred<S: Sink>(rpc: &Rpc, conn: u64, input: &[u8], out: &mut S) -> 
             if eval_message(&mut env, &msg, out) {
                 out.put(b"\n");
             }
+            if env.close {
+                close = true;
+                break;
+            }
         }
+        who = env.who;
     }
     if let Some(q) = queue {
         match wait(core.host, || {
-            rpc.writer.call(conn, Kind::Lines, q, usize::MAX)
+            rpc.writer.call(conn, who, peer, Kind::Lines, q, usize::MAX)
         }) {
-            Ok(reply) => out.put(&reply.out),
+            Ok(reply) => {
+                out.put(&reply.out);
+                close |= reply.close;
+            }
             Err(e) => {
                 put_error(out, &e);
                 close = true;
@@ -521,6 +561,10 @@ mod tests {
         (rpc, dir)
     }
 
+    fn lo() -> Option<IpAddr> {
+        Some(IpAddr::from([127, 0, 0, 1]))
+    }
+
     fn info(id: u64, out_limit: u64) -> ConnInfo {
         let mut i = ConnInfo::new(id, "127.0.0.1:1".parse().unwrap(), false);
         i.out_limit = out_limit;
@@ -539,7 +583,7 @@ mod tests {
             "v".repeat(10_000)
         );
         let mut out = Vec::new();
-        on_deferred(&rpc, 0, set.as_bytes(), &mut out);
+        on_deferred(&rpc, 0, None, set.as_bytes(), &mut out);
         assert!(out.starts_with(br#"{"jsonrpc":"2.0","result":true"#));
 
         let input: String = (1..=100).map(get).collect();
@@ -604,7 +648,13 @@ mod tests {
         assert_eq!(v.action, module_api::Action::Defer);
         assert_eq!(v.consumed as usize, set(1).len() + set(2).len());
         let mut out = Vec::new();
-        let v = on_deferred(&rpc, 9, &input.as_bytes()[..v.consumed as usize], &mut out);
+        let v = on_deferred(
+            &rpc,
+            9,
+            lo(),
+            &input.as_bytes()[..v.consumed as usize],
+            &mut out,
+        );
         assert_eq!(v.action, module_api::Action::Keep);
         assert_eq!(lines(&out).count(), 2);
         // The read after them is answered on the event loop and sees them.
@@ -621,6 +671,7 @@ mod tests {
         on_deferred(
             &rpc,
             9,
+            lo(),
             &many.as_bytes()[..v.consumed as usize],
             &mut Vec::new(),
         );

@@ -563,6 +563,7 @@ impl View<'_> {
         after: Option<&str>,
         limit: usize,
         now: u64,
+        visible: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<String>, RpcError> {
         let start = match after {
             Some(a) if a >= prefix => Bound::Excluded(a),
@@ -579,7 +580,7 @@ impl View<'_> {
                 return false;
             }
             let changed = overlay.is_some_and(|o| o.changes.contains_key(k));
-            if !changed && (at == 0 || at > now) {
+            if !changed && (at == 0 || at > now) && visible(k) {
                 keys.push(k.to_string());
             }
             true
@@ -594,7 +595,10 @@ impl View<'_> {
         if let Some(overlay) = overlay {
             let after_ok = |k: &str| after.map_or(true, |a| k > a);
             for (k, row) in &overlay.changes {
-                if row.as_ref().is_some_and(|e| e.live(now)) && k.starts_with(prefix) && after_ok(k)
+                if row.as_ref().is_some_and(|e| e.live(now))
+                    && k.starts_with(prefix)
+                    && after_ok(k)
+                    && visible(k)
                 {
                     keys.push(k.to_string());
                 }
@@ -702,16 +706,23 @@ mod tests {
         assert_eq!(&*view.get("a0", 10).unwrap().unwrap().value, "2");
         assert!(view.get("a4", 10).unwrap().is_none());
         assert_eq!(
-            view.keys("a", None, 10, 10).unwrap(),
+            view.keys("a", None, 10, 10, &|_| true).unwrap(),
             ["a0", "a1", "a3", "a5"]
         );
-        assert_eq!(view.keys("a", Some("a1"), 2, 10).unwrap(), ["a3", "a5"]);
         assert_eq!(
-            View::Read(&reader).keys("a", None, 2, 10).unwrap(),
+            view.keys("a", Some("a1"), 2, 10, &|_| true).unwrap(),
+            ["a3", "a5"]
+        );
+        assert_eq!(
+            View::Read(&reader)
+                .keys("a", None, 2, 10, &|_| true)
+                .unwrap(),
             ["a1", "a2"]
         );
         assert_eq!(
-            View::Read(&reader).keys("", Some("a4"), 10, 10).unwrap(),
+            View::Read(&reader)
+                .keys("", Some("a4"), 10, 10, &|_| true)
+                .unwrap(),
             ["b1"]
         );
     }

@@ -30,6 +30,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::net::IpAddr;
+
+use crate::access::Who;
 use crate::db::{self, Db};
 use crate::handoff::Mode;
 use crate::jsonrpc::{self, code, RpcError};
@@ -62,6 +65,10 @@ pub enum Kind {
 pub struct Submission {
     /// The raw TCP connection (whose subscriptions calls change), or 0.
     pub conn: u64,
+    /// Who the calls act as (checked per call, here in the writer).
+    pub who: Who,
+    /// The peer's address, for a `sys.auth` in a batch.
+    pub peer: Option<IpAddr>,
     pub kind: Kind,
     pub input: Vec<u8>,
     /// Reply bytes after which no further line is evaluated (`Lines`
@@ -80,6 +87,8 @@ pub struct Reply {
     /// line after which the reply passed the budget. Lines after that
     /// were not evaluated (not written) and must be submitted again.
     pub taken: usize,
+    /// Close the connection after this reply (too many failed logins).
+    pub close: bool,
 }
 
 enum Cmd {
@@ -158,6 +167,8 @@ impl Writer {
     pub fn call(
         &self,
         conn: u64,
+        who: Who,
+        peer: Option<IpAddr>,
         kind: Kind,
         input: Vec<u8>,
         budget: usize,
@@ -167,6 +178,8 @@ impl Writer {
             || RpcError::new(code::STORAGE, "the writer has stopped; nothing was written");
         if !self.submit(Submission {
             conn,
+            who,
+            peer,
             kind,
             input,
             budget,
@@ -523,9 +536,11 @@ impl Batch<'_> {
     /// Evaluates one submission into `reply`, line by line until the
     /// reply passes the budget.
     fn evaluate(&mut self, sub: &Submission, reply: &mut Reply) {
+        // A `sys.auth` in one line applies to the lines after it.
+        let mut who = sub.who.clone();
         match sub.kind {
             Kind::Body => {
-                self.one(sub.conn, &sub.input, &mut reply.out);
+                self.one(sub, &mut who, &sub.input, reply);
                 reply.taken = sub.input.len();
             }
             Kind::Lines => {
@@ -533,17 +548,21 @@ impl Batch<'_> {
                     if reply.taken > 0 && reply.out.len() >= sub.budget {
                         break;
                     }
-                    if self.one(sub.conn, line, &mut reply.out) {
+                    if self.one(sub, &mut who, line, reply) {
                         reply.out.push(b'\n');
                     }
                     reply.taken = end;
+                    if reply.close {
+                        break;
+                    }
                 }
             }
         }
     }
 
     /// Evaluates one message; returns whether it has a reply.
-    fn one(&mut self, conn: u64, text: &[u8], out: &mut Vec<u8>) -> bool {
+    fn one(&mut self, sub: &Submission, who: &mut Who, text: &[u8], reply: &mut Reply) -> bool {
+        let (conn, out) = (sub.conn, &mut reply.out);
         let core = self.core;
         if text.len() > core.cfg.max_line_bytes {
             jsonrpc::write_error(out, None, &crate::too_large(core));
@@ -561,9 +580,15 @@ impl Batch<'_> {
             conn,
             later: Some(&mut *self.notes),
             subscribed: false,
+            who: std::mem::replace(who, Who::Anonymous),
+            peer: sub.peer,
+            close: false,
         };
         let msg = jsonrpc::parse(text, core.cfg.max_batch);
-        eval_message(&mut env, &msg, out)
+        let answered = eval_message(&mut env, &msg, out);
+        *who = env.who;
+        reply.close |= env.close;
+        answered
     }
 }
 
@@ -641,7 +666,11 @@ mod tests {
         let (core, dir) = core();
         let writer = Writer::spawn(core.clone(), ready(&dir, false)).unwrap();
         let set = br#"{"jsonrpc":"2.0","method":"kv.set","params":["a",1],"id":1}"#.to_vec();
-        let r = reply(writer.call(0, Kind::Body, set, usize::MAX).unwrap());
+        let r = reply(
+            writer
+                .call(0, Who::Internal, None, Kind::Body, set, usize::MAX)
+                .unwrap(),
+        );
         assert_eq!(r["result"], true);
         assert_eq!(
             &*core.store.read().get("a").unwrap().value,
@@ -656,6 +685,8 @@ mod tests {
             let line = format!(r#"{{"jsonrpc":"2.0","method":"kv.incr","params":["n"],"id":{i}}}"#);
             writer.submit(Submission {
                 conn: 0,
+                who: Who::Internal,
+                peer: None,
                 kind: Kind::Lines,
                 input: line.into_bytes(),
                 budget: usize::MAX,
@@ -681,11 +712,19 @@ mod tests {
         writer.stop();
         let writer = Writer::spawn(core.clone(), ready(&dir, true)).unwrap();
         let set = br#"[{"jsonrpc":"2.0","method":"kv.set","params":["a",2],"id":1},{"jsonrpc":"2.0","method":"kv.get","params":["a"],"id":2}]"#.to_vec();
-        let r = reply(writer.call(0, Kind::Body, set, usize::MAX).unwrap());
+        let r = reply(
+            writer
+                .call(0, Who::Internal, None, Kind::Body, set, usize::MAX)
+                .unwrap(),
+        );
         assert_eq!(r[0]["error"]["code"], code::STORAGE);
         assert_eq!(r[1]["error"]["code"], code::STORAGE);
         let get = br#"{"jsonrpc":"2.0","method":"kv.get","params":["a"],"id":3}"#.to_vec();
-        let r = reply(writer.call(0, Kind::Body, get, usize::MAX).unwrap());
+        let r = reply(
+            writer
+                .call(0, Who::Internal, None, Kind::Body, get, usize::MAX)
+                .unwrap(),
+        );
         assert_eq!(r["result"], 1, "unchanged");
         assert!(core.store.read().get("a").is_some(), "cached by the read");
         writer.stop();
@@ -708,7 +747,14 @@ mod tests {
         input.push_str(r#"{"jsonrpc":"2.0","method":"kv.incr","params":["n"],"id":11}"#);
         input.push('\n');
         let r = writer
-            .call(5, Kind::Lines, input.clone().into_bytes(), 2500)
+            .call(
+                5,
+                Who::Internal,
+                None,
+                Kind::Lines,
+                input.clone().into_bytes(),
+                2500,
+            )
             .unwrap();
         let lines: Vec<&[u8]> = r
             .out
@@ -721,7 +767,14 @@ mod tests {
         // The rest was not evaluated: the counter was not written.
         let rest = input.as_bytes()[r.taken..].to_vec();
         let r = writer
-            .call(5, Kind::Lines, rest.clone(), usize::MAX)
+            .call(
+                5,
+                Who::Internal,
+                None,
+                Kind::Lines,
+                rest.clone(),
+                usize::MAX,
+            )
             .unwrap();
         assert_eq!(r.taken, rest.len());
         let last = r.out.split(|b| *b == b'\n').rev().nth(1).unwrap();
@@ -741,7 +794,14 @@ mod tests {
                 r#"{{"jsonrpc":"2.0","method":"kv.set","params":{{"key":"k{i}","value":{value},"ttl_ms":1500}}}}"#
             );
             writer
-                .call(0, Kind::Body, line.into_bytes(), usize::MAX)
+                .call(
+                    0,
+                    Who::Internal,
+                    None,
+                    Kind::Body,
+                    line.into_bytes(),
+                    usize::MAX,
+                )
                 .unwrap();
         }
         assert_eq!(core.store.len(), 20);

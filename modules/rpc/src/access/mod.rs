@@ -1,0 +1,790 @@
+//! Access control: who may call what on the bus.
+//!
+//! * While no users are configured the bus is in **protected mode**: it
+//!   serves loopback peers and in-process calls only ([`decide()`]).
+//! * With users, every connection but in-process calls acts as a user
+//!   ([`Who`]): logged in with `sys.auth` (raw TCP) or
+//!   `Authorization: Bearer` (each HTTP request), by a verified client
+//!   certificate, or as `no_auth_user`; otherwise it may call only the
+//!   [`open`](crate::methods::Method::open) methods.
+//! * Each user's permissions are compiled [`pattern::Rule`]s checked by
+//!   the methods themselves ([`Who::check`]), with per-user limits
+//!   ([`limit`]).
+//!
+//! [`Access`] is one generation's table: the users, the raw TCP
+//! connections' sessions ([`session`]) and the per-address brake on
+//! failed logins ([`backoff`]). A reload hands the sessions to the next
+//! generation, which resolves them against its own users at once
+//! ([`Access::restore`]).
+
+pub mod backoff;
+pub mod decide;
+pub mod limit;
+pub mod pattern;
+pub mod session;
+pub mod users;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::jsonrpc::{code, RpcError};
+use crate::HostApi;
+use backoff::Backoff;
+pub use decide::{decide, is_loopback, Base};
+use session::{How, Login, Session, SessionSnap, Sessions};
+use users::{User, Users};
+
+/// What a call may do, decided per connection (raw TCP) or per request
+/// (HTTP).
+#[derive(Debug, Clone)]
+pub enum Who {
+    /// An in-process call from another module (connection id 0).
+    Internal,
+    /// Protected mode, a loopback peer: everything.
+    Loopback,
+    /// Protected mode, any other peer: nothing.
+    Protected,
+    /// Users are configured and this connection has not logged in.
+    Anonymous,
+    User(Arc<User>, How),
+}
+
+/// The rights a method needs on a key or subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Right {
+    KvRead,
+    KvWrite,
+    Publish,
+    Subscribe,
+}
+
+/// -32060 in protected mode.
+pub fn protected_error() -> RpcError {
+    RpcError::new(
+        code::AUTH_REQUIRED,
+        "the bus is in protected mode: with no users configured it serves loopback peers only. \
+         Configure [[modules.rpc.users]] with a token_hash (switchyard --new-token prints a token \
+         and its hash) and authenticate with sys.auth or Authorization: Bearer",
+    )
+}
+
+/// -32060 before logging in.
+pub fn auth_required(method: &str) -> RpcError {
+    RpcError::new(
+        code::AUTH_REQUIRED,
+        format!(
+            "authentication required for {method}: call sys.auth with your token first \
+             (HTTP: send Authorization: Bearer <token>)"
+        ),
+    )
+}
+
+fn auth_failed() -> RpcError {
+    RpcError::new(code::AUTH_FAILED, "authentication failed")
+}
+
+fn backing_off(ms: u64) -> RpcError {
+    RpcError::new(
+        code::AUTH_FAILED,
+        format!("authentication failed: too many failures from this address; retry in {ms} ms"),
+    )
+}
+
+impl Who {
+    /// Whether every call but none is refused (no store access needed to
+    /// answer any of them).
+    pub fn refuses_all(&self) -> bool {
+        matches!(self, Who::Protected)
+    }
+
+    /// Admits a call of `method` (`open`: callable before logging in),
+    /// taking it from the user's rate bucket.
+    pub fn admit(&self, method: &str, open: bool) -> Result<(), RpcError> {
+        match self {
+            Who::Internal | Who::Loopback => Ok(()),
+            Who::Protected => Err(protected_error()),
+            Who::Anonymous if open => Ok(()),
+            Who::Anonymous => Err(auth_required(method)),
+            Who::User(u, _) => {
+                if u.admit_call() {
+                    Ok(())
+                } else {
+                    Err(RpcError::new(
+                        code::USER_LIMIT,
+                        format!(
+                            "user {:?} is over its requests_per_second ({}); slow down",
+                            u.name, u.rate
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Whether the caller has `right` on `name` (a key, a topic, or for
+    /// [`Right::Subscribe`] a subscription pattern).
+    pub fn may(&self, right: Right, name: &str) -> bool {
+        match self {
+            Who::Internal | Who::Loopback => true,
+            Who::Protected | Who::Anonymous => false,
+            Who::User(u, _) => {
+                let p = &u.perms;
+                match right {
+                    Right::KvRead => p.kv_read.allows(name),
+                    Right::KvWrite => p.kv_write.allows(name),
+                    Right::Publish => p.publish.allows(name),
+                    Right::Subscribe => p.subscribe.allows_pattern(name),
+                }
+            }
+        }
+    }
+
+    /// [`Who::may`] as a -32061 naming the method, the key or subject and
+    /// the user.
+    pub fn check(&self, right: Right, method: &str, name: &str) -> Result<(), RpcError> {
+        if self.may(right, name) {
+            return Ok(());
+        }
+        let user = match self {
+            Who::User(u, _) => format!("user {:?}", u.name),
+            _ => "this connection".to_string(),
+        };
+        Err(RpcError::new(
+            code::PERMISSION_DENIED,
+            format!("permission denied: {user} may not {method} {name:?}"),
+        ))
+    }
+
+    /// `sys.whoami`'s result.
+    pub fn whoami(&self) -> serde_json::Value {
+        let all = serde_json::Value::String("all".into());
+        match self {
+            Who::Internal => {
+                serde_json::json!({"user": null, "auth": "internal", "permissions": all})
+            }
+            Who::Loopback => {
+                serde_json::json!({"user": null, "auth": "loopback", "permissions": all})
+            }
+            Who::Protected | Who::Anonymous => {
+                serde_json::json!({"user": null, "auth": null, "permissions": null})
+            }
+            Who::User(u, how) => serde_json::json!({
+                "user": &*u.name,
+                "auth": how.name(),
+                "permissions": users::perms_json(&u.perms),
+            }),
+        }
+    }
+}
+
+/// Why an HTTP request is refused before its calls run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpRefusal {
+    /// Protected mode, not loopback: 403.
+    Protected,
+    /// No `Authorization` and no other way in: 401.
+    Missing,
+    /// A wrong token, another scheme, or a paused address: 401.
+    Failed(Option<u64>),
+}
+
+impl HttpRefusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            HttpRefusal::Protected => 403,
+            _ => 401,
+        }
+    }
+
+    pub fn error(&self) -> RpcError {
+        match self {
+            HttpRefusal::Protected => protected_error(),
+            HttpRefusal::Missing => auth_required("POST /rpc"),
+            HttpRefusal::Failed(Some(ms)) => backing_off(*ms),
+            HttpRefusal::Failed(None) => auth_failed(),
+        }
+    }
+}
+
+/// The `Authorization` header of an HTTP request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials<'a> {
+    None,
+    Bearer(&'a str),
+    /// Another scheme, or not text.
+    Other,
+}
+
+impl<'a> Credentials<'a> {
+    pub fn from_header(value: Option<&'a [u8]>) -> Credentials<'a> {
+        let Some(v) = value else {
+            return Credentials::None;
+        };
+        let Ok(v) = std::str::from_utf8(v) else {
+            return Credentials::Other;
+        };
+        let v = v.trim();
+        match v.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                Credentials::Bearer(token.trim())
+            }
+            _ => Credentials::Other,
+        }
+    }
+}
+
+/// The outcome of a `sys.auth`.
+pub struct AuthOutcome {
+    pub result: Result<Who, RpcError>,
+    /// The connection reached `max_auth_failures`: answer, then close.
+    pub close: bool,
+}
+
+/// Longest token `sys.auth` accepts (longer: -32602, not checked).
+pub const MAX_TOKEN_BYTES: usize = 1024;
+
+/// One generation's access table.
+pub struct Access {
+    pub users: Users,
+    pub sessions: Sessions,
+    pub backoff: Backoff,
+    pub max_auth_failures: u32,
+}
+
+impl Access {
+    pub fn new(cfg: &Config) -> Result<Access, String> {
+        let users = Users::compile(&cfg.users, cfg.no_auth_user.as_deref())
+            .map_err(|e| format!("[modules.rpc] users: {e}"))?;
+        Ok(Access {
+            users,
+            sessions: Sessions::default(),
+            backoff: Backoff::new(
+                cfg.auth_backoff_ms,
+                cfg.auth_backoff_max_ms,
+                cfg.auth_backoff_peers,
+            ),
+            max_auth_failures: cfg.max_auth_failures,
+        })
+    }
+
+    /// Who a raw TCP connection (or an in-process call, `conn` 0) acts
+    /// as. While users are configured, the first call of a connection
+    /// logs it in by certificate or as `no_auth_user` if it can, and
+    /// remembers the session; later calls only look it up.
+    pub fn who(&self, host: &dyn HostApi, conn: u64, peer: Option<IpAddr>) -> Who {
+        match decide(conn, peer, !self.users.is_empty()) {
+            Base::Internal => Who::Internal,
+            Base::Loopback => Who::Loopback,
+            Base::Protected => Who::Protected,
+            Base::Users => {
+                let mut map = self.sessions.lock(conn);
+                if let Some(s) = map.get(&conn) {
+                    return session_who(s);
+                }
+                let login = self.implicit_login(host, conn, peer);
+                let s = Session {
+                    login,
+                    failures: 0,
+                    peer,
+                };
+                let who = session_who(&s);
+                map.insert(conn, s);
+                who
+            }
+        }
+    }
+
+    /// A login without a token: by the connection's client certificate,
+    /// else as `no_auth_user`; `None` when neither applies or the user is
+    /// at its `max_connections`.
+    fn implicit_login(&self, host: &dyn HostApi, conn: u64, peer: Option<IpAddr>) -> Option<Login> {
+        if self.users.has_certs() {
+            let names = host.peer_identity(conn);
+            if let Some(u) = self.users.by_certs(&names) {
+                match Login::enter(u, How::Cert, false) {
+                    Some(l) => return Some(l),
+                    None => log::warn!(
+                        "conn {conn} from {}: certificate user {:?} is at its max_connections ({}); \
+                         the connection is not logged in",
+                        show(peer),
+                        u.name,
+                        u.conns.max()
+                    ),
+                }
+            }
+        }
+        let u = self.users.no_auth_user()?;
+        let login = Login::enter(u, How::NoAuthUser, false);
+        if login.is_none() {
+            log::warn!(
+                "conn {conn} from {}: no_auth_user {:?} is at its max_connections ({})",
+                show(peer),
+                u.name,
+                u.conns.max()
+            );
+        }
+        login
+    }
+
+    /// Who one HTTP request acts as, from its `Authorization` header (or
+    /// the connection's certificate, or `no_auth_user`).
+    pub fn who_http(
+        &self,
+        host: &dyn HostApi,
+        conn: u64,
+        peer: Option<IpAddr>,
+        creds: &Credentials<'_>,
+    ) -> Result<Who, HttpRefusal> {
+        match decide(conn, peer, !self.users.is_empty()) {
+            Base::Internal => return Ok(Who::Internal),
+            Base::Loopback => return Ok(Who::Loopback),
+            Base::Protected => return Err(HttpRefusal::Protected),
+            Base::Users => {}
+        }
+        match creds {
+            Credentials::Bearer(token) => {
+                if let Some(ms) = peer.and_then(|ip| self.backoff.remaining_ms(ip, limit::now_ns()))
+                {
+                    return Err(HttpRefusal::Failed(Some(ms)));
+                }
+                match self.users.by_token(token, None) {
+                    Some(u) => Ok(Who::User(u.clone(), How::Token)),
+                    None => {
+                        self.failed(conn, peer, None, "a wrong Bearer token");
+                        Err(HttpRefusal::Failed(None))
+                    }
+                }
+            }
+            Credentials::Other => {
+                self.failed(
+                    conn,
+                    peer,
+                    None,
+                    "an Authorization header that is not Bearer",
+                );
+                Err(HttpRefusal::Failed(None))
+            }
+            Credentials::None => {
+                if self.users.has_certs() {
+                    if let Some(u) = self.users.by_certs(&host.peer_identity(conn)) {
+                        return Ok(Who::User(u.clone(), How::Cert));
+                    }
+                }
+                match self.users.no_auth_user() {
+                    Some(u) => Ok(Who::User(u.clone(), How::NoAuthUser)),
+                    None => Err(HttpRefusal::Missing),
+                }
+            }
+        }
+    }
+
+    /// Logs a failed authentication (never the token) and pauses the
+    /// address.
+    fn failed(&self, conn: u64, peer: Option<IpAddr>, user: Option<&str>, what: &str) {
+        let pause = peer.map_or(0, |ip| self.backoff.fail(ip, limit::now_ns()));
+        log::warn!(
+            "rpc: failed authentication from {} (conn {conn}{}): {what}; address paused {pause} ms",
+            show(peer),
+            // The claimed name, cut short: it comes from the client.
+            user.map(|u| format!(", user {:?}", u.chars().take(64).collect::<String>()))
+                .unwrap_or_default(),
+        );
+    }
+
+    /// `sys.auth`: checks `token` (and the name, when given) and, on a raw
+    /// TCP connection, logs the connection in. Failures count per
+    /// connection (closed at `max_auth_failures`) and pause the address.
+    pub fn authenticate(
+        &self,
+        conn: u64,
+        peer: Option<IpAddr>,
+        token: &str,
+        name: Option<&str>,
+    ) -> AuthOutcome {
+        let outcome = |result, close| AuthOutcome { result, close };
+        match decide(conn, peer, !self.users.is_empty()) {
+            Base::Protected => return outcome(Err(protected_error()), false),
+            Base::Loopback | Base::Internal if self.users.is_empty() => {
+                return outcome(
+                    Err(RpcError::new(
+                        code::AUTH_FAILED,
+                        "authentication failed: no users are configured (protected mode)",
+                    )),
+                    false,
+                )
+            }
+            _ => {}
+        }
+        let paused = peer.and_then(|ip| self.backoff.remaining_ms(ip, limit::now_ns()));
+        let found = match paused {
+            Some(_) => None,
+            None => self.users.by_token(token, name),
+        };
+        let Some(user) = found else {
+            let err = match paused {
+                Some(ms) => {
+                    // Not at warn: these come as fast as a client sends
+                    // them, while checked failures are at most one per
+                    // pause per address.
+                    log::debug!(
+                        "rpc: sys.auth from {} (conn {conn}) refused unchecked: the address is paused for {ms} ms",
+                        show(peer)
+                    );
+                    backing_off(ms)
+                }
+                None => {
+                    self.failed(conn, peer, name, "a wrong token");
+                    auth_failed()
+                }
+            };
+            return outcome(Err(err), self.count_failure(conn, peer));
+        };
+        if conn == 0 {
+            // HTTP or in-process: the token is checked, nothing persists
+            // (each request carries its own credentials).
+            return outcome(Ok(Who::User(user.clone(), How::Token)), false);
+        }
+        let mut map = self.sessions.lock(conn);
+        let s = map.entry(conn).or_insert_with(|| Session {
+            peer,
+            ..Session::default()
+        });
+        let same = s.login.as_ref().is_some_and(|l| Arc::ptr_eq(&l.user, user));
+        if !same {
+            let Some(login) = Login::enter(user, How::Token, false) else {
+                log::warn!(
+                    "conn {conn} from {}: user {:?} is at its max_connections ({})",
+                    show(peer),
+                    user.name,
+                    user.conns.max()
+                );
+                return outcome(
+                    Err(RpcError::new(
+                        code::USER_LIMIT,
+                        format!(
+                            "user {:?} already has max_connections ({}) connections; \
+                             this one stays as it was",
+                            user.name,
+                            user.conns.max()
+                        ),
+                    )),
+                    false,
+                );
+            };
+            s.login = Some(login);
+        } else if let Some(l) = &mut s.login {
+            l.how = How::Token;
+        }
+        s.failures = 0;
+        log::info!(
+            "conn {conn} from {}: logged in as {:?}",
+            show(peer),
+            user.name
+        );
+        outcome(Ok(Who::User(user.clone(), How::Token)), false)
+    }
+
+    /// Counts a failed `sys.auth` on a connection; `true` once it reached
+    /// `max_auth_failures` (the connection is then closed).
+    fn count_failure(&self, conn: u64, peer: Option<IpAddr>) -> bool {
+        if conn == 0 || self.max_auth_failures == 0 {
+            return false;
+        }
+        let mut map = self.sessions.lock(conn);
+        let s = map.entry(conn).or_insert_with(|| Session {
+            peer,
+            ..Session::default()
+        });
+        s.failures += 1;
+        if s.failures >= self.max_auth_failures {
+            log::info!(
+                "rpc: conn {conn} from {}: {} failed authentications (max_auth_failures); closing",
+                show(peer),
+                s.failures
+            );
+            return true;
+        }
+        false
+    }
+
+    /// Resolves the sessions a previous generation handed over against
+    /// this generation's users: a token login survives if its user still
+    /// exists with the same token hash; certificate and `no_auth_user`
+    /// logins are made again; everything else is not logged in. Returns
+    /// who each handed-over connection is now (for the subscription check).
+    pub fn restore(&self, host: &dyn HostApi, snaps: Vec<SessionSnap>) -> Vec<(u64, Who)> {
+        let mut out = Vec::with_capacity(snaps.len());
+        let (mut kept, mut dropped) = (0, 0);
+        for snap in snaps {
+            let who = match decide(snap.id, snap.peer, !self.users.is_empty()) {
+                Base::Internal => Who::Internal,
+                Base::Loopback => Who::Loopback,
+                Base::Protected => Who::Protected,
+                Base::Users => {
+                    let token_login = match (&snap.user, snap.how) {
+                        (Some(name), Some(How::Token)) => self
+                            .users
+                            .get(name)
+                            .filter(|u| u.hash_text() == snap.token_hash)
+                            .and_then(|u| Login::enter(u, How::Token, true)),
+                        _ => None,
+                    };
+                    let login =
+                        token_login.or_else(|| self.implicit_login(host, snap.id, snap.peer));
+                    match (&snap.user, &login) {
+                        (Some(was), Some(now)) if *was == *now.user.name => kept += 1,
+                        (Some(was), _) => {
+                            dropped += 1;
+                            log::info!(
+                                "conn {}: was logged in as {was:?}, which the new configuration \
+                                 removed or changed; now {}",
+                                snap.id,
+                                login
+                                    .as_ref()
+                                    .map_or("not logged in".to_string(), |l| format!(
+                                        "{:?}",
+                                        l.user.name
+                                    ))
+                            );
+                        }
+                        _ => {}
+                    }
+                    let s = Session {
+                        login,
+                        failures: 0,
+                        peer: snap.peer,
+                    };
+                    let who = session_who(&s);
+                    self.sessions.lock(snap.id).insert(snap.id, s);
+                    who
+                }
+            };
+            out.push((snap.id, who));
+        }
+        if kept + dropped > 0 {
+            log::info!("reload: {kept} logged-in connections kept, {dropped} lost their user");
+        }
+        out
+    }
+}
+
+fn session_who(s: &Session) -> Who {
+    match &s.login {
+        Some(l) => Who::User(l.user.clone(), l.how),
+        None => Who::Anonymous,
+    }
+}
+
+fn show(peer: Option<IpAddr>) -> String {
+    peer.map_or_else(|| "an unknown address".into(), |ip| ip.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    /// A host whose connection 7 carries a certificate for `bot1.example.org`.
+    struct CertHost;
+
+    impl HostApi for CertHost {
+        fn push_many(&self, conns: &[u64], _: &[u8], _: &[u8]) -> usize {
+            conns.len()
+        }
+        fn call(&self, _: &str, _: &[u8]) -> Result<Vec<u8>, module_api::CallStatus> {
+            Err(module_api::CallStatus::NoSuchModule)
+        }
+        fn wait_begin(&self) -> u64 {
+            0
+        }
+        fn wait_end(&self, _: u64) {}
+        fn peer_identity(&self, conn: u64) -> Vec<String> {
+            match conn {
+                7 => vec!["Bot One".into(), "bot1.example.org".into()],
+                _ => Vec::new(),
+            }
+        }
+    }
+
+    fn hash(token: &str) -> String {
+        let h = users::hash_token(token);
+        format!(
+            "sha256:{}",
+            h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )
+    }
+
+    fn access(users: serde_json::Value, extra: serde_json::Value) -> Access {
+        let mut cfg = serde_json::json!({ "users": users });
+        cfg.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let cfg = Config::from_json(&cfg, std::path::Path::new("/d")).unwrap();
+        Access::new(&cfg).unwrap()
+    }
+
+    fn name(w: &Who) -> Option<(&str, How)> {
+        match w {
+            Who::User(u, how) => Some((&u.name, *how)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn certificates_tokens_and_the_default_user() {
+        let a = access(
+            serde_json::json!([
+                {"name": "bot1", "token_hash": hash("t1"), "certs": ["bot1.example.org"],
+                 "max_connections": 1},
+                {"name": "guest", "permissions": {"kv_read": ["pub.>"]}}
+            ]),
+            serde_json::json!({"no_auth_user": "guest"}),
+        );
+        let lo = ip("127.0.0.1");
+        // The certificate logs connection 7 in, once (cached).
+        assert_eq!(name(&a.who(&CertHost, 7, lo)), Some(("bot1", How::Cert)));
+        assert_eq!(name(&a.who(&CertHost, 7, lo)), Some(("bot1", How::Cert)));
+        // Another connection without one acts as the default user.
+        assert_eq!(
+            name(&a.who(&CertHost, 8, lo)),
+            Some(("guest", How::NoAuthUser))
+        );
+        // bot1 has max_connections = 1, held by connection 7.
+        let o = a.authenticate(8, lo, "t1", None);
+        assert_eq!(o.result.unwrap_err().code, code::USER_LIMIT);
+        assert_eq!(
+            name(&a.who(&CertHost, 8, lo)),
+            Some(("guest", How::NoAuthUser)),
+            "unchanged"
+        );
+        a.sessions.remove(7);
+        let o = a.authenticate(8, lo, "t1", Some("bot1"));
+        assert_eq!(name(&o.result.unwrap()), Some(("bot1", How::Token)));
+        assert_eq!(name(&a.who(&CertHost, 8, lo)), Some(("bot1", How::Token)));
+        // In-process calls are internal whatever the users.
+        assert!(matches!(a.who(&CertHost, 0, None), Who::Internal));
+    }
+
+    #[test]
+    fn failed_logins_close_the_connection_and_pause_the_address() {
+        let a = access(
+            serde_json::json!([{"name": "bot1", "token_hash": hash("t1")}]),
+            serde_json::json!({"max_auth_failures": 3, "auth_backoff_ms": 60000}),
+        );
+        let peer = ip("10.0.0.9");
+        assert!(matches!(a.who(&CertHost, 5, peer), Who::Anonymous));
+        let o = a.authenticate(5, peer, "wrong", None);
+        assert_eq!(o.result.unwrap_err().message, "authentication failed");
+        assert!(!o.close);
+        // Paused: even the right token is refused unchecked.
+        let o = a.authenticate(5, peer, "t1", None);
+        let e = o.result.unwrap_err();
+        assert_eq!(e.code, code::AUTH_FAILED);
+        assert!(e.message.contains("retry in"), "{}", e.message);
+        assert!(!o.close);
+        let o = a.authenticate(5, peer, "t1", None);
+        assert!(o.close, "the third failure closes");
+        // Another address is not paused.
+        assert!(a
+            .authenticate(6, ip("10.0.0.10"), "t1", None)
+            .result
+            .is_ok());
+    }
+
+    #[test]
+    fn reload_resolves_sessions_against_the_new_users() {
+        let old = access(
+            serde_json::json!([
+                {"name": "bot1", "token_hash": hash("t1")},
+                {"name": "bot2", "token_hash": hash("t2")},
+                {"name": "bot3", "token_hash": hash("t3")}
+            ]),
+            serde_json::json!({}),
+        );
+        let lo = ip("127.0.0.1");
+        for (conn, t) in [(1, "t1"), (2, "t2"), (3, "t3")] {
+            assert!(old.authenticate(conn, lo, t, None).result.is_ok());
+        }
+        old.who(&CertHost, 4, lo);
+        let snaps = old.sessions.snapshot();
+        // bot2 removed, bot3's token rotated.
+        let new = access(
+            serde_json::json!([
+                {"name": "bot1", "token_hash": hash("t1"), "permissions": {"kv_read": ["x"]}},
+                {"name": "bot3", "token_hash": hash("t3-new")}
+            ]),
+            serde_json::json!({}),
+        );
+        let whos: std::collections::HashMap<u64, Who> =
+            new.restore(&CertHost, snaps.clone()).into_iter().collect();
+        assert_eq!(name(&whos[&1]), Some(("bot1", How::Token)));
+        assert!(whos[&1].may(Right::KvRead, "x"), "the new permissions");
+        assert!(matches!(whos[&2], Who::Anonymous), "removed user");
+        assert!(matches!(whos[&3], Who::Anonymous), "rotated token");
+        assert!(matches!(whos[&4], Who::Anonymous));
+        assert_eq!(new.users.get("bot1").unwrap().conns.current(), 1);
+        // To protected mode: loopback sessions keep everything.
+        let none = access(serde_json::json!([]), serde_json::json!({}));
+        let whos = none.restore(&CertHost, snaps);
+        assert!(whos.iter().all(|(_, w)| matches!(w, Who::Loopback)));
+    }
+
+    #[test]
+    fn permission_errors_name_method_key_and_user() {
+        let a = access(
+            serde_json::json!([{"name": "bot1", "token_hash": hash("t1"),
+                                "permissions": {"kv_read": ["bot1.*"], "subscribe": ["events.>"]}}]),
+            serde_json::json!({}),
+        );
+        let who = a
+            .authenticate(3, ip("127.0.0.1"), "t1", None)
+            .result
+            .unwrap();
+        let e = who.check(Right::KvRead, "kv.get", "bot2.x").unwrap_err();
+        assert_eq!(e.code, code::PERMISSION_DENIED);
+        assert_eq!(
+            e.message,
+            r#"permission denied: user "bot1" may not kv.get "bot2.x""#
+        );
+        assert!(who.check(Right::KvRead, "kv.get", "bot1.x").is_ok());
+        assert!(who
+            .check(Right::Subscribe, "bus.subscribe", "events.a.*")
+            .is_ok());
+        assert!(who.check(Right::Subscribe, "bus.subscribe", ">").is_err());
+        assert_eq!(who.whoami()["permissions"]["kv_read"]["allow"][0], "bot1.*");
+        assert_eq!(
+            Who::Protected.admit("sys.ping", true).unwrap_err().code,
+            code::AUTH_REQUIRED
+        );
+        assert!(Who::Anonymous.admit("sys.auth", true).is_ok());
+        assert_eq!(
+            Who::Anonymous.admit("kv.get", false).unwrap_err().code,
+            code::AUTH_REQUIRED
+        );
+    }
+
+    #[test]
+    fn bearer_headers() {
+        assert_eq!(Credentials::from_header(None), Credentials::None);
+        assert_eq!(
+            Credentials::from_header(Some(b"Bearer abc")),
+            Credentials::Bearer("abc")
+        );
+        assert_eq!(
+            Credentials::from_header(Some(b"bearer  abc ")),
+            Credentials::Bearer("abc")
+        );
+        assert_eq!(
+            Credentials::from_header(Some(b"Basic eHk6eg==")),
+            Credentials::Other
+        );
+        assert_eq!(
+            Credentials::from_header(Some(b"\xff\xfe")),
+            Credentials::Other
+        );
+    }
+}
