@@ -106,16 +106,18 @@ fn socket_is_0600_and_answers_every_command_with_admin_off_on_the_port() {
     );
 }
 
-/// Needs admin_from on the public port (branch wip-admin): with
-/// `admin_from = []`, `STATUS` there is forbidden while the socket
-/// answers it.
+/// With `admin_from = []`, `STATUS` on the public port is forbidden
+/// while the socket answers it.
 #[test]
-#[ignore = "needs admin_from on the TCP port (wip-admin); run after the merge"]
 fn admin_from_empty_forbids_the_port_but_not_the_socket() {
     let (_dir, path) = socket_path("as-from");
     let s = server_with_socket(&path, &["admin_from = []"]);
     assert_eq!(s.admin("STATUS"), "ERR forbidden\n");
-    assert!(ask(&path, "STATUS").ends_with("END\n"));
+    let reply = ask(&path, "STATUS");
+    assert!(
+        reply.starts_with("OK status\n") && reply.ends_with("END\n"),
+        "{reply:?}"
+    );
 }
 
 #[test]

@@ -1532,3 +1532,100 @@ fn mtls_hostile_client_chains_are_closed_and_the_server_serves_on() {
         "the host panicked"
     );
 }
+
+/// The rpc bus maps a verified client certificate to its user: `bot1`'s
+/// certificate logs in as `bot1` (no token) and is held to bot1's
+/// permissions, over raw lines and `POST /rpc`; a client without a
+/// certificate (`optional`) or with one no user claims is not logged in.
+#[test]
+fn mtls_certificate_logs_in_as_its_rpc_user() {
+    let pki = Pki::new();
+    let clients = Clients::new();
+    let srv = pki
+        .server(
+            &["rpc"],
+            "client_ca = \"tls/clients.pem\"\nclient_auth = \"optional\"\n",
+        )
+        .config_file("tls/clients.pem", clients.ca.pem())
+        .toml(
+            r#"
+[[modules.rpc.users]]
+name = "bot1"
+certs = ["bot1.example.test"]
+[modules.rpc.users.permissions]
+kv_read = ["bot1.>"]
+kv_write = ["bot1.>"]
+"#,
+        )
+        .start();
+    let roots = pki.ca.roots();
+    let call = |c: &mut TlsClient, line: &str| -> serde_json::Value {
+        c.send(format!("{line}\n").as_bytes());
+        serde_json::from_str(&c.read_line()).unwrap()
+    };
+
+    let bot1 = client_cert_config(&roots, &clients.bot1);
+    let mut c = TlsClient::must(srv.addr, &bot1, "a.example.test");
+    let me = call(
+        &mut c,
+        r#"{"jsonrpc":"2.0","method":"sys.whoami","params":{},"id":1}"#,
+    );
+    assert_eq!(me["result"]["user"], "bot1", "{me}");
+    assert_eq!(me["result"]["auth"], "cert", "{me}");
+    let set = call(
+        &mut c,
+        r#"{"jsonrpc":"2.0","method":"kv.set","params":{"key":"bot1.x","value":7},"id":2}"#,
+    );
+    assert_eq!(set["result"], true, "{set}");
+    let get = call(
+        &mut c,
+        r#"{"jsonrpc":"2.0","method":"kv.get","params":{"key":"bot1.x"},"id":3}"#,
+    );
+    assert_eq!(get["result"], 7, "{get}");
+    let denied = call(
+        &mut c,
+        r#"{"jsonrpc":"2.0","method":"kv.get","params":{"key":"bot2.x"},"id":4}"#,
+    );
+    assert_eq!(denied["error"]["code"], -32061, "{denied}");
+    let msg = denied["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("kv.get") && msg.contains("bot2.x"), "{msg}");
+
+    // POST /rpc over the same kind of connection: the certificate is the
+    // credential, no Authorization header needed.
+    let body = r#"{"jsonrpc":"2.0","method":"kv.get","params":{"key":"bot1.x"},"id":5}"#;
+    c.send(
+        format!(
+            "POST /rpc HTTP/1.1\r\nHost: a.example.test\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["result"], 7, "{v}");
+
+    // No certificate (client_auth optional): connected, not logged in.
+    let anon = default_client_config(&roots);
+    let mut a = TlsClient::must(srv.addr, &anon, "a.example.test");
+    let me = call(
+        &mut a,
+        r#"{"jsonrpc":"2.0","method":"sys.whoami","params":{},"id":1}"#,
+    );
+    assert_eq!(me["result"]["user"], serde_json::Value::Null, "{me}");
+    let refused = call(
+        &mut a,
+        r#"{"jsonrpc":"2.0","method":"kv.get","params":{"key":"bot1.x"},"id":2}"#,
+    );
+    assert_eq!(refused["error"]["code"], -32060, "{refused}");
+
+    // A verified certificate that no user claims (bot2) logs in as no one.
+    let bot2 = client_cert_config(&roots, &clients.bot2);
+    let mut b = TlsClient::must(srv.addr, &bot2, "a.example.test");
+    let refused = call(
+        &mut b,
+        r#"{"jsonrpc":"2.0","method":"kv.get","params":{"key":"bot1.x"},"id":1}"#,
+    );
+    assert_eq!(refused["error"]["code"], -32060, "{refused}");
+}
