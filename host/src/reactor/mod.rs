@@ -488,6 +488,9 @@ impl EventLoop {
         // No admin rights are decided here: each command is checked against
         // the settings in force when it arrives (see `commands`).
         let mut info = ConnInfo::new(id, peer, false);
+        // Asked once, at accept, and kept: the proxy session behind a
+        // connection to ourselves may end before this one is done.
+        info.self_forwarded = self.shared.own_upstreams.contains(peer);
         if let Ok(local) = sock.local_addr() {
             info = info.with_local(local);
         }
