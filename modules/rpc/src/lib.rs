@@ -131,12 +131,19 @@
 //!
 //! Permissions use the bus's patterns on keys and subjects alike (`*` one
 //! dot-separated segment, a last `>` one or more); deny wins over allow,
-//! and an absent list allows nothing. `kv.get`/`kv.keys` need `kv_read`
-//! (`kv.keys` lists only readable keys), `kv.set`/`del`/`incr`/`cas`
-//! `kv_write`, `bus.publish` `publish`, and `bus.subscribe` a `subscribe`
-//! pattern that *covers* the requested one (`events.>` covers
-//! `events.a.*`) and no denied pattern it overlaps (it could receive a
-//! denied subject). In a batch each call is checked on its own.
+//! and an absent list allows nothing. The right each method needs on its
+//! key or subject:
+//!
+//! | method | needs |
+//! | --- | --- |
+//! | `kv.get`, `kv.keys` | `kv_read` (`kv.keys` lists only readable keys) |
+//! | `kv.set` | `kv_write` |
+//! | `kv.del`, `kv.incr`, `kv.cas` | `kv_write` **and** `kv_read`: their answers reveal what is stored (`kv.del` whether the key existed, `kv.incr` the value, `kv.cas` whether a guess was right); the denial names the missing right |
+//! | `bus.publish` | `publish` |
+//! | `bus.subscribe` | a `subscribe` pattern that *covers* the requested one (`events.>` covers `events.a.*`) and no denied pattern it overlaps (it could receive a denied subject) |
+//! | `bus.unsubscribe`, `sys.*` | nothing |
+//!
+//! In a batch each call is checked on its own.
 //!
 //! A login costs one SHA-256 and a constant-time compare with each user's
 //! hash; nothing blocks. Checked failures are logged at warn with the

@@ -523,7 +523,7 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
         Method::KvDel => {
             let p: KeyP<'_> = params(req)?;
             check_key(&p.key, env)?;
-            env.who.check(Right::KvWrite, &req.method, &p.key)?;
+            env.who.check_read_write(&req.method, &p.key)?;
             let existed = env.view.get(&p.key, now)?.is_some();
             if existed {
                 put(env, req, &p.key, None)?;
@@ -533,7 +533,7 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
         Method::KvIncr => {
             let p: IncrP<'_> = params(req)?;
             check_key(&p.key, env)?;
-            env.who.check(Right::KvWrite, &req.method, &p.key)?;
+            env.who.check_read_write(&req.method, &p.key)?;
             let (current, expires_at) = match env.view.get(&p.key, now)? {
                 None => (0, 0),
                 Some(e) => match serde_json::from_str::<i64>(&e.value) {
@@ -563,7 +563,7 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
         Method::KvCas => {
             let p: CasP<'_> = params(req)?;
             check_key(&p.key, env)?;
-            env.who.check(Right::KvWrite, &req.method, &p.key)?;
+            env.who.check_read_write(&req.method, &p.key)?;
             let expires_at = expiry(p.ttl_ms, now)?;
             let current = env.view.get(&p.key, now)?;
             let matches = match (current, p.expected.get()) {
@@ -691,6 +691,18 @@ mod tests {
         conn: u64,
         line: &str,
     ) -> serde_json::Value {
+        run_as(core, db, overlay, conn, Who::Internal, line)
+    }
+
+    /// [`run`] as `who`.
+    fn run_as(
+        core: &Core,
+        db: &Db,
+        overlay: &mut Overlay,
+        conn: u64,
+        who: Who,
+        line: &str,
+    ) -> serde_json::Value {
         let msg = jsonrpc::parse(line.as_bytes(), 100);
         let mut notes = Vec::new();
         let reader = core.store.read();
@@ -706,7 +718,7 @@ mod tests {
             conn,
             later: Some(&mut notes),
             subscribed: false,
-            who: crate::access::Who::Internal,
+            who,
             peer: None,
             close: false,
         };
@@ -720,6 +732,48 @@ mod tests {
 
     fn req(method: &str, params: &str) -> String {
         format!(r#"{{"jsonrpc":"2.0","method":"{method}","params":{params},"id":1}}"#)
+    }
+
+    /// A user who may write `k.>` but read only `k.open`: the writes
+    /// whose answers reveal the stored value need `kv_read` as well.
+    #[test]
+    fn revealing_writes_need_read_too() {
+        let (core, _dir) = core();
+        let map = open(&core);
+        let mut o = Overlay::default();
+        let hash = format!(
+            "sha256:{}",
+            crate::access::users::hash_token("t1")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let cfg = serde_json::json!({"users": [{"name": "w", "token_hash": hash,
+            "permissions": {"kv_write": ["k.>"], "kv_read": ["k.open"]}}]});
+        let cfg = crate::config::Config::from_json(&cfg, std::path::Path::new("/d")).unwrap();
+        let access = crate::access::Access::new(&cfg).unwrap();
+        let who = access.authenticate(0, None, "t1", None).result.unwrap();
+        run(&core, &map, &mut o, 0, &req("kv.set", r#"["k.x", 41]"#));
+        let mut r = |m: &str, p: &str| run_as(&core, &map, &mut o, 0, who.clone(), &req(m, p));
+        assert_eq!(r("kv.set", r#"["k.y", 1]"#)["result"], true, "write only");
+        for (m, p) in [
+            ("kv.incr", r#"["k.x", 0]"#),
+            ("kv.cas", r#"["k.x", 41, 41]"#),
+            ("kv.del", r#"["k.x"]"#),
+        ] {
+            let v = r(m, p);
+            assert_eq!(v["error"]["code"], code::PERMISSION_DENIED, "{m}: {v}");
+            let msg = v["error"]["message"].as_str().unwrap();
+            assert!(msg.contains(m) && msg.contains("kv_read"), "{msg}");
+        }
+        assert_eq!(r("kv.incr", r#"["k.open", 2]"#)["result"], 2);
+        assert_eq!(r("kv.cas", r#"["k.open", 2, 3]"#)["result"], true);
+        assert_eq!(r("kv.del", r#"["k.open"]"#)["result"], true);
+        assert_eq!(
+            run(&core, &map, &mut o, 0, &req("kv.get", r#"["k.x"]"#))["result"],
+            41,
+            "untouched"
+        );
     }
 
     #[test]

@@ -156,6 +156,28 @@ impl Who {
         ))
     }
 
+    /// For the writes whose answer reveals what is stored (`kv.del`
+    /// reports whether the key existed, `kv.incr` returns the value,
+    /// `kv.cas` confirms a guess): `kv_write` and `kv_read` both, the
+    /// denial naming the right that is missing.
+    pub fn check_read_write(&self, method: &str, name: &str) -> Result<(), RpcError> {
+        self.check(Right::KvWrite, method, name)?;
+        if self.may(Right::KvRead, name) {
+            return Ok(());
+        }
+        let user = match self {
+            Who::User(u, _) => format!("user {:?}", u.name),
+            _ => "this connection".to_string(),
+        };
+        Err(RpcError::new(
+            code::PERMISSION_DENIED,
+            format!(
+                "permission denied: {user} may not {method} {name:?}: it needs kv_read as well \
+                 as kv_write (the answer reveals the stored value or whether the key exists)"
+            ),
+        ))
+    }
+
     /// `sys.whoami`'s result.
     pub fn whoami(&self) -> serde_json::Value {
         let all = serde_json::Value::String("all".into());
@@ -765,6 +787,32 @@ mod tests {
             Who::Anonymous.admit("kv.get", false).unwrap_err().code,
             code::AUTH_REQUIRED
         );
+    }
+
+    #[test]
+    fn writes_that_reveal_values_need_read_too() {
+        let a = access(
+            serde_json::json!([{"name": "w", "token_hash": hash("t1"),
+                                "permissions": {"kv_write": ["k.>"], "kv_read": ["k.open"]}}]),
+            serde_json::json!({}),
+        );
+        let who = a
+            .authenticate(3, ip("127.0.0.1"), "t1", None)
+            .result
+            .unwrap();
+        assert!(who.check(Right::KvWrite, "kv.set", "k.x").is_ok());
+        for m in ["kv.incr", "kv.cas", "kv.del"] {
+            let e = who.check_read_write(m, "k.x").unwrap_err();
+            assert_eq!(e.code, code::PERMISSION_DENIED);
+            assert!(
+                e.message.contains(m) && e.message.contains("needs kv_read"),
+                "{}",
+                e.message
+            );
+            assert!(who.check_read_write(m, "k.open").is_ok());
+            let e = who.check_read_write(m, "other").unwrap_err();
+            assert!(!e.message.contains("kv_read"), "{}", e.message);
+        }
     }
 
     #[test]
