@@ -149,3 +149,38 @@ fn oversized_and_malformed_auth_params() {
     assert_eq!(read(&mut c)["result"], json!({"user": "bot1"}));
     assert!(!s.log().contains("failed authentication"), "{}", s.log());
 }
+
+/// Protected mode (no users) behind a proxy route back at our own port:
+/// the connection the server accepts from its own upstream socket comes
+/// from 127.0.0.1 but carries a remote client's bytes, so it is refused
+/// (-32060), while a direct loopback client is served.
+#[test]
+fn a_proxy_route_back_at_our_own_port_is_not_loopback() {
+    let port = free_port();
+    let s = ServerBuilder::new(&["http", "rpc", "fx_proxy"])
+        .tag("hostile-rpc-selffwd")
+        .cli(&[
+            "-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "-threads",
+            "2",
+        ])
+        .toml(&format!(
+            "[modules.fx_proxy]\nupstreams = [\"127.0.0.1:{port}\"]\n"
+        ))
+        .start();
+    let whoami = "{\"jsonrpc\":\"2.0\",\"method\":\"sys.whoami\",\"id\":1}\n";
+    let mut c = s.connect();
+    c.send(b"PROXY-ME KEEP\n");
+    assert_eq!(c.read_line(), "KEPT");
+    // Relayed to our own port as the first bytes of a new connection.
+    c.send(whoami.as_bytes());
+    let v = read(&mut c);
+    assert_eq!(v["error"]["code"], -32060, "{v}");
+    // A direct loopback client is served.
+    let mut d = s.connect();
+    d.send(whoami.as_bytes());
+    assert_eq!(read(&mut d)["result"]["auth"], "loopback");
+}

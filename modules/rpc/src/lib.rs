@@ -92,7 +92,11 @@
 //!
 //! ([`access`]) **Protected mode.** While no users are configured the bus
 //! serves loopback peers (127.0.0.0/8, `::1`, IPv4-mapped loopback) and
-//! in-process calls only, like Redis's protected mode: any other peer gets
+//! in-process calls only, like Redis's protected mode. A connection from
+//! an upstream socket of this same server (a proxy route pointing back at
+//! our own port, [`module_api::ConnInfo::self_forwarded`]) is not loopback
+//! whatever its address: the client behind it is remote (`sys.whoami`
+//! never says `loopback` for it). Any other peer gets
 //! -32060 for every call (raw TCP: each line is answered, and the
 //! connection stays open so the client reads why; `POST /rpc`: 403).
 //! A fresh server bound to `0.0.0.0` so exposes no open bus. `STATUS`
@@ -309,7 +313,7 @@ pub mod writer;
 #[cfg(test)]
 mod testdir;
 
-use std::net::IpAddr;
+use crate::access::Peer;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -472,7 +476,7 @@ fn revoke_subscriptions(core: &Core, whos: Vec<(u64, Who)>) {
             if core.access.users.is_empty() {
                 Who::Loopback
             } else {
-                core.access.who(core.host, conn, None)
+                core.access.who(core.host, conn, Peer::UNKNOWN)
             }
         });
         let gone: Vec<String> = patterns
@@ -658,7 +662,7 @@ impl Rpc {
             return Verdict::done(input.len());
         }
         let http = input.starts_with(b"POST ");
-        self.deferred(0, None, false, http, input, out)
+        self.deferred(0, Peer::UNKNOWN, false, http, input, out)
     }
 
     /// A deferred message: handled here while live (the gate held, so a
@@ -666,7 +670,7 @@ impl Rpc {
     fn deferred(
         &self,
         conn: u64,
-        peer: Option<IpAddr>,
+        peer: Peer,
         draining: bool,
         http: bool,
         input: &[u8],
@@ -749,7 +753,7 @@ impl Handler for Rpc {
             return self.on_call_deferred(input, out);
         }
         let (http, _) = self.transport(conn.id, input);
-        let peer = Some(conn.peer().ip());
+        let peer = crate::access::peer_of(conn);
         self.deferred(conn.id, peer, conn.draining, http, input, out)
     }
 
@@ -916,7 +920,7 @@ pub(crate) mod testing {
         let a = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
         let set = br#"{"jsonrpc":"2.0","method":"kv.set","params":["k",1],"id":1}"#;
         let mut out = RVec::new();
-        raw::on_deferred(&a, 0, None, set, &mut out);
+        raw::on_deferred(&a, 0, Peer::UNKNOWN, set, &mut out);
         assert!(out
             .as_slice()
             .starts_with(br#"{"jsonrpc":"2.0","result":true"#));
@@ -960,7 +964,7 @@ pub(crate) mod testing {
             "permissions": {"kv_read": ["bot1.*"]}}]});
         let rpc = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
         let internal = ConnInfo::new(0, "127.0.0.1:1".parse().unwrap(), false);
-        let peer = Some("10.0.0.5".parse().unwrap());
+        let peer = Peer::new("10.0.0.5".parse().unwrap(), false);
         let forward = |line: &str| {
             let env = handoff::envelope(&rpc.token, "fwd", 7, false, peer, line.as_bytes());
             let mut out = RVec::new();
@@ -991,13 +995,19 @@ pub(crate) mod testing {
         // Protected mode: the forwarded address decides.
         let dir = crate::testdir::TestDir::new("fwdprot");
         let rpc = Rpc::start(&serde_json::json!({}), dir.path(), b"", &NullHost).unwrap();
-        for (peer, want) in [("10.0.0.5", Some(code::AUTH_REQUIRED)), ("127.0.0.1", None)] {
+        // A self-forwarded peer (a proxy route of ours back at our own
+        // port) is not loopback, whatever its address.
+        for (peer, fwd, want) in [
+            ("10.0.0.5", false, Some(code::AUTH_REQUIRED)),
+            ("127.0.0.1", false, None),
+            ("127.0.0.1", true, Some(code::AUTH_REQUIRED)),
+        ] {
             let env = handoff::envelope(
                 &rpc.token,
                 "fwd",
                 7,
                 false,
-                peer.parse().ok(),
+                Peer::new(peer.parse().unwrap(), fwd),
                 get.as_bytes(),
             );
             let mut out = RVec::new();
@@ -1005,7 +1015,7 @@ pub(crate) mod testing {
             let text = String::from_utf8(out.into_vec()).unwrap();
             let v: serde_json::Value =
                 serde_json::from_str(text.split_once('\n').unwrap().1.trim()).unwrap();
-            assert_eq!(v["error"]["code"].as_i64(), want, "{peer}: {v}");
+            assert_eq!(v["error"]["code"].as_i64(), want, "{peer} {fwd}: {v}");
         }
         rpc.stop();
     }
@@ -1089,7 +1099,7 @@ pub(crate) mod testing {
             later: None,
             subscribed: false,
             who: crate::access::Who::Internal,
-            peer: None,
+            peer: Peer::UNKNOWN,
             close: false,
         };
         let mut out = Vec::new();

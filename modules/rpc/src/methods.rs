@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use std::net::IpAddr;
+use crate::access::Peer;
 
 use crate::access::{Right, Who, MAX_TOKEN_BYTES};
 use crate::bus::{self, check_topic};
@@ -164,7 +164,7 @@ pub struct Env<'a> {
     /// Who the calls act as; `sys.auth` changes it for the calls after it.
     pub who: Who,
     /// The peer's address (`None` in-process), for logins.
-    pub peer: Option<IpAddr>,
+    pub peer: Peer,
     /// Set when the connection must be closed after this reply (too many
     /// failed logins).
     pub close: bool,
@@ -719,7 +719,7 @@ mod tests {
             later: Some(&mut notes),
             subscribed: false,
             who,
-            peer: None,
+            peer: Peer::UNKNOWN,
             close: false,
         };
         let mut out = Vec::new();
@@ -752,7 +752,10 @@ mod tests {
             "permissions": {"kv_write": ["k.>"], "kv_read": ["k.open"]}}]});
         let cfg = crate::config::Config::from_json(&cfg, std::path::Path::new("/d")).unwrap();
         let access = crate::access::Access::new(&cfg).unwrap();
-        let who = access.authenticate(0, None, "t1", None).result.unwrap();
+        let who = access
+            .authenticate(0, Peer::UNKNOWN, "t1", None)
+            .result
+            .unwrap();
         run(&core, &map, &mut o, 0, &req("kv.set", r#"["k.x", 41]"#));
         let mut r = |m: &str, p: &str| run_as(&core, &map, &mut o, 0, who.clone(), &req(m, p));
         assert_eq!(r("kv.set", r#"["k.y", 1]"#)["result"], true, "write only");

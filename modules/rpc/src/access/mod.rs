@@ -24,14 +24,13 @@ pub mod pattern;
 pub mod session;
 pub mod users;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::Config;
 use crate::jsonrpc::{code, RpcError};
 use crate::HostApi;
 use backoff::Backoff;
-pub use decide::{decide, is_loopback, Base};
+pub use decide::{decide, is_loopback, Base, Peer};
 use session::{How, Login, Session, SessionSnap, Sessions};
 use users::{User, Users};
 
@@ -57,6 +56,11 @@ pub enum Right {
     KvWrite,
     Publish,
     Subscribe,
+}
+
+/// The peer of a host connection, as access control sees it.
+pub fn peer_of(info: &module_api::ConnInfo) -> Peer {
+    Peer::new(info.peer().ip(), info.self_forwarded)
 }
 
 /// -32060 in protected mode.
@@ -294,7 +298,7 @@ impl Access {
     /// as. While users are configured, the first call of a connection
     /// logs it in by certificate or as `no_auth_user` if it can, and
     /// remembers the session; later calls only look it up.
-    pub fn who(&self, host: &dyn HostApi, conn: u64, peer: Option<IpAddr>) -> Who {
+    pub fn who(&self, host: &dyn HostApi, conn: u64, peer: Peer) -> Who {
         match decide(conn, peer, !self.users.is_empty()) {
             Base::Internal => Who::Internal,
             Base::Loopback => Who::Loopback,
@@ -320,7 +324,7 @@ impl Access {
     /// A login without a token: by the connection's client certificate,
     /// else as `no_auth_user`; `None` when neither applies or the user is
     /// at its `max_connections`.
-    fn implicit_login(&self, host: &dyn HostApi, conn: u64, peer: Option<IpAddr>) -> Option<Login> {
+    fn implicit_login(&self, host: &dyn HostApi, conn: u64, peer: Peer) -> Option<Login> {
         if self.users.has_certs() {
             let names = host.peer_identity(conn);
             if let Some(u) = self.users.by_certs(&names) {
@@ -355,7 +359,7 @@ impl Access {
         &self,
         host: &dyn HostApi,
         conn: u64,
-        peer: Option<IpAddr>,
+        peer: Peer,
         creds: &Credentials<'_>,
     ) -> Result<Who, HttpRefusal> {
         match decide(conn, peer, !self.users.is_empty()) {
@@ -366,7 +370,9 @@ impl Access {
         }
         match creds {
             Credentials::Bearer(token) => {
-                if let Some(ms) = peer.and_then(|ip| self.backoff.remaining_ms(ip, limit::now_ns()))
+                if let Some(ms) = peer
+                    .ip
+                    .and_then(|ip| self.backoff.remaining_ms(ip, limit::now_ns()))
                 {
                     return Err(HttpRefusal::Failed(Some(ms)));
                 }
@@ -403,8 +409,10 @@ impl Access {
 
     /// Logs a failed authentication (never the token) and pauses the
     /// address.
-    fn failed(&self, conn: u64, peer: Option<IpAddr>, user: Option<&str>, what: &str) {
-        let pause = peer.map_or(0, |ip| self.backoff.fail(ip, limit::now_ns()));
+    fn failed(&self, conn: u64, peer: Peer, user: Option<&str>, what: &str) {
+        let pause = peer
+            .ip
+            .map_or(0, |ip| self.backoff.fail(ip, limit::now_ns()));
         log::warn!(
             "rpc: failed authentication from {} (conn {conn}{}): {what}; address paused {pause} ms",
             show(peer),
@@ -420,7 +428,7 @@ impl Access {
     pub fn authenticate(
         &self,
         conn: u64,
-        peer: Option<IpAddr>,
+        peer: Peer,
         token: &str,
         name: Option<&str>,
     ) -> AuthOutcome {
@@ -438,7 +446,9 @@ impl Access {
             }
             _ => {}
         }
-        let paused = peer.and_then(|ip| self.backoff.remaining_ms(ip, limit::now_ns()));
+        let paused = peer
+            .ip
+            .and_then(|ip| self.backoff.remaining_ms(ip, limit::now_ns()));
         let found = match paused {
             Some(_) => None,
             None => self.users.by_token(token, name),
@@ -509,7 +519,7 @@ impl Access {
 
     /// Counts a failed `sys.auth` on a connection; `true` once it reached
     /// `max_auth_failures` (the connection is then closed).
-    fn count_failure(&self, conn: u64, peer: Option<IpAddr>) -> bool {
+    fn count_failure(&self, conn: u64, peer: Peer) -> bool {
         if conn == 0 || self.max_auth_failures == 0 {
             return false;
         }
@@ -539,7 +549,7 @@ impl Access {
         let mut out = Vec::with_capacity(snaps.len());
         let (mut kept, mut dropped) = (0, 0);
         for snap in snaps {
-            let who = match decide(snap.id, snap.peer, !self.users.is_empty()) {
+            let who = match decide(snap.id, snap.peer(), !self.users.is_empty()) {
                 Base::Internal => Who::Internal,
                 Base::Loopback => Who::Loopback,
                 Base::Protected => Who::Protected,
@@ -553,7 +563,7 @@ impl Access {
                         _ => None,
                     };
                     let login =
-                        token_login.or_else(|| self.implicit_login(host, snap.id, snap.peer));
+                        token_login.or_else(|| self.implicit_login(host, snap.id, snap.peer()));
                     match (&snap.user, &login) {
                         (Some(was), Some(now)) if *was == *now.user.name => kept += 1,
                         (Some(was), _) => {
@@ -575,7 +585,7 @@ impl Access {
                     let s = Session {
                         login,
                         failures: 0,
-                        peer: snap.peer,
+                        peer: snap.peer(),
                     };
                     let who = session_who(&s);
                     self.sessions.lock(snap.id).insert(snap.id, s);
@@ -598,16 +608,16 @@ fn session_who(s: &Session) -> Who {
     }
 }
 
-fn show(peer: Option<IpAddr>) -> String {
-    peer.map_or_else(|| "an unknown address".into(), |ip| ip.to_string())
+fn show(peer: Peer) -> String {
+    peer.to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> Option<IpAddr> {
-        Some(s.parse().unwrap())
+    fn ip(s: &str) -> Peer {
+        Peer::new(s.parse().unwrap(), false)
     }
 
     /// A host whose connection 7 carries a certificate for `bot1.example.org`.
@@ -688,7 +698,7 @@ mod tests {
         assert_eq!(name(&o.result.unwrap()), Some(("bot1", How::Token)));
         assert_eq!(name(&a.who(&CertHost, 8, lo)), Some(("bot1", How::Token)));
         // In-process calls are internal whatever the users.
-        assert!(matches!(a.who(&CertHost, 0, None), Who::Internal));
+        assert!(matches!(a.who(&CertHost, 0, Peer::UNKNOWN), Who::Internal));
     }
 
     #[test]
