@@ -77,6 +77,10 @@ pub struct State {
     /// resolves these against its own users ([`crate::access::Access::restore`]).
     #[serde(default)]
     pub sessions: Vec<SessionSnap>,
+    /// Connections this generation saw close (its tombstones): the
+    /// successor keeps them closed and restores no session for them.
+    #[serde(default)]
+    pub closed: Vec<u64>,
 }
 
 /// The start of a message a connection has sent, as handed over.
@@ -525,12 +529,14 @@ mod tests {
                 peer: peer.ip,
                 self_forwarded: true,
             }],
+            closed: vec![3],
         };
         let back = State::parse(&s.encode()).unwrap().unwrap();
         assert_eq!(back.subs, s.subs);
         assert_eq!(back.lock_fd, Some(9));
         assert_eq!(back.sessions, s.sessions);
         assert!(back.sessions[0].peer().self_forwarded);
+        assert_eq!(back.closed, [3]);
         assert!(State::parse(b"").unwrap().is_none());
         assert!(State::parse(b"{\"version\":9,\"token\":\"\",\"subs\":[],\"conns\":[]}").is_err());
     }

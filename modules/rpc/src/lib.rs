@@ -476,7 +476,7 @@ fn revoke_subscriptions(core: &Core, whos: Vec<(u64, Who)>) {
             if core.access.users.is_empty() {
                 Who::Loopback
             } else {
-                core.access.who(core.host, conn, Peer::UNKNOWN)
+                core.access.who(core.host, &core.conns, conn, Peer::UNKNOWN)
             }
         });
         let gone: Vec<String> = patterns
@@ -570,6 +570,9 @@ impl Rpc {
         let core = Arc::new(Core::new(cfg, store, host)?);
         *core.gate.write().unwrap_or_else(|e| e.into_inner()) = mode;
         if let Some(s) = state {
+            // First the tombstones: nothing comes back for a connection
+            // the previous generation saw close.
+            core.conns.restore_closed(s.closed);
             let partials = s.conns.iter();
             core.conns.restore(
                 partials
@@ -577,7 +580,7 @@ impl Rpc {
                     .collect(),
             );
             core.bus.restore(s.subs);
-            let whos = core.access.restore(host, s.sessions);
+            let whos = core.access.restore(host, &core.conns, s.sessions);
             revoke_subscriptions(&core, whos);
         }
         let writer = Writer::spawn(core.clone(), start)?;
@@ -795,6 +798,7 @@ impl Handler for Rpc {
                 .collect(),
             lock_fd: Some(self.core.owner_fd.load(Ordering::Acquire)).filter(|fd| *fd >= 0),
             sessions: self.core.access.sessions.snapshot(),
+            closed: self.core.conns.closed_ids(),
         };
         log::info!(
             "handing over {} subscriptions and {} connection states",

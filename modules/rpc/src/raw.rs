@@ -161,7 +161,7 @@ pub fn on_message(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) 
     let mut scan = Scanner::new(st.scanned);
     let peer = crate::access::peer_of(info);
     // Looked up once per call; `sys.auth` changes it for later lines.
-    let who = core.access.who(core.host, conn, peer);
+    let who = core.access.who(core.host, &core.conns, conn, peer);
     let map = core.store.read();
     let mut env = Env {
         core,
@@ -402,7 +402,7 @@ pub fn on_deferred<S: Sink>(
     };
     let mut close = false;
     let mut queue: Option<Vec<u8>> = None;
-    let mut who = core.access.who(core.host, conn, peer);
+    let mut who = core.access.who(core.host, &core.conns, conn, peer);
     {
         let map = core.store.read();
         let mut env = Env {

@@ -27,6 +27,7 @@ pub mod users;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::conns::Conns;
 use crate::jsonrpc::{code, RpcError};
 use crate::HostApi;
 use backoff::Backoff;
@@ -297,13 +298,21 @@ impl Access {
     /// Who a raw TCP connection (or an in-process call, `conn` 0) acts
     /// as. While users are configured, the first call of a connection
     /// logs it in by certificate or as `no_auth_user` if it can, and
-    /// remembers the session; later calls only look it up.
-    pub fn who(&self, host: &dyn HostApi, conn: u64, peer: Peer) -> Who {
+    /// remembers the session; later calls only look it up. A connection
+    /// already closed (a deferred line run after the host's `on_close`)
+    /// is not logged in and leaves no session: decided under the
+    /// connection's lock in `conns`, as `sys.auth` is, so the session
+    /// either is not made or is made before the close removes it.
+    pub fn who(&self, host: &dyn HostApi, conns: &Conns, conn: u64, peer: Peer) -> Who {
         match decide(conn, peer, !self.users.is_empty()) {
             Base::Internal => Who::Internal,
             Base::Loopback => Who::Loopback,
             Base::Protected => Who::Protected,
             Base::Users => {
+                let locked = conns.lock(conn);
+                if locked.closed(conn) {
+                    return Who::Anonymous;
+                }
                 let mut map = self.sessions.lock(conn);
                 if let Some(s) = map.get(&conn) {
                     return session_who(s);
@@ -543,12 +552,24 @@ impl Access {
     /// Resolves the sessions a previous generation handed over against
     /// this generation's users: a token login survives if its user still
     /// exists with the same token hash; certificate and `no_auth_user`
-    /// logins are made again; everything else is not logged in. Returns
+    /// logins are made again; everything else is not logged in; sessions
+    /// of connections that had already closed (`conns` holds the
+    /// predecessor's tombstones) are dropped. Returns
     /// who each handed-over connection is now (for the subscription check).
-    pub fn restore(&self, host: &dyn HostApi, snaps: Vec<SessionSnap>) -> Vec<(u64, Who)> {
+    pub fn restore(
+        &self,
+        host: &dyn HostApi,
+        conns: &Conns,
+        snaps: Vec<SessionSnap>,
+    ) -> Vec<(u64, Who)> {
         let mut out = Vec::with_capacity(snaps.len());
         let (mut kept, mut dropped) = (0, 0);
         for snap in snaps {
+            // Closed before the hand-over (the tombstones came with it): a
+            // session a late deferred line made there dies here.
+            if conns.lock(snap.id).closed(snap.id) {
+                continue;
+            }
             let who = match decide(snap.id, snap.peer(), !self.users.is_empty()) {
                 Base::Internal => Who::Internal,
                 Base::Loopback => Who::Loopback,
@@ -678,27 +699,69 @@ mod tests {
         );
         let lo = ip("127.0.0.1");
         // The certificate logs connection 7 in, once (cached).
-        assert_eq!(name(&a.who(&CertHost, 7, lo)), Some(("bot1", How::Cert)));
-        assert_eq!(name(&a.who(&CertHost, 7, lo)), Some(("bot1", How::Cert)));
+        assert_eq!(
+            name(&a.who(&CertHost, &Conns::default(), 7, lo)),
+            Some(("bot1", How::Cert))
+        );
+        assert_eq!(
+            name(&a.who(&CertHost, &Conns::default(), 7, lo)),
+            Some(("bot1", How::Cert))
+        );
         // Another connection without one acts as the default user.
         assert_eq!(
-            name(&a.who(&CertHost, 8, lo)),
+            name(&a.who(&CertHost, &Conns::default(), 8, lo)),
             Some(("guest", How::NoAuthUser))
         );
         // bot1 has max_connections = 1, held by connection 7.
         let o = a.authenticate(8, lo, "t1", None);
         assert_eq!(o.result.unwrap_err().code, code::USER_LIMIT);
         assert_eq!(
-            name(&a.who(&CertHost, 8, lo)),
+            name(&a.who(&CertHost, &Conns::default(), 8, lo)),
             Some(("guest", How::NoAuthUser)),
             "unchanged"
         );
         a.sessions.remove(7);
         let o = a.authenticate(8, lo, "t1", Some("bot1"));
         assert_eq!(name(&o.result.unwrap()), Some(("bot1", How::Token)));
-        assert_eq!(name(&a.who(&CertHost, 8, lo)), Some(("bot1", How::Token)));
+        assert_eq!(
+            name(&a.who(&CertHost, &Conns::default(), 8, lo)),
+            Some(("bot1", How::Token))
+        );
         // In-process calls are internal whatever the users.
-        assert!(matches!(a.who(&CertHost, 0, Peer::UNKNOWN), Who::Internal));
+        assert!(matches!(
+            a.who(&CertHost, &Conns::default(), 0, Peer::UNKNOWN),
+            Who::Internal
+        ));
+    }
+
+    /// A deferred line run after the host closed its connection makes no
+    /// session (which would hold a `max_connections` slot for ever), and
+    /// a session the predecessor made that way does not survive a reload.
+    #[test]
+    fn closed_connections_leave_no_session() {
+        let users = serde_json::json!([
+            {"name": "bot1", "certs": ["bot1.example.org"], "max_connections": 1}
+        ]);
+        let a = access(users.clone(), serde_json::json!({}));
+        let lo = ip("127.0.0.1");
+        let conns = Conns::default();
+        conns.close(7, || {});
+        assert!(matches!(a.who(&CertHost, &conns, 7, lo), Who::Anonymous));
+        assert!(a.sessions.is_empty(), "no session for a closed connection");
+        assert_eq!(a.users.get("bot1").unwrap().conns.current(), 0);
+
+        // A predecessor without the check left one behind.
+        assert_eq!(
+            name(&a.who(&CertHost, &Conns::default(), 7, lo)),
+            Some(("bot1", How::Cert))
+        );
+        let snaps = a.sessions.snapshot();
+        let next = access(users, serde_json::json!({}));
+        let after = Conns::default();
+        after.restore_closed(conns.closed_ids());
+        assert!(next.restore(&CertHost, &after, snaps).is_empty());
+        assert!(next.sessions.is_empty());
+        assert_eq!(next.users.get("bot1").unwrap().conns.current(), 0);
     }
 
     #[test]
@@ -708,7 +771,10 @@ mod tests {
             serde_json::json!({"max_auth_failures": 3, "auth_backoff_ms": 60000}),
         );
         let peer = ip("10.0.0.9");
-        assert!(matches!(a.who(&CertHost, 5, peer), Who::Anonymous));
+        assert!(matches!(
+            a.who(&CertHost, &Conns::default(), 5, peer),
+            Who::Anonymous
+        ));
         let o = a.authenticate(5, peer, "wrong", None);
         assert_eq!(o.result.unwrap_err().message, "authentication failed");
         assert!(!o.close);
@@ -741,7 +807,7 @@ mod tests {
         for (conn, t) in [(1, "t1"), (2, "t2"), (3, "t3")] {
             assert!(old.authenticate(conn, lo, t, None).result.is_ok());
         }
-        old.who(&CertHost, 4, lo);
+        old.who(&CertHost, &Conns::default(), 4, lo);
         let snaps = old.sessions.snapshot();
         // bot2 removed, bot3's token rotated.
         let new = access(
@@ -751,8 +817,10 @@ mod tests {
             ]),
             serde_json::json!({}),
         );
-        let whos: std::collections::HashMap<u64, Who> =
-            new.restore(&CertHost, snaps.clone()).into_iter().collect();
+        let whos: std::collections::HashMap<u64, Who> = new
+            .restore(&CertHost, &Conns::default(), snaps.clone())
+            .into_iter()
+            .collect();
         assert_eq!(name(&whos[&1]), Some(("bot1", How::Token)));
         assert!(whos[&1].may(Right::KvRead, "x"), "the new permissions");
         assert!(matches!(whos[&2], Who::Anonymous), "removed user");
@@ -761,7 +829,7 @@ mod tests {
         assert_eq!(new.users.get("bot1").unwrap().conns.current(), 1);
         // To protected mode: loopback sessions keep everything.
         let none = access(serde_json::json!([]), serde_json::json!({}));
-        let whos = none.restore(&CertHost, snaps);
+        let whos = none.restore(&CertHost, &Conns::default(), snaps);
         assert!(whos.iter().all(|(_, w)| matches!(w, Who::Loopback)));
     }
 
