@@ -83,8 +83,9 @@ pub struct Config {
     /// Failed `sys.auth` calls after which a connection is closed (0:
     /// never).
     pub max_auth_failures: u32,
-    /// The pause a failed authentication opens for its peer address
-    /// (doubling while failures continue; 0: no pause).
+    /// The pause a failed authentication opens for its peer address (IPv6:
+    /// its /64), doubling while failures continue; 0: no pause. A token is
+    /// still checked during the pause; a wrong one does not extend it.
     pub auth_backoff_ms: u64,
     /// The longest such pause.
     pub auth_backoff_max_ms: u64,

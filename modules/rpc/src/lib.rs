@@ -81,7 +81,7 @@
 //! | -32050 | a kv limit (`max_value_bytes`, `max_keys`, `max_total_bytes`); nothing was written |
 //! | -32060 | authentication required: the method needs a logged-in user, or the bus is in protected mode and the peer is not loopback (the message says how to configure users) |
 //! | -32061 | permission denied; the message names the method, the key or subject, and the user |
-//! | -32062 | authentication failed: a wrong token (or user name), or the address is paused after failures (the message gives the wait) |
+//! | -32062 | authentication failed: a wrong token (or user name); while the address is paused after failures, the message gives the wait |
 //! | -32063 | a per-user limit: `max_connections` (the connection stays as it was) or `requests_per_second` |
 //!
 //! A malformed line gets its error reply and nothing else happens: earlier
@@ -150,14 +150,19 @@
 //! In a batch each call is checked on its own.
 //!
 //! A login costs one SHA-256 and a constant-time compare with each user's
-//! hash; nothing blocks. Checked failures are logged at warn with the
-//! peer (never the token; the refusals during a pause only at debug, so a
-//! flood cannot flood the log); a connection is closed after
-//! `max_auth_failures` (logged at info); each
-//! failure pauses its address (`auth_backoff_ms`, doubling up to
+//! hash; nothing blocks. A failed login outside a pause is logged at warn
+//! with the peer (never the token) and pauses its address: the IPv4
+//! address, or the IPv6 /64 (`auth_backoff_ms`, doubling up to
 //! `auth_backoff_max_ms`, at most `auth_backoff_peers` addresses
-//! remembered), during which `sys.auth` and Bearer tokens from it are
-//! refused unchecked (-32062 with the wait). Limits per user count across
+//! remembered). During the pause a token from that address (`sys.auth`
+//! or `Authorization: Bearer`) is still checked, so one guesser behind a
+//! shared address (a NAT, a local TLS terminator) does not lock out the
+//! clients that know their token: a correct one is accepted as usual; a
+//! wrong one is refused with -32062 and the wait (HTTP 401), logged at
+//! debug only (a flood cannot flood the log), and does not extend the
+//! pause. Every failed `sys.auth`, paused or not, counts toward its
+//! connection's `max_auth_failures`, after which the connection is
+//! answered and closed (logged at info). Limits per user count across
 //! its connections; `requests_per_second` counts every call (each call of
 //! a batch), and the bucket starts full again after a reload.
 //!

@@ -378,30 +378,23 @@ impl Access {
             Base::Users => {}
         }
         match creds {
-            Credentials::Bearer(token) => {
-                if let Some(ms) = peer
-                    .ip
-                    .and_then(|ip| self.backoff.remaining_ms(ip, limit::now_ns()))
-                {
-                    return Err(HttpRefusal::Failed(Some(ms)));
-                }
-                match self.users.by_token(token, None) {
-                    Some(u) => Ok(Who::User(u.clone(), How::Token)),
-                    None => {
-                        self.failed(conn, peer, None, "a wrong Bearer token");
-                        Err(HttpRefusal::Failed(None))
-                    }
-                }
-            }
-            Credentials::Other => {
-                self.failed(
+            // Checked even while the address is paused: a guesser behind
+            // the same address must not lock out a client with its token.
+            Credentials::Bearer(token) => match self.users.by_token(token, None) {
+                Some(u) => Ok(Who::User(u.clone(), How::Token)),
+                None => Err(HttpRefusal::Failed(self.refused(
                     conn,
                     peer,
                     None,
-                    "an Authorization header that is not Bearer",
-                );
-                Err(HttpRefusal::Failed(None))
-            }
+                    "a wrong Bearer token",
+                ))),
+            },
+            Credentials::Other => Err(HttpRefusal::Failed(self.refused(
+                conn,
+                peer,
+                None,
+                "an Authorization header that is not Bearer",
+            ))),
             Credentials::None => {
                 if self.users.has_certs() {
                     if let Some(u) = self.users.by_certs(&host.peer_identity(conn)) {
@@ -414,6 +407,29 @@ impl Access {
                 }
             }
         }
+    }
+
+    /// A checked, failed authentication: outside a pause, [`Access::failed`]
+    /// (logged at warn, the address paused) and `None`; during its
+    /// address's pause, logged at debug only, the pause not extended, and
+    /// `Some(ms left)` for the refusal's message.
+    fn refused(&self, conn: u64, peer: Peer, user: Option<&str>, what: &str) -> Option<u64> {
+        let paused = peer
+            .ip
+            .and_then(|ip| self.backoff.remaining_ms(ip, limit::now_ns()));
+        match paused {
+            Some(ms) => {
+                // Not at warn: these come as fast as a client sends them,
+                // while failures outside a pause are at most one per pause
+                // per address.
+                log::debug!(
+                    "rpc: failed authentication from {peer} (conn {conn}): {what}, while the \
+                     address is paused for {ms} ms (not extended)"
+                );
+            }
+            None => self.failed(conn, peer, user, what),
+        }
+        paused
     }
 
     /// Logs a failed authentication (never the token) and pauses the
@@ -455,29 +471,12 @@ impl Access {
             }
             _ => {}
         }
-        let paused = peer
-            .ip
-            .and_then(|ip| self.backoff.remaining_ms(ip, limit::now_ns()));
-        let found = match paused {
-            Some(_) => None,
-            None => self.users.by_token(token, name),
-        };
-        let Some(user) = found else {
-            let err = match paused {
-                Some(ms) => {
-                    // Not at warn: these come as fast as a client sends
-                    // them, while checked failures are at most one per
-                    // pause per address.
-                    log::debug!(
-                        "rpc: sys.auth from {} (conn {conn}) refused unchecked: the address is paused for {ms} ms",
-                        show(peer)
-                    );
-                    backing_off(ms)
-                }
-                None => {
-                    self.failed(conn, peer, name, "a wrong token");
-                    auth_failed()
-                }
+        // Checked even while the address is paused: a guesser behind the
+        // same address must not lock out a client with its token.
+        let Some(user) = self.users.by_token(token, name) else {
+            let err = match self.refused(conn, peer, name, "a wrong token") {
+                Some(ms) => backing_off(ms),
+                None => auth_failed(),
             };
             return outcome(Err(err), self.count_failure(conn, peer));
         };
@@ -778,19 +777,34 @@ mod tests {
         let o = a.authenticate(5, peer, "wrong", None);
         assert_eq!(o.result.unwrap_err().message, "authentication failed");
         assert!(!o.close);
-        // Paused: even the right token is refused unchecked.
-        let o = a.authenticate(5, peer, "t1", None);
+        let now = limit::now_ns();
+        let left = a.backoff.remaining_ms(peer.ip.unwrap(), now).unwrap();
+        // Paused: a wrong token gets the wait, does not extend the pause,
+        // and counts toward the connection's max_auth_failures.
+        let o = a.authenticate(5, peer, "wrong", None);
         let e = o.result.unwrap_err();
         assert_eq!(e.code, code::AUTH_FAILED);
         assert!(e.message.contains("retry in"), "{}", e.message);
         assert!(!o.close);
-        let o = a.authenticate(5, peer, "t1", None);
+        assert!(a.backoff.remaining_ms(peer.ip.unwrap(), now).unwrap() <= left);
+        // The right token is still checked and accepted, on another
+        // connection from the same address (a shared NAT) ...
+        let o = a.authenticate(6, peer, "t1", None);
+        assert_eq!(name(&o.result.unwrap()), Some(("bot1", How::Token)));
+        // ... and over HTTP.
+        let http = a.who_http(&CertHost, 9, peer, &Credentials::Bearer("t1"));
+        assert_eq!(name(&http.unwrap()), Some(("bot1", How::Token)));
+        let http = a.who_http(&CertHost, 9, peer, &Credentials::Bearer("nope"));
+        assert!(matches!(http, Err(HttpRefusal::Failed(Some(_)))));
+        let o = a.authenticate(5, peer, "wrong again", None);
         assert!(o.close, "the third failure closes");
-        // Another address is not paused.
-        assert!(a
-            .authenticate(6, ip("10.0.0.10"), "t1", None)
-            .result
-            .is_ok());
+        assert!(a.backoff.remaining_ms(peer.ip.unwrap(), now).unwrap() <= left);
+        // Another address is not paused; the same IPv6 /64 is.
+        let o = a.authenticate(7, ip("10.0.0.10"), "wrong", None);
+        assert_eq!(o.result.unwrap_err().message, "authentication failed");
+        a.authenticate(8, ip("2001:db8::1"), "wrong", None);
+        let o = a.authenticate(8, ip("2001:db8::2"), "wrong", None);
+        assert!(o.result.unwrap_err().message.contains("retry in"));
     }
 
     #[test]
