@@ -35,6 +35,18 @@
 //! from reads at once and are purged from the cache and disk in the
 //! background (`purge_interval_ms`).
 //!
+//! `kv.keys` pages: a page of `limit` keys may have more (call again with
+//! `after` set to its last key); a shorter array is the end. One call
+//! examines at most `max_keys_scan` rows (10 × `max_keys_limit` by
+//! default), keys the caller may not read included, and for a user only
+//! the key ranges its `kv_read` allow patterns can match (their literal
+//! starts, e.g. `bot1.` for `bot1.*`) are scanned. A call the cap stops
+//! before its page is full answers `{"keys": [...], "cursor": "..."}`
+//! instead of the array: call again with `cursor` (in place of `after`,
+//! same `prefix`) to go on. The cursor is sealed (encrypted and
+//! authenticated), so it names no key the caller may not read; it is
+//! valid until the next reload (then -32602: list again).
+//!
 //! # Limits
 //!
 //! A write that would pass one of these is answered with -32050, whose
@@ -280,6 +292,7 @@
 //! max_subscriptions = 1024       # topic patterns per connection
 //! max_subscriptions_total = 250000  # topic patterns of all connections together
 //! max_keys_limit = 10000         # largest kv.keys limit
+//! max_keys_scan = 100000         # rows one kv.keys call examines (default 10 x max_keys_limit)
 //! purge_interval_ms = 1000
 //! checkpoint_interval_ms = 1000
 //! handoff_timeout_ms = 30000     # how long a reload or a standby may keep requests waiting
@@ -305,6 +318,7 @@ pub mod access;
 pub mod bus;
 pub mod config;
 pub mod conns;
+pub mod cursor;
 pub mod db;
 pub mod handoff;
 pub mod jsonrpc;

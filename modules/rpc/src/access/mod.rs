@@ -145,6 +145,18 @@ impl Who {
         }
     }
 
+    /// The key ranges (prefixes) `kv.keys` under `prefix` scans for this
+    /// caller: `prefix` itself, or for a user only where its `kv_read`
+    /// allow patterns can match ([`pattern::ranges`]), so rows it could
+    /// never see are not even read.
+    pub fn read_ranges(&self, prefix: &str) -> Vec<String> {
+        match self {
+            Who::Internal | Who::Loopback => vec![prefix.to_string()],
+            Who::Protected | Who::Anonymous => Vec::new(),
+            Who::User(u, _) => pattern::ranges(&u.perms.kv_read.allow, prefix),
+        }
+    }
+
     /// [`Who::may`] as a -32061 naming the method, the key or subject and
     /// the user.
     pub fn check(&self, right: Right, method: &str, name: &str) -> Result<(), RpcError> {
