@@ -188,6 +188,11 @@ fn a_proxy_route_back_at_our_own_port_is_not_loopback() {
             "-threads",
             "2",
         ])
+        // One event loop: the upstream's mark is in place before our
+        // accept runs. With more, the host marks the upstream socket only
+        // after its connect returned, and on loopback another loop can
+        // accept (and decide self_forwarded) before that.
+        .server("event_loops = 1")
         .toml(&format!(
             "[modules.fx_proxy]\nupstreams = [\"127.0.0.1:{port}\"]\n"
         ))
