@@ -84,6 +84,9 @@ pub struct Shared {
     /// Local addresses of the upstream sockets open now (a connection
     /// from one of them is never an admin by address).
     pub own_upstreams: Arc<crate::admin::OwnUpstreams>,
+    /// The address the listeners are bound to (its port is ours: a proxy
+    /// upstream with that port may be this server).
+    pub listen_addr: std::net::SocketAddr,
     /// Open connections per peer address (only with
     /// `max_connections_per_ip`).
     pub per_ip: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,

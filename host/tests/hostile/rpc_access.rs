@@ -188,11 +188,9 @@ fn a_proxy_route_back_at_our_own_port_is_not_loopback() {
             "-threads",
             "2",
         ])
-        // One event loop: the upstream's mark is in place before our
-        // accept runs. With more, the host marks the upstream socket only
-        // after its connect returned, and on loopback another loop can
-        // accept (and decide self_forwarded) before that.
-        .server("event_loops = 1")
+        // Several event loops: the upstream socket is marked before its
+        // connect starts, so whichever loop accepts it sees the mark.
+        .server("event_loops = 4")
         .toml(&format!(
             "[modules.fx_proxy]\nupstreams = [\"127.0.0.1:{port}\"]\n"
         ))
