@@ -265,6 +265,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         admin,
         auth_backoff: Default::default(),
         own_upstreams: Default::default(),
+        listen_addr: addr,
         per_ip: Default::default(),
         buffered: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),

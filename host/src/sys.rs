@@ -40,6 +40,41 @@ pub const HAS_REUSEPORT: bool = cfg!(all(
 /// instead of going out alone (what `TCP_CORK` does, without two
 /// `setsockopt` calls per response).
 #[cfg(any(target_os = "linux", target_os = "android"))]
+/// Starts a non-blocking connect to `addr` from a socket first bound to
+/// `(addr.ip(), 0)`, so that its local address is fixed before the
+/// connect begins: `before_connect` gets that address (and its result is
+/// returned with the socket) while no packet has left yet, so whoever
+/// accepts the connection on one of our own listeners, however quickly,
+/// finds what it recorded. `None` when `addr`'s IP is not an address of
+/// this machine (the bind fails); the caller then connects normally.
+/// Binding claims the ephemeral port for this socket alone, so use it only
+/// where it matters (a destination that may be ourselves), not for every
+/// upstream.
+pub fn connect_from_own_address<T>(
+    addr: SocketAddr,
+    before_connect: impl FnOnce(SocketAddr) -> T,
+) -> io::Result<Option<(std::net::TcpStream, T)>> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_nonblocking(true)?;
+    let from = SocketAddr::new(addr.ip(), 0);
+    match sock.bind(&from.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let local = sock
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("bound socket has no IP address"))?;
+    let marked = before_connect(local);
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(Some((sock.into(), marked)))
+}
+
 pub fn send_more(sock: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for its length; `sock` is an open socket.
     let n = unsafe {

@@ -165,13 +165,15 @@ fn protected_mode_refuses_a_non_loopback_peer() {
              CAP_SYS_ADMIN), so no genuinely non-loopback peer: checking the decision \
              function and loopback service instead"
         );
-        use decide::{decide, Base};
-        let ip = |s: &str| Some(s.parse().unwrap());
+        use decide::{decide, Base, Peer};
+        let ip = |s: &str| Peer::new(s.parse().unwrap(), false);
         assert_eq!(decide(7, ip("10.77.0.1"), false), Base::Protected);
         assert_eq!(decide(7, ip("::ffff:192.168.0.1"), false), Base::Protected);
         assert_eq!(decide(7, ip("127.0.0.1"), false), Base::Loopback);
         assert_eq!(decide(7, ip("::1"), false), Base::Loopback);
-        assert_eq!(decide(0, None, false), Base::Internal);
+        assert_eq!(decide(0, Peer::UNKNOWN, false), Base::Internal);
+        let fwd = Peer::new("127.0.0.1".parse().unwrap(), true);
+        assert_eq!(decide(7, fwd, false), Base::Protected, "self-forwarded");
         let s = server("prot", "");
         assert_eq!(Line::new(&s).ok("sys.ping", json!([])), "pong");
         return;

@@ -573,6 +573,12 @@ pub struct ConnInfo {
     /// message of a call is always answered, so a call makes progress.
     /// `u64::MAX` when the caller sets no limit.
     pub out_limit: u64,
+    /// `true` when the peer is a socket this same server opened as a proxy
+    /// upstream (a proxy route pointing back at our own port): its address
+    /// is local, but the client behind it is not. Never trust such a
+    /// connection by its address (the host's admin checks do not; the rpc
+    /// bus's protected mode does not).
+    pub self_forwarded: bool,
 }
 
 impl ConnInfo {
@@ -595,6 +601,7 @@ impl ConnInfo {
             local_is_v6: false,
             draining: false,
             out_limit: u64::MAX,
+            self_forwarded: false,
         }
     }
 

@@ -47,7 +47,10 @@ impl EventLoop {
         let _ = b; // the prefix only routed here; the line decides.
         let access = self.shared.admin.current();
         let peer = conn.info.peer();
-        let standing = access.standing(peer, &conn.auth, |p| self.shared.own_upstreams.contains(p));
+        let self_forwarded = conn.info.self_forwarded;
+        let standing = access.standing(peer, &conn.auth, |p| {
+            self_forwarded || self.shared.own_upstreams.contains(p)
+        });
         if standing == Standing::SelfForwarded && cmd.privileged() && conn.auth.first_self_forward()
         {
             log::warn!(

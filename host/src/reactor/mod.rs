@@ -84,6 +84,9 @@ pub struct Shared {
     /// Local addresses of the upstream sockets open now (a connection
     /// from one of them is never an admin by address).
     pub own_upstreams: Arc<crate::admin::OwnUpstreams>,
+    /// The address the listeners are bound to (its port is ours: a proxy
+    /// upstream with that port may be this server).
+    pub listen_addr: std::net::SocketAddr,
     /// Open connections per peer address (only with
     /// `max_connections_per_ip`).
     pub per_ip: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
@@ -488,6 +491,9 @@ impl EventLoop {
         // No admin rights are decided here: each command is checked against
         // the settings in force when it arrives (see `commands`).
         let mut info = ConnInfo::new(id, peer, false);
+        // Asked once, at accept, and kept: the proxy session behind a
+        // connection to ourselves may end before this one is done.
+        info.self_forwarded = self.shared.own_upstreams.contains(peer);
         if let Ok(local) = sock.local_addr() {
             info = info.with_local(local);
         }

@@ -36,10 +36,24 @@ impl EventLoop {
         // against max_connections, so proxied sessions cannot exhaust the
         // descriptor limit behind the connection count's back.
         let full = self.shared.conns.load(Ordering::Acquire) >= cfg.max_connections;
+        let mut own = None;
         let sock = if full {
             Err(io::Error::other(
                 "max_connections reached (a proxied session's upstream socket counts)",
             ))
+        } else if addr.port() == self.shared.listen_addr.port() {
+            // Possibly ourselves (a proxy route pointing back at our own
+            // port): mark the upstream's local address before the connect
+            // starts, so the loop that accepts it, whichever, sees the mark.
+            let own_upstreams = &self.shared.own_upstreams;
+            match crate::sys::connect_from_own_address(addr, |local| own_upstreams.mark(local)) {
+                Ok(Some((sock, mark))) => {
+                    own = Some(mark);
+                    Ok(TcpStream::from_std(sock))
+                }
+                Ok(None) => TcpStream::connect(addr),
+                Err(e) => Err(e),
+            }
         } else {
             TcpStream::connect(addr)
         };
@@ -59,12 +73,13 @@ impl EventLoop {
                 // space: such a connection can only copy.
                 let splice = cfg.proxy_splice && conn.tls.is_none();
                 let (up, down) = Buffer::pair(splice, cfg.proxy_buffer_size, &first, conn.info.id);
-                // The kernel chose the local port in `connect`, before any
-                // byte can reach our own listener through it.
-                let own = sock
-                    .local_addr()
-                    .ok()
-                    .map(|a| self.shared.own_upstreams.mark(a));
+                // Elsewhere the kernel chose the local port in `connect`;
+                // marked now, before any byte can flow through it.
+                let own = own.or_else(|| {
+                    sock.local_addr()
+                        .ok()
+                        .map(|a| self.shared.own_upstreams.mark(a))
+                });
                 let slots = Session::extra_slots(up.is_spliced());
                 self.shared.conns.fetch_add(slots, Ordering::AcqRel);
                 conn.stage = Stage::Proxy(Box::new(Session {

@@ -64,6 +64,10 @@ pub struct Config {
     pub max_subscriptions_total: usize,
     /// Largest `limit` that `kv.keys` accepts.
     pub max_keys_limit: usize,
+    /// Most rows one `kv.keys` call examines (keys the caller may not read
+    /// count too); a call stopped by it returns a cursor to continue.
+    /// Default: 10 × `max_keys_limit`.
+    pub max_keys_scan: usize,
     /// How often expired keys are purged from memory and disk.
     pub purge_interval_ms: u64,
     /// How often the WAL is checkpointed (and so fsynced in `normal` mode).
@@ -83,8 +87,9 @@ pub struct Config {
     /// Failed `sys.auth` calls after which a connection is closed (0:
     /// never).
     pub max_auth_failures: u32,
-    /// The pause a failed authentication opens for its peer address
-    /// (doubling while failures continue; 0: no pause).
+    /// The pause a failed authentication opens for its peer address (IPv6:
+    /// its /64), doubling while failures continue; 0: no pause. A token is
+    /// still checked during the pause; a wrong one does not extend it.
     pub auth_backoff_ms: u64,
     /// The longest such pause.
     pub auth_backoff_max_ms: u64,
@@ -108,6 +113,7 @@ impl Default for Config {
             max_subscriptions: 1024,
             max_subscriptions_total: 250_000,
             max_keys_limit: 10_000,
+            max_keys_scan: 100_000,
             purge_interval_ms: 1000,
             checkpoint_interval_ms: 1000,
             handoff_timeout_ms: 30_000,
@@ -131,6 +137,12 @@ impl Config {
             // The default follows a lowered line limit (a value must fit
             // in a line).
             cfg.max_value_bytes = cfg.max_value_bytes.min(cfg.max_line_bytes);
+        }
+        if value.get("max_keys_scan").is_none() {
+            cfg.max_keys_scan = cfg.max_keys_limit.saturating_mul(10);
+        }
+        if cfg.max_keys_scan == 0 {
+            return Err("[modules.rpc]: max_keys_scan must be positive".into());
         }
         if cfg.max_line_bytes < 64 {
             return Err("[modules.rpc]: max_line_bytes must be at least 64".into());

@@ -159,6 +159,25 @@ impl Conns {
         out
     }
 
+    /// The connections this generation saw close (its tombstones), for
+    /// the next generation: a session or state handed over for one of
+    /// them must not come back to life there.
+    pub fn closed_ids(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let s = shard.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(s.closed_order.iter().copied());
+        }
+        out
+    }
+
+    /// Takes over a previous generation's tombstones ([`Conns::closed_ids`]).
+    pub fn restore_closed(&self, ids: Vec<u64>) {
+        for id in ids {
+            self.close(id, || {});
+        }
+    }
+
     /// Restores a snapshot.
     pub fn restore(&self, partials: Vec<(u64, Vec<u8>, bool)>) {
         for (id, partial, partial_http) in partials {

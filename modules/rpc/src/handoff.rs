@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use module_api::{CallStatus, RVec, Verdict};
 use serde::{Deserialize, Serialize};
 
-use std::net::IpAddr;
+use crate::access::Peer;
 
 use crate::access::session::SessionSnap;
 use crate::jsonrpc::{self, code, RpcError, Sink};
@@ -77,6 +77,10 @@ pub struct State {
     /// resolves these against its own users ([`crate::access::Access::restore`]).
     #[serde(default)]
     pub sessions: Vec<SessionSnap>,
+    /// Connections this generation saw close (its tombstones): the
+    /// successor keeps them closed and restores no session for them.
+    #[serde(default)]
+    pub closed: Vec<u64>,
 }
 
 /// The start of a message a connection has sent, as handed over.
@@ -139,7 +143,7 @@ pub enum Internal<'a> {
     Forward {
         conn: u64,
         http: bool,
-        peer: Option<IpAddr>,
+        peer: Peer,
         payload: &'a [u8],
     },
     /// Connection `conn` closed.
@@ -166,17 +170,25 @@ pub struct Resumed;
 /// Frames an internal call. `peer`, the connection's address, travels
 /// with forwarded messages so that the successor decides protected mode
 /// as the old generation would have (a generation before this version
-/// sent none: such a peer is unknown, and so not loopback).
+/// sent none: such a peer is unknown, and so not loopback). A
+/// self-forwarded peer (a proxy route of ours back at our own port) goes
+/// as `self:<ip>`, so the flag is not lost across the hand-over; a
+/// generation that does not know the form reads it as an unknown peer,
+/// which is not loopback either.
 pub fn envelope(
     token: &str,
     cmd: &str,
     conn: u64,
     http: bool,
-    peer: Option<IpAddr>,
+    peer: Peer,
     payload: &[u8],
 ) -> Vec<u8> {
     let kind = if http { "http" } else { "raw" };
-    let peer = peer.map(|ip| format!(" {ip}")).unwrap_or_default();
+    let peer = match peer.ip {
+        None => String::new(),
+        Some(ip) if peer.self_forwarded => format!(" self:{ip}"),
+        Some(ip) => format!(" {ip}"),
+    };
     let mut v = format!("\0rpc {token} {cmd} {conn} {kind}{peer}\n").into_bytes();
     v.extend_from_slice(payload);
     v
@@ -195,7 +207,13 @@ pub fn parse<'a>(input: &'a [u8], token: &str) -> Option<Internal<'a>> {
     let cmd = f.next()?;
     let conn: u64 = f.next()?.parse().ok()?;
     let http = f.next()? == "http";
-    let peer = f.next().and_then(|p| p.parse().ok());
+    let peer = match f.next() {
+        None => Peer::UNKNOWN,
+        Some(p) => match p.strip_prefix("self:") {
+            Some(ip) => ip.parse().map_or(Peer::UNKNOWN, |ip| Peer::new(ip, true)),
+            None => p.parse().map_or(Peer::UNKNOWN, |ip| Peer::new(ip, false)),
+        },
+    };
     match cmd {
         "fwd" => Some(Internal::Forward {
             conn,
@@ -302,14 +320,7 @@ impl Rpc {
 /// Receiver side: runs a forwarded message (on a pool thread, inside the
 /// sender's `call`). The reply is `ok <action>\n` + output, or `retry\n`
 /// when this generation is frozen too.
-pub fn serve(
-    rpc: &Rpc,
-    conn: u64,
-    http: bool,
-    peer: Option<IpAddr>,
-    payload: &[u8],
-    out: &mut RVec<u8>,
-) {
+pub fn serve(rpc: &Rpc, conn: u64, http: bool, peer: Peer, payload: &[u8], out: &mut RVec<u8>) {
     let gate = rpc.core.gate.read().unwrap_or_else(|e| e.into_inner());
     if *gate != Mode::Live {
         out.put(b"retry\n");
@@ -333,7 +344,7 @@ pub fn forward(
     rpc: &Rpc,
     conn: u64,
     http: bool,
-    peer: Option<IpAddr>,
+    peer: Peer,
     input: &[u8],
     out: &mut RVec<u8>,
 ) -> Result<Verdict, Resumed> {
@@ -406,7 +417,10 @@ pub fn unavailable(http: bool, len: usize, out: &mut RVec<u8>) -> Verdict {
 /// A successor's first step: claims the predecessor's state. `Err` when
 /// the predecessor gave up waiting and serves again.
 pub fn claim(host: &dyn HostApi, token: &str) -> Result<(), String> {
-    match host.call("rpc", &envelope(token, "claim", 0, false, None, b"")) {
+    match host.call(
+        "rpc",
+        &envelope(token, "claim", 0, false, Peer::UNKNOWN, b""),
+    ) {
         Ok(reply) if reply.starts_with(b"refused") => Err(
             "the previous generation waited too long for this one and serves again; reload again"
                 .into(),
@@ -419,7 +433,7 @@ pub fn claim(host: &dyn HostApi, token: &str) -> Result<(), String> {
 /// Tells the current generation that `conn` closed (on the writer thread
 /// of a frozen generation).
 pub fn forward_close(host: &dyn HostApi, token: &str, conn: u64, timeout: Duration) {
-    let msg = envelope(token, "close", conn, false, None, b"");
+    let msg = envelope(token, "close", conn, false, Peer::UNKNOWN, b"");
     let deadline = Instant::now() + timeout;
     loop {
         match host.call("rpc", &msg) {
@@ -443,9 +457,10 @@ impl Drop for ResumeGuard {
     fn drop(&mut self) {
         if let Some(token) = self.token.take() {
             log::warn!("start failed after the handover; the previous generation resumes");
-            let _ = self
-                .host
-                .call("rpc", &envelope(&token, "resume", 0, false, None, b""));
+            let _ = self.host.call(
+                "rpc",
+                &envelope(&token, "resume", 0, false, Peer::UNKNOWN, b""),
+            );
         }
     }
 }
@@ -456,7 +471,7 @@ mod tests {
 
     #[test]
     fn envelopes_round_trip() {
-        let peer = Some("10.77.0.1".parse().unwrap());
+        let peer = Peer::new("10.77.0.1".parse().unwrap(), false);
         let e = envelope("t0k", "fwd", 42, true, peer, b"POST /rpc ...");
         assert_eq!(
             parse(&e, "t0k"),
@@ -471,11 +486,29 @@ mod tests {
         let old = b"\0rpc t0k fwd 42 raw\n{}";
         assert!(matches!(
             parse(old, "t0k"),
-            Some(Internal::Forward { peer: None, .. })
+            Some(Internal::Forward {
+                peer: Peer::UNKNOWN,
+                ..
+            })
         ));
+        // A self-forwarded peer keeps its flag across the hand-over, so a
+        // frozen generation's forward does not launder it into loopback.
+        let fwd = Peer::new("127.0.0.1".parse().unwrap(), true);
+        let e = envelope("t0k", "fwd", 43, false, fwd, b"{}");
+        assert!(e.starts_with(b"\0rpc t0k fwd 43 raw self:127.0.0.1\n"));
+        match parse(&e, "t0k") {
+            Some(Internal::Forward { peer, .. }) => {
+                assert_eq!(peer, fwd);
+                assert!(!peer.is_loopback());
+            }
+            other => panic!("{other:?}"),
+        }
+        // A generation that does not know the form: unknown, not loopback.
+        let unknown: Option<std::net::IpAddr> = "self:127.0.0.1".parse().ok();
+        assert_eq!(unknown, None);
         assert_eq!(parse(&e, "other"), None);
         assert_eq!(parse(b"{\"jsonrpc\":\"2.0\"}", "t0k"), None);
-        let e = envelope("t0k", "close", 7, false, None, b"");
+        let e = envelope("t0k", "close", 7, false, Peer::UNKNOWN, b"");
         assert_eq!(parse(&e, "t0k"), Some(Internal::Close { conn: 7 }));
         assert_eq!(from_hex(&to_hex(b"\0{\xff")), b"\0{\xff");
         let s = State {
@@ -493,13 +526,17 @@ mod tests {
                 user: Some("bot1".into()),
                 how: Some(crate::access::session::How::Token),
                 token_hash: None,
-                peer,
+                peer: peer.ip,
+                self_forwarded: true,
             }],
+            closed: vec![3],
         };
         let back = State::parse(&s.encode()).unwrap().unwrap();
         assert_eq!(back.subs, s.subs);
         assert_eq!(back.lock_fd, Some(9));
         assert_eq!(back.sessions, s.sessions);
+        assert!(back.sessions[0].peer().self_forwarded);
+        assert_eq!(back.closed, [3]);
         assert!(State::parse(b"").unwrap().is_none());
         assert!(State::parse(b"{\"version\":9,\"token\":\"\",\"subs\":[],\"conns\":[]}").is_err());
     }

@@ -35,6 +35,18 @@
 //! from reads at once and are purged from the cache and disk in the
 //! background (`purge_interval_ms`).
 //!
+//! `kv.keys` pages: a page of `limit` keys may have more (call again with
+//! `after` set to its last key); a shorter array is the end. One call
+//! examines at most `max_keys_scan` rows (10 × `max_keys_limit` by
+//! default), keys the caller may not read included, and for a user only
+//! the key ranges its `kv_read` allow patterns can match (their literal
+//! starts, e.g. `bot1.` for `bot1.*`) are scanned. A call the cap stops
+//! before its page is full answers `{"keys": [...], "cursor": "..."}`
+//! instead of the array: call again with `cursor` (in place of `after`,
+//! same `prefix`) to go on. The cursor is sealed (encrypted and
+//! authenticated), so it names no key the caller may not read; it is
+//! valid until the next reload (then -32602: list again).
+//!
 //! # Limits
 //!
 //! A write that would pass one of these is answered with -32050, whose
@@ -81,7 +93,7 @@
 //! | -32050 | a kv limit (`max_value_bytes`, `max_keys`, `max_total_bytes`); nothing was written |
 //! | -32060 | authentication required: the method needs a logged-in user, or the bus is in protected mode and the peer is not loopback (the message says how to configure users) |
 //! | -32061 | permission denied; the message names the method, the key or subject, and the user |
-//! | -32062 | authentication failed: a wrong token (or user name), or the address is paused after failures (the message gives the wait) |
+//! | -32062 | authentication failed: a wrong token (or user name); while the address is paused after failures, the message gives the wait |
 //! | -32063 | a per-user limit: `max_connections` (the connection stays as it was) or `requests_per_second` |
 //!
 //! A malformed line gets its error reply and nothing else happens: earlier
@@ -92,7 +104,11 @@
 //!
 //! ([`access`]) **Protected mode.** While no users are configured the bus
 //! serves loopback peers (127.0.0.0/8, `::1`, IPv4-mapped loopback) and
-//! in-process calls only, like Redis's protected mode: any other peer gets
+//! in-process calls only, like Redis's protected mode. A connection from
+//! an upstream socket of this same server (a proxy route pointing back at
+//! our own port, [`module_api::ConnInfo::self_forwarded`]) is not loopback
+//! whatever its address: the client behind it is remote (`sys.whoami`
+//! never says `loopback` for it). Any other peer gets
 //! -32060 for every call (raw TCP: each line is answered, and the
 //! connection stays open so the client reads why; `POST /rpc`: 403).
 //! A fresh server bound to `0.0.0.0` so exposes no open bus. `STATUS`
@@ -131,22 +147,34 @@
 //!
 //! Permissions use the bus's patterns on keys and subjects alike (`*` one
 //! dot-separated segment, a last `>` one or more); deny wins over allow,
-//! and an absent list allows nothing. `kv.get`/`kv.keys` need `kv_read`
-//! (`kv.keys` lists only readable keys), `kv.set`/`del`/`incr`/`cas`
-//! `kv_write`, `bus.publish` `publish`, and `bus.subscribe` a `subscribe`
-//! pattern that *covers* the requested one (`events.>` covers
-//! `events.a.*`) and no denied pattern it overlaps (it could receive a
-//! denied subject). In a batch each call is checked on its own.
+//! and an absent list allows nothing. The right each method needs on its
+//! key or subject:
+//!
+//! | method | needs |
+//! | --- | --- |
+//! | `kv.get`, `kv.keys` | `kv_read` (`kv.keys` lists only readable keys) |
+//! | `kv.set` | `kv_write` |
+//! | `kv.del`, `kv.incr`, `kv.cas` | `kv_write` **and** `kv_read`: their answers reveal what is stored (`kv.del` whether the key existed, `kv.incr` the value, `kv.cas` whether a guess was right); the denial names the missing right |
+//! | `bus.publish` | `publish` |
+//! | `bus.subscribe` | a `subscribe` pattern that *covers* the requested one (`events.>` covers `events.a.*`) and no denied pattern it overlaps (it could receive a denied subject) |
+//! | `bus.unsubscribe`, `sys.*` | nothing |
+//!
+//! In a batch each call is checked on its own.
 //!
 //! A login costs one SHA-256 and a constant-time compare with each user's
-//! hash; nothing blocks. Checked failures are logged at warn with the
-//! peer (never the token; the refusals during a pause only at debug, so a
-//! flood cannot flood the log); a connection is closed after
-//! `max_auth_failures` (logged at info); each
-//! failure pauses its address (`auth_backoff_ms`, doubling up to
+//! hash; nothing blocks. A failed login outside a pause is logged at warn
+//! with the peer (never the token) and pauses its address: the IPv4
+//! address, or the IPv6 /64 (`auth_backoff_ms`, doubling up to
 //! `auth_backoff_max_ms`, at most `auth_backoff_peers` addresses
-//! remembered), during which `sys.auth` and Bearer tokens from it are
-//! refused unchecked (-32062 with the wait). Limits per user count across
+//! remembered). During the pause a token from that address (`sys.auth`
+//! or `Authorization: Bearer`) is still checked, so one guesser behind a
+//! shared address (a NAT, a local TLS terminator) does not lock out the
+//! clients that know their token: a correct one is accepted as usual; a
+//! wrong one is refused with -32062 and the wait (HTTP 401), logged at
+//! debug only (a flood cannot flood the log), and does not extend the
+//! pause. Every failed `sys.auth`, paused or not, counts toward its
+//! connection's `max_auth_failures`, after which the connection is
+//! answered and closed (logged at info). Limits per user count across
 //! its connections; `requests_per_second` counts every call (each call of
 //! a batch), and the bucket starts full again after a reload.
 //!
@@ -264,6 +292,7 @@
 //! max_subscriptions = 1024       # topic patterns per connection
 //! max_subscriptions_total = 250000  # topic patterns of all connections together
 //! max_keys_limit = 10000         # largest kv.keys limit
+//! max_keys_scan = 100000         # rows one kv.keys call examines (default 10 x max_keys_limit)
 //! purge_interval_ms = 1000
 //! checkpoint_interval_ms = 1000
 //! handoff_timeout_ms = 30000     # how long a reload or a standby may keep requests waiting
@@ -289,6 +318,7 @@ pub mod access;
 pub mod bus;
 pub mod config;
 pub mod conns;
+pub mod cursor;
 pub mod db;
 pub mod handoff;
 pub mod jsonrpc;
@@ -302,7 +332,7 @@ pub mod writer;
 #[cfg(test)]
 mod testdir;
 
-use std::net::IpAddr;
+use crate::access::Peer;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -465,7 +495,7 @@ fn revoke_subscriptions(core: &Core, whos: Vec<(u64, Who)>) {
             if core.access.users.is_empty() {
                 Who::Loopback
             } else {
-                core.access.who(core.host, conn, None)
+                core.access.who(core.host, &core.conns, conn, Peer::UNKNOWN)
             }
         });
         let gone: Vec<String> = patterns
@@ -559,6 +589,9 @@ impl Rpc {
         let core = Arc::new(Core::new(cfg, store, host)?);
         *core.gate.write().unwrap_or_else(|e| e.into_inner()) = mode;
         if let Some(s) = state {
+            // First the tombstones: nothing comes back for a connection
+            // the previous generation saw close.
+            core.conns.restore_closed(s.closed);
             let partials = s.conns.iter();
             core.conns.restore(
                 partials
@@ -566,7 +599,7 @@ impl Rpc {
                     .collect(),
             );
             core.bus.restore(s.subs);
-            let whos = core.access.restore(host, s.sessions);
+            let whos = core.access.restore(host, &core.conns, s.sessions);
             revoke_subscriptions(&core, whos);
         }
         let writer = Writer::spawn(core.clone(), start)?;
@@ -651,7 +684,7 @@ impl Rpc {
             return Verdict::done(input.len());
         }
         let http = input.starts_with(b"POST ");
-        self.deferred(0, None, false, http, input, out)
+        self.deferred(0, Peer::UNKNOWN, false, http, input, out)
     }
 
     /// A deferred message: handled here while live (the gate held, so a
@@ -659,7 +692,7 @@ impl Rpc {
     fn deferred(
         &self,
         conn: u64,
-        peer: Option<IpAddr>,
+        peer: Peer,
         draining: bool,
         http: bool,
         input: &[u8],
@@ -742,7 +775,7 @@ impl Handler for Rpc {
             return self.on_call_deferred(input, out);
         }
         let (http, _) = self.transport(conn.id, input);
-        let peer = Some(conn.peer().ip());
+        let peer = crate::access::peer_of(conn);
         self.deferred(conn.id, peer, conn.draining, http, input, out)
     }
 
@@ -784,6 +817,7 @@ impl Handler for Rpc {
                 .collect(),
             lock_fd: Some(self.core.owner_fd.load(Ordering::Acquire)).filter(|fd| *fd >= 0),
             sessions: self.core.access.sessions.snapshot(),
+            closed: self.core.conns.closed_ids(),
         };
         log::info!(
             "handing over {} subscriptions and {} connection states",
@@ -909,7 +943,7 @@ pub(crate) mod testing {
         let a = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
         let set = br#"{"jsonrpc":"2.0","method":"kv.set","params":["k",1],"id":1}"#;
         let mut out = RVec::new();
-        raw::on_deferred(&a, 0, None, set, &mut out);
+        raw::on_deferred(&a, 0, Peer::UNKNOWN, set, &mut out);
         assert!(out
             .as_slice()
             .starts_with(br#"{"jsonrpc":"2.0","result":true"#));
@@ -953,7 +987,7 @@ pub(crate) mod testing {
             "permissions": {"kv_read": ["bot1.*"]}}]});
         let rpc = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
         let internal = ConnInfo::new(0, "127.0.0.1:1".parse().unwrap(), false);
-        let peer = Some("10.0.0.5".parse().unwrap());
+        let peer = Peer::new("10.0.0.5".parse().unwrap(), false);
         let forward = |line: &str| {
             let env = handoff::envelope(&rpc.token, "fwd", 7, false, peer, line.as_bytes());
             let mut out = RVec::new();
@@ -984,13 +1018,19 @@ pub(crate) mod testing {
         // Protected mode: the forwarded address decides.
         let dir = crate::testdir::TestDir::new("fwdprot");
         let rpc = Rpc::start(&serde_json::json!({}), dir.path(), b"", &NullHost).unwrap();
-        for (peer, want) in [("10.0.0.5", Some(code::AUTH_REQUIRED)), ("127.0.0.1", None)] {
+        // A self-forwarded peer (a proxy route of ours back at our own
+        // port) is not loopback, whatever its address.
+        for (peer, fwd, want) in [
+            ("10.0.0.5", false, Some(code::AUTH_REQUIRED)),
+            ("127.0.0.1", false, None),
+            ("127.0.0.1", true, Some(code::AUTH_REQUIRED)),
+        ] {
             let env = handoff::envelope(
                 &rpc.token,
                 "fwd",
                 7,
                 false,
-                peer.parse().ok(),
+                Peer::new(peer.parse().unwrap(), fwd),
                 get.as_bytes(),
             );
             let mut out = RVec::new();
@@ -998,7 +1038,7 @@ pub(crate) mod testing {
             let text = String::from_utf8(out.into_vec()).unwrap();
             let v: serde_json::Value =
                 serde_json::from_str(text.split_once('\n').unwrap().1.trim()).unwrap();
-            assert_eq!(v["error"]["code"].as_i64(), want, "{peer}: {v}");
+            assert_eq!(v["error"]["code"].as_i64(), want, "{peer} {fwd}: {v}");
         }
         rpc.stop();
     }
@@ -1082,7 +1122,7 @@ pub(crate) mod testing {
             later: None,
             subscribed: false,
             who: crate::access::Who::Internal,
-            peer: None,
+            peer: Peer::UNKNOWN,
             close: false,
         };
         let mut out = Vec::new();

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use std::net::IpAddr;
+use crate::access::Peer;
 
 use crate::access::{Right, Who, MAX_TOKEN_BYTES};
 use crate::bus::{self, check_topic};
@@ -49,7 +49,7 @@ pub const METHODS: &[(&str, Method, &str)] = &[
     ("kv.del", Method::KvDel, "delete {key}; returns true if the key existed"),
     ("kv.get", Method::KvGet, "the value of {key}, or null when absent or expired"),
     ("kv.incr", Method::KvIncr, "atomically add {by} (default 1) to the 64-bit integer at {key} (absent: 0); returns the new value"),
-    ("kv.keys", Method::KvKeys, "up to {limit} (default 100) keys starting with {prefix}, sorted, after the key {after} if given"),
+    ("kv.keys", Method::KvKeys, "up to {limit} (default 100) keys starting with {prefix}, sorted, after the key {after} if given; a full page may have more (call again with after = its last key); when max_keys_scan rows were examined first, {keys, cursor} instead: call again with {cursor} to go on"),
     ("kv.set", Method::KvSet, "set {key} to the JSON {value} (not null), expiring after {ttl_ms} if given; returns true once durable"),
     ("sys.auth", Method::SysAuth, "log this raw TCP connection in: {token, user?}; returns {user}. Over HTTP it only checks the token (send Authorization: Bearer on each request)"),
     ("sys.methods", Method::SysMethods, "these method names with a one-line description each"),
@@ -164,7 +164,7 @@ pub struct Env<'a> {
     /// Who the calls act as; `sys.auth` changes it for the calls after it.
     pub who: Who,
     /// The peer's address (`None` in-process), for logins.
-    pub peer: Option<IpAddr>,
+    pub peer: Peer,
     /// Set when the connection must be closed after this reply (too many
     /// failed logins).
     pub close: bool,
@@ -318,6 +318,10 @@ struct KeysP<'a> {
     limit: Option<usize>,
     #[serde(borrow, default)]
     after: Option<Cow<'a, str>>,
+    /// Where a listing stopped by `max_keys_scan` goes on (instead of
+    /// `after`).
+    #[serde(borrow, default)]
+    cursor: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -523,7 +527,7 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
         Method::KvDel => {
             let p: KeyP<'_> = params(req)?;
             check_key(&p.key, env)?;
-            env.who.check(Right::KvWrite, &req.method, &p.key)?;
+            env.who.check_read_write(&req.method, &p.key)?;
             let existed = env.view.get(&p.key, now)?.is_some();
             if existed {
                 put(env, req, &p.key, None)?;
@@ -533,7 +537,7 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
         Method::KvIncr => {
             let p: IncrP<'_> = params(req)?;
             check_key(&p.key, env)?;
-            env.who.check(Right::KvWrite, &req.method, &p.key)?;
+            env.who.check_read_write(&req.method, &p.key)?;
             let (current, expires_at) = match env.view.get(&p.key, now)? {
                 None => (0, 0),
                 Some(e) => match serde_json::from_str::<i64>(&e.value) {
@@ -563,7 +567,7 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
         Method::KvCas => {
             let p: CasP<'_> = params(req)?;
             check_key(&p.key, env)?;
-            env.who.check(Right::KvWrite, &req.method, &p.key)?;
+            env.who.check_read_write(&req.method, &p.key)?;
             let expires_at = expiry(p.ttl_ms, now)?;
             let current = env.view.get(&p.key, now)?;
             let matches = match (current, p.expected.get()) {
@@ -589,13 +593,31 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
                     "limit must be at most {max}"
                 )));
             }
+            let after = match (p.after, &p.cursor) {
+                (Some(_), Some(_)) => {
+                    return Err(RpcError::invalid_params("give after or cursor, not both"))
+                }
+                (_, Some(c)) => Some(Cow::Owned(crate::cursor::open(c)?)),
+                (after, None) => after,
+            };
             // Only the keys the caller may read, so a page is full of
-            // them (hidden keys are skipped, not counted).
+            // them (hidden keys are skipped, not counted in the page), and
+            // only where its kv_read patterns can match; the rows examined
+            // are capped all the same (max_keys_scan).
             let who = &env.who;
             let visible = |k: &str| who.may(Right::KvRead, k);
-            let keys = env
-                .view
-                .keys(&p.prefix, p.after.as_deref(), limit, now, &visible)?;
+            let ranges = who.read_ranges(&p.prefix);
+            let (keys, stopped) = env.view.keys(
+                &ranges,
+                after.as_deref(),
+                limit,
+                env.core.cfg.max_keys_scan,
+                now,
+                &visible,
+            )?;
+            if stopped.is_some() {
+                out.put(b"{\"keys\":");
+            }
             out.put(b"[");
             for (i, k) in keys.iter().enumerate() {
                 if i > 0 {
@@ -604,6 +626,11 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
                 jsonrpc::write_str(out, k);
             }
             out.put(b"]");
+            if let Some(at) = stopped {
+                out.put(b",\"cursor\":");
+                jsonrpc::write_str(out, &crate::cursor::seal(&at));
+                out.put(b"}");
+            }
         }
         Method::BusSubscribe => {
             let conn = stream_conn(env)?;
@@ -691,6 +718,18 @@ mod tests {
         conn: u64,
         line: &str,
     ) -> serde_json::Value {
+        run_as(core, db, overlay, conn, Who::Internal, line)
+    }
+
+    /// [`run`] as `who`.
+    fn run_as(
+        core: &Core,
+        db: &Db,
+        overlay: &mut Overlay,
+        conn: u64,
+        who: Who,
+        line: &str,
+    ) -> serde_json::Value {
         let msg = jsonrpc::parse(line.as_bytes(), 100);
         let mut notes = Vec::new();
         let reader = core.store.read();
@@ -706,8 +745,8 @@ mod tests {
             conn,
             later: Some(&mut notes),
             subscribed: false,
-            who: crate::access::Who::Internal,
-            peer: None,
+            who,
+            peer: Peer::UNKNOWN,
             close: false,
         };
         let mut out = Vec::new();
@@ -720,6 +759,112 @@ mod tests {
 
     fn req(method: &str, params: &str) -> String {
         format!(r#"{{"jsonrpc":"2.0","method":"{method}","params":{params},"id":1}}"#)
+    }
+
+    /// A user who may write `k.>` but read only `k.open`: the writes
+    /// whose answers reveal the stored value need `kv_read` as well.
+    #[test]
+    fn revealing_writes_need_read_too() {
+        let (core, _dir) = core();
+        let map = open(&core);
+        let mut o = Overlay::default();
+        let hash = format!(
+            "sha256:{}",
+            crate::access::users::hash_token("t1")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let cfg = serde_json::json!({"users": [{"name": "w", "token_hash": hash,
+            "permissions": {"kv_write": ["k.>"], "kv_read": ["k.open"]}}]});
+        let cfg = crate::config::Config::from_json(&cfg, std::path::Path::new("/d")).unwrap();
+        let access = crate::access::Access::new(&cfg).unwrap();
+        let who = access
+            .authenticate(0, Peer::UNKNOWN, "t1", None)
+            .result
+            .unwrap();
+        run(&core, &map, &mut o, 0, &req("kv.set", r#"["k.x", 41]"#));
+        let mut r = |m: &str, p: &str| run_as(&core, &map, &mut o, 0, who.clone(), &req(m, p));
+        assert_eq!(r("kv.set", r#"["k.y", 1]"#)["result"], true, "write only");
+        for (m, p) in [
+            ("kv.incr", r#"["k.x", 0]"#),
+            ("kv.cas", r#"["k.x", 41, 41]"#),
+            ("kv.del", r#"["k.x"]"#),
+        ] {
+            let v = r(m, p);
+            assert_eq!(v["error"]["code"], code::PERMISSION_DENIED, "{m}: {v}");
+            let msg = v["error"]["message"].as_str().unwrap();
+            assert!(msg.contains(m) && msg.contains("kv_read"), "{msg}");
+        }
+        assert_eq!(r("kv.incr", r#"["k.open", 2]"#)["result"], 2);
+        assert_eq!(r("kv.cas", r#"["k.open", 2, 3]"#)["result"], true);
+        assert_eq!(r("kv.del", r#"["k.open"]"#)["result"], true);
+        assert_eq!(
+            run(&core, &map, &mut o, 0, &req("kv.get", r#"["k.x"]"#))["result"],
+            41,
+            "untouched"
+        );
+    }
+
+    /// kv.keys for a user who may read few of the keys under a prefix:
+    /// the scan stays inside its kv_read patterns' literal starts, is
+    /// capped by max_keys_scan all the same, and a capped call returns a
+    /// sealed cursor to go on from.
+    #[test]
+    fn kv_keys_scans_are_narrowed_and_capped() {
+        let hash = format!(
+            "sha256:{}",
+            crate::access::users::hash_token("t1")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let users = serde_json::json!([{"name": "r", "token_hash": hash,
+            "permissions": {"kv_read": {"allow": ["a.*", "m.>"], "deny": ["m.secret.>"]}}}]);
+        let (core, _dir) =
+            crate::testing::core_with(serde_json::json!({"max_keys_scan": 20, "users": users}));
+        let mut map = open(&core);
+        let mut o = Overlay::default();
+        let who = core
+            .access
+            .authenticate(0, Peer::UNKNOWN, "t1", None)
+            .result
+            .unwrap();
+        let mut keys: Vec<String> = (0..100).map(|i| format!("b.hidden{i:03}")).collect();
+        keys.extend((0..30).map(|i| format!("m.secret.k{i:02}")));
+        keys.extend(["a.x".to_string(), "m.z".to_string()]);
+        for k in &keys {
+            let v = run(
+                &core,
+                &map,
+                &mut o,
+                0,
+                &req("kv.set", &format!(r#"["{k}", 1]"#)),
+            );
+            assert_eq!(v["result"], true, "{v}");
+        }
+        map.commit(&o).unwrap();
+        core.store.apply(std::mem::take(&mut o));
+        let mut r = |p: &str| run_as(&core, &map, &mut o, 0, who.clone(), &req("kv.keys", p));
+        // The 100 b.* rows are outside every kv_read pattern: not scanned.
+        let v = r(r#"{"prefix":"a"}"#);
+        assert_eq!(v["result"], serde_json::json!(["a.x"]), "{v}");
+        // The 30 denied m.secret.* rows are inside m.>: the cap stops the
+        // scan and says where to go on, without naming a hidden key.
+        let v = r(r#"{"prefix":"m."}"#);
+        let res = &v["result"];
+        assert_eq!(res["keys"], serde_json::json!([]), "{v}");
+        let cursor = res["cursor"].as_str().unwrap().to_string();
+        assert!(!v.to_string().contains("secret"), "{v}");
+        let v = r(&format!(r#"{{"prefix":"m.","cursor":"{cursor}"}}"#));
+        assert_eq!(v["result"], serde_json::json!(["m.z"]), "{v}");
+        // Everything the user may read, over all its ranges.
+        let v = r(r#"{}"#);
+        assert_eq!(v["result"]["keys"], serde_json::json!(["a.x"]), "{v}");
+        let v = r(r#"{"after":"a","cursor":"00"}"#);
+        assert_eq!(v["error"]["code"], code::INVALID_PARAMS, "{v}");
+        let v = r(r#"{"cursor":"00112233445566778899aabbccddeeff00112233"}"#);
+        assert_eq!(v["error"]["code"], code::INVALID_PARAMS, "{v}");
     }
 
     #[test]

@@ -25,8 +25,8 @@
 //! `WWW-Authenticate: Bearer realm="switchyard"`. Both carry a JSON-RPC
 //! error body. A deferred request is authorized again on the pool.
 
+use crate::access::Peer;
 use std::borrow::Cow;
-use std::net::IpAddr;
 
 use module_api::http::framing::{self, Frame};
 use module_api::http::{self, Parsed};
@@ -138,7 +138,7 @@ pub fn frame<'a>(
 fn authorize(
     rpc: &Rpc,
     conn: u64,
-    peer: Option<IpAddr>,
+    peer: Peer,
     auth: Option<&[u8]>,
     out: &mut RVec<u8>,
     total: usize,
@@ -203,7 +203,7 @@ pub fn on_message(
     if continuing {
         return Verdict::defer(input.len());
     }
-    let (conn, peer) = (info.id, Some(info.peer().ip()));
+    let (conn, peer) = (info.id, crate::access::peer_of(info));
     let (body, total, keep, auth) = match frame(rpc, conn, input, info.draining, out) {
         Framed::NeedMore => return Verdict::NEED_MORE,
         Framed::Answered(v) => return v,
@@ -237,7 +237,7 @@ pub fn on_message(
 pub fn on_deferred(
     rpc: &Rpc,
     conn: u64,
-    peer: Option<IpAddr>,
+    peer: Peer,
     draining: bool,
     input: &[u8],
     out: &mut RVec<u8>,
@@ -303,7 +303,7 @@ fn keep_start(rpc: &Rpc, conn: u64, partial: Vec<u8>) {
 }
 
 /// The JSON-RPC reply to one body, waiting for the writer if it writes.
-fn answer(rpc: &Rpc, body: &[u8], who: Who, peer: Option<IpAddr>) -> Vec<u8> {
+fn answer(rpc: &Rpc, body: &[u8], who: Who, peer: Peer) -> Vec<u8> {
     let core = &*rpc.core;
     let msg = jsonrpc::parse(body, core.cfg.max_batch);
     if needs_writer(&View::Read(&core.store.read()), &who, &msg) {
@@ -321,12 +321,7 @@ fn answer(rpc: &Rpc, body: &[u8], who: Who, peer: Option<IpAddr>) -> Vec<u8> {
 }
 
 /// The reply to a message that only reads, under the store's read lock.
-fn answer_reads(
-    core: &crate::Core,
-    msg: &jsonrpc::Message<'_>,
-    who: Who,
-    peer: Option<IpAddr>,
-) -> Vec<u8> {
+fn answer_reads(core: &crate::Core, msg: &jsonrpc::Message<'_>, who: Who, peer: Peer) -> Vec<u8> {
     let mut reply = Vec::new();
     let map = core.store.read();
     let mut env = Env {

@@ -41,7 +41,7 @@
 //! connection stays open; a connection that fails `sys.auth`
 //! `max_auth_failures` times is closed after that reply.
 
-use std::net::IpAddr;
+use crate::access::Peer;
 use std::sync::mpsc;
 
 use abi_stable::std_types::RVec;
@@ -159,9 +159,9 @@ pub fn on_message(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) 
         return handed_over(rpc, conn, st, input, out);
     }
     let mut scan = Scanner::new(st.scanned);
-    let peer = Some(info.peer().ip());
+    let peer = crate::access::peer_of(info);
     // Looked up once per call; `sys.auth` changes it for later lines.
-    let who = core.access.who(core.host, conn, peer);
+    let who = core.access.who(core.host, &core.conns, conn, peer);
     let map = core.store.read();
     let mut env = Env {
         core,
@@ -360,7 +360,7 @@ fn writer_stopped() -> RpcError {
 pub fn on_deferred<S: Sink>(
     rpc: &Rpc,
     conn: u64,
-    peer: Option<IpAddr>,
+    peer: Peer,
     input: &[u8],
     out: &mut S,
 ) -> Verdict {
@@ -402,7 +402,7 @@ pub fn on_deferred<S: Sink>(
     };
     let mut close = false;
     let mut queue: Option<Vec<u8>> = None;
-    let mut who = core.access.who(core.host, conn, peer);
+    let mut who = core.access.who(core.host, &core.conns, conn, peer);
     {
         let map = core.store.read();
         let mut env = Env {
@@ -561,8 +561,8 @@ mod tests {
         (rpc, dir)
     }
 
-    fn lo() -> Option<IpAddr> {
-        Some(IpAddr::from([127, 0, 0, 1]))
+    fn lo() -> Peer {
+        Peer::new(std::net::IpAddr::from([127, 0, 0, 1]), false)
     }
 
     fn info(id: u64, out_limit: u64) -> ConnInfo {
@@ -583,7 +583,7 @@ mod tests {
             "v".repeat(10_000)
         );
         let mut out = Vec::new();
-        on_deferred(&rpc, 0, None, set.as_bytes(), &mut out);
+        on_deferred(&rpc, 0, Peer::UNKNOWN, set.as_bytes(), &mut out);
         assert!(out.starts_with(br#"{"jsonrpc":"2.0","result":true"#));
 
         let input: String = (1..=100).map(get).collect();
@@ -606,6 +606,25 @@ mod tests {
             v.consumed as usize,
             (1..=n as u64).map(|i| get(i).len()).sum::<usize>()
         );
+        rpc.writer.stop();
+    }
+
+    /// Protected mode: a connection from a proxy route of ours back at
+    /// our own port has a loopback address but is not loopback.
+    #[test]
+    fn a_self_forwarded_peer_is_not_loopback() {
+        let (rpc, _dir) = rpc_with(serde_json::json!({}));
+        let whoami = "{\"jsonrpc\":\"2.0\",\"method\":\"sys.whoami\",\"id\":1}\n";
+        let mut out = RVec::new();
+        on_message(&rpc, &info(5, u64::MAX), whoami.as_bytes(), &mut out);
+        assert!(String::from_utf8_lossy(&out).contains(r#""auth":"loopback""#));
+        let mut fwd = info(6, u64::MAX);
+        fwd.self_forwarded = true;
+        let mut out = RVec::new();
+        on_message(&rpc, &fwd, whoami.as_bytes(), &mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert!(!text.contains("loopback\""), "{text}");
+        assert!(text.contains("-32060"), "{text}");
         rpc.writer.stop();
     }
 

@@ -555,49 +555,70 @@ impl View<'_> {
         Ok(Ok(()))
     }
 
-    /// Up to `limit` live keys starting with `prefix`, after `after`, in
-    /// order, from SQLite (under the batch's changes in the writer).
+    /// Up to `limit` live keys the caller may see (`visible`) in the
+    /// key ranges `ranges` (prefixes, sorted, none a prefix of another:
+    /// see [`crate::access::Who::read_ranges`]), after `after`, in order,
+    /// from SQLite (under the batch's changes in the writer). At most
+    /// `max_scan` rows are examined, hidden ones included; when that stops
+    /// the listing before the page is full, the second value is the last
+    /// key examined, where the next call goes on.
     pub fn keys(
         &self,
-        prefix: &str,
+        ranges: &[String],
         after: Option<&str>,
         limit: usize,
+        max_scan: usize,
         now: u64,
         visible: &dyn Fn(&str) -> bool,
-    ) -> Result<Vec<String>, RpcError> {
-        let start = match after {
-            Some(a) if a >= prefix => Bound::Excluded(a),
-            _ => Bound::Included(prefix),
-        };
+    ) -> Result<(Vec<String>, Option<String>), RpcError> {
         let overlay = match self {
             View::Read(_) => None,
             View::Write { overlay, .. } => Some(&**overlay),
         };
         let mut keys: Vec<String> = Vec::new();
-        // Keys the batch changed are taken from the overlay below.
-        let mut take = |k: &str, at: u64| {
-            if !k.starts_with(prefix) || keys.len() >= limit {
-                return false;
+        let mut examined = 0usize;
+        let mut stopped: Option<String> = None;
+        for prefix in ranges {
+            if keys.len() >= limit || stopped.is_some() {
+                break;
             }
-            let changed = overlay.is_some_and(|o| o.changes.contains_key(k));
-            if !changed && (at == 0 || at > now) && visible(k) {
-                keys.push(k.to_string());
+            let prefix = prefix.as_str();
+            let start = match after {
+                Some(a) if a >= prefix => Bound::Excluded(a),
+                _ => Bound::Included(prefix),
+            };
+            // Keys the batch changed are taken from the overlay below.
+            let mut take = |k: &str, at: u64| {
+                if !k.starts_with(prefix) || keys.len() >= limit {
+                    return false;
+                }
+                let changed = overlay.is_some_and(|o| o.changes.contains_key(k));
+                if !changed && (at == 0 || at > now) && visible(k) {
+                    keys.push(k.to_string());
+                }
+                examined += 1;
+                if examined >= max_scan && keys.len() < limit {
+                    stopped = Some(k.to_string());
+                    return false;
+                }
+                true
+            };
+            match self {
+                View::Read(r) => r.store.scan_fallback(start, &mut take)?,
+                View::Write { db, .. } => db
+                    .ok_or_else(no_db)?
+                    .scan_keys(start, &mut take)
+                    .map_err(|e| storage(&e))?,
             }
-            true
-        };
-        match self {
-            View::Read(r) => r.store.scan_fallback(start, &mut take)?,
-            View::Write { db, .. } => db
-                .ok_or_else(no_db)?
-                .scan_keys(start, &mut take)
-                .map_err(|e| storage(&e))?,
         }
         if let Some(overlay) = overlay {
             let after_ok = |k: &str| after.map_or(true, |a| k > a);
+            let before_stop = |k: &str| stopped.as_deref().map_or(true, |s| k <= s);
             for (k, row) in &overlay.changes {
                 if row.as_ref().is_some_and(|e| e.live(now))
-                    && k.starts_with(prefix)
+                    && ranges.iter().any(|p| k.starts_with(p.as_str()))
                     && after_ok(k)
+                    && before_stop(k)
                     && visible(k)
                 {
                     keys.push(k.to_string());
@@ -606,7 +627,11 @@ impl View<'_> {
             keys.sort_unstable();
             keys.truncate(limit);
         }
-        Ok(keys)
+        if keys.len() >= limit {
+            // A full page: the client goes on after its last key.
+            stopped = None;
+        }
+        Ok((keys, stopped))
     }
 }
 
@@ -706,24 +731,98 @@ mod tests {
         assert_eq!(&*view.get("a0", 10).unwrap().unwrap().value, "2");
         assert!(view.get("a4", 10).unwrap().is_none());
         assert_eq!(
-            view.keys("a", None, 10, 10, &|_| true).unwrap(),
+            view.keys(&["a".to_string()], None, 10, 1000, 10, &|_| true)
+                .unwrap()
+                .0,
             ["a0", "a1", "a3", "a5"]
         );
         assert_eq!(
-            view.keys("a", Some("a1"), 2, 10, &|_| true).unwrap(),
+            view.keys(&["a".to_string()], Some("a1"), 2, 1000, 10, &|_| true)
+                .unwrap()
+                .0,
             ["a3", "a5"]
         );
         assert_eq!(
             View::Read(&reader)
-                .keys("a", None, 2, 10, &|_| true)
-                .unwrap(),
+                .keys(&["a".to_string()], None, 2, 1000, 10, &|_| true)
+                .unwrap()
+                .0,
             ["a1", "a2"]
         );
         assert_eq!(
             View::Read(&reader)
-                .keys("", Some("a4"), 10, 10, &|_| true)
-                .unwrap(),
+                .keys(&["".to_string()], Some("a4"), 10, 1000, 10, &|_| true)
+                .unwrap()
+                .0,
             ["b1"]
+        );
+    }
+
+    /// Hidden keys count toward `max_scan`: a listing stopped by it before
+    /// its page is full says where to go on, and going on from there
+    /// finds the rest, in the writer's view (overlay) and on a reader.
+    #[test]
+    fn the_rows_a_listing_examines_are_capped() {
+        let (_dir, mut db, store, mut cfg) = setup(1 << 20);
+        cfg.max_keys = 1000;
+        cfg.max_total_bytes = 1 << 20;
+        batch(&mut db, &store, &cfg, |v| {
+            for i in 0..50 {
+                v.put(&format!("k.hidden{i:02}"), entry("1", 0))
+                    .unwrap()
+                    .unwrap();
+            }
+            v.put("k.open1", entry("1", 0)).unwrap().unwrap();
+            v.put("k.zopen2", entry("1", 0)).unwrap().unwrap();
+        });
+        let all = ["k.".to_string()];
+        let seen = |k: &str| k.contains("open");
+        let reader = store.read();
+        let read = View::Read(&reader);
+        let (keys, stopped) = read.keys(&all, None, 10, 20, 10, &seen).unwrap();
+        assert!(keys.is_empty());
+        assert_eq!(stopped.as_deref(), Some("k.hidden19"), "20 rows examined");
+        let mut after = stopped;
+        let mut found = Vec::new();
+        for _ in 0..10 {
+            let (keys, stopped) = read
+                .keys(&all, after.as_deref(), 10, 20, 10, &seen)
+                .unwrap();
+            found.extend(keys);
+            if stopped.is_none() {
+                break;
+            }
+            after = stopped;
+        }
+        assert_eq!(found, ["k.open1", "k.zopen2"]);
+        // Uncapped: one call.
+        let (keys, stopped) = read.keys(&all, None, 10, 1000, 10, &seen).unwrap();
+        assert_eq!((keys.len(), stopped), (2, None));
+        // A full page needs no position: its last key is one.
+        let (keys, stopped) = read.keys(&all, None, 1, 1000, 10, &|_| true).unwrap();
+        assert_eq!((keys.len(), stopped), (1, None));
+        // The writer's view: the batch's own keys beyond the stop wait
+        // for the next call.
+        let mut overlay = Overlay::default();
+        let mut view = View::Write {
+            reader: &reader,
+            db: Some(&db),
+            overlay: &mut overlay,
+            cfg: &cfg,
+        };
+        view.put("k.aopen0", entry("1", 0)).unwrap().unwrap();
+        view.put("k.zopen3", entry("1", 0)).unwrap().unwrap();
+        let (keys, stopped) = view.keys(&all, None, 10, 20, 10, &seen).unwrap();
+        assert_eq!(keys, ["k.aopen0"]);
+        let (keys, stopped) = view
+            .keys(&all, stopped.as_deref(), 10, 1000, 10, &seen)
+            .unwrap();
+        assert_eq!(
+            (keys, stopped),
+            (
+                vec!["k.open1".to_string(), "k.zopen2".into(), "k.zopen3".into()],
+                None
+            )
         );
     }
 

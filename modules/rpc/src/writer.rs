@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use std::net::IpAddr;
+use crate::access::Peer;
 
 use crate::access::Who;
 use crate::db::{self, Db};
@@ -68,7 +68,7 @@ pub struct Submission {
     /// Who the calls act as (checked per call, here in the writer).
     pub who: Who,
     /// The peer's address, for a `sys.auth` in a batch.
-    pub peer: Option<IpAddr>,
+    pub peer: Peer,
     pub kind: Kind,
     pub input: Vec<u8>,
     /// Reply bytes after which no further line is evaluated (`Lines`
@@ -168,7 +168,7 @@ impl Writer {
         &self,
         conn: u64,
         who: Who,
-        peer: Option<IpAddr>,
+        peer: Peer,
         kind: Kind,
         input: Vec<u8>,
         budget: usize,
@@ -668,7 +668,7 @@ mod tests {
         let set = br#"{"jsonrpc":"2.0","method":"kv.set","params":["a",1],"id":1}"#.to_vec();
         let r = reply(
             writer
-                .call(0, Who::Internal, None, Kind::Body, set, usize::MAX)
+                .call(0, Who::Internal, Peer::UNKNOWN, Kind::Body, set, usize::MAX)
                 .unwrap(),
         );
         assert_eq!(r["result"], true);
@@ -686,7 +686,7 @@ mod tests {
             writer.submit(Submission {
                 conn: 0,
                 who: Who::Internal,
-                peer: None,
+                peer: Peer::UNKNOWN,
                 kind: Kind::Lines,
                 input: line.into_bytes(),
                 budget: usize::MAX,
@@ -714,7 +714,7 @@ mod tests {
         let set = br#"[{"jsonrpc":"2.0","method":"kv.set","params":["a",2],"id":1},{"jsonrpc":"2.0","method":"kv.get","params":["a"],"id":2}]"#.to_vec();
         let r = reply(
             writer
-                .call(0, Who::Internal, None, Kind::Body, set, usize::MAX)
+                .call(0, Who::Internal, Peer::UNKNOWN, Kind::Body, set, usize::MAX)
                 .unwrap(),
         );
         assert_eq!(r[0]["error"]["code"], code::STORAGE);
@@ -722,7 +722,7 @@ mod tests {
         let get = br#"{"jsonrpc":"2.0","method":"kv.get","params":["a"],"id":3}"#.to_vec();
         let r = reply(
             writer
-                .call(0, Who::Internal, None, Kind::Body, get, usize::MAX)
+                .call(0, Who::Internal, Peer::UNKNOWN, Kind::Body, get, usize::MAX)
                 .unwrap(),
         );
         assert_eq!(r["result"], 1, "unchanged");
@@ -750,7 +750,7 @@ mod tests {
             .call(
                 5,
                 Who::Internal,
-                None,
+                Peer::UNKNOWN,
                 Kind::Lines,
                 input.clone().into_bytes(),
                 2500,
@@ -770,7 +770,7 @@ mod tests {
             .call(
                 5,
                 Who::Internal,
-                None,
+                Peer::UNKNOWN,
                 Kind::Lines,
                 rest.clone(),
                 usize::MAX,
@@ -797,7 +797,7 @@ mod tests {
                 .call(
                     0,
                     Who::Internal,
-                    None,
+                    Peer::UNKNOWN,
                     Kind::Body,
                     line.into_bytes(),
                     usize::MAX,

@@ -1,14 +1,32 @@
 //! The per-address brake on guessing tokens: each failed authentication
-//! from an IP address opens a pause (`auth_backoff_ms`, doubling with each
-//! failure inside the previous pause's reach, capped at
-//! `auth_backoff_max_ms`) during which that address's `sys.auth` (and
-//! `Authorization: Bearer`) is refused without being checked. The table
-//! holds at most `auth_backoff_peers` addresses; when full, expired
+//! checked outside a pause opens a pause for its address
+//! (`auth_backoff_ms`, doubling with each failure inside the previous
+//! pause's reach, capped at `auth_backoff_max_ms`). During a pause a
+//! presented token is still checked, so one guesser behind a shared
+//! address (a NAT, a local TLS terminator) does not lock out the clients
+//! that know their token: a correct one is accepted as usual; a wrong one
+//! is refused with the wait, logged at debug only, does not extend the
+//! pause, and still counts toward its connection's `max_auth_failures`
+//! (the caller, [`super::Access`], does that). Peers are keyed by IPv4
+//! address, or by IPv6 /64 (one host usually owns a whole /64; an
+//! IPv4-mapped address is its IPv4 address), as the host's admin backoff.
+//! The table holds at most `auth_backoff_peers` keys; when full, expired
 //! entries go first, then the one whose pause ends soonest.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
+
+/// The key a peer is remembered under: its IPv4 address, or its IPv6 /64.
+pub fn key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -47,7 +65,7 @@ impl Backoff {
         if self.base == 0 {
             return None;
         }
-        let e = *self.map().get(&ip)?;
+        let e = *self.map().get(&key(ip))?;
         (e.until > now).then(|| (e.until - now).div_ceil(1_000_000))
     }
 
@@ -56,6 +74,7 @@ impl Backoff {
         if self.base == 0 {
             return 0;
         }
+        let ip = key(ip);
         let mut map = self.map();
         let delay = match map.get(&ip) {
             // Failing again soon after a pause: twice as long.
@@ -127,6 +146,19 @@ mod tests {
             b.remaining_ms(ip(99), 1099 * MS).is_some(),
             "the newest stays"
         );
+    }
+
+    #[test]
+    fn ipv6_peers_share_their_64() {
+        let b = Backoff::new(500, 2000, 16);
+        let at = |s: &str| s.parse::<IpAddr>().unwrap();
+        let t = 1000 * MS;
+        b.fail(at("2001:db8:1:2::1"), t);
+        assert!(b.remaining_ms(at("2001:db8:1:2:ffff::9"), t).is_some());
+        assert!(b.remaining_ms(at("2001:db8:1:3::1"), t).is_none());
+        b.fail(at("::ffff:10.0.0.1"), t);
+        assert!(b.remaining_ms(at("10.0.0.1"), t).is_some(), "mapped");
+        assert_eq!(b.len(), 2);
     }
 
     #[test]

@@ -24,14 +24,14 @@ pub mod pattern;
 pub mod session;
 pub mod users;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::conns::Conns;
 use crate::jsonrpc::{code, RpcError};
 use crate::HostApi;
 use backoff::Backoff;
-pub use decide::{decide, is_loopback, Base};
+pub use decide::{decide, is_loopback, Base, Peer};
 use session::{How, Login, Session, SessionSnap, Sessions};
 use users::{User, Users};
 
@@ -57,6 +57,11 @@ pub enum Right {
     KvWrite,
     Publish,
     Subscribe,
+}
+
+/// The peer of a host connection, as access control sees it.
+pub fn peer_of(info: &module_api::ConnInfo) -> Peer {
+    Peer::new(info.peer().ip(), info.self_forwarded)
 }
 
 /// -32060 in protected mode.
@@ -140,6 +145,18 @@ impl Who {
         }
     }
 
+    /// The key ranges (prefixes) `kv.keys` under `prefix` scans for this
+    /// caller: `prefix` itself, or for a user only where its `kv_read`
+    /// allow patterns can match ([`pattern::ranges`]), so rows it could
+    /// never see are not even read.
+    pub fn read_ranges(&self, prefix: &str) -> Vec<String> {
+        match self {
+            Who::Internal | Who::Loopback => vec![prefix.to_string()],
+            Who::Protected | Who::Anonymous => Vec::new(),
+            Who::User(u, _) => pattern::ranges(&u.perms.kv_read.allow, prefix),
+        }
+    }
+
     /// [`Who::may`] as a -32061 naming the method, the key or subject and
     /// the user.
     pub fn check(&self, right: Right, method: &str, name: &str) -> Result<(), RpcError> {
@@ -153,6 +170,28 @@ impl Who {
         Err(RpcError::new(
             code::PERMISSION_DENIED,
             format!("permission denied: {user} may not {method} {name:?}"),
+        ))
+    }
+
+    /// For the writes whose answer reveals what is stored (`kv.del`
+    /// reports whether the key existed, `kv.incr` returns the value,
+    /// `kv.cas` confirms a guess): `kv_write` and `kv_read` both, the
+    /// denial naming the right that is missing.
+    pub fn check_read_write(&self, method: &str, name: &str) -> Result<(), RpcError> {
+        self.check(Right::KvWrite, method, name)?;
+        if self.may(Right::KvRead, name) {
+            return Ok(());
+        }
+        let user = match self {
+            Who::User(u, _) => format!("user {:?}", u.name),
+            _ => "this connection".to_string(),
+        };
+        Err(RpcError::new(
+            code::PERMISSION_DENIED,
+            format!(
+                "permission denied: {user} may not {method} {name:?}: it needs kv_read as well \
+                 as kv_write (the answer reveals the stored value or whether the key exists)"
+            ),
         ))
     }
 
@@ -271,13 +310,21 @@ impl Access {
     /// Who a raw TCP connection (or an in-process call, `conn` 0) acts
     /// as. While users are configured, the first call of a connection
     /// logs it in by certificate or as `no_auth_user` if it can, and
-    /// remembers the session; later calls only look it up.
-    pub fn who(&self, host: &dyn HostApi, conn: u64, peer: Option<IpAddr>) -> Who {
+    /// remembers the session; later calls only look it up. A connection
+    /// already closed (a deferred line run after the host's `on_close`)
+    /// is not logged in and leaves no session: decided under the
+    /// connection's lock in `conns`, as `sys.auth` is, so the session
+    /// either is not made or is made before the close removes it.
+    pub fn who(&self, host: &dyn HostApi, conns: &Conns, conn: u64, peer: Peer) -> Who {
         match decide(conn, peer, !self.users.is_empty()) {
             Base::Internal => Who::Internal,
             Base::Loopback => Who::Loopback,
             Base::Protected => Who::Protected,
             Base::Users => {
+                let locked = conns.lock(conn);
+                if locked.closed(conn) {
+                    return Who::Anonymous;
+                }
                 let mut map = self.sessions.lock(conn);
                 if let Some(s) = map.get(&conn) {
                     return session_who(s);
@@ -298,7 +345,7 @@ impl Access {
     /// A login without a token: by the connection's client certificate,
     /// else as `no_auth_user`; `None` when neither applies or the user is
     /// at its `max_connections`.
-    fn implicit_login(&self, host: &dyn HostApi, conn: u64, peer: Option<IpAddr>) -> Option<Login> {
+    fn implicit_login(&self, host: &dyn HostApi, conn: u64, peer: Peer) -> Option<Login> {
         if self.users.has_certs() {
             let names = host.peer_identity(conn);
             if let Some(u) = self.users.by_certs(&names) {
@@ -333,7 +380,7 @@ impl Access {
         &self,
         host: &dyn HostApi,
         conn: u64,
-        peer: Option<IpAddr>,
+        peer: Peer,
         creds: &Credentials<'_>,
     ) -> Result<Who, HttpRefusal> {
         match decide(conn, peer, !self.users.is_empty()) {
@@ -343,28 +390,23 @@ impl Access {
             Base::Users => {}
         }
         match creds {
-            Credentials::Bearer(token) => {
-                if let Some(ms) = peer.and_then(|ip| self.backoff.remaining_ms(ip, limit::now_ns()))
-                {
-                    return Err(HttpRefusal::Failed(Some(ms)));
-                }
-                match self.users.by_token(token, None) {
-                    Some(u) => Ok(Who::User(u.clone(), How::Token)),
-                    None => {
-                        self.failed(conn, peer, None, "a wrong Bearer token");
-                        Err(HttpRefusal::Failed(None))
-                    }
-                }
-            }
-            Credentials::Other => {
-                self.failed(
+            // Checked even while the address is paused: a guesser behind
+            // the same address must not lock out a client with its token.
+            Credentials::Bearer(token) => match self.users.by_token(token, None) {
+                Some(u) => Ok(Who::User(u.clone(), How::Token)),
+                None => Err(HttpRefusal::Failed(self.refused(
                     conn,
                     peer,
                     None,
-                    "an Authorization header that is not Bearer",
-                );
-                Err(HttpRefusal::Failed(None))
-            }
+                    "a wrong Bearer token",
+                ))),
+            },
+            Credentials::Other => Err(HttpRefusal::Failed(self.refused(
+                conn,
+                peer,
+                None,
+                "an Authorization header that is not Bearer",
+            ))),
             Credentials::None => {
                 if self.users.has_certs() {
                     if let Some(u) = self.users.by_certs(&host.peer_identity(conn)) {
@@ -379,10 +421,35 @@ impl Access {
         }
     }
 
+    /// A checked, failed authentication: outside a pause, [`Access::failed`]
+    /// (logged at warn, the address paused) and `None`; during its
+    /// address's pause, logged at debug only, the pause not extended, and
+    /// `Some(ms left)` for the refusal's message.
+    fn refused(&self, conn: u64, peer: Peer, user: Option<&str>, what: &str) -> Option<u64> {
+        let paused = peer
+            .ip
+            .and_then(|ip| self.backoff.remaining_ms(ip, limit::now_ns()));
+        match paused {
+            Some(ms) => {
+                // Not at warn: these come as fast as a client sends them,
+                // while failures outside a pause are at most one per pause
+                // per address.
+                log::debug!(
+                    "rpc: failed authentication from {peer} (conn {conn}): {what}, while the \
+                     address is paused for {ms} ms (not extended)"
+                );
+            }
+            None => self.failed(conn, peer, user, what),
+        }
+        paused
+    }
+
     /// Logs a failed authentication (never the token) and pauses the
     /// address.
-    fn failed(&self, conn: u64, peer: Option<IpAddr>, user: Option<&str>, what: &str) {
-        let pause = peer.map_or(0, |ip| self.backoff.fail(ip, limit::now_ns()));
+    fn failed(&self, conn: u64, peer: Peer, user: Option<&str>, what: &str) {
+        let pause = peer
+            .ip
+            .map_or(0, |ip| self.backoff.fail(ip, limit::now_ns()));
         log::warn!(
             "rpc: failed authentication from {} (conn {conn}{}): {what}; address paused {pause} ms",
             show(peer),
@@ -398,7 +465,7 @@ impl Access {
     pub fn authenticate(
         &self,
         conn: u64,
-        peer: Option<IpAddr>,
+        peer: Peer,
         token: &str,
         name: Option<&str>,
     ) -> AuthOutcome {
@@ -416,27 +483,12 @@ impl Access {
             }
             _ => {}
         }
-        let paused = peer.and_then(|ip| self.backoff.remaining_ms(ip, limit::now_ns()));
-        let found = match paused {
-            Some(_) => None,
-            None => self.users.by_token(token, name),
-        };
-        let Some(user) = found else {
-            let err = match paused {
-                Some(ms) => {
-                    // Not at warn: these come as fast as a client sends
-                    // them, while checked failures are at most one per
-                    // pause per address.
-                    log::debug!(
-                        "rpc: sys.auth from {} (conn {conn}) refused unchecked: the address is paused for {ms} ms",
-                        show(peer)
-                    );
-                    backing_off(ms)
-                }
-                None => {
-                    self.failed(conn, peer, name, "a wrong token");
-                    auth_failed()
-                }
+        // Checked even while the address is paused: a guesser behind the
+        // same address must not lock out a client with its token.
+        let Some(user) = self.users.by_token(token, name) else {
+            let err = match self.refused(conn, peer, name, "a wrong token") {
+                Some(ms) => backing_off(ms),
+                None => auth_failed(),
             };
             return outcome(Err(err), self.count_failure(conn, peer));
         };
@@ -487,7 +539,7 @@ impl Access {
 
     /// Counts a failed `sys.auth` on a connection; `true` once it reached
     /// `max_auth_failures` (the connection is then closed).
-    fn count_failure(&self, conn: u64, peer: Option<IpAddr>) -> bool {
+    fn count_failure(&self, conn: u64, peer: Peer) -> bool {
         if conn == 0 || self.max_auth_failures == 0 {
             return false;
         }
@@ -511,13 +563,25 @@ impl Access {
     /// Resolves the sessions a previous generation handed over against
     /// this generation's users: a token login survives if its user still
     /// exists with the same token hash; certificate and `no_auth_user`
-    /// logins are made again; everything else is not logged in. Returns
+    /// logins are made again; everything else is not logged in; sessions
+    /// of connections that had already closed (`conns` holds the
+    /// predecessor's tombstones) are dropped. Returns
     /// who each handed-over connection is now (for the subscription check).
-    pub fn restore(&self, host: &dyn HostApi, snaps: Vec<SessionSnap>) -> Vec<(u64, Who)> {
+    pub fn restore(
+        &self,
+        host: &dyn HostApi,
+        conns: &Conns,
+        snaps: Vec<SessionSnap>,
+    ) -> Vec<(u64, Who)> {
         let mut out = Vec::with_capacity(snaps.len());
         let (mut kept, mut dropped) = (0, 0);
         for snap in snaps {
-            let who = match decide(snap.id, snap.peer, !self.users.is_empty()) {
+            // Closed before the hand-over (the tombstones came with it): a
+            // session a late deferred line made there dies here.
+            if conns.lock(snap.id).closed(snap.id) {
+                continue;
+            }
+            let who = match decide(snap.id, snap.peer(), !self.users.is_empty()) {
                 Base::Internal => Who::Internal,
                 Base::Loopback => Who::Loopback,
                 Base::Protected => Who::Protected,
@@ -531,7 +595,7 @@ impl Access {
                         _ => None,
                     };
                     let login =
-                        token_login.or_else(|| self.implicit_login(host, snap.id, snap.peer));
+                        token_login.or_else(|| self.implicit_login(host, snap.id, snap.peer()));
                     match (&snap.user, &login) {
                         (Some(was), Some(now)) if *was == *now.user.name => kept += 1,
                         (Some(was), _) => {
@@ -553,7 +617,7 @@ impl Access {
                     let s = Session {
                         login,
                         failures: 0,
-                        peer: snap.peer,
+                        peer: snap.peer(),
                     };
                     let who = session_who(&s);
                     self.sessions.lock(snap.id).insert(snap.id, s);
@@ -576,16 +640,16 @@ fn session_who(s: &Session) -> Who {
     }
 }
 
-fn show(peer: Option<IpAddr>) -> String {
-    peer.map_or_else(|| "an unknown address".into(), |ip| ip.to_string())
+fn show(peer: Peer) -> String {
+    peer.to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> Option<IpAddr> {
-        Some(s.parse().unwrap())
+    fn ip(s: &str) -> Peer {
+        Peer::new(s.parse().unwrap(), false)
     }
 
     /// A host whose connection 7 carries a certificate for `bot1.example.org`.
@@ -646,27 +710,69 @@ mod tests {
         );
         let lo = ip("127.0.0.1");
         // The certificate logs connection 7 in, once (cached).
-        assert_eq!(name(&a.who(&CertHost, 7, lo)), Some(("bot1", How::Cert)));
-        assert_eq!(name(&a.who(&CertHost, 7, lo)), Some(("bot1", How::Cert)));
+        assert_eq!(
+            name(&a.who(&CertHost, &Conns::default(), 7, lo)),
+            Some(("bot1", How::Cert))
+        );
+        assert_eq!(
+            name(&a.who(&CertHost, &Conns::default(), 7, lo)),
+            Some(("bot1", How::Cert))
+        );
         // Another connection without one acts as the default user.
         assert_eq!(
-            name(&a.who(&CertHost, 8, lo)),
+            name(&a.who(&CertHost, &Conns::default(), 8, lo)),
             Some(("guest", How::NoAuthUser))
         );
         // bot1 has max_connections = 1, held by connection 7.
         let o = a.authenticate(8, lo, "t1", None);
         assert_eq!(o.result.unwrap_err().code, code::USER_LIMIT);
         assert_eq!(
-            name(&a.who(&CertHost, 8, lo)),
+            name(&a.who(&CertHost, &Conns::default(), 8, lo)),
             Some(("guest", How::NoAuthUser)),
             "unchanged"
         );
         a.sessions.remove(7);
         let o = a.authenticate(8, lo, "t1", Some("bot1"));
         assert_eq!(name(&o.result.unwrap()), Some(("bot1", How::Token)));
-        assert_eq!(name(&a.who(&CertHost, 8, lo)), Some(("bot1", How::Token)));
+        assert_eq!(
+            name(&a.who(&CertHost, &Conns::default(), 8, lo)),
+            Some(("bot1", How::Token))
+        );
         // In-process calls are internal whatever the users.
-        assert!(matches!(a.who(&CertHost, 0, None), Who::Internal));
+        assert!(matches!(
+            a.who(&CertHost, &Conns::default(), 0, Peer::UNKNOWN),
+            Who::Internal
+        ));
+    }
+
+    /// A deferred line run after the host closed its connection makes no
+    /// session (which would hold a `max_connections` slot for ever), and
+    /// a session the predecessor made that way does not survive a reload.
+    #[test]
+    fn closed_connections_leave_no_session() {
+        let users = serde_json::json!([
+            {"name": "bot1", "certs": ["bot1.example.org"], "max_connections": 1}
+        ]);
+        let a = access(users.clone(), serde_json::json!({}));
+        let lo = ip("127.0.0.1");
+        let conns = Conns::default();
+        conns.close(7, || {});
+        assert!(matches!(a.who(&CertHost, &conns, 7, lo), Who::Anonymous));
+        assert!(a.sessions.is_empty(), "no session for a closed connection");
+        assert_eq!(a.users.get("bot1").unwrap().conns.current(), 0);
+
+        // A predecessor without the check left one behind.
+        assert_eq!(
+            name(&a.who(&CertHost, &Conns::default(), 7, lo)),
+            Some(("bot1", How::Cert))
+        );
+        let snaps = a.sessions.snapshot();
+        let next = access(users, serde_json::json!({}));
+        let after = Conns::default();
+        after.restore_closed(conns.closed_ids());
+        assert!(next.restore(&CertHost, &after, snaps).is_empty());
+        assert!(next.sessions.is_empty());
+        assert_eq!(next.users.get("bot1").unwrap().conns.current(), 0);
     }
 
     #[test]
@@ -676,23 +782,41 @@ mod tests {
             serde_json::json!({"max_auth_failures": 3, "auth_backoff_ms": 60000}),
         );
         let peer = ip("10.0.0.9");
-        assert!(matches!(a.who(&CertHost, 5, peer), Who::Anonymous));
+        assert!(matches!(
+            a.who(&CertHost, &Conns::default(), 5, peer),
+            Who::Anonymous
+        ));
         let o = a.authenticate(5, peer, "wrong", None);
         assert_eq!(o.result.unwrap_err().message, "authentication failed");
         assert!(!o.close);
-        // Paused: even the right token is refused unchecked.
-        let o = a.authenticate(5, peer, "t1", None);
+        let now = limit::now_ns();
+        let left = a.backoff.remaining_ms(peer.ip.unwrap(), now).unwrap();
+        // Paused: a wrong token gets the wait, does not extend the pause,
+        // and counts toward the connection's max_auth_failures.
+        let o = a.authenticate(5, peer, "wrong", None);
         let e = o.result.unwrap_err();
         assert_eq!(e.code, code::AUTH_FAILED);
         assert!(e.message.contains("retry in"), "{}", e.message);
         assert!(!o.close);
-        let o = a.authenticate(5, peer, "t1", None);
+        assert!(a.backoff.remaining_ms(peer.ip.unwrap(), now).unwrap() <= left);
+        // The right token is still checked and accepted, on another
+        // connection from the same address (a shared NAT) ...
+        let o = a.authenticate(6, peer, "t1", None);
+        assert_eq!(name(&o.result.unwrap()), Some(("bot1", How::Token)));
+        // ... and over HTTP.
+        let http = a.who_http(&CertHost, 9, peer, &Credentials::Bearer("t1"));
+        assert_eq!(name(&http.unwrap()), Some(("bot1", How::Token)));
+        let http = a.who_http(&CertHost, 9, peer, &Credentials::Bearer("nope"));
+        assert!(matches!(http, Err(HttpRefusal::Failed(Some(_)))));
+        let o = a.authenticate(5, peer, "wrong again", None);
         assert!(o.close, "the third failure closes");
-        // Another address is not paused.
-        assert!(a
-            .authenticate(6, ip("10.0.0.10"), "t1", None)
-            .result
-            .is_ok());
+        assert!(a.backoff.remaining_ms(peer.ip.unwrap(), now).unwrap() <= left);
+        // Another address is not paused; the same IPv6 /64 is.
+        let o = a.authenticate(7, ip("10.0.0.10"), "wrong", None);
+        assert_eq!(o.result.unwrap_err().message, "authentication failed");
+        a.authenticate(8, ip("2001:db8::1"), "wrong", None);
+        let o = a.authenticate(8, ip("2001:db8::2"), "wrong", None);
+        assert!(o.result.unwrap_err().message.contains("retry in"));
     }
 
     #[test]
@@ -709,7 +833,7 @@ mod tests {
         for (conn, t) in [(1, "t1"), (2, "t2"), (3, "t3")] {
             assert!(old.authenticate(conn, lo, t, None).result.is_ok());
         }
-        old.who(&CertHost, 4, lo);
+        old.who(&CertHost, &Conns::default(), 4, lo);
         let snaps = old.sessions.snapshot();
         // bot2 removed, bot3's token rotated.
         let new = access(
@@ -719,8 +843,10 @@ mod tests {
             ]),
             serde_json::json!({}),
         );
-        let whos: std::collections::HashMap<u64, Who> =
-            new.restore(&CertHost, snaps.clone()).into_iter().collect();
+        let whos: std::collections::HashMap<u64, Who> = new
+            .restore(&CertHost, &Conns::default(), snaps.clone())
+            .into_iter()
+            .collect();
         assert_eq!(name(&whos[&1]), Some(("bot1", How::Token)));
         assert!(whos[&1].may(Right::KvRead, "x"), "the new permissions");
         assert!(matches!(whos[&2], Who::Anonymous), "removed user");
@@ -729,7 +855,7 @@ mod tests {
         assert_eq!(new.users.get("bot1").unwrap().conns.current(), 1);
         // To protected mode: loopback sessions keep everything.
         let none = access(serde_json::json!([]), serde_json::json!({}));
-        let whos = none.restore(&CertHost, snaps);
+        let whos = none.restore(&CertHost, &Conns::default(), snaps);
         assert!(whos.iter().all(|(_, w)| matches!(w, Who::Loopback)));
     }
 
@@ -765,6 +891,32 @@ mod tests {
             Who::Anonymous.admit("kv.get", false).unwrap_err().code,
             code::AUTH_REQUIRED
         );
+    }
+
+    #[test]
+    fn writes_that_reveal_values_need_read_too() {
+        let a = access(
+            serde_json::json!([{"name": "w", "token_hash": hash("t1"),
+                                "permissions": {"kv_write": ["k.>"], "kv_read": ["k.open"]}}]),
+            serde_json::json!({}),
+        );
+        let who = a
+            .authenticate(3, ip("127.0.0.1"), "t1", None)
+            .result
+            .unwrap();
+        assert!(who.check(Right::KvWrite, "kv.set", "k.x").is_ok());
+        for m in ["kv.incr", "kv.cas", "kv.del"] {
+            let e = who.check_read_write(m, "k.x").unwrap_err();
+            assert_eq!(e.code, code::PERMISSION_DENIED);
+            assert!(
+                e.message.contains(m) && e.message.contains("needs kv_read"),
+                "{}",
+                e.message
+            );
+            assert!(who.check_read_write(m, "k.open").is_ok());
+            let e = who.check_read_write(m, "other").unwrap_err();
+            assert!(!e.message.contains("kv_read"), "{}", e.message);
+        }
     }
 
     #[test]

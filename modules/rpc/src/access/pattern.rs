@@ -87,6 +87,29 @@ impl Pattern {
         &self.text
     }
 
+    /// The literal start every key the pattern matches begins with: its
+    /// segments before the first wildcard, with their dot (`bot1.*` →
+    /// `bot1.`, `>` → the empty string); the whole text for a pattern
+    /// without wildcards.
+    pub fn literal_prefix(&self) -> String {
+        let lits: Vec<&str> = self
+            .segs
+            .iter()
+            .map_while(|s| match s {
+                Seg::Lit(l) => Some(&**l),
+                _ => None,
+            })
+            .collect();
+        if lits.len() == self.segs.len() {
+            return self.text.to_string();
+        }
+        let mut p = lits.join(".");
+        if !lits.is_empty() {
+            p.push('.');
+        }
+        p
+    }
+
     /// Whether `name` (a key or a published topic, taken literally: a `*`
     /// in a key is just a character) is inside the pattern.
     pub fn matches(&self, name: &str) -> bool {
@@ -150,6 +173,37 @@ impl Pattern {
         }
         other.next().is_none()
     }
+}
+
+/// The key ranges (prefixes) a listing of the keys starting with
+/// `prefix` needs to scan to find every key one of `allow` matches: each
+/// pattern's literal start, narrowed to `prefix`, those that cannot meet
+/// it left out. Sorted, and none is a prefix of another (so the ranges are
+/// disjoint and in key order).
+pub fn ranges(allow: &[Pattern], prefix: &str) -> Vec<String> {
+    let mut out: Vec<String> = allow
+        .iter()
+        .filter_map(|p| {
+            let lit = p.literal_prefix();
+            if lit.starts_with(prefix) {
+                Some(lit)
+            } else if prefix.starts_with(lit.as_str()) {
+                Some(prefix.to_string())
+            } else {
+                None
+            }
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    let mut kept: Vec<String> = Vec::with_capacity(out.len());
+    for r in out {
+        if kept.last().is_some_and(|k| r.starts_with(k.as_str())) {
+            continue;
+        }
+        kept.push(r);
+    }
+    kept
 }
 
 /// One right's allow and deny lists; deny wins, and an empty allow list
@@ -238,6 +292,22 @@ mod tests {
         assert!(!p("a.b").overlaps("a"));
         assert!(!p("a.>").overlaps("a"));
         assert!(p(">").overlaps("a"));
+    }
+
+    #[test]
+    fn literal_prefixes_and_scan_ranges() {
+        assert_eq!(p("bot1.*").literal_prefix(), "bot1.");
+        assert_eq!(p("a.b.>").literal_prefix(), "a.b.");
+        assert_eq!(p("*.x").literal_prefix(), "");
+        assert_eq!(p(">").literal_prefix(), "");
+        assert_eq!(p("a.b").literal_prefix(), "a.b");
+        let allow = [p("bot1.*"), p("shared.>"), p("shared.x.*"), p("bot2.y")];
+        assert_eq!(ranges(&allow, ""), ["bot1.", "bot2.y", "shared."]);
+        assert_eq!(ranges(&allow, "shared.x.1"), ["shared.x.1"]);
+        assert_eq!(ranges(&allow, "bot"), ["bot1.", "bot2.y"]);
+        assert!(ranges(&allow, "other").is_empty());
+        assert_eq!(ranges(&[p(">")], "k"), ["k"]);
+        assert!(ranges(&[], "").is_empty());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
+use super::decide::Peer;
 use super::users::User;
 
 const SHARDS: usize = 16;
@@ -68,7 +69,7 @@ pub struct Session {
     pub login: Option<Login>,
     /// Failed `sys.auth` calls on this connection.
     pub failures: u32,
-    pub peer: Option<IpAddr>,
+    pub peer: Peer,
 }
 
 /// The sessions of one generation.
@@ -109,7 +110,8 @@ impl Sessions {
                     user: s.login.as_ref().map(|l| l.user.name.to_string()),
                     how: s.login.as_ref().map(|l| l.how),
                     token_hash: s.login.as_ref().and_then(|l| l.user.hash_text()),
-                    peer: s.peer,
+                    peer: s.peer.ip,
+                    self_forwarded: s.peer.self_forwarded,
                 });
             }
         }
@@ -149,4 +151,17 @@ pub struct SessionSnap {
     /// user's hash changed (a rotated token) does not survive the reload.
     pub token_hash: Option<String>,
     pub peer: Option<IpAddr>,
+    /// The peer is a proxy route of this server back to itself (see
+    /// [`Peer::self_forwarded`]); absent from an older generation's state.
+    #[serde(default)]
+    pub self_forwarded: bool,
+}
+
+impl SessionSnap {
+    pub fn peer(&self) -> Peer {
+        Peer {
+            ip: self.peer,
+            self_forwarded: self.self_forwarded,
+        }
+    }
 }
