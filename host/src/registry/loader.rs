@@ -121,6 +121,13 @@ pub fn launch(
 ) -> Result<Generation, String> {
     fs::create_dir_all(&data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
+    // From here on the library's code runs (start, then the questions asked
+    // of the new instance, and its drop on a refusal): under the module's
+    // name, so that a crash in any of it is pinned on the module and counts
+    // toward its quarantine instead of reading as "not in module code".
+    // Unwatched: a start may legitimately take long (a database to open, a
+    // hand-over to wait for).
+    let _busy = crate::worker_link::enter_unwatched(crate::worker_link::intern(&c.name));
     let host = HostServices_TO::from_value(
         HostCtx {
             name: Arc::from(c.name.as_str()),

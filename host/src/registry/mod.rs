@@ -253,7 +253,16 @@ impl Registry {
     }
 
     /// Starts the next generation of `c`.
-    fn launch(&self, state: &mut State, c: &Candidate, saved: &[u8]) -> Result<Generation, String> {
+    fn launch(
+        &self,
+        state: &mut State,
+        c: &Candidate,
+        file: &Path,
+        saved: &[u8],
+    ) -> Result<Generation, String> {
+        // The leader quarantines the file a crash is pinned on: record it
+        // before the module's start runs, which may be what crashes.
+        crate::worker_link::loaded(&c.name, file);
         let gen = state.gens.get(&c.name).copied().unwrap_or(0) + 1;
         let stats = state.stats.entry(c.name.clone()).or_default().clone();
         let config_json = state.config.module_json(&c.name);
@@ -411,7 +420,7 @@ impl Registry {
                 Self::check_conflicts(state, &c.name, &c.bindings)
             };
             checked
-                .and_then(|()| self.launch(state, &c, &[]))
+                .and_then(|()| self.launch(state, &c, file, &[]))
                 .map_err(|e| self.refused(state, &c, e))
         });
         match result {
@@ -442,7 +451,7 @@ impl Registry {
         }
         let saved = old.enter_unwatched(|m| m.save_state());
         drop(old);
-        match self.launch(state, &c, &saved) {
+        match self.launch(state, &c, file, &saved) {
             Ok(g) => self.install(state, file, g),
             Err(e) => Outcome::err(format!("ERR {name}: {}", self.refused(state, &c, e))),
         }
@@ -483,14 +492,14 @@ impl Registry {
             .expect("slot of a module being reloaded");
         drop(slot);
         drop(old); // stops the old generation (the last holder, normally)
-        let outcome = match self.launch(state, &c, &saved) {
+        let outcome = match self.launch(state, &c, file, &saved) {
             Ok(g) => {
                 state.reloading.remove(name);
                 self.install(state, file, g)
             }
             Err(e) => {
                 let e = self.refused(state, &c, e);
-                let restored = self.launch(state, &previous, &saved);
+                let restored = self.launch(state, &previous, file, &saved);
                 state.reloading.remove(name);
                 match restored {
                     Ok(g) => {
@@ -698,7 +707,7 @@ impl Registry {
                     s.retained.load(Ordering::Relaxed),
                     s.retained_bytes.load(Ordering::Relaxed),
                 );
-                let extra = g.module.status();
+                let extra = g.enter(|m| m.status());
                 if !extra.is_empty() {
                     line.push(' ');
                     line.push_str(extra.as_str());
