@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{parse_reload, Client, Server, ServerBuilder, Status, INDEX_HTML, IO_TIMEOUT};
@@ -240,22 +240,6 @@ fn sigint_exits_zero() {
 
 // ---- Admin access ----
 
-/// A client whose socket is bound to `src` (any 127.x.y.z works on Linux
-/// loopback), so the server sees a peer other than 127.0.0.1.
-fn connect_from(s: &Server, src: &str) -> Client {
-    use socket2::{Domain, Socket, Type};
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    let local = SocketAddr::new(src.parse().unwrap(), 0);
-    sock.bind(&local.into())
-        .unwrap_or_else(|e| panic!("bind {local}: {e}"));
-    sock.connect_timeout(&s.addr.into(), IO_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect from {src}: {e}"));
-    let stream: TcpStream = sock.into();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.set_nodelay(true).unwrap();
-    Client::from_stream(stream)
-}
-
 /// Sends one command and reads its reply (whole `STATUS`/`RELOAD` replies).
 fn command(c: &mut Client, cmd: &str) -> String {
     c.send(format!("{cmd}\n").as_bytes());
@@ -302,12 +286,12 @@ fn admin_from_is_matched_against_the_real_peer_address() {
         .server("admin_from = [\"127.0.0.2/32\", \"127.0.1.0/24\"]")
         .start();
     for src in ["127.0.0.2", "127.0.1.77"] {
-        let mut c = connect_from(&s, src);
+        let mut c = s.connect_from(src);
         let st = Status::parse(&command(&mut c, "STATUS"));
         assert_eq!(st.expect("http").gen, 1, "from {src}");
     }
     for src in ["127.0.0.1", "127.0.0.3", "127.0.2.1"] {
-        let mut c = connect_from(&s, src);
+        let mut c = s.connect_from(src);
         assert_eq!(command(&mut c, "STATUS"), "ERR forbidden\n", "from {src}");
         assert_eq!(
             command(&mut c, "RELOAD http"),
@@ -362,7 +346,7 @@ fn narrowing_admin_from_on_reload_applies_to_open_connections() {
     let mut open = s.connect();
     let st = Status::parse(&command(&mut open, "STATUS"));
     assert_eq!(st.expect("http").gen, 1);
-    let mut other = connect_from(&s, "127.0.0.2");
+    let mut other = s.connect_from("127.0.0.2");
     assert!(command(&mut other, "STATUS").starts_with("OK status"));
 
     // Only 127.0.0.2 from now on: decided per command, not at accept.

@@ -429,6 +429,13 @@ impl Server {
         Client::connect(self.addr)
     }
 
+    /// Like [`Server::connect`], from a socket bound to `src` first (any
+    /// 127.x.y.z works on Linux loopback), so the server sees a peer other
+    /// than 127.0.0.1.
+    pub fn connect_from(&self, src: &str) -> Client {
+        Client::connect_from(self.addr, src)
+    }
+
     /// Sends one raw request on a new connection and reads one response.
     pub fn request(&self, raw: impl AsRef<[u8]>) -> Response {
         let mut c = self.connect();
@@ -518,6 +525,25 @@ impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
             .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Like [`Client::connect`], from a socket bound to address `src`.
+    pub fn connect_from(addr: SocketAddr, src: &str) -> Client {
+        use socket2::{Domain, Socket, Type};
+        let local = SocketAddr::new(src.parse().unwrap(), 0);
+        let sock = Socket::new(Domain::for_address(local), Type::STREAM, None).unwrap();
+        sock.bind(&local.into())
+            .unwrap_or_else(|e| panic!("bind {local}: {e}"));
+        sock.connect_timeout(&addr.into(), IO_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to {addr} from {src}: {e}"));
+        let stream: TcpStream = sock.into();
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();

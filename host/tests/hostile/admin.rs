@@ -6,10 +6,9 @@
 //! The guarded servers here set `admin_from` to a network no test peer is
 //! in, so loopback clients must `AUTH` like remote ones would.
 
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, Client, Server, ServerBuilder, IO_TIMEOUT};
+use crate::common::{free_port, Server, ServerBuilder, IO_TIMEOUT};
 
 const TOKEN: &str = "tok-c0ffee-42";
 
@@ -23,22 +22,6 @@ fn guarded(backoff_ms: u64, max_failures: u32) -> Server {
         .start()
 }
 
-/// A client bound to `src` (another loopback address), so that the
-/// per-address backoff of one test peer does not touch another.
-fn connect_from(s: &Server, src: &str) -> Client {
-    use socket2::{Domain, Socket, Type};
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    let local = SocketAddr::new(src.parse().unwrap(), 0);
-    sock.bind(&local.into())
-        .unwrap_or_else(|e| panic!("bind {local}: {e}"));
-    sock.connect_timeout(&s.addr.into(), IO_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect from {src}: {e}"));
-    let stream: TcpStream = sock.into();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.set_nodelay(true).unwrap();
-    Client::from_stream(stream)
-}
-
 /// The `<n>` of `ERR AUTH locked for <n> ms after failed attempts`.
 fn locked_ms(line: &str) -> u64 {
     line.strip_prefix("ERR AUTH locked for ")
@@ -50,7 +33,7 @@ fn locked_ms(line: &str) -> u64 {
 #[test]
 fn twenty_pipelined_wrong_auths_close_the_connection_and_are_logged() {
     let s = guarded(500, 5);
-    let mut c = connect_from(&s, "127.0.0.5");
+    let mut c = s.connect_from("127.0.0.5");
     let me = c.stream.local_addr().unwrap();
     let burst: String = (0..20).map(|i| format!("AUTH guess-{i}\n")).collect();
     c.send(burst.as_bytes());
@@ -85,7 +68,7 @@ fn twenty_pipelined_wrong_auths_close_the_connection_and_are_logged() {
     // over.
     assert_eq!(s.get("/").status, 200);
     std::thread::sleep(Duration::from_millis(550));
-    let mut c = connect_from(&s, "127.0.0.5");
+    let mut c = s.connect_from("127.0.0.5");
     c.send(format!("AUTH {TOKEN}\nSTATUS\n").as_bytes());
     assert_eq!(c.read_line(), "OK");
     assert_eq!(c.read_line(), "OK status");
@@ -94,7 +77,7 @@ fn twenty_pipelined_wrong_auths_close_the_connection_and_are_logged() {
 #[test]
 fn backoff_doubles_for_one_address_and_spares_the_others() {
     let s = guarded(400, 10);
-    let mut guesser = connect_from(&s, "127.0.0.6");
+    let mut guesser = s.connect_from("127.0.0.6");
     guesser.send(b"AUTH wrong\n");
     assert_eq!(guesser.read_line(), "ERR bad token");
     // Even the right token is refused unchecked while locked.
@@ -105,7 +88,7 @@ fn backoff_doubles_for_one_address_and_spares_the_others() {
     assert_eq!(guesser.read_line(), "ERR forbidden");
 
     // Another address is not slowed down by it.
-    let mut other = connect_from(&s, "127.0.0.7");
+    let mut other = s.connect_from("127.0.0.7");
     other.send(format!("AUTH {TOKEN}\nSTATUS\n").as_bytes());
     assert_eq!(other.read_line(), "OK");
     assert_eq!(other.read_line(), "OK status");
