@@ -4,9 +4,12 @@
 //! the loop accepts from such a socket comes from a loopback (or local)
 //! address, but it carries a remote client's bytes.
 //!
-//! Each upstream socket holds an [`OwnUpstream`] mark from the moment its
-//! connect is started (the kernel picks the local port then, before a byte
-//! can flow). When the session ends the mark is not dropped at once but
+//! Each upstream socket whose destination port is our own listening port
+//! (only those can reach our listener) holds an [`OwnUpstream`] mark from
+//! before its connect starts: the socket is bound first, so its local
+//! address is known before any packet leaves. Other upstreams are not
+//! marked, so their ports, reused by a local client, are never mistaken
+//! for ours. When the session ends the mark is not dropped at once but
 //! *retired* for [`LINGER`]: the connection our listener accepted from
 //! that socket may still sit in the accept queue, or hold bytes the proxy
 //! relayed just before the session ended (a client that sends a command

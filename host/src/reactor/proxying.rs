@@ -73,13 +73,10 @@ impl EventLoop {
                 // space: such a connection can only copy.
                 let splice = cfg.proxy_splice && conn.tls.is_none();
                 let (up, down) = Buffer::pair(splice, cfg.proxy_buffer_size, &first, conn.info.id);
-                // Elsewhere the kernel chose the local port in `connect`;
-                // marked now, before any byte can flow through it.
-                let own = own.or_else(|| {
-                    sock.local_addr()
-                        .ok()
-                        .map(|a| self.shared.own_upstreams.mark(a))
-                });
+                // Only an upstream on our own port can reach our listener,
+                // and it was marked above, before its connect. Others are
+                // not marked: their local ports, lingering as marks, would
+                // make a local client that reuses one look self-forwarded.
                 let slots = Session::extra_slots(up.is_spliced());
                 self.shared.conns.fetch_add(slots, Ordering::AcqRel);
                 conn.stage = Stage::Proxy(Box::new(Session {
