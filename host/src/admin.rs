@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::Ordering;
 
 use crate::pool::AdminReply;
-use crate::reactor::Shared;
+use crate::state::Shared;
 
 /// Longest command line accepted.
 pub const MAX_LINE: usize = 1024;

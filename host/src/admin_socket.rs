@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use crate::admin::{self, Command};
 use crate::pool::AdminReply;
-use crate::reactor::Shared;
+use crate::state::Shared;
 
 /// Clients served at once; one more is answered `ERR busy` and closed.
 /// Each holds a thread, and the socket is reachable only by the server's

@@ -15,7 +15,7 @@ use mio::net::TcpStream;
 use module_api::abi::{FileBody, SharedBody};
 use module_api::ConnInfo;
 
-use crate::registry::Generation;
+use crate::generation::Generation;
 use crate::sys;
 
 /// Size of a pooled read buffer.

@@ -30,6 +30,7 @@ pub mod admin_socket;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod generation;
 pub mod panics;
 pub mod pool;
 pub mod proxy;
@@ -38,6 +39,7 @@ pub mod registry;
 pub mod router;
 pub mod scheduler;
 pub mod services;
+pub mod state;
 pub mod supervisor;
 pub mod sys;
 pub mod tls;
@@ -58,10 +60,11 @@ use crossbeam_channel::unbounded;
 
 use crate::config::{AcceptMode, Config};
 use crate::pool::{Control, Mailbox, Pool};
-use crate::reactor::{EventLoop, Shared};
+use crate::reactor::EventLoop;
 use crate::registry::Registry;
 use crate::scheduler::Scheduler;
 use crate::services::Services;
+use crate::state::Shared;
 
 /// The process entry: parses the command line, then leads or serves.
 pub fn main() -> ExitCode {

@@ -15,7 +15,7 @@ use abi_stable::std_types::{RSlice, RVec};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use module_api::{ConnInfo, Verdict};
 
-use crate::registry::Generation;
+use crate::generation::{CallSite, Generation};
 
 /// Where a result must be delivered.
 #[derive(Debug, Clone, Copy)]
@@ -125,7 +125,7 @@ impl Pool {
                 .spawn(move || {
                     for job in rx {
                         let mut out = RVec::new();
-                        let verdict = job.gen.enter(|m| {
+                        let verdict = job.gen.call(CallSite::Deferred, |m| {
                             m.on_deferred(&job.info, RSlice::from_slice(&job.msg), &mut out)
                         });
                         drop(job.gen);

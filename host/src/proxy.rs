@@ -26,7 +26,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use module_api::Upstream;
 
-use crate::registry::Generation;
+use crate::generation::Generation;
 use crate::sys::KernelPipe;
 
 /// Rounds of moving bytes a session gets per turn before it yields to the

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::registry::Generation;
+use crate::generation::Generation;
 
 /// The host's own commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -41,7 +41,7 @@ use jiff::{SignedDuration, Timestamp};
 use module_api::abi::ModuleBox;
 use parking_lot::{Condvar, Mutex};
 
-use crate::registry::Generation;
+use crate::generation::{CallSite, Generation};
 
 /// Longest the scheduler thread sleeps between looks at the clock.
 pub const MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -497,7 +497,7 @@ fn work(rx: Receiver<Task>) {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             // Jobs may run long: a crash is pinned on the module, a long
             // run is not a hang.
-            gen.enter_unwatched(|m| m.run_job(RStr::from_str(&job)))
+            gen.call(CallSite::Job, |m| m.run_job(RStr::from_str(&job)))
         }));
         let result = match outcome {
             Ok(RResult::ROk(s)) => Ok(one_line(s.as_str())),

@@ -9,6 +9,7 @@ use abi_stable::std_types::{RSlice, RVec};
 use module_api::{Action, CallStatus, ConnInfo};
 
 use crate::conn;
+use crate::generation::CallSite;
 use crate::pool::{Completion, Mailbox};
 use crate::registry::Registry;
 
@@ -181,10 +182,14 @@ impl Services {
         );
         // `enter`: a crash or a hang in the callee is pinned on it; its
         // time counts on the caller's clock, its waits do not.
-        let mut v = g.enter(|m| m.on_message(&info, RSlice::from_slice(input), out));
+        let mut v = g.call(CallSite::InProcess, |m| {
+            m.on_message(&info, RSlice::from_slice(input), out)
+        });
         if v.action == Action::Defer {
             let n = (v.consumed as usize).min(input.len());
-            v = g.enter(|m| m.on_deferred(&info, RSlice::from_slice(&input[..n]), out));
+            v = g.call(CallSite::InProcess, |m| {
+                m.on_deferred(&info, RSlice::from_slice(&input[..n]), out)
+            });
         }
         if v.fault {
             g.stats

@@ -256,8 +256,11 @@ impl Leader {
         if let Some(fd) = self.admin_fd {
             cmd.env(link::ENV_ADMIN_FD, fd.to_string());
         }
-        // SAFETY: only async-signal-safe calls between fork and exec.
+        // SAFETY: getpid has no preconditions and cannot fail.
         let leader_pid = unsafe { libc::getpid() };
+        // SAFETY: the closure runs in the child between fork and exec and
+        // makes only async-signal-safe calls (fcntl, prctl, getppid, _exit);
+        // it allocates nothing and takes no lock.
         unsafe {
             cmd.pre_exec(move || {
                 for &fd in &inherit {

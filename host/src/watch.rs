@@ -18,8 +18,8 @@ use crossbeam_channel::{unbounded, RecvTimeoutError};
 use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
 
-use crate::reactor::Shared;
 use crate::registry::is_module_file;
+use crate::state::Shared;
 
 /// Quiet time before a burst of file events triggers one reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(300);

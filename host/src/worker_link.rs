@@ -43,7 +43,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::pool::AdminReply;
-use crate::reactor::Shared;
+use crate::state::Shared;
 
 pub const ENV_LISTEN_FDS: &str = "SWITCHYARD_LISTEN_FDS";
 pub const ENV_ADMIN_FD: &str = "SWITCHYARD_ADMIN_FD";
@@ -258,8 +258,11 @@ pub struct PageMap {
     ptr: *mut Page,
 }
 
-// SAFETY: the page holds only atomics.
+// SAFETY: the page holds only atomics, and the mapping lives as long as
+// the `PageMap`; moving it to another thread moves nothing but the pointer.
 unsafe impl Send for PageMap {}
+// SAFETY: every access to the shared page goes through its atomics, so
+// concurrent readers and writers need no further synchronisation.
 unsafe impl Sync for PageMap {}
 
 impl PageMap {

@@ -26,7 +26,7 @@ use proxying::proxy_event;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,11 +37,11 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use module_api::{Action, ConnInfo, Protocol, ProxyEventKind, Verdict};
 use slab::Slab;
 
-use crate::config::Server;
 use crate::conn::{self, Conn, PendingFile, ReadResult, Stage, READ_BUF};
-use crate::pool::{Completion, Control, Job, Mailbox, Pool, ReplyTo};
-use crate::registry::{Generation, Registry};
-use crate::router::{Match, RouteTable, SharedTable, Target};
+use crate::generation::{CallSite, Generation};
+use crate::pool::{Completion, Job, ReplyTo};
+use crate::router::{Match, RouteTable, Target};
+use crate::state::Shared;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 /// Set in the token of a proxied connection's upstream socket.
@@ -61,59 +61,6 @@ const POOLED_READ_BYTES: usize = 4 << 20;
 const POOLED_WRITE_BYTES: usize = 4 << 20;
 /// Read/process/write rounds one connection gets per turn.
 const MAX_ROUNDS: usize = 16;
-
-/// State shared by all loops.
-pub struct Shared {
-    pub cfg: Server,
-    pub registry: Arc<Registry>,
-    pub tls: Arc<crate::tls::Tls>,
-    /// What modules call back into; the loops record client certificate
-    /// names here (mutual TLS).
-    pub services: Arc<crate::services::Services>,
-    pub table: Arc<SharedTable>,
-    pub pool: Pool,
-    pub control: Control,
-    pub mailboxes: Arc<Vec<Mailbox>>,
-    /// Pushed bytes waiting in each loop's mailbox (see `services`).
-    pub push_pending: Arc<crate::services::PushPending>,
-    /// The admin settings in force (`admin_token`, `admin_from`, ...),
-    /// replaced on every `RELOAD`; read per command, never cached.
-    pub admin: Arc<crate::admin::LiveAccess>,
-    /// Peers recently failing `AUTH`, locked out for a while.
-    pub auth_backoff: crate::admin::AuthBackoff,
-    /// Local addresses of the upstream sockets open now (a connection
-    /// from one of them is never an admin by address).
-    pub own_upstreams: Arc<crate::admin::OwnUpstreams>,
-    /// The address the listeners are bound to (its port is ours: a proxy
-    /// upstream with that port may be this server).
-    pub listen_addr: std::net::SocketAddr,
-    /// Open connections per peer address (only with
-    /// `max_connections_per_ip`).
-    pub per_ip: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-    /// Bytes held by read buffers grown past `READ_BUF` (see
-    /// `max_buffered_bytes`).
-    pub buffered: AtomicUsize,
-    pub shutting_down: AtomicBool,
-    pub conns: AtomicUsize,
-    pub accepted: AtomicU64,
-    pub next_conn_id: AtomicU64,
-    pub started: Instant,
-    pub loops: usize,
-    pub threads: usize,
-}
-
-impl Shared {
-    /// Starts a graceful shutdown: every loop stops accepting, closes idle
-    /// connections and exits once the rest finish.
-    pub fn shutdown(&self) {
-        if !self.shutting_down.swap(true, Ordering::SeqCst) {
-            log::info!("shutting down: no new connections, finishing in-flight work");
-        }
-        for m in self.mailboxes.iter() {
-            let _ = m.waker.wake();
-        }
-    }
-}
 
 /// One event loop, owned by its thread.
 pub struct EventLoop {
@@ -516,7 +463,7 @@ impl EventLoop {
         let told = match std::mem::replace(&mut conn.stage, Stage::Routing) {
             Stage::Module(g) | Stage::Deferred(g) => {
                 g.stats.conns.fetch_sub(1, Ordering::Relaxed);
-                g.enter(|m| m.on_close(&conn.info));
+                g.call(CallSite::Close, |m| m.on_close(&conn.info));
                 Some(g.name.clone())
             }
             Stage::Proxy(mut session) => {
@@ -525,7 +472,7 @@ impl EventLoop {
                 let g = session.gen.clone();
                 g.stats.conns.fetch_sub(1, Ordering::Relaxed);
                 let mut out = RVec::new();
-                let _ = g.enter(|m| {
+                let _ = g.call(CallSite::ProxyEvent, |m| {
                     m.proxy_event(
                         &conn.info,
                         proxy_event(ProxyEventKind::Closed, &session),
@@ -546,7 +493,7 @@ impl EventLoop {
         for name in &conn.watchers {
             if told.as_ref() != Some(name) {
                 if let Ok(g) = self.shared.registry.current(name) {
-                    g.enter(|m| m.on_close(&conn.info));
+                    g.call(CallSite::Close, |m| m.on_close(&conn.info));
                 }
             }
         }
@@ -860,7 +807,7 @@ impl EventLoop {
                     // ignores it overshoots once, then `paused` holds it.
                     conn.info.out_limit = conn.out_limit(budget);
                     let input = conn.rbuf.bytes();
-                    let verdict = g.enter(|m| {
+                    let verdict = g.call(CallSite::Message, |m| {
                         m.on_message(&conn.info, RSlice::from_slice(input), &mut conn.wbuf)
                     });
                     // An incomplete message waits for more bytes from the

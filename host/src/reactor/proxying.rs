@@ -13,8 +13,8 @@ use module_api::{Action, ProxyEvent, ProxyEventKind};
 
 use super::{EventLoop, MAX_PROXY_ATTEMPTS, UPSTREAM};
 use crate::conn::{Conn, Stage};
+use crate::generation::{CallSite, Generation};
 use crate::proxy::{Buffer, Ready, Relay, Session};
-use crate::registry::Generation;
 
 impl EventLoop {
     /// Starts connecting a connection to an upstream; `out` goes first, then
@@ -135,7 +135,7 @@ impl EventLoop {
                 Ok(true) => {
                     let g = session.gen.clone();
                     let mut out = RVec::new();
-                    let _ = g.enter(|m| {
+                    let _ = g.call(CallSite::ProxyEvent, |m| {
                         m.proxy_event(
                             info,
                             proxy_event(ProxyEventKind::Connected, session),
@@ -212,7 +212,9 @@ impl EventLoop {
             bytes_up: 0,
             bytes_down: 0,
         };
-        let v = gen.enter(|m| m.proxy_event(&conn.info, event, &mut out));
+        let v = gen.call(CallSite::ProxyEvent, |m| {
+            m.proxy_event(&conn.info, event, &mut out)
+        });
         if v.fault {
             gen.stats.faults.fetch_add(1, Ordering::Relaxed);
         }

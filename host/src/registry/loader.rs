@@ -23,7 +23,7 @@ use module_api::abi::{HostServices, HostServices_TO, LogLevel, ModuleLibRef};
 use module_api::{CallStatus, Protocol, ReloadMode};
 
 use super::elf;
-use super::generation::{Generation, ModuleStats};
+use crate::generation::{CallSite, Generation, ModuleStats};
 use crate::router::BUILTINS;
 use crate::services::Services;
 
@@ -155,20 +155,22 @@ pub fn launch(
     );
     // Asked once per generation; a bad job refuses the load (dropping `g`
     // stops the module).
-    g.jobs = crate::scheduler::declared(&g.module)?;
-    for b in g.module.bindings() {
+    let (jobs, bindings, passthrough) = g.call(CallSite::Questions, |m| {
+        (
+            crate::scheduler::declared(m),
+            m.bindings(),
+            m.tls_passthrough(),
+        )
+    });
+    g.jobs = jobs?;
+    for b in bindings {
         let b = b.into_vec();
         check_binding(&c.name, &b)?;
         if !g.bindings.contains(&b) {
             g.bindings.push(b);
         }
     }
-    g.tls_passthrough = g
-        .module
-        .tls_passthrough()
-        .into_iter()
-        .map(|n| n.into_string())
-        .collect();
+    g.tls_passthrough = passthrough.into_iter().map(|n| n.into_string()).collect();
     Ok(g)
 }
 

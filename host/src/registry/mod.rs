@@ -16,10 +16,10 @@
 //! All mutation happens on the control thread, one operation at a time.
 
 mod elf;
-mod generation;
+
 mod loader;
 
-pub use generation::{Generation, ModuleStats};
+use crate::generation::{CallSite, Generation, ModuleStats};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -449,7 +449,7 @@ impl Registry {
         if c.reload == ReloadMode::Exclusive || old.reload == ReloadMode::Exclusive {
             return self.replace_exclusive(state, name, file, c, old);
         }
-        let saved = old.enter_unwatched(|m| m.save_state());
+        let saved = old.call(CallSite::SaveState, |m| m.save_state());
         drop(old);
         match self.launch(state, &c, file, &saved) {
             Ok(g) => self.install(state, file, g),
@@ -484,7 +484,7 @@ impl Registry {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        let saved = old.enter_unwatched(|m| m.save_state());
+        let saved = old.call(CallSite::SaveState, |m| m.save_state());
         let previous = Candidate::of(&old);
         let slot = state
             .modules
@@ -707,7 +707,7 @@ impl Registry {
                     s.retained.load(Ordering::Relaxed),
                     s.retained_bytes.load(Ordering::Relaxed),
                 );
-                let extra = g.enter(|m| m.status());
+                let extra = g.call(CallSite::Status, |m| m.status());
                 if !extra.is_empty() {
                     line.push(' ');
                     line.push_str(extra.as_str());

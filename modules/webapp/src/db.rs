@@ -283,6 +283,7 @@ pub fn sqlite_is_shared() -> bool {
     let sqlite = rusqlite::ffi::sqlite3_libversion as *const libc::c_void;
     let ours = sqlite_is_shared as *const libc::c_void;
     let object_of = |addr: *const libc::c_void| {
+        // SAFETY: Dl_info is plain old data (pointers and integers); all-zero is a valid value.
         let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
         // SAFETY: dladdr only reads the loader's tables and fills `info`.
         let found = unsafe { libc::dladdr(addr, &mut info) } != 0;

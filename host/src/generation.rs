@@ -41,7 +41,7 @@ pub struct Generation {
     pub protocol: Protocol,
     pub reload: ReloadMode,
     pub bindings: Vec<Vec<u8>>,
-    pub module: ModuleBox,
+    module: ModuleBox,
     pub stats: Arc<ModuleStats>,
     /// Size of the library file: what stays mapped after retirement.
     pub mapped_size: u64,
@@ -59,6 +59,58 @@ pub struct Generation {
     pub slot_id: u32,
 }
 
+/// Which entry point of a module a call goes to. Every call into module
+/// code names one (see [`Generation::call`]), so crash attribution, the
+/// hang check and fault counting cover all of them the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallSite {
+    /// `on_message`: a connection's bytes.
+    Message,
+    /// `on_deferred`: a deferred message finishing on the pool.
+    Deferred,
+    /// `proxy_event`: a proxied session's data or end.
+    ProxyEvent,
+    /// `on_close`.
+    Close,
+    /// A call from another module through `HostServices::call`.
+    InProcess,
+    /// `jobs`, `bindings`, `tls_passthrough`: asked once after start.
+    Questions,
+    /// `status`: a line for `STATUS`.
+    Status,
+    /// `save_state` before a reload hands over.
+    SaveState,
+    /// A scheduled job.
+    Job,
+    /// `stop`, when the last holder of the generation lets go.
+    Stop,
+}
+
+impl CallSite {
+    /// Whether the leader's hang check times the call. Jobs, `stop` and
+    /// `save_state` may legitimately run long (a backup, a flush), so they
+    /// are not timed; everything on a request's path is.
+    pub const fn watched(self) -> bool {
+        !matches!(self, CallSite::Job | CallSite::Stop | CallSite::SaveState)
+    }
+
+    /// The name used in log lines.
+    pub const fn name(self) -> &'static str {
+        match self {
+            CallSite::Message => "on_message",
+            CallSite::Deferred => "on_deferred",
+            CallSite::ProxyEvent => "proxy_event",
+            CallSite::Close => "on_close",
+            CallSite::InProcess => "in-process call",
+            CallSite::Questions => "load questions",
+            CallSite::Status => "status",
+            CallSite::SaveState => "save_state",
+            CallSite::Job => "job",
+            CallSite::Stop => "stop",
+        }
+    }
+}
+
 /// The reference point for drain deadlines.
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -66,20 +118,32 @@ fn epoch() -> Instant {
 }
 
 impl Generation {
-    /// Calls into the module with this thread recorded as running it: a
-    /// crash is pinned on the module, and a call that does not return
-    /// trips the leader's hang check.
+    /// The one way into the module's code. `site` says which entry point
+    /// is called; it decides whether the leader's hang check watches the
+    /// call (see [`CallSite::watched`]). While `call` runs, this thread is
+    /// recorded as running the module, so a crash is pinned on it and
+    /// counts toward its quarantine.
     #[inline]
-    pub fn enter<R>(&self, call: impl FnOnce(&ModuleBox) -> R) -> R {
-        let _busy = crate::worker_link::enter(self.slot_id);
+    pub fn call<R>(&self, site: CallSite, call: impl FnOnce(&ModuleBox) -> R) -> R {
+        let _busy = if site.watched() {
+            crate::worker_link::enter(self.slot_id)
+        } else {
+            crate::worker_link::enter_unwatched(self.slot_id)
+        };
         call(&self.module)
     }
 
-    /// Like [`Generation::enter`], for calls that may legitimately run
-    /// long (a job, `save_state`, `stop`): no hang check.
-    pub fn enter_unwatched<R>(&self, call: impl FnOnce(&ModuleBox) -> R) -> R {
-        let _busy = crate::worker_link::enter_unwatched(self.slot_id);
-        call(&self.module)
+    /// Counts a fault of the module (a panic caught by the module's
+    /// export guard, or a broken protocol rule) and logs it once, naming
+    /// the call site: the one place a module's fault counter moves.
+    pub fn count_fault(&self, site: CallSite, detail: &dyn std::fmt::Display) {
+        self.stats.faults.fetch_add(1, Ordering::Relaxed);
+        log::error!(
+            "{} gen={} fault in {}: {detail}",
+            self.name,
+            self.gen,
+            site.name()
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -144,7 +208,7 @@ impl Generation {
 impl Drop for Generation {
     fn drop(&mut self) {
         log::info!("{} gen={} stopped", self.name, self.gen);
-        self.enter_unwatched(|m| m.stop());
+        self.call(CallSite::Stop, |m| m.stop());
         if self.drain_deadline_ms.load(Ordering::Acquire) != 0 {
             self.stats
                 .draining_bytes
