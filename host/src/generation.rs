@@ -52,6 +52,8 @@ pub struct Generation {
     pub jobs: Vec<crate::scheduler::Declared>,
     /// TLS names the module takes undecrypted (asked after start).
     pub tls_passthrough: Vec<String>,
+    /// Whether its manifest declares that it defers work to the pool.
+    pub defers: bool,
     /// Milliseconds since [`epoch`] after which connections still on this
     /// generation are closed; 0 while it is current.
     drain_deadline_ms: AtomicU64,
@@ -175,6 +177,7 @@ impl Generation {
             root,
             jobs: Vec::new(),
             tls_passthrough: Vec::new(),
+            defers: false,
             drain_deadline_ms: AtomicU64::new(0),
         }
     }

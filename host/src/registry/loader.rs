@@ -38,6 +38,9 @@ pub struct Candidate {
     pub reload: ReloadMode,
     pub bindings: Vec<Vec<u8>>,
     pub size: u64,
+    /// Whether the manifest declares that the module defers work to the
+    /// pool; a `Defer` from a module that did not declare it is refused.
+    pub defers: bool,
 }
 
 impl Candidate {
@@ -51,6 +54,7 @@ impl Candidate {
             reload: g.reload,
             bindings: g.bindings.clone(),
             size: g.mapped_size,
+            defers: g.defers,
         }
     }
 }
@@ -104,6 +108,7 @@ pub fn open(file: &Path, run_dir: &Path, seq: u64) -> Result<Candidate, String> 
         reload: manifest.reload,
         bindings,
         size,
+        defers: manifest.defers,
     })
 }
 
@@ -153,6 +158,7 @@ pub fn launch(
         c.size,
         c.root,
     );
+    g.defers = c.defers;
     // Asked once per generation; a bad job refuses the load (dropping `g`
     // stops the module).
     let (jobs, bindings, passthrough) = g.call(CallSite::Questions, |m| {
