@@ -207,7 +207,7 @@ pub fn status(shared: &Shared) -> String {
         shared.threads,
         shared.started.elapsed().as_secs(),
     ));
-    out.push_str(&crate::worker_link::status_lines(shared.started));
+    out.push_str(&crate::process::worker::status_lines(shared.started));
     out.push_str("END\n");
     out
 }
@@ -224,7 +224,7 @@ pub fn reload(shared: &Shared, name: Option<&str>) -> String {
     match name {
         Some(n) => {
             // An explicit reload is the operator's word: lift a quarantine.
-            crate::worker_link::unquarantine(n);
+            crate::quarantine::unquarantine(n);
             out.push_str(&shared.registry.reload_one(n).line);
             out.push('\n');
         }

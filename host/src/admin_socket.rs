@@ -12,7 +12,7 @@
 //! Who does what:
 //! * [`bind`] creates the file. The leader calls it at start, before its
 //!   first worker, and passes the listener to every worker it starts
-//!   (`SWITCHYARD_ADMIN_FD`, see [`crate::worker_link`]), so the socket
+//!   (`SWITCHYARD_ADMIN_FD`, see [`crate::process::worker`]), so the socket
 //!   outlives worker crashes and `UPGRADE`; a `--single` process binds it
 //!   itself. Whoever bound it removes the file when it exits
 //!   ([`SocketFile`]).
@@ -177,13 +177,7 @@ fn clear_stale(path: &Path) -> Result<(), String> {
 /// `getsockname` naming the temporary path and needs a directory next to
 /// the socket that the user may not be allowed to create.
 fn bind_owner_only(path: &Path) -> io::Result<UnixListener> {
-    // SAFETY: umask(2) only swaps the process's file-mode mask; it cannot
-    // fail and touches no memory of ours.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
-    // SAFETY: as above; puts the previous mask back.
-    unsafe { libc::umask(old) };
-    bound
+    crate::sys::with_umask(0o177, || UnixListener::bind(path))
 }
 
 /// Clients being served.
@@ -262,14 +256,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener, clients: &Arc<Clie
 
 /// Polls the listener for a client, up to `timeout`.
 fn wait_readable(listener: &UnixListener, timeout: Duration) -> bool {
-    let mut fd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
-    n > 0
+    crate::sys::poll_readable(&[listener.as_raw_fd()], timeout) > 0
 }
 
 /// Starts a client's thread, or answers `ERR busy` when [`MAX_CLIENTS`]
@@ -460,7 +447,7 @@ fn execute(shared: &Arc<Shared>, cmd: &Command) -> (String, After) {
             (reply, After::Keep)
         }
         Command::Upgrade => {
-            let reply = wait_reply(|to| crate::worker_link::upgrade(shared.clone(), to));
+            let reply = wait_reply(|to| crate::process::upgrade::upgrade(shared.clone(), to));
             if !reply.starts_with("OK") {
                 return (reply, After::Keep);
             }

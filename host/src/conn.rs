@@ -155,20 +155,7 @@ impl PendingFile {
 /// `pread(2)`: the TLS path and in-process calls, where `sendfile` cannot
 /// be used.
 pub fn read_at(fd: i32, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for its length; the caller keeps `fd` open.
-    let n = unsafe {
-        libc::pread(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            offset as libc::off_t,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    crate::sys::read_at(fd, buf, offset)
 }
 
 /// The outcome of reading.

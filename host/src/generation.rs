@@ -1,12 +1,15 @@
 //! A generation: one started instance of a module, shared by every
 //! connection routed to it until its message ends.
 
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use module_api::abi::{ModuleBox, ModuleLibRef};
 use module_api::{Protocol, ReloadMode};
+
+use crate::guard::{Clock, ModuleId};
 
 /// Counters that live as long as the module name, across generations.
 #[derive(Default)]
@@ -41,7 +44,9 @@ pub struct Generation {
     pub protocol: Protocol,
     pub reload: ReloadMode,
     pub bindings: Vec<Vec<u8>>,
-    module: ModuleBox,
+    /// The started module. Reached only through [`Generation::call`];
+    /// dropped (inside the guard) by `Drop`.
+    module: ManuallyDrop<ModuleBox>,
     pub stats: Arc<ModuleStats>,
     /// Size of the library file: what stays mapped after retirement.
     pub mapped_size: u64,
@@ -57,8 +62,8 @@ pub struct Generation {
     /// Milliseconds since [`epoch`] after which connections still on this
     /// generation are closed; 0 while it is current.
     drain_deadline_ms: AtomicU64,
-    /// The module's id in the worker's status page (see `worker_link`).
-    pub slot_id: u32,
+    /// The module's id in the worker's status page (see [`crate::guard`]).
+    id: ModuleId,
 }
 
 /// Which entry point of a module a call goes to. Every call into module
@@ -91,9 +96,13 @@ pub enum CallSite {
 impl CallSite {
     /// Whether the leader's hang check times the call. Jobs, `stop` and
     /// `save_state` may legitimately run long (a backup, a flush), so they
-    /// are not timed; everything on a request's path is.
-    pub const fn watched(self) -> bool {
-        !matches!(self, CallSite::Job | CallSite::Stop | CallSite::SaveState)
+    /// are not timed; everything on a request's path is, and so is
+    /// `status` (a module that hangs there would hang `STATUS`).
+    pub const fn clock(self) -> Clock {
+        match self {
+            CallSite::Job | CallSite::Stop | CallSite::SaveState => Clock::Unwatched,
+            _ => Clock::Watched,
+        }
     }
 
     /// The name used in log lines.
@@ -122,17 +131,12 @@ fn epoch() -> Instant {
 impl Generation {
     /// The one way into the module's code. `site` says which entry point
     /// is called; it decides whether the leader's hang check watches the
-    /// call (see [`CallSite::watched`]). While `call` runs, this thread is
-    /// recorded as running the module, so a crash is pinned on it and
-    /// counts toward its quarantine.
+    /// call (see [`CallSite::clock`]). While `call` runs, this thread is
+    /// recorded as running the module (see [`ModuleId::enter`]), so a
+    /// crash is pinned on it and counts toward its quarantine.
     #[inline]
     pub fn call<R>(&self, site: CallSite, call: impl FnOnce(&ModuleBox) -> R) -> R {
-        let _busy = if site.watched() {
-            crate::worker_link::enter(self.slot_id)
-        } else {
-            crate::worker_link::enter_unwatched(self.slot_id)
-        };
-        call(&self.module)
+        self.id.enter(site.clock(), || call(&self.module))
     }
 
     /// Counts a fault of the module (a panic caught by the module's
@@ -162,16 +166,15 @@ impl Generation {
         root: ModuleLibRef,
     ) -> Generation {
         epoch();
-        let slot_id = crate::worker_link::intern(&name);
         Generation {
-            slot_id,
+            id: ModuleId::intern(&name),
             name,
             version,
             gen,
             protocol,
             reload,
             bindings,
-            module,
+            module: ManuallyDrop::new(module),
             stats,
             mapped_size,
             root,
@@ -211,7 +214,15 @@ impl Generation {
 impl Drop for Generation {
     fn drop(&mut self) {
         log::info!("{} gen={} stopped", self.name, self.gen);
-        self.call(CallSite::Stop, |m| m.stop());
+        // `stop`, then the box's destructor (the module's own drop code):
+        // both are module code, so both run under its name.
+        let module = &mut self.module;
+        self.id.enter(CallSite::Stop.clock(), || {
+            module.stop();
+            // SAFETY: the only place the box is dropped, once, while the
+            // generation itself is dropped: nothing reaches it afterwards.
+            unsafe { ManuallyDrop::drop(module) };
+        });
         if self.drain_deadline_ms.load(Ordering::Acquire) != 0 {
             self.stats
                 .draining_bytes

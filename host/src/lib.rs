@@ -18,8 +18,10 @@
 //! * [`watch`]: `--watch`, reloading when module files change.
 //! * [`tls`]: TLS termination with rustls, chosen by SNI.
 //! * [`sys`]: platform-specific calls (`SO_REUSEPORT`, `sendfile`).
-//! * [`supervisor`] and [`worker_link`]: the leader process that holds the
-//!   sockets and restarts a crashed worker, and the worker's side of it.
+//! * [`process`]: the leader process that holds the sockets and restarts a
+//!   crashed worker, and the worker's side of it; [`guard`]: the record of
+//!   which module each worker thread is running; [`quarantine`]: modules
+//!   that keep crashing the worker.
 //! * [`panics`]: a panic in host code ends the worker (the leader replaces
 //!   it) instead of leaving a half-dead process.
 //! * [`token`]: `--new-token` and `--hash-token`, bus tokens and the hashes
@@ -31,21 +33,22 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod generation;
+pub mod guard;
 pub mod panics;
 pub mod pool;
+pub mod process;
 pub mod proxy;
+pub mod quarantine;
 pub mod reactor;
 pub mod registry;
 pub mod router;
 pub mod scheduler;
 pub mod services;
 pub mod state;
-pub mod supervisor;
 pub mod sys;
 pub mod tls;
 pub mod token;
 pub mod watch;
-pub mod worker_link;
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -68,7 +71,7 @@ use crate::state::Shared;
 
 /// The process entry: parses the command line, then leads or serves.
 pub fn main() -> ExitCode {
-    worker_link::init();
+    process::worker::init();
     let args = cli::parse();
     if let Some(tool) = args.tool() {
         return run_tool(tool);
@@ -76,7 +79,7 @@ pub fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
-    panics::init(worker_link::is_worker());
+    panics::init(process::worker::is_worker());
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -138,7 +141,7 @@ fn run(args: cli::Args) -> Result<(), String> {
 
     // Listen first so that a busy port fails before modules start. A
     // worker serves on the sockets its leader opened.
-    let (listeners, addr) = match worker_link::take_listeners() {
+    let (listeners, addr) = match process::worker::take_listeners() {
         Some(inherited) => inherited_listeners(inherited, &mut loops)?,
         None => open_listeners(ip, server.port, mode, loops)?,
     };
@@ -146,17 +149,17 @@ fn run(args: cli::Args) -> Result<(), String> {
     // bound; the leader, or a --single process, binds it now, while it has
     // no other thread (see `admin_socket::bind`), and removes the file
     // when it exits (`admin_file`).
-    let (admin_listener, admin_file) = match worker_link::take_admin_socket() {
+    let (admin_listener, admin_file) = match process::worker::take_admin_socket() {
         Some(inherited) => (Some(inherited), None),
         None => match &server.admin_socket {
-            Some(path) if !worker_link::is_worker() => {
+            Some(path) if !process::worker::is_worker() => {
                 let bound = admin_socket::bind(path)?;
                 (Some(bound.listener), Some(bound.file))
             }
             _ => (None, None),
         },
     };
-    if !args.single && !worker_link::is_worker() {
+    if !args.single && !process::worker::is_worker() {
         let data_dir = args
             .data_dir
             .clone()
@@ -164,7 +167,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         let admin = admin_listener
             .zip(admin_file)
             .map(|(listener, file)| admin_socket::Bound { listener, file });
-        return supervisor::lead(&config.server, &data_dir, listeners, addr, admin);
+        return process::leader::lead(&config.server, &data_dir, listeners, addr, admin);
     }
 
     fit_descriptor_limit(&mut config.server, loops);
@@ -287,7 +290,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         let limit = config.server.max_retained_bytes;
         registry.set_retired_hook(Box::new(move |retired| {
             if let Some(shared) = weak.upgrade() {
-                worker_link::retained_over(&shared, retired, limit);
+                process::upgrade::retained_over(&shared, retired, limit);
             }
         }));
     }
@@ -317,9 +320,9 @@ fn run(args: cli::Args) -> Result<(), String> {
     log::info!(
         "listening on {addr} ({loops} event loops, {mode:?} accept, {threads} pool threads)"
     );
-    if worker_link::is_worker() {
+    if process::worker::is_worker() {
         // The leader prints `listening on` once its first worker is ready.
-        worker_link::ready();
+        process::worker::ready();
     } else {
         let mut stdout = std::io::stdout();
         let _ = writeln!(stdout, "listening on {addr}");

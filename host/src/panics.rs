@@ -116,7 +116,7 @@ fn on_panic(info: &std::panic::PanicHookInfo<'_>) {
         .location()
         .map_or_else(|| "an unknown place".to_string(), |l| l.to_string());
     let what = format!("thread {name} at {at}: {msg}");
-    crate::worker_link::record_panic(&what);
+    crate::guard::record_panic(&what);
     let bt = std::backtrace::Backtrace::capture();
     let bt = match bt.status() {
         std::backtrace::BacktraceStatus::Captured => format!("\n{bt}"),
@@ -127,15 +127,15 @@ fn on_panic(info: &std::panic::PanicHookInfo<'_>) {
     // nothing else would ever serve its share of the work.
     log::error!(
         "host panic on {what}; ending {} so that it is replaced{bt}",
-        if crate::worker_link::is_worker() {
+        if crate::process::worker::is_worker() {
             "the worker"
         } else {
             "the process"
         }
     );
-    // SAFETY: `_exit` ends the process without running destructors or
-    // atexit handlers, which could block on the state the panic broke.
-    unsafe { libc::_exit(EXIT_PANIC) }
+    // `exit_now`: no destructors or atexit handlers, which could block on
+    // the state the panic broke.
+    crate::sys::exit_now(EXIT_PANIC)
 }
 
 #[cfg(test)]

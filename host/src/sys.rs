@@ -1,6 +1,12 @@
-//! Platform-specific calls, each with a portable fallback: `SO_REUSEPORT`
-//! listeners, `sendfile(2)`, `splice(2)` through a pipe, and the
-//! descriptor limit.
+//! Platform-specific calls, each with a portable fallback where one
+//! exists: `SO_REUSEPORT` listeners, `sendfile(2)`, `splice(2)` through a
+//! pipe, the descriptor limit, and the process-model primitives (the
+//! shared status page's mapping, fatal-signal handlers, signals to
+//! workers, what a worker inherits across `exec`).
+//!
+//! The one file that calls `libc` functions: everything else in the host
+//! uses the safe wrappers here, so every raw system call and its `SAFETY`
+//! argument can be reviewed in one place.
 
 use std::io;
 use std::net::SocketAddr;
@@ -35,11 +41,6 @@ pub const HAS_REUSEPORT: bool = cfg!(all(
     not(any(target_os = "solaris", target_os = "illumos"))
 ));
 
-/// Writes `buf` to the socket with `MSG_MORE`: a response head that a
-/// `sendfile` follows leaves in the same segments as the file's first bytes
-/// instead of going out alone (what `TCP_CORK` does, without two
-/// `setsockopt` calls per response).
-#[cfg(any(target_os = "linux", target_os = "android"))]
 /// Starts a non-blocking connect to `addr` from a socket first bound to
 /// `(addr.ip(), 0)`, so that its local address is fixed before the
 /// connect begins: `before_connect` gets that address (and its result is
@@ -75,6 +76,11 @@ pub fn connect_from_own_address<T>(
     Ok(Some((sock.into(), marked)))
 }
 
+/// Writes `buf` to the socket with `MSG_MORE`: a response head that a
+/// `sendfile` follows leaves in the same segments as the file's first bytes
+/// instead of going out alone (what `TCP_CORK` does, without two
+/// `setsockopt` calls per response).
+#[cfg(any(target_os = "linux", target_os = "android"))]
 pub fn send_more(sock: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for its length; `sock` is an open socket.
     let n = unsafe {
@@ -287,4 +293,237 @@ pub fn is_descriptor_exhaustion(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+/// `pread(2)`: reads up to `buf.len()` bytes of `fd` at `offset`, without
+/// moving its file position.
+pub fn read_at(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for its length; the caller keeps `fd` open.
+    let n = unsafe {
+        libc::pread(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            offset as libc::off_t,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Waits up to `timeout` until one of `fds` is readable (or hung up).
+/// Returns how many are; 0 on timeout or when interrupted by a signal.
+pub fn poll_readable(fds: &[RawFd], timeout: std::time::Duration) -> usize {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
+    // SAFETY: `polled` is a valid array of `polled.len()` entries for the
+    // duration of the call.
+    let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, ms) };
+    n.max(0) as usize
+}
+
+/// Runs `f` with the process's file-mode creation mask set to `mask`, then
+/// puts the previous mask back. The mask is process-wide: a file another
+/// thread creates meanwhile gets it too.
+pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask(2) only swaps the process's file-mode mask; it cannot
+    // fail and touches no memory of ours.
+    let old = unsafe { libc::umask(mask as libc::mode_t) };
+    let out = f();
+    // SAFETY: as above; puts the previous mask back.
+    unsafe { libc::umask(old) };
+    out
+}
+
+/// Marks `fd` close-on-exec, so processes started later (by modules) do
+/// not inherit it.
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl(2) on a plain descriptor number; an unknown one fails
+    // with EBADF and changes nothing.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends signal `sig` to process `pid` (a child not reaped yet, so the
+/// pid cannot have been reused). A process that is gone already is no
+/// error worth reporting: the caller reaps it next.
+pub fn kill(pid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory arguments.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Ends the process at once with `code`, without running destructors or
+/// `atexit` handlers (which could block on state a panic broke).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit(2) is always safe to call; it does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// Milliseconds on the system-wide monotonic clock: the same clock in
+/// every process of the machine (the leader compares a worker's readings
+/// with its own).
+pub fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// A new anonymous file, close-on-exec, for memory shared with a child
+/// process; `name` shows in `/proc/<pid>/fd`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub fn anonymous_file(name: &std::ffi::CStr) -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a NUL-terminated name; we own the returned descriptor.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor nobody else owns.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Portable fallback: a temporary file, unlinked at once.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub fn anonymous_file(name: &std::ffi::CStr) -> io::Result<std::fs::File> {
+    let path = std::env::temp_dir().join(format!(
+        "{}-{}-{:?}",
+        name.to_string_lossy(),
+        std::process::id(),
+        std::time::Instant::now()
+    ));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    let _ = std::fs::remove_file(&path);
+    Ok(f)
+}
+
+/// Maps `len` bytes of `fd` shared and read-write. The mapping outlives
+/// the descriptor; release it with [`unmap`].
+pub fn map_shared(fd: RawFd, len: usize) -> io::Result<std::ptr::NonNull<u8>> {
+    // SAFETY: a fresh mapping at an address the kernel chooses: it aliases
+    // no memory of ours. What the bytes mean is the caller's business.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    std::ptr::NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
+}
+
+/// Releases a mapping made by [`map_shared`].
+///
+/// # Safety
+/// `ptr` and `len` must be exactly what [`map_shared`] returned and was
+/// given, and no reference into the mapping may be used afterwards.
+pub unsafe fn unmap(ptr: std::ptr::NonNull<u8>, len: usize) {
+    // SAFETY: the caller upholds the contract above.
+    unsafe {
+        libc::munmap(ptr.as_ptr().cast(), len);
+    }
+}
+
+/// The signals that mean the process is dying of a fault of its own code.
+pub const FATAL_SIGNALS: [i32; 5] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGABRT,
+    libc::SIGILL,
+    libc::SIGFPE,
+];
+
+/// Runs `handler(sig)` when one of [`FATAL_SIGNALS`] arrives, on the
+/// thread's alternate signal stack when it has one (Rust sets one up for
+/// its threads, so a stack overflow is handled too). The handler must do
+/// only async-signal-safe work and end with [`die_of`].
+pub fn on_fatal_signals(handler: extern "C" fn(libc::c_int)) -> io::Result<()> {
+    for sig in FATAL_SIGNALS {
+        // SAFETY: `sa` is fully initialised (zeroed, then the fields we
+        // need); the handler has the signature `sa_handler` expects, as
+        // SA_SIGINFO is not set.
+        let rc = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = handler as *const () as usize;
+            sa.sa_flags = libc::SA_ONSTACK;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// From a fatal-signal handler: dies of `sig` with its default action
+/// (the exit status and core dump the signal would have given).
+/// Async-signal-safe.
+pub fn die_of(sig: i32) {
+    // SAFETY: signal(2) and raise(3) are async-signal-safe. The signal is
+    // blocked while its handler runs, so the raised one is delivered, with
+    // the default action, as soon as the handler returns.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+/// Arranges for the child `cmd` starts to inherit `fds` (they stay open
+/// across its `exec`) and, where the platform can, to be killed when this
+/// process dies: a worker must not outlive a leader that was killed.
+pub fn inherit_on_exec(cmd: &mut std::process::Command, fds: Vec<RawFd>) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec and
+    // makes only async-signal-safe calls (fcntl, prctl, getppid, _exit);
+    // it allocates nothing and takes no lock (`fds` was allocated before
+    // the fork and is only read).
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // The parent may have died before prctl took effect.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+            }
+            #[cfg(not(any(target_os = "linux", target_os = "android")))]
+            let _ = parent;
+            Ok(())
+        });
+    }
 }

@@ -120,7 +120,7 @@ impl EventLoop {
             }
             Command::Upgrade => {
                 log::info!("UPGRADE from {}", conn.info.peer());
-                crate::worker_link::upgrade(
+                crate::process::upgrade::upgrade(
                     self.shared.clone(),
                     AdminReply::conn(&self.shared.mailboxes, to),
                 );

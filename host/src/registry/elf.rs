@@ -14,6 +14,37 @@ use std::path::Path;
 const PT_LOAD: u32 = 1;
 const PAGE: u64 = 4096;
 
+/// Why a file is not a loadable library. The texts are what `ERR` lines
+/// show after the file's name.
+#[derive(Debug, thiserror::Error)]
+pub enum ElfError {
+    #[error("cannot open: {0}")]
+    Open(io::Error),
+    #[error("cannot stat: {0}")]
+    Stat(io::Error),
+    #[error("cannot read: {0}")]
+    Read(io::Error),
+    /// A read ran past the end of the file.
+    #[error("truncated file")]
+    ShortRead,
+    #[error("not a shared library: only {0} bytes")]
+    TooShort(u64),
+    #[error("not a shared library: no ELF header")]
+    NoElfHeader,
+    #[error("not a 64-bit little-endian ELF library")]
+    NotElf64Le,
+    #[error("not a shared library (ELF type is not DYN)")]
+    NotDyn,
+    /// A segment or the section header table lies past the file's end
+    /// (its length in bytes).
+    #[error(
+        "truncated or corrupt library ({0} bytes): its segments extend past the end of the file"
+    )]
+    Truncated(u64),
+    #[error("not a shared library: nothing to load")]
+    NothingToLoad,
+}
+
 /// What the check learned about a valid file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Image {
@@ -32,48 +63,45 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 /// Checks that `path` is a complete 64-bit little-endian ELF shared object.
-pub fn check(path: &Path) -> Result<Image, String> {
-    let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let len = file
-        .metadata()
-        .map_err(|e| format!("cannot stat: {e}"))?
-        .len();
+pub fn check(path: &Path) -> Result<Image, ElfError> {
+    let file = File::open(path).map_err(ElfError::Open)?;
+    let len = file.metadata().map_err(ElfError::Stat)?.len();
     check_file(&file, len)
 }
 
-fn read(file: &File, at: u64, n: usize) -> Result<Vec<u8>, String> {
+fn read(file: &File, at: u64, n: usize) -> Result<Vec<u8>, ElfError> {
     let mut buf = vec![0u8; n];
     file.read_exact_at(&mut buf, at)
         .map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => "truncated file".to_string(),
-            _ => format!("cannot read: {e}"),
+            io::ErrorKind::UnexpectedEof => ElfError::ShortRead,
+            _ => ElfError::Read(e),
         })?;
     Ok(buf)
 }
 
-fn check_file(file: &File, len: u64) -> Result<Image, String> {
+fn check_file(file: &File, len: u64) -> Result<Image, ElfError> {
     if len < 64 {
-        return Err(format!("not a shared library: only {len} bytes"));
+        return Err(ElfError::TooShort(len));
     }
     let h = read(file, 0, 64)?;
     if &h[..4] != b"\x7fELF" {
-        return Err("not a shared library: no ELF header".into());
+        return Err(ElfError::NoElfHeader);
     }
     if h[4] != 2 || h[5] != 1 {
-        return Err("not a 64-bit little-endian ELF library".into());
+        return Err(ElfError::NotElf64Le);
     }
     if u16_at(&h, 0x10) != 3 {
-        return Err("not a shared library (ELF type is not DYN)".into());
+        return Err(ElfError::NotDyn);
     }
     let (phoff, shoff) = (u64_at(&h, 0x20), u64_at(&h, 0x28));
     let (phentsize, phnum) = (u16_at(&h, 0x36), u16_at(&h, 0x38));
     let (shentsize, shnum) = (u16_at(&h, 0x3a), u16_at(&h, 0x3c));
     let within = |off: u64, size: u64| off.checked_add(size).is_some_and(|end| end <= len);
     if phentsize < 56 || !within(phoff, phentsize * phnum) {
-        return Err(truncated(len));
+        return Err(ElfError::Truncated(len));
     }
     if shnum > 0 && !within(shoff, shentsize * shnum) {
-        return Err(truncated(len));
+        return Err(ElfError::Truncated(len));
     }
     let ph = read(file, phoff, (phentsize * phnum) as usize)?;
     let mut mapped = 0u64;
@@ -84,20 +112,14 @@ fn check_file(file: &File, len: u64) -> Result<Image, String> {
         }
         let (offset, filesz, memsz) = (u64_at(p, 8), u64_at(p, 32), u64_at(p, 40));
         if !within(offset, filesz) {
-            return Err(truncated(len));
+            return Err(ElfError::Truncated(len));
         }
         mapped += memsz.div_ceil(PAGE) * PAGE;
     }
     if mapped == 0 {
-        return Err("not a shared library: nothing to load".into());
+        return Err(ElfError::NothingToLoad);
     }
     Ok(Image { mapped })
-}
-
-fn truncated(len: u64) -> String {
-    format!(
-        "truncated or corrupt library ({len} bytes): its segments extend past the end of the file"
-    )
 }
 
 #[cfg(test)]
@@ -116,7 +138,7 @@ mod tests {
             "text",
             b"hello, this is not a library at all, not even close......................",
         );
-        assert!(check(&p).unwrap_err().contains("no ELF header"));
+        assert!(check(&p).unwrap_err().to_string().contains("no ELF header"));
         // A real shared object of this machine, cut short.
         let lib = [
             "/lib/x86_64-linux-gnu/libc.so.6",
@@ -128,12 +150,16 @@ mod tests {
             let bytes = std::fs::read(lib).unwrap();
             assert!(check(Path::new(lib)).unwrap().mapped > 0);
             let cut = tmp("cut", &bytes[..bytes.len() / 2]);
-            assert!(check(&cut).unwrap_err().contains("truncated"));
+            assert!(check(&cut).unwrap_err().to_string().contains("truncated"));
             let head = tmp("head", &bytes[..65536]);
-            assert!(check(&head).unwrap_err().contains("truncated"));
+            assert!(check(&head).unwrap_err().to_string().contains("truncated"));
             let _ = std::fs::remove_file(cut);
             let _ = std::fs::remove_file(head);
         }
+        assert_eq!(
+            ElfError::Truncated(10).to_string(),
+            "truncated or corrupt library (10 bytes): its segments extend past the end of the file"
+        );
         let _ = std::fs::remove_file(p);
     }
 }

@@ -22,8 +22,9 @@ use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 use module_api::abi::{HostServices, HostServices_TO, LogLevel, ModuleLibRef};
 use module_api::{CallStatus, Protocol, ReloadMode};
 
-use super::elf;
+use super::elf::{self, ElfError};
 use crate::generation::{CallSite, Generation, ModuleStats};
+use crate::guard::{Clock, ModuleId};
 use crate::router::BUILTINS;
 use crate::services::Services;
 
@@ -59,29 +60,100 @@ impl Candidate {
     }
 }
 
+/// Why a module file was not loaded. The texts are what `ERR` lines show
+/// after the file's name (the registry formats them with `{}`).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot copy to {}: {source}", path.display())]
+    Copy {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Elf(#[from] ElfError),
+    /// `dlopen` refused the file: the dynamic loader's reason.
+    #[error("cannot open library: {0}")]
+    Open(String),
+    #[error("not a switchyard module (no exported root module)")]
+    NotAModule,
+    /// The library speaks another version of the module ABI: what differs.
+    #[error("abi mismatch: {0}")]
+    Abi(String),
+    /// Any other refusal from `abi_stable`.
+    #[error("cannot load: {0}")]
+    Library(String),
+    #[error("invalid module name {0:?}")]
+    InvalidName(String),
+    #[error("{module}: empty prefix binding")]
+    EmptyBinding { module: String },
+    #[error("{module}: binding {binding:?} collides with a built-in command")]
+    BuiltinBinding { module: String, binding: String },
+    #[error("cannot create data dir {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The module's `start` returned an error: its reason.
+    #[error("start failed: {0}")]
+    Start(String),
+    /// A job the module declared is invalid (see `crate::scheduler`).
+    #[error("{0}")]
+    Jobs(String),
+}
+
+impl LoadError {
+    /// The same error with the temporary copy's path replaced by the
+    /// module file's in the loader's reason, so that `ERR` names the file
+    /// the operator installed.
+    fn naming(self, copy: &Path, file: &Path) -> LoadError {
+        let fix = |s: String| s.replace(&copy.display().to_string(), &file.display().to_string());
+        match self {
+            LoadError::Open(s) => LoadError::Open(fix(s)),
+            LoadError::Abi(s) => LoadError::Abi(fix(s)),
+            LoadError::Library(s) => LoadError::Library(fix(s)),
+            other => other,
+        }
+    }
+}
+
 /// Copies `file` to a unique name in `run_dir`, opens it, checks its ABI
 /// and reads its manifest.
-pub fn open(file: &Path, run_dir: &Path, seq: u64) -> Result<Candidate, String> {
+pub fn open(file: &Path, run_dir: &Path, seq: u64) -> Result<Candidate, LoadError> {
     let stem = file
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("module");
     let copy = run_dir.join(format!("{stem}.{}.{seq}.so", std::process::id()));
-    fs::copy(file, &copy).map_err(|e| format!("cannot copy to {}: {e}", copy.display()))?;
+    fs::copy(file, &copy).map_err(|source| LoadError::Copy {
+        path: copy.clone(),
+        source,
+    })?;
     // Check the copy, not the original: it is what gets mapped, and the
     // original may change under us.
-    let image = elf::check(&copy);
-    let lib = image
-        .as_ref()
-        .map_err(Clone::clone)
-        .and_then(|_| RawLibrary::load_at(&copy).map_err(|e| describe(&e)));
+    let image = match elf::check(&copy) {
+        Ok(image) => image,
+        Err(e) => {
+            let _ = fs::remove_file(&copy);
+            return Err(e.into());
+        }
+    };
+    // From `dlopen` on, the library's own code runs (its constructors,
+    // abi_stable's root-module initialisation, `manifest`) before its
+    // name is known: under the file's stem, with the file recorded, so
+    // that a crash in any of it is pinned on this file and counts toward
+    // its quarantine. Unwatched, like `start`.
+    ModuleId::loaded(stem, file).enter(Clock::Unwatched, || open_checked(file, &copy, image.mapped))
+}
+
+/// The rest of [`open`], once the copy passed the structural check:
+/// `dlopen`, the ABI check, the manifest.
+fn open_checked(file: &Path, copy: &Path, size: u64) -> Result<Candidate, LoadError> {
+    let lib = RawLibrary::load_at(copy);
     // The mapping survives the unlink; nothing else needs the copy.
-    let _ = fs::remove_file(&copy);
-    // Until `init_root_module` succeeds none of the library's code ran, so
-    // dropping (closing) it on these errors is safe.
-    let lib =
-        lib.map_err(|e| e.replace(&copy.display().to_string(), &file.display().to_string()))?;
-    let size = image.map(|i| i.mapped).unwrap_or_default();
+    let _ = fs::remove_file(copy);
+    // Until `init_root_module` succeeds none of the library's Rust code
+    // ran, so dropping (closing) it on these errors is safe.
+    let lib = lib.map_err(|e| describe(&e).naming(copy, file))?;
     // SAFETY: the header borrows from `lib`, which is leaked below on
     // success and so never unloaded while the header is in use.
     let header = unsafe { lib_header_from_raw_library(&lib) }.map_err(|e| describe(&e))?;
@@ -94,7 +166,7 @@ pub fn open(file: &Path, run_dir: &Path, seq: u64) -> Result<Candidate, String> 
     let manifest = (root.manifest())();
     let name = manifest.name.to_string();
     if !valid_name(&name) {
-        return Err(format!("invalid module name {name:?}"));
+        return Err(LoadError::InvalidName(name));
     }
     let bindings: Vec<Vec<u8>> = manifest.bindings.iter().map(|b| b.to_vec()).collect();
     for b in &bindings {
@@ -123,16 +195,11 @@ pub fn launch(
     config_json: &str,
     state: &[u8],
     data_dir: PathBuf,
-) -> Result<Generation, String> {
-    fs::create_dir_all(&data_dir)
-        .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
-    // From here on the library's code runs (start, then the questions asked
-    // of the new instance, and its drop on a refusal): under the module's
-    // name, so that a crash in any of it is pinned on the module and counts
-    // toward its quarantine instead of reading as "not in module code".
-    // Unwatched: a start may legitimately take long (a database to open, a
-    // hand-over to wait for).
-    let _busy = crate::worker_link::enter_unwatched(crate::worker_link::intern(&c.name));
+) -> Result<Generation, LoadError> {
+    fs::create_dir_all(&data_dir).map_err(|source| LoadError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
     let host = HostServices_TO::from_value(
         HostCtx {
             name: Arc::from(c.name.as_str()),
@@ -141,11 +208,18 @@ pub fn launch(
         },
         TD_Opaque,
     );
-    let module =
+    // `start` runs before there is a generation: under the module's name
+    // (whose file the registry recorded), so that a crash in it is pinned
+    // on the module and counts toward its quarantine instead of reading as
+    // "not in module code". Unwatched: a start may legitimately take long
+    // (a database to open, a hand-over to wait for). The error text is
+    // read (and the module's string dropped) inside the guard too.
+    let module = ModuleId::intern(&c.name).enter(Clock::Unwatched, || {
         match (c.root.start())(host, RStr::from_str(config_json), RSlice::from_slice(state)) {
-            RResult::ROk(m) => m,
-            RResult::RErr(e) => return Err(format!("start failed: {e}")),
-        };
+            RResult::ROk(m) => Ok(m),
+            RResult::RErr(e) => Err(LoadError::Start(e.to_string())),
+        }
+    })?;
     let mut g = Generation::new(
         Arc::from(c.name.as_str()),
         c.version.clone(),
@@ -160,7 +234,7 @@ pub fn launch(
     );
     g.defers = c.defers;
     // Asked once per generation; a bad job refuses the load (dropping `g`
-    // stops the module).
+    // stops the module, under its name).
     let (jobs, bindings, passthrough) = g.call(CallSite::Questions, |m| {
         (
             crate::scheduler::declared(m),
@@ -168,7 +242,7 @@ pub fn launch(
             m.tls_passthrough(),
         )
     });
-    g.jobs = jobs?;
+    g.jobs = jobs.map_err(LoadError::Jobs)?;
     for b in bindings {
         let b = b.into_vec();
         check_binding(&c.name, &b)?;
@@ -248,11 +322,11 @@ impl HostServices for HostCtx {
     }
 
     fn wait_begin(&self) -> u64 {
-        crate::worker_link::wait_begin()
+        crate::guard::wait_begin()
     }
 
     fn wait_end(&self, token: u64) {
-        crate::worker_link::wait_end(token)
+        crate::guard::wait_end(token)
     }
 
     fn peer_identity(&self, conn: u64) -> RVec<RString> {
@@ -265,18 +339,20 @@ impl HostServices for HostCtx {
 }
 
 /// A binding must be non-empty and must not shadow a built-in command.
-fn check_binding(name: &str, b: &[u8]) -> Result<(), String> {
+fn check_binding(name: &str, b: &[u8]) -> Result<(), LoadError> {
     if b.is_empty() {
-        return Err(format!("{name}: empty prefix binding"));
+        return Err(LoadError::EmptyBinding {
+            module: name.to_string(),
+        });
     }
     if BUILTINS
         .iter()
         .any(|(p, _)| b.starts_with(p) || p.starts_with(b))
     {
-        return Err(format!(
-            "{name}: binding {:?} collides with a built-in command",
-            String::from_utf8_lossy(b)
-        ));
+        return Err(LoadError::BuiltinBinding {
+            module: name.to_string(),
+            binding: String::from_utf8_lossy(b).into_owned(),
+        });
     }
     Ok(())
 }
@@ -289,29 +365,27 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Turns a load error into the reason shown in `ERR` lines.
-fn describe(e: &LibraryError) -> String {
+/// Turns `abi_stable`'s refusal into ours.
+fn describe(e: &LibraryError) -> LoadError {
     match e {
-        LibraryError::OpenError { err, .. } => format!("cannot open library: {err}"),
-        LibraryError::GetSymbolError { .. } => {
-            "not a switchyard module (no exported root module)".into()
-        }
+        LibraryError::OpenError { err, .. } => LoadError::Open(err.to_string()),
+        LibraryError::GetSymbolError { .. } => LoadError::NotAModule,
         LibraryError::IncompatibleVersionNumber {
             expected_version,
             actual_version,
             ..
-        } => format!(
-            "abi mismatch: built against module_api {actual_version}, host speaks {expected_version}"
-        ),
+        } => LoadError::Abi(format!(
+            "built against module_api {actual_version}, host speaks {expected_version}"
+        )),
         LibraryError::AbiInstability(details) => {
             let text = details.to_string();
             log::debug!("full abi report:\n{text}");
-            format!("abi mismatch: {}", summarize_abi_report(&text))
+            LoadError::Abi(summarize_abi_report(&text))
         }
         LibraryError::InvalidAbiHeader(h) => {
-            format!("abi mismatch: incompatible abi_stable header {h:?}")
+            LoadError::Abi(format!("incompatible abi_stable header {h:?}"))
         }
-        other => format!("cannot load: {other}"),
+        other => LoadError::Library(other.to_string()),
     }
 }
 

@@ -249,7 +249,7 @@ impl Registry {
 
     fn open(&self, file: &Path) -> Result<Candidate, String> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        loader::open(file, &self.run_dir, seq)
+        loader::open(file, &self.run_dir, seq).map_err(|e| e.to_string())
     }
 
     /// Starts the next generation of `c`.
@@ -262,7 +262,7 @@ impl Registry {
     ) -> Result<Generation, String> {
         // The leader quarantines the file a crash is pinned on: record it
         // before the module's start runs, which may be what crashes.
-        crate::worker_link::loaded(&c.name, file);
+        crate::guard::ModuleId::loaded(&c.name, file);
         let gen = state.gens.get(&c.name).copied().unwrap_or(0) + 1;
         let stats = state.stats.entry(c.name.clone()).or_default().clone();
         let config_json = state.config.module_json(&c.name);
@@ -274,7 +274,8 @@ impl Registry {
             &config_json,
             saved,
             self.data_dir.join(&c.name),
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         // Bindings the module added from its configuration.
         Self::check_conflicts(state, &c.name, &g.bindings)?;
         state.gens.insert(c.name.clone(), gen);
@@ -375,7 +376,7 @@ impl Registry {
 
     /// Makes `gen` the current generation of its module.
     fn install(&self, state: &mut State, file: &Path, gen: Generation) -> Outcome {
-        crate::worker_link::loaded(&gen.name, file);
+        crate::guard::ModuleId::loaded(&gen.name, file);
         let line = format!("OK {} gen={} v{}", gen.name, gen.gen, gen.version);
         for b in &gen.bindings {
             state.removed.remove(b);
@@ -615,7 +616,7 @@ impl Registry {
                     Outcome::ok(format!("OK {name} unchanged gen={gen}"))
                 }
                 Some((name, ..)) => self.replace(state, &name, file),
-                None => match crate::worker_link::quarantined(file) {
+                None => match crate::quarantine::quarantined(file) {
                     Some(line) => Outcome::err(line),
                     None => self.add(state, file),
                 },

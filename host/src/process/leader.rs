@@ -1,5 +1,5 @@
 //! The leader process: holds the listening sockets, runs one worker (this
-//! same binary, see [`crate::worker_link`]) that inherits them, and replaces
+//! same binary, see [`super::worker`]) that inherits them, and replaces
 //! it when it dies (a crash, or a host panic: see [`crate::panics`]), hangs
 //! in module code, or asks to be (`UPGRADE`, or its retired generations
 //! passed `max_retained_bytes`).
@@ -25,16 +25,20 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::upgrade::format_upgrades;
+use super::worker as link;
 use crate::admin_socket::Bound;
 use crate::config::Server as ServerCfg;
-use crate::worker_link::{self as link, PageMap, Quarantined};
+use crate::guard::page::{now_ms, PageMap};
+use crate::quarantine::{self, Quarantined};
+use crate::sys::{self, kill};
 
 /// How often the leader looks at the workers' status pages.
 const TICK: Duration = Duration::from_millis(100);
@@ -111,13 +115,6 @@ fn signal_name(sig: i32) -> String {
         _ => return format!("signal {sig}"),
     };
     name.to_string()
-}
-
-fn kill(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on a child we have not reaped yet.
-    unsafe {
-        libc::kill(pid as libc::pid_t, sig);
-    }
 }
 
 /// Runs the leader until shutdown. `listeners` are already bound, and so is
@@ -252,35 +249,11 @@ impl Leader {
             .env(link::ENV_STATUS_FD, page_fd.as_raw_fd().to_string())
             .env(link::ENV_QUARANTINE, &self.quarantine)
             .env(link::ENV_LAST_FAULT, &self.last_fault)
-            .env(link::ENV_UPGRADES, link::format_upgrades(upgrades, auto));
+            .env(link::ENV_UPGRADES, format_upgrades(upgrades, auto));
         if let Some(fd) = self.admin_fd {
             cmd.env(link::ENV_ADMIN_FD, fd.to_string());
         }
-        // SAFETY: getpid has no preconditions and cannot fail.
-        let leader_pid = unsafe { libc::getpid() };
-        // SAFETY: the closure runs in the child between fork and exec and
-        // makes only async-signal-safe calls (fcntl, prctl, getppid, _exit);
-        // it allocates nothing and takes no lock.
-        unsafe {
-            cmd.pre_exec(move || {
-                for &fd in &inherit {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                #[cfg(any(target_os = "linux", target_os = "android"))]
-                {
-                    // The worker must not outlive a leader that was killed.
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    if libc::getppid() != leader_pid {
-                        libc::_exit(1);
-                    }
-                }
-                #[cfg(not(any(target_os = "linux", target_os = "android")))]
-                let _ = leader_pid;
-                Ok(())
-            });
-        }
+        sys::inherit_on_exec(&mut cmd, inherit);
         let child = cmd.spawn()?;
         let pid = child.id();
         log::info!("leader: started worker pid={pid}");
@@ -300,30 +273,13 @@ impl Leader {
 
     /// Sleeps until a signal, a control message or the next tick.
     fn wait(&self, wake: &UnixStream) {
-        let mut fds = vec![libc::pollfd {
-            fd: wake.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        for w in &self.workers {
-            fds.push(libc::pollfd {
-                fd: w.ctl.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
+        let mut fds = vec![wake.as_raw_fd()];
+        fds.extend(self.workers.iter().map(|w| w.ctl.as_raw_fd()));
         let mut timeout = TICK;
         if let Some(t) = self.restart_at {
             timeout = timeout.min(t.saturating_duration_since(Instant::now()));
         }
-        // SAFETY: `fds` is a valid array of `fds.len()` entries.
-        unsafe {
-            libc::poll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                timeout.as_millis() as i32,
-            )
-        };
+        sys::poll_readable(&fds, timeout);
         let mut sink = [0u8; 256];
         while matches!((&*wake).read(&mut sink), Ok(n) if n > 0) {}
     }
@@ -628,23 +584,23 @@ impl Leader {
         let path = path.ok_or_else(|| io::Error::other("its file is unknown"))?;
         let m = std::fs::metadata(&path)?;
         use std::os::unix::fs::MetadataExt;
-        let mut all = link::read_quarantine(&self.quarantine);
+        let mut all = quarantine::read(&self.quarantine);
         all.retain(|e| e.name != name);
         all.push(Quarantined {
             name: name.to_string(),
             path,
             len: m.len(),
-            mtime_ns: link::mtime_ns(&m),
+            mtime_ns: quarantine::mtime_ns(&m),
             ino: m.ino(),
             crashes,
             reason: cause.to_string(),
         });
-        link::write_quarantine(&self.quarantine, &all)
+        quarantine::write(&self.quarantine, &all)
     }
 
     /// Reports slow module calls; kills a worker stuck past `hang_kill_ms`.
     fn check_hangs(&mut self) {
-        let now = link::now_ms();
+        let now = now_ms();
         let (warn, kill_ms) = (self.cfg.hang_warn_ms, self.cfg.hang_kill_ms);
         for w in &mut self.workers {
             if w.hang.is_some() {
