@@ -37,6 +37,22 @@ pub struct Quarantined {
 }
 
 impl Quarantined {
+    /// The entry for module `name` running from `path` (absolute), which
+    /// crashed the worker `crashes` times in a row, the last time of
+    /// `reason`: the file as it is now.
+    pub fn of(name: &str, path: PathBuf, crashes: u32, reason: &str) -> io::Result<Quarantined> {
+        let m = fs::metadata(&path)?;
+        Ok(Quarantined {
+            name: name.to_string(),
+            path,
+            len: m.len(),
+            mtime_ns: mtime_ns(&m),
+            ino: m.ino(),
+            crashes,
+            reason: reason.to_string(),
+        })
+    }
+
     /// Whether `path` still holds the same file.
     fn matches(&self, path: &Path) -> bool {
         let abs = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
@@ -152,4 +168,26 @@ pub fn status_lines() -> String {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_round_trips_and_an_empty_one_removes_the_file() {
+        let file = std::env::temp_dir().join(format!("sy-quarantine-{}", std::process::id()));
+        let lib = fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
+        let mut e = Quarantined::of("fx", lib.clone(), 3, "SIGSEGV").unwrap();
+        assert!(e.matches(&lib), "the file as it is now matches");
+        e.reason = "two\tfields\nand lines".into();
+        write(&file, std::slice::from_ref(&e)).unwrap();
+        let back = read(&file);
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].reason, "two fields and lines", "kept on one line");
+        assert_eq!((back[0].crashes, back[0].ino), (3, e.ino));
+        write(&file, &[]).unwrap();
+        assert!(!file.exists());
+        assert!(read(&file).is_empty(), "a missing file is an empty list");
+    }
 }

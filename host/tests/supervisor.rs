@@ -371,28 +371,3 @@ fn upgrade_answers_idle_and_silent_connections_before_closing_them() {
     assert!(!alive(first), "old worker still running");
     assert_eq!(s.get("/").status, 200);
 }
-
-/// A module that crashes in its `start` is blamed for it, as a crash in a
-/// request is: the fault line names it, and once `quarantine_after`
-/// workers have died starting it, it is quarantined, so the next worker
-/// starts without it and serves the other modules.
-#[test]
-fn a_crash_in_start_is_pinned_on_the_module_and_quarantines_it() {
-    let s = ServerBuilder::new(&["http", "fx_crash"])
-        .tag("start-crash")
-        .server("quarantine_after = 3")
-        .toml("[modules.fx_crash]\nsegv_in_start = true\n")
-        .start();
-    let st = s.status();
-    let q = line(&st, "quarantined fx_crash ")
-        .unwrap_or_else(|| panic!("fx_crash not quarantined:\n{}", st.raw));
-    assert!(q.contains("crashes=3"), "{q}");
-    let fault = line(&st, "fault ").unwrap_or_else(|| panic!("no fault line:\n{}", st.raw));
-    assert!(
-        fault.contains("cause=SIGSEGV ") && fault.contains("module=fx_crash "),
-        "{fault}"
-    );
-    assert!(st.module("fx_crash").is_none(), "{}", st.raw);
-    assert_eq!(s.get("/").text(), INDEX_HTML);
-    assert_eq!(s.get("/crash/ok").status, 404, "the http module answers");
-}

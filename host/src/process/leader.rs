@@ -582,19 +582,10 @@ impl Leader {
         cause: &str,
     ) -> io::Result<()> {
         let path = path.ok_or_else(|| io::Error::other("its file is unknown"))?;
-        let m = std::fs::metadata(&path)?;
-        use std::os::unix::fs::MetadataExt;
+        let entry = Quarantined::of(name, path, crashes, cause)?;
         let mut all = quarantine::read(&self.quarantine);
         all.retain(|e| e.name != name);
-        all.push(Quarantined {
-            name: name.to_string(),
-            path,
-            len: m.len(),
-            mtime_ns: quarantine::mtime_ns(&m),
-            ino: m.ino(),
-            crashes,
-            reason: cause.to_string(),
-        });
+        all.push(entry);
         quarantine::write(&self.quarantine, &all)
     }
 
