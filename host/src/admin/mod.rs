@@ -232,14 +232,17 @@ pub fn auth(
 
 /// The `STATUS` reply.
 pub fn status(shared: &Shared) -> Reply {
+    // Read in the order the page shows them, as before replies were typed.
+    let modules = shared.registry.status_lines();
+    let jobs = shared
+        .registry
+        .scheduler()
+        .map(|s| s.status_lines())
+        .unwrap_or_default();
     let (requests, faults) = shared.registry.totals();
     Reply::Status(StatusPage {
-        modules: shared.registry.status_lines(),
-        jobs: shared
-            .registry
-            .scheduler()
-            .map(|s| s.status_lines())
-            .unwrap_or_default(),
+        modules,
+        jobs,
         host: HostStats {
             conns: shared.conns.load(Ordering::Relaxed),
             accepted: shared.accepted.load(Ordering::Relaxed),

@@ -494,22 +494,4 @@ mod tests {
             "ERR upgrade: needs the leader process (this server runs with --single)\n"
         );
     }
-
-    #[test]
-    fn outcome_questions() {
-        assert!(loaded("a", 1).is_ok() && loaded("a", 1).is_loaded());
-        let same = ReloadOutcome::Unchanged {
-            name: "a".into(),
-            gen: 1,
-        };
-        assert!(same.is_ok() && same.is_unchanged() && !same.is_loaded());
-        let restored = ReloadOutcome::Restored {
-            name: "a".into(),
-            error: LoadError::Load("x".into()),
-            gen: 2,
-        };
-        assert!(!restored.is_ok() && !restored.is_loaded());
-        assert!(!ReloadOutcome::Tls(Err(TlsError::HalfPair)).is_ok());
-        assert!(ReloadOutcome::Tls(Ok(None)).is_ok());
-    }
 }

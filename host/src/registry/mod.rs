@@ -771,3 +771,133 @@ pub fn is_module_file(path: &Path) -> bool {
             .and_then(|n| n.to_str())
             .is_some_and(|n| !n.starts_with('.'))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The registry's passes without any module library: what it answers
+    //! for a missing file, a file that is not a library, an unreadable
+    //! directory and a bad config file. Loading real modules is covered
+    //! through the binary (`host/tests/reload.rs`).
+
+    use super::*;
+    use crate::config::ConfigError;
+
+    /// A registry over a fresh directory; `config` is written to a config
+    /// file when given.
+    fn registry(tag: &str, config: Option<&str>) -> (Registry, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-registry-unit-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        let modules = dir.join("modules");
+        fs::create_dir_all(&modules).unwrap();
+        let config_path = config.map(|text| {
+            let p = dir.join("switchyard.toml");
+            fs::write(&p, text).unwrap();
+            p
+        });
+        let r = Registry::new(
+            modules,
+            dir.join("data"),
+            Config::default(),
+            config_path,
+            Services::new(),
+        )
+        .unwrap();
+        (r, dir)
+    }
+
+    #[test]
+    fn an_empty_directory_reloads_to_zero_counts() {
+        let (r, dir) = registry("empty", None);
+        let report = r.reload_all();
+        assert!(report.outcomes.is_empty());
+        assert!(report.is_ok());
+        assert_eq!(
+            report.to_string(),
+            "OK reload: 0 loaded, 0 unchanged, 0 removed, 0 failed\n"
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_missing_module_file_is_refused_by_name() {
+        let (r, dir) = registry("missing", None);
+        let o = r.reload_one("nosuch");
+        assert!(matches!(&o, ReloadOutcome::NoFile { name, .. } if name == "nosuch"));
+        assert!(!o.is_ok());
+        assert_eq!(
+            o.to_string(),
+            format!(
+                "ERR nosuch: no such module file {}",
+                r.dir().join("nosuch.so").display()
+            )
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_library_is_refused_and_counted() {
+        let (r, dir) = registry("junk", None);
+        fs::write(r.dir().join("junk.so"), b"not an ELF file").unwrap();
+        // Hidden and non-`.so` names are not module files at all.
+        fs::write(r.dir().join(".junk.so.tmp"), b"x").unwrap();
+        fs::write(r.dir().join("notes.txt"), b"x").unwrap();
+        let report = r.load_all();
+        assert_eq!(report.outcomes.len(), 1, "{report}");
+        assert!(matches!(
+            &report.outcomes[0],
+            ReloadOutcome::Failed { label, error: LoadError::Load(_) } if label == "junk.so"
+        ));
+        let summary = report.summary.unwrap();
+        assert_eq!((summary.loaded, summary.failed), (0, 1));
+        assert!(!report.is_ok());
+        assert!(
+            report
+                .to_string()
+                .ends_with("ERR load: 0 loaded, 0 unchanged, 0 removed, 1 failed\n"),
+            "{report}"
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_unreadable_directory_stops_the_pass_without_a_summary() {
+        let (r, dir) = registry("gone", None);
+        fs::remove_dir_all(r.dir()).unwrap();
+        let report = r.reload_all();
+        assert!(report.summary.is_none());
+        assert!(matches!(
+            report.outcomes.as_slice(),
+            [ReloadOutcome::ScanFailed { .. }]
+        ));
+        assert!(report
+            .to_string()
+            .starts_with(&format!("ERR reload: cannot read {}: ", r.dir().display())));
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_bad_config_file_keeps_the_previous_config() {
+        let (r, dir) = registry("config", Some("[server]\nmax_connections = 0\n"));
+        let report = r.reload_all();
+        assert!(matches!(
+            report.outcomes.first(),
+            Some(ReloadOutcome::ConfigKept(ConfigError::Bad { .. }))
+        ));
+        assert_eq!(report.summary.map(|s| s.failed), Some(1));
+        let first = report.outcomes[0].to_string();
+        assert!(
+            first.starts_with("ERR config: bad config ")
+                && first.ends_with(
+                    ": server.max_connections must be at least 1; keeping the previous config"
+                ),
+            "{first}"
+        );
+        let one = r.reload_one("http");
+        assert!(matches!(one, ReloadOutcome::ConfigRefused { .. }));
+        assert!(one.to_string().starts_with("ERR http: config: bad config "));
+        let _ = fs::remove_dir_all(dir);
+    }
+}

@@ -172,3 +172,59 @@ impl ReloadReport {
         self.summary.is_some_and(|s| s.is_ok()) && self.outcomes.iter().all(|o| o.is_ok())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded(name: &str, gen: u64) -> ReloadOutcome {
+        ReloadOutcome::Loaded {
+            name: name.into(),
+            gen,
+            version: "0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn outcome_questions() {
+        assert!(loaded("a", 1).is_ok() && loaded("a", 1).is_loaded());
+        let same = ReloadOutcome::Unchanged {
+            name: "a".into(),
+            gen: 1,
+        };
+        assert!(same.is_ok() && same.is_unchanged() && !same.is_loaded());
+        let restored = ReloadOutcome::Restored {
+            name: "a".into(),
+            error: LoadError::Load("x".into()),
+            gen: 2,
+        };
+        assert!(!restored.is_ok() && !restored.is_loaded());
+        assert!(!ReloadOutcome::Tls(Err(TlsError::HalfPair)).is_ok());
+        assert!(ReloadOutcome::Tls(Ok(None)).is_ok());
+    }
+
+    #[test]
+    fn a_report_is_ok_only_when_every_step_is() {
+        let summary = Summary {
+            pass: Pass::Reload,
+            loaded: 1,
+            unchanged: 0,
+            removed: 0,
+            failed: 1,
+        };
+        let report = ReloadReport {
+            outcomes: vec![loaded("a", 2), ReloadOutcome::Tls(Err(TlsError::HalfPair))],
+            summary: Some(summary),
+        };
+        assert!(!report.is_ok());
+        assert_eq!(report.loaded(), 1);
+        let fine = ReloadReport {
+            outcomes: vec![loaded("a", 2)],
+            summary: Some(Summary {
+                failed: 0,
+                ..summary
+            }),
+        };
+        assert!(fine.is_ok());
+    }
+}
