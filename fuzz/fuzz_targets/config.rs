@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     match Config::parse(text) {
-        Err(e) => assert!(!e.is_empty(), "an empty error message"),
+        Err(e) => assert!(!e.to_string().is_empty(), "an empty error message"),
         Ok(cfg) => {
             for name in cfg.modules.keys() {
                 let json = cfg.module_json(name);

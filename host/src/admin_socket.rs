@@ -19,7 +19,7 @@
 //! * [`serve`] runs in the worker: one `admin-socket` thread accepts, and
 //!   each client gets a thread of its own, at most [`MAX_CLIENTS`] at once.
 //!   `STATUS` and `RELOAD` run on the control thread, as from the public
-//!   port; `RUN` and `UPGRADE` answer through an [`AdminReply`] channel.
+//!   port; `RUN` and `UPGRADE` answer through a channel of [`Reply`].
 //!
 //! A connection is served by the worker that accepted it. After `UPGRADE`
 //! (and `SHUTDOWN`) the reply is the last line on that connection: the
@@ -35,9 +35,45 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::admin::{self, Command};
-use crate::pool::AdminReply;
+use crate::admin::{self, Command, Reply};
 use crate::state::Shared;
+
+/// Why the admin socket could not be bound or served. Each names the path
+/// (when there is one) and the operating system's reason; the text is the
+/// startup error the operator reads.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// `what` is the step: "create", "chmod", "stat" or "check".
+    #[error("cannot {what} admin socket {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(
+        "admin socket {}: the path exists and is not a socket; \
+         refusing to replace it (remove it or choose another path)",
+        path.display()
+    )]
+    NotASocket { path: PathBuf },
+    #[error("admin socket {} is in use by another server", path.display())]
+    InUse { path: PathBuf },
+    #[error("admin socket {}: cannot remove the stale socket file: {source}", path.display())]
+    StaleRemove { path: PathBuf, source: io::Error },
+    #[error("admin socket {}: cannot tell whether a server uses it: {source}", path.display())]
+    Probe { path: PathBuf, source: io::Error },
+    #[error("admin socket: {0}")]
+    Listener(io::Error),
+    #[error("cannot start the admin socket thread: {0}")]
+    Thread(io::Error),
+}
+
+impl SocketError {
+    fn io(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SocketError {
+        let path = path.to_path_buf();
+        move |source| SocketError::Io { what, path, source }
+    }
+}
 
 /// Clients served at once; one more is answered `ERR busy` and closed.
 /// Each holds a thread, and the socket is reachable only by the server's
@@ -98,16 +134,14 @@ pub struct Bound {
 ///
 /// Called at start, before the process has other threads (see
 /// `bind_owner_only` for why that matters).
-pub fn bind(path: &Path) -> Result<Bound, String> {
+pub fn bind(path: &Path) -> Result<Bound, SocketError> {
     clear_stale(path)?;
-    let listener = bind_owner_only(path)
-        .map_err(|e| format!("cannot create admin socket {}: {e}", path.display()))?;
+    let listener = bind_owner_only(path).map_err(SocketError::io("create", path))?;
     // The umask made it 0600 already; saying so again costs nothing and
     // holds on a file system that ignores the umask for sockets.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(MODE))
-        .map_err(|e| format!("cannot chmod admin socket {}: {e}", path.display()))?;
-    let meta = std::fs::symlink_metadata(path)
-        .map_err(|e| format!("cannot stat admin socket {}: {e}", path.display()))?;
+        .map_err(SocketError::io("chmod", path))?;
+    let meta = std::fs::symlink_metadata(path).map_err(SocketError::io("stat", path))?;
     log::info!("admin socket {} (mode 0600)", path.display());
     Ok(Bound {
         listener,
@@ -121,24 +155,18 @@ pub fn bind(path: &Path) -> Result<Bound, String> {
 
 /// Makes room for the socket at `path`: nothing there, or a stale socket
 /// file that is removed. See [`bind`].
-fn clear_stale(path: &Path) -> Result<(), String> {
+fn clear_stale(path: &Path) -> Result<(), SocketError> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("cannot check admin socket {}: {e}", path.display())),
+        Err(e) => return Err(SocketError::io("check", path)(e)),
     };
+    let path_buf = || path.to_path_buf();
     if !meta.file_type().is_socket() {
-        return Err(format!(
-            "admin socket {}: the path exists and is not a socket; \
-             refusing to replace it (remove it or choose another path)",
-            path.display()
-        ));
+        return Err(SocketError::NotASocket { path: path_buf() });
     }
     match UnixStream::connect(path) {
-        Ok(_) => Err(format!(
-            "admin socket {} is in use by another server",
-            path.display()
-        )),
+        Ok(_) => Err(SocketError::InUse { path: path_buf() }),
         // Nobody listens: a server that was killed left its file.
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
             match std::fs::remove_file(path) {
@@ -150,17 +178,17 @@ fn clear_stale(path: &Path) -> Result<(), String> {
                     Ok(())
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(format!(
-                    "admin socket {}: cannot remove the stale socket file: {e}",
-                    path.display()
-                )),
+                Err(source) => Err(SocketError::StaleRemove {
+                    path: path_buf(),
+                    source,
+                }),
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!(
-            "admin socket {}: cannot tell whether a server uses it: {e}",
-            path.display()
-        )),
+        Err(source) => Err(SocketError::Probe {
+            path: path_buf(),
+            source,
+        }),
     }
 }
 
@@ -207,18 +235,18 @@ impl Serving {
 
 /// Serves the admin socket in this process: starts the `admin-socket`
 /// thread that accepts clients until the server shuts down.
-pub fn serve(shared: Arc<Shared>, listener: UnixListener) -> Result<Serving, String> {
+pub fn serve(shared: Arc<Shared>, listener: UnixListener) -> Result<Serving, SocketError> {
     // Non-blocking, because during an UPGRADE two workers share the socket:
     // the one that loses the race for a client must not block in accept.
     listener
         .set_nonblocking(true)
-        .map_err(|e| format!("admin socket: {e}"))?;
+        .map_err(SocketError::Listener)?;
     let clients = Arc::new(Clients::default());
     let counts = clients.clone();
     thread::Builder::new()
         .name("admin-socket".into())
         .spawn(move || accept_loop(&shared, &listener, &counts))
-        .map_err(|e| format!("cannot start the admin socket thread: {e}"))?;
+        .map_err(SocketError::Thread)?;
     Ok(Serving { clients })
 }
 
@@ -269,7 +297,7 @@ fn admit(shared: &Arc<Shared>, stream: UnixStream, clients: &Arc<Clients>) {
     if clients.connected.load(Ordering::Acquire) >= MAX_CLIENTS {
         log::warn!("admin socket: {MAX_CLIENTS} clients already connected; refusing one more");
         let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-        let _ = (&stream).write_all(b"ERR busy\n");
+        let _ = (&stream).write_all(Reply::Busy.text().as_bytes());
         return;
     }
     let slot = Connected::new(clients.clone());
@@ -338,7 +366,7 @@ fn serve_client(shared: &Arc<Shared>, stream: &UnixStream) {
                     "admin socket: a command line longer than {} bytes; closing",
                     admin::MAX_LINE
                 );
-                let _ = writer.write_all(b"ERR line too long\n");
+                let _ = writer.write_all(Reply::LineTooLong.text().as_bytes());
                 return;
             }
             Err(e)
@@ -361,7 +389,7 @@ fn serve_client(shared: &Arc<Shared>, stream: &UnixStream) {
         let cmd = admin::parse(&line);
         log::info!("{} from admin socket", describe(&cmd));
         let (reply, after) = execute(shared, &cmd);
-        if let Err(e) = writer.write_all(reply.as_bytes()) {
+        if let Err(e) = writer.write_all(reply.text().as_bytes()) {
             log::info!("admin socket: cannot write the reply ({e}); closing");
             return;
         }
@@ -426,29 +454,45 @@ fn describe(cmd: &Command) -> String {
 
 /// Runs `cmd` for a socket client, blocking until its reply is ready.
 /// Replies are the public port's, word for word.
-fn execute(shared: &Arc<Shared>, cmd: &Command) -> (String, After) {
+fn execute(shared: &Arc<Shared>, cmd: &Command) -> (Reply, After) {
     match cmd {
         Command::Status => {
             let s = shared.clone();
-            let reply = wait_reply(|to| shared.control.run(move || to.send(admin::status(&s))));
+            let reply = wait_reply(|to| {
+                shared.control.run(move || {
+                    let _ = to.send(admin::status(&s));
+                })
+            });
             (reply, After::Keep)
         }
         Command::Reload(name) => {
             let (s, name) = (shared.clone(), name.map(str::to_owned));
             let reply = wait_reply(|to| {
-                shared
-                    .control
-                    .run(move || to.send(admin::reload(&s, name.as_deref())))
+                shared.control.run(move || {
+                    let _ = to.send(admin::reload(&s, name.as_deref()));
+                })
             });
             (reply, After::Keep)
         }
         Command::Run(module, job) => {
-            let reply = wait_reply(|to| admin::run(shared, module, job, to));
+            let reply = wait_reply(|to| {
+                admin::run(shared, module, job, move |r| {
+                    let _ = to.send(r);
+                })
+            });
             (reply, After::Keep)
         }
         Command::Upgrade => {
-            let reply = wait_reply(|to| crate::process::upgrade::upgrade(shared.clone(), to));
-            if !reply.starts_with("OK") {
+            let reply = wait_reply(|to| {
+                crate::process::upgrade::replace(
+                    shared.clone(),
+                    crate::process::upgrade::Replace::Upgrade,
+                    Box::new(move |r| {
+                        let _ = to.send(Reply::Upgrade(r));
+                    }),
+                )
+            });
+            if !reply.is_ok() {
                 return (reply, After::Keep);
             }
             // This worker drains now: the upgrade thread starts its
@@ -462,21 +506,20 @@ fn execute(shared: &Arc<Shared>, cmd: &Command) -> (String, After) {
             }
             (reply, After::Close)
         }
-        Command::Shutdown => ("OK shutting down\n".into(), After::Shutdown),
-        Command::Close => ("OK bye\n".into(), After::Close),
+        Command::Shutdown => (Reply::ShuttingDown, After::Shutdown),
+        Command::Close => (Reply::Bye, After::Close),
         // Opening the socket was the authentication.
-        Command::Auth(_) => ("OK\n".into(), After::Keep),
-        Command::Unknown => ("ERR unknown command\n".into(), After::Keep),
+        Command::Auth(_) => (Reply::Auth(admin::AuthReply::Ok), After::Keep),
+        Command::Unknown => (Reply::Unknown, After::Keep),
     }
 }
 
 /// Starts a command with a channel as its reply path and waits for the
-/// reply.
-fn wait_reply(start: impl FnOnce(AdminReply)) -> String {
+/// reply ([`Reply::NoReply`] if the command ends without one).
+fn wait_reply(start: impl FnOnce(crossbeam_channel::Sender<Reply>)) -> Reply {
     let (tx, rx) = crossbeam_channel::bounded(1);
-    start(AdminReply::Channel(tx));
-    rx.recv()
-        .unwrap_or_else(|_| "ERR the command ended without a reply\n".into())
+    start(tx);
+    rx.recv().unwrap_or(Reply::NoReply)
 }
 
 #[cfg(test)]
@@ -584,8 +627,9 @@ mod tests {
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         // A second bind while it listens is refused with the path.
         let err = bind(&path).unwrap_err();
+        assert!(matches!(&err, SocketError::InUse { path: p } if *p == path));
         assert_eq!(
-            err,
+            err.to_string(),
             format!(
                 "admin socket {} is in use by another server",
                 path.display()
@@ -608,7 +652,7 @@ mod tests {
         drop(bound);
 
         std::fs::write(&path, b"not a socket").unwrap();
-        let err = bind(&path).unwrap_err();
+        let err = bind(&path).unwrap_err().to_string();
         assert!(err.contains("exists and is not a socket"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
         let _ = std::fs::remove_dir_all(&dir);

@@ -2,10 +2,64 @@
 //! `[modules.<name>]` tables go to each module at start.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
+
+/// Longest admin command line (`AUTH <token>` included). It is the admin
+/// protocol's limit (`admin::MAX_LINE`); it lives here, at the bottom, so
+/// that validating `admin_token` needs nothing from the admin layer.
+pub const ADMIN_MAX_LINE: usize = 1024;
+
+/// Why a config file was refused. The texts are what the operator reads
+/// at startup and in `ERR config: …` replies.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file was read but its text was refused.
+    #[error("bad config {}: {source}", path.display())]
+    Bad {
+        path: PathBuf,
+        source: Box<ConfigError>,
+    },
+    /// Not TOML, or not the shape of [`Config`].
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    /// An `admin_from` entry that is neither a network nor an address.
+    #[error(
+        "server.admin_from: {0:?} is neither a CIDR network (\"10.0.0.0/8\", \
+         \"fd00::/8\") nor an address"
+    )]
+    AdminFrom(String),
+    /// A setting out of its range; the text names it.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Parses `admin_from`: each entry a CIDR network (`10.0.0.0/8`) or a bare
+/// address (`192.0.2.7`, one host). The error names the bad entry.
+pub fn parse_networks(entries: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    entries
+        .iter()
+        .map(|e| {
+            let text = e.trim();
+            if let Ok(net) = text.parse::<IpNet>() {
+                // `10.1.2.3/8` means the network 10.0.0.0/8.
+                return Ok(net.trunc());
+            }
+            text.parse::<IpAddr>()
+                .map(IpNet::from)
+                .map_err(|_| ConfigError::AdminFrom(e.clone()))
+        })
+        .collect()
+}
 
 /// The whole file.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -205,53 +259,59 @@ impl Server {
 
 impl Config {
     /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        Config::parse(&text).map_err(|e| format!("bad config {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| ConfigError::Bad {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
     /// Parses and validates the text of a config file (what [`Config::load`]
     /// does after reading it; also the entry point of the `config` fuzz
     /// target).
-    pub fn parse(text: &str) -> Result<Config, String> {
-        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |text: &str| Err(ConfigError::Invalid(text.into()));
         let s = &self.server;
         if s.proxy_buffer_size < 1024 {
-            return Err("server.proxy_buffer_size must be at least 1024".into());
+            return invalid("server.proxy_buffer_size must be at least 1024");
         }
         if s.max_connections == 0 {
-            return Err("server.max_connections must be at least 1".into());
+            return invalid("server.max_connections must be at least 1");
         }
         if s.max_output_buffer < 4096 {
-            return Err("server.max_output_buffer must be at least 4096".into());
+            return invalid("server.max_output_buffer must be at least 4096");
         }
         if s.max_buffered_bytes < s.max_message_size {
-            return Err("server.max_buffered_bytes must be >= server.max_message_size".into());
+            return invalid("server.max_buffered_bytes must be >= server.max_message_size");
         }
         if s.max_header_size < 16 || s.max_message_size < s.max_header_size {
-            return Err("server.max_message_size must be >= server.max_header_size >= 16".into());
+            return invalid("server.max_message_size must be >= server.max_header_size >= 16");
         }
-        crate::admin::parse_networks(&s.admin_from)?;
+        parse_networks(&s.admin_from)?;
         if let Some(t) = &s.admin_token {
             // `AUTH <token>` carries one word on one command line.
             if t.is_empty() || t.chars().any(char::is_whitespace) {
-                return Err("server.admin_token must be one word (no spaces), not empty".into());
+                return invalid("server.admin_token must be one word (no spaces), not empty");
             }
-            if t.len() > crate::admin::MAX_LINE - "AUTH ".len() {
-                return Err(format!(
+            if t.len() > ADMIN_MAX_LINE - "AUTH ".len() {
+                return Err(ConfigError::Invalid(format!(
                     "server.admin_token must be at most {} bytes",
-                    crate::admin::MAX_LINE - "AUTH ".len()
-                ));
+                    ADMIN_MAX_LINE - "AUTH ".len()
+                )));
             }
         }
         if s.max_auth_failures == 0 {
-            return Err("server.max_auth_failures must be at least 1".into());
+            return invalid("server.max_auth_failures must be at least 1");
         }
         for (name, v) in [
             ("first_bytes_timeout_ms", s.first_bytes_timeout_ms),
@@ -263,7 +323,9 @@ impl Config {
             ("proxy_idle_timeout_ms", s.proxy_idle_timeout_ms),
         ] {
             if v == 0 {
-                return Err(format!("server.{name} must be positive"));
+                return Err(ConfigError::Invalid(format!(
+                    "server.{name} must be positive"
+                )));
             }
         }
         Ok(())
@@ -306,16 +368,29 @@ mod tests {
     }
 
     #[test]
+    fn bad_admin_from_entries_are_named() {
+        for bad in ["10.0.0.300/8", "10.0.0.0/33", "localhost", "", "10.0.0.0/"] {
+            let e = parse_networks(&[bad.to_string()]).unwrap_err().to_string();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+
+    #[test]
     fn admin_settings_are_validated() {
-        let e =
-            Config::parse("[server]\nadmin_from = [\"127.0.0.0/8\", \"10.0.0.0/33\"]").unwrap_err();
+        let e = Config::parse("[server]\nadmin_from = [\"127.0.0.0/8\", \"10.0.0.0/33\"]")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"10.0.0.0/33\""), "{e}");
         assert!(Config::parse("[server]\nadmin_from = []").is_ok());
         assert!(Config::parse("[server]\nadmin_from = [\"192.0.2.7\", \"::1\"]").is_ok());
-        let e = Config::parse("[server]\nadmin_token = \"two words\"").unwrap_err();
+        let e = Config::parse("[server]\nadmin_token = \"two words\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("admin_token"), "{e}");
         assert!(Config::parse("[server]\nadmin_token = \"\"").is_err());
-        let e = Config::parse("[server]\nmax_auth_failures = 0").unwrap_err();
+        let e = Config::parse("[server]\nmax_auth_failures = 0")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_auth_failures"), "{e}");
     }
 }

@@ -108,7 +108,7 @@ fn run_tool(tool: cli::Tool) -> ExitCode {
 
 fn run(args: cli::Args) -> Result<(), String> {
     let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
     let server = &mut config.server;
@@ -153,7 +153,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         Some(inherited) => (Some(inherited), None),
         None => match &server.admin_socket {
             Some(path) if !process::worker::is_worker() => {
-                let bound = admin_socket::bind(path)?;
+                let bound = admin_socket::bind(path).map_err(|e| e.to_string())?;
                 (Some(bound.listener), Some(bound.file))
             }
             _ => (None, None),
@@ -212,14 +212,13 @@ fn run(args: cli::Args) -> Result<(), String> {
         .and_then(|p| p.parent().map(PathBuf::from))
         .unwrap_or_default();
     registry.set_tls(tls.clone());
-    if let Some(n) = tls_load(&tls, &config.server.tls, &tls_base)? {
+    if let Some(n) = tls_load(&tls, &config.server.tls, &tls_base).map_err(|e| e.to_string())? {
         log::info!("tls: {n} certificate(s) loaded");
     }
     // Admin settings: a bad `admin_from` was refused by `Config::load`.
-    let admin = Arc::new(admin::LiveAccess::new(admin::AdminAccess::new(
-        &config.server,
-        0,
-    )?));
+    let admin = Arc::new(admin::LiveAccess::new(
+        admin::AdminAccess::new(&config.server, 0).map_err(|e| e.to_string())?,
+    ));
     {
         let tls = tls.clone();
         let admin = admin.clone();
@@ -237,13 +236,11 @@ fn run(args: cli::Args) -> Result<(), String> {
             if !cfg.server.tls.enabled() && !tls.active() {
                 return None;
             }
-            Some(match tls_load(&tls, &cfg.server.tls, &tls_base) {
-                Ok(Some(n)) => registry::Outcome::ok(format!("OK tls: {n} certificate(s)")),
-                Ok(None) => registry::Outcome::ok("OK tls: off".into()),
-                Err(e) => registry::Outcome::err(format!(
-                    "ERR tls: {e}; keeping the certificates in force"
-                )),
-            })
+            Some(registry::ReloadOutcome::Tls(tls_load(
+                &tls,
+                &cfg.server.tls,
+                &tls_base,
+            )))
         }));
     }
     let scheduler = Scheduler::start(config.server.threads.max(2));
@@ -251,8 +248,7 @@ fn run(args: cli::Args) -> Result<(), String> {
     registry
         .table()
         .set_wakers(mailboxes.iter().map(|m| m.waker.clone()).collect());
-    let outcomes = registry.load_all();
-    let loaded = outcomes.iter().filter(|o| o.line.contains(" gen=")).count();
+    let loaded = registry.load_all().loaded();
     if loaded == 0 {
         log::warn!("no modules loaded from {}", args.modules.display());
     }
@@ -310,11 +306,13 @@ fn run(args: cli::Args) -> Result<(), String> {
     }
     signals(shared.clone())?;
     let admin_serving = match admin_listener {
-        Some(listener) => Some(admin_socket::serve(shared.clone(), listener)?),
+        Some(listener) => {
+            Some(admin_socket::serve(shared.clone(), listener).map_err(|e| e.to_string())?)
+        }
         None => None,
     };
     if args.watch || config.server.watch {
-        watch::start(shared.clone(), registry.dir().to_path_buf())?;
+        watch::start(shared.clone(), registry.dir().to_path_buf()).map_err(|e| e.to_string())?;
     }
 
     log::info!(
@@ -428,7 +426,7 @@ fn tls_load(
     tls: &tls::Tls,
     settings: &tls::TlsSettings,
     base: &std::path::Path,
-) -> Result<Option<usize>, String> {
+) -> Result<Option<usize>, tls::TlsError> {
     let n = tls.load(settings, base)?;
     Ok(settings.enabled().then_some(n))
 }

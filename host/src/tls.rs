@@ -92,19 +92,71 @@ impl TlsSettings {
     /// `client_auth` without `client_ca` is an error (it would silently
     /// let every client in), and so are client certificates without any
     /// server certificate (nothing would ask for them).
-    pub fn client_auth_mode(&self) -> Result<Option<ClientAuth>, String> {
+    pub fn client_auth_mode(&self) -> Result<Option<ClientAuth>, TlsError> {
         match (&self.client_ca, self.client_auth) {
             (None, None) => Ok(None),
-            (None, Some(_)) => Err("[server.tls] client_auth is set but client_ca is not: \
-                 name the PEM file of the CA certificates that client certificates must \
-                 chain to"
-                .into()),
-            (Some(_), _) if !self.enabled() => Err("[server.tls] client_ca needs a server \
-                 certificate (cert and key, or [[server.tls.sni]] entries)"
-                .into()),
+            (None, Some(_)) => Err(TlsError::ClientAuthWithoutCa),
+            (Some(_), _) if !self.enabled() => Err(TlsError::CaWithoutCertificate),
             (Some(_), mode) => Ok(Some(mode.unwrap_or(ClientAuth::Optional))),
         }
     }
+}
+
+/// Why the TLS settings or their files were refused; the certificates in
+/// force stay. The texts are the operator's: at startup and in `ERR tls:
+/// …` replies to `RELOAD`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    #[error(
+        "[server.tls] client_auth is set but client_ca is not: \
+         name the PEM file of the CA certificates that client certificates must \
+         chain to"
+    )]
+    ClientAuthWithoutCa,
+    #[error(
+        "[server.tls] client_ca needs a server \
+         certificate (cert and key, or [[server.tls.sni]] entries)"
+    )]
+    CaWithoutCertificate,
+    #[error("[server.tls] needs both cert and key")]
+    HalfPair,
+    #[error("[[server.tls.sni]] entry without names")]
+    SniWithoutNames,
+    /// `what`: "certificate", "private key" or "client_ca".
+    #[error("cannot read {what} {}: {reason}", path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("bad certificate {}: {reason}", path.display())]
+    BadCertificate { path: PathBuf, reason: String },
+    #[error("no certificate in {}", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("unsupported private key {}: {reason}", path.display())]
+    UnsupportedKey { path: PathBuf, reason: String },
+    #[error("{} does not match {}: {reason}", key.display(), cert.display())]
+    KeyMismatch {
+        key: PathBuf,
+        cert: PathBuf,
+        reason: String,
+    },
+    #[error("bad certificate in client_ca {}: {reason}", path.display())]
+    BadCa { path: PathBuf, reason: String },
+    #[error("no certificate in client_ca {}", path.display())]
+    NoCa { path: PathBuf },
+    /// Certificate `index` (from 1) of the CA file.
+    #[error("client_ca {}: certificate {index} is not a usable CA: {reason}", path.display())]
+    UnusableCa {
+        path: PathBuf,
+        index: usize,
+        reason: String,
+    },
+    #[error("client_ca {}: {reason}", path.display())]
+    Verifier { path: PathBuf, reason: String },
+    /// rustls refused the protocol settings.
+    #[error("tls: {0}")]
+    Rustls(String),
 }
 
 /// Certificates by SNI name.
@@ -152,27 +204,38 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-fn load_pair(cert: &Path, key: &Path, base: &Path) -> Result<Arc<CertifiedKey>, String> {
+fn load_pair(cert: &Path, key: &Path, base: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let cert_path = base.join(cert);
     let key_path = base.join(key);
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .map_err(|e| format!("cannot read certificate {}: {e}", cert_path.display()))?
+        .map_err(|e| TlsError::Read {
+            what: "certificate",
+            path: cert_path.clone(),
+            reason: e.to_string(),
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("bad certificate {}: {e}", cert_path.display()))?;
+        .map_err(|e| TlsError::BadCertificate {
+            path: cert_path.clone(),
+            reason: e.to_string(),
+        })?;
     if chain.is_empty() {
-        return Err(format!("no certificate in {}", cert_path.display()));
+        return Err(TlsError::NoCertificate { path: cert_path });
     }
-    let key_der = PrivateKeyDer::from_pem_file(&key_path)
-        .map_err(|e| format!("cannot read private key {}: {e}", key_path.display()))?;
-    let signing = ring::sign::any_supported_type(&key_der)
-        .map_err(|e| format!("unsupported private key {}: {e}", key_path.display()))?;
+    let key_der = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| TlsError::Read {
+        what: "private key",
+        path: key_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let signing =
+        ring::sign::any_supported_type(&key_der).map_err(|e| TlsError::UnsupportedKey {
+            path: key_path.clone(),
+            reason: e.to_string(),
+        })?;
     let ck = CertifiedKey::new(chain, signing);
-    ck.keys_match().map_err(|e| {
-        format!(
-            "{} does not match {}: {e}",
-            key_path.display(),
-            cert_path.display()
-        )
+    ck.keys_match().map_err(|e| TlsError::KeyMismatch {
+        key: key_path.clone(),
+        cert: cert_path.clone(),
+        reason: e.to_string(),
     })?;
     Ok(Arc::new(ck))
 }
@@ -183,23 +246,28 @@ fn client_verifier(
     ca: &Path,
     mode: ClientAuth,
     base: &Path,
-) -> Result<Arc<dyn ClientCertVerifier>, String> {
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let path = base.join(ca);
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
-        .map_err(|e| format!("cannot read client_ca {}: {e}", path.display()))?
+        .map_err(|e| TlsError::Read {
+            what: "client_ca",
+            path: path.clone(),
+            reason: e.to_string(),
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("bad certificate in client_ca {}: {e}", path.display()))?;
+        .map_err(|e| TlsError::BadCa {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(format!("no certificate in client_ca {}", path.display()));
+        return Err(TlsError::NoCa { path });
     }
     let mut roots = RootCertStore::empty();
     for (i, cert) in certs.into_iter().enumerate() {
-        roots.add(cert).map_err(|e| {
-            format!(
-                "client_ca {}: certificate {} is not a usable CA: {e}",
-                path.display(),
-                i + 1
-            )
+        roots.add(cert).map_err(|e| TlsError::UnusableCa {
+            path: path.clone(),
+            index: i + 1,
+            reason: e.to_string(),
         })?;
     }
     let builder = WebPkiClientVerifier::builder_with_provider(
@@ -210,14 +278,15 @@ fn client_verifier(
         ClientAuth::Optional => builder.allow_unauthenticated(),
         ClientAuth::Required => builder,
     };
-    builder
-        .build()
-        .map_err(|e| format!("client_ca {}: {e}", path.display()))
+    builder.build().map_err(|e| TlsError::Verifier {
+        reason: e.to_string(),
+        path,
+    })
 }
 
 /// Builds a server config from the settings; paths are relative to `base`
 /// (the config file's directory).
-fn build(settings: &TlsSettings, base: &Path) -> Result<Terminator, String> {
+fn build(settings: &TlsSettings, base: &Path) -> Result<Terminator, TlsError> {
     // Checked (and the CA file read) first: a bad client_ca is reported
     // even when a certificate is broken too, and never half-applied.
     let verifier = match (settings.client_auth_mode()?, &settings.client_ca) {
@@ -227,13 +296,13 @@ fn build(settings: &TlsSettings, base: &Path) -> Result<Terminator, String> {
     let default = match (&settings.cert, &settings.key) {
         (Some(c), Some(k)) => Some(load_pair(c, k, base)?),
         (None, None) => None,
-        _ => return Err("[server.tls] needs both cert and key".into()),
+        _ => return Err(TlsError::HalfPair),
     };
     let mut exact = HashMap::new();
     let mut wildcard = Vec::new();
     for entry in &settings.sni {
         if entry.names.is_empty() {
-            return Err("[[server.tls.sni]] entry without names".into());
+            return Err(TlsError::SniWithoutNames);
         }
         let key = load_pair(&entry.cert, &entry.key, base)?;
         for name in &entry.names {
@@ -255,7 +324,7 @@ fn build(settings: &TlsSettings, base: &Path) -> Result<Terminator, String> {
     });
     let builder = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("tls: {e}"))?;
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
     // One config for every name: the client CA applies whichever
     // certificate the SNI name selects.
     let builder = match verifier {
@@ -289,7 +358,7 @@ impl Tls {
     /// Loads the certificates and the client CA; an error leaves the
     /// previous ones in force. Returns how many certificate pairs are in
     /// force.
-    pub fn load(&self, settings: &TlsSettings, base: &Path) -> Result<usize, String> {
+    pub fn load(&self, settings: &TlsSettings, base: &Path) -> Result<usize, TlsError> {
         settings.client_auth_mode()?;
         let current = if settings.enabled() {
             Some(Arc::new(build(settings, base)?))
@@ -376,11 +445,13 @@ mod tests {
         assert_eq!(s.client_auth_mode(), Ok(Some(ClientAuth::Required)));
         let e = settings(&format!("{cert}client_auth = \"required\"\n"))
             .client_auth_mode()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("client_auth is set but client_ca is not"), "{e}");
         let e = settings("client_ca = \"ca.pem\"\n")
             .client_auth_mode()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("needs a server certificate"), "{e}");
         assert!(toml::from_str::<TlsSettings>("client_auth = \"maybe\"\n").is_err());
     }
@@ -405,7 +476,7 @@ mod tests {
             ("junk.pem", "no certificate in client_ca"),
         ] {
             let s = settings(&format!("{base}client_ca = \"{ca}\"\n"));
-            let e = tls.load(&s, &dir).unwrap_err();
+            let e = tls.load(&s, &dir).unwrap_err().to_string();
             assert!(e.contains(needle) && e.contains(ca), "{e}");
             assert!(tls.active(), "a failed load turned TLS off");
         }

@@ -6,11 +6,26 @@
 //! tokens. A new token is 32 bytes from the operating system's random
 //! source (`ring::rand::SystemRandom`), written as 64 lowercase hex
 //! characters: 256 bits, nothing to escape in TOML, a shell or an HTTP
-//! `Authorization` header.
+//! `Authorization` header. [`token_matches`] compares a secret without
+//! an early exit (the admin token of `AUTH`).
 
 use std::io::Read;
 
 use ring::rand::{SecureRandom, SystemRandom};
+
+/// Why `--new-token` or `--hash-token` failed; the text is what stderr
+/// shows after `switchyard: `.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the system's random source failed")]
+    Random,
+    #[error("no token on stdin")]
+    Empty,
+    #[error("expected one token on one line on stdin")]
+    Lines,
+    #[error("cannot read the token from stdin: {0}")]
+    Stdin(String),
+}
 
 /// Random bytes in a new token.
 const TOKEN_BYTES: usize = 32;
@@ -23,11 +38,11 @@ pub fn hash(token: &str) -> String {
 }
 
 /// A fresh random token (64 lowercase hex characters).
-pub fn generate() -> Result<String, String> {
+pub fn generate() -> Result<String, TokenError> {
     let mut bytes = [0u8; TOKEN_BYTES];
     SystemRandom::new()
         .fill(&mut bytes)
-        .map_err(|_| "the system's random source failed".to_string())?;
+        .map_err(|_| TokenError::Random)?;
     Ok(hex(&bytes))
 }
 
@@ -40,32 +55,42 @@ pub fn new_token_lines(token: &str) -> String {
 /// The token in what `--hash-token` read from stdin: one line, its
 /// trailing `\n` or `\r\n` stripped. Empty input, or more than one line,
 /// is refused rather than hashed into something nobody can send.
-pub fn token_from_input(input: &str) -> Result<&str, String> {
+pub fn token_from_input(input: &str) -> Result<&str, TokenError> {
     let token = input.strip_suffix('\n').unwrap_or(input);
     let token = token.strip_suffix('\r').unwrap_or(token);
     if token.is_empty() {
-        return Err("no token on stdin".into());
+        return Err(TokenError::Empty);
     }
     if token.contains(['\n', '\r']) {
-        return Err("expected one token on one line on stdin".into());
+        return Err(TokenError::Lines);
     }
     Ok(token)
 }
 
 /// `--new-token`: prints a token and its `token_hash` line.
-pub fn print_new() -> Result<(), String> {
+pub fn print_new() -> Result<(), TokenError> {
     print!("{}", new_token_lines(&generate()?));
     Ok(())
 }
 
 /// `--hash-token`: reads a token from stdin and prints its hash.
-pub fn print_hash_of_stdin() -> Result<(), String> {
+pub fn print_hash_of_stdin() -> Result<(), TokenError> {
     let mut input = String::new();
     std::io::stdin()
         .read_to_string(&mut input)
-        .map_err(|e| format!("cannot read the token from stdin: {e}"))?;
+        .map_err(|e| TokenError::Stdin(e.to_string()))?;
     println!("{}", hash(token_from_input(&input)?));
     Ok(())
+}
+
+/// Compares secrets without an early exit on the first difference.
+pub fn token_matches(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for (i, &x) in a.iter().enumerate() {
+        diff |= (x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0)) as usize;
+    }
+    diff == 0
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -114,8 +139,17 @@ mod tests {
         assert_eq!(token_from_input("abc\r\n"), Ok("abc"));
         assert_eq!(token_from_input("abc"), Ok("abc"));
         assert_eq!(token_from_input(" abc \n"), Ok(" abc "));
-        assert!(token_from_input("\n").is_err());
-        assert!(token_from_input("").is_err());
-        assert!(token_from_input("a\nb\n").is_err());
+        assert_eq!(token_from_input("\n"), Err(TokenError::Empty));
+        assert_eq!(token_from_input(""), Err(TokenError::Empty));
+        assert_eq!(token_from_input("a\nb\n"), Err(TokenError::Lines));
+        assert_eq!(TokenError::Empty.to_string(), "no token on stdin");
+    }
+
+    #[test]
+    fn tokens_match_only_when_equal() {
+        assert!(token_matches("abc", "abc"));
+        assert!(!token_matches("abd", "abc"));
+        assert!(!token_matches("ab", "abc"));
+        assert!(!token_matches("", "abc"));
     }
 }

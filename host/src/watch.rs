@@ -21,6 +21,17 @@ use notify::{RecursiveMode, Watcher};
 use crate::registry::is_module_file;
 use crate::state::Shared;
 
+/// Why `--watch` could not start; the text is the startup error.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot start the file watcher: {0}")]
+    Watcher(notify::Error),
+    #[error("cannot watch {}: {source}", dir.display())]
+    Watch { dir: PathBuf, source: notify::Error },
+    #[error("{0}")]
+    Thread(std::io::Error),
+}
+
 /// Quiet time before a burst of file events triggers one reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
 
@@ -36,15 +47,15 @@ fn relevant(event: &notify::Event) -> bool {
 }
 
 /// Starts watching `dir`; reloads run on the control thread.
-pub fn start(shared: Arc<Shared>, dir: PathBuf) -> Result<(), String> {
+pub fn start(shared: Arc<Shared>, dir: PathBuf) -> Result<(), WatchError> {
     let (tx, rx) = unbounded();
     let mut watcher = notify::recommended_watcher(move |res| {
         let _ = tx.send(res);
     })
-    .map_err(|e| format!("cannot start the file watcher: {e}"))?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    .map_err(WatchError::Watcher)?;
+    if let Err(source) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        return Err(WatchError::Watch { dir, source });
+    }
     log::info!("watching {} for module changes", dir.display());
     thread::Builder::new()
         .name("watch".into())
@@ -75,6 +86,6 @@ pub fn start(shared: Arc<Shared>, dir: PathBuf) -> Result<(), String> {
                 });
             }
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(WatchError::Thread)?;
     Ok(())
 }

@@ -11,7 +11,7 @@
 //! connection closed.
 
 use super::{EventLoop, Next};
-use crate::admin::{self, Command, Standing};
+use crate::admin::{self, Command, Reply, Standing};
 use crate::conn::Stage;
 use crate::pool::{AdminReply, Completion, ReplyTo};
 use crate::router::Builtin;
@@ -31,7 +31,8 @@ impl EventLoop {
                 conn.info.peer(),
                 admin::MAX_LINE
             );
-            conn.wbuf.extend_from_copy_slice(b"ERR line too long\n");
+            conn.wbuf
+                .extend_from_copy_slice(Reply::LineTooLong.text().as_bytes());
             conn.closing = true;
             return Next::Keep;
         }
@@ -65,12 +66,11 @@ impl EventLoop {
             key,
             conn_id: conn.info.id,
         };
-        let owned;
-        let reply: Option<&[u8]> = match &cmd {
-            c if c.privileged() && !allowed => Some(b"ERR forbidden\n"),
+        let reply: Option<Reply> = match &cmd {
+            c if c.privileged() && !allowed => Some(Reply::Forbidden),
             Command::Close => {
                 conn.closing = true;
-                Some(b"OK bye\n")
+                Some(Reply::Bye)
             }
             Command::Auth(token) => {
                 let now = self.now;
@@ -83,23 +83,22 @@ impl EventLoop {
                     now,
                 );
                 conn.closing |= r.closes();
-                owned = r.line();
-                Some(owned.as_bytes())
+                Some(Reply::Auth(r))
             }
-            Command::Unknown => Some(b"ERR unknown command\n"),
+            Command::Unknown => Some(Reply::Unknown),
             Command::Shutdown if !access.public_shutdown => {
                 log::warn!("SHUTDOWN from {peer} refused: public_shutdown = false");
-                Some(admin::SHUTDOWN_DISABLED.as_bytes())
+                Some(Reply::ShutdownDisabled)
             }
             Command::Shutdown => {
                 log::info!("SHUTDOWN from {}", conn.info.peer());
                 self.shared.shutdown();
-                Some(b"OK shutting down\n")
+                Some(Reply::ShuttingDown)
             }
             Command::Status => {
                 let shared = self.shared.clone();
                 self.shared.control.run(move || {
-                    let reply = admin::status(&shared);
+                    let reply = admin::status(&shared).text();
                     shared.mailboxes[to.loop_idx].send(Completion::Admin { to, reply });
                 });
                 None
@@ -113,14 +112,14 @@ impl EventLoop {
                 let shared = self.shared.clone();
                 let name = name.map(str::to_owned);
                 self.shared.control.run(move || {
-                    let reply = admin::reload(&shared, name.as_deref());
+                    let reply = admin::reload(&shared, name.as_deref()).text();
                     shared.mailboxes[to.loop_idx].send(Completion::Admin { to, reply });
                 });
                 None
             }
             Command::Upgrade => {
                 log::info!("UPGRADE from {}", conn.info.peer());
-                crate::process::upgrade::upgrade(
+                admin::upgrade(
                     self.shared.clone(),
                     AdminReply::conn(&self.shared.mailboxes, to),
                 );
@@ -129,7 +128,7 @@ impl EventLoop {
             Command::Run(module, job) => {
                 log::info!("RUN {module} {job} from {}", conn.info.peer());
                 let reply = AdminReply::conn(&self.shared.mailboxes, to);
-                admin::run(&self.shared, module, job, reply);
+                admin::run(&self.shared, module, job, move |r| reply.send(r.text()));
                 None
             }
         };
@@ -137,7 +136,7 @@ impl EventLoop {
         conn.msg_start = None;
         conn.last_activity = self.now;
         match reply {
-            Some(r) => conn.wbuf.extend_from_copy_slice(r),
+            Some(r) => conn.wbuf.extend_from_copy_slice(r.text().as_bytes()),
             None => conn.stage = Stage::Admin,
         }
         Next::Keep

@@ -2,8 +2,9 @@
 //! reloads and removes modules, and publishes the route table.
 //!
 //! Every change is validated before anything is swapped: a file that fails
-//! to open, fails the ABI check or fails to start is refused with an `ERR`
-//! line and the running generation keeps serving.
+//! to open, fails the ABI check or fails to start is refused (a failed
+//! [`ReloadOutcome`], an `ERR` line in the reply) and the running
+//! generation keeps serving.
 //!
 //! * `overlap` modules: the new generation starts with the old one's saved
 //!   state, the table swaps atomically, and the old generation stops when
@@ -18,6 +19,10 @@
 mod elf;
 
 mod loader;
+
+mod outcome;
+
+pub use outcome::{LoadError, Pass, ReloadOutcome, ReloadReport, Summary};
 
 use crate::generation::{CallSite, Generation, ModuleStats};
 
@@ -113,30 +118,7 @@ pub struct Registry {
 pub type RetiredHook = Box<dyn Fn(u64) + Send + Sync>;
 
 /// See [`Registry::set_config_hook`].
-pub type ConfigHook = Box<dyn Fn(&Config) -> Option<Outcome> + Send + Sync>;
-
-/// The outcome of one module's load or reload, as a reply line.
-pub struct Outcome {
-    pub ok: bool,
-    pub line: String,
-}
-
-impl Outcome {
-    pub fn ok(line: String) -> Outcome {
-        Outcome { ok: true, line }
-    }
-    pub fn err(line: String) -> Outcome {
-        Outcome { ok: false, line }
-    }
-    fn log(self) -> Outcome {
-        if self.ok {
-            log::info!("{}", self.line);
-        } else {
-            log::error!("{}", self.line);
-        }
-        self
-    }
-}
+pub type ConfigHook = Box<dyn Fn(&Config) -> Option<ReloadOutcome> + Send + Sync>;
 
 fn file_label(file: &Path) -> String {
     file.file_name()
@@ -247,9 +229,9 @@ impl Registry {
         Ok(files)
     }
 
-    fn open(&self, file: &Path) -> Result<Candidate, String> {
+    fn open(&self, file: &Path) -> Result<Candidate, LoadError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        loader::open(file, &self.run_dir, seq).map_err(|e| e.to_string())
+        loader::open(file, &self.run_dir, seq).map_err(|e| LoadError::Load(e.to_string()))
     }
 
     /// Starts the next generation of `c`.
@@ -259,7 +241,7 @@ impl Registry {
         c: &Candidate,
         file: &Path,
         saved: &[u8],
-    ) -> Result<Generation, String> {
+    ) -> Result<Generation, LoadError> {
         // The leader quarantines the file a crash is pinned on: record it
         // before the module's start runs, which may be what crashes.
         crate::guard::ModuleId::loaded(&c.name, file);
@@ -275,7 +257,7 @@ impl Registry {
             saved,
             self.data_dir.join(&c.name),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| LoadError::Load(e.to_string()))?;
         // Bindings the module added from its configuration.
         Self::check_conflicts(state, &c.name, &g.bindings)?;
         state.gens.insert(c.name.clone(), gen);
@@ -284,7 +266,7 @@ impl Registry {
 
     /// Refuses a module whose bindings clash with another loaded module's,
     /// unless `[server.routes]` names the owner of the prefix.
-    fn check_conflicts(state: &State, name: &str, bindings: &[Vec<u8>]) -> Result<(), String> {
+    fn check_conflicts(state: &State, name: &str, bindings: &[Vec<u8>]) -> Result<(), LoadError> {
         let routes = &state.config.server.routes;
         for (other, slot) in &state.modules {
             if other == name {
@@ -293,10 +275,11 @@ impl Registry {
             for b in bindings {
                 let key = String::from_utf8_lossy(b);
                 if slot.current.bindings.contains(b) && !routes.contains_key(key.as_ref()) {
-                    return Err(format!(
-                        "prefix {key:?} is bound by both {other} and {name}; \
-                         assign it to one of them in [server.routes]"
-                    ));
+                    return Err(LoadError::Conflict {
+                        prefix: key.into_owned(),
+                        first: other.clone(),
+                        second: name.to_string(),
+                    });
                 }
             }
         }
@@ -375,9 +358,13 @@ impl Registry {
     }
 
     /// Makes `gen` the current generation of its module.
-    fn install(&self, state: &mut State, file: &Path, gen: Generation) -> Outcome {
+    fn install(&self, state: &mut State, file: &Path, gen: Generation) -> ReloadOutcome {
         crate::guard::ModuleId::loaded(&gen.name, file);
-        let line = format!("OK {} gen={} v{}", gen.name, gen.gen, gen.version);
+        let outcome = ReloadOutcome::Loaded {
+            name: gen.name.to_string(),
+            gen: gen.gen,
+            version: gen.version.to_string(),
+        };
         for b in &gen.bindings {
             state.removed.remove(b);
         }
@@ -396,12 +383,12 @@ impl Registry {
             old.current.retire(self.drain_timeout);
         }
         self.publish(state);
-        Outcome::ok(line)
+        outcome
     }
 
     /// Accounts for a library whose code ran but that was refused: it stays
     /// mapped (see `loader`), so it counts as retained.
-    fn refused(&self, state: &mut State, c: &Candidate, why: String) -> String {
+    fn refused(&self, state: &mut State, c: &Candidate, why: LoadError) -> LoadError {
         let stats = state.stats.entry(c.name.clone()).or_default();
         stats.retained.fetch_add(1, Ordering::Relaxed);
         stats.retained_bytes.fetch_add(c.size, Ordering::Relaxed);
@@ -409,14 +396,11 @@ impl Registry {
     }
 
     /// Loads a module file that no module runs from yet.
-    fn add(&self, state: &mut State, file: &Path) -> Outcome {
+    fn add(&self, state: &mut State, file: &Path) -> ReloadOutcome {
         let label = file_label(file);
         let result = self.open(file).and_then(|c| {
             let checked = if state.modules.contains_key(&c.name) {
-                Err(format!(
-                    "module {} is already loaded from another file",
-                    c.name
-                ))
+                Err(LoadError::AlreadyLoaded(c.name.clone()))
             } else {
                 Self::check_conflicts(state, &c.name, &c.bindings)
             };
@@ -426,15 +410,19 @@ impl Registry {
         });
         match result {
             Ok(g) => self.install(state, file, g),
-            Err(e) => Outcome::err(format!("ERR {label}: {e}")),
+            Err(error) => ReloadOutcome::Failed { label, error },
         }
     }
 
     /// Replaces module `name` with the code now in `file`.
-    fn replace(&self, state: &mut State, name: &str, file: &Path) -> Outcome {
+    fn replace(&self, state: &mut State, name: &str, file: &Path) -> ReloadOutcome {
+        let failed = |error| ReloadOutcome::Failed {
+            label: name.to_string(),
+            error,
+        };
         let c = match self.open(file).and_then(|c| {
             let checked = if c.name != name {
-                Err(format!("the file now holds module {:?}", c.name))
+                Err(LoadError::OtherModule(c.name.clone()))
             } else {
                 Self::check_conflicts(state, &c.name, &c.bindings)
             };
@@ -444,7 +432,7 @@ impl Registry {
             }
         }) {
             Ok(c) => c,
-            Err(e) => return Outcome::err(format!("ERR {name}: {e}")),
+            Err(e) => return failed(e),
         };
         let old = state.modules[name].current.clone();
         if c.reload == ReloadMode::Exclusive || old.reload == ReloadMode::Exclusive {
@@ -454,7 +442,7 @@ impl Registry {
         drop(old);
         match self.launch(state, &c, file, &saved) {
             Ok(g) => self.install(state, file, g),
-            Err(e) => Outcome::err(format!("ERR {name}: {}", self.refused(state, &c, e))),
+            Err(e) => failed(self.refused(state, &c, e)),
         }
     }
 
@@ -466,7 +454,7 @@ impl Registry {
         file: &Path,
         c: Candidate,
         old: Arc<Generation>,
-    ) -> Outcome {
+    ) -> ReloadOutcome {
         log::info!("{name}: exclusive reload, draining gen={}", old.gen);
         state.reloading.insert(name.to_string());
         self.publish(state);
@@ -493,7 +481,7 @@ impl Registry {
             .expect("slot of a module being reloaded");
         drop(slot);
         drop(old); // stops the old generation (the last holder, normally)
-        let outcome = match self.launch(state, &c, file, &saved) {
+        match self.launch(state, &c, file, &saved) {
             Ok(g) => {
                 state.reloading.remove(name);
                 self.install(state, file, g)
@@ -504,33 +492,37 @@ impl Registry {
                 state.reloading.remove(name);
                 match restored {
                     Ok(g) => {
-                        let line = format!(
-                            "ERR {name}: {e}; the previous code was started again as gen={}",
-                            g.gen
-                        );
+                        let gen = g.gen;
                         self.install(state, file, g);
-                        Outcome::err(line)
+                        ReloadOutcome::Restored {
+                            name: name.to_string(),
+                            error: e,
+                            gen,
+                        }
                     }
-                    Err(e2) => {
+                    Err(restart) => {
                         for b in &previous.bindings {
                             state.removed.insert(b.clone(), previous.protocol);
                         }
                         self.publish(state);
-                        Outcome::err(format!(
-                            "ERR {name}: {e}; restarting the previous code failed too ({e2}); the module is down"
-                        ))
+                        ReloadOutcome::Down {
+                            name: name.to_string(),
+                            error: e,
+                            restart,
+                        }
                     }
                 }
             }
-        };
-        outcome
+        }
     }
 
     /// Removes module `name` (its file is gone): its prefixes answer
     /// "unavailable" and the generation drains.
-    fn remove(&self, state: &mut State, name: &str) -> Outcome {
+    fn remove(&self, state: &mut State, name: &str) -> ReloadOutcome {
         let Some(slot) = state.modules.remove(name) else {
-            return Outcome::err(format!("ERR {name}: not loaded"));
+            return ReloadOutcome::NotLoaded {
+                name: name.to_string(),
+            };
         };
         for b in &slot.current.bindings {
             state.removed.insert(b.clone(), slot.current.protocol);
@@ -539,23 +531,26 @@ impl Registry {
         log::info!("{name}: file removed, draining gen={}", slot.current.gen);
         drop(slot);
         self.publish(state);
-        Outcome::ok(format!("OK {name} removed"))
+        ReloadOutcome::Removed {
+            name: name.to_string(),
+        }
     }
 
     /// Loads every module in the directory (generation 1 each). Bad files
     /// are reported and skipped.
-    pub fn load_all(&self) -> Vec<Outcome> {
-        self.sync(false)
+    pub fn load_all(&self) -> ReloadReport {
+        self.sync(Pass::Load)
     }
 
     /// `RELOAD`: re-reads the config file, reloads the modules whose file or
     /// config changed, loads new files and removes modules whose file is
-    /// gone. One outcome per module, then a summary.
-    pub fn reload_all(&self) -> Vec<Outcome> {
-        self.sync(true)
+    /// gone. One outcome per module (and per config step), then a summary.
+    pub fn reload_all(&self) -> ReloadReport {
+        self.sync(Pass::Reload)
     }
 
-    fn sync(&self, reload: bool) -> Vec<Outcome> {
+    fn sync(&self, pass: Pass) -> ReloadReport {
+        let reload = pass == Pass::Reload;
         let mut state = self.state.lock();
         let state = &mut *state;
         let mut out = Vec::new();
@@ -566,14 +561,12 @@ impl Registry {
                     Ok(cfg) => state.config = cfg,
                     Err(e) => {
                         failed += 1;
-                        out.push(Outcome::err(format!(
-                            "ERR config: {e}; keeping the previous config"
-                        )));
+                        out.push(ReloadOutcome::ConfigKept(e));
                     }
                 }
             }
             if let Some(o) = self.config_hook.get().and_then(|h| h(&state.config)) {
-                if !o.ok {
+                if !o.is_ok() {
                     failed += 1;
                 }
                 out.push(o);
@@ -581,12 +574,18 @@ impl Registry {
         }
         let files = match self.scan() {
             Ok(f) => f,
-            Err(e) => {
-                let o = Outcome::err(format!(
-                    "ERR reload: cannot read {}: {e}",
-                    self.dir.display()
-                ));
-                return vec![o.log()];
+            Err(error) => {
+                // Nothing was looked at: the reply is this one line, no
+                // summary. (The config steps above are dropped with it,
+                // as they always were.)
+                let o = ReloadOutcome::ScanFailed {
+                    dir: self.dir.clone(),
+                    error,
+                };
+                return ReloadReport {
+                    outcomes: vec![o.log()],
+                    summary: None,
+                };
             }
         };
 
@@ -613,49 +612,55 @@ impl Registry {
                         && cfg == state.config.module_json(&name) =>
                 {
                     unchanged += 1;
-                    Outcome::ok(format!("OK {name} unchanged gen={gen}"))
+                    ReloadOutcome::Unchanged { name, gen }
                 }
                 Some((name, ..)) => self.replace(state, &name, file),
                 None => match crate::quarantine::quarantined(file) {
-                    Some(line) => Outcome::err(line),
+                    Some(line) => ReloadOutcome::Quarantined(line),
                     None => self.add(state, file),
                 },
             };
-            if !o.ok {
+            if !o.is_ok() {
                 failed += 1;
-            } else if !o.line.contains(" unchanged ") {
+            } else if !o.is_unchanged() {
                 loaded += 1;
             }
             out.push(o);
         }
         self.publish(state);
-        let verb = if reload { "reload" } else { "load" };
-        let summary = format!(
-            "{verb}: {loaded} loaded, {unchanged} unchanged, {removed} removed, {failed} failed"
-        );
-        out.push(if failed == 0 {
-            Outcome::ok(format!("OK {summary}"))
-        } else {
-            Outcome::err(format!("ERR {summary}"))
-        });
-        let out = out.into_iter().map(Outcome::log).collect();
+        let summary = Summary {
+            pass,
+            loaded,
+            unchanged,
+            removed,
+            failed,
+        };
+        let outcomes = out.into_iter().map(ReloadOutcome::log).collect();
+        summary.log();
         if reload {
             self.after_reload(state);
         }
-        out
+        ReloadReport {
+            outcomes,
+            summary: Some(summary),
+        }
     }
 
     /// `RELOAD <name>`: forces a new generation of one module (or loads
     /// `<name>.so` when no such module runs yet).
-    pub fn reload_one(&self, name: &str) -> Outcome {
+    pub fn reload_one(&self, name: &str) -> ReloadOutcome {
         let mut state = self.state.lock();
         let state = &mut *state;
         // The module's config table may have changed too.
         if let Some(path) = &self.config_path {
             match Config::load(path) {
                 Ok(cfg) => state.config = cfg,
-                Err(e) => {
-                    return Outcome::err(format!("ERR {name}: config: {e}; nothing reloaded")).log()
+                Err(error) => {
+                    return ReloadOutcome::ConfigRefused {
+                        name: name.to_string(),
+                        error,
+                    }
+                    .log()
                 }
             }
         }
@@ -664,10 +669,10 @@ impl Registry {
             .clone()
             .unwrap_or_else(|| self.dir.join(format!("{name}.so")));
         if !file.is_file() {
-            return Outcome::err(format!(
-                "ERR {name}: no such module file {}",
-                file.display()
-            ))
+            return ReloadOutcome::NoFile {
+                name: name.to_string(),
+                path: file,
+            }
             .log();
         }
         let outcome = match running {
@@ -765,4 +770,134 @@ pub fn is_module_file(path: &Path) -> bool {
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| !n.starts_with('.'))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The registry's passes without any module library: what it answers
+    //! for a missing file, a file that is not a library, an unreadable
+    //! directory and a bad config file. Loading real modules is covered
+    //! through the binary (`host/tests/reload.rs`).
+
+    use super::*;
+    use crate::config::ConfigError;
+
+    /// A registry over a fresh directory; `config` is written to a config
+    /// file when given.
+    fn registry(tag: &str, config: Option<&str>) -> (Registry, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-registry-unit-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        let modules = dir.join("modules");
+        fs::create_dir_all(&modules).unwrap();
+        let config_path = config.map(|text| {
+            let p = dir.join("switchyard.toml");
+            fs::write(&p, text).unwrap();
+            p
+        });
+        let r = Registry::new(
+            modules,
+            dir.join("data"),
+            Config::default(),
+            config_path,
+            Services::new(),
+        )
+        .unwrap();
+        (r, dir)
+    }
+
+    #[test]
+    fn an_empty_directory_reloads_to_zero_counts() {
+        let (r, dir) = registry("empty", None);
+        let report = r.reload_all();
+        assert!(report.outcomes.is_empty());
+        assert!(report.is_ok());
+        assert_eq!(
+            report.to_string(),
+            "OK reload: 0 loaded, 0 unchanged, 0 removed, 0 failed\n"
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_missing_module_file_is_refused_by_name() {
+        let (r, dir) = registry("missing", None);
+        let o = r.reload_one("nosuch");
+        assert!(matches!(&o, ReloadOutcome::NoFile { name, .. } if name == "nosuch"));
+        assert!(!o.is_ok());
+        assert_eq!(
+            o.to_string(),
+            format!(
+                "ERR nosuch: no such module file {}",
+                r.dir().join("nosuch.so").display()
+            )
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_library_is_refused_and_counted() {
+        let (r, dir) = registry("junk", None);
+        fs::write(r.dir().join("junk.so"), b"not an ELF file").unwrap();
+        // Hidden and non-`.so` names are not module files at all.
+        fs::write(r.dir().join(".junk.so.tmp"), b"x").unwrap();
+        fs::write(r.dir().join("notes.txt"), b"x").unwrap();
+        let report = r.load_all();
+        assert_eq!(report.outcomes.len(), 1, "{report}");
+        assert!(matches!(
+            &report.outcomes[0],
+            ReloadOutcome::Failed { label, error: LoadError::Load(_) } if label == "junk.so"
+        ));
+        let summary = report.summary.unwrap();
+        assert_eq!((summary.loaded, summary.failed), (0, 1));
+        assert!(!report.is_ok());
+        assert!(
+            report
+                .to_string()
+                .ends_with("ERR load: 0 loaded, 0 unchanged, 0 removed, 1 failed\n"),
+            "{report}"
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_unreadable_directory_stops_the_pass_without_a_summary() {
+        let (r, dir) = registry("gone", None);
+        fs::remove_dir_all(r.dir()).unwrap();
+        let report = r.reload_all();
+        assert!(report.summary.is_none());
+        assert!(matches!(
+            report.outcomes.as_slice(),
+            [ReloadOutcome::ScanFailed { .. }]
+        ));
+        assert!(report
+            .to_string()
+            .starts_with(&format!("ERR reload: cannot read {}: ", r.dir().display())));
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_bad_config_file_keeps_the_previous_config() {
+        let (r, dir) = registry("config", Some("[server]\nmax_connections = 0\n"));
+        let report = r.reload_all();
+        assert!(matches!(
+            report.outcomes.first(),
+            Some(ReloadOutcome::ConfigKept(ConfigError::Bad { .. }))
+        ));
+        assert_eq!(report.summary.map(|s| s.failed), Some(1));
+        let first = report.outcomes[0].to_string();
+        assert!(
+            first.starts_with("ERR config: bad config ")
+                && first.ends_with(
+                    ": server.max_connections must be at least 1; keeping the previous config"
+                ),
+            "{first}"
+        );
+        let one = r.reload_one("http");
+        assert!(matches!(one, ReloadOutcome::ConfigRefused { .. }));
+        assert!(one.to_string().starts_with("ERR http: config: bad config "));
+        let _ = fs::remove_dir_all(dir);
+    }
 }

@@ -1,9 +1,10 @@
 //! The built-in commands: `RELOAD`, `RELOAD <name>`, `STATUS`, `CLOSE`,
 //! `SHUTDOWN`, `UPGRADE`, `AUTH <token>` and `RUN <module> <job>`. Each is one text
-//! line; each reply line begins with `OK` or `ERR`. Parsing is pure; the
-//! commands that touch the registry run on the control thread, `RUN` on a
-//! job thread. [`status`], [`reload`] and [`run`] take only the shared
-//! state, so any front end (the public port, an admin socket) can call them.
+//! line; each reply is a [`Reply`], whose text (lines beginning with `OK`
+//! or `ERR`) only [`render`] writes. Parsing is pure; the commands that
+//! touch the registry run on the control thread, `RUN` on a job thread.
+//! [`status`], [`reload`] and [`run`] take only the shared state, so any
+//! front end (the public port, an admin socket) can call them.
 //!
 //! Who may run them on the public port is decided per command, against the
 //! settings in force ([`access`]): a peer inside `admin_from` (default:
@@ -19,9 +20,10 @@
 
 pub mod access;
 pub mod backoff;
+pub mod render;
 pub mod self_forward;
 
-pub use access::{parse_networks, AdminAccess, ConnAuth, LiveAccess, Standing};
+pub use access::{AdminAccess, ConnAuth, LiveAccess, Standing};
 pub use backoff::AuthBackoff;
 pub use self_forward::{OwnUpstream, OwnUpstreams};
 
@@ -31,10 +33,84 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::Ordering;
 
 use crate::pool::AdminReply;
+use crate::registry::{ReloadOutcome, ReloadReport};
 use crate::state::Shared;
 
 /// Longest command line accepted.
-pub const MAX_LINE: usize = 1024;
+pub const MAX_LINE: usize = crate::config::ADMIN_MAX_LINE;
+
+/// Every reply a built-in command gives, on the public port or the admin
+/// socket. [`render`] turns it into its bytes ([`Reply::text`]).
+#[derive(Debug)]
+pub enum Reply {
+    /// `CLOSE`.
+    Bye,
+    /// `SHUTDOWN` accepted: the server drains.
+    ShuttingDown,
+    /// `SHUTDOWN` on the public port with `public_shutdown = false`.
+    ShutdownDisabled,
+    /// A privileged command from a peer without admin standing.
+    Forbidden,
+    Unknown,
+    /// A command line over [`MAX_LINE`]; the connection closes.
+    LineTooLong,
+    /// The admin socket already serves its maximum of clients.
+    Busy,
+    /// The command's reply path closed without an answer.
+    NoReply,
+    Auth(AuthReply),
+    Status(StatusPage),
+    /// `RELOAD`.
+    Reload(ReloadReport),
+    /// `RELOAD <name>`.
+    ReloadOne(ReloadOutcome),
+    /// `RUN <module> <job>`: `label` is `<module>/<job>`; the job's
+    /// summary, or why it failed or did not start.
+    Job {
+        label: String,
+        result: Result<String, String>,
+    },
+    /// `UPGRADE`: the new worker's pid, or why there is none.
+    Upgrade(crate::process::upgrade::Replaced),
+}
+
+impl Reply {
+    /// Whether the reply reports success (its text starts with `OK`).
+    pub fn is_ok(&self) -> bool {
+        match self {
+            Reply::Bye | Reply::ShuttingDown | Reply::Status(_) => true,
+            Reply::Auth(a) => *a == AuthReply::Ok,
+            Reply::Reload(r) => r.is_ok(),
+            Reply::ReloadOne(o) => o.is_ok(),
+            Reply::Job { result, .. } => result.is_ok(),
+            Reply::Upgrade(r) => r.is_ok(),
+            _ => false,
+        }
+    }
+}
+
+/// The `STATUS` page: one line per module and per job, the host's
+/// counters, then the worker's lines (see `worker_link::status_lines`).
+#[derive(Debug)]
+pub struct StatusPage {
+    pub modules: Vec<String>,
+    pub jobs: Vec<String>,
+    pub host: HostStats,
+    /// Whole lines, each ending in `\n`.
+    pub worker: String,
+}
+
+/// The `host` line of `STATUS`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HostStats {
+    pub conns: usize,
+    pub accepted: u64,
+    pub requests: u64,
+    pub faults: u64,
+    pub loops: usize,
+    pub threads: usize,
+    pub uptime_s: u64,
+}
 
 /// A parsed command line.
 #[derive(Debug, PartialEq, Eq)]
@@ -90,22 +166,7 @@ pub fn parse(line: &[u8]) -> Command<'_> {
     }
 }
 
-/// Compares secrets without an early exit on the first difference.
-pub fn token_matches(given: &str, expected: &str) -> bool {
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    let mut diff = a.len() ^ b.len();
-    for (i, &x) in a.iter().enumerate() {
-        diff |= (x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0)) as usize;
-    }
-    diff == 0
-}
-
-/// The reply to `SHUTDOWN` on the public port with `public_shutdown =
-/// false`.
-pub const SHUTDOWN_DISABLED: &str =
-    "ERR SHUTDOWN is disabled on this port; use the admin socket or SIGTERM\n";
-
-/// What an `AUTH` line came to; [`AuthReply::line`] is its text.
+/// What an `AUTH` line came to (its text is in [`render`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthReply {
     Ok,
@@ -120,20 +181,6 @@ pub enum AuthReply {
 }
 
 impl AuthReply {
-    pub fn line(&self) -> String {
-        match self {
-            AuthReply::Ok => "OK\n".into(),
-            AuthReply::Forbidden => "ERR forbidden\n".into(),
-            AuthReply::NoToken => "ERR no admin token is configured\n".into(),
-            AuthReply::BadToken => "ERR bad token\n".into(),
-            AuthReply::Locked(left) => format!(
-                "ERR AUTH locked for {} ms after failed attempts\n",
-                left.as_millis().max(1)
-            ),
-            AuthReply::TooMany => "ERR too many failed AUTH attempts\n".into(),
-        }
-    }
-
     /// Whether the connection must close once the reply is out.
     pub fn closes(&self) -> bool {
         *self == AuthReply::TooMany
@@ -184,82 +231,88 @@ pub fn auth(
 }
 
 /// The `STATUS` reply.
-pub fn status(shared: &Shared) -> String {
-    let lines = shared.registry.status_lines();
-    let mut out = String::from("OK status\n");
+pub fn status(shared: &Shared) -> Reply {
+    // Read in the order the page shows them, as before replies were typed.
+    let modules = shared.registry.status_lines();
     let jobs = shared
         .registry
         .scheduler()
         .map(|s| s.status_lines())
         .unwrap_or_default();
-    for l in lines.iter().chain(&jobs) {
-        out.push_str(l);
-        out.push('\n');
-    }
     let (requests, faults) = shared.registry.totals();
-    out.push_str(&format!(
-        "host conns={} accepted={} requests={} faults={} loops={} threads={} uptime={}s\n",
-        shared.conns.load(Ordering::Relaxed),
-        shared.accepted.load(Ordering::Relaxed),
-        requests,
-        faults,
-        shared.loops,
-        shared.threads,
-        shared.started.elapsed().as_secs(),
-    ));
-    out.push_str(&crate::process::worker::status_lines(shared.started));
-    out.push_str("END\n");
-    out
+    Reply::Status(StatusPage {
+        modules,
+        jobs,
+        host: HostStats {
+            conns: shared.conns.load(Ordering::Relaxed),
+            accepted: shared.accepted.load(Ordering::Relaxed),
+            requests,
+            faults,
+            loops: shared.loops,
+            threads: shared.threads,
+            uptime_s: shared.started.elapsed().as_secs(),
+        },
+        worker: crate::process::worker::status_lines(shared.started),
+    })
 }
 
 /// The `RELOAD` / `RELOAD <name>` reply.
-pub fn reload(shared: &Shared, name: Option<&str>) -> String {
-    if let Some(n) = name {
-        crate::panics::inject(
-            crate::panics::Site::Control,
-            format!("RELOAD {n}").as_bytes(),
-        );
-    }
-    let mut out = String::new();
+pub fn reload(shared: &Shared, name: Option<&str>) -> Reply {
     match name {
         Some(n) => {
+            crate::panics::inject(
+                crate::panics::Site::Control,
+                format!("RELOAD {n}").as_bytes(),
+            );
             // An explicit reload is the operator's word: lift a quarantine.
             crate::quarantine::unquarantine(n);
-            out.push_str(&shared.registry.reload_one(n).line);
-            out.push('\n');
+            Reply::ReloadOne(shared.registry.reload_one(n))
         }
-        None => {
-            for o in shared.registry.reload_all() {
-                out.push_str(&o.line);
-                out.push('\n');
-            }
-        }
+        None => Reply::Reload(shared.registry.reload_all()),
     }
-    out
 }
 
 /// `RUN <module> <job>`: starts the job on a job thread; its reply, `OK
 /// <module>/<job> <summary>` or `ERR <module>/<job>: <reason>`, goes to
-/// `reply` once the job has finished.
-pub fn run(shared: &Shared, module: &str, job: &str, reply: AdminReply) {
+/// `reply` once the job has finished (or at once, when it cannot start).
+pub fn run<F>(shared: &Shared, module: &str, job: &str, reply: F)
+where
+    F: Fn(Reply) + Clone + Send + 'static,
+{
     let label = format!("{module}/{job}");
     let Some(scheduler) = shared.registry.scheduler() else {
-        return reply.send(format!("ERR {label}: jobs are not enabled\n"));
+        return reply(Reply::Job {
+            label,
+            result: Err("jobs are not enabled".into()),
+        });
     };
     let (done, done_label) = (reply.clone(), label.clone());
     let started = scheduler.run_now(
         module,
         job,
         Box::new(move |result| {
-            done.send(match result {
-                Ok(summary) => format!("OK {done_label} {summary}\n"),
-                Err(why) => format!("ERR {done_label}: {why}\n"),
+            done(Reply::Job {
+                label: done_label,
+                result,
             })
         }),
     );
     if let Err(why) = started {
-        reply.send(format!("ERR {label}: {why}\n"));
+        reply(Reply::Job {
+            label,
+            result: Err(why),
+        });
     }
+}
+
+/// `UPGRADE`: replaces the worker (see `worker_link::replace`) and sends
+/// the [`Reply::Upgrade`] to `reply`.
+pub fn upgrade(shared: std::sync::Arc<Shared>, reply: AdminReply) {
+    crate::process::upgrade::replace(
+        shared,
+        crate::process::upgrade::Replace::Upgrade,
+        Box::new(move |r| reply.send(Reply::Upgrade(r).text())),
+    );
 }
 
 #[cfg(test)]
@@ -306,10 +359,6 @@ mod tests {
         );
         let locked = auth(&a, &backoff, &mut conn, peer, "t", now);
         assert_eq!(locked, AuthReply::Locked(Duration::from_millis(100)));
-        assert_eq!(
-            locked.line(),
-            "ERR AUTH locked for 100 ms after failed attempts\n"
-        );
         let last = auth(&a, &backoff, &mut conn, peer, "t", now);
         assert_eq!(last, AuthReply::TooMany);
         assert!(last.closes());
@@ -342,13 +391,5 @@ mod tests {
             AuthReply::NoToken
         );
         assert!(backoff.is_empty());
-    }
-
-    #[test]
-    fn tokens() {
-        assert!(token_matches("abc", "abc"));
-        assert!(!token_matches("abd", "abc"));
-        assert!(!token_matches("ab", "abc"));
-        assert!(!token_matches("", "abc"));
     }
 }
