@@ -187,11 +187,7 @@ pub fn auth(
 pub fn status(shared: &Shared) -> String {
     let lines = shared.registry.status_lines();
     let mut out = String::from("OK status\n");
-    let jobs = shared
-        .registry
-        .scheduler()
-        .map(|s| s.status_lines())
-        .unwrap_or_default();
+    let jobs = shared.scheduler.status_lines();
     for l in lines.iter().chain(&jobs) {
         out.push_str(l);
         out.push('\n');
@@ -243,11 +239,8 @@ pub fn reload(shared: &Shared, name: Option<&str>) -> String {
 /// `reply` once the job has finished.
 pub fn run(shared: &Shared, module: &str, job: &str, reply: AdminReply) {
     let label = format!("{module}/{job}");
-    let Some(scheduler) = shared.registry.scheduler() else {
-        return reply.send(format!("ERR {label}: jobs are not enabled\n"));
-    };
     let (done, done_label) = (reply.clone(), label.clone());
-    let started = scheduler.run_now(
+    let started = shared.scheduler.run_now(
         module,
         job,
         Box::new(move |result| {

@@ -163,7 +163,7 @@ pub fn launch(
     // stops the module).
     let (jobs, bindings, passthrough) = g.call(CallSite::Questions, |m| {
         (
-            crate::scheduler::declared(m),
+            crate::schedule::declared(m),
             m.bindings(),
             m.tls_passthrough(),
         )
