@@ -1,4 +1,4 @@
-//! Fuzzes the host's job schedule parser (`switchyard::scheduler::Schedule`:
+//! Fuzzes the host's job schedule parser (`switchyard::schedule::Schedule`:
 //! cron expressions through croner, `@every <duration>`, `CRON_TZ=`/`TZ=`
 //! prefixes) and the next-run computation.
 //!
@@ -15,7 +15,7 @@
 
 use jiff::{SignedDuration, Timestamp};
 use libfuzzer_sys::fuzz_target;
-use switchyard::scheduler::Schedule;
+use switchyard::schedule::Schedule;
 
 /// Runs followed from each starting instant.
 const RUNS: usize = 3;

@@ -54,7 +54,7 @@ pub struct Generation {
     /// stays valid and can start the same code again.
     pub root: ModuleLibRef,
     /// The scheduled jobs it declared (checked at load).
-    pub jobs: Vec<crate::scheduler::Declared>,
+    pub jobs: Vec<crate::schedule::Declared>,
     /// TLS names the module takes undecrypted (asked after start).
     pub tls_passthrough: Vec<String>,
     /// Whether its manifest declares that it defers work to the pool.

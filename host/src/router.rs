@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use module_api::CallStatus;
 use parking_lot::RwLock;
 
 use crate::generation::Generation;
@@ -271,34 +272,45 @@ pub fn looks_like_http(input: &[u8]) -> bool {
 
 /// The table shared by all event loops. Loops keep their own `Arc` and
 /// re-read it only when `version` moved, so routing costs one atomic load.
+///
+/// It is also the directory of current generations by name: the registry
+/// writes it (it is the only one that swaps tables), host services read it
+/// for in-process calls, so neither needs the other.
 pub struct SharedTable {
     version: AtomicU64,
     table: RwLock<Arc<RouteTable>>,
     /// Woken on every swap so that each loop drops its copy of the old
     /// table (and with it the old generations) promptly.
-    wakers: RwLock<Vec<Arc<mio::Waker>>>,
+    wakers: Vec<Arc<mio::Waker>>,
 }
 
 impl SharedTable {
-    pub fn new(table: RouteTable) -> SharedTable {
+    /// A table with only the built-ins; `wakers` are the event loops'.
+    pub fn new(wakers: Vec<Arc<mio::Waker>>) -> SharedTable {
         SharedTable {
             version: AtomicU64::new(1),
-            table: RwLock::new(Arc::new(table)),
-            wakers: RwLock::new(Vec::new()),
+            table: RwLock::new(Arc::new(RouteTable::new(Vec::new(), Default::default()))),
+            wakers,
         }
-    }
-
-    /// Sets the event loops' wakers.
-    pub fn set_wakers(&self, wakers: Vec<Arc<mio::Waker>>) {
-        *self.wakers.write() = wakers;
     }
 
     /// Atomically replaces the table.
     pub fn swap(&self, table: RouteTable) {
         *self.table.write() = Arc::new(table);
         self.version.fetch_add(1, Ordering::Release);
-        for w in self.wakers.read().iter() {
+        for w in &self.wakers {
             let _ = w.wake();
+        }
+    }
+
+    /// The current generation of module `name`, for a call from another
+    /// module: `NoSuchModule` when no module of that name is loaded,
+    /// `Unavailable` while it reloads exclusively.
+    pub fn module(&self, name: &str) -> Result<Arc<Generation>, CallStatus> {
+        match self.table.read().by_name(name) {
+            Some(Target::Module(g)) => Ok(g.clone()),
+            Some(_) => Err(CallStatus::Unavailable),
+            None => Err(CallStatus::NoSuchModule),
         }
     }
 
@@ -341,6 +353,17 @@ mod tests {
             Match::Found(Target::Unavailable(p)) => Some(*p),
             _ => None,
         }
+    }
+
+    #[test]
+    fn modules_by_name_for_in_process_calls() {
+        let shared = SharedTable::new(Vec::new());
+        assert!(matches!(shared.module("m"), Err(CallStatus::NoSuchModule)));
+        let by_name = [(Arc::from("m"), Target::Unavailable(Protocol::Http))];
+        shared.swap(RouteTable::new(Vec::new(), by_name.into_iter().collect()));
+        assert_eq!(shared.version(), 2);
+        assert!(matches!(shared.module("m"), Err(CallStatus::Unavailable)));
+        assert!(matches!(shared.module("n"), Err(CallStatus::NoSuchModule)));
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! Host services that modules call back into: server push to a
 //! connection, and in-process calls to another module.
+//!
+//! Everything here is handed in at construction (`server.rs`): the loops'
+//! mailboxes for pushes, and the route table, which names each module's
+//! current generation, for calls. It does not know the registry.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::Arc;
 
 use abi_stable::std_types::{RSlice, RVec};
 use module_api::{Action, CallStatus, ConnInfo};
@@ -11,7 +15,7 @@ use module_api::{Action, CallStatus, ConnInfo};
 use crate::conn;
 use crate::generation::CallSite;
 use crate::pool::{Completion, Mailbox};
-use crate::registry::Registry;
+use crate::router::SharedTable;
 
 /// Pushed bytes sitting in each event loop's mailbox, not yet handed to
 /// their connections. A publisher never waits, so without a bound a loop
@@ -68,18 +72,28 @@ impl PushPending {
 
 /// What every module's host handle shares.
 pub struct Services {
-    mailboxes: OnceLock<(Arc<Vec<Mailbox>>, Arc<PushPending>)>,
-    registry: OnceLock<Weak<Registry>>,
+    mailboxes: Arc<Vec<Mailbox>>,
+    /// Pushed bytes in each loop's mailbox.
+    pending: Arc<PushPending>,
+    /// Where in-process calls find the callee's current generation.
+    table: Arc<SharedTable>,
     /// The names on each connection's verified client certificate (mutual
     /// TLS), by connection id; only connections that presented one.
     identities: parking_lot::Mutex<std::collections::HashMap<u64, Arc<[String]>>>,
 }
 
 impl Services {
-    pub fn new() -> Arc<Services> {
+    /// Services that push through the loops' `mailboxes` (counting the
+    /// bytes in `pending`) and call modules found in `table`.
+    pub fn new(
+        mailboxes: Arc<Vec<Mailbox>>,
+        pending: Arc<PushPending>,
+        table: Arc<SharedTable>,
+    ) -> Arc<Services> {
         Arc::new(Services {
-            mailboxes: OnceLock::new(),
-            registry: OnceLock::new(),
+            mailboxes,
+            pending,
+            table,
             identities: Default::default(),
         })
     }
@@ -106,25 +120,13 @@ impl Services {
             .unwrap_or_else(|| Arc::from(Vec::new()))
     }
 
-    /// Connects the services to the event loops (before any module runs
-    /// traffic), with the counters of pushed bytes in their mailboxes.
-    pub fn set_mailboxes(&self, mailboxes: Arc<Vec<Mailbox>>, pending: Arc<PushPending>) {
-        let _ = self.mailboxes.set((mailboxes, pending));
-    }
-
-    pub fn set_registry(&self, registry: &Arc<Registry>) {
-        let _ = self.registry.set(Arc::downgrade(registry));
-    }
-
     /// Queues pushed bytes on the loops that own `conns`: the bytes are
     /// copied once and shared. Returns how many connections were
     /// addressed to a loop. A loop whose mailbox already holds
     /// `max_pending_push_bytes` gets a refusal instead (its connections
     /// are sent `notice` and closed), logged; the caller never waits.
     pub fn push(&self, module: &Arc<str>, conns: &[u64], data: &[u8], notice: &[u8]) -> usize {
-        let Some((mailboxes, pending)) = self.mailboxes.get() else {
-            return 0;
-        };
+        let (mailboxes, pending) = (&self.mailboxes, &self.pending);
         let mut per_loop: Vec<Vec<u64>> = vec![Vec::new(); mailboxes.len()];
         for &c in conns {
             let (loop_idx, _) = conn::id_parts(c);
@@ -168,10 +170,7 @@ impl Services {
 
     /// Runs one complete message through module `name`, inline.
     pub fn call(&self, name: &str, input: &[u8], out: &mut RVec<u8>) -> CallStatus {
-        let Some(registry) = self.registry.get().and_then(Weak::upgrade) else {
-            return CallStatus::NoSuchModule;
-        };
-        let g = match registry.current(name) {
+        let g = match self.table.module(name) {
             Ok(g) => g,
             Err(status) => return status,
         };

@@ -1,7 +1,7 @@
 //! The state every event loop, the admin commands and the control link
 //! share: the server's settings, the registry and route table, the pool,
 //! the admin settings in force, and the counters `STATUS` reports. It is
-//! built once at startup (see `lib.rs`) and handed out as `Arc<Shared>`;
+//! built once at startup (see `server.rs`) and handed out as `Arc<Shared>`;
 //! it holds no logic beyond starting a shutdown.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -12,11 +12,14 @@ use crate::config::Server;
 use crate::pool::{Control, Mailbox, Pool};
 use crate::registry::Registry;
 use crate::router::SharedTable;
+use crate::scheduler::Scheduler;
 
 /// State shared by all loops.
 pub struct Shared {
     pub cfg: Server,
     pub registry: Arc<Registry>,
+    /// Modules' scheduled jobs (`STATUS` lines, `RUN`).
+    pub scheduler: Arc<Scheduler>,
     pub tls: Arc<crate::tls::Tls>,
     /// What modules call back into; the loops record client certificate
     /// names here (mutual TLS).

@@ -3,7 +3,7 @@
 //! on a bus; `STATUS` shows them, `RUN` starts one now, reloads hand the
 //! schedule over, bad configs are refused.
 
-mod common;
+pub mod common;
 
 use std::fs;
 use std::io::{Read, Write};

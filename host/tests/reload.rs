@@ -15,7 +15,7 @@
 //! Every wait is bounded by a count and a deadline, every socket read by
 //! `IO_TIMEOUT`.
 
-mod common;
+pub mod common;
 
 use std::fs;
 use std::io::Write;

@@ -8,7 +8,7 @@
 //! (`sha256:` + hex of the token's bytes, computed with `sha256sum`), so
 //! these tests also pin the format the token tool prints.
 
-mod common;
+pub mod common;
 
 use std::net::SocketAddr;
 use std::process::Command;

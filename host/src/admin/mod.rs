@@ -234,11 +234,7 @@ pub fn auth(
 pub fn status(shared: &Shared) -> Reply {
     // Read in the order the page shows them, as before replies were typed.
     let modules = shared.registry.status_lines();
-    let jobs = shared
-        .registry
-        .scheduler()
-        .map(|s| s.status_lines())
-        .unwrap_or_default();
+    let jobs = shared.scheduler.status_lines();
     let (requests, faults) = shared.registry.totals();
     Reply::Status(StatusPage {
         modules,
@@ -280,14 +276,8 @@ where
     F: Fn(Reply) + Clone + Send + 'static,
 {
     let label = format!("{module}/{job}");
-    let Some(scheduler) = shared.registry.scheduler() else {
-        return reply(Reply::Job {
-            label,
-            result: Err("jobs are not enabled".into()),
-        });
-    };
     let (done, done_label) = (reply.clone(), label.clone());
-    let started = scheduler.run_now(
+    let started = shared.scheduler.run_now(
         module,
         job,
         Box::new(move |result| {
@@ -300,7 +290,7 @@ where
     if let Err(why) = started {
         reply(Reply::Job {
             label,
-            result: Err(why),
+            result: Err(why.to_string()),
         });
     }
 }

@@ -237,7 +237,7 @@ pub fn launch(
     // stops the module, under its name).
     let (jobs, bindings, passthrough) = g.call(CallSite::Questions, |m| {
         (
-            crate::scheduler::declared(m),
+            crate::schedule::declared(m),
             m.bindings(),
             m.tls_passthrough(),
         )

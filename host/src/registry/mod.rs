@@ -31,16 +31,17 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Sender;
 use module_api::{CallStatus, Protocol, ReloadMode};
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::Config;
 use crate::router::{RouteTable, SharedTable, Target};
-use crate::scheduler::Scheduler;
 use crate::services::Services;
+use crate::tls::Tls;
 use loader::Candidate;
 
 /// What identifies a version of a file on disk.
@@ -104,20 +105,47 @@ pub struct Registry {
     seq: AtomicU64,
     services: Arc<Services>,
     /// Told about every change, to run the current generations' jobs.
-    scheduler: OnceLock<Arc<Scheduler>>,
+    jobs: JobsHook,
     /// Host subsystems that follow the config file (TLS certificates): run
     /// on every `RELOAD` with the config then in force.
-    config_hook: OnceLock<ConfigHook>,
+    config_hook: ConfigHook,
     /// Told the SNI names modules take undecrypted, on every change.
-    tls: OnceLock<Arc<crate::tls::Tls>>,
+    tls: Arc<Tls>,
     /// Told, after every reload, the bytes retired generations hold.
-    retired_hook: OnceLock<RetiredHook>,
+    retired: Sender<u64>,
 }
 
-/// See [`Registry::set_retired_hook`].
-pub type RetiredHook = Box<dyn Fn(u64) + Send + Sync>;
+/// What the registry is connected to, all of it handed in at construction
+/// (`server.rs` builds it). The parts above the registry (the job
+/// scheduler, the admin settings, the worker's replacement) are reached
+/// through a hook or a channel, so the registry imports none of them.
+pub struct Links {
+    /// What the modules' host handles call back into.
+    pub services: Arc<Services>,
+    /// The route table the registry publishes and the event loops read.
+    pub table: Arc<SharedTable>,
+    /// TLS termination, which must leave modules' passthrough names alone.
+    pub tls: Arc<Tls>,
+    /// See [`JobsHook`].
+    pub jobs: JobsHook,
+    /// See [`ConfigHook`].
+    pub config_hook: ConfigHook,
+    /// Gets, after every reload (sent from the thread that ran it, the
+    /// control thread), how many bytes of module libraries retired
+    /// generations keep mapped: the worker replaces itself past
+    /// `max_retained_bytes`.
+    pub retired: Sender<u64>,
+}
 
-/// See [`Registry::set_config_hook`].
+/// Told every module's current generation and whether it is reloading
+/// exclusively, each time the route table changes (none at shutdown): the
+/// job scheduler follows it.
+pub type JobsHook = Box<
+    dyn for<'a> Fn(&mut dyn Iterator<Item = (&'a str, &'a Arc<Generation>, bool)>) + Send + Sync,
+>;
+
+/// What else `RELOAD` must refresh from the config (the admin settings,
+/// TLS certificates); its outcome (if any) is part of the reply.
 pub type ConfigHook = Box<dyn Fn(&Config) -> Option<ReloadOutcome> + Send + Sync>;
 
 fn file_label(file: &Path) -> String {
@@ -133,7 +161,7 @@ impl Registry {
         data_dir: PathBuf,
         config: Config,
         config_path: Option<PathBuf>,
-        services: Arc<Services>,
+        links: Links,
     ) -> std::io::Result<Registry> {
         let run_dir = dir.join(".run");
         fs::create_dir_all(&run_dir)?;
@@ -149,37 +177,14 @@ impl Registry {
                 ..State::default()
             }),
             views: RwLock::new(BTreeMap::new()),
-            table: Arc::new(SharedTable::new(RouteTable::new(
-                Vec::new(),
-                Default::default(),
-            ))),
+            table: links.table,
             seq: AtomicU64::new(0),
-            services,
-            scheduler: OnceLock::new(),
-            config_hook: OnceLock::new(),
-            tls: OnceLock::new(),
-            retired_hook: OnceLock::new(),
+            services: links.services,
+            jobs: links.jobs,
+            config_hook: links.config_hook,
+            tls: links.tls,
+            retired: links.retired,
         })
-    }
-
-    /// Connects TLS termination, which must leave modules' passthrough
-    /// names alone.
-    pub fn set_tls(&self, tls: Arc<crate::tls::Tls>) {
-        let _ = self.tls.set(tls);
-    }
-
-    /// Registers what else `RELOAD` must refresh from the config; its
-    /// outcome line (if any) is part of the reply.
-    pub fn set_config_hook(&self, hook: ConfigHook) {
-        let _ = self.config_hook.set(hook);
-    }
-
-    /// Registers what to tell, after every reload (on the thread that ran
-    /// it, the control thread), how many bytes of module libraries retired
-    /// generations keep mapped: the worker replaces itself past
-    /// `max_retained_bytes`.
-    pub fn set_retired_hook(&self, hook: RetiredHook) {
-        let _ = self.retired_hook.set(hook);
     }
 
     /// Bytes of module libraries mapped with no current generation running
@@ -190,26 +195,15 @@ impl Registry {
         state.stats.values().map(|s| s.retired_bytes()).sum()
     }
 
-    /// Runs the retired hook once a reload is done.
+    /// Reports the retired bytes once a reload is done. Nobody listening
+    /// (the receiver gone at shutdown) is not an error.
     fn after_reload(&self, state: &State) {
-        if let Some(hook) = self.retired_hook.get() {
-            hook(Self::retired_bytes(state));
-        }
+        let _ = self.retired.send(Self::retired_bytes(state));
     }
 
     /// The route table the event loops read.
     pub fn table(&self) -> Arc<SharedTable> {
         self.table.clone()
-    }
-
-    /// Connects the job scheduler (before the first load).
-    pub fn set_scheduler(&self, scheduler: Arc<Scheduler>) {
-        let _ = self.scheduler.set(scheduler);
-    }
-
-    /// The job scheduler, for `STATUS` and `RUN`.
-    pub fn scheduler(&self) -> Option<&Arc<Scheduler>> {
-        self.scheduler.get()
     }
 
     /// The modules directory.
@@ -324,21 +318,20 @@ impl Registry {
             .map(|(name, slot)| (slot.current.name.clone(), target(name, &slot.current)))
             .collect();
         self.table.swap(RouteTable::new(bindings, by_name));
-        if let Some(tls) = self.tls.get() {
-            tls.set_passthrough(
-                state
-                    .modules
-                    .values()
-                    .flat_map(|slot| slot.current.tls_passthrough.iter())
-                    .map(|n| n.to_ascii_lowercase())
-                    .collect(),
-            );
-        }
-        if let Some(s) = self.scheduler.get() {
-            s.sync(state.modules.iter().map(|(name, slot)| {
-                (name.as_str(), &slot.current, state.reloading.contains(name))
-            }));
-        }
+        self.tls.set_passthrough(
+            state
+                .modules
+                .values()
+                .flat_map(|slot| slot.current.tls_passthrough.iter())
+                .map(|n| n.to_ascii_lowercase())
+                .collect(),
+        );
+        (self.jobs)(
+            &mut state
+                .modules
+                .iter()
+                .map(|(name, slot)| (name.as_str(), &slot.current, state.reloading.contains(name))),
+        );
 
         let mut views = self.views.write();
         views.retain(|name, v| {
@@ -565,7 +558,7 @@ impl Registry {
                     }
                 }
             }
-            if let Some(o) = self.config_hook.get().and_then(|h| h(&state.config)) {
+            if let Some(o) = (self.config_hook)(&state.config) {
                 if !o.is_ok() {
                     failed += 1;
                 }
@@ -751,9 +744,7 @@ impl Registry {
     /// Stops every module (at shutdown).
     pub fn clear(&self) {
         let mut state = self.state.lock();
-        if let Some(s) = self.scheduler.get() {
-            s.sync(std::iter::empty());
-        }
+        (self.jobs)(&mut std::iter::empty());
         state.modules.clear();
         state.removed.clear();
         self.table

@@ -8,7 +8,7 @@
 //! One file per area, so each reads on its own.
 
 #[path = "../common/mod.rs"]
-mod common;
+pub mod common;
 
 mod admin;
 mod host;
