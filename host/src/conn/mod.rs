@@ -114,6 +114,8 @@ struct Times {
     last_activity: Instant,
 }
 
+/// One client connection. Its state changes only through the methods
+/// below, each named for what happened to it.
 pub struct Conn {
     sock: TcpStream,
     info: ConnInfo,
