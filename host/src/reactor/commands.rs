@@ -12,7 +12,6 @@
 
 use super::{EventLoop, Next};
 use crate::admin::{self, Command, Reply, Standing};
-use crate::conn::Stage;
 use crate::pool::{AdminReply, Completion, ReplyTo};
 use crate::router::Builtin;
 
@@ -20,56 +19,60 @@ impl EventLoop {
     /// Runs a built-in command whose line is (perhaps partly) buffered.
     pub(super) fn builtin(&mut self, key: usize, b: Builtin) -> Next {
         let conn = &mut self.conns[key];
-        let input = conn.rbuf.bytes();
+        let input = conn.rbuf().bytes();
         let nl = input.iter().position(|&c| c == b'\n');
         // Too long whether or not its end already arrived (a long line
         // read in one go has its newline in the buffer).
         if nl.unwrap_or(input.len()) > admin::MAX_LINE {
             log::warn!(
                 "conn {} from {}: command line over {} bytes, closing",
-                conn.info.id,
-                conn.info.peer(),
+                conn.info().id,
+                conn.info().peer(),
                 admin::MAX_LINE
             );
-            conn.wbuf
+            conn.out_mut()
                 .extend_from_copy_slice(Reply::LineTooLong.text().as_bytes());
-            conn.closing = true;
+            conn.close_after_output();
             return Next::Keep;
         }
         let Some(nl) = nl else {
             // Wait for the rest of the line.
             return Next::Keep;
         };
-        let mut line = &input[..nl];
+        // A copy of the (short) line: the command borrows it while the
+        // connection changes under it (`CLOSE`, `AUTH`).
+        let mut line = input[..nl].to_vec();
         if line.last() == Some(&b'\r') {
-            line = &line[..line.len() - 1];
+            line.pop();
         }
-        let cmd = admin::parse(line);
+        let cmd = admin::parse(&line);
         let _ = b; // the prefix only routed here; the line decides.
         let access = self.shared.admin.current();
-        let peer = conn.info.peer();
-        let self_forwarded = conn.info.self_forwarded;
-        let standing = access.standing(peer, &conn.auth, |p| {
+        let peer = conn.info().peer();
+        let self_forwarded = conn.info().self_forwarded;
+        let standing = access.standing(peer, conn.auth(), |p| {
             self_forwarded || self.shared.own_upstreams.contains(p)
         });
-        if standing == Standing::SelfForwarded && cmd.privileged() && conn.auth.first_self_forward()
+        if standing == Standing::SelfForwarded
+            && cmd.privileged()
+            && conn.auth_mut().first_self_forward()
         {
             log::warn!(
                 "conn {} from {peer}: an upstream socket of this server (a proxy route \
                  pointing back at our own port): not an admin peer by address",
-                conn.info.id
+                conn.info().id
             );
         }
         let allowed = standing == Standing::Admin;
         let to = ReplyTo {
             loop_idx: self.idx,
             key,
-            conn_id: conn.info.id,
+            conn_id: conn.info().id,
         };
         let reply: Option<Reply> = match &cmd {
             c if c.privileged() && !allowed => Some(Reply::Forbidden),
             Command::Close => {
-                conn.closing = true;
+                conn.close_after_output();
                 Some(Reply::Bye)
             }
             Command::Auth(token) => {
@@ -77,12 +80,14 @@ impl EventLoop {
                 let r = admin::auth(
                     &access,
                     &self.shared.auth_backoff,
-                    &mut conn.auth,
+                    conn.auth_mut(),
                     peer,
                     token,
                     now,
                 );
-                conn.closing |= r.closes();
+                if r.closes() {
+                    conn.close_after_output();
+                }
                 Some(Reply::Auth(r))
             }
             Command::Unknown => Some(Reply::Unknown),
@@ -91,7 +96,7 @@ impl EventLoop {
                 Some(Reply::ShutdownDisabled)
             }
             Command::Shutdown => {
-                log::info!("SHUTDOWN from {}", conn.info.peer());
+                log::info!("SHUTDOWN from {}", conn.info().peer());
                 self.shared.shutdown();
                 Some(Reply::ShuttingDown)
             }
@@ -107,7 +112,7 @@ impl EventLoop {
                 log::info!(
                     "RELOAD {} from {}",
                     name.unwrap_or("(all)"),
-                    conn.info.peer()
+                    conn.info().peer()
                 );
                 let shared = self.shared.clone();
                 let name = name.map(str::to_owned);
@@ -118,7 +123,7 @@ impl EventLoop {
                 None
             }
             Command::Upgrade => {
-                log::info!("UPGRADE from {}", conn.info.peer());
+                log::info!("UPGRADE from {}", conn.info().peer());
                 admin::upgrade(
                     self.shared.clone(),
                     AdminReply::conn(&self.shared.mailboxes, to),
@@ -126,18 +131,16 @@ impl EventLoop {
                 None
             }
             Command::Run(module, job) => {
-                log::info!("RUN {module} {job} from {}", conn.info.peer());
+                log::info!("RUN {module} {job} from {}", conn.info().peer());
                 let reply = AdminReply::conn(&self.shared.mailboxes, to);
                 admin::run(&self.shared, module, job, move |r| reply.send(r.text()));
                 None
             }
         };
-        conn.rbuf.consume(nl + 1);
-        conn.msg_start = None;
-        conn.last_activity = self.now;
+        conn.answered_command(nl + 1, self.now);
         match reply {
-            Some(r) => conn.wbuf.extend_from_copy_slice(r.text().as_bytes()),
-            None => conn.stage = Stage::Admin,
+            Some(r) => conn.out_mut().extend_from_copy_slice(r.text().as_bytes()),
+            None => conn.await_admin(),
         }
         Next::Keep
     }

@@ -12,7 +12,7 @@ use mio::{Interest, Token};
 use module_api::{Action, ProxyEvent, ProxyEventKind};
 
 use super::{EventLoop, MAX_PROXY_ATTEMPTS, UPSTREAM};
-use crate::conn::{Conn, Stage};
+use crate::conn::Stage;
 use crate::generation::{CallSite, Generation};
 use crate::proxy::{Buffer, Ready, Relay, Session};
 
@@ -71,15 +71,16 @@ impl EventLoop {
             Ok(sock) => {
                 // TLS terminated here means plaintext exists only in user
                 // space: such a connection can only copy.
-                let splice = cfg.proxy_splice && conn.tls.is_none();
-                let (up, down) = Buffer::pair(splice, cfg.proxy_buffer_size, &first, conn.info.id);
+                let splice = cfg.proxy_splice && !conn.is_tls();
+                let (up, down) =
+                    Buffer::pair(splice, cfg.proxy_buffer_size, &first, conn.info().id);
                 // Only an upstream on our own port can reach our listener,
                 // and it was marked above, before its connect. Others are
                 // not marked: their local ports, lingering as marks, would
                 // make a local client that reuses one look self-forwarded.
                 let slots = Session::extra_slots(up.is_spliced());
                 self.shared.conns.fetch_add(slots, Ordering::AcqRel);
-                conn.stage = Stage::Proxy(Box::new(Session {
+                conn.into_proxy(Box::new(Session {
                     gen,
                     upstream,
                     sock,
@@ -94,7 +95,7 @@ impl EventLoop {
                     upstream_ready: Ready::BOTH,
                     bytes_up: 0,
                     bytes_down: 0,
-                    client_eof: conn.eof,
+                    client_eof: conn.is_eof(),
                     upstream_eof: false,
                     up_shut: false,
                     down_shut: false,
@@ -104,8 +105,8 @@ impl EventLoop {
             }
             Err(e) => {
                 // Failed before any socket existed: ask the module at once.
-                log::warn!("conn {}: cannot connect to {addr}: {e}", conn.info.id);
-                conn.stage = Stage::Module(gen.clone());
+                log::warn!("conn {}: cannot connect to {addr}: {e}", conn.info().id);
+                conn.route_to(gen.clone());
                 self.proxy_retry(key, gen, upstream, initial, attempts + 1);
             }
         }
@@ -116,17 +117,14 @@ impl EventLoop {
         let now = self.now;
         let conn = &mut self.conns[key];
         // Replies written before the hand-off go out first.
-        if conn.wpos < conn.wbuf.len() {
+        if conn.output().head_unsent() {
             match conn.flush() {
-                Ok(_) if conn.wpos < conn.wbuf.len() => return,
+                Ok(_) if conn.output().head_unsent() => return,
                 Ok(_) => {}
                 Err(_) => return self.close(key, "write error"),
             }
         }
-        let Conn {
-            sock, stage, info, ..
-        } = conn;
-        let Stage::Proxy(session) = stage else {
+        let Some((sock, session, info)) = conn.relay_parts() else {
             return;
         };
         if !session.connected {
@@ -178,18 +176,18 @@ impl EventLoop {
     /// The caller drives the connection afterwards (it may be closing).
     pub(super) fn proxy_failed(&mut self, key: usize, err: io::Error) {
         let conn = &mut self.conns[key];
-        let Stage::Proxy(mut session) = std::mem::replace(&mut conn.stage, Stage::Routing) else {
+        let Stage::Proxy(mut session) = conn.leave_stage() else {
             return;
         };
         let _ = self.poll.registry().deregister(&mut session.sock);
         self.shared.conns.fetch_sub(session.slots, Ordering::AcqRel);
         log::warn!(
             "conn {}: upstream {} failed: {err}",
-            conn.info.id,
+            conn.info().id,
             session.upstream.addr()
         );
         let gen = session.gen.clone();
-        conn.stage = Stage::Module(gen.clone());
+        conn.route_to(gen.clone());
         let initial = std::mem::take(&mut session.initial);
         self.proxy_retry(key, gen, session.upstream, initial, session.attempts);
     }
@@ -213,10 +211,13 @@ impl EventLoop {
             bytes_down: 0,
         };
         let v = gen.call(CallSite::ProxyEvent, |m| {
-            m.proxy_event(&conn.info, event, &mut out)
+            m.proxy_event(conn.info(), event, &mut out)
         });
         if v.fault {
-            gen.stats.faults.fetch_add(1, Ordering::Relaxed);
+            gen.count_fault(
+                CallSite::ProxyEvent,
+                &format_args!("panicked on conn {}", conn.info().id),
+            );
         }
         if v.action == Action::Proxy && attempts < MAX_PROXY_ATTEMPTS {
             self.start_proxy(key, gen, v.upstream, out.into_vec(), initial, attempts);
@@ -225,16 +226,16 @@ impl EventLoop {
         if v.action == Action::Proxy {
             log::warn!(
                 "conn {}: {} proxy attempts failed, closing",
-                conn.info.id,
+                conn.info().id,
                 attempts
             );
         }
         // No `drive` here: this runs inside the caller's processing of the
         // connection (a verdict being applied, a relay, the sweep), and a
         // nested drive could close the slot under it. The caller drives.
-        conn.wbuf.extend_from_copy_slice(&out);
-        conn.closing = true;
-        conn.stage = Stage::Routing;
+        conn.out_mut().extend_from_copy_slice(&out);
+        conn.close_after_output();
+        conn.leave_stage();
         gen.stats.conns.fetch_sub(1, Ordering::Relaxed);
     }
 }
