@@ -741,7 +741,7 @@ impl Rpc {
 }
 
 impl Handler for Rpc {
-    fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+    fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut module_api::Out) -> Verdict {
         if conn.id == 0 {
             return self.on_call(input, out);
         }
@@ -770,7 +770,7 @@ impl Handler for Rpc {
         v
     }
 
-    fn on_deferred(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+    fn on_deferred(&self, conn: &ConnInfo, input: &[u8], out: &mut module_api::Out) -> Verdict {
         if conn.id == 0 {
             return self.on_call_deferred(input, out);
         }

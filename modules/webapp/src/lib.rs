@@ -68,7 +68,9 @@ pub mod pages;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use module_api::web::{Limits, Response, Router};
-use module_api::{ConnInfo, Handler, Manifest, Protocol, RVec, ReloadMode, StartContext, Verdict};
+use module_api::{
+    ConnInfo, Handler, Manifest, Out, Protocol, RVec, ReloadMode, StartContext, Verdict,
+};
 
 pub use config::Config;
 use db::{DbError, Store};
@@ -207,11 +209,11 @@ fn start(ctx: StartContext<'_>) -> Result<Webapp, String> {
 }
 
 impl Handler for Webapp {
-    fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+    fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut Out) -> Verdict {
         self.router.on_message(&self.app, conn, input, out)
     }
 
-    fn on_deferred(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+    fn on_deferred(&self, conn: &ConnInfo, input: &[u8], out: &mut Out) -> Verdict {
         self.router.on_deferred(&self.app, conn, input, out)
     }
 
