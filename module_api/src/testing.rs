@@ -55,6 +55,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
 
+/// `json!` and `Value` for a module's config, so a test needs no
+/// dependency of its own on serde_json.
+pub use serde_json::{json, Value};
+
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RSlice, RStr, RString, RVec};
 
