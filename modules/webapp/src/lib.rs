@@ -68,9 +68,7 @@ pub mod pages;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use module_api::web::{Limits, Response, Router};
-use module_api::{
-    ConnInfo, Handler, Manifest, Out, Protocol, RVec, ReloadMode, StartContext, Verdict,
-};
+use module_api::{ConnInfo, Handler, Manifest, Out, Protocol, ReloadMode, StartContext, Verdict};
 
 pub use config::Config;
 use db::{DbError, Store};
@@ -251,11 +249,11 @@ mod tests {
 
     fn call(app: &Webapp, raw: &str) -> String {
         let conn = ConnInfo::new(1, "127.0.0.1:1".parse().unwrap(), false);
-        let mut out = RVec::new();
+        let mut out = Out::new();
         let v = app.on_message(&conn, raw.as_bytes(), &mut out);
         assert_eq!(v, Verdict::defer(raw.len()), "{raw}");
         app.on_deferred(&conn, raw.as_bytes(), &mut out);
-        String::from_utf8(out.into_vec()).unwrap()
+        String::from_utf8(out.into_inner().into_vec()).unwrap()
     }
 
     fn post_json(app: &Webapp, body: &str) -> String {
