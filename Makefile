@@ -4,6 +4,8 @@
 #   make run          build, then serve static_html/ on port 8080
 #   make test         build, then run the whole test suite
 #   make lint         rustfmt check and clippy with warnings as errors
+#   make new-module NAME=hello  a new module in modules/hello/, copied from
+#                     templates/module/ and added to the workspace
 #   make bench        wrk against switchyard and nginx, side by side (HTTP and HTTPS)
 #   make bench-proxy  the proxy module next to HAProxy (mode tcp), both in front of nginx
 #   make bench-proxy-bulk  100 MiB transfers through the proxy module, each way, next to direct
@@ -42,7 +44,7 @@ HOST_BIN := $(RELEASE)/switchyard
 MODULES  := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard modules/*/Cargo.toml)))
 FIXTURES := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard tests/fixtures/*/Cargo.toml)))
 
-.PHONY: all build cargo-build install-modules run test lint bench bench-proxy bench-proxy-bulk bench-https bench-reload bench-crash bench-webapp bench-rpc browser-check tls-cert tls-client-ca tls-client-cert token licenses fuzz fuzz-ci clean help
+.PHONY: all build cargo-build install-modules run test lint new-module bench bench-proxy bench-proxy-bulk bench-https bench-reload bench-crash bench-webapp bench-rpc browser-check tls-cert tls-client-ca tls-client-cert token licenses fuzz fuzz-ci clean help
 
 all: build
 
@@ -81,6 +83,11 @@ test: build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# See scripts/new-module.sh for what it checks and changes.
+new-module:
+	@test -n "$(NAME)" || { echo "make new-module: say which, e.g. NAME=hello" >&2; exit 2; }
+	scripts/new-module.sh "$(NAME)"
 
 bench: build
 	bench/run.sh

@@ -14,6 +14,7 @@ use crate::abi::{
     Action, ConnInfo, HostBox, JobSpec, LogLevel, Manifest, Module, ModuleBox, Module_TO, Protocol,
     ProxyEvent, Verdict,
 };
+use crate::out::Out;
 
 /// What a module author implements: one value per generation, shared by
 /// every event loop and pool thread (so it must be `Send + Sync`).
@@ -25,10 +26,10 @@ use crate::abi::{
 /// blocking work in `on_deferred`, which runs on the host's worker pool.
 pub trait Handler: Send + Sync + 'static {
     /// Handles buffered input on an event loop.
-    fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict;
+    fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut Out) -> Verdict;
 
     /// Handles a deferred message on a pool thread (may block).
-    fn on_deferred(&self, _conn: &ConnInfo, input: &[u8], _out: &mut RVec<u8>) -> Verdict {
+    fn on_deferred(&self, _conn: &ConnInfo, input: &[u8], _out: &mut Out) -> Verdict {
         Verdict::close(input.len())
     }
 
@@ -67,7 +68,7 @@ pub trait Handler: Send + Sync + 'static {
     /// A proxied connection's event (see [`crate::abi::Action::Proxy`]).
     /// Runs on an event loop: never block. For `Failed`, return another
     /// `Verdict::proxy(..)` to retry or `Verdict::close(0)` to give up.
-    fn proxy_event(&self, _conn: &ConnInfo, _event: ProxyEvent, _out: &mut RVec<u8>) -> Verdict {
+    fn proxy_event(&self, _conn: &ConnInfo, _event: ProxyEvent, _out: &mut Out) -> Verdict {
         Verdict::close(0)
     }
 
@@ -89,9 +90,11 @@ pub struct StartContext<'a> {
     pub state: &'a [u8],
 }
 
-struct Guarded<H> {
-    inner: H,
-    protocol: Protocol,
+/// A handler behind the panic guards: what the host calls, and what
+/// `testing::Harness` drives so a test sees the same fault handling.
+pub(crate) struct Guarded<H> {
+    pub(crate) inner: H,
+    pub(crate) protocol: Protocol,
 }
 
 impl<H> Guarded<H> {
@@ -130,14 +133,20 @@ fn guard<T>(f: impl FnOnce() -> T) -> Option<T> {
 impl<H: Handler> Module for Guarded<H> {
     fn on_message(&self, conn: &ConnInfo, input: RSlice<'_, u8>, out: &mut RVec<u8>) -> Verdict {
         let (len, keep) = (input.len(), out.len());
-        guard(|| self.inner.on_message(conn, input.as_slice(), out))
-            .unwrap_or_else(|| self.fault(len, out, keep))
+        guard(|| {
+            self.inner
+                .on_message(conn, input.as_slice(), Out::from_mut(out))
+        })
+        .unwrap_or_else(|| self.fault(len, out, keep))
     }
 
     fn on_deferred(&self, conn: &ConnInfo, input: RSlice<'_, u8>, out: &mut RVec<u8>) -> Verdict {
         let (len, keep) = (input.len(), out.len());
-        guard(|| self.inner.on_deferred(conn, input.as_slice(), out))
-            .unwrap_or_else(|| self.fault(len, out, keep))
+        guard(|| {
+            self.inner
+                .on_deferred(conn, input.as_slice(), Out::from_mut(out))
+        })
+        .unwrap_or_else(|| self.fault(len, out, keep))
     }
 
     fn save_state(&self) -> RVec<u8> {
@@ -172,7 +181,7 @@ impl<H: Handler> Module for Guarded<H> {
 
     fn proxy_event(&self, conn: &ConnInfo, event: ProxyEvent, out: &mut RVec<u8>) -> Verdict {
         let keep = out.len();
-        guard(|| self.inner.proxy_event(conn, event, out)).unwrap_or_else(|| {
+        guard(|| self.inner.proxy_event(conn, event, Out::from_mut(out))).unwrap_or_else(|| {
             out.truncate(keep);
             Verdict {
                 action: Action::Close,
@@ -290,27 +299,43 @@ pub fn start_guard<H: Handler>(
     }
 }
 
+/// The exported name of the root module's header, the one symbol the
+/// host looks up in a module library: abi_stable's mangled
+/// `ROOT_MODULE_LOADER_NAME` (a unit test below holds the two equal).
+/// [`export_module!`] writes it out because an item's name in a macro
+/// cannot come from a constant.
+#[doc(hidden)]
+pub const ROOT_HEADER_SYMBOL: &str = "_1as_0lib_1header_0root_bmodule_bloader";
+
 /// Exports a module: names the function that returns its [`Manifest`] and
 /// the function that starts a generation (returning a [`Handler`]).
 ///
-/// The crate must be a `cdylib` and depend on `abi_stable` directly (the
-/// export attribute refers to it by name).
+/// The crate must be a `cdylib`. It needs no dependency but this one: the
+/// macro reaches abi_stable through `module_api`'s own re-export, so a
+/// module can never be built against a different abi_stable than the host.
+///
+/// What it expands to is what abi_stable's `#[export_root_module]`
+/// generates, spelled with `$crate::abi_stable` paths (that attribute
+/// names `::abi_stable`, which only resolves in a crate that depends on it):
+/// the root-module function, and a `#[no_mangle]` static holding the
+/// library header whose layout and version the host checks before it
+/// calls anything.
 #[macro_export]
 macro_rules! export_module {
     (manifest = $manifest:path, start = $start:path $(,)?) => {
-        #[::abi_stable::export_root_module]
+        /// The module's root: the two entry points the host calls.
         pub fn switchyard_root_module() -> $crate::abi::ModuleLibRef {
-            use ::abi_stable::prefix_type::PrefixTypeTrait;
+            use $crate::abi_stable::prefix_type::PrefixTypeTrait;
             extern "C" fn __switchyard_manifest() -> $crate::abi::Manifest {
                 $crate::export::manifest_guard($manifest)
             }
             extern "C" fn __switchyard_start(
                 host: $crate::abi::HostBox,
-                config: ::abi_stable::std_types::RStr<'_>,
-                state: ::abi_stable::std_types::RSlice<'_, u8>,
-            ) -> ::abi_stable::std_types::RResult<
+                config: $crate::abi_stable::std_types::RStr<'_>,
+                state: $crate::abi_stable::std_types::RSlice<'_, u8>,
+            ) -> $crate::abi_stable::std_types::RResult<
                 $crate::abi::ModuleBox,
-                ::abi_stable::std_types::RString,
+                $crate::abi_stable::std_types::RString,
             > {
                 $crate::export::start_guard(host, config, state, $manifest, $start)
             }
@@ -320,5 +345,36 @@ macro_rules! export_module {
             }
             .leak_into_prefix()
         }
+
+        // The name must equal `$crate::export::ROOT_HEADER_SYMBOL`.
+        #[no_mangle]
+        #[allow(non_upper_case_globals)]
+        #[doc(hidden)]
+        pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::abi_stable::library::LibHeader = {
+            extern "C" fn __switchyard_erased_root() -> $crate::abi_stable::library::RootModuleResult {
+                $crate::abi_stable::library::__call_root_module_loader(switchyard_root_module)
+            }
+            // SAFETY: the constructor returns the `PrefixRef` of
+            // `ModuleLibRef`, the type named here, as `from_constructor`
+            // requires (abi_stable's loader erases it the same way for
+            // `#[export_root_module]`).
+            unsafe {
+                $crate::abi_stable::library::LibHeader::from_constructor::<$crate::abi::ModuleLibRef>(
+                    __switchyard_erased_root,
+                    $crate::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn header_symbol_is_abi_stables() {
+        assert_eq!(
+            super::ROOT_HEADER_SYMBOL,
+            abi_stable::library::ROOT_MODULE_LOADER_NAME
+        );
+    }
 }

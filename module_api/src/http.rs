@@ -298,7 +298,7 @@ pub const SIMPLE_LIMITS: framing::Limits = framing::Limits {
 pub fn handle_simple<F>(
     conn: &crate::ConnInfo,
     input: &[u8],
-    out: &mut RVec<u8>,
+    out: &mut crate::Out,
     f: F,
 ) -> crate::Verdict
 where
@@ -443,7 +443,7 @@ mod tests {
 
     #[test]
     fn simple_handler_cycle() {
-        let mut out = RVec::new();
+        let mut out = crate::Out::new();
         let mut conn = crate::ConnInfo::new(1, "127.0.0.1:9".parse().unwrap(), false);
         let full = b"POST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\nhiGET";
         let v = handle_simple(

@@ -3,19 +3,35 @@
 //! A module is a `cdylib` crate that the `switchyard` host loads at run time
 //! from its `modules/` directory. The host reads the first bytes of every
 //! connection, picks the module whose prefix matches (longest wins) and
-//! calls it with the buffered input. This crate is everything a module
-//! author needs: the stable ABI ([`abi`], checked by the host at load time),
-//! the [`Handler`] trait you implement, the [`export_module!`] macro, and
-//! shared helpers: [`http`] (request parsing, response writing, and the
-//! one strict, incremental HTTP/1.1 framing function,
-//! [`http::framing`], that every HTTP reader should use to find where a
-//! request ends), [`web`] (a router and request/response types built on
-//! it) and [`tls`] (the ClientHello's SNI name).
+//! calls it with the buffered input. This crate is the only one a module
+//! author needs:
+//!
+//! * the [`Handler`] trait you implement and the [`export_module!`] macro
+//!   that exports it;
+//! * [`Out`], the buffer replies are written into;
+//! * [`http`] (request parsing, response writing, and [`http::framing`],
+//!   the one strict, incremental HTTP/1.1 framing every HTTP reader uses)
+//!   and [`web`] (a router with request and response types built on it);
+//! * [`tls`] (the ClientHello's SNI name);
+//! * `testing` (feature `testing`): a fake host and a harness that drive
+//!   your handler in a plain `cargo test`;
+//! * the stable ABI ([`abi`]) the host checks at load time. A module never
+//!   names abi_stable itself: [`export_module!`] reaches it through this
+//!   crate, so a module is always built against the host's version.
+//!
+//! ## Start here
+//!
+//! `make new-module NAME=hello` copies `templates/module/` (a complete,
+//! tested HTTP module) to `modules/hello/`, renames it and adds it to the
+//! workspace. `make` builds and installs it; `curl localhost:8080/hello/`
+//! answers. `cargo test -p hello` runs its tests.
 //!
 //! ## The contract
 //!
 //! * `manifest()` says who you are: name, version, the byte prefixes you
-//!   bind (e.g. `b"GET /hello"`), your [`Protocol`] and [`ReloadMode`].
+//!   bind (e.g. `b"GET /hello"`), your [`Protocol`] and [`ReloadMode`], and
+//!   whether you defer work ([`Manifest::defers`]): the host refuses a
+//!   [`Verdict::defer`] from a module that did not declare it.
 //! * `start(ctx)` builds one *generation* of your module from its config
 //!   (`[modules.<name>]` in the host's TOML config, as JSON) and from the
 //!   previous generation's saved state. Return `Err` to refuse the load.
@@ -30,9 +46,49 @@
 //!   protocol's error (HTTP 500) and counted as a fault in `STATUS`.
 //! * `log` macros go to the host's log.
 //!
+//! ## Writing the reply: [`Out`]
+//!
+//! `out` is the host's buffer, seen as an [`Out`]. Append with
+//! `out.extend_from_slice(..)`, [`Out::put`], `write!` (`io::Write` or
+//! `fmt::Write`): each is one `memcpy`. Everything else of the underlying
+//! `RVec<u8>` (`len`, `truncate`, ...) is there through `Deref`, and a
+//! helper taking `&mut RVec<u8>` accepts `out` unchanged.
+//!
+//! ## Which HTTP level to use
+//!
+//! From the least to the most code of your own:
+//!
+//! 1. [`http::handle_simple`]: one closure gets each complete request and
+//!    returns `(status, content type, body)`. Framing, refusals (400, 413,
+//!    414, 431, 501), HEAD and keep-alive are done for you. It runs on the
+//!    event loop, so the closure must not block; no routing, bodies up to
+//!    1 MiB ([`http::SIMPLE_LIMITS`]), replies built whole in memory.
+//! 2. [`web::Router`]: method and path patterns to handlers, path
+//!    parameters, query strings, forms, JSON, cookies, escaped HTML; 404,
+//!    405 and OPTIONS answered for you. By default each request is deferred
+//!    to the worker pool (so handlers may block on a database; declare
+//!    `.defers(true)`); [`web::Router::inline`] answers on the event loop.
+//!    Bodies are buffered whole, up to [`web::Limits::max_body`] (64 KiB by
+//!    default); no streaming and no interim `100 Continue`.
+//! 3. [`http::framing`] directly: you get the framing verdict (partial,
+//!    complete with its length, refused with its status) and do the rest:
+//!    parsing, writing, keep-alive, file bodies ([`Verdict::with_file`]),
+//!    shared bodies, pipelining. The `http` module (static files) is built
+//!    this way; use it when the two levels above get in the way.
+//!
+//! ## Testing
+//!
+//! With `switchyard_module_api = { path = "..", features = ["testing"] }`
+//! in `[dev-dependencies]`, `testing::Harness::start(manifest, start,
+//! config)` starts your module on a `testing::FakeHost` (captured log
+//! lines and pushes, stubs for calls to other modules, client-certificate
+//! names, a temporary data directory). `harness.send(request)` returns the
+//! verdict and bytes, and `reply.http()` parses a response. Panics,
+//! deferral and undeclared-defer refusals behave as in the host.
+//!
 //! ## A complete module
 //!
-//! `Cargo.toml`:
+//! `Cargo.toml` (the module's only dependency is this crate):
 //!
 //! ```toml
 //! [package]
@@ -41,33 +97,35 @@
 //! edition = "2021"
 //!
 //! [lib]
-//! crate-type = ["cdylib"]
+//! crate-type = ["cdylib", "rlib"]
 //!
 //! [dependencies]
 //! switchyard_module_api = { path = "../../module_api" }
-//! abi_stable = "0.11"
+//!
+//! [dev-dependencies]
+//! switchyard_module_api = { path = "../../module_api", features = ["testing"] }
 //! ```
 //!
-//! `src/lib.rs`:
+//! (`rlib` lets the crate's own `tests/` link it.) `src/lib.rs`:
 //!
 //! ```
-//! use module_api::{http, ConnInfo, Handler, Manifest, RVec, StartContext, Verdict};
+//! use module_api::{http, ConnInfo, Handler, Manifest, Out, StartContext, Verdict};
 //!
-//! fn manifest() -> Manifest {
+//! pub fn manifest() -> Manifest {
 //!     Manifest::new("hello", env!("CARGO_PKG_VERSION")).bind("GET /hello")
 //! }
 //!
-//! struct Hello {
+//! pub struct Hello {
 //!     greeting: String,
 //! }
 //!
-//! fn start(ctx: StartContext<'_>) -> Result<Hello, String> {
+//! pub fn start(ctx: StartContext<'_>) -> Result<Hello, String> {
 //!     let greeting = ctx.config["greeting"].as_str().unwrap_or("hello").to_string();
 //!     Ok(Hello { greeting })
 //! }
 //!
 //! impl Handler for Hello {
-//!     fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+//!     fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut Out) -> Verdict {
 //!         // Waits for a whole request (strict HTTP/1.1 framing, bodies
 //!         // included), answers a malformed one with its status and closes,
 //!         // and handles keep-alive (a draining host closes after this).
@@ -78,18 +136,33 @@
 //! }
 //!
 //! module_api::export_module!(manifest = manifest, start = start);
-//! # fn main() {}
+//! # fn main() {
+//! #     use module_api::testing::Harness;
+//! #     let h = Harness::start(manifest, start, serde_json::json!({})).unwrap();
+//! #     let page = h.send(b"GET /hello HTTP/1.1\r\n\r\n").http();
+//! #     assert_eq!((page.status, page.body.as_slice()), (200, &b"hello"[..]));
+//! # }
 //! ```
 //!
-//! Build it with `cargo build --release`, copy `target/release/libhello.so`
-//! into the host's `modules/` directory under a temporary name, rename it to
-//! `hello.so` and send `RELOAD` (or run the host with `--watch`).
+//! Outside this repository's `make`, build it with `cargo build --release`,
+//! copy `target/release/libhello.so` into the host's `modules/` directory
+//! under a temporary name, rename it to `hello.so` and send `RELOAD` (or
+//! run the host with `--watch`).
 
 pub mod abi;
 pub mod export;
 pub mod http;
+mod out;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tls;
 pub mod web;
+
+/// abi_stable, re-exported so that [`export_module!`] and a module's code
+/// use the very version the host was built with; a module crate never
+/// depends on it directly.
+#[doc(hidden)]
+pub use abi_stable;
 
 pub use abi::{
     Action, CallStatus, ConnInfo, FileBody, JobSpec, LogLevel, Manifest, Protocol, ProxyEvent,
@@ -97,6 +170,7 @@ pub use abi::{
 };
 pub use abi_stable::std_types::RVec;
 pub use export::{Handler, StartContext};
+pub use out::Out;
 
 use std::path::PathBuf;
 

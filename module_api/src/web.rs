@@ -35,7 +35,7 @@
 //!
 //! ```
 //! use module_api::web::{self, Request, Response, Router};
-//! use module_api::{ConnInfo, Handler, Manifest, RVec, StartContext, Verdict};
+//! use module_api::{ConnInfo, Handler, Manifest, Out, StartContext, Verdict};
 //!
 //! struct Counter {
 //!     hits: std::sync::atomic::AtomicU64,
@@ -53,10 +53,10 @@
 //! }
 //!
 //! impl Handler for App {
-//!     fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+//!     fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut Out) -> Verdict {
 //!         self.router.on_message(&self.state, conn, input, out)
 //!     }
-//!     fn on_deferred(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+//!     fn on_deferred(&self, conn: &ConnInfo, input: &[u8], out: &mut Out) -> Verdict {
 //!         self.router.on_deferred(&self.state, conn, input, out)
 //!     }
 //! }

@@ -3,10 +3,8 @@
 //! request/response cycle (framing on the event loop, handlers on the pool
 //! or inline, 404/405/OPTIONS, keep-alive, the access log).
 
-use abi_stable::std_types::RVec;
-
 use super::{decode_component, frame_conn, Framed, Limits, Request, Response, Result};
-use crate::{ConnInfo, Verdict};
+use crate::{ConnInfo, Out, Verdict};
 
 /// A handler: the module's state and the request in, a response out.
 pub type BoxHandler<S> = Box<dyn Fn(&S, &Request<'_>) -> Result + Send + Sync>;
@@ -247,13 +245,7 @@ impl<S> Router<S> {
     /// per call, so pipelined requests never overrun the connection's
     /// output budget ([`ConnInfo::out_limit`]): the host calls again for
     /// the next one once its output allows.
-    pub fn on_message(
-        &self,
-        state: &S,
-        conn: &ConnInfo,
-        input: &[u8],
-        out: &mut RVec<u8>,
-    ) -> Verdict {
+    pub fn on_message(&self, state: &S, conn: &ConnInfo, input: &[u8], out: &mut Out) -> Verdict {
         match frame_conn(conn, input, &self.limits) {
             Framed::Partial => Verdict::NEED_MORE,
             Framed::Refused(r) => {
@@ -268,20 +260,14 @@ impl<S> Router<S> {
 
     /// The worker-pool half: handles the request [`Router::on_message`]
     /// deferred. May block (in the handler).
-    pub fn on_deferred(
-        &self,
-        state: &S,
-        conn: &ConnInfo,
-        input: &[u8],
-        out: &mut RVec<u8>,
-    ) -> Verdict {
+    pub fn on_deferred(&self, state: &S, conn: &ConnInfo, input: &[u8], out: &mut Out) -> Verdict {
         self.handle(state, conn, input, out)
     }
 
     /// Parses the request at the start of `msg`, dispatches it and writes
     /// the response; the verdict keeps or closes the connection as the
     /// request asked.
-    pub fn handle(&self, state: &S, conn: &ConnInfo, msg: &[u8], out: &mut RVec<u8>) -> Verdict {
+    pub fn handle(&self, state: &S, conn: &ConnInfo, msg: &[u8], out: &mut Out) -> Verdict {
         let mut req = match Request::parse(msg, &self.limits) {
             Ok(req) => req,
             Err(r) => {

@@ -11,8 +11,8 @@ const LIMITS: Limits = Limits {
     max_body: 16,
 };
 
-fn text(out: RVec<u8>) -> String {
-    String::from_utf8(out.into_vec()).unwrap()
+fn text(out: impl AsRef<[u8]>) -> String {
+    String::from_utf8(out.as_ref().to_vec()).unwrap()
 }
 
 fn conn() -> ConnInfo {
@@ -142,7 +142,7 @@ fn chunked_body_in_pieces_through_the_router() {
         msg.extend_from_slice(b"2\r\n,1\r\n");
     }
     msg.extend_from_slice(b"1\r\n]\r\n0\r\n\r\n");
-    let mut out = RVec::new();
+    let mut out = crate::Out::new();
     for end in (1..msg.len()).step_by(5) {
         assert_eq!(
             r.on_message(&7, &c, &msg[..end], &mut out),
@@ -306,7 +306,7 @@ fn router() -> Router<u32> {
 }
 
 fn run(router: &Router<u32>, msg: &str) -> (Verdict, String) {
-    let mut out = RVec::new();
+    let mut out = crate::Out::new();
     let v = router.handle(&7, &conn(), msg.as_bytes(), &mut out);
     (v, text(out))
 }
@@ -364,7 +364,7 @@ fn dispatches() {
 #[test]
 fn message_cycle() {
     let r = router();
-    let mut out = RVec::new();
+    let mut out = crate::Out::new();
     let full = b"GET /m/1 HTTP/1.1\r\nHost: x\r\n\r\nGET /m/2";
     let v = r.on_message(&7, &conn(), &full[..10], &mut out);
     assert_eq!(v, Verdict::NEED_MORE);
@@ -388,7 +388,7 @@ fn message_cycle() {
     );
 
     let inline = router().inline();
-    let mut out = RVec::new();
+    let mut out = crate::Out::new();
     let v = inline.on_message(&7, &conn(), full, &mut out);
     assert_eq!(v, Verdict::done(full.len() - 8));
     assert!(text(out).starts_with("HTTP/1.1 200 OK"));
@@ -396,7 +396,7 @@ fn message_cycle() {
     // A draining host: the answer is the connection's last.
     let mut draining = conn();
     draining.draining = true;
-    let mut out = RVec::new();
+    let mut out = crate::Out::new();
     let v = inline.on_message(&7, &draining, full, &mut out);
     assert_eq!(v, Verdict::close(full.len() - 8));
     let s = text(out);

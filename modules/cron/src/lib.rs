@@ -49,7 +49,7 @@ pub mod run;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use module_api::{
-    ConnInfo, Handler, Host, JobSpec, Manifest, Protocol, RVec, StartContext, Verdict,
+    ConnInfo, Handler, Host, JobSpec, Manifest, Out, Protocol, StartContext, Verdict,
 };
 
 use config::{Job, Task};
@@ -78,7 +78,7 @@ fn start(ctx: StartContext<'_>) -> Result<Cron, String> {
 }
 
 impl Handler for Cron {
-    fn on_message(&self, _conn: &ConnInfo, input: &[u8], _out: &mut RVec<u8>) -> Verdict {
+    fn on_message(&self, _conn: &ConnInfo, input: &[u8], _out: &mut Out) -> Verdict {
         // Never routed to: the module binds no prefix.
         Verdict::close(input.len())
     }

@@ -53,7 +53,7 @@ pub mod serve;
 #[cfg(test)]
 mod testdir;
 
-use module_api::{ConnInfo, Handler, Manifest, Protocol, RVec, ReloadMode, StartContext, Verdict};
+use module_api::{ConnInfo, Handler, Manifest, Out, Protocol, ReloadMode, StartContext, Verdict};
 
 pub use config::Config;
 
@@ -100,7 +100,7 @@ fn start(ctx: StartContext<'_>) -> Result<Http, String> {
 }
 
 impl Handler for Http {
-    fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+    fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut Out) -> Verdict {
         request::handle(self, conn, input, out)
     }
 

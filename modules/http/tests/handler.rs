@@ -1,5 +1,5 @@
 //! The handler end to end, without a host: requests in, responses and
-//! verdicts out, against a real directory.
+//! verdicts out, against a real directory, through `module_api::testing`.
 
 use std::fs;
 use std::os::fd::BorrowedFd;
@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::Http;
-use module_api::{Action, ConnInfo, Handler, RVec, Verdict};
+use module_api::testing::{Harness, HttpReply};
+use module_api::{Action, Verdict};
 use serde_json::json;
 
 struct Site {
     dir: PathBuf,
-    http: Http,
+    module: Harness<Http>,
 }
 
 impl Site {
@@ -35,22 +36,31 @@ impl Site {
         for (k, v) in extra.as_object().unwrap() {
             config[k] = v.clone();
         }
-        let http = Http::new(&config).unwrap();
-        Site { dir, http }
+        let module = Harness::new(http::manifest(), Http::new(&config).unwrap());
+        Site { dir, module }
     }
 
     fn root(&self) -> PathBuf {
         self.dir.join("www")
     }
 
-    fn call(&self, input: &[u8]) -> (Verdict, Response) {
-        let conn = ConnInfo::new(7, "127.0.0.1:40000".parse().unwrap(), false);
-        let mut out = RVec::new();
-        let v = self.http.on_message(&conn, input, &mut out);
-        (v, Response::parse(out.as_slice()))
+    /// The verdict and the response; status 0 and no headers when the
+    /// module wrote nothing.
+    fn call(&self, input: &[u8]) -> (Verdict, HttpReply) {
+        let reply = self.module.message(input);
+        let page = if reply.out.is_empty() {
+            HttpReply {
+                status: 0,
+                headers: Vec::new(),
+                body: Vec::new(),
+            }
+        } else {
+            reply.http()
+        };
+        (reply.verdict, page)
     }
 
-    fn get(&self, target: &str, extra_headers: &str) -> (Verdict, Response) {
+    fn get(&self, target: &str, extra_headers: &str) -> (Verdict, HttpReply) {
         let req = format!("GET {target} HTTP/1.1\r\nHost: t\r\n{extra_headers}\r\n");
         self.call(req.as_bytes())
     }
@@ -64,40 +74,6 @@ impl Drop for Site {
 
 fn big_bytes() -> Vec<u8> {
     (0..10_000u32).map(|i| (i % 251) as u8).collect()
-}
-
-#[derive(Debug, Default)]
-struct Response {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn parse(out: &[u8]) -> Response {
-        if out.is_empty() {
-            return Response::default();
-        }
-        let end = out
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("complete head")
-            + 4;
-        let head = String::from_utf8(out[..end].to_vec()).unwrap();
-        let status = head[9..12].parse().unwrap();
-        Response {
-            status,
-            head,
-            body: out[end..].to_vec(),
-        }
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
 }
 
 fn text(s: &str) -> &[u8] {
@@ -294,7 +270,7 @@ fn changes_show_up_after_the_revalidation_period() {
     let (_, r) = site.get("/hello.txt", "");
     assert_eq!(r.body, b"new\n");
     assert!(site
-        .http
+        .module
         .status()
         .starts_with("cache_entries=1 cache_bytes="));
 }
@@ -490,9 +466,8 @@ fn every_prefix_of_a_request_waits_or_answers_consistently() {
     ];
     for req in requests {
         for cut in 0..=req.len() {
-            let conn = ConnInfo::new(1, "127.0.0.1:1".parse().unwrap(), false);
-            let mut out = RVec::new();
-            let v = site.http.on_message(&conn, &req[..cut], &mut out);
+            let reply = site.module.message(&req[..cut]);
+            let (v, out) = (reply.verdict, reply.out);
             if cut < req.len() {
                 assert_eq!(v, Verdict::NEED_MORE, "{cut}: {:?}", &req[..cut]);
                 assert!(out.is_empty());

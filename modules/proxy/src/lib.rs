@@ -72,7 +72,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use module_api::{
-    ConnInfo, Handler, Manifest, Protocol, ProxyEvent, ProxyEventKind, RVec, ReloadMode,
+    ConnInfo, Handler, Manifest, Out, Protocol, ProxyEvent, ProxyEventKind, RVec, ReloadMode,
     StartContext, Verdict,
 };
 
@@ -286,7 +286,7 @@ fn dec(n: &std::sync::atomic::AtomicU64) {
 }
 
 impl Handler for Proxy {
-    fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+    fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut Out) -> Verdict {
         if conn.tls {
             // The host terminated TLS for this connection: it does not
             // proxy those (pass the name through instead, with an sni route).
@@ -326,7 +326,7 @@ impl Handler for Proxy {
         }
     }
 
-    fn proxy_event(&self, conn: &ConnInfo, event: ProxyEvent, out: &mut RVec<u8>) -> Verdict {
+    fn proxy_event(&self, conn: &ConnInfo, event: ProxyEvent, out: &mut Out) -> Verdict {
         match event.kind {
             ProxyEventKind::Connected => {
                 if let Some(s) = self.sessions.get(conn.id) {

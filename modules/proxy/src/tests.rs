@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 
-use module_api::{Action, ConnInfo, Handler, ProxyEvent, ProxyEventKind, RVec, Upstream, Verdict};
+use module_api::{Action, ConnInfo, Handler, Out, ProxyEvent, ProxyEventKind, Upstream, Verdict};
 use serde_json::json;
 
 use crate::Proxy;
@@ -44,7 +44,7 @@ fn prefix_route_proxies_and_counts() {
     ]}));
     assert_eq!(p.bindings(), vec![b"ECHO".to_vec()]);
     assert!(p.tls_passthrough().is_empty());
-    let mut out = RVec::new();
+    let mut out = Out::new();
     assert_eq!(p.on_message(&conn(1), b"EC", &mut out), Verdict::NEED_MORE);
     let v = p.on_message(&conn(1), b"ECHO hi\n", &mut out);
     assert_eq!(addr(&v), a(7001));
@@ -86,7 +86,7 @@ fn failed_connect_retries_then_gives_up() {
         {"prefix": "X", "retries": 1, "upstreams": ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
          "proxy_protocol": "v1"},
     ]}));
-    let mut out = RVec::new();
+    let mut out = Out::new();
     let v = p.on_message(&conn(7), b"X", &mut out);
     assert_eq!(addr(&v), a(1));
     assert_eq!(&out[..], b"PROXY TCP4 192.0.2.9 0.0.0.0 40000 0\r\n");
@@ -135,7 +135,7 @@ fn all_down_closes_without_connecting() {
     p.routes()[0].pool.members[0]
         .health_down
         .store(true, Relaxed);
-    let mut out = RVec::new();
+    let mut out = Out::new();
     let v = p.on_message(&conn(1), b"X", &mut out);
     assert_eq!(v.action, Action::Close);
     assert_eq!(p.sessions(), 0);
@@ -151,7 +151,7 @@ fn sni_routes_default_and_refusals() {
     ]}));
     assert_eq!(p.bindings(), vec![b"\x16\x03".to_vec()]);
     assert_eq!(p.tls_passthrough(), ["db.example.test", "*.example.test"]);
-    let mut out = RVec::new();
+    let mut out = Out::new();
     let hello = client_hello(Some("db.example.test"));
     assert_eq!(
         p.on_message(&conn(1), &hello[..20], &mut out),
@@ -184,7 +184,7 @@ fn state_carries_over_a_reload() {
         {"prefix": "X", "upstreams": ["127.0.0.1:1", "127.0.0.1:2"], "health_interval": "1s"},
     ]});
     let old = proxy(cfg.clone());
-    let mut out = RVec::new();
+    let mut out = Out::new();
     old.on_message(&conn(1), b"X", &mut out);
     old.proxy_event(
         &conn(1),
@@ -238,7 +238,7 @@ fn health_checker_marks_down_and_up() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(!m[0].health_down.load(Relaxed));
-    let mut out = RVec::new();
+    let mut out = Out::new();
     for id in 0..5 {
         assert_eq!(addr(&p.on_message(&conn(id), b"X", &mut out)), live);
     }

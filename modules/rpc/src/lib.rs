@@ -741,7 +741,7 @@ impl Rpc {
 }
 
 impl Handler for Rpc {
-    fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+    fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut module_api::Out) -> Verdict {
         if conn.id == 0 {
             return self.on_call(input, out);
         }
@@ -770,7 +770,7 @@ impl Handler for Rpc {
         v
     }
 
-    fn on_deferred(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+    fn on_deferred(&self, conn: &ConnInfo, input: &[u8], out: &mut module_api::Out) -> Verdict {
         if conn.id == 0 {
             return self.on_call_deferred(input, out);
         }
@@ -956,7 +956,7 @@ pub(crate) mod testing {
             let h = s.spawn(|| {
                 let get = br#"{"jsonrpc":"2.0","method":"kv.get","params":["k"],"id":2}"#;
                 let mut out = RVec::new();
-                b.on_deferred(&info, get, &mut out);
+                b.on_deferred(&info, get, module_api::Out::from_mut(&mut out));
                 out.into_vec()
             });
             std::thread::sleep(std::time::Duration::from_millis(100));
@@ -991,7 +991,7 @@ pub(crate) mod testing {
         let forward = |line: &str| {
             let env = handoff::envelope(&rpc.token, "fwd", 7, false, peer, line.as_bytes());
             let mut out = RVec::new();
-            rpc.on_deferred(&internal, &env, &mut out);
+            rpc.on_deferred(&internal, &env, module_api::Out::from_mut(&mut out));
             let text = String::from_utf8(out.into_vec()).unwrap();
             let body = text.split_once('\n').unwrap().1.to_string();
             serde_json::from_str::<serde_json::Value>(body.trim()).unwrap()
@@ -1009,7 +1009,11 @@ pub(crate) mod testing {
         assert_eq!(forward(&other)["error"]["code"], code::PERMISSION_DENIED);
         // An in-process call proper is internal.
         let mut out = RVec::new();
-        rpc.on_deferred(&internal, other.as_bytes(), &mut out);
+        rpc.on_deferred(
+            &internal,
+            other.as_bytes(),
+            module_api::Out::from_mut(&mut out),
+        );
         assert!(out
             .as_slice()
             .starts_with(br#"{"jsonrpc":"2.0","result":null"#));
@@ -1034,7 +1038,7 @@ pub(crate) mod testing {
                 get.as_bytes(),
             );
             let mut out = RVec::new();
-            rpc.on_deferred(&internal, &env, &mut out);
+            rpc.on_deferred(&internal, &env, module_api::Out::from_mut(&mut out));
             let text = String::from_utf8(out.into_vec()).unwrap();
             let v: serde_json::Value =
                 serde_json::from_str(text.split_once('\n').unwrap().1.trim()).unwrap();
@@ -1057,7 +1061,7 @@ pub(crate) mod testing {
         for draining in [false, true] {
             info.draining = draining;
             let mut out = RVec::new();
-            let v = rpc.on_message(&info, req.as_bytes(), &mut out);
+            let v = rpc.on_message(&info, req.as_bytes(), module_api::Out::from_mut(&mut out));
             let text = String::from_utf8_lossy(&out).into_owned();
             assert!(text.starts_with("HTTP/1.1 200"), "{text}");
             assert!(text.contains(r#""result":"pong""#), "{text}");

@@ -68,7 +68,7 @@ pub mod pages;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use module_api::web::{Limits, Response, Router};
-use module_api::{ConnInfo, Handler, Manifest, Protocol, RVec, ReloadMode, StartContext, Verdict};
+use module_api::{ConnInfo, Handler, Manifest, Out, Protocol, ReloadMode, StartContext, Verdict};
 
 pub use config::Config;
 use db::{DbError, Store};
@@ -207,11 +207,11 @@ fn start(ctx: StartContext<'_>) -> Result<Webapp, String> {
 }
 
 impl Handler for Webapp {
-    fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+    fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut Out) -> Verdict {
         self.router.on_message(&self.app, conn, input, out)
     }
 
-    fn on_deferred(&self, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+    fn on_deferred(&self, conn: &ConnInfo, input: &[u8], out: &mut Out) -> Verdict {
         self.router.on_deferred(&self.app, conn, input, out)
     }
 
@@ -249,11 +249,11 @@ mod tests {
 
     fn call(app: &Webapp, raw: &str) -> String {
         let conn = ConnInfo::new(1, "127.0.0.1:1".parse().unwrap(), false);
-        let mut out = RVec::new();
+        let mut out = Out::new();
         let v = app.on_message(&conn, raw.as_bytes(), &mut out);
         assert_eq!(v, Verdict::defer(raw.len()), "{raw}");
         app.on_deferred(&conn, raw.as_bytes(), &mut out);
-        String::from_utf8(out.into_vec()).unwrap()
+        String::from_utf8(out.into_inner().into_vec()).unwrap()
     }
 
     fn post_json(app: &Webapp, body: &str) -> String {
