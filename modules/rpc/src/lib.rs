@@ -318,161 +318,46 @@ pub mod access;
 pub mod bus;
 pub mod config;
 pub mod conns;
+pub mod core;
 pub mod cursor;
 pub mod db;
+pub mod entry;
+pub mod generation;
 pub mod handoff;
+pub mod hex;
+pub mod host;
 pub mod jsonrpc;
 pub mod methods;
 pub mod owner;
 pub mod post;
 pub mod raw;
 pub mod store;
+pub mod types;
 pub mod writer;
 
 #[cfg(test)]
 mod testdir;
 
-use crate::access::Peer;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use module_api::{
     CallStatus, ConnInfo, Handler, Manifest, Protocol, RVec, ReloadMode, StartContext, Verdict,
 };
 
-use crate::access::{Access, Who};
-use crate::bus::Bus;
+use crate::access::{Access, Peer, Who};
 use crate::config::Config;
-use crate::conns::Conns;
-use crate::handoff::{Handover, Internal, Mode, ResumeGuard, State};
-use crate::jsonrpc::{code, RpcError};
-use crate::methods::Note;
+use crate::core::Core;
+use crate::handoff::{Internal, ResumeGuard, State};
+use crate::host::wait;
 use crate::owner::Owner;
 use crate::store::Store;
+use crate::types::Mode;
 use crate::writer::{Start, Writer};
 
-/// Sent before the host disconnects a connection whose unsent output grew
-/// past `[server] max_push_backlog` (a subscriber that does not read).
-pub const OVERFLOW_NOTICE: &[u8] = b"{\"jsonrpc\":\"2.0\",\"method\":\"bus.overflow\",\"params\":{\"message\":\"too much unread output (slow subscriber); disconnecting\"}}\n";
-
-/// What the module needs from the host (the real [`module_api::Host`], or
-/// a stand-in in unit tests).
-pub trait HostApi: Send + Sync {
-    /// Queues the same bytes on many connections; the host copies them
-    /// once. Returns how many of them exist. Never blocks.
-    fn push_many(&self, conns: &[u64], data: &[u8], notice: &[u8]) -> usize;
-    /// Calls the current generation of a module in-process (blocks).
-    fn call(&self, module: &str, input: &[u8]) -> Result<Vec<u8>, CallStatus>;
-    /// Starts a wait on another thread that is not a hang (see [`wait`]).
-    fn wait_begin(&self) -> u64;
-    /// Ends a wait started by [`HostApi::wait_begin`].
-    fn wait_end(&self, token: u64);
-    /// The names on connection `conn`'s verified client certificate (CN
-    /// first, then SANs); empty without one.
-    fn peer_identity(&self, conn: u64) -> Vec<String>;
-}
-
-impl HostApi for module_api::Host {
-    fn push_many(&self, conns: &[u64], data: &[u8], notice: &[u8]) -> usize {
-        module_api::Host::push_many(self, conns, data, notice)
-    }
-    fn call(&self, module: &str, input: &[u8]) -> Result<Vec<u8>, CallStatus> {
-        module_api::Host::call(self, module, input)
-    }
-    fn wait_begin(&self) -> u64 {
-        self.raw().wait_begin()
-    }
-    fn wait_end(&self, token: u64) {
-        self.raw().wait_end(token)
-    }
-    fn peer_identity(&self, conn: u64) -> Vec<String> {
-        self.raw()
-            .peer_identity(conn)
-            .into_iter()
-            .map(|s| s.into_string())
-            .collect()
-    }
-}
-
-/// Runs `f`, a wait for another thread (the writer's commit, a successor
-/// during a hand-over), with the host's hang detection paused for the
-/// calling thread: a slow commit is not a stuck module. Only the wait
-/// goes inside; computation stays outside, where a real hang is caught.
-pub fn wait<T>(host: &dyn HostApi, f: impl FnOnce() -> T) -> T {
-    struct End<'a>(&'a dyn HostApi, u64);
-    impl Drop for End<'_> {
-        fn drop(&mut self) {
-            self.0.wait_end(self.1);
-        }
-    }
-    let _end = End(host, host.wait_begin());
-    f()
-}
-
-/// Counters for `STATUS`.
-#[derive(Default)]
-pub struct Stats {
-    pub commits: AtomicU64,
-    pub writes: AtomicU64,
-    pub failed_commits: AtomicU64,
-    pub purged: AtomicU64,
-    /// Messages a frozen generation handed to its successor.
-    pub forwarded: AtomicU64,
-}
-
-/// What the event loops, the pool and the writer share.
-pub struct Core {
-    pub cfg: Config,
-    pub store: Store,
-    pub bus: Bus,
-    pub conns: Conns,
-    /// Users, sessions and the login brake ([`access`]).
-    pub access: Access,
-    pub host: &'static dyn HostApi,
-    pub stats: Stats,
-    /// Whether this generation serves (see [`handoff`] and [`owner`]).
-    pub gate: RwLock<Mode>,
-    /// The descriptor of the ownership lock once held, else -1.
-    pub owner_fd: AtomicI32,
-}
-
-impl Core {
-    /// Fails when the users table is wrong (the message names the user).
-    pub fn new(cfg: Config, store: Store, host: &'static dyn HostApi) -> Result<Core, String> {
-        Ok(Core {
-            bus: Bus::new(cfg.max_subscriptions, cfg.max_subscriptions_total),
-            access: Access::new(&cfg)?,
-            cfg,
-            store,
-            conns: Conns::default(),
-            host,
-            stats: Stats::default(),
-            gate: RwLock::new(Mode::Live),
-            owner_fd: AtomicI32::new(-1),
-        })
-    }
-
-    /// Pushes a notification to its recipients, one shared copy for all
-    /// of them; returns how many exist.
-    pub fn deliver(&self, note: &Note) -> usize {
-        if note.topic_conns.is_empty() {
-            return 0;
-        }
-        self.host
-            .push_many(&note.topic_conns, &note.bytes, OVERFLOW_NOTICE)
-    }
-}
-
-/// The error for a line over the limit.
-pub fn too_large(core: &Core) -> RpcError {
-    RpcError::new(
-        code::TOO_LARGE,
-        format!(
-            "request too large: lines are limited to {} bytes; closing",
-            core.cfg.max_line_bytes
-        ),
-    )
-}
+pub use crate::core::OVERFLOW_NOTICE;
+pub use crate::generation::Rpc;
+pub use crate::host::HostApi;
 
 /// The notification a connection gets when a reload took one of its
 /// subscriptions away.
@@ -512,16 +397,6 @@ fn revoke_subscriptions(core: &Core, whos: Vec<(u64, Who)>) {
                 .push_many(&[conn], &revoked_notice(p), OVERFLOW_NOTICE);
         }
     }
-}
-
-/// One generation of the module.
-pub struct Rpc {
-    pub core: Arc<Core>,
-    pub writer: Writer,
-    /// The handover's progress (changed with the gate write-locked).
-    pub handover: std::sync::Mutex<Handover>,
-    /// Secret shared by the generations for internal calls.
-    pub token: String,
 }
 
 /// The module's manifest.
@@ -595,7 +470,7 @@ impl Rpc {
             let partials = s.conns.iter();
             core.conns.restore(
                 partials
-                    .map(|c| (c.id, handoff::from_hex(&c.partial), c.http))
+                    .map(|c| (c.id, hex::from_hex(&c.partial), c.http))
                     .collect(),
             );
             core.bus.restore(s.subs);
@@ -811,7 +686,7 @@ impl Handler for Rpc {
                 .into_iter()
                 .map(|(id, partial, http)| handoff::ConnSnap {
                     id,
-                    partial: handoff::to_hex(&partial),
+                    partial: hex::to_hex(&partial),
                     http,
                 })
                 .collect(),
@@ -876,6 +751,7 @@ pub(crate) mod testing {
     //! A core with a stand-in host, for unit tests.
 
     use super::*;
+    use crate::jsonrpc::code;
 
     pub struct NullHost;
 

@@ -16,10 +16,11 @@ use serde_json::value::RawValue;
 use crate::access::Peer;
 
 use crate::access::{Right, Who, MAX_TOKEN_BYTES};
-use crate::bus::{self, check_topic};
+use crate::bus::{self, check_topic, Note};
+use crate::core::Core;
+use crate::entry::Entry;
 use crate::jsonrpc::{self, code, Item, Message, Request, RpcError, Sink};
-use crate::store::{json_eq, stored_text, Entry, Limit, View};
-use crate::Core;
+use crate::store::{json_eq, stored_text, Limit, View};
 
 /// Every method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,12 +142,6 @@ pub fn only_writes(msg: &Message<'_>) -> bool {
         Message::Single(Item::Call(req)) => Method::lookup(&req.method).is_some_and(|m| m.writes()),
         _ => false,
     }
-}
-
-/// A `bus.message` notification waiting to be delivered.
-pub struct Note {
-    pub topic_conns: Vec<u64>,
-    pub bytes: Vec<u8>,
 }
 
 /// What a call is evaluated against.
@@ -702,7 +697,7 @@ fn stream_conn(env: &Env<'_>) -> Result<u64, RpcError> {
 mod tests {
     use super::*;
     use crate::db::Db;
-    use crate::store::Overlay;
+    use crate::entry::Overlay;
     use crate::testing::core;
 
     /// The database of a test core.
