@@ -341,9 +341,7 @@ mod testdir;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use module_api::{
-    CallStatus, ConnInfo, Handler, Manifest, Protocol, RVec, ReloadMode, StartContext, Verdict,
-};
+use module_api::{ConnInfo, Handler, Manifest, Protocol, RVec, ReloadMode, StartContext, Verdict};
 
 use crate::access::{Access, Peer, Who};
 use crate::config::Config;
@@ -752,6 +750,7 @@ pub(crate) mod testing {
 
     use super::*;
     use crate::jsonrpc::code;
+    use module_api::CallStatus;
 
     pub struct NullHost;
 
