@@ -307,12 +307,36 @@
 //!
 //! # The parts
 //!
-//! [`jsonrpc`] (framing, pure), [`methods`] (what each method does),
-//! [`store`] (the value cache, the totals and limits), [`db`] (SQLite), [`writer`]
-//! (group commit), [`bus`] (subscription trie), [`conns`] (reply ordering per
-//! connection), [`raw`] and [`post`] (the transports), [`handoff`]
-//! (reload), [`owner`] (one writer per database), [`access`] (users,
-//! permissions, logins), [`config`].
+//! [`jsonrpc`] (framing, pure), [`methods`] (one file per method),
+//! [`store`] (the value cache, the totals and limits), [`db`] (SQLite),
+//! [`writer`] (group commit), [`bus`] (subscription trie), [`conns`]
+//! (reply ordering per connection), [`raw`] and [`post`] (the
+//! transports), [`dispatch`] (which transport, and serve, wait or
+//! forward), [`start`] and [`generation`] (a generation's start and its
+//! handover steps), [`handoff`] (reload messages), [`owner`] (one writer
+//! per database), [`access`] (users, permissions, logins), [`config`].
+//!
+//! # Layers
+//!
+//! Imports only go down this list; nothing imports from a file above it
+//! (unit tests aside), so there is no import circle. A value type many
+//! layers pass around lives at the bottom, not in the layer that makes
+//! it.
+//!
+//! 1. Leaves, importing nothing from the crate: [`hex`], [`types`]
+//!    (`Kind`, `Reply`, `Mode`), [`host`] (`HostApi`, `wait`), [`entry`]
+//!    (`Entry`, `Overlay`), [`jsonrpc`], [`config`], [`owner`].
+//! 2. Data: [`db`] (over `entry`), then [`store`] (over `db`).
+//! 3. Shared tables: [`bus`], [`conns`], [`cursor`], then [`access`]
+//!    (over `conns`, `bus`, `host`).
+//! 4. [`core`]: `Core`, what every thread of a generation shares.
+//! 5. [`methods`]: `table`, `params`, `env`, then one file per method,
+//!    then `methods/mod.rs` (evaluation and dispatch).
+//! 6. [`writer`], then [`generation`] (`Rpc` holds the writer).
+//! 7. The transports: [`raw`], [`post`].
+//! 8. [`handoff`] (forwards to the transports), then [`start`] and
+//!    [`dispatch`].
+//! 9. `lib.rs`: the manifest, the `Handler` the host calls, the export.
 
 pub mod access;
 pub mod bus;
@@ -321,6 +345,7 @@ pub mod conns;
 pub mod core;
 pub mod cursor;
 pub mod db;
+pub mod dispatch;
 pub mod entry;
 pub mod generation;
 pub mod handoff;
@@ -331,6 +356,7 @@ pub mod methods;
 pub mod owner;
 pub mod post;
 pub mod raw;
+pub mod start;
 pub mod store;
 pub mod types;
 pub mod writer;
@@ -339,63 +365,16 @@ pub mod writer;
 mod testdir;
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use module_api::{ConnInfo, Handler, Manifest, Protocol, RVec, ReloadMode, StartContext, Verdict};
 
-use crate::access::{Access, Peer, Who};
-use crate::config::Config;
-use crate::core::Core;
-use crate::handoff::{Internal, ResumeGuard, State};
+use crate::handoff::State;
 use crate::host::wait;
-use crate::owner::Owner;
-use crate::store::Store;
 use crate::types::Mode;
-use crate::writer::{Start, Writer};
 
 pub use crate::core::OVERFLOW_NOTICE;
 pub use crate::generation::Rpc;
 pub use crate::host::HostApi;
-
-/// The notification a connection gets when a reload took one of its
-/// subscriptions away.
-pub fn revoked_notice(pattern: &str) -> Vec<u8> {
-    let mut out = br#"{"jsonrpc":"2.0","method":"bus.revoked","params":{"pattern":"#.to_vec();
-    jsonrpc::write_str(&mut out, pattern);
-    out.extend_from_slice(b"}}\n");
-    out
-}
-
-/// After a reload: drops the handed-over subscriptions that their
-/// connections may no longer hold under the new users, telling each
-/// connection with a `bus.revoked` notification per pattern. `whos` are
-/// the connections whose sessions were handed over; the others were
-/// served in protected mode (loopback) and are judged as they are now.
-fn revoke_subscriptions(core: &Core, whos: Vec<(u64, Who)>) {
-    let whos: std::collections::HashMap<u64, Who> = whos.into_iter().collect();
-    for (conn, patterns) in core.bus.snapshot() {
-        let who = whos.get(&conn).cloned().unwrap_or_else(|| {
-            if core.access.users.is_empty() {
-                Who::Loopback
-            } else {
-                core.access.who(core.host, &core.conns, conn, Peer::UNKNOWN)
-            }
-        });
-        let gone: Vec<String> = patterns
-            .into_iter()
-            .filter(|p| !who.may(access::Right::Subscribe, p))
-            .collect();
-        if gone.is_empty() {
-            continue;
-        }
-        core.bus.unsubscribe(conn, Some(&gone));
-        for p in &gone {
-            log::info!("conn {conn}: subscription {p:?} revoked by the new users/permissions");
-            core.host
-                .push_many(&[conn], &revoked_notice(p), OVERFLOW_NOTICE);
-        }
-    }
-}
 
 /// The module's manifest.
 pub fn manifest() -> Manifest {
@@ -406,211 +385,6 @@ pub fn manifest() -> Manifest {
         .protocol(Protocol::JsonRpc)
         .reload(ReloadMode::Overlap)
         .defers(true)
-}
-
-impl Rpc {
-    /// Opens the database (reading no value) and starts the writer; `state` is the
-    /// previous generation's (empty on a first start).
-    pub fn start(
-        config: &serde_json::Value,
-        data_dir: &std::path::Path,
-        state: &[u8],
-        host: &'static dyn HostApi,
-    ) -> Result<Rpc, String> {
-        let state = State::parse(state)?;
-        if let Some(s) = &state {
-            handoff::claim(host, &s.token)?;
-        }
-        // From here on, a failure must let the frozen predecessor resume
-        // (at once: a config the new generation refuses, such as a bad
-        // users table, leaves the old one serving without a pause).
-        let mut resume = ResumeGuard {
-            host,
-            token: state.as_ref().map(|s| s.token.clone()),
-        };
-        let cfg = Config::from_json(config, data_dir)?;
-        // Checked before the database lock is taken over.
-        Access::new(&cfg)?;
-        let token = state
-            .as_ref()
-            .map_or_else(handoff::new_token, |s| s.token.clone());
-        // Own the database: the predecessor's lock, or a free one.
-        let lock = Owner::lock_path(&cfg.db);
-        let adopted = state
-            .as_ref()
-            .and_then(|s| s.lock_fd)
-            .and_then(|fd| Owner::adopt(fd, &lock));
-        let owner = match adopted {
-            Some(o) => Some(o),
-            None => Owner::try_acquire(&lock)?,
-        };
-        let store = Store::new(&cfg.db, cfg.cache_bytes);
-        let (start, mode) = match owner {
-            Some(owner) => {
-                let db = db::Db::open(&cfg.db, cfg.sync)?;
-                (Start::Ready { db, owner }, Mode::Live)
-            }
-            None => {
-                log::warn!(
-                    "{} is in use by another process (a worker being replaced, or another \
-                     server on this data directory); requests wait until it lets go",
-                    cfg.db.display()
-                );
-                (Start::Standby, Mode::Standby)
-            }
-        };
-        let core = Arc::new(Core::new(cfg, store, host)?);
-        *core.gate.write().unwrap_or_else(|e| e.into_inner()) = mode;
-        if let Some(s) = state {
-            // First the tombstones: nothing comes back for a connection
-            // the previous generation saw close.
-            core.conns.restore_closed(s.closed);
-            let partials = s.conns.iter();
-            core.conns.restore(
-                partials
-                    .map(|c| (c.id, hex::from_hex(&c.partial), c.http))
-                    .collect(),
-            );
-            core.bus.restore(s.subs);
-            let whos = core.access.restore(host, &core.conns, s.sessions);
-            revoke_subscriptions(&core, whos);
-        }
-        let writer = Writer::spawn(core.clone(), start)?;
-        resume.token = None;
-        log::info!(
-            "serving {} keys from {} (sync={}), {} subscriptions handed over",
-            core.store.len(),
-            core.cfg.db.display(),
-            core.cfg.sync.name(),
-            core.bus.counts().1
-        );
-        Ok(Rpc {
-            core,
-            writer,
-            handover: Default::default(),
-            token,
-        })
-    }
-
-    /// Whether input on a connection is (the rest of) an HTTP request
-    /// rather than JSON-RPC lines — a kept connection's input comes here
-    /// whatever its first bytes, so a started message decides first — and
-    /// whether it continues a kept start.
-    fn transport(&self, conn: u64, input: &[u8]) -> (bool, bool) {
-        let started = if conn == 0 {
-            None
-        } else {
-            self.core.conns.partial_kind(conn)
-        };
-        match started {
-            Some(http) => (http, true),
-            None => (input.starts_with(b"POST "), false),
-        }
-    }
-
-    /// In-process calls (connection id 0): internal calls between
-    /// generations, or JSON-RPC from another module.
-    fn on_call(&self, input: &[u8], out: &mut RVec<u8>) -> Verdict {
-        match handoff::parse(input, &self.token) {
-            Some(Internal::Resume) => {
-                self.resume();
-                log::warn!("resuming: the next generation failed to start");
-                out.extend_from_copy_slice(b"ok done\n");
-                Verdict::done(input.len())
-            }
-            Some(Internal::Claim) => {
-                let reply: &[u8] = if self.claim() {
-                    b"ok done\n"
-                } else {
-                    b"refused\n"
-                };
-                out.extend_from_copy_slice(reply);
-                Verdict::done(input.len())
-            }
-            Some(Internal::Close { conn }) => {
-                let frozen = !matches!(
-                    self.core.gate.try_read().as_deref(),
-                    Ok(Mode::Live | Mode::Standby)
-                );
-                if !frozen {
-                    self.closed(conn);
-                    out.extend_from_copy_slice(b"ok done\n");
-                } else {
-                    out.extend_from_copy_slice(b"retry\n");
-                }
-                Verdict::done(input.len())
-            }
-            // Forwarded messages and JSON-RPC calls may wait for a commit.
-            Some(Internal::Forward { .. }) | None => Verdict::defer(input.len()),
-        }
-    }
-
-    fn on_call_deferred(&self, input: &[u8], out: &mut RVec<u8>) -> Verdict {
-        if let Some(Internal::Forward {
-            conn,
-            http,
-            peer,
-            payload,
-        }) = handoff::parse(input, &self.token)
-        {
-            handoff::serve(self, conn, http, peer, payload, out);
-            return Verdict::done(input.len());
-        }
-        let http = input.starts_with(b"POST ");
-        self.deferred(0, Peer::UNKNOWN, false, http, input, out)
-    }
-
-    /// A deferred message: handled here while live (the gate held, so a
-    /// handover waits for it), forwarded to the successor once frozen.
-    fn deferred(
-        &self,
-        conn: u64,
-        peer: Peer,
-        draining: bool,
-        http: bool,
-        input: &[u8],
-        out: &mut RVec<u8>,
-    ) -> Verdict {
-        if conn != 0 && self.core.conns.has_pending(conn) {
-            // Replies to lines this generation handed to its writer.
-            return raw::on_deferred(self, conn, peer, input, out);
-        }
-        let since = std::time::Instant::now();
-        loop {
-            let gate = self.core.gate.read().unwrap_or_else(|e| e.into_inner());
-            match *gate {
-                Mode::Live => {
-                    return if http {
-                        post::on_deferred(self, conn, peer, draining, input, out)
-                    } else {
-                        raw::on_deferred(self, conn, peer, input, out)
-                    };
-                }
-                Mode::Frozen => {
-                    drop(gate);
-                    if let Ok(v) = handoff::forward(self, conn, http, peer, input, out) {
-                        return v;
-                    }
-                }
-                Mode::Standby => {
-                    drop(gate);
-                    if since.elapsed() >= self.core.cfg.handoff_timeout() {
-                        return handoff::unavailable(http, input.len(), out);
-                    }
-                    let pause = std::time::Duration::from_millis(2);
-                    wait(self.core.host, || std::thread::sleep(pause));
-                }
-            }
-        }
-    }
-
-    /// A connection closed: forget its state, subscriptions and login.
-    fn closed(&self, conn: u64) {
-        self.core
-            .conns
-            .close(conn, || self.core.bus.remove_conn(conn));
-        self.core.access.sessions.remove(conn);
-    }
 }
 
 impl Handler for Rpc {
@@ -748,9 +522,16 @@ module_api::export_module!(manifest = manifest, start = start);
 pub(crate) mod testing {
     //! A core with a stand-in host, for unit tests.
 
-    use super::*;
-    use crate::jsonrpc::code;
+    use std::sync::Arc;
+
     use module_api::CallStatus;
+
+    use super::*;
+    use crate::access::Peer;
+    use crate::config::Config;
+    use crate::core::Core;
+    use crate::jsonrpc::code;
+    use crate::store::Store;
 
     pub struct NullHost;
 

@@ -486,8 +486,8 @@ fn push_line(q: &mut Vec<u8>, line: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::Core;
     use crate::testing::core_with;
-    use crate::Core;
     use std::sync::Arc;
 
     #[test]
