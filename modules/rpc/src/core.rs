@@ -36,11 +36,11 @@ pub struct Core {
     pub store: Store,
     pub bus: Bus,
     pub conns: Conns,
-    /// Users, sessions and the login brake ([`access`]).
+    /// Users, sessions and the login brake ([`crate::access`]).
     pub access: Access,
     pub host: &'static dyn HostApi,
     pub stats: Stats,
-    /// Whether this generation serves (see [`handoff`] and [`owner`]).
+    /// Whether this generation serves (see [`crate::handoff`] and [`crate::owner`]).
     pub gate: RwLock<Mode>,
     /// The descriptor of the ownership lock once held, else -1.
     pub owner_fd: AtomicI32,
