@@ -25,7 +25,7 @@ struct PublishP<'a> {
     data: &'a RawValue,
 }
 
-/// Runs the call and writes its result.
+/// Runs `bus.publish`: writes the number of recipients.
 pub(super) fn run<S: Sink>(
     env: &mut Env<'_>,
     req: &Request<'_>,

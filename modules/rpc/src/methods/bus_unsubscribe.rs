@@ -6,7 +6,7 @@ use crate::jsonrpc::{Request, RpcError, Sink};
 use super::env::{stream_conn, Env};
 use super::params::topics;
 
-/// Runs the call and writes its result.
+/// Runs `bus.unsubscribe`: writes the subscriptions left.
 pub(super) fn run<S: Sink>(
     env: &mut Env<'_>,
     req: &Request<'_>,

@@ -38,7 +38,7 @@ fn guessed(current: Option<&str>, expected: &str) -> bool {
     }
 }
 
-/// Runs the call and writes its result.
+/// Runs `kv.cas`: writes whether it set (or deleted) the key.
 pub(super) fn run<S: Sink>(
     env: &mut Env<'_>,
     req: &Request<'_>,

@@ -6,7 +6,7 @@ use crate::jsonrpc::{Request, RpcError, Sink};
 use super::env::{check_key, put, put_bool, Env};
 use super::params::{params, KeyP};
 
-/// Runs the call and writes its result.
+/// Runs `kv.del`: writes whether the key existed.
 pub(super) fn run<S: Sink>(
     env: &mut Env<'_>,
     req: &Request<'_>,

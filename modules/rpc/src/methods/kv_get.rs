@@ -7,7 +7,7 @@ use crate::jsonrpc::{Request, RpcError, Sink};
 use super::env::{check_key, Env};
 use super::params::{params, KeyP};
 
-/// Runs the call and writes its result.
+/// Runs `kv.get`: writes the value, or `null`.
 pub(super) fn run<S: Sink>(
     env: &mut Env<'_>,
     req: &Request<'_>,

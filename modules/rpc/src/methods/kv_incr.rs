@@ -37,7 +37,7 @@ fn overflow() -> RpcError {
     RpcError::new(code::OVERFLOW, "the result would overflow a 64-bit integer")
 }
 
-/// Runs the call and writes its result.
+/// Runs `kv.incr`: writes the new value.
 pub(super) fn run<S: Sink>(
     env: &mut Env<'_>,
     req: &Request<'_>,

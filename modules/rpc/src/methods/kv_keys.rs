@@ -42,7 +42,8 @@ fn page_limit(asked: Option<usize>, max: usize) -> Result<usize, RpcError> {
     Ok(limit)
 }
 
-/// Runs the call and writes its result.
+/// Runs `kv.keys`: writes the page, or `{keys, cursor}` when the scan cap
+/// stopped it first.
 pub(super) fn run<S: Sink>(
     env: &mut Env<'_>,
     req: &Request<'_>,

@@ -26,7 +26,8 @@ struct SetP<'a> {
     ttl_ms: Option<u64>,
 }
 
-/// Runs the call and writes its result.
+/// Runs `kv.set`: writes `true` (the writer acknowledges it once the
+/// batch has committed).
 pub(super) fn run<S: Sink>(
     env: &mut Env<'_>,
     req: &Request<'_>,

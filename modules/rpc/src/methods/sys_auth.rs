@@ -22,7 +22,8 @@ struct AuthP<'a> {
     user: Option<Cow<'a, str>>,
 }
 
-/// Runs the call and writes its result.
+/// Runs `sys.auth`: writes `{"user": name}` and, on a raw connection,
+/// makes the calls after it act as that user.
 pub(super) fn run<S: Sink>(
     env: &mut Env<'_>,
     req: &Request<'_>,

@@ -26,7 +26,7 @@ fn methods_json() -> &'static [u8] {
     })
 }
 
-/// Runs the call and writes its result.
+/// Runs `sys.methods`: writes the name-to-description object.
 pub(super) fn run<S: Sink>(
     _env: &mut Env<'_>,
     req: &Request<'_>,

@@ -5,7 +5,7 @@ use crate::jsonrpc::{Request, RpcError, Sink};
 use super::env::Env;
 use super::params::no_params;
 
-/// Runs the call and writes its result.
+/// Runs `sys.ping`: writes `"pong"`.
 pub(super) fn run<S: Sink>(
     _env: &mut Env<'_>,
     req: &Request<'_>,

@@ -19,7 +19,7 @@ fn version_json() -> &'static [u8] {
     })
 }
 
-/// Runs the call and writes its result.
+/// Runs `sys.version`: writes `{module, version, jsonrpc}`.
 pub(super) fn run<S: Sink>(
     _env: &mut Env<'_>,
     req: &Request<'_>,

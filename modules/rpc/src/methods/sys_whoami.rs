@@ -6,7 +6,7 @@ use crate::jsonrpc::{Request, RpcError, Sink};
 use super::env::Env;
 use super::params::no_params;
 
-/// Runs the call and writes its result.
+/// Runs `sys.whoami`: writes `{user, auth, permissions}`.
 pub(super) fn run<S: Sink>(
     env: &mut Env<'_>,
     req: &Request<'_>,
