@@ -135,3 +135,120 @@ impl Rpc {
         self.core.access.sessions.remove(conn);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use module_api::{ConnInfo, Handler};
+
+    use super::*;
+    use crate::access;
+    use crate::jsonrpc::code;
+    use crate::testing::NullHost;
+
+    #[test]
+    fn a_second_owner_waits_in_standby() {
+        let dir = crate::testdir::TestDir::new("standby");
+        let cfg = serde_json::json!({});
+        let a = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
+        let set = br#"{"jsonrpc":"2.0","method":"kv.set","params":["k",1],"id":1}"#;
+        let mut out = RVec::new();
+        raw::on_deferred(&a, 0, Peer::UNKNOWN, set, &mut out);
+        assert!(out
+            .as_slice()
+            .starts_with(br#"{"jsonrpc":"2.0","result":true"#));
+
+        let b = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
+        assert_eq!(*b.core.gate.read().unwrap(), Mode::Standby);
+        assert!(b.status().contains("standby=1"));
+        let info = ConnInfo::new(0, "127.0.0.1:1".parse().unwrap(), false);
+        let waiter = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let get = br#"{"jsonrpc":"2.0","method":"kv.get","params":["k"],"id":2}"#;
+                let mut out = RVec::new();
+                b.on_deferred(&info, get, &mut out);
+                out.into_vec()
+            });
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            assert!(!h.is_finished(), "waits while the other owner lives");
+            a.stop();
+            drop(a);
+            h.join().unwrap()
+        });
+        assert_eq!(waiter, b"{\"jsonrpc\":\"2.0\",\"result\":1,\"id\":2}\n");
+        assert!(b.live());
+        b.stop();
+    }
+
+    /// A message a frozen generation forwards arrives as an in-process
+    /// call (connection id 0) but runs as the connection it came from:
+    /// its login, or its address in protected mode.
+    #[test]
+    fn forwarded_messages_are_authorized_as_their_connection() {
+        let dir = crate::testdir::TestDir::new("fwdauth");
+        let hash = format!(
+            "sha256:{}",
+            access::users::hash_token("t1")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let cfg = serde_json::json!({"users": [{"name": "bot1", "token_hash": hash,
+            "permissions": {"kv_read": ["bot1.*"]}}]});
+        let rpc = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
+        let internal = ConnInfo::new(0, "127.0.0.1:1".parse().unwrap(), false);
+        let peer = Peer::new("10.0.0.5".parse().unwrap(), false);
+        let forward = |line: &str| {
+            let env = handoff::envelope(&rpc.token, "fwd", 7, false, peer, line.as_bytes());
+            let mut out = RVec::new();
+            rpc.on_deferred(&internal, &env, &mut out);
+            let text = String::from_utf8(out.into_vec()).unwrap();
+            let body = text.split_once('\n').unwrap().1.to_string();
+            serde_json::from_str::<serde_json::Value>(body.trim()).unwrap()
+        };
+        let get = "{\"jsonrpc\":\"2.0\",\"method\":\"kv.get\",\"params\":[\"bot1.x\"],\"id\":1}\n";
+        assert_eq!(
+            forward(get)["error"]["code"],
+            code::AUTH_REQUIRED,
+            "not in-process"
+        );
+        let auth = "{\"jsonrpc\":\"2.0\",\"method\":\"sys.auth\",\"params\":[\"t1\"],\"id\":2}\n";
+        assert_eq!(forward(auth)["result"]["user"], "bot1");
+        assert_eq!(forward(get)["result"], serde_json::Value::Null);
+        let other = get.replace("bot1.x", "bot2.x");
+        assert_eq!(forward(&other)["error"]["code"], code::PERMISSION_DENIED);
+        // An in-process call proper is internal.
+        let mut out = RVec::new();
+        rpc.on_deferred(&internal, other.as_bytes(), &mut out);
+        assert!(out
+            .as_slice()
+            .starts_with(br#"{"jsonrpc":"2.0","result":null"#));
+        rpc.stop();
+
+        // Protected mode: the forwarded address decides.
+        let dir = crate::testdir::TestDir::new("fwdprot");
+        let rpc = Rpc::start(&serde_json::json!({}), dir.path(), b"", &NullHost).unwrap();
+        // A self-forwarded peer (a proxy route of ours back at our own
+        // port) is not loopback, whatever its address.
+        for (peer, fwd, want) in [
+            ("10.0.0.5", false, Some(code::AUTH_REQUIRED)),
+            ("127.0.0.1", false, None),
+            ("127.0.0.1", true, Some(code::AUTH_REQUIRED)),
+        ] {
+            let env = handoff::envelope(
+                &rpc.token,
+                "fwd",
+                7,
+                false,
+                Peer::new(peer.parse().unwrap(), fwd),
+                get.as_bytes(),
+            );
+            let mut out = RVec::new();
+            rpc.on_deferred(&internal, &env, &mut out);
+            let text = String::from_utf8(out.into_vec()).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(text.split_once('\n').unwrap().1.trim()).unwrap();
+            assert_eq!(v["error"]["code"].as_i64(), want, "{peer} {fwd}: {v}");
+        }
+        rpc.stop();
+    }
+}

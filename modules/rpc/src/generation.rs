@@ -111,3 +111,52 @@ impl Rpc {
         abandoned
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use module_api::Handler;
+
+    use super::*;
+    use crate::testing::NullHost;
+
+    #[test]
+    fn handover_claim_resume_and_abandon() {
+        let dir = crate::testdir::TestDir::new("handover");
+        let cfg = serde_json::json!({"handoff_timeout_ms": 50});
+        let rpc = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
+        rpc.core.bus.subscribe(7, &["a.*".to_string()]).unwrap();
+        rpc.core.conns.put_back(
+            7,
+            crate::conns::ConnState {
+                partial: b"{\"par".to_vec(),
+                ..Default::default()
+            },
+        );
+
+        let state = rpc.save_state();
+        assert!(!rpc.live());
+        assert!(rpc.claim());
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert!(
+            !rpc.resume_if_abandoned(),
+            "a claimed handover never resumes by itself"
+        );
+        rpc.resume();
+        assert!(rpc.live());
+
+        rpc.save_state();
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert!(rpc.resume_if_abandoned(), "nobody claimed it");
+        assert!(rpc.live());
+        assert!(!rpc.claim(), "a late claim is refused");
+
+        // A successor starts from the state: same token, subscriptions and
+        // partial lines.
+        let next = Rpc::start(&cfg, dir.path(), &state, &NullHost).unwrap();
+        assert_eq!(next.token, rpc.token);
+        assert_eq!(next.core.bus.recipients("a.b"), [7]);
+        assert_eq!(next.core.conns.partial_kind(7), Some(false));
+        rpc.stop();
+        next.stop();
+    }
+}

@@ -526,13 +526,13 @@ pub(crate) mod testing {
 
     use module_api::CallStatus;
 
-    use super::*;
-    use crate::access::Peer;
     use crate::config::Config;
     use crate::core::Core;
-    use crate::jsonrpc::code;
+    use crate::host::HostApi;
     use crate::store::Store;
 
+    /// A host with no connections and no other modules: every push
+    /// reaches its connections, every call finds no module.
     pub struct NullHost;
 
     impl HostApi for NullHost {
@@ -551,153 +551,25 @@ pub(crate) mod testing {
         }
     }
 
-    #[test]
-    fn handover_claim_resume_and_abandon() {
-        let dir = crate::testdir::TestDir::new("handover");
-        let cfg = serde_json::json!({"handoff_timeout_ms": 50});
-        let rpc = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
-        rpc.core.bus.subscribe(7, &["a.*".to_string()]).unwrap();
-        rpc.core.conns.put_back(
-            7,
-            conns::ConnState {
-                partial: b"{\"par".to_vec(),
-                ..Default::default()
-            },
-        );
-
-        let state = rpc.save_state();
-        assert!(!rpc.live());
-        assert!(rpc.claim());
-        std::thread::sleep(std::time::Duration::from_millis(60));
-        assert!(
-            !rpc.resume_if_abandoned(),
-            "a claimed handover never resumes by itself"
-        );
-        rpc.resume();
-        assert!(rpc.live());
-
-        rpc.save_state();
-        std::thread::sleep(std::time::Duration::from_millis(60));
-        assert!(rpc.resume_if_abandoned(), "nobody claimed it");
-        assert!(rpc.live());
-        assert!(!rpc.claim(), "a late claim is refused");
-
-        // A successor starts from the state: same token, subscriptions and
-        // partial lines.
-        let next = Rpc::start(&cfg, dir.path(), &state, &NullHost).unwrap();
-        assert_eq!(next.token, rpc.token);
-        assert_eq!(next.core.bus.recipients("a.b"), [7]);
-        assert_eq!(next.core.conns.partial_kind(7), Some(false));
-        rpc.stop();
-        next.stop();
+    pub fn core() -> (Arc<Core>, crate::testdir::TestDir) {
+        core_with(serde_json::json!({}))
     }
 
-    #[test]
-    fn a_second_owner_waits_in_standby() {
-        let dir = crate::testdir::TestDir::new("standby");
-        let cfg = serde_json::json!({});
-        let a = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
-        let set = br#"{"jsonrpc":"2.0","method":"kv.set","params":["k",1],"id":1}"#;
-        let mut out = RVec::new();
-        raw::on_deferred(&a, 0, Peer::UNKNOWN, set, &mut out);
-        assert!(out
-            .as_slice()
-            .starts_with(br#"{"jsonrpc":"2.0","result":true"#));
-
-        let b = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
-        assert_eq!(*b.core.gate.read().unwrap(), Mode::Standby);
-        assert!(b.status().contains("standby=1"));
-        let info = ConnInfo::new(0, "127.0.0.1:1".parse().unwrap(), false);
-        let waiter = std::thread::scope(|s| {
-            let h = s.spawn(|| {
-                let get = br#"{"jsonrpc":"2.0","method":"kv.get","params":["k"],"id":2}"#;
-                let mut out = RVec::new();
-                b.on_deferred(&info, get, &mut out);
-                out.into_vec()
-            });
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            assert!(!h.is_finished(), "waits while the other owner lives");
-            a.stop();
-            drop(a);
-            h.join().unwrap()
-        });
-        assert_eq!(waiter, b"{\"jsonrpc\":\"2.0\",\"result\":1,\"id\":2}\n");
-        assert!(b.live());
-        b.stop();
+    pub fn core_with(config: serde_json::Value) -> (Arc<Core>, crate::testdir::TestDir) {
+        let dir = crate::testdir::TestDir::new("core");
+        let cfg = Config::from_json(&config, dir.path()).unwrap();
+        let store = Store::new(&cfg.db, cfg.cache_bytes);
+        let core = Core::new(cfg, store, &NullHost).unwrap();
+        (Arc::new(core), dir)
     }
+}
 
-    /// A message a frozen generation forwards arrives as an in-process
-    /// call (connection id 0) but runs as the connection it came from:
-    /// its login, or its address in protected mode.
-    #[test]
-    fn forwarded_messages_are_authorized_as_their_connection() {
-        let dir = crate::testdir::TestDir::new("fwdauth");
-        let hash = format!(
-            "sha256:{}",
-            access::users::hash_token("t1")
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
-        let cfg = serde_json::json!({"users": [{"name": "bot1", "token_hash": hash,
-            "permissions": {"kv_read": ["bot1.*"]}}]});
-        let rpc = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
-        let internal = ConnInfo::new(0, "127.0.0.1:1".parse().unwrap(), false);
-        let peer = Peer::new("10.0.0.5".parse().unwrap(), false);
-        let forward = |line: &str| {
-            let env = handoff::envelope(&rpc.token, "fwd", 7, false, peer, line.as_bytes());
-            let mut out = RVec::new();
-            rpc.on_deferred(&internal, &env, &mut out);
-            let text = String::from_utf8(out.into_vec()).unwrap();
-            let body = text.split_once('\n').unwrap().1.to_string();
-            serde_json::from_str::<serde_json::Value>(body.trim()).unwrap()
-        };
-        let get = "{\"jsonrpc\":\"2.0\",\"method\":\"kv.get\",\"params\":[\"bot1.x\"],\"id\":1}\n";
-        assert_eq!(
-            forward(get)["error"]["code"],
-            code::AUTH_REQUIRED,
-            "not in-process"
-        );
-        let auth = "{\"jsonrpc\":\"2.0\",\"method\":\"sys.auth\",\"params\":[\"t1\"],\"id\":2}\n";
-        assert_eq!(forward(auth)["result"]["user"], "bot1");
-        assert_eq!(forward(get)["result"], serde_json::Value::Null);
-        let other = get.replace("bot1.x", "bot2.x");
-        assert_eq!(forward(&other)["error"]["code"], code::PERMISSION_DENIED);
-        // An in-process call proper is internal.
-        let mut out = RVec::new();
-        rpc.on_deferred(&internal, other.as_bytes(), &mut out);
-        assert!(out
-            .as_slice()
-            .starts_with(br#"{"jsonrpc":"2.0","result":null"#));
-        rpc.stop();
+#[cfg(test)]
+mod tests {
+    use module_api::{ConnInfo, Handler, RVec};
 
-        // Protected mode: the forwarded address decides.
-        let dir = crate::testdir::TestDir::new("fwdprot");
-        let rpc = Rpc::start(&serde_json::json!({}), dir.path(), b"", &NullHost).unwrap();
-        // A self-forwarded peer (a proxy route of ours back at our own
-        // port) is not loopback, whatever its address.
-        for (peer, fwd, want) in [
-            ("10.0.0.5", false, Some(code::AUTH_REQUIRED)),
-            ("127.0.0.1", false, None),
-            ("127.0.0.1", true, Some(code::AUTH_REQUIRED)),
-        ] {
-            let env = handoff::envelope(
-                &rpc.token,
-                "fwd",
-                7,
-                false,
-                Peer::new(peer.parse().unwrap(), fwd),
-                get.as_bytes(),
-            );
-            let mut out = RVec::new();
-            rpc.on_deferred(&internal, &env, &mut out);
-            let text = String::from_utf8(out.into_vec()).unwrap();
-            let v: serde_json::Value =
-                serde_json::from_str(text.split_once('\n').unwrap().1.trim()).unwrap();
-            assert_eq!(v["error"]["code"].as_i64(), want, "{peer} {fwd}: {v}");
-        }
-        rpc.stop();
-    }
+    use crate::testing::NullHost;
+    use crate::Rpc;
 
     #[test]
     fn http_answers_close_the_connection_while_the_host_drains() {
@@ -727,76 +599,5 @@ pub(crate) mod testing {
             rpc.on_close(&info);
         }
         rpc.stop();
-    }
-
-    pub fn core() -> (Arc<Core>, crate::testdir::TestDir) {
-        core_with(serde_json::json!({}))
-    }
-
-    /// Records every `push_many` call.
-    #[derive(Default)]
-    struct Recorder(std::sync::Mutex<Vec<(Vec<u64>, usize)>>);
-
-    impl HostApi for Recorder {
-        fn push_many(&self, conns: &[u64], data: &[u8], _notice: &[u8]) -> usize {
-            self.0.lock().unwrap().push((conns.to_vec(), data.len()));
-            conns.len()
-        }
-        fn call(&self, _module: &str, _input: &[u8]) -> Result<Vec<u8>, CallStatus> {
-            Err(CallStatus::NoSuchModule)
-        }
-        fn wait_begin(&self) -> u64 {
-            0
-        }
-        fn wait_end(&self, _token: u64) {}
-        fn peer_identity(&self, _conn: u64) -> Vec<String> {
-            Vec::new()
-        }
-    }
-
-    #[test]
-    fn a_publish_is_one_push_for_all_its_recipients() {
-        let host: &'static Recorder = Box::leak(Box::default());
-        let dir = crate::testdir::TestDir::new("publish");
-        let cfg = Config::from_json(&serde_json::json!({}), dir.path()).unwrap();
-        let store = Store::new(&cfg.db, cfg.cache_bytes);
-        let core = Core::new(cfg, store, host).unwrap();
-        for conn in 1..=300 {
-            core.bus.subscribe(conn, &["wide.*".to_string()]).unwrap();
-        }
-        core.bus.subscribe(7, &["wide.>".to_string()]).unwrap();
-        let data = format!("\"{}\"", "d".repeat(900 * 1024));
-        let line = format!(
-            r#"{{"jsonrpc":"2.0","method":"bus.publish","params":{{"topic":"wide.x","data":{data}}},"id":1}}"#
-        );
-        let map = core.store.read();
-        let mut env = methods::Env {
-            core: &core,
-            view: store::View::Read(&map),
-            now: 0,
-            conn: 0,
-            later: None,
-            subscribed: false,
-            who: crate::access::Who::Internal,
-            peer: Peer::UNKNOWN,
-            close: false,
-        };
-        let mut out = Vec::new();
-        methods::eval_message(&mut env, &jsonrpc::parse(line.as_bytes(), 10), &mut out);
-        assert_eq!(out, br#"{"jsonrpc":"2.0","result":300,"id":1}"#);
-        let calls = host.0.lock().unwrap();
-        assert_eq!(calls.len(), 1, "one push for every recipient");
-        let (mut conns, len) = calls[0].clone();
-        assert!(len > 900 * 1024 && len < 900 * 1024 + 100);
-        conns.sort_unstable();
-        assert_eq!(conns, (1..=300).collect::<Vec<u64>>(), "each once");
-    }
-
-    pub fn core_with(config: serde_json::Value) -> (Arc<Core>, crate::testdir::TestDir) {
-        let dir = crate::testdir::TestDir::new("core");
-        let cfg = Config::from_json(&config, dir.path()).unwrap();
-        let store = Store::new(&cfg.db, cfg.cache_bytes);
-        let core = Core::new(cfg, store, &NullHost).unwrap();
-        (Arc::new(core), dir)
     }
 }
