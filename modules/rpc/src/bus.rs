@@ -19,7 +19,7 @@
 //! `max_subscriptions_total` in all; both are answered with -32031.
 //!
 //! The bus only knows connection ids; delivering is the caller's job
-//! (see [`crate::Core::deliver`]).
+//! (see [`crate::core::Core::deliver`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::RwLock;
@@ -349,6 +349,13 @@ impl Bus {
             }
         }
     }
+}
+
+/// A `bus.message` notification waiting to be delivered (see
+/// [`crate::core::Core::deliver`]).
+pub struct Note {
+    pub topic_conns: Vec<u64>,
+    pub bytes: Vec<u8>,
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ pub struct ConnState {
     /// `partial` is the start of an HTTP request.
     pub partial_http: bool,
     /// The reply of the submission in the writer, once it is there.
-    pub pending: Option<Receiver<crate::writer::Reply>>,
+    pub pending: Option<Receiver<crate::types::Reply>>,
     /// Raw TCP: the first `scanned` bytes of the input the host will pass
     /// next hold no newline (the start of a line still arriving), so the
     /// next call searches only what arrived since.
@@ -222,7 +222,7 @@ mod tests {
         ));
         assert_eq!(c.partial_kind(5), Some(false));
         assert!(c.has_pending(5));
-        tx.send(crate::writer::Reply {
+        tx.send(crate::types::Reply {
             out: b"reply".to_vec(),
             taken: 1,
             close: false,

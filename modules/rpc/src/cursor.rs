@@ -37,8 +37,8 @@ pub fn seal(after: &str) -> String {
         &mut data,
     )
     .expect("a key fits");
-    let mut out = crate::handoff::to_hex(&nonce);
-    out.push_str(&crate::handoff::to_hex(&data));
+    let mut out = crate::hex::to_hex(&nonce);
+    out.push_str(&crate::hex::to_hex(&data));
     out
 }
 
@@ -53,7 +53,7 @@ pub fn open(cursor: &str) -> Result<String, RpcError> {
     if cursor.len() % 2 != 0 || !cursor.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
-    let mut bytes = crate::handoff::from_hex(cursor);
+    let mut bytes = crate::hex::from_hex(cursor);
     if bytes.len() < NONCE_LEN {
         return Err(bad());
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::config::SyncMode;
-use crate::store::{Entry, Overlay};
+use crate::entry::{Entry, Overlay};
 
 /// `PRAGMA user_version` of the current layout. Version 0 (the first
 /// layout) had `value` before `expires_at` and no sizes nor totals.

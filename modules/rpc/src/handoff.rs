@@ -45,22 +45,14 @@ use serde::{Deserialize, Serialize};
 use crate::access::Peer;
 
 use crate::access::session::SessionSnap;
+use crate::generation::Rpc;
+use crate::host::{wait, HostApi};
 use crate::jsonrpc::{self, code, RpcError, Sink};
-use crate::{post, raw, HostApi, Rpc};
+use crate::types::Mode;
+use crate::{post, raw};
 
 /// Every internal call starts with this.
 pub const PREFIX: &[u8] = b"\0rpc ";
-
-/// Whether a generation serves requests itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Live,
-    /// Handed over: forwards everything to the current generation.
-    Frozen,
-    /// Another process owns the database (see [`crate::owner`]): requests
-    /// wait until it lets go.
-    Standby,
-}
 
 /// What a generation hands to the next one.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -125,16 +117,6 @@ pub fn new_token() -> String {
     )
 }
 
-pub fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-pub fn from_hex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
-}
-
 /// A parsed internal call.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Internal<'a> {
@@ -152,15 +134,6 @@ pub enum Internal<'a> {
     Claim,
     /// The successor failed to start: serve again.
     Resume,
-}
-
-/// The retiring side of a handover, guarded by the gate's write lock.
-#[derive(Debug, Default)]
-pub struct Handover {
-    /// When `save_state` froze this generation.
-    pub frozen_at: Option<Instant>,
-    /// A successor has claimed the state.
-    pub claimed: bool,
 }
 
 /// A frozen generation that nobody claimed went back to serving.
@@ -233,87 +206,6 @@ fn action_name(v: &Verdict) -> &'static str {
         module_api::Action::Close => "close",
         module_api::Action::Keep => "keep",
         _ => "done",
-    }
-}
-
-/// The retiring side's steps, each with the gate write-locked.
-impl Rpc {
-    fn gate(&self) -> std::sync::RwLockWriteGuard<'_, Mode> {
-        self.core.gate.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    #[cfg(test)]
-    pub(crate) fn live(&self) -> bool {
-        matches!(self.core.gate.try_read().as_deref(), Ok(Mode::Live))
-    }
-
-    /// The mode to go back to after a handover that did not happen.
-    fn unfrozen(&self) -> Mode {
-        if self
-            .core
-            .owner_fd
-            .load(std::sync::atomic::Ordering::Acquire)
-            >= 0
-        {
-            Mode::Live
-        } else {
-            Mode::Standby
-        }
-    }
-
-    fn handover(&self) -> std::sync::MutexGuard<'_, Handover> {
-        self.handover.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Freezes this generation for a handover (see [`handoff`]); returns
-    /// the mode it was in.
-    pub(crate) fn freeze(&self) -> Mode {
-        let mut gate = self.gate();
-        let was = std::mem::replace(&mut *gate, Mode::Frozen);
-        *self.handover() = Handover {
-            frozen_at: Some(std::time::Instant::now()),
-            claimed: false,
-        };
-        was
-    }
-
-    /// A successor claims the state: `false` if this generation is not
-    /// frozen (it resumed, or was never asked to hand over).
-    pub(crate) fn claim(&self) -> bool {
-        let gate = self.gate();
-        let frozen = *gate == Mode::Frozen;
-        if frozen {
-            self.handover().claimed = true;
-        }
-        frozen
-    }
-
-    /// Serves again: the successor failed to start.
-    pub(crate) fn resume(&self) {
-        let mut gate = self.gate();
-        *gate = self.unfrozen();
-        *self.handover() = Handover::default();
-    }
-
-    /// Serves again if no successor claimed the handover in time (the host
-    /// gave up on the reload before starting one). Returns whether it did.
-    pub fn resume_if_abandoned(&self) -> bool {
-        let mut gate = self.gate();
-        let h = self.handover();
-        let abandoned = *gate == Mode::Frozen
-            && !h.claimed
-            && h.frozen_at
-                .is_some_and(|t| t.elapsed() >= self.core.cfg.handoff_timeout());
-        drop(h);
-        if abandoned {
-            log::warn!(
-                "no new generation claimed the handover within {:?}; serving again",
-                self.core.cfg.handoff_timeout()
-            );
-            *gate = self.unfrozen();
-            *self.handover() = Handover::default();
-        }
-        abandoned
     }
 }
 
@@ -393,7 +285,7 @@ pub fn forward(
             break;
         }
         // Waiting for the successor to be installed is not a hang.
-        crate::wait(rpc.core.host, || std::thread::sleep(pause));
+        wait(rpc.core.host, || std::thread::sleep(pause));
         pause = (pause * 2).min(Duration::from_millis(20));
     }
     Ok(unavailable(http, input.len(), out))
@@ -510,7 +402,6 @@ mod tests {
         assert_eq!(parse(b"{\"jsonrpc\":\"2.0\"}", "t0k"), None);
         let e = envelope("t0k", "close", 7, false, Peer::UNKNOWN, b"");
         assert_eq!(parse(&e, "t0k"), Some(Internal::Close { conn: 7 }));
-        assert_eq!(from_hex(&to_hex(b"\0{\xff")), b"\0{\xff");
         let s = State {
             version: 1,
             token: "x".into(),

@@ -307,222 +307,76 @@
 //!
 //! # The parts
 //!
-//! [`jsonrpc`] (framing, pure), [`methods`] (what each method does),
-//! [`store`] (the value cache, the totals and limits), [`db`] (SQLite), [`writer`]
-//! (group commit), [`bus`] (subscription trie), [`conns`] (reply ordering per
-//! connection), [`raw`] and [`post`] (the transports), [`handoff`]
-//! (reload), [`owner`] (one writer per database), [`access`] (users,
-//! permissions, logins), [`config`].
+//! [`jsonrpc`] (framing, pure), [`methods`] (one file per method),
+//! [`store`] (the value cache, the totals and limits), [`db`] (SQLite),
+//! [`writer`] (group commit), [`bus`] (subscription trie), [`conns`]
+//! (reply ordering per connection), [`raw`] and [`post`] (the
+//! transports), [`dispatch`] (which transport, and serve, wait or
+//! forward), [`start`] and [`generation`] (a generation's start and its
+//! handover steps), [`handoff`] (reload messages), [`owner`] (one writer
+//! per database), [`access`] (users, permissions, logins), [`config`].
+//!
+//! # Layers
+//!
+//! Imports only go down this list; nothing imports from a file above it
+//! (unit tests aside), so there is no import circle. A value type many
+//! layers pass around lives at the bottom, not in the layer that makes
+//! it.
+//!
+//! 1. Leaves, importing nothing from the crate: [`hex`], [`types`]
+//!    (`Kind`, `Reply`, `Mode`), [`host`] (`HostApi`, `wait`), [`entry`]
+//!    (`Entry`, `Overlay`), [`jsonrpc`], [`config`], [`owner`].
+//! 2. Data: [`db`] (over `entry`), then [`store`] (over `db`).
+//! 3. Shared tables: [`bus`], [`conns`], [`cursor`], then [`access`]
+//!    (over `conns`, `bus`, `host`).
+//! 4. [`core`]: `Core`, what every thread of a generation shares.
+//! 5. [`methods`]: `table`, `params`, `env`, then one file per method,
+//!    then `methods/mod.rs` (evaluation and dispatch).
+//! 6. [`writer`], then [`generation`] (`Rpc` holds the writer).
+//! 7. The transports: [`raw`], [`post`].
+//! 8. [`handoff`] (forwards to the transports), then [`start`] and
+//!    [`dispatch`].
+//! 9. `lib.rs`: the manifest, the `Handler` the host calls, the export.
 
 pub mod access;
 pub mod bus;
 pub mod config;
 pub mod conns;
+pub mod core;
 pub mod cursor;
 pub mod db;
+pub mod dispatch;
+pub mod entry;
+pub mod generation;
 pub mod handoff;
+pub mod hex;
+pub mod host;
 pub mod jsonrpc;
 pub mod methods;
 pub mod owner;
 pub mod post;
 pub mod raw;
+pub mod start;
 pub mod store;
+pub mod types;
 pub mod writer;
 
 #[cfg(test)]
 mod testdir;
+#[cfg(test)]
+mod testing;
 
-use crate::access::Peer;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::Ordering;
 
-use module_api::{
-    CallStatus, ConnInfo, Handler, Manifest, Protocol, RVec, ReloadMode, StartContext, Verdict,
-};
+use module_api::{ConnInfo, Handler, Manifest, Protocol, ReloadMode, StartContext, Verdict};
 
-use crate::access::{Access, Who};
-use crate::bus::Bus;
-use crate::config::Config;
-use crate::conns::Conns;
-use crate::handoff::{Handover, Internal, Mode, ResumeGuard, State};
-use crate::jsonrpc::{code, RpcError};
-use crate::methods::Note;
-use crate::owner::Owner;
-use crate::store::Store;
-use crate::writer::{Start, Writer};
+use crate::handoff::State;
+use crate::host::wait;
+use crate::types::Mode;
 
-/// Sent before the host disconnects a connection whose unsent output grew
-/// past `[server] max_push_backlog` (a subscriber that does not read).
-pub const OVERFLOW_NOTICE: &[u8] = b"{\"jsonrpc\":\"2.0\",\"method\":\"bus.overflow\",\"params\":{\"message\":\"too much unread output (slow subscriber); disconnecting\"}}\n";
-
-/// What the module needs from the host (the real [`module_api::Host`], or
-/// a stand-in in unit tests).
-pub trait HostApi: Send + Sync {
-    /// Queues the same bytes on many connections; the host copies them
-    /// once. Returns how many of them exist. Never blocks.
-    fn push_many(&self, conns: &[u64], data: &[u8], notice: &[u8]) -> usize;
-    /// Calls the current generation of a module in-process (blocks).
-    fn call(&self, module: &str, input: &[u8]) -> Result<Vec<u8>, CallStatus>;
-    /// Starts a wait on another thread that is not a hang (see [`wait`]).
-    fn wait_begin(&self) -> u64;
-    /// Ends a wait started by [`HostApi::wait_begin`].
-    fn wait_end(&self, token: u64);
-    /// The names on connection `conn`'s verified client certificate (CN
-    /// first, then SANs); empty without one.
-    fn peer_identity(&self, conn: u64) -> Vec<String>;
-}
-
-impl HostApi for module_api::Host {
-    fn push_many(&self, conns: &[u64], data: &[u8], notice: &[u8]) -> usize {
-        module_api::Host::push_many(self, conns, data, notice)
-    }
-    fn call(&self, module: &str, input: &[u8]) -> Result<Vec<u8>, CallStatus> {
-        module_api::Host::call(self, module, input)
-    }
-    fn wait_begin(&self) -> u64 {
-        self.raw().wait_begin()
-    }
-    fn wait_end(&self, token: u64) {
-        self.raw().wait_end(token)
-    }
-    fn peer_identity(&self, conn: u64) -> Vec<String> {
-        self.raw()
-            .peer_identity(conn)
-            .into_iter()
-            .map(|s| s.into_string())
-            .collect()
-    }
-}
-
-/// Runs `f`, a wait for another thread (the writer's commit, a successor
-/// during a hand-over), with the host's hang detection paused for the
-/// calling thread: a slow commit is not a stuck module. Only the wait
-/// goes inside; computation stays outside, where a real hang is caught.
-pub fn wait<T>(host: &dyn HostApi, f: impl FnOnce() -> T) -> T {
-    struct End<'a>(&'a dyn HostApi, u64);
-    impl Drop for End<'_> {
-        fn drop(&mut self) {
-            self.0.wait_end(self.1);
-        }
-    }
-    let _end = End(host, host.wait_begin());
-    f()
-}
-
-/// Counters for `STATUS`.
-#[derive(Default)]
-pub struct Stats {
-    pub commits: AtomicU64,
-    pub writes: AtomicU64,
-    pub failed_commits: AtomicU64,
-    pub purged: AtomicU64,
-    /// Messages a frozen generation handed to its successor.
-    pub forwarded: AtomicU64,
-}
-
-/// What the event loops, the pool and the writer share.
-pub struct Core {
-    pub cfg: Config,
-    pub store: Store,
-    pub bus: Bus,
-    pub conns: Conns,
-    /// Users, sessions and the login brake ([`access`]).
-    pub access: Access,
-    pub host: &'static dyn HostApi,
-    pub stats: Stats,
-    /// Whether this generation serves (see [`handoff`] and [`owner`]).
-    pub gate: RwLock<Mode>,
-    /// The descriptor of the ownership lock once held, else -1.
-    pub owner_fd: AtomicI32,
-}
-
-impl Core {
-    /// Fails when the users table is wrong (the message names the user).
-    pub fn new(cfg: Config, store: Store, host: &'static dyn HostApi) -> Result<Core, String> {
-        Ok(Core {
-            bus: Bus::new(cfg.max_subscriptions, cfg.max_subscriptions_total),
-            access: Access::new(&cfg)?,
-            cfg,
-            store,
-            conns: Conns::default(),
-            host,
-            stats: Stats::default(),
-            gate: RwLock::new(Mode::Live),
-            owner_fd: AtomicI32::new(-1),
-        })
-    }
-
-    /// Pushes a notification to its recipients, one shared copy for all
-    /// of them; returns how many exist.
-    pub fn deliver(&self, note: &Note) -> usize {
-        if note.topic_conns.is_empty() {
-            return 0;
-        }
-        self.host
-            .push_many(&note.topic_conns, &note.bytes, OVERFLOW_NOTICE)
-    }
-}
-
-/// The error for a line over the limit.
-pub fn too_large(core: &Core) -> RpcError {
-    RpcError::new(
-        code::TOO_LARGE,
-        format!(
-            "request too large: lines are limited to {} bytes; closing",
-            core.cfg.max_line_bytes
-        ),
-    )
-}
-
-/// The notification a connection gets when a reload took one of its
-/// subscriptions away.
-pub fn revoked_notice(pattern: &str) -> Vec<u8> {
-    let mut out = br#"{"jsonrpc":"2.0","method":"bus.revoked","params":{"pattern":"#.to_vec();
-    jsonrpc::write_str(&mut out, pattern);
-    out.extend_from_slice(b"}}\n");
-    out
-}
-
-/// After a reload: drops the handed-over subscriptions that their
-/// connections may no longer hold under the new users, telling each
-/// connection with a `bus.revoked` notification per pattern. `whos` are
-/// the connections whose sessions were handed over; the others were
-/// served in protected mode (loopback) and are judged as they are now.
-fn revoke_subscriptions(core: &Core, whos: Vec<(u64, Who)>) {
-    let whos: std::collections::HashMap<u64, Who> = whos.into_iter().collect();
-    for (conn, patterns) in core.bus.snapshot() {
-        let who = whos.get(&conn).cloned().unwrap_or_else(|| {
-            if core.access.users.is_empty() {
-                Who::Loopback
-            } else {
-                core.access.who(core.host, &core.conns, conn, Peer::UNKNOWN)
-            }
-        });
-        let gone: Vec<String> = patterns
-            .into_iter()
-            .filter(|p| !who.may(access::Right::Subscribe, p))
-            .collect();
-        if gone.is_empty() {
-            continue;
-        }
-        core.bus.unsubscribe(conn, Some(&gone));
-        for p in &gone {
-            log::info!("conn {conn}: subscription {p:?} revoked by the new users/permissions");
-            core.host
-                .push_many(&[conn], &revoked_notice(p), OVERFLOW_NOTICE);
-        }
-    }
-}
-
-/// One generation of the module.
-pub struct Rpc {
-    pub core: Arc<Core>,
-    pub writer: Writer,
-    /// The handover's progress (changed with the gate write-locked).
-    pub handover: std::sync::Mutex<Handover>,
-    /// Secret shared by the generations for internal calls.
-    pub token: String,
-}
+pub use crate::core::OVERFLOW_NOTICE;
+pub use crate::generation::Rpc;
+pub use crate::host::HostApi;
 
 /// The module's manifest.
 pub fn manifest() -> Manifest {
@@ -533,211 +387,6 @@ pub fn manifest() -> Manifest {
         .protocol(Protocol::JsonRpc)
         .reload(ReloadMode::Overlap)
         .defers(true)
-}
-
-impl Rpc {
-    /// Opens the database (reading no value) and starts the writer; `state` is the
-    /// previous generation's (empty on a first start).
-    pub fn start(
-        config: &serde_json::Value,
-        data_dir: &std::path::Path,
-        state: &[u8],
-        host: &'static dyn HostApi,
-    ) -> Result<Rpc, String> {
-        let state = State::parse(state)?;
-        if let Some(s) = &state {
-            handoff::claim(host, &s.token)?;
-        }
-        // From here on, a failure must let the frozen predecessor resume
-        // (at once: a config the new generation refuses, such as a bad
-        // users table, leaves the old one serving without a pause).
-        let mut resume = ResumeGuard {
-            host,
-            token: state.as_ref().map(|s| s.token.clone()),
-        };
-        let cfg = Config::from_json(config, data_dir)?;
-        // Checked before the database lock is taken over.
-        Access::new(&cfg)?;
-        let token = state
-            .as_ref()
-            .map_or_else(handoff::new_token, |s| s.token.clone());
-        // Own the database: the predecessor's lock, or a free one.
-        let lock = Owner::lock_path(&cfg.db);
-        let adopted = state
-            .as_ref()
-            .and_then(|s| s.lock_fd)
-            .and_then(|fd| Owner::adopt(fd, &lock));
-        let owner = match adopted {
-            Some(o) => Some(o),
-            None => Owner::try_acquire(&lock)?,
-        };
-        let store = Store::new(&cfg.db, cfg.cache_bytes);
-        let (start, mode) = match owner {
-            Some(owner) => {
-                let db = db::Db::open(&cfg.db, cfg.sync)?;
-                (Start::Ready { db, owner }, Mode::Live)
-            }
-            None => {
-                log::warn!(
-                    "{} is in use by another process (a worker being replaced, or another \
-                     server on this data directory); requests wait until it lets go",
-                    cfg.db.display()
-                );
-                (Start::Standby, Mode::Standby)
-            }
-        };
-        let core = Arc::new(Core::new(cfg, store, host)?);
-        *core.gate.write().unwrap_or_else(|e| e.into_inner()) = mode;
-        if let Some(s) = state {
-            // First the tombstones: nothing comes back for a connection
-            // the previous generation saw close.
-            core.conns.restore_closed(s.closed);
-            let partials = s.conns.iter();
-            core.conns.restore(
-                partials
-                    .map(|c| (c.id, handoff::from_hex(&c.partial), c.http))
-                    .collect(),
-            );
-            core.bus.restore(s.subs);
-            let whos = core.access.restore(host, &core.conns, s.sessions);
-            revoke_subscriptions(&core, whos);
-        }
-        let writer = Writer::spawn(core.clone(), start)?;
-        resume.token = None;
-        log::info!(
-            "serving {} keys from {} (sync={}), {} subscriptions handed over",
-            core.store.len(),
-            core.cfg.db.display(),
-            core.cfg.sync.name(),
-            core.bus.counts().1
-        );
-        Ok(Rpc {
-            core,
-            writer,
-            handover: Default::default(),
-            token,
-        })
-    }
-
-    /// Whether input on a connection is (the rest of) an HTTP request
-    /// rather than JSON-RPC lines — a kept connection's input comes here
-    /// whatever its first bytes, so a started message decides first — and
-    /// whether it continues a kept start.
-    fn transport(&self, conn: u64, input: &[u8]) -> (bool, bool) {
-        let started = if conn == 0 {
-            None
-        } else {
-            self.core.conns.partial_kind(conn)
-        };
-        match started {
-            Some(http) => (http, true),
-            None => (input.starts_with(b"POST "), false),
-        }
-    }
-
-    /// In-process calls (connection id 0): internal calls between
-    /// generations, or JSON-RPC from another module.
-    fn on_call(&self, input: &[u8], out: &mut RVec<u8>) -> Verdict {
-        match handoff::parse(input, &self.token) {
-            Some(Internal::Resume) => {
-                self.resume();
-                log::warn!("resuming: the next generation failed to start");
-                out.extend_from_copy_slice(b"ok done\n");
-                Verdict::done(input.len())
-            }
-            Some(Internal::Claim) => {
-                let reply: &[u8] = if self.claim() {
-                    b"ok done\n"
-                } else {
-                    b"refused\n"
-                };
-                out.extend_from_copy_slice(reply);
-                Verdict::done(input.len())
-            }
-            Some(Internal::Close { conn }) => {
-                let frozen = !matches!(
-                    self.core.gate.try_read().as_deref(),
-                    Ok(Mode::Live | Mode::Standby)
-                );
-                if !frozen {
-                    self.closed(conn);
-                    out.extend_from_copy_slice(b"ok done\n");
-                } else {
-                    out.extend_from_copy_slice(b"retry\n");
-                }
-                Verdict::done(input.len())
-            }
-            // Forwarded messages and JSON-RPC calls may wait for a commit.
-            Some(Internal::Forward { .. }) | None => Verdict::defer(input.len()),
-        }
-    }
-
-    fn on_call_deferred(&self, input: &[u8], out: &mut RVec<u8>) -> Verdict {
-        if let Some(Internal::Forward {
-            conn,
-            http,
-            peer,
-            payload,
-        }) = handoff::parse(input, &self.token)
-        {
-            handoff::serve(self, conn, http, peer, payload, out);
-            return Verdict::done(input.len());
-        }
-        let http = input.starts_with(b"POST ");
-        self.deferred(0, Peer::UNKNOWN, false, http, input, out)
-    }
-
-    /// A deferred message: handled here while live (the gate held, so a
-    /// handover waits for it), forwarded to the successor once frozen.
-    fn deferred(
-        &self,
-        conn: u64,
-        peer: Peer,
-        draining: bool,
-        http: bool,
-        input: &[u8],
-        out: &mut RVec<u8>,
-    ) -> Verdict {
-        if conn != 0 && self.core.conns.has_pending(conn) {
-            // Replies to lines this generation handed to its writer.
-            return raw::on_deferred(self, conn, peer, input, out);
-        }
-        let since = std::time::Instant::now();
-        loop {
-            let gate = self.core.gate.read().unwrap_or_else(|e| e.into_inner());
-            match *gate {
-                Mode::Live => {
-                    return if http {
-                        post::on_deferred(self, conn, peer, draining, input, out)
-                    } else {
-                        raw::on_deferred(self, conn, peer, input, out)
-                    };
-                }
-                Mode::Frozen => {
-                    drop(gate);
-                    if let Ok(v) = handoff::forward(self, conn, http, peer, input, out) {
-                        return v;
-                    }
-                }
-                Mode::Standby => {
-                    drop(gate);
-                    if since.elapsed() >= self.core.cfg.handoff_timeout() {
-                        return handoff::unavailable(http, input.len(), out);
-                    }
-                    let pause = std::time::Duration::from_millis(2);
-                    wait(self.core.host, || std::thread::sleep(pause));
-                }
-            }
-        }
-    }
-
-    /// A connection closed: forget its state, subscriptions and login.
-    fn closed(&self, conn: u64) {
-        self.core
-            .conns
-            .close(conn, || self.core.bus.remove_conn(conn));
-        self.core.access.sessions.remove(conn);
-    }
 }
 
 impl Handler for Rpc {
@@ -811,7 +460,7 @@ impl Handler for Rpc {
                 .into_iter()
                 .map(|(id, partial, http)| handoff::ConnSnap {
                     id,
-                    partial: handoff::to_hex(&partial),
+                    partial: hex::to_hex(&partial),
                     http,
                 })
                 .collect(),
@@ -872,180 +521,11 @@ fn start(ctx: StartContext<'_>) -> Result<Rpc, String> {
 module_api::export_module!(manifest = manifest, start = start);
 
 #[cfg(test)]
-pub(crate) mod testing {
-    //! A core with a stand-in host, for unit tests.
+mod tests {
+    use module_api::{ConnInfo, Handler, RVec};
 
-    use super::*;
-
-    pub struct NullHost;
-
-    impl HostApi for NullHost {
-        fn push_many(&self, conns: &[u64], _data: &[u8], _notice: &[u8]) -> usize {
-            conns.len()
-        }
-        fn call(&self, _module: &str, _input: &[u8]) -> Result<Vec<u8>, CallStatus> {
-            Err(CallStatus::NoSuchModule)
-        }
-        fn wait_begin(&self) -> u64 {
-            0
-        }
-        fn wait_end(&self, _token: u64) {}
-        fn peer_identity(&self, _conn: u64) -> Vec<String> {
-            Vec::new()
-        }
-    }
-
-    #[test]
-    fn handover_claim_resume_and_abandon() {
-        let dir = crate::testdir::TestDir::new("handover");
-        let cfg = serde_json::json!({"handoff_timeout_ms": 50});
-        let rpc = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
-        rpc.core.bus.subscribe(7, &["a.*".to_string()]).unwrap();
-        rpc.core.conns.put_back(
-            7,
-            conns::ConnState {
-                partial: b"{\"par".to_vec(),
-                ..Default::default()
-            },
-        );
-
-        let state = rpc.save_state();
-        assert!(!rpc.live());
-        assert!(rpc.claim());
-        std::thread::sleep(std::time::Duration::from_millis(60));
-        assert!(
-            !rpc.resume_if_abandoned(),
-            "a claimed handover never resumes by itself"
-        );
-        rpc.resume();
-        assert!(rpc.live());
-
-        rpc.save_state();
-        std::thread::sleep(std::time::Duration::from_millis(60));
-        assert!(rpc.resume_if_abandoned(), "nobody claimed it");
-        assert!(rpc.live());
-        assert!(!rpc.claim(), "a late claim is refused");
-
-        // A successor starts from the state: same token, subscriptions and
-        // partial lines.
-        let next = Rpc::start(&cfg, dir.path(), &state, &NullHost).unwrap();
-        assert_eq!(next.token, rpc.token);
-        assert_eq!(next.core.bus.recipients("a.b"), [7]);
-        assert_eq!(next.core.conns.partial_kind(7), Some(false));
-        rpc.stop();
-        next.stop();
-    }
-
-    #[test]
-    fn a_second_owner_waits_in_standby() {
-        let dir = crate::testdir::TestDir::new("standby");
-        let cfg = serde_json::json!({});
-        let a = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
-        let set = br#"{"jsonrpc":"2.0","method":"kv.set","params":["k",1],"id":1}"#;
-        let mut out = RVec::new();
-        raw::on_deferred(&a, 0, Peer::UNKNOWN, set, &mut out);
-        assert!(out
-            .as_slice()
-            .starts_with(br#"{"jsonrpc":"2.0","result":true"#));
-
-        let b = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
-        assert_eq!(*b.core.gate.read().unwrap(), Mode::Standby);
-        assert!(b.status().contains("standby=1"));
-        let info = ConnInfo::new(0, "127.0.0.1:1".parse().unwrap(), false);
-        let waiter = std::thread::scope(|s| {
-            let h = s.spawn(|| {
-                let get = br#"{"jsonrpc":"2.0","method":"kv.get","params":["k"],"id":2}"#;
-                let mut out = RVec::new();
-                b.on_deferred(&info, get, module_api::Out::from_mut(&mut out));
-                out.into_vec()
-            });
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            assert!(!h.is_finished(), "waits while the other owner lives");
-            a.stop();
-            drop(a);
-            h.join().unwrap()
-        });
-        assert_eq!(waiter, b"{\"jsonrpc\":\"2.0\",\"result\":1,\"id\":2}\n");
-        assert!(b.live());
-        b.stop();
-    }
-
-    /// A message a frozen generation forwards arrives as an in-process
-    /// call (connection id 0) but runs as the connection it came from:
-    /// its login, or its address in protected mode.
-    #[test]
-    fn forwarded_messages_are_authorized_as_their_connection() {
-        let dir = crate::testdir::TestDir::new("fwdauth");
-        let hash = format!(
-            "sha256:{}",
-            access::users::hash_token("t1")
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
-        let cfg = serde_json::json!({"users": [{"name": "bot1", "token_hash": hash,
-            "permissions": {"kv_read": ["bot1.*"]}}]});
-        let rpc = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
-        let internal = ConnInfo::new(0, "127.0.0.1:1".parse().unwrap(), false);
-        let peer = Peer::new("10.0.0.5".parse().unwrap(), false);
-        let forward = |line: &str| {
-            let env = handoff::envelope(&rpc.token, "fwd", 7, false, peer, line.as_bytes());
-            let mut out = RVec::new();
-            rpc.on_deferred(&internal, &env, module_api::Out::from_mut(&mut out));
-            let text = String::from_utf8(out.into_vec()).unwrap();
-            let body = text.split_once('\n').unwrap().1.to_string();
-            serde_json::from_str::<serde_json::Value>(body.trim()).unwrap()
-        };
-        let get = "{\"jsonrpc\":\"2.0\",\"method\":\"kv.get\",\"params\":[\"bot1.x\"],\"id\":1}\n";
-        assert_eq!(
-            forward(get)["error"]["code"],
-            code::AUTH_REQUIRED,
-            "not in-process"
-        );
-        let auth = "{\"jsonrpc\":\"2.0\",\"method\":\"sys.auth\",\"params\":[\"t1\"],\"id\":2}\n";
-        assert_eq!(forward(auth)["result"]["user"], "bot1");
-        assert_eq!(forward(get)["result"], serde_json::Value::Null);
-        let other = get.replace("bot1.x", "bot2.x");
-        assert_eq!(forward(&other)["error"]["code"], code::PERMISSION_DENIED);
-        // An in-process call proper is internal.
-        let mut out = RVec::new();
-        rpc.on_deferred(
-            &internal,
-            other.as_bytes(),
-            module_api::Out::from_mut(&mut out),
-        );
-        assert!(out
-            .as_slice()
-            .starts_with(br#"{"jsonrpc":"2.0","result":null"#));
-        rpc.stop();
-
-        // Protected mode: the forwarded address decides.
-        let dir = crate::testdir::TestDir::new("fwdprot");
-        let rpc = Rpc::start(&serde_json::json!({}), dir.path(), b"", &NullHost).unwrap();
-        // A self-forwarded peer (a proxy route of ours back at our own
-        // port) is not loopback, whatever its address.
-        for (peer, fwd, want) in [
-            ("10.0.0.5", false, Some(code::AUTH_REQUIRED)),
-            ("127.0.0.1", false, None),
-            ("127.0.0.1", true, Some(code::AUTH_REQUIRED)),
-        ] {
-            let env = handoff::envelope(
-                &rpc.token,
-                "fwd",
-                7,
-                false,
-                Peer::new(peer.parse().unwrap(), fwd),
-                get.as_bytes(),
-            );
-            let mut out = RVec::new();
-            rpc.on_deferred(&internal, &env, module_api::Out::from_mut(&mut out));
-            let text = String::from_utf8(out.into_vec()).unwrap();
-            let v: serde_json::Value =
-                serde_json::from_str(text.split_once('\n').unwrap().1.trim()).unwrap();
-            assert_eq!(v["error"]["code"].as_i64(), want, "{peer} {fwd}: {v}");
-        }
-        rpc.stop();
-    }
+    use crate::testing::NullHost;
+    use crate::Rpc;
 
     #[test]
     fn http_answers_close_the_connection_while_the_host_drains() {
@@ -1075,76 +555,5 @@ pub(crate) mod testing {
             rpc.on_close(&info);
         }
         rpc.stop();
-    }
-
-    pub fn core() -> (Arc<Core>, crate::testdir::TestDir) {
-        core_with(serde_json::json!({}))
-    }
-
-    /// Records every `push_many` call.
-    #[derive(Default)]
-    struct Recorder(std::sync::Mutex<Vec<(Vec<u64>, usize)>>);
-
-    impl HostApi for Recorder {
-        fn push_many(&self, conns: &[u64], data: &[u8], _notice: &[u8]) -> usize {
-            self.0.lock().unwrap().push((conns.to_vec(), data.len()));
-            conns.len()
-        }
-        fn call(&self, _module: &str, _input: &[u8]) -> Result<Vec<u8>, CallStatus> {
-            Err(CallStatus::NoSuchModule)
-        }
-        fn wait_begin(&self) -> u64 {
-            0
-        }
-        fn wait_end(&self, _token: u64) {}
-        fn peer_identity(&self, _conn: u64) -> Vec<String> {
-            Vec::new()
-        }
-    }
-
-    #[test]
-    fn a_publish_is_one_push_for_all_its_recipients() {
-        let host: &'static Recorder = Box::leak(Box::default());
-        let dir = crate::testdir::TestDir::new("publish");
-        let cfg = Config::from_json(&serde_json::json!({}), dir.path()).unwrap();
-        let store = Store::new(&cfg.db, cfg.cache_bytes);
-        let core = Core::new(cfg, store, host).unwrap();
-        for conn in 1..=300 {
-            core.bus.subscribe(conn, &["wide.*".to_string()]).unwrap();
-        }
-        core.bus.subscribe(7, &["wide.>".to_string()]).unwrap();
-        let data = format!("\"{}\"", "d".repeat(900 * 1024));
-        let line = format!(
-            r#"{{"jsonrpc":"2.0","method":"bus.publish","params":{{"topic":"wide.x","data":{data}}},"id":1}}"#
-        );
-        let map = core.store.read();
-        let mut env = methods::Env {
-            core: &core,
-            view: store::View::Read(&map),
-            now: 0,
-            conn: 0,
-            later: None,
-            subscribed: false,
-            who: crate::access::Who::Internal,
-            peer: Peer::UNKNOWN,
-            close: false,
-        };
-        let mut out = Vec::new();
-        methods::eval_message(&mut env, &jsonrpc::parse(line.as_bytes(), 10), &mut out);
-        assert_eq!(out, br#"{"jsonrpc":"2.0","result":300,"id":1}"#);
-        let calls = host.0.lock().unwrap();
-        assert_eq!(calls.len(), 1, "one push for every recipient");
-        let (mut conns, len) = calls[0].clone();
-        assert!(len > 900 * 1024 && len < 900 * 1024 + 100);
-        conns.sort_unstable();
-        assert_eq!(conns, (1..=300).collect::<Vec<u64>>(), "each once");
-    }
-
-    pub fn core_with(config: serde_json::Value) -> (Arc<Core>, crate::testdir::TestDir) {
-        let dir = crate::testdir::TestDir::new("core");
-        let cfg = Config::from_json(&config, dir.path()).unwrap();
-        let store = Store::new(&cfg.db, cfg.cache_bytes);
-        let core = Core::new(cfg, store, &NullHost).unwrap();
-        (Arc::new(core), dir)
     }
 }

@@ -34,11 +34,13 @@ use module_api::{ConnInfo, RVec, Verdict};
 
 use crate::access::{Credentials, HttpRefusal, Who};
 use crate::conns::ConnState;
+use crate::core::Core;
+use crate::entry::now_ms;
+use crate::generation::Rpc;
 use crate::jsonrpc::{self, Sink};
 use crate::methods::{eval_message, needs_writer, Env};
-use crate::store::{now_ms, View};
-use crate::writer::Kind;
-use crate::Rpc;
+use crate::store::View;
+use crate::types::Kind;
 
 /// Largest request head (and request target).
 const MAX_HEAD: usize = 16 * 1024;
@@ -321,7 +323,7 @@ fn answer(rpc: &Rpc, body: &[u8], who: Who, peer: Peer) -> Vec<u8> {
 }
 
 /// The reply to a message that only reads, under the store's read lock.
-fn answer_reads(core: &crate::Core, msg: &jsonrpc::Message<'_>, who: Who, peer: Peer) -> Vec<u8> {
+fn answer_reads(core: &Core, msg: &jsonrpc::Message<'_>, who: Who, peer: Peer) -> Vec<u8> {
     let mut reply = Vec::new();
     let map = core.store.read();
     let mut env = Env {

@@ -48,11 +48,15 @@ use abi_stable::std_types::RVec;
 use module_api::{ConnInfo, Verdict};
 
 use crate::conns::ConnState;
+use crate::core::{too_large, Core};
+use crate::entry::now_ms;
+use crate::generation::Rpc;
+use crate::host::wait;
 use crate::jsonrpc::{self, code, Message, RpcError, Sink};
 use crate::methods::{eval_message, needs_writer, only_writes, Env};
-use crate::store::{now_ms, View};
-use crate::writer::{Kind, Submission};
-use crate::{too_large, wait, Rpc};
+use crate::store::View;
+use crate::types::Kind;
+use crate::writer::Submission;
 
 /// The output budget of a call whose host sets none ([`ConnInfo::out_limit`]
 /// is `u64::MAX`): pipelined replies are never answered in one call beyond
@@ -251,7 +255,7 @@ pub fn on_message(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) 
 /// estimated replies fill `budget` (the first line always goes, its reply
 /// bounded by `max_value_bytes` or the batch cap).
 fn writer_run(
-    core: &crate::Core,
+    core: &Core,
     first: &Message<'_>,
     first_raw: &[u8],
     scan: &mut Scanner,
@@ -482,8 +486,8 @@ fn push_line(q: &mut Vec<u8>, line: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::Core;
     use crate::testing::core_with;
-    use crate::Core;
     use std::sync::Arc;
 
     #[test]

@@ -23,20 +23,13 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::value::RawValue;
 
 use crate::config::Config;
 use crate::db::{Db, ReadDb, Totals};
+use crate::entry::{Entry, Fills, Overlay, Row};
 use crate::jsonrpc::{code, RpcError};
-
-/// Milliseconds since the Unix epoch: the clock TTLs are measured on.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Changes made visible per write-lock hold in [`Store::apply`].
 const APPLY_SLICE: usize = 1024;
@@ -46,25 +39,6 @@ const SLOT_OVERHEAD: usize = 96;
 /// A value costing more than this share of `cache_bytes` is never cached
 /// (it would push out everything else): reads of it go to the writer.
 const MAX_SHARE: usize = 8;
-
-/// A stored value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// The value as compact JSON text (never `null`).
-    pub value: Box<str>,
-    /// Expiry in [`now_ms`] time; 0 for none.
-    pub expires_at: u64,
-}
-
-impl Entry {
-    /// Whether the entry is still visible at `now`.
-    pub fn live(&self, now: u64) -> bool {
-        self.expires_at == 0 || self.expires_at > now
-    }
-}
-
-/// A row as the cache knows it: `None` means "no such key".
-type Row = Option<Entry>;
 
 struct Slot {
     row: Row,
@@ -177,9 +151,6 @@ pub enum Cached<'a> {
     Miss,
 }
 
-/// Rows read from SQLite for a batch, to cache once it is evaluated.
-pub type Fills = Vec<(Box<str>, Row)>;
-
 /// The data: the cache behind a lock (readers on every event loop, the
 /// writer thread changing it), and the totals.
 pub struct Store {
@@ -261,8 +232,9 @@ impl Store {
     /// never wait for a big batch as a whole.
     pub fn apply(&self, overlay: Overlay) {
         let (keys, bytes) = overlay.delta();
-        self.fill(overlay.fills);
-        let mut changes = overlay.changes.into_iter().peekable();
+        let (fills, changes) = overlay.into_parts();
+        self.fill(fills);
+        let mut changes = changes.into_iter().peekable();
         while changes.peek().is_some() {
             let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
             for (key, row) in changes.by_ref().take(APPLY_SLICE) {
@@ -392,56 +364,6 @@ impl fmt::Display for Limit {
     }
 }
 
-/// Uncommitted changes of one batch, what they do to the totals, and the
-/// rows read from SQLite while evaluating it.
-#[derive(Debug, Default)]
-pub struct Overlay {
-    changes: HashMap<Box<str>, Row>,
-    keys: i64,
-    bytes: i64,
-    fills: Fills,
-}
-
-impl Overlay {
-    /// Records that `key` becomes `row`; `before` is the size of its value
-    /// as the batch saw it so far (`None`: absent).
-    pub fn record(&mut self, key: &str, row: Row, before: Option<u64>) {
-        let size = |v: Option<u64>| v.map_or(0, |v| key.len() as i64 + v as i64);
-        let after = row.as_ref().map(|e| e.value.len() as u64);
-        self.keys += after.is_some() as i64 - before.is_some() as i64;
-        self.bytes += size(after) - size(before);
-        self.changes.insert(key.into(), row);
-    }
-
-    /// What the batch adds to the key count and to the bytes.
-    pub fn delta(&self) -> (i64, i64) {
-        (self.keys, self.bytes)
-    }
-
-    pub fn changes(&self) -> impl Iterator<Item = (&str, &Row)> {
-        self.changes.iter().map(|(k, r)| (&**k, r))
-    }
-
-    /// The batch's own row for `key`, if it changed it.
-    pub fn get(&self, key: &str) -> Option<&Row> {
-        self.changes.get(key)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.changes.len()
-    }
-
-    /// The rows read from SQLite (kept when the batch fails to commit:
-    /// they were committed before it).
-    pub fn take_fills(&mut self) -> Fills {
-        std::mem::take(&mut self.fills)
-    }
-}
-
 /// What a method evaluates against: the cache alone (reads on an event
 /// loop or a pool thread), or the writer's batch.
 pub enum View<'a> {
@@ -484,21 +406,24 @@ impl View<'_> {
                 db,
                 overlay,
                 ..
-            } => match overlay.changes.get(key) {
-                Some(row) => row.as_ref().map(Cow::Borrowed),
-                None => match reader.lookup(key) {
-                    Cached::Hit(e) => e.map(Cow::Borrowed),
-                    Cached::Miss => {
-                        let db = db.ok_or_else(no_db)?;
-                        let row = db.get(key).map_err(|e| storage(&e))?;
-                        let cap = reader.cache.cap / MAX_SHARE;
-                        if cost(key, &row) <= cap {
-                            overlay.fills.push((key.into(), row.clone()));
+            } => {
+                let (changes, fills) = overlay.changes_and_fills();
+                match changes.get(key) {
+                    Some(row) => row.as_ref().map(Cow::Borrowed),
+                    None => match reader.lookup(key) {
+                        Cached::Hit(e) => e.map(Cow::Borrowed),
+                        Cached::Miss => {
+                            let db = db.ok_or_else(no_db)?;
+                            let row = db.get(key).map_err(|e| storage(&e))?;
+                            let cap = reader.cache.cap / MAX_SHARE;
+                            if cost(key, &row) <= cap {
+                                fills.push((key.into(), row.clone()));
+                            }
+                            row.map(Cow::Owned)
                         }
-                        row.map(Cow::Owned)
-                    }
-                },
-            },
+                    },
+                }
+            }
         };
         Ok(found.filter(|e| e.live(now)))
     }
@@ -515,7 +440,7 @@ impl View<'_> {
         else {
             unreachable!("a write method was evaluated outside the writer")
         };
-        let before = match overlay.changes.get(key) {
+        let before = match overlay.get(key) {
             Some(r) => r.as_ref().map(|e| e.value.len() as u64),
             None => match reader.lookup(key) {
                 Cached::Hit(e) => e.map(|e| e.value.len() as u64),
@@ -592,7 +517,7 @@ impl View<'_> {
                 if !k.starts_with(prefix) || keys.len() >= limit {
                     return false;
                 }
-                let changed = overlay.is_some_and(|o| o.changes.contains_key(k));
+                let changed = overlay.is_some_and(|o| o.changed(k));
                 if !changed && (at == 0 || at > now) && visible(k) {
                     keys.push(k.to_string());
                 }
@@ -614,7 +539,7 @@ impl View<'_> {
         if let Some(overlay) = overlay {
             let after_ok = |k: &str| after.map_or(true, |a| k > a);
             let before_stop = |k: &str| stopped.as_deref().map_or(true, |s| k <= s);
-            for (k, row) in &overlay.changes {
+            for (k, row) in overlay.changes() {
                 if row.as_ref().is_some_and(|e| e.live(now))
                     && ranges.iter().any(|p| k.starts_with(p.as_str()))
                     && after_ok(k)

@@ -33,13 +33,16 @@ use std::time::{Duration, Instant};
 use crate::access::Peer;
 
 use crate::access::Who;
+use crate::bus::Note;
+use crate::core::{too_large, Core};
 use crate::db::{self, Db};
-use crate::handoff::Mode;
+use crate::entry::{now_ms, Overlay};
+use crate::host::{wait, HostApi};
 use crate::jsonrpc::{self, code, RpcError};
-use crate::methods::{eval_message, Env, Note};
+use crate::methods::{eval_message, Env};
 use crate::owner::Owner;
-use crate::store::{now_ms, Overlay, Reader, View};
-use crate::{Core, HostApi};
+use crate::store::{Reader, View};
+use crate::types::{Kind, Mode, Reply};
 
 /// Most submissions evaluated in one batch (one transaction).
 const MAX_BATCH: usize = 4096;
@@ -51,15 +54,6 @@ const STANDBY_POLL: Duration = Duration::from_millis(20);
 /// How long the writer waits for work before a step of vacuum while the
 /// database has free pages (so that writes are never held up by it).
 const VACUUM_PAUSE: Duration = Duration::from_millis(2);
-
-/// How a submission's input is framed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Newline-separated messages; each reply ends with a newline.
-    Lines,
-    /// One message (an HTTP body); the reply has no newline.
-    Body,
-}
 
 /// Work for the writer.
 pub struct Submission {
@@ -76,19 +70,6 @@ pub struct Submission {
     pub budget: usize,
     /// Where the reply goes once the batch has committed.
     pub reply: SyncSender<Reply>,
-}
-
-/// The answer to a submission.
-#[derive(Debug, Default)]
-pub struct Reply {
-    /// The replies, each line's ending with a newline (`Lines`).
-    pub out: Vec<u8>,
-    /// Bytes of the input answered: all of it, or up to the end of the
-    /// line after which the reply passed the budget. Lines after that
-    /// were not evaluated (not written) and must be submitted again.
-    pub taken: usize,
-    /// Close the connection after this reply (too many failed logins).
-    pub close: bool,
 }
 
 enum Cmd {
@@ -187,14 +168,14 @@ impl Writer {
         }) {
             return Err(stopped());
         }
-        crate::wait(self.host, || rx.recv()).map_err(|_| stopped())
+        wait(self.host, || rx.recv()).map_err(|_| stopped())
     }
 
     /// Waits until everything queued so far is committed and delivered.
     pub fn barrier(&self) {
         let (tx, rx) = mpsc::sync_channel(1);
         if self.send(Cmd::Barrier(tx)) {
-            let _ = crate::wait(self.host, || rx.recv());
+            let _ = wait(self.host, || rx.recv());
         }
     }
 
@@ -565,7 +546,7 @@ impl Batch<'_> {
         let (conn, out) = (sub.conn, &mut reply.out);
         let core = self.core;
         if text.len() > core.cfg.max_line_bytes {
-            jsonrpc::write_error(out, None, &crate::too_large(core));
+            jsonrpc::write_error(out, None, &too_large(core));
             return true;
         }
         let mut env = Env {

@@ -28,8 +28,8 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::conns::Conns;
+use crate::host::HostApi;
 use crate::jsonrpc::{code, RpcError};
-use crate::HostApi;
 use backoff::Backoff;
 pub use decide::{decide, is_loopback, Base, Peer};
 use session::{How, Login, Session, SessionSnap, Sessions};

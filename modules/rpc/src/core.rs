@@ -1,0 +1,85 @@
+//! [`Core`]: the state one generation's event loops, pool threads and
+//! writer share (config, value cache, subscriptions, connection table,
+//! users, counters and the serving gate), and the replies every layer
+//! above may need ([`too_large`], [`OVERFLOW_NOTICE`]).
+
+use std::sync::atomic::{AtomicI32, AtomicU64};
+use std::sync::RwLock;
+
+use crate::access::Access;
+use crate::bus::{Bus, Note};
+use crate::config::Config;
+use crate::conns::Conns;
+use crate::host::HostApi;
+use crate::jsonrpc::{code, RpcError};
+use crate::store::Store;
+use crate::types::Mode;
+
+/// Sent before the host disconnects a connection whose unsent output grew
+/// past `[server] max_push_backlog` (a subscriber that does not read).
+pub const OVERFLOW_NOTICE: &[u8] = b"{\"jsonrpc\":\"2.0\",\"method\":\"bus.overflow\",\"params\":{\"message\":\"too much unread output (slow subscriber); disconnecting\"}}\n";
+
+/// Counters for `STATUS`.
+#[derive(Default)]
+pub struct Stats {
+    pub commits: AtomicU64,
+    pub writes: AtomicU64,
+    pub failed_commits: AtomicU64,
+    pub purged: AtomicU64,
+    /// Messages a frozen generation handed to its successor.
+    pub forwarded: AtomicU64,
+}
+
+/// What the event loops, the pool and the writer share.
+pub struct Core {
+    pub cfg: Config,
+    pub store: Store,
+    pub bus: Bus,
+    pub conns: Conns,
+    /// Users, sessions and the login brake ([`crate::access`]).
+    pub access: Access,
+    pub host: &'static dyn HostApi,
+    pub stats: Stats,
+    /// Whether this generation serves (see [`crate::handoff`] and [`crate::owner`]).
+    pub gate: RwLock<Mode>,
+    /// The descriptor of the ownership lock once held, else -1.
+    pub owner_fd: AtomicI32,
+}
+
+impl Core {
+    /// Fails when the users table is wrong (the message names the user).
+    pub fn new(cfg: Config, store: Store, host: &'static dyn HostApi) -> Result<Core, String> {
+        Ok(Core {
+            bus: Bus::new(cfg.max_subscriptions, cfg.max_subscriptions_total),
+            access: Access::new(&cfg)?,
+            cfg,
+            store,
+            conns: Conns::default(),
+            host,
+            stats: Stats::default(),
+            gate: RwLock::new(Mode::Live),
+            owner_fd: AtomicI32::new(-1),
+        })
+    }
+
+    /// Pushes a notification to its recipients, one shared copy for all
+    /// of them; returns how many exist.
+    pub fn deliver(&self, note: &Note) -> usize {
+        if note.topic_conns.is_empty() {
+            return 0;
+        }
+        self.host
+            .push_many(&note.topic_conns, &note.bytes, OVERFLOW_NOTICE)
+    }
+}
+
+/// The error for a line over the limit.
+pub fn too_large(core: &Core) -> RpcError {
+    RpcError::new(
+        code::TOO_LARGE,
+        format!(
+            "request too large: lines are limited to {} bytes; closing",
+            core.cfg.max_line_bytes
+        ),
+    )
+}

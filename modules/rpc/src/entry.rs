@@ -1,0 +1,105 @@
+//! The values the store and the database pass between them: a stored
+//! [`Entry`], a cache [`Row`] (an entry or "no such key"), and a batch's
+//! uncommitted changes ([`Overlay`]) that the writer commits to SQLite
+//! ([`crate::db`]) and then makes visible in the cache
+//! ([`crate::store`]). A leaf: it imports nothing from the crate.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch: the clock TTLs are measured on.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A stored value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The value as compact JSON text (never `null`).
+    pub value: Box<str>,
+    /// Expiry in [`now_ms`] time; 0 for none.
+    pub expires_at: u64,
+}
+
+impl Entry {
+    /// Whether the entry is still visible at `now`.
+    pub fn live(&self, now: u64) -> bool {
+        self.expires_at == 0 || self.expires_at > now
+    }
+}
+
+/// A row as the cache knows it: `None` means "no such key".
+pub type Row = Option<Entry>;
+
+/// Rows read from SQLite for a batch, to cache once it is evaluated.
+pub type Fills = Vec<(Box<str>, Row)>;
+
+/// Uncommitted changes of one batch, what they do to the totals, and the
+/// rows read from SQLite while evaluating it.
+#[derive(Debug, Default)]
+pub struct Overlay {
+    changes: HashMap<Box<str>, Row>,
+    keys: i64,
+    bytes: i64,
+    fills: Fills,
+}
+
+impl Overlay {
+    /// Records that `key` becomes `row`; `before` is the size of its value
+    /// as the batch saw it so far (`None`: absent).
+    pub fn record(&mut self, key: &str, row: Row, before: Option<u64>) {
+        let size = |v: Option<u64>| v.map_or(0, |v| key.len() as i64 + v as i64);
+        let after = row.as_ref().map(|e| e.value.len() as u64);
+        self.keys += after.is_some() as i64 - before.is_some() as i64;
+        self.bytes += size(after) - size(before);
+        self.changes.insert(key.into(), row);
+    }
+
+    /// What the batch adds to the key count and to the bytes.
+    pub fn delta(&self) -> (i64, i64) {
+        (self.keys, self.bytes)
+    }
+
+    pub fn changes(&self) -> impl Iterator<Item = (&str, &Row)> {
+        self.changes.iter().map(|(k, r)| (&**k, r))
+    }
+
+    /// The batch's own row for `key`, if it changed it.
+    pub fn get(&self, key: &str) -> Option<&Row> {
+        self.changes.get(key)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Whether the batch changed `key`.
+    pub fn changed(&self, key: &str) -> bool {
+        self.changes.contains_key(key)
+    }
+
+    /// The batch's changes to look a key up in, beside the rows read
+    /// from SQLite to add to (borrowed apart, so a reply can borrow a
+    /// changed row while a read row is remembered, at no cost).
+    pub fn changes_and_fills(&mut self) -> (&HashMap<Box<str>, Row>, &mut Fills) {
+        (&self.changes, &mut self.fills)
+    }
+
+    /// The fills and the changes, for the store to make them visible
+    /// once the batch has committed.
+    pub fn into_parts(self) -> (Fills, HashMap<Box<str>, Row>) {
+        (self.fills, self.changes)
+    }
+
+    /// The rows read from SQLite (kept when the batch fails to commit:
+    /// they were committed before it).
+    pub fn take_fills(&mut self) -> Fills {
+        std::mem::take(&mut self.fills)
+    }
+}
