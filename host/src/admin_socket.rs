@@ -484,13 +484,9 @@ fn execute(shared: &Arc<Shared>, cmd: &Command) -> (Reply, After) {
         }
         Command::Upgrade => {
             let reply = wait_reply(|to| {
-                crate::process::upgrade::replace(
-                    shared.clone(),
-                    crate::process::upgrade::Replace::Upgrade,
-                    Box::new(move |r| {
-                        let _ = to.send(Reply::Upgrade(r));
-                    }),
-                )
+                admin::upgrade(shared.clone(), move |r| {
+                    let _ = to.send(r);
+                })
             });
             if !reply.is_ok() {
                 return (reply, After::Keep);

@@ -117,19 +117,11 @@ pub fn write(file: &Path, entries: &[Quarantined]) -> io::Result<()> {
     fs::rename(&tmp, file)
 }
 
-/// The `ERR` line when `file` is quarantined, for the registry to report
-/// instead of loading it.
-pub fn quarantined(file: &Path) -> Option<String> {
+/// The quarantine entry that holds `file` back, if any: the registry
+/// reports it (see `admin/render.rs`) instead of loading the file.
+pub fn quarantined(file: &Path) -> Option<Quarantined> {
     let q = FILE.get()?;
-    read(q)
-        .into_iter()
-        .find(|e| e.matches(file))
-        .map(|e| {
-            format!(
-                "ERR {}: quarantined after {} crashes ({}); change the file or RELOAD {} to load it again",
-                e.name, e.crashes, e.reason, e.name
-            )
-        })
+    read(q).into_iter().find(|e| e.matches(file))
 }
 
 /// `RELOAD <name>`: lifts the quarantine of module (or file stem) `name`.

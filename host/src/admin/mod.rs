@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::Ordering;
 
-use crate::pool::AdminReply;
 use crate::registry::{ReloadOutcome, ReloadReport};
 use crate::state::Shared;
 
@@ -295,13 +294,17 @@ where
     }
 }
 
-/// `UPGRADE`: replaces the worker (see `worker_link::replace`) and sends
-/// the [`Reply::Upgrade`] to `reply`.
-pub fn upgrade(shared: std::sync::Arc<Shared>, reply: AdminReply) {
+/// `UPGRADE`: replaces the worker (see `process::upgrade::replace`) and gives
+/// the [`Reply::Upgrade`] to `reply` once the new worker is ready (or
+/// why there is none).
+pub fn upgrade<F>(shared: std::sync::Arc<Shared>, reply: F)
+where
+    F: FnOnce(Reply) + Send + 'static,
+{
     crate::process::upgrade::replace(
         shared,
         crate::process::upgrade::Replace::Upgrade,
-        Box::new(move |r| reply.send(Reply::Upgrade(r).text())),
+        Box::new(move |r| reply(Reply::Upgrade(r))),
     );
 }
 

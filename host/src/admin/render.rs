@@ -154,7 +154,15 @@ impl Display for ReloadOutcome {
                 "ERR {name}: {error}; restarting the previous code failed too ({restart}); \
                  the module is down"
             ),
-            ReloadOutcome::Quarantined(line) => f.write_str(line),
+            ReloadOutcome::Quarantined {
+                name,
+                crashes,
+                reason,
+            } => write!(
+                f,
+                "ERR {name}: quarantined after {crashes} crashes ({reason}); change the file or \
+                 RELOAD {name} to load it again"
+            ),
             ReloadOutcome::ConfigKept(e) => {
                 write!(f, "ERR config: {e}; keeping the previous config")
             }
@@ -358,7 +366,11 @@ mod tests {
         let quarantined = "ERR fx_crash: quarantined after 3 crashes (segv); change the file \
                            or RELOAD fx_crash to load it again";
         assert_eq!(
-            one(ReloadOutcome::Quarantined(quarantined.into())),
+            one(ReloadOutcome::Quarantined {
+                name: "fx_crash".into(),
+                crashes: 3,
+                reason: "segv".into(),
+            }),
             format!("{quarantined}\n")
         );
         assert_eq!(

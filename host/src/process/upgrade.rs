@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::worker::{is_worker, link, send};
-use crate::pool::AdminReply;
 use crate::state::Shared;
 
 /// Reads `SWITCHYARD_UPGRADES` (`<upgrades> <auto_upgrades>`).
@@ -38,21 +37,6 @@ pub enum Replace {
 
 /// How a replacement ended: the new worker's pid, or why there is none.
 pub type Replaced = Result<u32, String>;
-
-/// `UPGRADE`: replaces the worker (see [`replace`]) and answers `OK
-/// upgrading: new worker pid=<pid>` or `ERR upgrade: <why>` to `reply`.
-pub fn upgrade(shared: Arc<Shared>, reply: AdminReply) {
-    replace(
-        shared,
-        Replace::Upgrade,
-        Box::new(move |r: Replaced| {
-            reply.send(match r {
-                Ok(pid) => format!("OK upgrading: new worker pid={pid}\n"),
-                Err(why) => format!("ERR upgrade: {why}\n"),
-            });
-        }),
-    );
-}
 
 /// Whether an automatic replacement is under way (at most one at a time).
 static AUTO_REPLACING: AtomicBool = AtomicBool::new(false);

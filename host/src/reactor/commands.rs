@@ -124,10 +124,8 @@ impl EventLoop {
             }
             Command::Upgrade => {
                 log::info!("UPGRADE from {}", conn.info().peer());
-                admin::upgrade(
-                    self.shared.clone(),
-                    AdminReply::conn(&self.shared.mailboxes, to),
-                );
+                let reply = AdminReply::conn(&self.shared.mailboxes, to);
+                admin::upgrade(self.shared.clone(), move |r| reply.send(r.text()));
                 None
             }
             Command::Run(module, job) => {

@@ -609,7 +609,11 @@ impl Registry {
                 }
                 Some((name, ..)) => self.replace(state, &name, file),
                 None => match crate::quarantine::quarantined(file) {
-                    Some(line) => ReloadOutcome::Quarantined(line),
+                    Some(q) => ReloadOutcome::Quarantined {
+                        name: q.name,
+                        crashes: q.crashes,
+                        reason: q.reason,
+                    },
                     None => self.add(state, file),
                 },
             };
@@ -805,10 +809,9 @@ mod tests {
         let report = r.reload_all();
         assert!(report.outcomes.is_empty());
         assert!(report.is_ok());
-        assert_eq!(
-            report.to_string(),
-            "OK reload: 0 loaded, 0 unchanged, 0 removed, 0 failed\n"
-        );
+        let s = report.summary.unwrap();
+        assert_eq!(s.pass, Pass::Reload);
+        assert_eq!((s.loaded, s.unchanged, s.removed, s.failed), (0, 0, 0, 0));
         let _ = fs::remove_dir_all(dir);
     }
 
@@ -816,15 +819,12 @@ mod tests {
     fn a_missing_module_file_is_refused_by_name() {
         let (r, dir) = registry("missing", None);
         let o = r.reload_one("nosuch");
-        assert!(matches!(&o, ReloadOutcome::NoFile { name, .. } if name == "nosuch"));
+        let expected = r.dir().join("nosuch.so");
+        assert!(matches!(
+            &o,
+            ReloadOutcome::NoFile { name, path } if name == "nosuch" && *path == expected
+        ));
         assert!(!o.is_ok());
-        assert_eq!(
-            o.to_string(),
-            format!(
-                "ERR nosuch: no such module file {}",
-                r.dir().join("nosuch.so").display()
-            )
-        );
         let _ = fs::remove_dir_all(dir);
     }
 
@@ -842,14 +842,9 @@ mod tests {
             ReloadOutcome::Failed { label, error: LoadError::Load(_) } if label == "junk.so"
         ));
         let summary = report.summary.unwrap();
+        assert_eq!(summary.pass, Pass::Load);
         assert_eq!((summary.loaded, summary.failed), (0, 1));
-        assert!(!report.is_ok());
-        assert!(
-            report
-                .to_string()
-                .ends_with("ERR load: 0 loaded, 0 unchanged, 0 removed, 1 failed\n"),
-            "{report}"
-        );
+        assert!(!summary.is_ok() && !report.is_ok());
         let _ = fs::remove_dir_all(dir);
     }
 
@@ -861,11 +856,9 @@ mod tests {
         assert!(report.summary.is_none());
         assert!(matches!(
             report.outcomes.as_slice(),
-            [ReloadOutcome::ScanFailed { .. }]
+            [ReloadOutcome::ScanFailed { dir, .. }] if dir == r.dir()
         ));
-        assert!(report
-            .to_string()
-            .starts_with(&format!("ERR reload: cannot read {}: ", r.dir().display())));
+        assert!(!report.is_ok());
         let _ = fs::remove_dir_all(dir);
     }
 
@@ -878,17 +871,18 @@ mod tests {
             Some(ReloadOutcome::ConfigKept(ConfigError::Bad { .. }))
         ));
         assert_eq!(report.summary.map(|s| s.failed), Some(1));
-        let first = report.outcomes[0].to_string();
+        // The reason names the setting (its full line is pinned in
+        // admin/render.rs).
+        let why = report.outcomes[0].to_string();
         assert!(
-            first.starts_with("ERR config: bad config ")
-                && first.ends_with(
-                    ": server.max_connections must be at least 1; keeping the previous config"
-                ),
-            "{first}"
+            why.contains("server.max_connections must be at least 1"),
+            "{why}"
         );
         let one = r.reload_one("http");
-        assert!(matches!(one, ReloadOutcome::ConfigRefused { .. }));
-        assert!(one.to_string().starts_with("ERR http: config: bad config "));
+        assert!(matches!(
+            &one,
+            ReloadOutcome::ConfigRefused { name, error: ConfigError::Bad { .. } } if name == "http"
+        ));
         let _ = fs::remove_dir_all(dir);
     }
 }

@@ -70,9 +70,13 @@ pub enum ReloadOutcome {
         error: LoadError,
         restart: LoadError,
     },
-    /// The leader quarantined the file after repeated crashes; its line as
-    /// the worker link words it.
-    Quarantined(String),
+    /// The leader quarantined module `name`'s file after `crashes`
+    /// crashes in a row (the last one's `reason`).
+    Quarantined {
+        name: String,
+        crashes: u32,
+        reason: String,
+    },
     /// `RELOAD` could not read the config file; the previous config stays.
     ConfigKept(ConfigError),
     /// `RELOAD <name>` could not read the config file; nothing reloaded.
