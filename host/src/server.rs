@@ -626,7 +626,10 @@ mod tests {
                 Error::Signals(refused()),
                 format!("cannot install signal handlers: {}", refused()),
             ),
-            (Error::Config("bad file".into()), "bad file".to_string()),
+            (
+                Error::Config(crate::config::ConfigError::Invalid("bad file".into())),
+                "bad file".to_string(),
+            ),
             (Error::Io(refused()), refused().to_string()),
         ];
         for (e, text) in cases {

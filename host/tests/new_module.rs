@@ -3,7 +3,7 @@
 //! module crate that builds and passes its own tests, and it refuses bad,
 //! built-in and existing names without touching anything.
 
-mod common;
+pub mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -792,12 +792,24 @@ mod tests {
             fs::write(&p, text).unwrap();
             p
         });
+        let table = Arc::new(crate::router::SharedTable::new(Vec::new()));
         let r = Registry::new(
             modules,
             dir.join("data"),
             Config::default(),
             config_path,
-            Services::new(),
+            Links {
+                services: Services::new(
+                    Arc::new(Vec::new()),
+                    crate::services::PushPending::new(1, 1 << 20),
+                    table.clone(),
+                ),
+                table,
+                tls: Arc::new(Tls::default()),
+                jobs: Box::new(|_| {}),
+                config_hook: Box::new(|_| None),
+                retired: crossbeam_channel::unbounded().0,
+            },
         )
         .unwrap();
         (r, dir)

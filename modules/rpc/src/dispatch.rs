@@ -164,9 +164,9 @@ mod tests {
         let waiter = std::thread::scope(|s| {
             let h = s.spawn(|| {
                 let get = br#"{"jsonrpc":"2.0","method":"kv.get","params":["k"],"id":2}"#;
-                let mut out = RVec::new();
+                let mut out = module_api::Out::new();
                 b.on_deferred(&info, get, &mut out);
-                out.into_vec()
+                out.into_inner().into_vec()
             });
             std::thread::sleep(std::time::Duration::from_millis(100));
             assert!(!h.is_finished(), "waits while the other owner lives");
@@ -199,9 +199,9 @@ mod tests {
         let peer = Peer::new("10.0.0.5".parse().unwrap(), false);
         let forward = |line: &str| {
             let env = handoff::envelope(&rpc.token, "fwd", 7, false, peer, line.as_bytes());
-            let mut out = RVec::new();
+            let mut out = module_api::Out::new();
             rpc.on_deferred(&internal, &env, &mut out);
-            let text = String::from_utf8(out.into_vec()).unwrap();
+            let text = String::from_utf8(out.into_inner().into_vec()).unwrap();
             let body = text.split_once('\n').unwrap().1.to_string();
             serde_json::from_str::<serde_json::Value>(body.trim()).unwrap()
         };
@@ -217,7 +217,7 @@ mod tests {
         let other = get.replace("bot1.x", "bot2.x");
         assert_eq!(forward(&other)["error"]["code"], code::PERMISSION_DENIED);
         // An in-process call proper is internal.
-        let mut out = RVec::new();
+        let mut out = module_api::Out::new();
         rpc.on_deferred(&internal, other.as_bytes(), &mut out);
         assert!(out
             .as_slice()
@@ -242,9 +242,9 @@ mod tests {
                 Peer::new(peer.parse().unwrap(), fwd),
                 get.as_bytes(),
             );
-            let mut out = RVec::new();
+            let mut out = module_api::Out::new();
             rpc.on_deferred(&internal, &env, &mut out);
-            let text = String::from_utf8(out.into_vec()).unwrap();
+            let text = String::from_utf8(out.into_inner().into_vec()).unwrap();
             let v: serde_json::Value =
                 serde_json::from_str(text.split_once('\n').unwrap().1.trim()).unwrap();
             assert_eq!(v["error"]["code"].as_i64(), want, "{peer} {fwd}: {v}");
