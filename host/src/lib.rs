@@ -33,6 +33,7 @@
 //! * [`token`]: `--new-token` and `--hash-token`, bus tokens and the hashes
 //!   the config stores.
 
+pub mod access;
 pub mod admin;
 pub mod admin_socket;
 pub mod cli;

@@ -61,6 +61,10 @@ impl FaultInject {
 
 static FAULT: OnceLock<Option<FaultInject>> = OnceLock::new();
 
+/// Whether this process is a worker (told by `init`, so that this low
+/// module need not ask the process layer above it).
+static IS_WORKER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Installs the panic hook and reads `SWITCHYARD_FAULT_INJECT` once. A
 /// worker removes the variable from its environment (processes modules
 /// start must not inherit it); the leader keeps it, so the workers it
@@ -84,6 +88,7 @@ pub fn init(is_worker: bool) {
     if is_worker {
         std::env::remove_var(ENV_FAULT_INJECT);
     }
+    IS_WORKER.store(is_worker, std::sync::atomic::Ordering::Relaxed);
     let _ = FAULT.set(fault);
     std::panic::set_hook(Box::new(on_panic));
 }
@@ -127,7 +132,7 @@ fn on_panic(info: &std::panic::PanicHookInfo<'_>) {
     // nothing else would ever serve its share of the work.
     log::error!(
         "host panic on {what}; ending {} so that it is replaced{bt}",
-        if crate::process::worker::is_worker() {
+        if IS_WORKER.load(std::sync::atomic::Ordering::Relaxed) {
             "the worker"
         } else {
             "the process"

@@ -337,7 +337,7 @@ pub struct Session {
     /// Marks the upstream socket's local address as ours while the session
     /// lives, so that a proxy route pointing back at our own port does not
     /// turn into an admin by address (see `admin::self_forward`).
-    pub own: Option<crate::admin::OwnUpstream>,
+    pub own: Option<crate::access::OwnUpstream>,
 }
 
 impl Session {

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver};
 use mio::Poll;
 
-use crate::admin::{AdminAccess, LiveAccess};
+use crate::access::{AdminAccess, LiveAccess};
 use crate::admin_socket::{self, SocketFile};
 use crate::cli::Args;
 use crate::config::{self, AcceptMode, Config};
@@ -358,9 +358,10 @@ impl Server {
         }
         signals(shared.clone())?;
         let admin_serving = match admin_listener {
-            Some(listener) => {
-                Some(admin_socket::serve(shared.clone(), listener).map_err(Error::AdminSocket)?)
-            }
+            Some(listener) => Some(
+                crate::admin::socket::serve(shared.clone(), listener)
+                    .map_err(Error::AdminSocket)?,
+            ),
             None => None,
         };
         if watch {

@@ -32,12 +32,12 @@ pub struct Shared {
     pub push_pending: Arc<crate::services::PushPending>,
     /// The admin settings in force (`admin_token`, `admin_from`, ...),
     /// replaced on every `RELOAD`; read per command, never cached.
-    pub admin: Arc<crate::admin::LiveAccess>,
+    pub admin: Arc<crate::access::LiveAccess>,
     /// Peers recently failing `AUTH`, locked out for a while.
-    pub auth_backoff: crate::admin::AuthBackoff,
+    pub auth_backoff: crate::access::AuthBackoff,
     /// Local addresses of the upstream sockets open now (a connection
     /// from one of them is never an admin by address).
-    pub own_upstreams: Arc<crate::admin::OwnUpstreams>,
+    pub own_upstreams: Arc<crate::access::OwnUpstreams>,
     /// The address the listeners are bound to (its port is ours: a proxy
     /// upstream with that port may be this server).
     pub listen_addr: std::net::SocketAddr,

@@ -20,7 +20,7 @@ use common::{temp_dir, Client, Server, ServerBuilder, Status, BIN, IO_TIMEOUT};
 
 /// `admin::MAX_LINE` in the host.
 const MAX_LINE: usize = 1024;
-/// `admin_socket::MAX_CLIENTS` in the host.
+/// `admin::socket::MAX_CLIENTS` in the host.
 const MAX_CLIENTS: usize = 16;
 
 /// A client of the admin socket at `path`, with the usual timeouts.

@@ -18,14 +18,10 @@
 //! `public_shutdown = false` refuses `SHUTDOWN` on the public port.
 //! All of these settings are re-read on `RELOAD` and SIGHUP.
 
-pub mod access;
-pub mod backoff;
 pub mod render;
-pub mod self_forward;
+pub mod socket;
 
-pub use access::{AdminAccess, ConnAuth, LiveAccess, Standing};
-pub use backoff::AuthBackoff;
-pub use self_forward::{OwnUpstream, OwnUpstreams};
+use crate::access::{AdminAccess, AuthBackoff, ConnAuth};
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -311,6 +307,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::Standing;
 
     #[test]
     fn parses_commands() {

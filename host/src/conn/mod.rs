@@ -26,7 +26,7 @@ use abi_stable::std_types::RVec;
 use mio::net::TcpStream;
 use module_api::{Action, ConnInfo, Verdict};
 
-use crate::admin::ConnAuth;
+use crate::access::ConnAuth;
 use crate::generation::Generation;
 use crate::proxy::Session;
 

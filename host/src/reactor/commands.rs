@@ -3,7 +3,7 @@
 //! `RELOAD`, `STATUS`, `RUN` and `UPGRADE` to the control thread.
 //!
 //! Rights are decided for every line against the admin settings in force
-//! ([`crate::admin::AdminAccess`], replaced on `RELOAD`): a peer inside
+//! ([`crate::access::AdminAccess`], replaced on `RELOAD`): a peer inside
 //! `admin_from` that is not one of our own upstream sockets, or a
 //! connection that authenticated with the token still configured, may run
 //! the privileged commands; anyone else gets `ERR forbidden`. `CLOSE` is
@@ -11,7 +11,8 @@
 //! connection closed.
 
 use super::{EventLoop, Next};
-use crate::admin::{self, Command, Reply, Standing};
+use crate::access::Standing;
+use crate::admin::{self, Command, Reply};
 use crate::pool::{AdminReply, Completion, ReplyTo};
 use crate::router::Builtin;
 

@@ -7,6 +7,18 @@
 //! Rights are decided per command against the settings in force, never
 //! once at accept: a `RELOAD` that narrows `admin_from` or rotates
 //! `admin_token` applies to connections already open.
+//!
+//! Also here, as the other pieces of admin policy that the connection and
+//! proxy layers consult: the per-address `AUTH` backoff ([`backoff`]) and
+//! the local addresses of our own upstream sockets ([`self_forward`]).
+//! This module sits low (it imports only config and token), so the layers
+//! that hold connections can ask it without importing the admin commands.
+
+pub mod backoff;
+pub mod self_forward;
+
+pub use backoff::AuthBackoff;
+pub use self_forward::{OwnUpstream, OwnUpstreams};
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
