@@ -3,7 +3,7 @@
 //! [`run`] merges the command line into the configuration and opens the
 //! listening sockets (and the admin socket) first, so that a busy port
 //! fails before any module starts. A leader process then hands them to
-//! `supervisor.rs`; a worker, or a `--single` process, builds a
+//! `process/leader.rs`; a worker, or a `--single` process, builds a
 //! [`Server`] and runs it.
 //!
 //! [`Server::build`] constructs every long-lived value once, in the order
@@ -68,7 +68,7 @@ pub enum Error {
     /// The admin socket could not be bound or served.
     #[error("{0}")]
     AdminSocket(#[from] crate::admin_socket::SocketError),
-    /// The leader process failed (see `supervisor.rs`).
+    /// The leader process failed (see `process/leader.rs`).
     #[error("{0}")]
     Leader(String),
     /// The modules directory, its `.run` directory or the data directory

@@ -85,7 +85,7 @@ impl Reply {
 }
 
 /// The `STATUS` page: one line per module and per job, the host's
-/// counters, then the worker's lines (see `worker_link::status_lines`).
+/// counters, then the worker's lines (see `process::worker::status_lines`).
 #[derive(Debug)]
 pub struct StatusPage {
     pub modules: Vec<String>,

@@ -115,6 +115,9 @@ impl EventLoop {
         shared: Arc<Shared>,
         inbox: Receiver<Completion>,
     ) -> io::Result<EventLoop> {
+        // mio expects a non-blocking socket; a listener handed in by a
+        // caller (a test building the server in-process) may not be one.
+        listener.set_nonblocking(true)?;
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;

@@ -46,7 +46,7 @@ fn check_replaced(s: &Server, old: u32, thread_prefix: &str) -> Status {
     assert!(
         log.lines().any(|l| l.contains("host panic on thread ")
             && l.contains(thread_prefix)
-            && l.contains("admin.rs")
+            && l.contains("admin/mod.rs")
             && l.contains("fault injected")),
         "the log does not name the thread, place and message of the panic:\n{log}"
     );
