@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use abi_stable::std_types::{RSlice, RVec};
 use module_api::{Action, CallStatus, ConnInfo};
@@ -75,8 +75,12 @@ pub struct Services {
     mailboxes: Arc<Vec<Mailbox>>,
     /// Pushed bytes in each loop's mailbox.
     pending: Arc<PushPending>,
-    /// Where in-process calls find the callee's current generation.
-    table: Arc<SharedTable>,
+    /// Where in-process calls find the callee's current generation. Weak:
+    /// every module's host handle holds these services for as long as its
+    /// library stays mapped (for good), and a strong reference would keep
+    /// the table, and through it the current generations, alive past the
+    /// server, so their `stop` would never run.
+    table: Weak<SharedTable>,
     /// The names on each connection's verified client certificate (mutual
     /// TLS), by connection id; only connections that presented one.
     identities: parking_lot::Mutex<std::collections::HashMap<u64, Arc<[String]>>>,
@@ -93,7 +97,7 @@ impl Services {
         Arc::new(Services {
             mailboxes,
             pending,
-            table,
+            table: Arc::downgrade(&table),
             identities: Default::default(),
         })
     }
@@ -170,7 +174,10 @@ impl Services {
 
     /// Runs one complete message through module `name`, inline.
     pub fn call(&self, name: &str, input: &[u8], out: &mut RVec<u8>) -> CallStatus {
-        let g = match self.table.module(name) {
+        let Some(table) = self.table.upgrade() else {
+            return CallStatus::NoSuchModule;
+        };
+        let g = match table.module(name) {
             Ok(g) => g,
             Err(status) => return status,
         };

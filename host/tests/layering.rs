@@ -4,7 +4,7 @@
 //!
 //! How the import graph is built: every `crate::…`, `super::…` and
 //! `self::…` path in a file (outside `#[cfg(test)]` modules and comments),
-//! plus `use` paths that start with a child module's name, is resolved to
+//! plus paths that start with a child module's name, is resolved to
 //! the module it names (the longest prefix that is a module file). An edge
 //! goes from the file's top-level module to the named file's top-level
 //! module; edges inside one top-level module (a parent and its children)
@@ -296,8 +296,8 @@ fn expand(path: &str) -> Vec<String> {
         .collect()
 }
 
-/// The paths a file names: each `crate::`/`super::`/`self::` path, and
-/// each `use` path (whose first segment may be a child module).
+/// The paths a file names: each `use` path and each `a::b` path in code
+/// (`crate::`, `super::`, `self::`, or a child module's name first).
 fn paths_in(text: &str) -> Vec<String> {
     let mut found = Vec::new();
     // `use` statements, braces included.
@@ -327,11 +327,10 @@ fn paths_in(text: &str) -> Vec<String> {
             }
             let word: String = chars[i..j].iter().collect();
             // A path ending in `::` opens a `{…}` group: `use` handles it.
-            if ["crate::", "super::", "self::"]
-                .iter()
-                .any(|p| word.starts_with(p))
-                && !word.ends_with("::")
-            {
+            // Paths that start with neither `crate`, `super` nor `self`
+            // count when their first segment is a child module (see
+            // `resolve`); `std::…` and the like resolve to nothing.
+            if word.contains("::") && !word.ends_with("::") {
                 found.push(word.trim_end_matches(':').to_string());
             }
             i = j.max(i + 1);

@@ -41,7 +41,8 @@ pub type Replaced = Result<u32, String>;
 /// Whether an automatic replacement is under way (at most one at a time).
 static AUTO_REPLACING: AtomicBool = AtomicBool::new(false);
 
-/// Called on the control thread after every reload with the bytes retired
+/// Called after every reload (on the `retained` thread, which the registry
+/// tells through a channel; see `server.rs`) with the bytes retired
 /// generations hold (`retired`): past `limit` (0 = off) the worker is
 /// replaced the way `UPGRADE` does it, which returns that memory. At most
 /// one replacement at a time; a failed one is tried again after the next

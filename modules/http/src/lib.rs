@@ -50,33 +50,14 @@ pub mod range;
 pub mod reply;
 pub mod request;
 pub mod serve;
+pub mod site;
 #[cfg(test)]
 mod testdir;
 
 use module_api::{ConnInfo, Handler, Manifest, Out, Protocol, ReloadMode, StartContext, Verdict};
 
 pub use config::Config;
-
-/// One generation of the module.
-pub struct Http {
-    cfg: Config,
-    cache: cache::Cache,
-}
-
-impl Http {
-    /// Starts from the `[modules.http]` table (as JSON). Fails when the
-    /// config is invalid or the root is not a directory.
-    pub fn new(config: &serde_json::Value) -> Result<Http, String> {
-        let cfg = Config::from_json(config)?;
-        let cache = cache::Cache::new(usize::try_from(cfg.cache_max_total).unwrap_or(usize::MAX));
-        Ok(Http { cfg, cache })
-    }
-
-    /// The settings in force (with the root canonical).
-    pub fn config(&self) -> &Config {
-        &self.cfg
-    }
-}
+pub use site::Http;
 
 /// The module's manifest: every common method's prefix.
 pub fn manifest() -> Manifest {

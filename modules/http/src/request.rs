@@ -18,7 +18,7 @@ use module_api::{ConnInfo, RVec, Verdict};
 
 use crate::reply::{Reply, Sent, ALLOW_LINE};
 use crate::serve;
-use crate::Http;
+use crate::site::Http;
 
 /// Handles the request at the start of `input`.
 pub fn handle(http: &Http, conn: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {

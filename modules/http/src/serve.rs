@@ -14,7 +14,7 @@ use crate::conditional::{self, Conditions, Validators};
 use crate::path::{self, Found, Missing};
 use crate::range;
 use crate::reply::{Reply, Sent};
-use crate::Http;
+use crate::site::Http;
 
 /// Cached bodies at least this large are shared with the host rather than
 /// copied into the output buffer.

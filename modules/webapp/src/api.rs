@@ -16,8 +16,8 @@ use module_api::web::{self, Request, Response};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::app::App;
 use crate::message::{Invalid, Message};
-use crate::App;
 
 /// A refused message: 400 naming the field.
 pub fn invalid(e: Invalid) -> Response {

@@ -60,70 +60,21 @@
 //! for this generation.
 
 pub mod api;
+pub mod app;
 pub mod config;
 pub mod db;
 pub mod message;
 pub mod pages;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-use module_api::web::{Limits, Response, Router};
+use module_api::web::{Limits, Router};
 use module_api::{ConnInfo, Handler, Manifest, Out, Protocol, ReloadMode, StartContext, Verdict};
 
 pub use config::Config;
-use db::{DbError, Store};
-use message::Rules;
+use db::Store;
 
-/// Counters of one generation, for `STATUS`.
-#[derive(Default)]
-pub struct Stats {
-    posted: AtomicU64,
-    deleted: AtomicU64,
-    db_errors: AtomicU64,
-}
-
-impl Stats {
-    fn posted(&self) {
-        self.posted.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn deleted(&self) {
-        self.deleted.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// What the handlers share.
-pub struct App {
-    pub cfg: Config,
-    pub store: Store,
-    pub stats: Stats,
-}
-
-impl App {
-    /// The rules new messages must meet.
-    pub fn rules(&self) -> Rules {
-        Rules {
-            max_author: self.cfg.max_author,
-            max_text: self.cfg.max_text,
-        }
-    }
-
-    /// The answer to a failed database call: 503 with `Retry-After` when
-    /// the database stayed locked, otherwise 500 (logged and counted).
-    pub fn db_error(&self, e: DbError) -> Response {
-        match e {
-            DbError::Busy => {
-                log::warn!("{}: busy after the timeout", self.store.path().display());
-                Response::error(503, "database busy, retry").header("Retry-After", "1")
-            }
-            DbError::Other(e) => {
-                self.stats.db_errors.fetch_add(1, Ordering::Relaxed);
-                log::error!("{}: {e}", self.store.path().display());
-                Response::error(500, "database error")
-            }
-        }
-    }
-}
+pub use app::{App, Stats};
 
 /// One generation of the module.
 pub struct Webapp {

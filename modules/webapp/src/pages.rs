@@ -16,8 +16,8 @@
 use module_api::web::{self, render, Cookie, Html, Request, Response, SameSite};
 
 use crate::api::{before_param, message_id};
+use crate::app::App;
 use crate::message::Message;
-use crate::App;
 
 const BOARD: &str = include_str!("../templates/board.html");
 
