@@ -349,27 +349,41 @@ pub fn write_all_errors<S: Sink + ?Sized>(out: &mut S, msg: &Message<'_>, e: &Rp
             one(out, item);
         }
         Message::Batch(items) => {
-            let start = out.size();
-            out.put(b"[");
-            let mut any = false;
-            for item in items {
-                let mark = out.size();
-                if any {
-                    out.put(b",");
-                }
-                if one(out, item) {
-                    any = true;
-                } else {
-                    out.cut(mark);
-                }
-            }
-            if any {
-                out.put(b"]");
-            } else {
-                out.cut(start);
-            }
+            write_batch(out, items, |out, item, _| one(out, item));
         }
     }
+}
+
+/// Writes the answers to a batch as one JSON array. `one` writes an
+/// item's answer and says whether it wrote one (a notification gets
+/// none); it is told how many bytes of the array are written so far. A
+/// batch of notifications only gets nothing at all, not `[]`. Returns
+/// whether anything was written.
+pub fn write_batch<S: Sink + ?Sized>(
+    out: &mut S,
+    items: &[Item<'_>],
+    mut one: impl FnMut(&mut S, &Item<'_>, usize) -> bool,
+) -> bool {
+    let start = out.size();
+    out.put(b"[");
+    let mut any = false;
+    for item in items {
+        let mark = out.size();
+        if any {
+            out.put(b",");
+        }
+        if one(out, item, mark - start) {
+            any = true;
+        } else {
+            out.cut(mark);
+        }
+    }
+    if any {
+        out.put(b"]");
+    } else {
+        out.cut(start);
+    }
+    any
 }
 
 #[cfg(test)]

@@ -115,45 +115,26 @@ pub fn eval_message<S: Sink>(env: &mut Env<'_>, msg: &Message<'_>, out: &mut S) 
         }
         Message::Single(item) => eval_item(env, item, out),
         Message::Batch(items) => {
-            let start = out.size();
             // A batch of reads of big values could build a huge reply:
             // past the cap, the remaining calls are answered with -32040.
             let cap = env.core.cfg.max_line_bytes.saturating_mul(8);
             let too_big = RpcError::new(code::TOO_LARGE, "reply too large: split the batch");
-            out.put(b"[");
-            let mut any = false;
-            for item in items {
-                let mark = out.size();
-                if any {
-                    out.put(b",");
+            jsonrpc::write_batch(out, items, |out, item, written| {
+                if written <= cap {
+                    return eval_item(env, item, out);
                 }
-                let answered = if mark - start > cap {
-                    match item {
-                        Item::Call(r) if r.id.is_some() => {
-                            jsonrpc::write_error(out, r.id, &too_big);
-                            true
-                        }
-                        Item::Call(_) => false,
-                        Item::Invalid { id, error } => {
-                            jsonrpc::write_error(out, *id, error);
-                            true
-                        }
+                match item {
+                    Item::Call(r) if r.id.is_some() => {
+                        jsonrpc::write_error(out, r.id, &too_big);
+                        true
                     }
-                } else {
-                    eval_item(env, item, out)
-                };
-                if answered {
-                    any = true;
-                } else {
-                    out.cut(mark);
+                    Item::Call(_) => false,
+                    Item::Invalid { id, error } => {
+                        jsonrpc::write_error(out, *id, error);
+                        true
+                    }
                 }
-            }
-            if any {
-                out.put(b"]");
-            } else {
-                out.cut(start);
-            }
-            any
+            })
         }
     }
 }
