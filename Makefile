@@ -14,6 +14,7 @@
 #   make bench-crash  wrk load while the worker is crashed 10 times: errors, recovery p50/p99
 #   make bench-webapp the webapp module: GET and POST throughput on SQLite
 #   make bench-rpc    the rpc module: kv.set/kv.get calls per second next to redis-benchmark
+#   make bench-bus    the rpc bus: request/reply and fan-out next to nats-server
 #   make browser-check  headless Chromium renders the webapp's page
 #   make tls-cert     a self-signed pair for local HTTPS: tls/cert.pem, tls/key.pem
 #   make token        a new bus token and its `token_hash = "sha256:..."` config line
@@ -44,7 +45,7 @@ HOST_BIN := $(RELEASE)/switchyard
 MODULES  := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard modules/*/Cargo.toml)))
 FIXTURES := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard tests/fixtures/*/Cargo.toml)))
 
-.PHONY: all build cargo-build install-modules run test lint new-module bench bench-proxy bench-proxy-bulk bench-https bench-reload bench-crash bench-webapp bench-rpc browser-check tls-cert tls-client-ca tls-client-cert token licenses fuzz fuzz-ci clean help
+.PHONY: all build cargo-build install-modules run test lint new-module bench bench-proxy bench-proxy-bulk bench-https bench-reload bench-crash bench-webapp bench-rpc bench-bus browser-check tls-cert tls-client-ca tls-client-cert token licenses fuzz fuzz-ci clean help
 
 all: build
 
@@ -79,6 +80,7 @@ run: build
 
 test: build
 	$(CARGO) test --release --workspace --no-fail-fast
+	scripts/test-clients.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -116,6 +118,9 @@ bench-webapp: build
 
 bench-rpc: build
 	bench/rpc.sh
+
+bench-bus: build
+	bench/bus.sh
 
 browser-check: build
 	tests/browser/webapp.sh

@@ -8,6 +8,7 @@ use std::sync::RwLock;
 
 use crate::access::Access;
 use crate::bus::{Bus, Note};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::conns::Conns;
 use crate::host::HostApi;
@@ -44,6 +45,8 @@ pub struct Core {
     pub gate: RwLock<Mode>,
     /// The descriptor of the ownership lock once held, else -1.
     pub owner_fd: AtomicI32,
+    /// Timers: request timeouts, ack waits, pings ([`crate::clock`]).
+    pub clock: Clock,
 }
 
 impl Core {
@@ -59,6 +62,7 @@ impl Core {
             stats: Stats::default(),
             gate: RwLock::new(Mode::Live),
             owner_fd: AtomicI32::new(-1),
+            clock: Clock::start()?,
         })
     }
 

@@ -37,6 +37,17 @@ pub mod code {
     pub const NOT_A_STREAM: i64 = -32030;
     /// The connection has too many subscriptions.
     pub const TOO_MANY_SUBSCRIPTIONS: i64 = -32031;
+    /// `bus.request`: nobody is subscribed to the subject (answered at once).
+    pub const NO_RESPONDERS: i64 = -32032;
+    /// `bus.request`: no answer came within its `timeout_ms`.
+    pub const TIMEOUT: i64 = -32033;
+    /// No stream of that name.
+    pub const NO_SUCH_STREAM: i64 = -32034;
+    /// No consumer of that name on the stream.
+    pub const NO_SUCH_CONSUMER: i64 = -32035;
+    /// A stream's subjects overlap another stream's, or a stream or
+    /// consumer exists with a different config.
+    pub const STREAM_CONFLICT: i64 = -32036;
     /// A line beyond the size limit; the connection is closed after it.
     pub const TOO_LARGE: i64 = -32040;
     /// A write would pass a kv limit (`max_value_bytes`, `max_keys`,

@@ -340,6 +340,7 @@
 
 pub mod access;
 pub mod bus;
+pub mod clock;
 pub mod config;
 pub mod conns;
 pub mod core;
@@ -477,6 +478,8 @@ impl Handler for Rpc {
     }
 
     fn stop(&self) {
+        // Timers first: one may hand work to the writer.
+        self.core.clock.stop();
         self.writer.stop();
         let n = self.core.stats.forwarded.load(Ordering::Relaxed);
         if n > 0 {

@@ -25,15 +25,32 @@ mod env;
 mod params;
 mod table;
 
+mod bus_presence;
 mod bus_publish;
+mod bus_reply;
+mod bus_request;
 mod bus_subscribe;
 mod bus_unsubscribe;
+mod consumer_delete;
+mod consumer_info;
 mod kv_cas;
 mod kv_del;
 mod kv_get;
 mod kv_incr;
 mod kv_keys;
 mod kv_set;
+mod kv_unwatch;
+mod kv_watch;
+mod stream_ack;
+mod stream_consume;
+mod stream_create;
+mod stream_delete;
+mod stream_fetch;
+mod stream_info;
+mod stream_list;
+mod stream_nak;
+mod stream_publish;
+mod stream_unconsume;
 mod sys_auth;
 mod sys_methods;
 mod sys_ping;
@@ -194,6 +211,23 @@ fn call<S: Sink>(env: &mut Env<'_>, req: &Request<'_>, out: &mut S) -> Result<()
         Method::BusSubscribe => bus_subscribe::run(env, req, out),
         Method::BusUnsubscribe => bus_unsubscribe::run(env, req, out),
         Method::BusPublish => bus_publish::run(env, req, out),
+        Method::BusRequest => bus_request::run(env, req, out),
+        Method::BusReply => bus_reply::run(env, req, out),
+        Method::BusPresence => bus_presence::run(env, req, out),
+        Method::KvWatch => kv_watch::run(env, req, out),
+        Method::KvUnwatch => kv_unwatch::run(env, req, out),
+        Method::StreamCreate => stream_create::run(env, req, out),
+        Method::StreamDelete => stream_delete::run(env, req, out),
+        Method::StreamInfo => stream_info::run(env, req, out),
+        Method::StreamList => stream_list::run(env, req, out),
+        Method::StreamPublish => stream_publish::run(env, req, out),
+        Method::StreamConsume => stream_consume::run(env, req, out),
+        Method::StreamUnconsume => stream_unconsume::run(env, req, out),
+        Method::StreamAck => stream_ack::run(env, req, out),
+        Method::StreamNak => stream_nak::run(env, req, out),
+        Method::StreamFetch => stream_fetch::run(env, req, out),
+        Method::ConsumerInfo => consumer_info::run(env, req, out),
+        Method::ConsumerDelete => consumer_delete::run(env, req, out),
     }
 }
 
