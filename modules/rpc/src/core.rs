@@ -66,6 +66,15 @@ impl Core {
         })
     }
 
+    /// Pushes one JSON line (ending in `\n`) to one connection, framed for
+    /// its transport; returns whether the connection exists. Every push
+    /// of the module goes through this or [`Core::deliver`], never
+    /// `host.push_many` directly, so that WebSocket connections get
+    /// frames and raw ones lines.
+    pub fn push_line(&self, conn: u64, line: &[u8]) -> bool {
+        self.host.push_many(&[conn], line, OVERFLOW_NOTICE) == 1
+    }
+
     /// Pushes a notification to its recipients, one shared copy for all
     /// of them; returns how many exist.
     pub fn deliver(&self, note: &Note) -> usize {
