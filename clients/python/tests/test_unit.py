@@ -1,0 +1,208 @@
+"""Pure logic and the reconnect protocol against a scripted fake server (no
+switchyard needed): subject matching, backoff, typed errors, what a client
+resends after a drop, replies matched by id."""
+
+import json
+import socket
+import threading
+import time
+import unittest
+
+import switchyard_client as sy
+
+
+def until(cond, secs=3.0):
+    end = time.monotonic() + secs
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+class FakeServer:
+    """Accepts connections, records their lines, answers per ``script``."""
+
+    def __init__(self, script):
+        self.script = script
+        self.conns = []
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(8)
+        self.port = self.lsock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                s, _ = self.lsock.accept()
+            except OSError:
+                return
+            conn = {"sock": s, "lines": []}
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        try:
+            for raw in conn["sock"].makefile("rb"):
+                msg = json.loads(raw)
+                conn["lines"].append(msg)
+                result = self.script(msg)
+                if result is not None:
+                    self.send(conn, {"jsonrpc": "2.0", "id": msg["id"], "result": result})
+        except (OSError, ValueError):
+            pass
+
+    def send(self, conn, obj):
+        conn["sock"].sendall((json.dumps(obj) + "\n").encode())
+
+    def drop(self, i):
+        self.conns[i]["sock"].shutdown(socket.SHUT_RDWR)
+        self.conns[i]["sock"].close()
+
+    def close(self):
+        self.lsock.close()
+
+
+class Pure(unittest.TestCase):
+    def test_subject_matching(self):
+        m = sy.subject_matches
+        self.assertTrue(m("a.*", "a.b"))
+        self.assertFalse(m("a.*", "a.b.c"))
+        self.assertFalse(m("a.*", "a"))
+        self.assertTrue(m("a.>", "a.b.c"))
+        self.assertFalse(m("a.>", "a"))
+        self.assertTrue(m("*.b.>", "x.b.c.d"))
+        self.assertFalse(m("a.b", "a.b.c"))
+        self.assertTrue(m(">", "x"))
+
+    def test_backoff(self):
+        b = sy.Backoff(rand=lambda: 1.0)
+        got = [round(b.next(), 3) for _ in range(10)]
+        self.assertEqual(got[:4], [0.1, 0.2, 0.4, 0.8])
+        self.assertEqual(got[9], 10.0)
+        b.reset()
+        self.assertEqual(b.next(), 0.1)
+        self.assertEqual(sy.Backoff(rand=lambda: 0.0).next(), 0.001)
+
+    def test_typed_errors(self):
+        self.assertIsInstance(sy.from_rpc_error({"code": -32032, "message": "x"}), sy.NoResponders)
+        t = sy.from_rpc_error({"code": -32033, "message": "late"})
+        self.assertIsInstance(t, sy.Timeout)
+        self.assertEqual((t.code, t.local), (-32033, False))
+        e = sy.from_rpc_error({"code": -32010, "message": "nope"})
+        self.assertIs(type(e), sy.SwitchyardError)
+        self.assertEqual(e.code, -32010)
+
+    def test_exports(self):
+        for name in sy.__all__:
+            self.assertTrue(hasattr(sy, name), name)
+
+
+class Protocol(unittest.TestCase):
+    def test_reconnect_restores_state_and_fails_in_flight_calls(self):
+        ids = iter(range(41, 100))
+
+        def script(msg):
+            return {"sys.auth": {"user": "bot"}, "bus.subscribe": 1, "kv.set": None,
+                    "stream.consume": {"ok": 1}, "sys.ping": "pong"}.get(
+                msg["method"], next(ids) if msg["method"] == "kv.watch" else True)
+
+        fake = FakeServer(script)
+        c = sy.Client(port=fake.port, token="t0k", backoff=sy.Backoff(base=0.02, cap=0.05))
+        try:
+            self.assertEqual(c.user, "bot")
+            plain, queued, events, msgs = [], [], [], []
+            c.bus.subscribe("a.*", lambda m: plain.append(m["topic"]))
+            c.bus.subscribe("a.>", lambda m: queued.append(m["topic"]), queue="workers")
+            c.kv.watch({"pattern": "cfg.*"}, events.append)
+            c.streams.consume("ORDERS", "billing", lambda m: msgs.append(m["seq"]), ack_wait_ms=1000)
+
+            errors = []
+
+            def write():
+                try:
+                    c.kv.set("k", 1)
+                except sy.SwitchyardError as e:
+                    errors.append(e)
+
+            t = threading.Thread(target=write)
+            t.start()
+            until(lambda: any(l["method"] == "kv.set" for l in fake.conns[0]["lines"]))
+            fake.drop(0)
+            t.join(3)
+            self.assertEqual(len(errors), 1)
+            self.assertIsInstance(errors[0], sy.ConnectionLost)
+            until(lambda: c.reconnects == 1)
+            second = [(l["method"], l.get("params")) for l in fake.conns[1]["lines"]]
+            self.assertEqual(second[0], ("sys.auth", {"token": "t0k"}))
+            self.assertEqual(sorted(json.dumps(x, sort_keys=True) for x in second[1:]), sorted(
+                json.dumps(x, sort_keys=True) for x in [
+                    ("bus.subscribe", {"topics": ["a.*"]}),
+                    ("bus.subscribe", {"topics": ["a.>"], "queue": "workers"}),
+                    ("kv.watch", {"pattern": "cfg.*"}),
+                    ("stream.consume", {"stream": "ORDERS", "consumer": "billing", "ack_wait_ms": 1000}),
+                ]))
+            self.assertNotIn("kv.set", [m for m, _ in second])
+
+            conn = fake.conns[1]
+            fake.send(conn, {"jsonrpc": "2.0", "method": "kv.event",
+                             "params": {"watch": 42, "key": "cfg.a", "op": "set", "revision": 7, "value": 1}})
+            fake.send(conn, {"jsonrpc": "2.0", "method": "bus.message", "params": {"topic": "a.b", "data": 1}})
+            fake.send(conn, {"jsonrpc": "2.0", "method": "bus.message", "params": {"topic": "a.b.c", "data": 2}})
+            fake.send(conn, {"jsonrpc": "2.0", "method": "stream.message", "params": {
+                "stream": "ORDERS", "consumer": "billing", "seq": 3, "subject": "o", "data": {}, "deliveries": 1}})
+            until(lambda: len(events) == 1 and len(queued) == 2 and len(msgs) == 1)
+            self.assertEqual(plain, ["a.b"])
+            self.assertEqual(queued, ["a.b", "a.b.c"])
+            self.assertEqual(events[0]["revision"], 7)
+            self.assertEqual(msgs, [3])
+        finally:
+            c.close()
+            fake.close()
+
+    def test_replies_matched_by_id_and_local_timeout(self):
+        held = []
+        fake = FakeServer(lambda msg: held.append(msg))
+        c = sy.Client(port=fake.port)
+        try:
+            out = {}
+
+            def call(name):
+                try:
+                    out[name] = c.call("x." + name)
+                except sy.SwitchyardError as e:
+                    out[name] = e
+
+            ta = threading.Thread(target=call, args=("a",))
+            ta.start()
+            until(lambda: len(held) == 1)
+            tb = threading.Thread(target=call, args=("b",))
+            tb.start()
+            until(lambda: len(held) == 2)
+            conn = fake.conns[0]
+            fake.send(conn, {"jsonrpc": "2.0", "id": held[1]["id"], "result": "B"})
+            tb.join(3)
+            self.assertEqual(out, {"b": "B"})
+            fake.send(conn, {"jsonrpc": "2.0", "id": held[0]["id"], "error": {"code": -32033, "message": "late"}})
+            ta.join(3)
+            self.assertIsInstance(out["a"], sy.Timeout)
+            self.assertFalse(out["a"].local)
+            t0 = time.monotonic()
+            with self.assertRaises(sy.Timeout) as cm:
+                c.call("x.c", timeout=0.1)
+            self.assertTrue(cm.exception.local)
+            self.assertGreaterEqual(time.monotonic() - t0, 0.09)
+        finally:
+            c.close()
+            fake.close()
+
+    def test_connect_failure_raises(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with self.assertRaises(sy.ConnectionLost):
+            sy.Client(port=port)
+
+
+if __name__ == "__main__":
+    unittest.main()
