@@ -23,7 +23,7 @@ missing() {
 status=0
 if command -v node >/dev/null 2>&1; then
     echo "test-clients: node $(node --version): clients/node"
-    (cd clients/node && timeout 60 node --test --test-reporter=spec test/) || status=1
+    (cd clients/node && timeout 60 node --test --test-reporter=spec test/*.test.js) || status=1
 else
     missing node Node
 fi

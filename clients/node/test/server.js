@@ -2,7 +2,7 @@
 // installed modules/rpc.so) on a free loopback port with a temporary data
 // dir, and can restart it on the same port and data.
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, copyFileSync, writeFileSync, rmSync, existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import net from 'node:net';
@@ -35,8 +35,17 @@ export class TestServer {
     mkdirSync(path.join(s.dir, 'modules'));
     mkdirSync(path.join(s.dir, 'data'));
     copyFileSync(RPC_SO, path.join(s.dir, 'modules/rpc.so'));
-    // Short ack_wait floors and purge intervals are set per call in the tests.
-    writeFileSync(path.join(s.dir, 'switchyard.toml'), '[server]\n\n[modules.rpc]\npurge_interval_ms = 50\n');
+    // TLS on the same port as plaintext, when openssl can make the pairs:
+    // a self-signed server certificate (its own CA) and a client certificate.
+    let tlsToml = '';
+    const tlsDir = path.join(s.dir, 'tls');
+    const gen = (...args) => spawnSync(path.join(ROOT, 'scripts/tls-cert.sh'), args, { stdio: 'ignore' }).status === 0;
+    if (gen(tlsDir, 'localhost', '127.0.0.1') && gen('--client', 'bot1', tlsDir)) {
+      s.tls = { dir: tlsDir, ca: path.join(tlsDir, 'cert.pem'), cert: path.join(tlsDir, 'clients/bot1.pem'), key: path.join(tlsDir, 'clients/bot1.key') };
+      tlsToml = '\n[server.tls]\ncert = "tls/cert.pem"\nkey = "tls/key.pem"\nclient_ca = "tls/client-ca.pem"\nclient_auth = "required"\n';
+    }
+    // purge_interval_ms: expiry events come within 50 ms.
+    writeFileSync(path.join(s.dir, 'switchyard.toml'), `[server]\n${tlsToml}\n[modules.rpc]\npurge_interval_ms = 50\n`);
     s.port = await freePort();
     await s.spawn();
     return s;

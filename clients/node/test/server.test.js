@@ -108,7 +108,7 @@ feature('queue group: each message to one member', ['bus.subscribe', 'bus.publis
   await a.bus.subscribe('n3.jobs', (m) => got.a.push(m.data), { queue: 'w' });
   await b.bus.subscribe('n3.jobs', (m) => got.b.push(m.data), { queue: 'w' });
   if ('bus.presence' in methods) {
-    assert.deepEqual(await pub.bus.presence('n3.jobs'), { subscribers: 0, queues: { w: 2 } });
+    assert.equal((await pub.bus.presence('n3.jobs')).queues.w, 2);
   }
   for (let i = 0; i < 20; i++) await pub.bus.publish('n3.jobs', i);
   await until(() => got.a.length + got.b.length === 20);
@@ -194,6 +194,31 @@ feature('streams: create, publish, consume with ack, fetch', ['stream.create', '
   assert.equal(await pulled[0].ack(), 1);
   assert.equal((await c.streams.info('N8')).messages, 3);
   assert.equal(await c.streams.delete('N8'), true);
+});
+
+test('TLS: a CA file and a client certificate; an untrusted server is refused', async (t) => {
+  if (!server.tls) {
+    t.skip('openssl could not make certificates');
+    return;
+  }
+  const { ca, cert, key } = server.tls;
+  const c = await sy.connect({ host: 'localhost', port: server.port, tls: { ca, cert, key } });
+  try {
+    assert.equal(await c.call('sys.ping'), 'pong');
+    assert.equal(await c.kv.incr('n9.tls'), 1);
+  } finally {
+    await c.close();
+  }
+  // Without the CA the self-signed server certificate is not trusted.
+  await assert.rejects(sy.connect({ host: 'localhost', port: server.port, tls: true }), sy.ConnectionLost);
+  // The server requires a client certificate (client_auth = "required"), so
+  // the success above proves the client sent its own.
+  await assert.rejects(async () => {
+    // TLS 1.3 may finish the client's side of the handshake before the
+    // server's refusal arrives: then the first call fails instead.
+    const bare = await sy.connect({ host: 'localhost', port: server.port, tls: { ca }, reconnect: false });
+    try { await bare.call('sys.ping'); } finally { await bare.close(); }
+  }, (e) => e instanceof sy.ConnectionLost || e instanceof sy.ClientClosed);
 });
 
 test('reconnect: the server restarts and the subscription works again', async () => {

@@ -31,9 +31,28 @@ class TestServer:
         os.mkdir(os.path.join(self.dir, "modules"))
         os.mkdir(os.path.join(self.dir, "data"))
         shutil.copy(RPC_SO, os.path.join(self.dir, "modules", "rpc.so"))
+        # TLS on the same port as plaintext, when openssl can make the pairs:
+        # a self-signed server certificate (its own CA) and a client
+        # certificate, which the server requires of TLS clients.
+        self.tls = None
+        tls_toml = ""
+        tls_dir = os.path.join(self.dir, "tls")
+        gen = os.path.join(ROOT, "scripts", "tls-cert.sh")
+
+        def run(*args):
+            return subprocess.run([gen, *args], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL).returncode == 0
+
+        if run(tls_dir, "localhost", "127.0.0.1") and run("--client", "bot1", tls_dir):
+            self.tls = {"ca": os.path.join(tls_dir, "cert.pem"),
+                        "cert": os.path.join(tls_dir, "clients", "bot1.pem"),
+                        "key": os.path.join(tls_dir, "clients", "bot1.key")}
+            tls_toml = ('\n[server.tls]\ncert = "tls/cert.pem"\nkey = "tls/key.pem"\n'
+                        'client_ca = "tls/client-ca.pem"\nclient_auth = "required"\n')
         self.config = os.path.join(self.dir, "switchyard.toml")
         with open(self.config, "w") as f:
-            f.write("[server]\n\n[modules.rpc]\npurge_interval_ms = 50\n")
+            # purge_interval_ms: expiry events come within 50 ms.
+            f.write(f"[server]\n{tls_toml}\n[modules.rpc]\npurge_interval_ms = 50\n")
         self.port = free_port()
         self.proc = None
         self.spawn()
