@@ -78,6 +78,7 @@ function fakeServer(script) {
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ server, conns, port: server.address().port })));
 }
 
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const until = async (cond, ms = 3000) => {
   const end = Date.now() + ms;
   while (!cond()) {
@@ -179,4 +180,61 @@ test('replies are matched by id, not by order', async () => {
 test('the first connection failing rejects connect()', async () => {
   const port = await new Promise((r) => { const s = net.createServer(); s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => r(p)); }); });
   await assert.rejects(sy.connect({ port }), sy.ConnectionLost);
+});
+
+test('respond answers with bus.reply, a throw as $error; request turns $error into ResponderError', async () => {
+  const fake = await fakeServer((msg) => {
+    if (msg.method === 'bus.request') return { [sy.ERROR_KEY]: { code: -32000, message: 'boom' } };
+    return msg.method === 'bus.subscribe' ? 1 : true;
+  });
+  const c = await sy.connect({ port: fake.port });
+  try {
+    await c.bus.respond('svc.add', (d) => d.a + d.b);
+    await c.bus.respond('svc.fail', () => { throw new Error('nope'); });
+    const conn = fake.conns[0];
+    const push = (params) => conn.sock.write(JSON.stringify({ jsonrpc: '2.0', method: 'bus.message', params }) + '\n');
+    push({ topic: 'svc.add', data: { a: 2, b: 3 }, reply: '_INBOX.1' });
+    push({ topic: 'svc.fail', data: {}, reply: '_INBOX.2' });
+    push({ topic: 'svc.add', data: { a: 1, b: 1 } }); // no reply subject: not a request
+    await until(() => conn.lines.filter((l) => l.method === 'bus.reply').length === 2);
+    await sleep(30);
+    const replies = conn.lines.filter((l) => l.method === 'bus.reply').map((l) => l.params).sort((x, y) => x.reply.localeCompare(y.reply));
+    assert.deepEqual(replies, [
+      { reply: '_INBOX.1', data: 5 },
+      { reply: '_INBOX.2', data: { [sy.ERROR_KEY]: { code: -32000, message: 'nope' } } },
+    ]);
+    await assert.rejects(c.bus.request('svc.x', 1), (e) => e instanceof sy.ResponderError && e.message === 'boom');
+    const req = conn.lines.find((l) => l.method === 'bus.request');
+    assert.deepEqual(req.params, { topic: 'svc.x', data: 1 });
+  } finally {
+    await c.close();
+    fake.server.close();
+  }
+});
+
+test('watch: events sent before the kv.watch reply reach the handler, in order', async () => {
+  const fake = await fakeServer((msg) => {
+    if (msg.method !== 'kv.watch') return true;
+    return undefined; // answered by hand below
+  });
+  const c = await sy.connect({ port: fake.port });
+  try {
+    const events = [];
+    const watching = c.kv.watch('cfg.', (e) => events.push([e.op, e.key]), { initial: true });
+    await until(() => fake.conns[0].lines.length === 1);
+    const { id, params } = fake.conns[0].lines[0];
+    assert.deepEqual(params, { prefix: 'cfg.', initial: true });
+    const ev = (p) => JSON.stringify({ jsonrpc: '2.0', method: 'kv.event', params: { watch: 7, ...p } }) + '\n';
+    fake.conns[0].sock.write(ev({ key: 'cfg.a', op: 'set', revision: 1, value: 1 })
+      + JSON.stringify({ jsonrpc: '2.0', id, result: 7 }) + '\n'
+      + ev({ op: 'ready' }));
+    const unwatch = await watching;
+    await until(() => events.length === 2);
+    assert.deepEqual(events, [['set', 'cfg.a'], ['ready', undefined]]);
+    assert.equal(await unwatch(), true);
+    assert.deepEqual(fake.conns[0].lines.at(-1).params, { watch: 7 });
+  } finally {
+    await c.close();
+    fake.server.close();
+  }
 });

@@ -196,6 +196,66 @@ class Protocol(unittest.TestCase):
             c.close()
             fake.close()
 
+    def test_respond_replies_and_errors(self):
+        def script(msg):
+            if msg["method"] == "bus.request":
+                return {sy.ERROR_KEY: {"code": -32000, "message": "boom"}}
+            return 1 if msg["method"] == "bus.subscribe" else True
+
+        fake = FakeServer(script)
+        c = sy.Client(port=fake.port)
+        try:
+            c.bus.respond("svc.add", lambda d, m: d["a"] + d["b"])
+
+            def fail(d, m):
+                raise ValueError("nope")
+
+            c.bus.respond("svc.fail", fail)
+            conn = fake.conns[0]
+            push = lambda p: fake.send(conn, {"jsonrpc": "2.0", "method": "bus.message", "params": p})
+            push({"topic": "svc.add", "data": {"a": 2, "b": 3}, "reply": "_INBOX.1"})
+            push({"topic": "svc.fail", "data": {}, "reply": "_INBOX.2"})
+            push({"topic": "svc.add", "data": {"a": 1, "b": 1}})  # not a request
+            replies = lambda: [l["params"] for l in conn["lines"] if l["method"] == "bus.reply"]
+            until(lambda: len(replies()) == 2)
+            time.sleep(0.03)
+            self.assertEqual(sorted(replies(), key=lambda r: r["reply"]), [
+                {"reply": "_INBOX.1", "data": 5},
+                {"reply": "_INBOX.2", "data": {sy.ERROR_KEY: {"code": -32000, "message": "nope"}}},
+            ])
+            with self.assertRaisesRegex(sy.ResponderError, "boom"):
+                c.bus.request("svc.x", 1)
+            req = [l for l in conn["lines"] if l["method"] == "bus.request"][0]
+            self.assertEqual(req["params"], {"topic": "svc.x", "data": 1})
+        finally:
+            c.close()
+            fake.close()
+
+    def test_watch_events_before_the_reply_come_first(self):
+        fake = FakeServer(lambda msg: None if msg["method"] == "kv.watch" else True)
+        c = sy.Client(port=fake.port)
+        try:
+            events = []
+            out = {}
+            t = threading.Thread(target=lambda: out.setdefault(
+                "w", c.kv.watch("cfg.", lambda e: events.append((e["op"], e.get("key"))), initial=True)))
+            t.start()
+            until(lambda: len(fake.conns[0]["lines"]) == 1)
+            line = fake.conns[0]["lines"][0]
+            self.assertEqual(line["params"], {"prefix": "cfg.", "initial": True})
+            ev = lambda p: json.dumps({"jsonrpc": "2.0", "method": "kv.event", "params": dict(watch=7, **p)}) + "\n"
+            fake.conns[0]["sock"].sendall((ev({"key": "cfg.a", "op": "set", "revision": 1, "value": 1})
+                                           + json.dumps({"jsonrpc": "2.0", "id": line["id"], "result": 7}) + "\n"
+                                           + ev({"op": "ready"})).encode())
+            t.join(3)
+            until(lambda: len(events) == 2)
+            self.assertEqual(events, [("set", "cfg.a"), ("ready", None)])
+            self.assertTrue(out["w"].unwatch())
+            self.assertEqual(fake.conns[0]["lines"][-1]["params"], {"watch": 7})
+        finally:
+            c.close()
+            fake.close()
+
     def test_connect_failure_raises(self):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

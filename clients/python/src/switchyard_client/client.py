@@ -261,6 +261,9 @@ class Client:
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
+            if self._closed:  # closed while connecting
+                sock.close()
+                raise OSError("client closed")
             self._sock = sock
         threading.Thread(target=self._read, args=(sock,), name="switchyard-reader", daemon=True).start()
         return sock
@@ -296,11 +299,12 @@ class Client:
             self._ready.notify_all()
 
     def _read(self, sock: Any) -> None:
-        f = sock.makefile("rb")
         try:
-            for raw in f:
-                if raw.strip():
-                    self._on_line(raw)
+            # The file holds its own reference to the socket: close it too.
+            with sock.makefile("rb") as f:
+                for raw in f:
+                    if raw.strip():
+                        self._on_line(raw)
         except (OSError, ValueError):
             pass
         self._on_close(sock)
@@ -392,10 +396,11 @@ class Client:
             with self._lock:
                 w = self._watches.get(params.get("watch"))
                 if w is None:
+                    # Before its kv.watch reply was handled (initial values).
                     self._early_events.append(params)
                     del self._early_events[:-1000]
                     return
-            self._dispatch.put((w.handler, params))
+                self._dispatch.put((w.handler, params))
         elif method == "stream.message":
             with self._lock:
                 c = self._consumers.get((params.get("stream"), params.get("consumer")))
@@ -460,8 +465,10 @@ class Client:
             self._watches[ident] = w
             early = [e for e in self._early_events if e.get("watch") == ident]
             self._early_events = [e for e in self._early_events if e.get("watch") != ident]
-        for e in early:
-            self._dispatch.put((w.handler, e))
+            # Queued under the lock: the reader dispatches this watch's later
+            # events only once it can see the watch, so after these.
+            for e in early:
+                self._dispatch.put((w.handler, e))
         return ident
 
     def _drop_watch(self, w: Watch) -> bool:
