@@ -38,11 +38,12 @@ export class Client extends EventEmitter {
     this.pending = new Map(); // id -> {resolve, reject, timer, sent, line}
     this.outbox = []; // lines of calls made while not connected, sent after the restore
     this.subs = new Set(); // {pattern, queue, handler}
-    this.serverSubs = new Map(); // "queue\0pattern" -> local count
+    this.serverSubs = new Map(); // "queue\0pattern" -> {count, liveOn, result}
     this.watches = new Map(); // server watch id -> watch
     this.watchList = new Set();
     this.consumers = new Map(); // "stream\0consumer" -> consumer
     this.earlyEvents = []; // kv.event lines that came before their kv.watch reply
+    this.restoreWaiters = []; // registrations made while disconnected
     this.socket = null;
     this.connected = false; // socket open and restored: calls go out at once
     this.closed = false;
@@ -107,6 +108,7 @@ export class Client extends EventEmitter {
     clearTimeout(this.retryTimer);
     this.failPending(new ClientClosed('client closed'), true);
     this.rejectFirst(new ClientClosed('client closed'));
+    this.wakeWaiters();
     const s = this.socket;
     this.socket = null;
     this.connected = false;
@@ -158,15 +160,22 @@ export class Client extends EventEmitter {
         if (this.options.user) p.user = this.options.user;
         this.user = (await this.send('sys.auth', p, {}, true)).user;
       }
+      // Each item is marked as registered on this socket, so that a
+      // registration the user started while disconnected is not sent twice.
       const jobs = [];
-      for (const key of this.serverSubs.keys()) {
+      const replay = (item, send) => {
+        item.liveOn = socket;
+        item.result = send();
+        jobs.push(item.result);
+      };
+      for (const [key, entry] of this.serverSubs) {
         const [queue, pattern] = key.split('\0');
         const p = { topics: [pattern] };
         if (queue) p.queue = queue;
-        jobs.push(this.send('bus.subscribe', p, {}, true));
+        replay(entry, () => this.send('bus.subscribe', p, {}, true));
       }
-      for (const w of this.watchList) jobs.push(this.startWatch(w, true));
-      for (const c of this.consumers.values()) jobs.push(this.send('stream.consume', c.params, {}, true));
+      for (const w of this.watchList) replay(w, () => this.startWatch(w, true));
+      for (const c of this.consumers.values()) replay(c, () => this.send('stream.consume', c.params, {}, true));
       for (const r of await Promise.allSettled(jobs)) {
         if (r.status === 'rejected') this.emit('restoreError', r.reason);
       }
@@ -189,6 +198,36 @@ export class Client extends EventEmitter {
     for (const e of queued) this.write(e);
     if (again) this.emit('reconnect');
     this.resolveFirst(this);
+    this.wakeWaiters();
+  }
+
+  wakeWaiters() {
+    const waiters = this.restoreWaiters;
+    this.restoreWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  /**
+   * Registers a restorable item (subscription, watch, consumer) on the
+   * server once per connection: `send()` now if connected, else after the
+   * restore unless the restore already did it.
+   */
+  async registerOnce(item, send) {
+    const deadline = Date.now() + this.options.timeoutMs;
+    while (!this.connected) {
+      if (this.closed) throw new ClientClosed('client closed');
+      const left = deadline - Date.now();
+      if (left <= 0) throw new TimeoutError(`not connected within ${this.options.timeoutMs} ms`, -32033, undefined, true);
+      await new Promise((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.restoreWaiters.push(() => { clearTimeout(t); resolve(); });
+      });
+    }
+    if (item.liveOn !== this.socket) {
+      item.liveOn = this.socket;
+      item.result = send();
+    }
+    return item.result;
   }
 
   onClose(socket) {
@@ -282,19 +321,21 @@ export class Client extends EventEmitter {
   async addSub(pattern, handler, queue) {
     const sub = { pattern, handler, queue: queue ?? '' };
     const key = `${sub.queue}\0${pattern}`;
-    const count = this.serverSubs.get(key) ?? 0;
-    this.serverSubs.set(key, count + 1);
+    let entry = this.serverSubs.get(key);
+    if (!entry) {
+      entry = { count: 0, liveOn: null, result: null };
+      this.serverSubs.set(key, entry);
+    }
+    entry.count++;
     this.subs.add(sub);
-    if (count === 0) {
-      const p = { topics: [pattern] };
-      if (queue) p.queue = queue;
-      try {
-        await this.call('bus.subscribe', p);
-      } catch (err) {
-        this.subs.delete(sub);
-        this.dropServerSub(key);
-        throw err;
-      }
+    const p = { topics: [pattern] };
+    if (queue) p.queue = queue;
+    try {
+      await this.registerOnce(entry, () => this.call('bus.subscribe', p));
+    } catch (err) {
+      this.subs.delete(sub);
+      this.dropServerSub(key);
+      throw err;
     }
     let done = false;
     return async () => {
@@ -311,11 +352,9 @@ export class Client extends EventEmitter {
   }
 
   dropServerSub(key) {
-    const n = (this.serverSubs.get(key) ?? 1) - 1;
-    if (n > 0) {
-      this.serverSubs.set(key, n);
-      return false;
-    }
+    const entry = this.serverSubs.get(key);
+    if (!entry) return false;
+    if (--entry.count > 0) return false;
     this.serverSubs.delete(key);
     return true;
   }

@@ -49,10 +49,10 @@ export class Kv {
     const client = this.client;
     const params = typeof target === 'string' ? { prefix: target } : { ...target };
     if (opts.initial) params.initial = true;
-    const w = { params, handler, id: undefined };
+    const w = { params, handler, id: undefined, liveOn: null, result: null };
     client.watchList.add(w);
     try {
-      await client.startWatch(w, false);
+      await client.registerOnce(w, () => client.startWatch(w, false));
     } catch (err) {
       client.watchList.delete(w);
       throw err;

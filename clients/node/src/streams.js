@@ -41,11 +41,11 @@ export class Streams {
     const client = this.client;
     const key = `${stream}\0${consumer}`;
     if (client.consumers.has(key)) throw new Error(`already consuming ${stream}/${consumer} on this client`);
-    const c = { params: { stream, consumer, ...snake(opts) }, handler };
+    const c = { params: { stream, consumer, ...snake(opts) }, handler, liveOn: null, result: null };
     client.consumers.set(key, c);
     let info;
     try {
-      info = await client.call('stream.consume', c.params);
+      info = await client.registerOnce(c, () => client.call('stream.consume', c.params));
     } catch (err) {
       client.consumers.delete(key);
       throw err;

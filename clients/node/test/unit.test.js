@@ -146,9 +146,18 @@ test('reconnect: in-flight calls fail with ConnectionLost and are not resent; au
     fake.conns[1].sock.destroy();
     await dropped;
     const later = c.call('sys.ping');
+    const lateWatch = c.kv.watch('late.', () => {});
+    const lateSub = c.bus.subscribe('b.*', () => {});
     await until(() => fake.conns.length === 3 && fake.conns[2].lines.some((l) => l.method === 'sys.ping'));
     assert.equal(await later, true);
-    assert.equal(fake.conns[2].lines[0].method, 'sys.auth');
+    await lateSub;
+    await lateWatch;
+    const third = fake.conns[2].lines;
+    assert.equal(third[0].method, 'sys.auth');
+    // Made while disconnected: sent once, by the restore or after it, never twice.
+    assert.equal(third.filter((l) => l.method === 'bus.subscribe' && l.params.topics[0] === 'b.*').length, 1);
+    assert.equal(third.filter((l) => l.method === 'kv.watch' && l.params.prefix === 'late.').length, 1);
+    assert.equal(third.filter((l) => l.method === 'kv.watch').length, 2);
   } finally {
     await c.close();
     fake.server.close();

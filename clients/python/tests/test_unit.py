@@ -156,6 +156,29 @@ class Protocol(unittest.TestCase):
             self.assertEqual(queued, ["a.b", "a.b.c"])
             self.assertEqual(events[0]["revision"], 7)
             self.assertEqual(msgs, [3])
+
+            # Registered while disconnected: sent once (by the restore or
+            # after it), never twice.
+            dropped = threading.Event()
+            c.on_disconnect = dropped.set
+            fake.drop(1)
+            self.assertTrue(dropped.wait(3))
+            late = []
+            t1 = threading.Thread(target=lambda: late.append(c.bus.subscribe("b.*", print)))
+            t2 = threading.Thread(target=lambda: late.append(c.kv.watch("late.", print)))
+            t1.start()
+            t2.start()
+            t1.join(3)
+            t2.join(3)
+            self.assertEqual(len(late), 2)
+            until(lambda: c.reconnects == 2)
+            third = fake.conns[2]["lines"]
+            self.assertEqual(third[0]["method"], "sys.auth")
+            self.assertEqual(len([l for l in third if l["method"] == "bus.subscribe"
+                                  and l["params"]["topics"] == ["b.*"]]), 1)
+            self.assertEqual(len([l for l in third if l["method"] == "kv.watch"
+                                  and l["params"].get("prefix") == "late."]), 1)
+            self.assertEqual(len([l for l in third if l["method"] == "kv.watch"]), 2)
         finally:
             c.close()
             fake.close()

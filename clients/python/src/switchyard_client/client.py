@@ -39,6 +39,16 @@ class _Pending:
         self.sock: Any = None
 
 
+class _SubEntry:
+    """One server subscription (queue, pattern), shared by local handlers."""
+
+    __slots__ = ("count", "live_on")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.live_on: Any = None  # the socket it was last registered on
+
+
 class Subscription:
     """A bus subscription; ``unsubscribe()`` ends it."""
 
@@ -61,6 +71,7 @@ class Watch:
         self.params = params
         self.handler = handler
         self.id: Optional[int] = None
+        self.live_on: Any = None
 
     def unwatch(self) -> bool:
         return self._client._drop_watch(self)
@@ -74,6 +85,7 @@ class Consumer:
         self.params = params
         self.handler = handler
         self.info: Any = None
+        self.live_on: Any = None
 
     @property
     def key(self) -> tuple:
@@ -130,7 +142,7 @@ class Client:
         self._write_lock = threading.Lock()
         self._pending: Dict[int, _Pending] = {}
         self._subs: List[Subscription] = []
-        self._server_subs: Dict[tuple, int] = {}  # (queue, pattern) -> local count
+        self._server_subs: Dict[tuple, _SubEntry] = {}  # (queue, pattern) -> entry
         self._watches: Dict[int, Watch] = {}
         self._watch_list: List[Watch] = []
         self._early_events: List[dict] = []
@@ -276,9 +288,13 @@ class Client:
                 p["user"] = self._auth_user
             self.user = self._call("sys.auth", p, None, internal=True)["user"]
         with self._lock:
+            # Marked as registered on this socket, so that a registration the
+            # user started while disconnected is not sent twice.
             subs = list(self._server_subs)
             watches = list(self._watch_list)
             consumers = list(self._consumers.values())
+            for item in [*self._server_subs.values(), *watches, *consumers]:
+                item.live_on = sock
         for queue_name, pattern in subs:
             self._call("bus.subscribe", _drop_none({"topics": [pattern], "queue": queue_name or None}),
                        None, internal=True)
@@ -357,6 +373,23 @@ class Client:
                 self._dispatch.put((self.on_reconnect, None))
             return
 
+    def _register_once(self, item: Any, send: Callable[[], Any]) -> Any:
+        """Registers a restorable item on the server once per connection:
+        ``send()`` when connected, unless the restore already did it."""
+        deadline = time.monotonic() + self.timeout
+        with self._lock:
+            while not self._connected and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Timeout(f"not connected within {self.timeout} s", local=True)
+                self._ready.wait(left)
+            if self._closed:
+                raise ClientClosed("client closed")
+            if item.live_on is self._sock:
+                return None
+            item.live_on = self._sock
+        return send()
+
     def _fail(self, err: BaseException, sock: Any) -> None:
         """Fails calls in flight on ``sock`` (all when None); caller holds the lock."""
         for ident, p in list(self._pending.items()):
@@ -424,15 +457,15 @@ class Client:
         sub = Subscription(self, pattern, handler, queue_name or "")
         key = (sub.queue, pattern)
         with self._lock:
-            count = self._server_subs.get(key, 0)
-            self._server_subs[key] = count + 1
+            entry = self._server_subs.setdefault(key, _SubEntry())
+            entry.count += 1
             self._subs.append(sub)
-        if count == 0:
-            try:
-                self.call("bus.subscribe", _drop_none({"topics": [pattern], "queue": queue_name}))
-            except BaseException:
-                self._forget_sub(sub)
-                raise
+        try:
+            self._register_once(entry, lambda: self.call(
+                "bus.subscribe", _drop_none({"topics": [pattern], "queue": queue_name})))
+        except BaseException:
+            self._forget_sub(sub)
+            raise
         return sub
 
     def _forget_sub(self, sub: Subscription) -> bool:
@@ -443,11 +476,13 @@ class Client:
             sub.active = False
             self._subs.remove(sub)
             key = (sub.queue, sub.pattern)
-            n = self._server_subs.get(key, 1) - 1
-            if n > 0:
-                self._server_subs[key] = n
+            entry = self._server_subs.get(key)
+            if entry is None:
                 return False
-            self._server_subs.pop(key, None)
+            entry.count -= 1
+            if entry.count > 0:
+                return False
+            del self._server_subs[key]
             return True
 
     def _drop_sub(self, sub: Subscription) -> bool:
@@ -537,7 +572,7 @@ class Kv:
         with self._c._lock:
             self._c._watch_list.append(w)
         try:
-            self._c._start_watch(w, internal=False)
+            self._c._register_once(w, lambda: self._c._start_watch(w, internal=False))
         except BaseException:
             with self._c._lock:
                 self._c._watch_list.remove(w)
@@ -629,7 +664,9 @@ class Streams:
                 raise ValueError(f"already consuming {stream}/{consumer} on this client")
             c._consumers[cons.key] = cons
         try:
-            cons.info = c.call("stream.consume", cons.params)
+            info = c._register_once(cons, lambda: c.call("stream.consume", cons.params))
+            if info is not None:
+                cons.info = info
         except BaseException:
             with c._lock:
                 c._consumers.pop(cons.key, None)
