@@ -112,7 +112,7 @@ test('reconnect: in-flight calls fail with ConnectionLost and are not resent; au
     await c.streams.consume('ORDERS', 'billing', (m) => msgs.push(m.seq), { ackWaitMs: 1000 });
 
     const inflight = c.kv.set('k', 1);
-    await until(() => fake.conns[0].lines.some((l) => l.method === 'kv.set'));
+    await until(() => fake.conns[0]?.lines.some((l) => l.method === 'kv.set'));
     const reconnected = new Promise((r) => c.once('reconnect', r));
     fake.conns[0].sock.destroy();
     await assert.rejects(inflight, sy.ConnectionLost);
@@ -230,7 +230,7 @@ test('watch: events sent before the kv.watch reply reach the handler, in order',
   try {
     const events = [];
     const watching = c.kv.watch('cfg.', (e) => events.push([e.op, e.key]), { initial: true });
-    await until(() => fake.conns[0].lines.length === 1);
+    await until(() => fake.conns[0]?.lines.length === 1);
     const { id, params } = fake.conns[0].lines[0];
     assert.deepEqual(params, { prefix: 'cfg.', initial: true });
     const ev = (p) => JSON.stringify({ jsonrpc: '2.0', method: 'kv.event', params: { watch: 7, ...p } }) + '\n';

@@ -267,6 +267,24 @@ class Server(unittest.TestCase):
         with sy.Client("localhost", SERVER.port, tls=SERVER.tls) as c:
             self.assertEqual(c.call("sys.ping"), "pong")
             self.assertEqual(c.kv.incr("p9.tls"), 1)
+            # Reads (replies, pushed messages) and writes from several
+            # threads at once on the one TLS socket.
+            got = []
+            c.bus.subscribe("p9.*", lambda m: got.append(m["data"]))
+            out = {}
+
+            def work(i):
+                for j in range(20):
+                    out[(i, j)] = c.kv.incr(f"p9.t{i}")
+                    c.bus.publish("p9.x", j)
+
+            threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(10)
+            self.assertEqual(out, {(i, j): j + 1 for i in range(4) for j in range(20)})
+            until(lambda: len(got) == 80)
         # The self-signed server certificate is not trusted without its CA.
         with self.assertRaises(sy.ConnectionLost):
             sy.Client("localhost", SERVER.port, tls=True)

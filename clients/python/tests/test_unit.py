@@ -127,7 +127,7 @@ class Protocol(unittest.TestCase):
 
             t = threading.Thread(target=write)
             t.start()
-            until(lambda: any(l["method"] == "kv.set" for l in fake.conns[0]["lines"]))
+            until(lambda: fake.conns and any(l["method"] == "kv.set" for l in fake.conns[0]["lines"]))
             fake.drop(0)
             t.join(3)
             self.assertEqual(len(errors), 1)
@@ -263,7 +263,7 @@ class Protocol(unittest.TestCase):
             t = threading.Thread(target=lambda: out.setdefault(
                 "w", c.kv.watch("cfg.", lambda e: events.append((e["op"], e.get("key"))), initial=True)))
             t.start()
-            until(lambda: len(fake.conns[0]["lines"]) == 1)
+            until(lambda: fake.conns and len(fake.conns[0]["lines"]) == 1)
             line = fake.conns[0]["lines"][0]
             self.assertEqual(line["params"], {"prefix": "cfg.", "initial": True})
             ev = lambda p: json.dumps({"jsonrpc": "2.0", "method": "kv.event", "params": dict(watch=7, **p)}) + "\n"

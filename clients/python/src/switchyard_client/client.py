@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 import queue
+import select
 import socket
 import ssl
 import threading
@@ -139,7 +140,12 @@ class Client:
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self._ready = threading.Condition(self._lock)
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one line at a time
+        # A TLS socket's SSL state must never be used by two threads at
+        # once (a recv racing a send can corrupt it and hang the
+        # connection): each SSL call holds this lock, and the reader waits
+        # for data outside it.
+        self._io_lock = threading.Lock()
         self._pending: Dict[int, _Pending] = {}
         self._subs: List[Subscription] = []
         self._server_subs: Dict[tuple, _SubEntry] = {}  # (queue, pattern) -> entry
@@ -202,8 +208,7 @@ class Client:
             p.sock = sock
             self._pending[ident] = p
         try:
-            with self._write_lock:
-                sock.sendall(line)
+            self._write(sock, line)
         except OSError:
             pass  # the reader sees the drop and fails this call
         if not p.event.wait(max(0.0, deadline - time.monotonic())):
@@ -223,8 +228,7 @@ class Client:
                 return
         msg = {"jsonrpc": "2.0", "method": method, "params": params, "id": f"x{next(self._ids)}"}
         try:
-            with self._write_lock:
-                sock.sendall((json.dumps(msg, separators=(",", ":")) + "\n").encode())
+            self._write(sock, (json.dumps(msg, separators=(",", ":")) + "\n").encode())
         except OSError:
             pass
 
@@ -270,7 +274,9 @@ class Client:
         sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         if self._tls is not None:
             sock = self._tls.wrap_socket(sock, server_hostname=self.host)
-        sock.settimeout(None)
+            sock.setblocking(False)  # see _io_lock
+        else:
+            sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
             if self._closed:  # closed while connecting
@@ -314,16 +320,59 @@ class Client:
             self.backoff.reset()
             self._ready.notify_all()
 
+    def _write(self, sock: Any, data: bytes) -> None:
+        if not isinstance(sock, ssl.SSLSocket):
+            with self._write_lock:
+                sock.sendall(data)
+            return
+        view = memoryview(data)
+        with self._write_lock:
+            while view:
+                try:
+                    with self._io_lock:
+                        n = sock.send(view)
+                    view = view[n:]
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                    # Wait outside the SSL lock, so that the reader goes on
+                    # reading (the server may be waiting for us to read).
+                    select.select([], [sock], [], 0.5)
+
     def _read(self, sock: Any) -> None:
         try:
-            # The file holds its own reference to the socket: close it too.
-            with sock.makefile("rb") as f:
-                for raw in f:
-                    if raw.strip():
-                        self._on_line(raw)
+            if isinstance(sock, ssl.SSLSocket):
+                self._read_tls(sock)
+            else:
+                # The file holds its own reference to the socket: close it too.
+                with sock.makefile("rb") as f:
+                    for raw in f:
+                        if raw.strip():
+                            self._on_line(raw)
         except (OSError, ValueError):
             pass
         self._on_close(sock)
+
+    def _read_tls(self, sock: ssl.SSLSocket) -> None:
+        buf = b""
+        while True:
+            # pending(): bytes already decrypted, which select cannot see.
+            if not sock.pending():
+                if sock.fileno() < 0:
+                    return
+                ready, _, _ = select.select([sock], [], [], 0.5)
+                if not ready:
+                    continue
+            try:
+                with self._io_lock:
+                    data = sock.recv(65536)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                continue
+            if not data:
+                return
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                if raw.strip():
+                    self._on_line(raw)
 
     def _on_close(self, sock: Any) -> None:
         with self._lock:
