@@ -247,9 +247,15 @@ class Server(unittest.TestCase):
                 import setuptools.command.bdist_wheel  # noqa: F401
             except ImportError:
                 self.skipTest("no wheel support (neither the wheel package nor setuptools >= 70.1)")
-        target = tempfile.mkdtemp(prefix="sy-pip-")
+        tmp = tempfile.mkdtemp(prefix="sy-pip-")
+        target = os.path.join(tmp, "target")
         try:
-            src = os.path.join(os.path.dirname(__file__), "..")
+            # Built from a copy: setuptools writes build/ and *.egg-info
+            # beside the sources.
+            src = os.path.join(tmp, "src")
+            here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+            shutil.copytree(here, src, ignore=shutil.ignore_patterns(
+                "tests", "build", "*.egg-info", "__pycache__"))
             r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
                                 "--no-build-isolation", "--no-index", "--target", target, src],
                                capture_output=True, text=True, timeout=60)
@@ -258,8 +264,12 @@ class Server(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr[-2000:])
             for f in ("__init__.py", "client.py", "backoff.py", "py.typed"):
                 self.assertTrue(os.path.exists(os.path.join(target, "switchyard_client", f)), f)
+            r = subprocess.run([sys.executable, "-c", "import switchyard_client as s; print(s.__version__)"],
+                               env={**os.environ, "PYTHONPATH": target}, capture_output=True, text=True,
+                               timeout=30)
+            self.assertEqual(r.stdout.strip(), "0.1.0", r.stderr)
         finally:
-            shutil.rmtree(target, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def test_09_tls(self):
         if SERVER.tls is None:
