@@ -159,6 +159,8 @@ class Client:
         self.reconnects = 0
         self.on_reconnect: Optional[Callable[[], Any]] = None
         self.on_disconnect: Optional[Callable[[], Any]] = None
+        #: Called with any other notification (e.g. bus.revoked, bus.overflow).
+        self.on_notification: Optional[Callable[[dict], Any]] = None
         self._dispatch: "queue.Queue[Any]" = queue.Queue()
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="switchyard-dispatch",
                                             daemon=True)
@@ -459,8 +461,10 @@ class Client:
         if ident is not None and ("result" in msg or "error" in msg):
             with self._lock:
                 p = self._pending.pop(ident, None)
-            if p is None:
-                return  # timed out locally, or a _send_nowait reply
+            if p is None:  # timed out locally, or a _send_nowait reply
+                if msg.get("error") is not None:
+                    log.warning("call %s failed: %s", ident, msg["error"])
+                return
             if msg.get("error") is not None:
                 p.error = from_rpc_error(msg["error"])
             else:
@@ -488,6 +492,11 @@ class Client:
                 c = self._consumers.get((params.get("stream"), params.get("consumer")))
             if c is not None:
                 self._dispatch.put((c.handler, StreamMessage(self, params)))
+        else:
+            # bus.overflow, bus.revoked and whatever a newer server sends.
+            log.warning("notification %s: %s", method, params)
+            if self.on_notification is not None:
+                self._dispatch.put((self.on_notification, msg))
 
     def _dispatch_loop(self) -> None:
         while True:
