@@ -189,6 +189,12 @@ feature('streams: create, publish, consume with ack, fetch', ['stream.create', '
   await until(() => got.length === 3);
   assert.deepEqual(got, [[1, 1, 1], [2, 2, 1], [3, 3, 1]]);
   assert.equal(await stop(), true);
+  assert.deepEqual(await c.streams.fetch('N8', 'push', { batch: 5 }), [], 'all acknowledged');
+  // stream.consume creates a durable consumer; fetch pulls from it once
+  // this connection has detached (what it was sent is due again at once).
+  const detach = await c.streams.consume('N8', 'pull', () => {}, { ackWaitMs: 60000 });
+  assert.equal(detach.info.consumer, 'pull');
+  await detach();
   const pulled = await c.streams.fetch('N8', 'pull', { batch: 2 });
   assert.deepEqual(pulled.map((m) => m.seq), [1, 2]);
   assert.equal(await pulled[0].ack(), 1);

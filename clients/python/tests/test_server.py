@@ -229,6 +229,12 @@ class Server(unittest.TestCase):
         until(lambda: len(got) == 3)
         self.assertEqual(got, [(1, 1, 1), (2, 2, 1), (3, 3, 1)])
         self.assertTrue(cons.stop())
+        self.assertEqual(c.streams.fetch("P8", "push", batch=5), [], "all acknowledged")
+        # stream.consume creates a durable consumer; fetch pulls from it once
+        # this connection has detached (what it was sent is due again at once).
+        pull = c.streams.consume("P8", "pull", lambda m: None, ack_wait_ms=60000)
+        self.assertEqual(pull.info["consumer"], "pull")
+        self.assertTrue(pull.stop())
         pulled = c.streams.fetch("P8", "pull", batch=2)
         self.assertEqual([m["seq"] for m in pulled], [1, 2])
         self.assertEqual(pulled[0].ack(), 1)
