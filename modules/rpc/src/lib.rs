@@ -359,6 +359,7 @@ pub mod post;
 pub mod raw;
 pub mod start;
 pub mod store;
+pub mod streams;
 pub mod types;
 pub mod writer;
 
@@ -441,6 +442,9 @@ impl Handler for Rpc {
             let timeout = self.core.cfg.handoff_timeout();
             self.writer
                 .run(move || handoff::forward_close(host, &token, id, timeout));
+        } else {
+            // Its messages go to the other members of its consumers.
+            self.core.streams.closed(conn.id);
         }
     }
 
@@ -468,6 +472,7 @@ impl Handler for Rpc {
             lock_fd: Some(self.core.owner_fd.load(Ordering::Acquire)).filter(|fd| *fd >= 0),
             sessions: self.core.access.sessions.snapshot(),
             closed: self.core.conns.closed_ids(),
+            consumers: self.core.streams.snapshot(),
         };
         log::info!(
             "handing over {} subscriptions and {} connection states",
