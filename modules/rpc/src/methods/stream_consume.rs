@@ -10,9 +10,9 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::bus::check_topic;
 use crate::jsonrpc::{code, Request, RpcError, Sink};
 use crate::streams::consumer::ConsumerConfig;
+use crate::streams::index::check_subject;
 use crate::streams::{consumer_info, index, no_stream, Deliver};
 
 use super::env::{stream_conn, Env};
@@ -89,7 +89,7 @@ pub(super) fn run<S: Sink>(
     let p: ConsumeP<'_> = params(req)?;
     let key = key(&p.stream, &p.consumer)?;
     if let Some(f) = &p.filter {
-        check_topic(f, true)?;
+        check_subject(f, true)?;
     }
     let (policy, deliver_text) = deliver(p.deliver.as_ref().unwrap_or(&"all".into()))?;
     if p.ack_wait_ms

@@ -6,9 +6,8 @@
 use serde::Deserialize;
 
 use crate::access::Right;
-use crate::bus::check_topic;
 use crate::jsonrpc::{Request, RpcError, Sink};
-use crate::streams::index::check_name;
+use crate::streams::index::{check_name, check_subject};
 use crate::streams::{Discard, StreamConfig};
 
 use super::env::Env;
@@ -49,7 +48,7 @@ pub(super) fn run<S: Sink>(
         )));
     }
     for s in &p.subjects {
-        check_topic(s, true)?;
+        check_subject(s, true)?;
     }
     let max_value = env.core.cfg.max_value_bytes as u64;
     let limit = |name: &str, v: Option<i64>| match v {

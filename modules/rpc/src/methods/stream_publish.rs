@@ -10,9 +10,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::access::Right;
-use crate::bus::{self, check_topic, Note};
+use crate::bus::{self, Note};
 use crate::jsonrpc::{code, Request, RpcError, Sink};
 use crate::store::{stored_text, View};
+use crate::streams::index::check_subject;
 
 use super::env::Env;
 use super::params::params;
@@ -68,7 +69,7 @@ pub(super) fn run<S: Sink>(
     out: &mut S,
 ) -> Result<(), RpcError> {
     let p: PublishP<'_> = params(req)?;
-    check_topic(&p.topic, false)?;
+    check_subject(&p.topic, false)?;
     env.who.check(Right::Publish, &req.method, &p.topic)?;
     let Some((stream, seq)) = store_covered(env, &p.topic, p.data)? else {
         return Err(RpcError::new(
@@ -95,5 +96,6 @@ pub(super) fn run<S: Sink>(
 /// Whether a `bus.publish` must go to the writer because a stream
 /// covers its topic (for `needs_writer`).
 pub(super) fn covers(req: &Request<'_>) -> bool {
-    params::<PublishP<'_>>(req).is_ok_and(|p| crate::streams::index::covered(&p.topic))
+    crate::streams::index::any()
+        && params::<PublishP<'_>>(req).is_ok_and(|p| crate::streams::index::covered(&p.topic))
 }

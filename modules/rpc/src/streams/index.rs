@@ -11,7 +11,7 @@
 //! writer, which decides with the core's own streams.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::RwLock;
 
 use crate::access::pattern::Pattern;
@@ -19,6 +19,14 @@ use crate::jsonrpc::RpcError;
 
 static COVERED: RwLock<BTreeMap<u64, Vec<Pattern>>> = RwLock::new(BTreeMap::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// Generations with at least one stream: while 0, a publish costs one
+/// atomic load here (no lock, no params parsed).
+static ANY: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether any stream exists in any generation.
+pub fn any() -> bool {
+    ANY.load(Ordering::Relaxed) > 0
+}
 
 /// Whether some stream of some generation covers `topic`.
 pub fn covered(topic: &str) -> bool {
@@ -44,6 +52,7 @@ impl Registration {
         } else {
             all.insert(self.0, ps);
         }
+        ANY.store(all.len(), Ordering::Relaxed);
     }
 }
 
@@ -55,10 +64,9 @@ impl Default for Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        COVERED
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.0);
+        let mut all = COVERED.write().unwrap_or_else(|e| e.into_inner());
+        all.remove(&self.0);
+        ANY.store(all.len(), Ordering::Relaxed);
     }
 }
 
@@ -75,6 +83,18 @@ pub fn matches(pattern: &str, topic: &str) -> bool {
 /// Whether every subject `sub` (a pattern) can match is inside `pattern`.
 pub fn covers(pattern: &str, sub: &str) -> bool {
     Pattern::parse(pattern).is_ok_and(|p| p.covers(sub))
+}
+
+/// -32602 unless `s` is a valid topic (or pattern) that is also a NATS
+/// subject: no whitespace nor control characters.
+pub fn check_subject(s: &str, pattern: bool) -> Result<(), RpcError> {
+    crate::bus::check_topic(s, pattern)?;
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(RpcError::invalid_params(format!(
+            "bad subject {s:?}: segments cannot contain spaces or control characters"
+        )));
+    }
+    Ok(())
 }
 
 /// -32602 unless `name` is a valid stream or consumer name
@@ -108,6 +128,10 @@ mod tests {
         assert!(covers("a.>", "a.b.*"));
         assert!(!covers("a.*", "a.>"));
         assert!(check_name("stream", "ORDERS_1-x").is_ok());
+        assert!(check_subject("a.*", true).is_ok());
+        assert!(check_subject("a b", false).is_err());
+        assert!(check_subject("a.\u{7}", false).is_err());
+        assert!(check_subject("a.*", false).is_err());
         for bad in ["", "a.b", "a b", "ä", &"x".repeat(65)] {
             assert!(check_name("stream", bad).is_err(), "{bad:?}");
         }

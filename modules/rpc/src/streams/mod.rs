@@ -234,6 +234,9 @@ impl Streams {
     /// Loads the streams once the writer owns the database, and delivers
     /// what a predecessor left pending.
     pub fn open(&self, core: &Core) {
+        // Read again even if a call looked before (in standby the tables
+        // may have changed under another owner).
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).loaded = false;
         let st = self.lock(&core.cfg);
         self.attached.store(
             st.consumers.values().map(|c| c.members.len()).sum(),
@@ -763,9 +766,17 @@ impl State {
             return false;
         }
         let cap = pull.as_ref().map_or(usize::MAX, |(_, n)| *n);
+        // A fetch's reply stays near a line's size (the first message
+        // always goes).
+        let max_bytes = if pulling {
+            core.cfg.max_line_bytes
+        } else {
+            usize::MAX
+        };
         // (member, params) of each delivery, sent once the state is set.
         let mut out: Vec<(u64, String)> = Vec::new();
-        let mut emit = |c: &mut Consumer, m: &store::Msg, member: u64, deliveries: u32| {
+        let mut bytes = 0;
+        let mut emit = |c: &mut Consumer, m: &store::Msg, member: u64, deliveries: u32| -> usize {
             c.pending.insert(
                 m.seq,
                 Pending {
@@ -774,11 +785,14 @@ impl State {
                     deadline: now + c.ack_wait(),
                 },
             );
-            out.push((member, message_params(key, m, deliveries)));
+            let params = message_params(key, m, deliveries);
+            let n = params.len();
+            out.push((member, params));
+            n
         };
         let mut taken = 0;
         for seq in c.due(now) {
-            if taken >= cap {
+            if taken >= cap || bytes >= max_bytes {
                 break;
             }
             let p = c.pending[&seq];
@@ -813,13 +827,14 @@ impl State {
                     None => break,
                 }
             };
-            emit(c, &msg, member, p.deliveries + 1);
+            bytes += emit(c, &msg, member, p.deliveries + 1);
             taken += 1;
         }
         let mut read = 0;
         let mut more = false;
         c.next_seq = c.next_seq.max(s.first_seq);
-        'chunks: while c.has_room() && taken < cap && c.next_seq <= s.last_seq {
+        'chunks: while c.has_room() && taken < cap && bytes < max_bytes && c.next_seq <= s.last_seq
+        {
             if read >= CHUNK {
                 more = true;
                 break;
@@ -836,7 +851,7 @@ impl State {
                 break;
             }
             for m in msgs {
-                if !c.has_room() || taken >= cap {
+                if !c.has_room() || taken >= cap || bytes >= max_bytes {
                     break 'chunks;
                 }
                 read += 1;
@@ -854,7 +869,7 @@ impl State {
                 } else {
                     c.next_member(0).unwrap_or(0)
                 };
-                emit(c, &m, member, 1);
+                bytes += emit(c, &m, member, 1);
                 taken += 1;
             }
         }
@@ -940,4 +955,144 @@ pub fn consumer_info(c: &Consumer) -> serde_json::Value {
         "ack_floor": c.floor, "pending": c.pending.len(), "members": c.members.len(),
         "delivered_seq": c.next_seq.saturating_sub(1), "terminated": c.terminated,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+
+    fn cfg(name: &str, subject: &str, max_msgs: i64, discard: Discard) -> StreamConfig {
+        StreamConfig {
+            name: name.into(),
+            subjects: vec![subject.into()],
+            max_msgs,
+            max_bytes: -1,
+            max_age_ms: 0,
+            max_msg_bytes: 100,
+            discard,
+        }
+    }
+
+    #[test]
+    fn appends_enforce_limits_and_survive_a_reload_from_sqlite() {
+        let (core, _dir) = crate::testing::core();
+        let mut db = Db::open(&core.cfg.db, core.cfg.sync).unwrap();
+        let mut ops = Vec::new();
+        let mut st = core.streams.lock(&core.cfg);
+        assert!(st
+            .create(cfg("S", "s.>", 2, Discard::Old), 10, 1, &mut ops)
+            .unwrap());
+        assert!(!st
+            .create(cfg("S", "s.>", 2, Discard::Old), 10, 1, &mut ops)
+            .unwrap());
+        let e = st
+            .create(cfg("T", "*.x", -1, Discard::Old), 10, 1, &mut ops)
+            .unwrap_err();
+        assert_eq!(e.code, code::STREAM_CONFLICT, "{}", e.message);
+        let e = st
+            .create(cfg("T", "t", -1, Discard::New), 1, 1, &mut ops)
+            .unwrap_err();
+        assert_eq!(e.code, code::LIMIT, "max_streams 1");
+        for i in 1..=3 {
+            let seq = st
+                .append(&core.cfg, 0, "S", "s.a", &i.to_string(), 5, &mut ops)
+                .unwrap();
+            assert_eq!(seq, i);
+        }
+        let s = &st.streams["S"];
+        assert_eq!((s.first_seq, s.last_seq, s.bytes), (2, 3, 8));
+        let e = st
+            .append(&core.cfg, 0, "S", "s.a", &"x".repeat(101), 5, &mut ops)
+            .unwrap_err();
+        assert!(e.message.contains("max_msg_bytes"), "{}", e.message);
+        db.write_streams(&ops).unwrap();
+        drop(st);
+        core.streams.failed(&core);
+        let st = core.streams.lock(&core.cfg);
+        let s = &st.streams["S"];
+        assert_eq!((s.first_seq, s.last_seq, s.bytes), (2, 3, 8), "as stored");
+        let conn = st.db.as_ref().unwrap();
+        assert!(!store::exists(conn, "S", 1).unwrap(), "trimmed");
+        assert!(store::exists(conn, "S", 3).unwrap());
+        assert!(index::covered("s.b"));
+    }
+
+    #[test]
+    fn discard_new_refuses_naming_the_limit() {
+        let (core, _dir) = crate::testing::core();
+        let mut ops = Vec::new();
+        let mut st = core.streams.lock(&core.cfg);
+        st.create(cfg("N", "n", 1, Discard::New), 10, 1, &mut ops)
+            .unwrap();
+        st.append(&core.cfg, 0, "N", "n", "1", 5, &mut ops).unwrap();
+        let e = st
+            .append(&core.cfg, 0, "N", "n", "2", 5, &mut ops)
+            .unwrap_err();
+        assert_eq!(e.code, code::LIMIT);
+        assert!(e.message.contains("max_msgs (1)"), "{}", e.message);
+        let e = st
+            .append(&core.cfg, u64::MAX / 2, "N", "n", "2", 5, &mut ops)
+            .unwrap_err();
+        assert!(
+            e.message.contains("max_msgs"),
+            "the stream's own limit first"
+        );
+    }
+
+    #[test]
+    fn a_consumer_gets_each_message_once_until_acked_and_persists_its_floor() {
+        let (core, _dir) = crate::testing::core();
+        let mut db = Db::open(&core.cfg.db, core.cfg.sync).unwrap();
+        let mut ops = Vec::new();
+        let mut st = core.streams.lock(&core.cfg);
+        st.create(cfg("S", "s.*", -1, Discard::Old), 10, 1, &mut ops)
+            .unwrap();
+        for (i, subject) in ["s.a", "s.b", "s.a"].iter().enumerate() {
+            st.append(&core.cfg, 0, "S", subject, &i.to_string(), 5, &mut ops)
+                .unwrap();
+        }
+        let c = ConsumerConfig {
+            stream: "S".into(),
+            name: "c".into(),
+            filter: Some("s.a".into()),
+            deliver: "\"all\"".into(),
+            ack_wait_ms: 60_000,
+            max_deliver: -1,
+            max_ack_pending: 10,
+        };
+        st.create_consumer(c, 0, 10, 1, &mut ops).unwrap();
+        db.write_streams(&std::mem::take(&mut ops)).unwrap();
+        let key: Key = ("S".into(), "c".into());
+        let mut got = Vec::new();
+        st.pump(&core, &core.streams, &key, Some((&mut got, 10)));
+        let seqs: Vec<u64> = got
+            .iter()
+            .map(|m| {
+                serde_json::from_str::<serde_json::Value>(m).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, [1, 3], "the filter skips s.b");
+        let mut again = Vec::new();
+        st.pump(&core, &core.streams, &key, Some((&mut again, 10)));
+        assert!(again.is_empty(), "pending until acked or ack_wait");
+        let c = st.consumers.get_mut(&key).unwrap();
+        assert!(c.ack(3));
+        assert_eq!((c.floor, c.acked.len()), (0, 1), "1 still pending");
+        assert!(c.ack(1));
+        assert_eq!(c.floor, 3);
+        db.write_streams(&[Op::Acks {
+            stream: "S".into(),
+            consumer: "c".into(),
+            floor: 3,
+            above: vec![],
+        }])
+        .unwrap();
+        drop(st);
+        core.streams.failed(&core);
+        let st = core.streams.lock(&core.cfg);
+        assert_eq!(st.consumers[&key].next_seq, 4, "resumes after the floor");
+    }
 }
