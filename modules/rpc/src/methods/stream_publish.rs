@@ -41,25 +41,13 @@ pub(super) fn store_covered(
         return Ok(None);
     };
     let mut st = core.streams.lock(&core.cfg);
-    let Some(name) = st.covering(topic).map(|s| s.cfg.name.clone()) else {
-        return Ok(None);
-    };
     let kv_bytes = core
         .store
         .totals()
         .bytes
         .saturating_add_signed(overlay.delta().1);
     let text = stored_text(data);
-    let seq = st.append(
-        &core.cfg,
-        kv_bytes,
-        &name,
-        topic,
-        &text,
-        now,
-        &mut overlay.streams,
-    )?;
-    Ok(Some((name, seq)))
+    st.append(&core.cfg, kv_bytes, topic, &text, now, &mut overlay.streams)
 }
 
 /// Runs `stream.publish`.

@@ -574,23 +574,24 @@ impl State {
             .map_or(0, |(_, _, size)| size)
     }
 
-    /// Appends a message to `stream` within the batch (the caller
-    /// checked that the stream covers `topic`); returns its sequence.
+    /// Appends a message on `topic` to the stream covering it, within
+    /// the batch: `Some((stream, seq))`, `None` if no stream covers it.
     /// -32050 naming the limit for a message that does not fit.
     pub fn append(
         &mut self,
         cfg: &Config,
         kv_bytes: u64,
-        stream: &str,
         topic: &str,
         data: &str,
         now_ms: u64,
         ops: &mut Vec<Op>,
-    ) -> Result<u64, RpcError> {
-        let all_bytes: u64 = self.streams.values().map(|s| s.bytes).sum();
-        let Some(s) = self.streams.get(stream) else {
-            return Err(no_stream(stream));
+    ) -> Result<Option<(String, u64)>, RpcError> {
+        let Some(name) = self.covering(topic).map(|s| s.cfg.name.clone()) else {
+            return Ok(None);
         };
+        let stream = name.as_str();
+        let all_bytes: u64 = self.streams.values().map(|s| s.bytes).sum();
+        let s = &self.streams[stream];
         let size = store::msg_size(topic, data);
         let full = |what: &str, max: i64| {
             RpcError::new(
@@ -621,7 +622,7 @@ impl State {
             }
         }
         let would = kv_bytes + all_bytes + size;
-        if would > cfg.max_total_bytes as u64 {
+        if would > cfg.max_total_bytes {
             return Err(RpcError::new(
                 code::LIMIT,
                 format!(
@@ -672,7 +673,7 @@ impl State {
             .map(|(k, _)| k.clone())
             .collect();
         self.dirty.extend(keys);
-        Ok(seq)
+        Ok(Some((name, seq)))
     }
 
     /// The floor a new consumer starts from.
@@ -995,17 +996,21 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.code, code::LIMIT, "max_streams 1");
         for i in 1..=3 {
-            let seq = st
-                .append(&core.cfg, 0, "S", "s.a", &i.to_string(), 5, &mut ops)
+            let got = st
+                .append(&core.cfg, 0, "s.a", &i.to_string(), 5, &mut ops)
                 .unwrap();
-            assert_eq!(seq, i);
+            assert_eq!(got, Some(("S".to_string(), i)));
         }
         let s = &st.streams["S"];
         assert_eq!((s.first_seq, s.last_seq, s.bytes), (2, 3, 8));
         let e = st
-            .append(&core.cfg, 0, "S", "s.a", &"x".repeat(101), 5, &mut ops)
+            .append(&core.cfg, 0, "s.a", &"x".repeat(101), 5, &mut ops)
             .unwrap_err();
         assert!(e.message.contains("max_msg_bytes"), "{}", e.message);
+        assert_eq!(
+            st.append(&core.cfg, 0, "t.a", "1", 5, &mut ops).unwrap(),
+            None
+        );
         db.write_streams(&ops).unwrap();
         drop(st);
         core.streams.failed(&core);
@@ -1025,14 +1030,12 @@ mod tests {
         let mut st = core.streams.lock(&core.cfg);
         st.create(cfg("N", "n", 1, Discard::New), 10, 1, &mut ops)
             .unwrap();
-        st.append(&core.cfg, 0, "N", "n", "1", 5, &mut ops).unwrap();
-        let e = st
-            .append(&core.cfg, 0, "N", "n", "2", 5, &mut ops)
-            .unwrap_err();
+        st.append(&core.cfg, 0, "n", "1", 5, &mut ops).unwrap();
+        let e = st.append(&core.cfg, 0, "n", "2", 5, &mut ops).unwrap_err();
         assert_eq!(e.code, code::LIMIT);
         assert!(e.message.contains("max_msgs (1)"), "{}", e.message);
         let e = st
-            .append(&core.cfg, u64::MAX / 2, "N", "n", "2", 5, &mut ops)
+            .append(&core.cfg, u64::MAX / 2, "n", "2", 5, &mut ops)
             .unwrap_err();
         assert!(
             e.message.contains("max_msgs"),
@@ -1049,7 +1052,7 @@ mod tests {
         st.create(cfg("S", "s.*", -1, Discard::Old), 10, 1, &mut ops)
             .unwrap();
         for (i, subject) in ["s.a", "s.b", "s.a"].iter().enumerate() {
-            st.append(&core.cfg, 0, "S", subject, &i.to_string(), 5, &mut ops)
+            st.append(&core.cfg, 0, subject, &i.to_string(), 5, &mut ops)
                 .unwrap();
         }
         let c = ConsumerConfig {
