@@ -238,6 +238,7 @@ fn a_durable_consumer_resumes_after_a_restart_with_nothing_lost_or_doubled() {
 fn streams_limits_redelivery_members_fetch_and_reload() {
     let s = ServerBuilder::new(&["http", "rpc"])
         .tag("rpc-streams")
+        .toml("[modules.rpc]\nmax_streams = 9\nmax_consumers = 5\nmax_consumer_members = 2")
         .start();
     let mut p = Conn::new(&s);
 
@@ -545,6 +546,27 @@ fn streams_limits_redelivery_members_fetch_and_reload() {
         json!({"stream": "RED", "consumer": "r", "ack_wait_ms": 999}),
     );
     assert_eq!(code, -32036, "another config for an existing consumer");
+    // Too large, too many.
+    p.ok(
+        "stream.create",
+        json!({"name": "BIG", "subjects": ["big"], "max_msg_bytes": 16}),
+    );
+    let (code, msg) = p.err("stream.publish", json!({"topic": "big", "data": "x".repeat(20)}));
+    assert_eq!(code, -32050);
+    assert!(msg.contains("max_msg_bytes (16)"), "{msg}");
+    p.ok("stream.create", json!({"name": "S9", "subjects": ["s9"]}));
+    let (code, msg) = p.err("stream.create", json!({"name": "S10", "subjects": ["s10"]}));
+    assert_eq!(code, -32050);
+    assert!(msg.contains("max_streams (9)"), "{msg}");
+    p.ok("stream.consume", json!({"stream": "BIG", "consumer": "x"}));
+    let (code, msg) = p.err("stream.consume", json!({"stream": "BIG", "consumer": "y"}));
+    assert_eq!(code, -32050);
+    assert!(msg.contains("max_consumers (5)"), "{msg}");
+    p.ok("stream.consume", consume.clone());
+    let mut third = Conn::new(&s);
+    let (code, msg) = third.err("stream.consume", consume);
+    assert_eq!(code, -32050);
+    assert!(msg.contains("max_consumer_members (2)"), "{msg}");
     let list = p.ok("stream.list", json!({}));
     assert!(list.as_array().unwrap().len() >= 6, "{list}");
     assert_eq!(p.ok("stream.delete", json!({"name": "LIM"})), true);
