@@ -174,10 +174,8 @@ fn a_durable_consumer_resumes_after_a_restart_with_nothing_lost_or_doubled() {
     // Worker and leader, as a crash would.
     let worker = a.worker_pid();
     // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    assert_eq!(
-        unsafe { libc::kill(worker as libc::pid_t, libc::SIGKILL) },
-        0
-    );
+    let killed = unsafe { libc::kill(worker as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(killed, 0);
     a.signal(libc::SIGKILL);
     assert!(a.wait_exit(Duration::from_secs(5)).is_some());
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -551,7 +549,10 @@ fn streams_limits_redelivery_members_fetch_and_reload() {
         "stream.create",
         json!({"name": "BIG", "subjects": ["big"], "max_msg_bytes": 16}),
     );
-    let (code, msg) = p.err("stream.publish", json!({"topic": "big", "data": "x".repeat(20)}));
+    let (code, msg) = p.err(
+        "stream.publish",
+        json!({"topic": "big", "data": "x".repeat(20)}),
+    );
     assert_eq!(code, -32050);
     assert!(msg.contains("max_msg_bytes (16)"), "{msg}");
     p.ok("stream.create", json!({"name": "S9", "subjects": ["s9"]}));
