@@ -95,6 +95,12 @@ pub struct Config {
     pub auth_backoff_max_ms: u64,
     /// Peer addresses the pause table remembers at most.
     pub auth_backoff_peers: usize,
+    /// Most durable streams ([`crate::streams`]).
+    pub max_streams: usize,
+    /// Most durable consumers, all streams together.
+    pub max_consumers: usize,
+    /// Most connections attached to one consumer.
+    pub max_consumer_members: usize,
 }
 
 impl Default for Config {
@@ -124,6 +130,9 @@ impl Default for Config {
             auth_backoff_ms: 500,
             auth_backoff_max_ms: 30_000,
             auth_backoff_peers: 4096,
+            max_streams: 100,
+            max_consumers: 1000,
+            max_consumer_members: 64,
         }
     }
 }
@@ -170,6 +179,12 @@ impl Config {
         if cfg.purge_interval_ms == 0 || cfg.checkpoint_interval_ms == 0 {
             return Err(
                 "[modules.rpc]: purge_interval_ms and checkpoint_interval_ms must be positive"
+                    .into(),
+            );
+        }
+        if cfg.max_streams == 0 || cfg.max_consumers == 0 || cfg.max_consumer_members == 0 {
+            return Err(
+                "[modules.rpc]: max_streams, max_consumers and max_consumer_members must be positive"
                     .into(),
             );
         }

@@ -47,6 +47,8 @@ pub struct Core {
     pub owner_fd: AtomicI32,
     /// Timers: request timeouts, ack waits, pings ([`crate::clock`]).
     pub clock: Clock,
+    /// Durable streams and their consumers ([`crate::streams`]).
+    pub streams: crate::streams::Streams,
 }
 
 impl Core {
@@ -63,6 +65,7 @@ impl Core {
             gate: RwLock::new(Mode::Live),
             owner_fd: AtomicI32::new(-1),
             clock: Clock::start()?,
+            streams: Default::default(),
         })
     }
 

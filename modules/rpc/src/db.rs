@@ -127,6 +127,9 @@ impl Db {
         db.conn
             .execute_batch(SCHEMA)
             .map_err(|e| err("cannot prepare", path, e))?;
+        db.conn
+            .execute_batch(crate::streams::store::SCHEMA)
+            .map_err(|e| err("cannot prepare the stream tables of", path, e))?;
         db.ensure_totals()
             .map_err(|e| err("cannot count the keys of", path, e))?;
         // Written only when it changes: a successor generation opens the
@@ -277,6 +280,7 @@ impl Db {
             let mut add = conn.prepare_cached(ADD_META)?;
             add.execute(params!["keys", delta.0])?;
             add.execute(params!["bytes", delta.1])?;
+            crate::streams::store::write(conn, &overlay.streams)?;
             Ok(())
         })
     }
@@ -371,6 +375,15 @@ impl Db {
     #[cfg(test)]
     pub fn make_read_only(&self) {
         self.conn.execute_batch("PRAGMA query_only = 1").unwrap();
+    }
+}
+
+/// Durable streams ([`crate::streams`]).
+impl Db {
+    /// Writes stream changes made outside a batch (max_age) in one
+    /// transaction.
+    pub fn write_streams(&mut self, ops: &[crate::streams::Op]) -> rusqlite::Result<()> {
+        self.in_transaction(|c| crate::streams::store::write(c, ops))
     }
 }
 

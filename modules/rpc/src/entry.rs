@@ -44,6 +44,9 @@ pub struct Overlay {
     keys: i64,
     bytes: i64,
     fills: Fills,
+    /// Changes to the stream tables, written in the same transaction
+    /// ([`crate::streams`]).
+    pub streams: Vec<crate::streams::Op>,
 }
 
 impl Overlay {
@@ -72,11 +75,11 @@ impl Overlay {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
+        self.changes.is_empty() && self.streams.is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.changes.len()
+        self.changes.len() + self.streams.len()
     }
 
     /// Whether the batch changed `key`.

@@ -73,6 +73,9 @@ pub struct State {
     /// successor keeps them closed and restores no session for them.
     #[serde(default)]
     pub closed: Vec<u64>,
+    /// Consumers' in-memory state: deliveries, members ([`crate::streams`]).
+    #[serde(default)]
+    pub consumers: Vec<crate::streams::consumer::ConsumerSnap>,
 }
 
 /// The start of a message a connection has sent, as handed over.
@@ -421,8 +424,18 @@ mod tests {
                 self_forwarded: true,
             }],
             closed: vec![3],
+            consumers: vec![crate::streams::consumer::ConsumerSnap {
+                stream: "S".into(),
+                consumer: "c".into(),
+                next_seq: 5,
+                pending: vec![(4, 2, 1, 300)],
+                members: vec![2],
+                acked: vec![],
+                terminated: 0,
+            }],
         };
         let back = State::parse(&s.encode()).unwrap().unwrap();
+        assert_eq!(back.consumers, s.consumers);
         assert_eq!(back.subs, s.subs);
         assert_eq!(back.lock_fd, Some(9));
         assert_eq!(back.sessions, s.sessions);

@@ -129,6 +129,7 @@
 //! kv_write = ["bot1.>"]
 //! publish = ["bot1.>"]
 //! subscribe = ["events.>", "bot1.>"]
+//! stream_admin = ["BOT1_JOBS"]            # streams it may create and delete ("*": any; default: none)
 //! ```
 //!
 //! With users, every connection except in-process calls acts as a user
@@ -229,6 +230,38 @@
 //! `checkpoint_interval_ms`. A database made by an older version is
 //! converted once at start (logged; about as long as copying the file).
 //!
+//! # Durable streams
+//!
+//! ([`streams`]) JetStream-like streams on the same SQLite database.
+//! `stream.create {name, subjects, max_msgs?, max_bytes?, max_age_ms?,
+//! max_msg_bytes?, discard?}` makes a stream over subjects that no other
+//! stream's overlap (-32036); every `bus.publish` or `stream.publish` to a
+//! covered subject is stored in the writer's group commit, durable before
+//! the reply, and still delivered live to subscribers after the commit
+//! (`bus.request`'s message is not stored). Limits: `max_msgs` and
+//! `max_bytes` (-1: none) drop the oldest messages (`discard = "old"`) or
+//! refuse the new one with -32050 naming the limit (`"new"`);
+//! `max_age_ms` (0: none) is enforced between batches; `max_msg_bytes`
+//! defaults to `max_value_bytes`; a stream's bytes count against
+//! `max_total_bytes`. Names are `[A-Za-z0-9_-]{1,64}`.
+//!
+//! A durable consumer (`stream.consume {stream, consumer, deliver?,
+//! filter?, ack_wait_ms?, max_deliver?, max_ack_pending?}`) is created on
+//! first use and attaches the calling raw connection as a member; the
+//! members of a consumer split its messages round robin, with
+//! `max_ack_pending` shared. Messages arrive as `stream.message`
+//! notifications and are delivered again after `ack_wait_ms` unless
+//! acknowledged (`stream.ack`), at once after `stream.nak` or when their
+//! member leaves, and dropped after `max_deliver` deliveries.
+//! `stream.fetch` is the pull form for `POST /rpc`. Only acknowledgements
+//! are stored (a floor plus the acknowledged sequences above it): after a
+//! restart every unacknowledged message is delivered again and no
+//! acknowledged one; a reload hands the deliveries over, so it delivers
+//! nothing twice. `stream.create`/`delete` and `consumer.delete` need the
+//! `stream_admin` right (a rule over stream names; users have none by
+//! default) plus Publish and Subscribe on the subjects created; reading a
+//! consumer needs Subscribe on its filter or on all the stream's subjects.
+//!
 //! # Reload
 //!
 //! `overlap`, with state handoff ([`handoff`]): `RELOAD rpc` fails no
@@ -302,6 +335,9 @@
 //! auth_backoff_ms = 500          # pause per address after a failed login, doubling (0: none)
 //! auth_backoff_max_ms = 30000    # the longest pause
 //! auth_backoff_peers = 4096      # addresses the pause table holds
+//! max_streams = 100              # durable streams
+//! max_consumers = 1000           # durable consumers, all streams together
+//! max_consumer_members = 64      # connections attached to one consumer
 //! # [[modules.rpc.users]]: see Access control (none: protected mode)
 //! ```
 //!
@@ -314,7 +350,8 @@
 //! transports), [`dispatch`] (which transport, and serve, wait or
 //! forward), [`start`] and [`generation`] (a generation's start and its
 //! handover steps), [`handoff`] (reload messages), [`owner`] (one writer
-//! per database), [`access`] (users, permissions, logins), [`config`].
+//! per database), [`access`] (users, permissions, logins), [`streams`]
+//! (durable streams and consumers), [`config`].
 //!
 //! # Layers
 //!
@@ -359,6 +396,7 @@ pub mod post;
 pub mod raw;
 pub mod start;
 pub mod store;
+pub mod streams;
 pub mod types;
 pub mod writer;
 
@@ -441,6 +479,9 @@ impl Handler for Rpc {
             let timeout = self.core.cfg.handoff_timeout();
             self.writer
                 .run(move || handoff::forward_close(host, &token, id, timeout));
+        } else {
+            // Its messages go to the other members of its consumers.
+            self.core.streams.closed(conn.id);
         }
     }
 
@@ -468,6 +509,7 @@ impl Handler for Rpc {
             lock_fd: Some(self.core.owner_fd.load(Ordering::Acquire)).filter(|fd| *fd >= 0),
             sessions: self.core.access.sessions.snapshot(),
             closed: self.core.conns.closed_ids(),
+            consumers: self.core.streams.snapshot(),
         };
         log::info!(
             "handing over {} subscriptions and {} connection states",

@@ -122,6 +122,7 @@ impl Rpc {
                     .collect(),
             );
             core.bus.restore(s.subs);
+            core.streams.restore(s.consumers);
             let whos = core.access.restore(host, &core.conns, s.sessions);
             revoke_subscriptions(&core, whos);
         }

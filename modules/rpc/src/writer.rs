@@ -103,6 +103,8 @@ impl Writer {
         let (tx, rx) = mpsc::channel();
         let now = Instant::now();
         let host = core.host;
+        core.streams
+            .start(Arc::downgrade(&core), Runner(Mutex::new(tx.clone())));
         let mut worker = Worker {
             core,
             db: None,
@@ -196,6 +198,22 @@ impl Writer {
     }
 }
 
+/// Hands closures to the writer thread from anywhere (timers, closing
+/// connections), as [`Writer::run`] does; held by [`crate::streams`].
+pub struct Runner(Mutex<Sender<Cmd>>);
+
+impl Runner {
+    /// Runs `f` on the writer thread after the work queued so far;
+    /// `false` if the writer has stopped.
+    pub fn run(&self, f: impl FnOnce() + Send + 'static) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Cmd::Run(Box::new(f)))
+            .is_ok()
+    }
+}
+
 struct Worker {
     core: Arc<Core>,
     /// `None` while in standby.
@@ -228,6 +246,7 @@ impl Worker {
         self.core.owner_fd.store(owner.fd(), Ordering::Release);
         self.db = Some(db);
         self.owner = Some(owner);
+        self.core.streams.open(&self.core);
         Ok(())
     }
 
@@ -392,12 +411,14 @@ impl Worker {
                         reply.out.clear();
                         answer_all(core, sub, reply.taken, &err, &mut reply.out);
                     }
+                    core.streams.failed(core);
                 }
             }
         }
         for note in &notes {
             core.deliver(note);
         }
+        core.streams.after_batch(core);
         for (sub, reply) in subs.into_iter().zip(replies) {
             let _ = sub.reply.send(reply);
         }
@@ -420,6 +441,17 @@ impl Worker {
         }
         if self.vacuum {
             self.vacuum_step();
+        }
+        if let Some(db) = &mut self.db {
+            if self
+                .core
+                .streams
+                .expire(&self.core, |ops| db.write_streams(ops))
+            {
+                self.dirty = true;
+                self.truncated = false;
+                self.vacuum = true;
+            }
         }
         if now >= self.next_checkpoint {
             // Idle for a whole interval: empty the WAL file too.

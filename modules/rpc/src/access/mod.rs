@@ -57,6 +57,9 @@ pub enum Right {
     KvWrite,
     Publish,
     Subscribe,
+    /// Create and delete streams and delete consumers (a rule over
+    /// stream names; users have none unless given).
+    StreamAdmin,
 }
 
 /// The peer of a host connection, as access control sees it.
@@ -140,6 +143,7 @@ impl Who {
                     Right::KvWrite => p.kv_write.allows(name),
                     Right::Publish => p.publish.allows(name),
                     Right::Subscribe => p.subscribe.allows_pattern(name),
+                    Right::StreamAdmin => p.stream_admin.allows(name),
                 }
             }
         }

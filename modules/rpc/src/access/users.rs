@@ -27,6 +27,8 @@ pub struct Perms {
     pub kv_write: Rule,
     pub publish: Rule,
     pub subscribe: Rule,
+    /// Stream names the user may create and delete (with their consumers).
+    pub stream_admin: Rule,
 }
 
 /// One compiled user.
@@ -97,6 +99,8 @@ struct PermsConfig {
     publish: Option<serde_json::Value>,
     #[serde(default)]
     subscribe: Option<serde_json::Value>,
+    #[serde(default)]
+    stream_admin: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -236,6 +240,7 @@ impl Users {
                 kv_write: rule(name, "kv_write", p.kv_write)?,
                 publish: rule(name, "publish", p.publish)?,
                 subscribe: rule(name, "subscribe", p.subscribe)?,
+                stream_admin: rule(name, "stream_admin", p.stream_admin)?,
             };
             out.by_name.insert(name.into(), out.list.len());
             out.list.push(Arc::new(User {
@@ -328,6 +333,7 @@ pub fn perms_json(p: &Perms) -> serde_json::Value {
         "kv_write": rule_json(&p.kv_write),
         "publish": rule_json(&p.publish),
         "subscribe": rule_json(&p.subscribe),
+        "stream_admin": rule_json(&p.stream_admin),
     })
 }
 

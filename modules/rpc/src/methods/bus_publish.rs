@@ -34,6 +34,7 @@ pub(super) fn run<S: Sink>(
     let p: PublishP<'_> = params(req)?;
     check_topic(&p.topic, false)?;
     env.who.check(Right::Publish, &req.method, &p.topic)?;
+    super::stream_publish::store_covered(env, &p.topic, p.data)?;
     let topic_conns = env.core.bus.recipients(&p.topic);
     // Built once for every recipient (nothing when there is none).
     let bytes = if topic_conns.is_empty() {

@@ -1,17 +1,30 @@
-//! `consumer.delete`: not built yet (issue #15 fills this file in).
+//! `consumer.delete`: deletes `{consumer}` of `{stream}` and its
+//! position; `true` if it existed. Needs `stream_admin` on the stream.
 
-use crate::jsonrpc::{code, Request, RpcError, Sink};
+use crate::access::Right;
+use crate::jsonrpc::{Request, RpcError, Sink};
+use crate::streams::Op;
 
-use super::env::Env;
+use super::env::{put_bool, Env};
+use super::params::params;
+use super::stream_common::{batch, key, ConsumerP};
 
 /// Runs `consumer.delete`.
 pub(super) fn run<S: Sink>(
-    _env: &mut Env<'_>,
-    _req: &Request<'_>,
-    _out: &mut S,
+    env: &mut Env<'_>,
+    req: &Request<'_>,
+    out: &mut S,
 ) -> Result<(), RpcError> {
-    Err(RpcError::new(
-        code::METHOD_NOT_FOUND,
-        "consumer.delete is not built yet",
-    ))
+    let p: ConsumerP<'_> = params(req)?;
+    let key = key(&p.stream, &p.consumer)?;
+    env.who.check(Right::StreamAdmin, &req.method, &key.0)?;
+    let (core, ops) = batch(env)?;
+    let mut st = core.streams.lock(&core.cfg);
+    let done = st.drop_consumer(&core.streams, core, &key);
+    if done {
+        ops.push(Op::DeleteConsumer(key.0.clone(), key.1.clone()));
+        log::info!("consumer {:?} of stream {:?} deleted", key.1, key.0);
+    }
+    put_bool(out, done);
+    Ok(())
 }

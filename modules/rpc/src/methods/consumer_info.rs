@@ -1,17 +1,28 @@
-//! `consumer.info`: not built yet (issue #15 fills this file in).
+//! `consumer.info`: the config and state of `{consumer}` on `{stream}`
+//! (acknowledged floor, pending, members, last delivered sequence).
+//! Needs Subscribe on one of the stream's subjects.
 
-use crate::jsonrpc::{code, Request, RpcError, Sink};
+use crate::jsonrpc::{Request, RpcError, Sink};
+use crate::streams::{consumer_info, no_consumer, no_stream};
 
 use super::env::Env;
+use super::params::params;
+use super::stream_common::{batch, check_see, key, ConsumerP};
 
 /// Runs `consumer.info`.
 pub(super) fn run<S: Sink>(
-    _env: &mut Env<'_>,
-    _req: &Request<'_>,
-    _out: &mut S,
+    env: &mut Env<'_>,
+    req: &Request<'_>,
+    out: &mut S,
 ) -> Result<(), RpcError> {
-    Err(RpcError::new(
-        code::METHOD_NOT_FOUND,
-        "consumer.info is not built yet",
-    ))
+    let p: ConsumerP<'_> = params(req)?;
+    let key = key(&p.stream, &p.consumer)?;
+    let who = env.who.clone();
+    let (core, _) = batch(env)?;
+    let st = core.streams.lock(&core.cfg);
+    let stream = st.streams.get(&key.0).ok_or_else(|| no_stream(&key.0))?;
+    check_see(&who, &req.method, stream)?;
+    let c = st.consumers.get(&key).ok_or_else(|| no_consumer(&key))?;
+    out.put(consumer_info(c).to_string().as_bytes());
+    Ok(())
 }

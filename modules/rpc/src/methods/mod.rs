@@ -42,6 +42,7 @@ mod kv_set;
 mod kv_unwatch;
 mod kv_watch;
 mod stream_ack;
+mod stream_common;
 mod stream_consume;
 mod stream_create;
 mod stream_delete;
@@ -100,6 +101,7 @@ pub fn needs_writer(view: &View<'_>, who: &Who, msg: &Message<'_>) -> bool {
                 // Answered with its error from memory.
                 Err(_) => false,
             },
+            Some(Method::BusPublish) => stream_publish::covers(req),
             Some(m) => m.writes() || m == Method::KvKeys,
             None => false,
         }

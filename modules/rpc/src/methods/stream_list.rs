@@ -1,17 +1,28 @@
-//! `stream.list`: not built yet (issue #15 fills this file in).
+//! `stream.list`: the info of every stream the caller may see (Subscribe
+//! on one of its subjects), by name.
 
-use crate::jsonrpc::{code, Request, RpcError, Sink};
+use crate::jsonrpc::{Request, RpcError, Sink};
 
 use super::env::Env;
+use super::params::no_params;
+use super::stream_common::{batch, may_see};
 
 /// Runs `stream.list`.
 pub(super) fn run<S: Sink>(
-    _env: &mut Env<'_>,
-    _req: &Request<'_>,
-    _out: &mut S,
+    env: &mut Env<'_>,
+    req: &Request<'_>,
+    out: &mut S,
 ) -> Result<(), RpcError> {
-    Err(RpcError::new(
-        code::METHOD_NOT_FOUND,
-        "stream.list is not built yet",
-    ))
+    no_params(req)?;
+    let who = env.who.clone();
+    let (core, _) = batch(env)?;
+    let st = core.streams.lock(&core.cfg);
+    let list: Vec<serde_json::Value> = st
+        .streams
+        .values()
+        .filter(|s| may_see(&who, s))
+        .map(|s| s.info(st.consumers_of(&s.cfg.name)))
+        .collect();
+    out.put(serde_json::Value::Array(list).to_string().as_bytes());
+    Ok(())
 }

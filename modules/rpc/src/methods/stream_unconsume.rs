@@ -1,17 +1,26 @@
-//! `stream.unconsume`: not built yet (issue #15 fills this file in).
+//! `stream.unconsume`: detaches this connection from `{consumer}` of
+//! `{stream}`; its unacknowledged messages go to the other members at
+//! once. `true` if it was attached. Needs no right (it acts on the
+//! caller's own attachment).
 
-use crate::jsonrpc::{code, Request, RpcError, Sink};
+use crate::jsonrpc::{Request, RpcError, Sink};
 
-use super::env::Env;
+use super::env::{put_bool, Env};
+use super::params::params;
+use super::stream_common::{batch, key, ConsumerP};
 
 /// Runs `stream.unconsume`.
 pub(super) fn run<S: Sink>(
-    _env: &mut Env<'_>,
-    _req: &Request<'_>,
-    _out: &mut S,
+    env: &mut Env<'_>,
+    req: &Request<'_>,
+    out: &mut S,
 ) -> Result<(), RpcError> {
-    Err(RpcError::new(
-        code::METHOD_NOT_FOUND,
-        "stream.unconsume is not built yet",
-    ))
+    let p: ConsumerP<'_> = params(req)?;
+    let key = key(&p.stream, &p.consumer)?;
+    let conn = env.conn;
+    let (core, _) = batch(env)?;
+    let mut st = core.streams.lock(&core.cfg);
+    let done = conn != 0 && st.detach(&core.streams, &key, conn);
+    put_bool(out, done);
+    Ok(())
 }

@@ -61,7 +61,7 @@ pub const METHODS: &[(&str, Method, &str)] = &[
     ("stream.consume", Method::StreamConsume, "attach this connection to the durable {consumer} of {stream} (created if absent, delivering from {deliver}: all, new, last or {seq}); messages arrive as stream.message notifications until acknowledged"),
     ("stream.create", Method::StreamCreate, "create the durable stream {name} over {subjects} with limits {max_msgs, max_bytes, max_age_ms, max_msg_bytes, discard}; publishing to a covered subject stores the message"),
     ("stream.delete", Method::StreamDelete, "delete the stream {name}, its messages and its consumers"),
-    ("stream.fetch", Method::StreamFetch, "up to {batch} messages for {consumer} on {stream}, waiting up to {expires_ms} for the first (the pull form, for HTTP)"),
+    ("stream.fetch", Method::StreamFetch, "up to {batch} messages for {consumer} on {stream}, available now, as stream.message params (the pull form, for HTTP); they are pending until acknowledged"),
     ("stream.info", Method::StreamInfo, "the config and state (messages, bytes, first and last sequence, consumers) of the stream {name}"),
     ("stream.list", Method::StreamList, "the streams this caller may see, with their subjects and state"),
     ("stream.nak", Method::StreamNak, "give {seq} back for {consumer} on {stream}: delivered again after {delay_ms} (default at once)"),
@@ -99,7 +99,23 @@ impl Method {
     pub fn writes(self) -> bool {
         matches!(
             self,
-            Method::KvSet | Method::KvDel | Method::KvIncr | Method::KvCas
+            Method::KvSet
+                | Method::KvDel
+                | Method::KvIncr
+                | Method::KvCas
+                // Streams: their state is the writer's (see crate::streams).
+                | Method::StreamCreate
+                | Method::StreamDelete
+                | Method::StreamInfo
+                | Method::StreamList
+                | Method::StreamPublish
+                | Method::StreamConsume
+                | Method::StreamUnconsume
+                | Method::StreamAck
+                | Method::StreamNak
+                | Method::StreamFetch
+                | Method::ConsumerInfo
+                | Method::ConsumerDelete
         )
     }
 }
