@@ -95,6 +95,10 @@ pub struct Config {
     pub auth_backoff_max_ms: u64,
     /// Peer addresses the pause table remembers at most.
     pub auth_backoff_peers: usize,
+    /// Most `kv.watch` watches one connection may hold.
+    pub max_watches: usize,
+    /// Most watches held by all connections together.
+    pub max_watches_total: usize,
 }
 
 impl Default for Config {
@@ -124,6 +128,8 @@ impl Default for Config {
             auth_backoff_ms: 500,
             auth_backoff_max_ms: 30_000,
             auth_backoff_peers: 4096,
+            max_watches: 256,
+            max_watches_total: 65_536,
         }
     }
 }
@@ -172,6 +178,9 @@ impl Config {
                 "[modules.rpc]: purge_interval_ms and checkpoint_interval_ms must be positive"
                     .into(),
             );
+        }
+        if cfg.max_watches == 0 || cfg.max_watches_total == 0 {
+            return Err("[modules.rpc]: max_watches and max_watches_total must be positive".into());
         }
         if cfg.db.is_relative() {
             cfg.db = data_dir.join(&cfg.db);

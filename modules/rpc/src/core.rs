@@ -15,6 +15,7 @@ use crate::host::HostApi;
 use crate::jsonrpc::{code, RpcError};
 use crate::store::Store;
 use crate::types::Mode;
+use crate::watch::Watches;
 
 /// Sent before the host disconnects a connection whose unsent output grew
 /// past `[server] max_push_backlog` (a subscriber that does not read).
@@ -47,11 +48,14 @@ pub struct Core {
     pub owner_fd: AtomicI32,
     /// Timers: request timeouts, ack waits, pings ([`crate::clock`]).
     pub clock: Clock,
+    /// `kv.watch` watches ([`crate::watch`]).
+    pub watches: Watches,
 }
 
 impl Core {
     /// Fails when the users table is wrong (the message names the user).
     pub fn new(cfg: Config, store: Store, host: &'static dyn HostApi) -> Result<Core, String> {
+        let watches = Watches::new(cfg.max_watches, cfg.max_watches_total);
         Ok(Core {
             bus: Bus::new(cfg.max_subscriptions, cfg.max_subscriptions_total),
             access: Access::new(&cfg)?,
@@ -63,6 +67,7 @@ impl Core {
             gate: RwLock::new(Mode::Live),
             owner_fd: AtomicI32::new(-1),
             clock: Clock::start()?,
+            watches,
         })
     }
 

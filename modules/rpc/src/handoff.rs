@@ -73,6 +73,9 @@ pub struct State {
     /// successor keeps them closed and restores no session for them.
     #[serde(default)]
     pub closed: Vec<u64>,
+    /// `kv.watch` watches ([`crate::watch`]).
+    #[serde(default)]
+    pub watches: Vec<crate::watch::WatchSnap>,
 }
 
 /// The start of a message a connection has sent, as handed over.
@@ -421,6 +424,12 @@ mod tests {
                 self_forwarded: true,
             }],
             closed: vec![3],
+            watches: vec![crate::watch::WatchSnap {
+                id: 4,
+                conn: 2,
+                prefix: Some("a.".into()),
+                ..Default::default()
+            }],
         };
         let back = State::parse(&s.encode()).unwrap().unwrap();
         assert_eq!(back.subs, s.subs);
@@ -428,6 +437,7 @@ mod tests {
         assert_eq!(back.sessions, s.sessions);
         assert!(back.sessions[0].peer().self_forwarded);
         assert_eq!(back.closed, [3]);
+        assert_eq!(back.watches, s.watches);
         assert!(State::parse(b"").unwrap().is_none());
         assert!(State::parse(b"{\"version\":9,\"token\":\"\",\"subs\":[],\"conns\":[]}").is_err());
     }

@@ -360,6 +360,7 @@ pub mod raw;
 pub mod start;
 pub mod store;
 pub mod types;
+pub mod watch;
 pub mod writer;
 
 #[cfg(test)]
@@ -468,6 +469,7 @@ impl Handler for Rpc {
             lock_fd: Some(self.core.owner_fd.load(Ordering::Acquire)).filter(|fd| *fd >= 0),
             sessions: self.core.access.sessions.snapshot(),
             closed: self.core.conns.closed_ids(),
+            watches: self.core.watches.snapshot(),
         };
         log::info!(
             "handing over {} subscriptions and {} connection states",
