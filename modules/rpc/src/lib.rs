@@ -229,6 +229,31 @@
 //! `checkpoint_interval_ms`. A database made by an older version is
 //! converted once at start (logged; about as long as copying the file).
 //!
+//! # Revisions and watches
+//!
+//! Every set, delete, `kv.incr`, `kv.cas` and expiry takes the next value
+//! of one counter per store (persisted with the data, as the sequence of
+//! a NATS KV bucket), and a key remembers the revision that wrote it:
+//! `kv.get {key, meta: true}` answers `{value, revision, expires_in_ms}`,
+//! `kv.set`/`kv.cas` with `meta` answer `{revision}`, and
+//! `kv.cas {key, revision, value}` writes only if the key is still at that
+//! revision (`revision: 0`: only if it does not exist).
+//!
+//! `kv.watch {prefix | pattern, initial?}` (raw TCP and WebSocket
+//! connections) answers a watch id; from then on the connection gets
+//! `kv.event {watch, key, op: set|del|expire, revision, value?}` for every
+//! change it may read (`kv_read` is checked per key; a watch where the
+//! caller may read nothing is refused with -32061). Events are sent by the
+//! writer after the change committed, in revision order. An expiry is
+//! reported when the purge removes the key, so up to `purge_interval_ms`
+//! after its TTL ran out. With `initial: true` the current values come
+//! first as `set` events, then `{watch, op: "ready"}`; a notification may
+//! reach the connection before the reply to `kv.watch` itself (match it
+//! by the watch id once the reply is in). `kv.unwatch {watch}` stops one;
+//! closing the connection stops all; `RELOAD rpc` keeps them. Limits:
+//! `max_watches` per connection, `max_watches_total` in all (-32050).
+//! While nobody watches, writes pay nothing for the feature.
+//!
 //! # Reload
 //!
 //! `overlap`, with state handoff ([`handoff`]): `RELOAD rpc` fails no
@@ -302,6 +327,8 @@
 //! auth_backoff_ms = 500          # pause per address after a failed login, doubling (0: none)
 //! auth_backoff_max_ms = 30000    # the longest pause
 //! auth_backoff_peers = 4096      # addresses the pause table holds
+//! max_watches = 256              # kv.watch watches per connection (-32050 beyond)
+//! max_watches_total = 65536      # watches of all connections together
 //! # [[modules.rpc.users]]: see Access control (none: protected mode)
 //! ```
 //!
@@ -493,8 +520,10 @@ impl Handler for Rpc {
         let (subscribers, patterns) = self.core.bus.counts();
         let s = &self.core.stats;
         format!(
-            "keys={} kv_bytes={} cached_bytes={} subscribers={subscribers} subscriptions={patterns} commits={} writes={} failed_commits={} purged={} sync={} users={} logged_in={}{}{}",
+            "keys={} revision={} watches={} kv_bytes={} cached_bytes={} subscribers={subscribers} subscriptions={patterns} commits={} writes={} failed_commits={} purged={} sync={} users={} logged_in={}{}{}",
             self.core.store.len(),
+            self.core.store.revision(),
+            self.core.watches.len(),
             self.core.store.totals().bytes,
             self.core.store.cached_bytes(),
             s.commits.load(Ordering::Relaxed),
