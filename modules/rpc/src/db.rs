@@ -64,6 +64,9 @@ const ADD_META: &str = "UPDATE meta SET value = value + ?2 WHERE name = ?1";
 const RAISE_REV: &str = "INSERT INTO meta (name, value) VALUES ('rev', ?1)
     ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)";
 
+/// Keys with the revision a change of them took, in order.
+pub type Revised = Vec<(Box<str>, u64)>;
+
 /// Number of keys and bytes of keys plus values (expired rows included).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -453,7 +456,7 @@ impl Db {
         &mut self,
         keys: &[(Box<str>, u64)],
         rev: u64,
-    ) -> rusqlite::Result<(Totals, Vec<(Box<str>, u64)>)> {
+    ) -> rusqlite::Result<(Totals, Revised)> {
         self.in_transaction(|conn| {
             let mut purge = conn.prepare_cached(PURGE)?;
             let mut gone = Totals::default();
