@@ -460,10 +460,12 @@ impl View<'_> {
     }
 
     /// Notes a watch the batch made (the writer drops it again if the
-    /// batch fails); nothing outside the writer.
+    /// batch fails), and keeps the batch's events from now on (nobody
+    /// may have watched when it started); nothing outside the writer.
     pub fn watch_made(&mut self, id: u64) {
         if let View::Write { overlay, .. } = self {
             overlay.watch_made(id);
+            overlay.keep_events();
         }
     }
 

@@ -121,6 +121,12 @@ mod tests {
         let long = format!(r#"{{"prefix":"{}"}}"#, "k".repeat(2000));
         assert_eq!(call(5, &long)["error"]["code"], code::INVALID_PARAMS);
         assert_eq!(o.take_watches(), [1, 2, 3]);
+        // The batch that made the first watch keeps its later events.
+        let v = run(&core, &db, &mut o, 5, &req("kv.set", r#"["a.k", 1]"#));
+        assert_eq!(v["result"], true);
+        let events = o.take_events();
+        assert_eq!(events.len(), 1);
+        assert_eq!((&*events[0].key, events[0].rev), ("a.k", 1));
         assert_eq!(core.watches.len(), 3);
     }
 }
