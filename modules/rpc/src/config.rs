@@ -101,6 +101,10 @@ pub struct Config {
     pub max_consumers: usize,
     /// Most connections attached to one consumer.
     pub max_consumer_members: usize,
+    /// Most `kv.watch` watches one connection may hold.
+    pub max_watches: usize,
+    /// Most watches held by all connections together.
+    pub max_watches_total: usize,
 }
 
 impl Default for Config {
@@ -133,6 +137,8 @@ impl Default for Config {
             max_streams: 100,
             max_consumers: 1000,
             max_consumer_members: 64,
+            max_watches: 256,
+            max_watches_total: 65_536,
         }
     }
 }
@@ -187,6 +193,9 @@ impl Config {
                 "[modules.rpc]: max_streams, max_consumers and max_consumer_members must be positive"
                     .into(),
             );
+        }
+        if cfg.max_watches == 0 || cfg.max_watches_total == 0 {
+            return Err("[modules.rpc]: max_watches and max_watches_total must be positive".into());
         }
         if cfg.db.is_relative() {
             cfg.db = data_dir.join(&cfg.db);

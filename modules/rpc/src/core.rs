@@ -15,6 +15,7 @@ use crate::host::HostApi;
 use crate::jsonrpc::{code, RpcError};
 use crate::store::Store;
 use crate::types::Mode;
+use crate::watch::Watches;
 
 /// Sent before the host disconnects a connection whose unsent output grew
 /// past `[server] max_push_backlog` (a subscriber that does not read).
@@ -49,11 +50,14 @@ pub struct Core {
     pub clock: Clock,
     /// Durable streams and their consumers ([`crate::streams`]).
     pub streams: crate::streams::Streams,
+    /// `kv.watch` watches ([`crate::watch`]).
+    pub watches: Watches,
 }
 
 impl Core {
     /// Fails when the users table is wrong (the message names the user).
     pub fn new(cfg: Config, store: Store, host: &'static dyn HostApi) -> Result<Core, String> {
+        let watches = Watches::new(cfg.max_watches, cfg.max_watches_total);
         Ok(Core {
             bus: Bus::new(cfg.max_subscriptions, cfg.max_subscriptions_total),
             access: Access::new(&cfg)?,
@@ -66,6 +70,7 @@ impl Core {
             owner_fd: AtomicI32::new(-1),
             clock: Clock::start()?,
             streams: Default::default(),
+            watches,
         })
     }
 

@@ -1,14 +1,20 @@
 //! The SQLite database: the source of truth for every key. One table of
-//! keys, expiry times, value sizes and JSON values, a partial index of the
-//! keys that expire, and the store's totals (`meta`), all in WAL mode
+//! keys, expiry times, value sizes, revisions and JSON values, a partial
+//! index of the keys that expire, and the store's totals and last
+//! revision (`meta`), all in WAL mode
 //! with incremental auto-vacuum. Only the writer thread writes; the
 //! totals change in the same transaction as the rows they count, so they
 //! are exact after a crash too.
 //!
 //! Column order matters: SQLite stores a large value in a chain of
-//! overflow pages after the columns before it, so `expires_at` and `size`
-//! come before `value` and can be read (for `kv.keys`, the totals, the
-//! purge) without touching the value.
+//! overflow pages after the columns before it, so `expires_at`, `size` and
+//! `rev` come before `value` and can be read (for `kv.keys`, the totals,
+//! the purge) without touching the value.
+//!
+//! Revisions: one counter per store (`meta` row `rev`), as the sequence
+//! of a NATS KV bucket; every set, delete, increment, compare-and-set and
+//! expiry takes the next one, and a key's row holds the revision that
+//! wrote it. Layout 3 added them (see `Db::add_revisions`).
 
 use std::ops::Bound;
 use std::path::Path;
@@ -20,14 +26,16 @@ use crate::config::SyncMode;
 use crate::entry::{Entry, Overlay};
 
 /// `PRAGMA user_version` of the current layout. Version 0 (the first
-/// layout) had `value` before `expires_at` and no sizes nor totals.
-const LAYOUT: i64 = 2;
+/// layout) had `value` before `expires_at` and no sizes nor totals;
+/// version 2 had no revisions.
+const LAYOUT: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS kv (
     key        TEXT PRIMARY KEY NOT NULL,
     expires_at INTEGER NOT NULL DEFAULT 0,
     size       INTEGER NOT NULL,
+    rev        INTEGER NOT NULL DEFAULT 0,
     value      TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS kv_expiry ON kv (expires_at) WHERE expires_at > 0;
@@ -46,12 +54,18 @@ const CACHE_KIB: u32 = 16 * 1024;
 /// How long a connection waits for another one's lock.
 const BUSY: Duration = Duration::from_secs(5);
 
-const UPSERT: &str = "INSERT INTO kv (key, expires_at, size, value) VALUES (?1, ?2, ?3, ?4)
+const UPSERT: &str =
+    "INSERT INTO kv (key, expires_at, size, rev, value) VALUES (?1, ?2, ?3, ?4, ?5)
     ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at,
-    size = excluded.size, value = excluded.value";
+    size = excluded.size, rev = excluded.rev, value = excluded.value";
 const DELETE: &str = "DELETE FROM kv WHERE key = ?1";
 const PURGE: &str = "DELETE FROM kv WHERE key = ?1 AND expires_at = ?2 RETURNING size";
 const ADD_META: &str = "UPDATE meta SET value = value + ?2 WHERE name = ?1";
+const RAISE_REV: &str = "INSERT INTO meta (name, value) VALUES ('rev', ?1)
+    ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)";
+
+/// Keys with the revision a change of them took, in order.
+pub type Revised = Vec<(Box<str>, u64)>;
 
 /// Number of keys and bytes of keys plus values (expired rows included).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -132,6 +146,8 @@ impl Db {
             .map_err(|e| err("cannot prepare the stream tables of", path, e))?;
         db.ensure_totals()
             .map_err(|e| err("cannot count the keys of", path, e))?;
+        db.ensure_revisions()
+            .map_err(|e| err("cannot number the keys of", path, e))?;
         // Written only when it changes: a successor generation opens the
         // database while its predecessor still has it open.
         let version: i64 = db
@@ -182,6 +198,9 @@ impl Db {
                 })?;
             }
         }
+        if version < LAYOUT {
+            self.add_revisions(path)?;
+        }
         let vacuum: i64 = self
             .conn
             .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
@@ -197,18 +216,129 @@ impl Db {
         Ok(())
     }
 
+    /// Layout 3: gives every key a revision. A layout-2 table is rebuilt
+    /// with the `rev` column before `value` (`ALTER TABLE ADD COLUMN`
+    /// would put it after the value, behind its overflow pages), its keys
+    /// numbered 1, 2, ... in key order. A file that already has the column
+    /// but says layout 2 was opened (and written) by an older binary,
+    /// which resets `user_version` and inserts rows with revision 0: only
+    /// those get fresh revisions, above every one given before.
+    fn add_revisions(&mut self, path: &Path) -> rusqlite::Result<()> {
+        let has_kv: bool = self.conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'kv'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_kv {
+            return Ok(());
+        }
+        let has_rev: bool = self.conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('kv') WHERE name = 'rev'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_rev {
+            log::warn!(
+                "{}: adding revisions to the keys (once; takes about as long as copying the file)",
+                path.display()
+            );
+            return self.in_transaction(|c| {
+                c.execute_batch(
+                    "CREATE TABLE kv_next (
+                         key        TEXT PRIMARY KEY NOT NULL,
+                         expires_at INTEGER NOT NULL DEFAULT 0,
+                         size       INTEGER NOT NULL,
+                         rev        INTEGER NOT NULL DEFAULT 0,
+                         value      TEXT NOT NULL
+                     ) WITHOUT ROWID;
+                     INSERT INTO kv_next (key, expires_at, size, rev, value)
+                         SELECT key, expires_at, size, row_number() OVER (ORDER BY key), value
+                         FROM kv;
+                     DROP TABLE kv;
+                     ALTER TABLE kv_next RENAME TO kv;
+                     CREATE TABLE IF NOT EXISTS meta (
+                         name  TEXT PRIMARY KEY NOT NULL,
+                         value INTEGER NOT NULL
+                     ) WITHOUT ROWID;
+                     INSERT INTO meta (name, value) SELECT 'rev', count(*) FROM kv WHERE true
+                         ON CONFLICT (name) DO UPDATE SET value = excluded.value;",
+                )
+            });
+        }
+        log::warn!(
+            "{}: an older version wrote this file since its revisions were added; \
+             numbering the keys it wrote",
+            path.display()
+        );
+        self.in_transaction(|c| {
+            c.execute_batch(
+                "CREATE TABLE IF NOT EXISTS meta (
+                     name  TEXT PRIMARY KEY NOT NULL,
+                     value INTEGER NOT NULL
+                 ) WITHOUT ROWID;",
+            )?;
+            let mut rev: i64 = c.query_row(
+                "SELECT max((SELECT coalesce(max(rev), 0) FROM kv),
+                            (SELECT coalesce(max(value), 0) FROM meta WHERE name = 'rev'))",
+                [],
+                |r| r.get(0),
+            )?;
+            let keys: Vec<String> = c
+                .prepare("SELECT key FROM kv WHERE rev = 0 ORDER BY key")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut set = c.prepare("UPDATE kv SET rev = ?2 WHERE key = ?1")?;
+            for k in &keys {
+                rev += 1;
+                set.execute(params![k, rev])?;
+            }
+            c.execute(RAISE_REV, [rev])?;
+            Ok(())
+        })
+    }
+
+    /// Makes sure the last revision is stored (a new database, or one
+    /// whose `meta` an older version rebuilt without it).
+    fn ensure_revisions(&mut self) -> rusqlite::Result<()> {
+        let have: bool = self.conn.query_row(
+            "SELECT count(*) > 0 FROM meta WHERE name = 'rev'",
+            [],
+            |r| r.get(0),
+        )?;
+        if have {
+            return Ok(());
+        }
+        self.in_transaction(|c| {
+            c.execute_batch(
+                "INSERT INTO meta (name, value) SELECT 'rev', coalesce(max(rev), 0) FROM kv WHERE true
+                     ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value);",
+            )
+        })
+    }
+
+    /// The last revision taken, as committed.
+    pub fn revision(&self) -> rusqlite::Result<u64> {
+        self.conn
+            .prepare_cached("SELECT value FROM meta WHERE name = 'rev'")?
+            .query_row([], |r| r.get::<_, i64>(0))
+            .optional()
+            .map(|r| r.unwrap_or(0).max(0) as u64)
+    }
+
     /// Counts the keys once if the totals are missing (a new or upgraded
     /// database). Reads keys and sizes, never values.
     fn ensure_totals(&mut self) -> rusqlite::Result<()> {
-        let have: i64 = self
-            .conn
-            .query_row("SELECT count(*) FROM meta", [], |r| r.get(0))?;
+        let have: i64 = self.conn.query_row(
+            "SELECT count(*) FROM meta WHERE name IN ('keys', 'bytes')",
+            [],
+            |r| r.get(0),
+        )?;
         if have == 2 {
             return Ok(());
         }
         self.in_transaction(|c| {
             c.execute_batch(
-                "DELETE FROM meta;
+                "DELETE FROM meta WHERE name IN ('keys', 'bytes');
                  INSERT INTO meta (name, value)
                      SELECT 'keys', count(*) FROM kv;
                  INSERT INTO meta (name, value)
@@ -272,6 +402,7 @@ impl Db {
                         key,
                         e.expires_at as i64,
                         e.value.len() as i64,
+                        e.rev as i64,
                         &*e.value
                     ])?,
                     None => delete.execute(params![key])?,
@@ -281,6 +412,10 @@ impl Db {
             add.execute(params!["keys", delta.0])?;
             add.execute(params!["bytes", delta.1])?;
             crate::streams::store::write(conn, &overlay.streams)?;
+            if overlay.last_rev() > 0 {
+                conn.prepare_cached(RAISE_REV)?
+                    .execute([overlay.last_rev() as i64])?;
+            }
             Ok(())
         })
     }
@@ -317,12 +452,20 @@ impl Db {
         rows.collect()
     }
 
-    /// Deletes keys that still have the given expiry; returns what was
-    /// removed from the totals.
-    pub fn purge(&mut self, keys: &[(Box<str>, u64)]) -> rusqlite::Result<Totals> {
+    /// Deletes keys that still have the given expiry, each taking the
+    /// next revision after `rev` (the last one committed); returns what
+    /// was removed from the totals and the keys removed with their
+    /// revisions, in order.
+    pub fn purge(
+        &mut self,
+        keys: &[(Box<str>, u64)],
+        rev: u64,
+    ) -> rusqlite::Result<(Totals, Revised)> {
         self.in_transaction(|conn| {
             let mut purge = conn.prepare_cached(PURGE)?;
             let mut gone = Totals::default();
+            let mut removed = Vec::new();
+            let mut rev = rev;
             for (key, at) in keys {
                 let size: Option<i64> = purge
                     .query_row(params![&**key, *at as i64], |r| r.get(0))
@@ -330,13 +473,58 @@ impl Db {
                 if let Some(size) = size {
                     gone.keys += 1;
                     gone.bytes += key.len() as u64 + size.max(0) as u64;
+                    rev += 1;
+                    removed.push((key.clone(), rev));
                 }
             }
             let mut add = conn.prepare_cached(ADD_META)?;
             add.execute(params!["keys", -(gone.keys as i64)])?;
             add.execute(params!["bytes", -(gone.bytes as i64)])?;
-            Ok(gone)
+            if !removed.is_empty() {
+                conn.prepare_cached(RAISE_REV)?.execute([rev as i64])?;
+            }
+            Ok((gone, removed))
         })
+    }
+
+    /// Up to `limit` rows with their values, in key order after `after`
+    /// (from the start when `None`), stopping at the first key that does
+    /// not start with `prefix` (a watch's initial values; expired rows
+    /// included).
+    pub fn scan_entries(
+        &self,
+        after: Option<&str>,
+        prefix: &str,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<(Box<str>, Entry)>> {
+        let (sql, from) = match after {
+            Some(k) if k >= prefix => (
+                "SELECT key, expires_at, rev, value FROM kv WHERE key > ?1 ORDER BY key LIMIT ?2",
+                k,
+            ),
+            _ => (
+                "SELECT key, expires_at, rev, value FROM kv WHERE key >= ?1 ORDER BY key LIMIT ?2",
+                prefix,
+            ),
+        };
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut rows = stmt.query(params![from, limit as i64])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let key = r.get_ref(0)?.as_str()?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((
+                key.into(),
+                Entry {
+                    expires_at: r.get::<_, i64>(1)?.max(0) as u64,
+                    rev: r.get::<_, i64>(2)?.max(0) as u64,
+                    value: r.get::<_, String>(3)?.into_boxed_str(),
+                },
+            ));
+        }
+        Ok(out)
     }
 
     /// Pages of the file that hold nothing (given back by
@@ -421,11 +609,12 @@ impl ReadDb {
 }
 
 fn get_on(conn: &Connection, key: &str) -> rusqlite::Result<Option<Entry>> {
-    conn.prepare_cached("SELECT value, expires_at FROM kv WHERE key = ?1")?
+    conn.prepare_cached("SELECT value, expires_at, rev FROM kv WHERE key = ?1")?
         .query_row([key], |r| {
             Ok(Entry {
                 value: r.get::<_, String>(0)?.into_boxed_str(),
                 expires_at: r.get::<_, i64>(1)?.max(0) as u64,
+                rev: r.get::<_, i64>(2)?.max(0) as u64,
             })
         })
         .optional()
@@ -469,6 +658,7 @@ mod tests {
         Some(Entry {
             value: v.into(),
             expires_at: at,
+            rev: 0,
         })
     }
 
@@ -499,8 +689,10 @@ mod tests {
         assert_eq!(keys, [("a".to_string(), 0), ("b".to_string(), 50)]);
         let expired = db.expired(100, 10).unwrap();
         assert_eq!(expired, vec![("b".into(), 50)]);
-        let gone = db.purge(&expired).unwrap();
+        let (gone, removed) = db.purge(&expired, 7).unwrap();
         assert_eq!(gone, Totals { keys: 1, bytes: 4 });
+        assert_eq!(removed, vec![("b".into(), 8)], "the next revision");
+        assert_eq!(db.revision().unwrap(), 8);
         assert!(db.expired(100, 10).unwrap().is_empty());
         assert_eq!(db.totals().unwrap(), Totals { keys: 1, bytes: 2 });
         db.checkpoint(true).unwrap();
@@ -528,13 +720,109 @@ mod tests {
             .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
             .unwrap();
         assert_eq!(vacuum, 2, "incremental");
-        assert_eq!(db.get("a").unwrap(), entry("\"é\"", 0));
+        assert_eq!(db.get("a").unwrap(), with_rev(entry("\"é\"", 0), 1));
         assert_eq!(
             db.value_size("a").unwrap(),
             Some(4),
             "bytes, not characters"
         );
         assert_eq!(db.totals().unwrap(), Totals { keys: 2, bytes: 7 });
+        assert_eq!(db.revision().unwrap(), 2);
+    }
+
+    fn with_rev(row: Option<Entry>, rev: u64) -> Option<Entry> {
+        row.map(|e| Entry { rev, ..e })
+    }
+
+    fn columns(db: &Db) -> Vec<String> {
+        db.conn
+            .prepare("SELECT name FROM pragma_table_info('kv')")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// A layout-2 file gets revisions (in key order, `rev` before
+    /// `value`), keeps its totals, and opens again as it is.
+    #[test]
+    fn layout_2_gets_revisions() {
+        let dir = crate::testdir::TestDir::new("db-v3");
+        let path = dir.path().join("v2.sqlite");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL;
+                 CREATE TABLE kv (key TEXT PRIMARY KEY NOT NULL,
+                     expires_at INTEGER NOT NULL DEFAULT 0, size INTEGER NOT NULL,
+                     value TEXT NOT NULL) WITHOUT ROWID;
+                 CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)
+                     WITHOUT ROWID;
+                 INSERT INTO kv VALUES ('b', 0, 1, '2'), ('a', 9, 1, '1'), ('c', 0, 3, '[3]');
+                 INSERT INTO meta VALUES ('keys', 3), ('bytes', 8);
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let mut db = Db::open(&path, SyncMode::Normal).unwrap();
+        assert_eq!(columns(&db), ["key", "expires_at", "size", "rev", "value"]);
+        assert_eq!(db.get("a").unwrap(), with_rev(entry("1", 9), 1));
+        assert_eq!(db.get("b").unwrap(), with_rev(entry("2", 0), 2));
+        assert_eq!(db.get("c").unwrap(), with_rev(entry("[3]", 0), 3));
+        assert_eq!(db.revision().unwrap(), 3);
+        assert_eq!(db.totals().unwrap(), Totals { keys: 3, bytes: 8 });
+        let mut o = Overlay::default();
+        let rev = o.take_rev(db.revision().unwrap());
+        o.record("d", with_rev(entry("4", 0), rev), None);
+        db.commit(&o).unwrap();
+        drop(db);
+        // Opened again: nothing renumbered.
+        let db = Db::open(&path, SyncMode::Normal).unwrap();
+        assert_eq!(db.revision().unwrap(), 4);
+        assert_eq!(db.get("d").unwrap(), with_rev(entry("4", 0), 4));
+        assert_eq!(db.get("a").unwrap(), with_rev(entry("1", 9), 1));
+        let version: i64 = db
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, LAYOUT);
+    }
+
+    /// A layout-3 file that an older binary opened (it wrote
+    /// `user_version = 2` and rows without a revision, and rebuilt `meta`
+    /// without `rev`): only its rows get fresh revisions, above the
+    /// others.
+    #[test]
+    fn a_downgraded_file_is_renumbered_above_the_rest() {
+        let dir = crate::testdir::TestDir::new("db-down");
+        let path = dir.path().join("d.sqlite");
+        let mut db = Db::open(&path, SyncMode::Normal).unwrap();
+        let mut o = Overlay::default();
+        for k in ["a", "b", "c"] {
+            let rev = o.take_rev(0);
+            o.record(k, with_rev(entry("1", 0), rev), None);
+        }
+        db.commit(&o).unwrap();
+        drop(db);
+        {
+            // What a layout-2 binary does to it.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "PRAGMA user_version = 2;
+                 INSERT INTO kv (key, expires_at, size, value) VALUES ('z', 0, 1, '9'), ('m', 0, 1, '8');
+                 INSERT INTO kv (key, expires_at, size, value) VALUES ('a', 0, 1, '7')
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+                 DELETE FROM meta WHERE name = 'rev';",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path, SyncMode::Normal).unwrap();
+        assert_eq!(db.get("b").unwrap(), with_rev(entry("1", 0), 2), "kept");
+        assert_eq!(db.get("m").unwrap(), with_rev(entry("8", 0), 4));
+        assert_eq!(db.get("z").unwrap(), with_rev(entry("9", 0), 5));
+        assert_eq!(db.revision().unwrap(), 5);
+        assert_eq!(columns(&db), ["key", "expires_at", "size", "rev", "value"]);
     }
 
     #[test]

@@ -129,9 +129,10 @@ impl Rpc {
 
     /// A connection closed: forget its state, subscriptions and login.
     pub(crate) fn closed(&self, conn: u64) {
-        self.core
-            .conns
-            .close(conn, || self.core.bus.remove_conn(conn));
+        self.core.conns.close(conn, || {
+            self.core.bus.remove_conn(conn);
+            self.core.watches.remove_conn(conn);
+        });
         self.core.access.sessions.remove(conn);
     }
 }

@@ -76,6 +76,9 @@ pub struct State {
     /// Consumers' in-memory state: deliveries, members ([`crate::streams`]).
     #[serde(default)]
     pub consumers: Vec<crate::streams::consumer::ConsumerSnap>,
+    /// `kv.watch` watches ([`crate::watch`]).
+    #[serde(default)]
+    pub watches: Vec<crate::watch::WatchSnap>,
 }
 
 /// The start of a message a connection has sent, as handed over.
@@ -433,6 +436,12 @@ mod tests {
                 acked: vec![],
                 terminated: 0,
             }],
+            watches: vec![crate::watch::WatchSnap {
+                id: 4,
+                conn: 2,
+                prefix: Some("a.".into()),
+                ..Default::default()
+            }],
         };
         let back = State::parse(&s.encode()).unwrap().unwrap();
         assert_eq!(back.consumers, s.consumers);
@@ -441,6 +450,7 @@ mod tests {
         assert_eq!(back.sessions, s.sessions);
         assert!(back.sessions[0].peer().self_forwarded);
         assert_eq!(back.closed, [3]);
+        assert_eq!(back.watches, s.watches);
         assert!(State::parse(b"").unwrap().is_none());
         assert!(State::parse(b"{\"version\":9,\"token\":\"\",\"subs\":[],\"conns\":[]}").is_err());
     }

@@ -261,6 +261,30 @@
 //! `stream_admin` right (a rule over stream names; users have none by
 //! default) plus Publish and Subscribe on the subjects created; reading a
 //! consumer needs Subscribe on its filter or on all the stream's subjects.
+//! # Revisions and watches
+//!
+//! Every set, delete, `kv.incr`, `kv.cas` and expiry takes the next value
+//! of one counter per store (persisted with the data, as the sequence of
+//! a NATS KV bucket), and a key remembers the revision that wrote it:
+//! `kv.get {key, meta: true}` answers `{value, revision, expires_in_ms}`,
+//! `kv.set`/`kv.cas` with `meta` answer `{revision}`, and
+//! `kv.cas {key, revision, value}` writes only if the key is still at that
+//! revision (`revision: 0`: only if it does not exist).
+//!
+//! `kv.watch {prefix | pattern, initial?}` (raw TCP and WebSocket
+//! connections) answers a watch id; from then on the connection gets
+//! `kv.event {watch, key, op: set|del|expire, revision, value?}` for every
+//! change it may read (`kv_read` is checked per key; a watch where the
+//! caller may read nothing is refused with -32061). Events are sent by the
+//! writer after the change committed, in revision order. An expiry is
+//! reported when the purge removes the key, so up to `purge_interval_ms`
+//! after its TTL ran out. With `initial: true` the current values come
+//! first as `set` events, then `{watch, op: "ready"}`; a notification may
+//! reach the connection before the reply to `kv.watch` itself (match it
+//! by the watch id once the reply is in). `kv.unwatch {watch}` stops one;
+//! closing the connection stops all; `RELOAD rpc` keeps them. Limits:
+//! `max_watches` per connection, `max_watches_total` in all (-32050).
+//! While nobody watches, writes pay nothing for the feature.
 //!
 //! # Reload
 //!
@@ -338,6 +362,8 @@
 //! max_streams = 100              # durable streams
 //! max_consumers = 1000           # durable consumers, all streams together
 //! max_consumer_members = 64      # connections attached to one consumer
+//! max_watches = 256              # kv.watch watches per connection (-32050 beyond)
+//! max_watches_total = 65536      # watches of all connections together
 //! # [[modules.rpc.users]]: see Access control (none: protected mode)
 //! ```
 //!
@@ -398,6 +424,7 @@ pub mod start;
 pub mod store;
 pub mod streams;
 pub mod types;
+pub mod watch;
 pub mod writer;
 
 #[cfg(test)]
@@ -510,6 +537,7 @@ impl Handler for Rpc {
             sessions: self.core.access.sessions.snapshot(),
             closed: self.core.conns.closed_ids(),
             consumers: self.core.streams.snapshot(),
+            watches: self.core.watches.snapshot(),
         };
         log::info!(
             "handing over {} subscriptions and {} connection states",
@@ -533,8 +561,10 @@ impl Handler for Rpc {
         let (subscribers, patterns) = self.core.bus.counts();
         let s = &self.core.stats;
         format!(
-            "keys={} kv_bytes={} cached_bytes={} subscribers={subscribers} subscriptions={patterns} commits={} writes={} failed_commits={} purged={} sync={} users={} logged_in={}{}{}",
+            "keys={} revision={} watches={} kv_bytes={} cached_bytes={} subscribers={subscribers} subscriptions={patterns} commits={} writes={} failed_commits={} purged={} sync={} users={} logged_in={}{}{}",
             self.core.store.len(),
+            self.core.store.revision(),
+            self.core.watches.len(),
             self.core.store.totals().bytes,
             self.core.store.cached_bytes(),
             s.commits.load(Ordering::Relaxed),

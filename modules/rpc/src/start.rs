@@ -124,6 +124,7 @@ impl Rpc {
             core.bus.restore(s.subs);
             core.streams.restore(s.consumers);
             let whos = core.access.restore(host, &core.conns, s.sessions);
+            restore_watches(&core, s.watches, &whos);
             revoke_subscriptions(&core, whos);
         }
         let writer = Writer::spawn(core.clone(), start)?;
@@ -142,4 +143,21 @@ impl Rpc {
             token,
         })
     }
+}
+
+/// After a reload: takes over the handed-over watches, each filtered by
+/// who its connection acts as now (judged as [`revoke_subscriptions`]
+/// judges subscriptions).
+fn restore_watches(core: &Core, snaps: Vec<crate::watch::WatchSnap>, whos: &[(u64, Who)]) {
+    if snaps.is_empty() {
+        return;
+    }
+    let n = snaps.len();
+    let whos: std::collections::HashMap<u64, &Who> = whos.iter().map(|(c, w)| (*c, w)).collect();
+    core.watches.restore(snaps, |conn| match whos.get(&conn) {
+        Some(who) => (*who).clone(),
+        None if core.access.users.is_empty() => Who::Loopback,
+        None => core.access.who(core.host, &core.conns, conn, Peer::UNKNOWN),
+    });
+    log::info!("{n} watches handed over");
 }

@@ -47,7 +47,9 @@ struct Slot {
 }
 
 fn cost(key: &str, row: &Row) -> usize {
-    key.len() + row.as_ref().map_or(0, |e| e.value.len()) + SLOT_OVERHEAD
+    // An entry also holds its expiry and revision.
+    let entry = |e: &Entry| e.value.len() + 2 * std::mem::size_of::<u64>();
+    key.len() + row.as_ref().map_or(0, entry) + SLOT_OVERHEAD
 }
 
 /// Committed rows, bounded by `cap` bytes.
@@ -157,6 +159,8 @@ pub struct Store {
     cache: RwLock<Cache>,
     keys: AtomicU64,
     bytes: AtomicU64,
+    /// The last revision committed ([`crate::db`]).
+    rev: AtomicU64,
     path: PathBuf,
     /// Opened on first use: see [`Reader::lookup_or_read`].
     fallback: Mutex<Option<ReadDb>>,
@@ -170,6 +174,7 @@ impl Store {
             cache: RwLock::new(Cache::new(cache_bytes)),
             keys: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            rev: AtomicU64::new(0),
             path: path.to_path_buf(),
             fallback: Mutex::new(None),
         }
@@ -182,6 +187,17 @@ impl Store {
         *cache = Cache::new(cache.cap);
         self.keys.store(totals.keys, Ordering::Release);
         self.bytes.store(totals.bytes, Ordering::Release);
+    }
+
+    /// Starts from the database's last revision (a generation taking the
+    /// database over).
+    pub fn set_revision(&self, rev: u64) {
+        self.rev.store(rev, Ordering::Release);
+    }
+
+    /// The last revision committed.
+    pub fn revision(&self) -> u64 {
+        self.rev.load(Ordering::Acquire)
     }
 
     /// A shared lock on the cache.
@@ -232,6 +248,7 @@ impl Store {
     /// never wait for a big batch as a whole.
     pub fn apply(&self, overlay: Overlay) {
         let (keys, bytes) = overlay.delta();
+        let rev = overlay.last_rev();
         let (fills, changes) = overlay.into_parts();
         self.fill(fills);
         let mut changes = changes.into_iter().peekable();
@@ -244,10 +261,12 @@ impl Store {
         }
         add(&self.keys, keys);
         add(&self.bytes, bytes);
+        self.rev.fetch_max(rev, Ordering::AcqRel);
     }
 
-    /// Forgets purged keys (their purge has committed).
-    pub fn purged(&self, keys: &[(Box<str>, u64)], gone: Totals) {
+    /// Forgets purged keys (their purge has committed, its last revision
+    /// `rev`).
+    pub fn purged(&self, keys: &[(Box<str>, u64)], gone: Totals, rev: u64) {
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         for (key, _) in keys {
             // Only keys already cached: a purge must not fill the cache.
@@ -259,6 +278,7 @@ impl Store {
         drop(cache);
         add(&self.keys, -(gone.keys as i64));
         add(&self.bytes, -(gone.bytes as i64));
+        self.rev.fetch_max(rev, Ordering::AcqRel);
     }
 
     fn read_fallback(&self, key: &str) -> Result<Row, RpcError> {
@@ -428,9 +448,31 @@ impl View<'_> {
         Ok(found.filter(|e| e.live(now)))
     }
 
-    /// Sets or deletes `key`, unless that would pass a limit. Only the
+    /// The last revision as this view sees it: the committed one, or
+    /// the batch's last.
+    pub fn revision(&self) -> u64 {
+        match self {
+            View::Read(r) => r.store.revision(),
+            View::Write {
+                reader, overlay, ..
+            } => reader.store.revision().max(overlay.last_rev()),
+        }
+    }
+
+    /// Notes a watch the batch made (the writer drops it again if the
+    /// batch fails), and keeps the batch's events from now on (nobody
+    /// may have watched when it started); nothing outside the writer.
+    pub fn watch_made(&mut self, id: u64) {
+        if let View::Write { overlay, .. } = self {
+            overlay.watch_made(id);
+            overlay.keep_events();
+        }
+    }
+
+    /// Sets or deletes `key`, unless that would pass a limit; the change
+    /// takes the next revision (returned; a set row carries it). Only the
     /// writer's view can change anything.
-    pub fn put(&mut self, key: &str, row: Row) -> Result<Result<(), Limit>, RpcError> {
+    pub fn put(&mut self, key: &str, mut row: Row) -> Result<Result<u64, Limit>, RpcError> {
         let View::Write {
             reader,
             db,
@@ -476,8 +518,13 @@ impl View<'_> {
                 }));
             }
         }
+        let rev = overlay.take_rev(reader.store.revision());
+        if let Some(e) = &mut row {
+            e.rev = rev;
+        }
+        overlay.event(key, &row, rev);
         overlay.record(key, row, before);
-        Ok(Ok(()))
+        Ok(Ok(rev))
     }
 
     /// Up to `limit` live keys the caller may see (`visible`) in the
@@ -599,6 +646,7 @@ mod tests {
         Some(Entry {
             value: v.into(),
             expires_at: at,
+            rev: 0,
         })
     }
 
@@ -837,7 +885,7 @@ mod tests {
 
     #[test]
     fn eviction_gives_read_slots_a_second_chance() {
-        let one = SLOT_OVERHEAD + 3; // key "kN", value "1"
+        let one = SLOT_OVERHEAD + 3 + 16; // key "kN", value "1", expiry, revision
         let mut c = Cache::new(MAX_SHARE * one);
         for i in 0..MAX_SHARE {
             c.put(&format!("k{i}"), entry("1", 0));

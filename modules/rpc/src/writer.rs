@@ -17,6 +17,12 @@
 //! rest in again later. So a connection that pipelines thousands of reads
 //! of a big value behind one write never builds a reply of gigabytes.
 //!
+//! Watches ([`crate::watch`]): while anyone watches, a batch keeps its
+//! sets and deletes as events (in revision order) and hands them to the
+//! watches after `COMMIT`, before the replies; a purge hands over its
+//! expiries the same way; and between batches the writer reads the next
+//! chunk of each watch's initial values.
+//!
 //! Between batches it purges expired keys (found through SQLite's expiry
 //! index), gives free pages back to the file system a step at a time
 //! (incremental vacuum), and checkpoints the WAL — truncating it when
@@ -36,7 +42,7 @@ use crate::access::Who;
 use crate::bus::Note;
 use crate::core::{too_large, Core};
 use crate::db::{self, Db};
-use crate::entry::{now_ms, Overlay};
+use crate::entry::{now_ms, Event, Op, Overlay};
 use crate::host::{wait, HostApi};
 use crate::jsonrpc::{self, code, RpcError};
 use crate::methods::{eval_message, Env};
@@ -242,6 +248,10 @@ impl Worker {
             .totals()
             .map_err(|e| format!("cannot read the totals of the database: {e}"))?;
         self.core.store.reset(totals);
+        let rev = db
+            .revision()
+            .map_err(|e| format!("cannot read the last revision of the database: {e}"))?;
+        self.core.store.set_revision(rev);
         self.vacuum = db.free_pages().unwrap_or(0) > 0;
         self.core.owner_fd.store(owner.fd(), Ordering::Release);
         self.db = Some(db);
@@ -291,7 +301,7 @@ impl Worker {
         loop {
             let wait = if self.db.is_none() {
                 STANDBY_POLL
-            } else if self.vacuum && self.live() {
+            } else if (self.vacuum || self.core.watches.scanning()) && self.live() {
                 VACUUM_PAUSE
             } else {
                 self.next_purge
@@ -349,6 +359,9 @@ impl Worker {
         let core = &*self.core;
         let now = now_ms();
         let mut overlay = Overlay::default();
+        if core.watches.active() {
+            overlay.keep_events();
+        }
         let mut notes = Vec::new();
         let mut replies = Vec::with_capacity(subs.len());
         {
@@ -380,6 +393,8 @@ impl Worker {
                 replies.push(reply);
             }
         }
+        let mut events = overlay.take_events();
+        let watches = overlay.take_watches();
         if overlay.is_empty() {
             core.store.fill(overlay.take_fills());
         } else {
@@ -407,6 +422,8 @@ impl Worker {
                         format!("storage error, nothing was written: {e}"),
                     );
                     notes.clear();
+                    events.clear();
+                    core.watches.drop_ids(&watches);
                     for (sub, reply) in subs.iter().zip(replies.iter_mut()) {
                         reply.out.clear();
                         answer_all(core, sub, reply.taken, &err, &mut reply.out);
@@ -419,6 +436,7 @@ impl Worker {
             core.deliver(note);
         }
         core.streams.after_batch(core);
+        core.watches.publish(core, &events);
         for (sub, reply) in subs.into_iter().zip(replies) {
             let _ = sub.reply.send(reply);
         }
@@ -452,6 +470,9 @@ impl Worker {
                 self.truncated = false;
                 self.vacuum = true;
             }
+        }
+        if let Some(db) = &self.db {
+            self.core.watches.scan_step(&self.core, db, now_ms());
         }
         if now >= self.next_checkpoint {
             // Idle for a whole interval: empty the WAL file too.
@@ -519,9 +540,23 @@ impl Worker {
         if due.is_empty() {
             return;
         }
-        match db.purge(&due) {
-            Ok(gone) => {
-                self.core.store.purged(&due, gone);
+        let store = &self.core.store;
+        match db.purge(&due, store.revision()) {
+            Ok((gone, removed)) => {
+                let last = removed.last().map_or(0, |(_, rev)| *rev);
+                store.purged(&due, gone, last);
+                if self.core.watches.active() {
+                    let events: Vec<Event> = removed
+                        .into_iter()
+                        .map(|(key, rev)| Event {
+                            key,
+                            op: Op::Expire,
+                            rev,
+                            value: None,
+                        })
+                        .collect();
+                    self.core.watches.publish(&self.core, &events);
+                }
                 self.dirty = true;
                 self.truncated = false;
                 self.vacuum = true;

@@ -58,18 +58,25 @@ fn over(method: &str, limit: Limit) -> RpcError {
 }
 
 /// Sets or deletes `key` in the batch, or refuses with the limit it
-/// would pass.
+/// would pass; returns the revision the change took.
 pub(super) fn put(
     env: &mut Env<'_>,
     req: &Request<'_>,
     key: &str,
     row: Option<Entry>,
-) -> Result<(), RpcError> {
+) -> Result<u64, RpcError> {
     env.view.put(key, row)?.map_err(|l| over(&req.method, l))
 }
 
 pub(super) fn put_bool<S: Sink>(out: &mut S, b: bool) {
     out.put(if b { b"true" } else { b"false" });
+}
+
+/// `{"revision":R}`: a write's reply with `meta`.
+pub(super) fn put_revision<S: Sink>(out: &mut S, rev: u64) {
+    out.put(b"{\"revision\":");
+    out.put(rev.to_string().as_bytes());
+    out.put(b"}");
 }
 
 /// The raw TCP connection the call came on; -32030 for HTTP and

@@ -1,7 +1,10 @@
 //! `kv.cas`: compare-and-set. Sets `{key}` to `{value}` (`null` deletes)
-//! when its current value equals `{expected}` (`null`: the key is absent);
-//! answers whether it did. Needs `kv_write` and `kv_read` (the answer
-//! reveals whether the guess was right).
+//! when its current value equals `{expected}` (`null`: the key is absent),
+//! or when its current revision is `{revision}` (0: the key is absent, as
+//! NATS KV `create`); exactly one of the two. Answers whether it did
+//! (with `{meta: true}`: `{"revision"}` of the write, or `false`). Needs
+//! `kv_write` and `kv_read` (the answer reveals whether the guess was
+//! right).
 
 use std::borrow::Cow;
 
@@ -12,7 +15,7 @@ use crate::entry::Entry;
 use crate::jsonrpc::{Request, RpcError, Sink};
 use crate::store::{json_eq, stored_text};
 
-use super::env::{check_key, expiry, put, put_bool, Env};
+use super::env::{check_key, expiry, put, put_bool, put_revision, Env};
 use super::params::params;
 
 #[derive(Deserialize)]
@@ -20,12 +23,28 @@ use super::params::params;
 struct CasP<'a> {
     #[serde(borrow)]
     key: Cow<'a, str>,
-    #[serde(borrow)]
-    expected: &'a RawValue,
+    /// Present (even as `null`) or absent: see [`Given`].
+    #[serde(borrow, default)]
+    expected: Given<'a>,
     #[serde(borrow)]
     value: &'a RawValue,
     #[serde(default)]
     ttl_ms: Option<u64>,
+    #[serde(default)]
+    revision: Option<u64>,
+    #[serde(default)]
+    meta: bool,
+}
+
+/// A param that may be absent, where `null` is a value (`Option` would
+/// read `null` as absent).
+#[derive(Default)]
+struct Given<'a>(Option<&'a RawValue>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Given<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&'a RawValue>::deserialize(d).map(|v| Given(Some(v)))
+    }
 }
 
 /// Whether `expected` (JSON text; `null`: absent) is the current value
@@ -50,21 +69,37 @@ pub(super) fn run<S: Sink>(
     env.who.check_read_write(&req.method, &p.key)?;
     let expires_at = expiry(p.ttl_ms, now)?;
     let current = env.view.get(&p.key, now)?;
-    let matches = guessed(current.as_deref().map(|e| &*e.value), p.expected.get());
-    if matches {
-        let entry = (p.value.get() != "null").then(|| Entry {
-            value: stored_text(p.value),
-            expires_at,
-        });
-        put(env, req, &p.key, entry)?;
+    let matches = match (p.expected.0, p.revision) {
+        (Some(expected), None) => guessed(current.as_deref().map(|e| &*e.value), expected.get()),
+        (None, Some(rev)) => current.as_deref().map_or(0, |e| e.rev) == rev,
+        _ => {
+            return Err(RpcError::invalid_params(
+                "give exactly one of expected and revision",
+            ))
+        }
+    };
+    if !matches {
+        put_bool(out, false);
+        return Ok(());
     }
-    put_bool(out, matches);
+    let entry = (p.value.get() != "null").then(|| Entry {
+        value: stored_text(p.value),
+        expires_at,
+        rev: 0,
+    });
+    let rev = put(env, req, &p.key, entry)?;
+    if p.meta {
+        put_revision(out, rev);
+    } else {
+        put_bool(out, true);
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jsonrpc::code;
     use crate::methods::testkit::with_calls;
 
     #[test]
@@ -100,6 +135,28 @@ mod tests {
                 false
             );
             assert_eq!(cas(call, r#"["new", 1, null]"#), true, "value null deletes");
+            // By revision: 0 creates, the current one replaces, a stale
+            // one fails.
+            let by_rev = r#"{"key":"r","revision":0,"value":1,"meta":true}"#;
+            let first = call("kv.cas", by_rev)["result"]["revision"]
+                .as_u64()
+                .unwrap();
+            assert_eq!(cas(call, by_rev), false, "exists now");
+            let next = format!(r#"{{"key":"r","revision":{first},"value":2,"meta":true}}"#);
+            let second = call("kv.cas", &next)["result"]["revision"]
+                .as_u64()
+                .unwrap();
+            assert!(second > first);
+            assert_eq!(cas(call, &next), false, "stale");
+            assert_eq!(call("kv.get", r#"["r"]"#)["result"], 2);
+            for bad in [
+                r#"{"key":"r","value":1}"#,
+                r#"{"key":"r","expected":1,"revision":3,"value":1}"#,
+                r#"{"key":"r","revision":-1,"value":1}"#,
+            ] {
+                let v = call("kv.cas", bad);
+                assert_eq!(v["error"]["code"], code::INVALID_PARAMS, "{bad}: {v}");
+            }
             assert_eq!(
                 call("kv.get", r#"["new"]"#)["result"],
                 serde_json::Value::Null

@@ -14,6 +14,9 @@ pub(super) fn run<S: Sink>(
 ) -> Result<(), RpcError> {
     let now = env.now;
     let p: KeyP<'_> = params(req)?;
+    if p.meta {
+        return Err(RpcError::invalid_params("kv.del takes no meta"));
+    }
     check_key(&p.key, env)?;
     env.who.check_read_write(&req.method, &p.key)?;
     let existed = env.view.get(&p.key, now)?.is_some();

@@ -54,6 +54,7 @@ pub(super) fn run<S: Sink>(
     };
     let text = n.to_string();
     let entry = Entry {
+        rev: 0,
         value: text.into_boxed_str(),
         expires_at,
     };

@@ -1,6 +1,7 @@
 //! `kv.set`: sets `{key}` to the JSON `{value}` (never `null`: `kv.del`
 //! removes a key), expiring after `{ttl_ms}` if given; `true` once the
-//! batch holding it has committed. Needs `kv_write`.
+//! batch holding it has committed (with `{meta: true}`: `{"revision"}`).
+//! Needs `kv_write`.
 
 use std::borrow::Cow;
 
@@ -12,7 +13,7 @@ use crate::entry::Entry;
 use crate::jsonrpc::{Request, RpcError, Sink};
 use crate::store::stored_text;
 
-use super::env::{check_key, expiry, put, Env};
+use super::env::{check_key, expiry, put, put_revision, Env};
 use super::params::params;
 
 #[derive(Deserialize)]
@@ -24,6 +25,8 @@ struct SetP<'a> {
     value: &'a RawValue,
     #[serde(default)]
     ttl_ms: Option<u64>,
+    #[serde(default)]
+    meta: bool,
 }
 
 /// Runs `kv.set`: writes `true` (the writer acknowledges it once the
@@ -46,9 +49,14 @@ pub(super) fn run<S: Sink>(
     let entry = Entry {
         value: stored_text(p.value),
         expires_at,
+        rev: 0,
     };
-    put(env, req, &p.key, Some(entry))?;
-    out.put(b"true");
+    let rev = put(env, req, &p.key, Some(entry))?;
+    if p.meta {
+        put_revision(out, rev);
+    } else {
+        out.put(b"true");
+    }
     Ok(())
 }
 
@@ -69,6 +77,8 @@ mod tests {
             true
         );
         assert_eq!(call("kv.get", r#"{"key":"t"}"#)["result"], 1);
+        let v = call("kv.set", r#"{"key":"u","value":2,"meta":true}"#);
+        assert_eq!(v["result"], serde_json::json!({"revision": 2}));
         for bad in [
             r#"{"key":"a","value":null}"#,
             r#"{"key":"a","value":1,"ttl":5}"#,

@@ -27,10 +27,13 @@ pub(super) fn no_params(req: &Request<'_>) -> Result<(), RpcError> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-/// `{key}`: the params of `kv.get` and `kv.del`.
+/// `{key, meta?}`: the params of `kv.get` and `kv.del` (`meta`: for
+/// `kv.get` only).
 pub(super) struct KeyP<'a> {
     #[serde(borrow)]
     pub key: Cow<'a, str>,
+    #[serde(default)]
+    pub meta: bool,
 }
 
 #[derive(Deserialize)]

@@ -49,14 +49,14 @@ pub const METHODS: &[(&str, Method, &str)] = &[
     ("bus.unsubscribe", Method::BusUnsubscribe, "drop {topics} (all when omitted) from this connection; returns the subscriptions left"),
     ("consumer.delete", Method::ConsumerDelete, "delete the durable {consumer} of {stream} and its position"),
     ("consumer.info", Method::ConsumerInfo, "the config and state (acknowledged floor, pending, members) of {consumer} on {stream}"),
-    ("kv.cas", Method::KvCas, "compare-and-set {key, expected, value, ttl_ms?}: set value if the current value equals expected (null: the key is absent; value null deletes); returns true if it did"),
+    ("kv.cas", Method::KvCas, "compare-and-set {key, expected | revision, value, ttl_ms?, meta?}: set value if the current value equals expected (null: the key is absent), or if the key's revision is revision (0: absent); value null deletes; returns true if it did (with meta: {revision} or false)"),
     ("kv.del", Method::KvDel, "delete {key}; returns true if the key existed"),
-    ("kv.get", Method::KvGet, "the value of {key}, or null when absent or expired"),
+    ("kv.get", Method::KvGet, "the value of {key}, or null when absent or expired; with {meta: true}: {value, revision, expires_in_ms}"),
     ("kv.incr", Method::KvIncr, "atomically add {by} (default 1) to the 64-bit integer at {key} (absent: 0); returns the new value"),
     ("kv.keys", Method::KvKeys, "up to {limit} (default 100) keys starting with {prefix}, sorted, after the key {after} if given; a full page may have more (call again with after = its last key); when max_keys_scan rows were examined first, {keys, cursor} instead: call again with {cursor} to go on"),
-    ("kv.set", Method::KvSet, "set {key} to the JSON {value} (not null), expiring after {ttl_ms} if given; returns true once durable"),
+    ("kv.set", Method::KvSet, "set {key} to the JSON {value} (not null), expiring after {ttl_ms} if given; returns true once durable (with {meta: true}: {revision})"),
     ("kv.unwatch", Method::KvUnwatch, "stop the watch {watch}; returns true if it existed"),
-    ("kv.watch", Method::KvWatch, "notify this connection of every set, delete and expiry of keys starting with {prefix} or matching {pattern}, as kv.event notifications with the new revision; returns the watch id"),
+    ("kv.watch", Method::KvWatch, "notify this connection of every set, delete and expiry of keys starting with {prefix} or matching {pattern}, as kv.event notifications with the new revision; with {initial: true} first the current values, then {op: ready}; returns the watch id"),
     ("stream.ack", Method::StreamAck, "acknowledge {seq} (or {seqs}) for {consumer} on {stream}: it is not delivered again"),
     ("stream.consume", Method::StreamConsume, "attach this connection to the durable {consumer} of {stream} (created if absent, delivering from {deliver}: all, new, last or {seq}); messages arrive as stream.message notifications until acknowledged"),
     ("stream.create", Method::StreamCreate, "create the durable stream {name} over {subjects} with limits {max_msgs, max_bytes, max_age_ms, max_msg_bytes, discard}; publishing to a covered subject stores the message"),
@@ -103,6 +103,9 @@ impl Method {
                 | Method::KvDel
                 | Method::KvIncr
                 | Method::KvCas
+                // Evaluated in the writer so that a watch starts exactly
+                // after the writes before it (it writes nothing).
+                | Method::KvWatch
                 // Streams: their state is the writer's (see crate::streams).
                 | Method::StreamCreate
                 | Method::StreamDelete
