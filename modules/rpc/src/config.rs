@@ -95,6 +95,16 @@ pub struct Config {
     pub auth_backoff_max_ms: u64,
     /// Peer addresses the pause table remembers at most.
     pub auth_backoff_peers: usize,
+    /// Most `bus.request` calls one connection may have waiting.
+    pub max_pending_requests: usize,
+    /// Most `bus.request` calls waiting on the whole server.
+    pub max_pending_requests_total: usize,
+    /// Longest `timeout_ms` a `bus.request` may ask for.
+    pub max_request_timeout_ms: u64,
+    /// Most `bus.request` calls over `POST /rpc` waiting at once, each
+    /// holding a pool thread; raise it only together with the host's
+    /// `-threads`.
+    pub max_http_waiters: usize,
 }
 
 impl Default for Config {
@@ -124,6 +134,10 @@ impl Default for Config {
             auth_backoff_ms: 500,
             auth_backoff_max_ms: 30_000,
             auth_backoff_peers: 4096,
+            max_pending_requests: 1024,
+            max_pending_requests_total: 65_536,
+            max_request_timeout_ms: 60_000,
+            max_http_waiters: 1,
         }
     }
 }
@@ -155,6 +169,16 @@ impl Config {
             return Err(
                 "[modules.rpc]: max_batch, max_key_bytes, max_subscriptions and \
                  max_subscriptions_total must be positive"
+                    .into(),
+            );
+        }
+        if cfg.max_pending_requests == 0
+            || cfg.max_pending_requests_total == 0
+            || cfg.max_request_timeout_ms == 0
+        {
+            return Err(
+                "[modules.rpc]: max_pending_requests, max_pending_requests_total and \
+                 max_request_timeout_ms must be positive"
                     .into(),
             );
         }

@@ -73,6 +73,13 @@ pub struct State {
     /// successor keeps them closed and restores no session for them.
     #[serde(default)]
     pub closed: Vec<u64>,
+    /// Queue subscriptions: (connection, pattern, queue name).
+    #[serde(default)]
+    pub qsubs: Vec<(u64, String, String)>,
+    /// Raw connections' `bus.request` calls still waiting
+    /// ([`crate::inbox::Inbox::snapshot`]).
+    #[serde(default)]
+    pub inbox: Vec<crate::inbox::PendingSnap>,
 }
 
 /// The start of a message a connection has sent, as handed over.
@@ -421,8 +428,11 @@ mod tests {
                 self_forwarded: true,
             }],
             closed: vec![3],
+            qsubs: vec![(4, "q.*".into(), "w".into())],
+            inbox: Vec::new(),
         };
         let back = State::parse(&s.encode()).unwrap().unwrap();
+        assert_eq!(back.qsubs, s.qsubs);
         assert_eq!(back.subs, s.subs);
         assert_eq!(back.lock_fd, Some(9));
         assert_eq!(back.sessions, s.sessions);

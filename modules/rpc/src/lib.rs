@@ -361,6 +361,9 @@ pub mod start;
 pub mod store;
 pub mod types;
 pub mod writer;
+// Issue #15 part A: subjects, request/reply inboxes.
+pub mod inbox;
+pub mod subject;
 
 #[cfg(test)]
 mod testdir;
@@ -431,6 +434,8 @@ impl Handler for Rpc {
 
     fn on_close(&self, conn: &ConnInfo) {
         self.closed(conn.id);
+        // Its waiting requests: answers to them find nothing.
+        self.core.inbox.drop_conn(&self.core, conn.id);
         let frozen = !matches!(
             self.core.gate.try_read().as_deref(),
             Ok(Mode::Live | Mode::Standby)
@@ -468,6 +473,8 @@ impl Handler for Rpc {
             lock_fd: Some(self.core.owner_fd.load(Ordering::Acquire)).filter(|fd| *fd >= 0),
             sessions: self.core.access.sessions.snapshot(),
             closed: self.core.conns.closed_ids(),
+            qsubs: self.core.bus.queue_snapshot(),
+            inbox: self.core.inbox.snapshot(&self.core),
         };
         log::info!(
             "handing over {} subscriptions and {} connection states",
@@ -490,7 +497,7 @@ impl Handler for Rpc {
     fn status(&self) -> String {
         let (subscribers, patterns) = self.core.bus.counts();
         let s = &self.core.stats;
-        format!(
+        let mut line = format!(
             "keys={} kv_bytes={} cached_bytes={} subscribers={subscribers} subscriptions={patterns} commits={} writes={} failed_commits={} purged={} sync={} users={} logged_in={}{}{}",
             self.core.store.len(),
             self.core.store.totals().bytes,
@@ -513,7 +520,9 @@ impl Handler for Rpc {
                 Ok(Mode::Frozen) => " handed_over=1",
                 _ => "",
             },
-        )
+        );
+        line.push_str(&self.core.inbox.status());
+        line
     }
 }
 

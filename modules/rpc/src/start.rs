@@ -111,7 +111,10 @@ impl Rpc {
         };
         let core = Arc::new(Core::new(cfg, store, host)?);
         *core.gate.write().unwrap_or_else(|e| e.into_inner()) = mode;
+        core.inbox.bind(&core);
         if let Some(s) = state {
+            core.bus.restore_queues(s.qsubs);
+            core.inbox.restore(&core, s.inbox);
             // First the tombstones: nothing comes back for a connection
             // the previous generation saw close.
             core.conns.restore_closed(s.closed);
