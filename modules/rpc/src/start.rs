@@ -34,14 +34,17 @@ pub fn revoked_notice(pattern: &str) -> Vec<u8> {
 /// served in protected mode (loopback) and are judged as they are now.
 fn revoke_subscriptions(core: &Core, whos: Vec<(u64, Who)>) {
     let whos: std::collections::HashMap<u64, Who> = whos.into_iter().collect();
-    for (conn, patterns) in core.bus.snapshot() {
-        let who = whos.get(&conn).cloned().unwrap_or_else(|| {
+    let who_of = |conn: u64| {
+        whos.get(&conn).cloned().unwrap_or_else(|| {
             if core.access.users.is_empty() {
                 Who::Loopback
             } else {
                 core.access.who(core.host, &core.conns, conn, Peer::UNKNOWN)
             }
-        });
+        })
+    };
+    for (conn, patterns) in core.bus.snapshot() {
+        let who = who_of(conn);
         let gone: Vec<String> = patterns
             .into_iter()
             .filter(|p| !who.may(access::Right::Subscribe, p))
@@ -55,6 +58,19 @@ fn revoke_subscriptions(core: &Core, whos: Vec<(u64, Who)>) {
             core.host
                 .push_many(&[conn], &revoked_notice(p), OVERFLOW_NOTICE);
         }
+    }
+    // Queue subscriptions (issue #15) are judged the same way.
+    for (conn, pattern, queue) in core.bus.queue_snapshot() {
+        if who_of(conn).may(access::Right::Subscribe, &pattern) {
+            continue;
+        }
+        let gone = [pattern];
+        core.bus.unsubscribe_queue(conn, Some(&gone), &queue);
+        log::info!(
+            "conn {conn}: queue subscription {:?} ({queue}) revoked by the new users/permissions",
+            gone[0]
+        );
+        core.push_line(conn, &revoked_notice(&gone[0]));
     }
 }
 
