@@ -327,6 +327,31 @@ fn request_and_reply_on_raw_tcp() {
     assert_eq!(req.reply_to(id)["result"], "one");
     assert!(req.drain().is_empty(), "no second answer");
 
+    // Hostile params: refused, nothing sent.
+    let long_queue = "q".repeat(65);
+    for (m, params) in [
+        (
+            "bus.request",
+            json!({"topic": "svc.echo", "data": 1, "timeout_ms": 60_001}),
+        ),
+        (
+            "bus.request",
+            json!({"topic": "svc.echo", "data": 1, "timeout_ms": 0}),
+        ),
+        ("bus.request", json!({"topic": "svc.echo"})),
+        ("bus.request", json!({"topic": "svc.*", "data": 1})),
+        (
+            "bus.subscribe",
+            json!({"topics": ["x"], "queue": long_queue}),
+        ),
+        ("bus.reply", json!({"reply": 5, "data": 1})),
+    ] {
+        assert_eq!(req.err(m, params.clone()).0, -32602, "{m} {params}");
+    }
+    let huge = format!("_INBOX.{}", "A".repeat(100_000));
+    assert_eq!(req.ok("bus.reply", json!([huge, 1])), false);
+    assert_eq!(req.ok("bus.reply", json!(["_INBOX.", 1])), false);
+
     // Not in a batch, not as a notification.
     req.send(r#"[{"jsonrpc":"2.0","method":"bus.request","params":["svc.echo",1],"id":"b"}]"#);
     let v = req.read();
@@ -510,4 +535,8 @@ fn a_pending_request_survives_reload() {
     let t = Instant::now();
     assert_eq!(req.reply_to(id)["error"]["code"], -32033);
     assert!(t.elapsed() < Duration::from_secs(5));
+    // Answered once: the retired generation did not time it out too.
+    thread::sleep(Duration::from_millis(300));
+    assert!(req.drain().is_empty());
+    assert_eq!(s.status().expect("rpc").num("pending_requests"), 0);
 }

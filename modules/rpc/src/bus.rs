@@ -265,9 +265,9 @@ fn pick(found: &[&Subs]) -> Vec<u64> {
         };
         chosen.push(member);
     }
-    let seen: HashSet<u64> = out.iter().copied().collect();
+    let mut seen: HashSet<u64> = out.iter().copied().collect();
     for c in chosen {
-        if !seen.contains(&c) && !out.contains(&c) {
+        if seen.insert(c) {
             out.push(c);
         }
     }

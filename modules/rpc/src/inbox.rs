@@ -31,8 +31,12 @@ use crate::clock::TimerId;
 use crate::core::Core;
 use crate::jsonrpc::{self, code, RpcError};
 use crate::subject::INBOX_PREFIX;
+use crate::types::Mode;
 
 const SHARDS: usize = 16;
+/// How often a frozen generation looks again at a request that timed out
+/// after it was handed over (see [`Inbox::expire`]).
+const FROZEN_RETRY: Duration = Duration::from_millis(100);
 /// The characters of a reply subject's random part (one token, safe in
 /// NATS subjects): 6 bits each.
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -352,6 +356,14 @@ impl Inbox {
         let Some(shard) = reply_shard(reply) else {
             return;
         };
+        if matches!(core.gate.try_read().as_deref(), Ok(Mode::Frozen)) {
+            // Handed over: the successor owns this request and times it
+            // out itself. Should the handover fail and this generation
+            // serve again, the request still times out: check again soon
+            // (a stopped clock drops this retry).
+            self.arm(core, shard, reply, Instant::now() + FROZEN_RETRY);
+            return;
+        }
         let Some(p) = self.shard(shard).take(reply) else {
             return;
         };
@@ -421,26 +433,24 @@ impl Inbox {
         }
     }
 
-    /// Takes every connection's waiting request out for the next
-    /// generation (HTTP waiters stay: their threads answer them here).
-    pub fn snapshot(&self, core: &Core) -> Vec<PendingSnap> {
+    /// Every connection's waiting request, for the next generation (HTTP
+    /// waiters stay: their threads answer them here). They stay here too,
+    /// timers armed, in case the handover fails and this generation serves
+    /// again; while it is frozen its timers only wait ([`Inbox::expire`]),
+    /// and the messages that could answer them go to the successor.
+    pub fn snapshot(&self) -> Vec<PendingSnap> {
         let now = Instant::now();
         let mut out = Vec::new();
         for i in 0..SHARDS {
-            let mut sh = self.shard(i);
-            let conns: Vec<u64> = sh.by_conn.keys().copied().collect();
-            for conn in conns {
-                for r in sh.by_conn.remove(&conn).unwrap_or_default() {
-                    let Some(p) = sh.map.remove(&r) else {
+            let sh = self.shard(i);
+            for (conn, replies) in &sh.by_conn {
+                for r in replies {
+                    let Some(p) = sh.map.get(r) else {
                         continue;
                     };
-                    self.total.fetch_sub(1, Ordering::AcqRel);
-                    if let Some(t) = p.timer {
-                        core.clock.cancel(t);
-                    }
                     out.push(PendingSnap {
                         reply: r.to_string(),
-                        conn,
+                        conn: *conn,
                         id: p.id.to_string(),
                         topic: p.topic.to_string(),
                         timeout_ms: p.timeout_ms,
@@ -663,9 +673,8 @@ mod tests {
             .inbox
             .register(&core, 9, "1", "t", 10_000, None)
             .unwrap();
-        let snap = core.inbox.snapshot(&core);
-        assert!(core.inbox.is_empty());
-        assert_eq!(core.clock.pending(), 0);
+        let snap = core.inbox.snapshot();
+        assert_eq!(core.inbox.len(), 1, "kept in case the handover fails");
         assert_eq!(snap.len(), 1);
         assert!(snap[0].remaining_ms > 9_000 && snap[0].remaining_ms <= 10_000);
         let (next, host, _dir2) = core_with(serde_json::json!({}));
@@ -676,5 +685,21 @@ mod tests {
             lines(host)[0],
             (9, serde_json::json!({"jsonrpc":"2.0","result":5,"id":1}))
         );
+    }
+
+    #[test]
+    fn a_frozen_generation_times_out_nothing_until_it_serves_again() {
+        let (core, host, _dir) = core_with(serde_json::json!({}));
+        core.inbox.register(&core, 9, "1", "t", 20, None).unwrap();
+        *core.gate.write().unwrap() = Mode::Frozen;
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(lines(host).is_empty(), "the successor answers it");
+        assert_eq!(core.inbox.len(), 1);
+        *core.gate.write().unwrap() = Mode::Live;
+        let end = Instant::now() + Duration::from_secs(5);
+        while lines(host).is_empty() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(lines(host)[0].1["error"]["code"], code::TIMEOUT);
     }
 }

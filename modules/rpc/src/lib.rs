@@ -519,7 +519,7 @@ impl Handler for Rpc {
             sessions: self.core.access.sessions.snapshot(),
             closed: self.core.conns.closed_ids(),
             qsubs: self.core.bus.queue_snapshot(),
-            inbox: self.core.inbox.snapshot(&self.core),
+            inbox: self.core.inbox.snapshot(),
         };
         log::info!(
             "handing over {} subscriptions and {} connection states",
