@@ -470,6 +470,10 @@ impl Inbox {
             let Some(shard) = reply_shard(&s.reply).filter(|_| s.conn != 0) else {
                 continue;
             };
+            if core.conns.lock(s.conn).closed(s.conn) {
+                // Its requester closed during the handover.
+                continue;
+            }
             let reply: Box<str> = s.reply.into();
             let deadline = now + Duration::from_millis(s.remaining_ms);
             {

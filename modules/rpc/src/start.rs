@@ -129,8 +129,6 @@ impl Rpc {
         *core.gate.write().unwrap_or_else(|e| e.into_inner()) = mode;
         core.inbox.bind(&core);
         if let Some(s) = state {
-            core.bus.restore_queues(s.qsubs);
-            core.inbox.restore(&core, s.inbox);
             // First the tombstones: nothing comes back for a connection
             // the previous generation saw close.
             core.conns.restore_closed(s.closed);
@@ -141,6 +139,9 @@ impl Rpc {
                     .collect(),
             );
             core.bus.restore(s.subs);
+            // Issue #15: queue subscriptions and waiting requests.
+            core.bus.restore_queues(s.qsubs);
+            core.inbox.restore(&core, s.inbox);
             let whos = core.access.restore(host, &core.conns, s.sessions);
             revoke_subscriptions(&core, whos);
         }
