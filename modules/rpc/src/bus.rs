@@ -15,71 +15,122 @@
 //! list holds a connection once; when several nodes match, the recipients
 //! are deduplicated with a set sized to them (no sort).
 //!
-//! Limits: `max_subscriptions` patterns per connection and
-//! `max_subscriptions_total` in all; both are answered with -32031.
+//! Queue groups, as in NATS: a subscription may name a queue; each
+//! message goes to every plain subscriber and to ONE member of each queue
+//! name among the matching queue subscriptions (members of the same name
+//! under different matching patterns form one group for that message),
+//! picked round robin. A connection gets at most one copy of a message.
+//!
+//! Limits: `max_subscriptions` subscriptions (plain or queue) per
+//! connection and `max_subscriptions_total` in all; both are answered
+//! with -32031.
 //!
 //! The bus only knows connection ids; delivering is the caller's job
 //! (see [`crate::core::Core::deliver`]).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 
 use crate::jsonrpc::{code, RpcError};
+use crate::subject::check_queue;
+pub use crate::subject::{check_topic, MAX_SEGMENTS, MAX_TOPIC_BYTES};
 
-/// Longest topic or pattern, in bytes.
-pub const MAX_TOPIC_BYTES: usize = 256;
-/// Most segments in a topic or pattern.
-pub const MAX_SEGMENTS: usize = 32;
+/// The members of one queue name on one pattern.
+struct Group {
+    name: Box<str>,
+    members: Vec<u64>,
+    /// Round-robin cursor, advanced under the read lock.
+    next: AtomicUsize,
+}
+
+/// The subscriptions of one pattern: plain connections and queue groups.
+#[derive(Default)]
+struct Subs {
+    conns: Vec<u64>,
+    groups: Vec<Group>,
+}
+
+impl Subs {
+    fn is_empty(&self) -> bool {
+        self.conns.is_empty() && self.groups.is_empty()
+    }
+
+    /// Adds `conn` (once) as a plain subscriber (`queue` empty) or a member.
+    fn add(&mut self, conn: u64, queue: &str) {
+        let list = if queue.is_empty() {
+            &mut self.conns
+        } else {
+            match self.groups.iter().position(|g| &*g.name == queue) {
+                Some(i) => &mut self.groups[i].members,
+                None => {
+                    self.groups.push(Group {
+                        name: queue.into(),
+                        members: Vec::new(),
+                        next: AtomicUsize::new(0),
+                    });
+                    &mut self.groups.last_mut().expect("just pushed").members
+                }
+            }
+        };
+        if !list.contains(&conn) {
+            list.push(conn);
+        }
+    }
+
+    fn remove(&mut self, conn: u64, queue: &str) {
+        if queue.is_empty() {
+            self.conns.retain(|&c| c != conn);
+            return;
+        }
+        if let Some(i) = self.groups.iter().position(|g| &*g.name == queue) {
+            self.groups[i].members.retain(|&c| c != conn);
+            if self.groups[i].members.is_empty() {
+                self.groups.swap_remove(i);
+            }
+        }
+    }
+}
 
 #[derive(Default)]
 struct Node {
     exact: HashMap<Box<str>, Node>,
     star: Option<Box<Node>>,
-    /// Connections subscribed to the pattern that ends here.
-    conns: Vec<u64>,
-    /// Connections subscribed to this node's pattern followed by `.>`.
-    tail: Vec<u64>,
-}
-
-/// Adds `conn` to a list (once).
-fn add(list: &mut Vec<u64>, conn: u64) {
-    if !list.contains(&conn) {
-        list.push(conn);
-    }
+    /// Subscriptions to the pattern that ends here.
+    here: Subs,
+    /// Subscriptions to this node's pattern followed by `.>`.
+    tail: Subs,
 }
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.conns.is_empty()
-            && self.tail.is_empty()
-            && self.exact.is_empty()
-            && self.star.is_none()
+        self.here.is_empty() && self.tail.is_empty() && self.exact.is_empty() && self.star.is_none()
     }
 
-    fn insert(&mut self, segs: &[&str], conn: u64) {
+    fn insert(&mut self, segs: &[&str], conn: u64, queue: &str) {
         match segs.split_first() {
-            None => add(&mut self.conns, conn),
-            Some((&">", [])) => add(&mut self.tail, conn),
+            None => self.here.add(conn, queue),
+            Some((&">", [])) => self.tail.add(conn, queue),
             Some((&"*", rest)) => self
                 .star
                 .get_or_insert_with(Default::default)
-                .insert(rest, conn),
+                .insert(rest, conn, queue),
             Some((seg, rest)) => self
                 .exact
                 .entry((*seg).into())
                 .or_default()
-                .insert(rest, conn),
+                .insert(rest, conn, queue),
         }
     }
 
     /// Removes `conn` from the pattern and prunes empty branches.
-    fn remove(&mut self, segs: &[&str], conn: u64) {
+    fn remove(&mut self, segs: &[&str], conn: u64, queue: &str) {
         match segs.split_first() {
-            None => self.conns.retain(|&c| c != conn),
-            Some((&">", [])) => self.tail.retain(|&c| c != conn),
+            None => self.here.remove(conn, queue),
+            Some((&">", [])) => self.tail.remove(conn, queue),
             Some((&"*", rest)) => {
                 if let Some(star) = &mut self.star {
-                    star.remove(rest, conn);
+                    star.remove(rest, conn, queue);
                     if star.is_empty() {
                         self.star = None;
                     }
@@ -87,7 +138,7 @@ impl Node {
             }
             Some((seg, rest)) => {
                 if let Some(child) = self.exact.get_mut(*seg) {
-                    child.remove(rest, conn);
+                    child.remove(rest, conn, queue);
                     if child.is_empty() {
                         self.exact.remove(*seg);
                     }
@@ -96,12 +147,12 @@ impl Node {
         }
     }
 
-    /// Collects the connection lists of every pattern matching `segs`.
-    fn collect<'a>(&'a self, segs: &[&str], out: &mut Vec<&'a [u64]>) {
+    /// Collects the subscriptions of every pattern matching `segs`.
+    fn collect<'a>(&'a self, segs: &[&str], out: &mut Vec<&'a Subs>) {
         match segs.split_first() {
             None => {
-                if !self.conns.is_empty() {
-                    out.push(&self.conns);
+                if !self.here.is_empty() {
+                    out.push(&self.here);
                 }
             }
             Some((seg, rest)) => {
@@ -116,6 +167,54 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Collects the subscriptions whose patterns could match a subject
+    /// that the pattern `segs` matches, visiting at most `budget` nodes;
+    /// false when the budget ran out first.
+    fn scan<'a>(&'a self, segs: &[&str], budget: &mut usize, out: &mut Vec<&'a Subs>) -> bool {
+        if *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
+        match segs.split_first() {
+            None => {
+                out.push(&self.here);
+                true
+            }
+            Some((&">", [])) => {
+                out.push(&self.tail);
+                self.children().all(|c| c.everything(budget, out))
+            }
+            Some((seg, rest)) => {
+                out.push(&self.tail);
+                let star = self.star.as_deref();
+                if *seg == "*" {
+                    self.children().all(|c| c.scan(rest, budget, out))
+                } else {
+                    self.exact
+                        .get(*seg)
+                        .into_iter()
+                        .chain(star)
+                        .all(|c| c.scan(rest, budget, out))
+                }
+            }
+        }
+    }
+
+    /// Every subscription at this node and below (see [`Node::scan`]).
+    fn everything<'a>(&'a self, budget: &mut usize, out: &mut Vec<&'a Subs>) -> bool {
+        if *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
+        out.push(&self.here);
+        out.push(&self.tail);
+        self.children().all(|c| c.everything(budget, out))
+    }
+
+    fn children(&self) -> impl Iterator<Item = &Node> {
+        self.exact.values().chain(self.star.as_deref())
     }
 }
 
@@ -139,10 +238,60 @@ fn dedup(lists: &[&[u64]]) -> Vec<u64> {
     }
 }
 
+/// The recipients of a message matching `found`: every plain subscriber
+/// and one member per queue name, each connection once.
+fn pick(found: &[&Subs]) -> Vec<u64> {
+    let plain: Vec<&[u64]> = found
+        .iter()
+        .filter(|s| !s.conns.is_empty())
+        .map(|s| &s.conns[..])
+        .collect();
+    let mut out = dedup(&plain);
+    let mut groups: Vec<&Group> = found.iter().flat_map(|s| s.groups.iter()).collect();
+    if groups.is_empty() {
+        return out;
+    }
+    // NATS groups the matches by queue name: a name matched through two
+    // patterns is one group for this message.
+    groups.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut chosen = Vec::new();
+    for same in groups.chunk_by(|a, b| a.name == b.name) {
+        let turn = same[0].next.fetch_add(1, Ordering::Relaxed);
+        let member = if let [one] = same {
+            one.members[turn % one.members.len()]
+        } else {
+            let merged = dedup(&same.iter().map(|g| &g.members[..]).collect::<Vec<_>>());
+            merged[turn % merged.len()]
+        };
+        chosen.push(member);
+    }
+    let mut seen: HashSet<u64> = out.iter().copied().collect();
+    for c in chosen {
+        if seen.insert(c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// What `bus.presence` answers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Presence {
+    /// Connections with a plain subscription that could receive it.
+    pub subscribers: usize,
+    /// Per queue name, the member connections that could receive it.
+    pub queues: BTreeMap<String, usize>,
+    /// The scan stopped at its node cap: the counts are a lower bound.
+    pub partial: bool,
+}
+
+/// A connection's subscription: (pattern, queue name, empty for plain).
+type SubKey = (Box<str>, Box<str>);
+
 #[derive(Default)]
 struct Inner {
     root: Node,
-    by_conn: HashMap<u64, BTreeSet<Box<str>>>,
+    by_conn: HashMap<u64, BTreeSet<SubKey>>,
     patterns: usize,
 }
 
@@ -153,56 +302,45 @@ pub struct Bus {
     max_total: usize,
 }
 
-/// Checks a topic (`pattern == false`) or a pattern.
-pub fn check_topic(topic: &str, pattern: bool) -> Result<(), RpcError> {
-    let what = if pattern { "pattern" } else { "topic" };
-    let bad = |why: &str| {
-        Err(RpcError::invalid_params(format!(
-            "bad {what} {topic:?}: {why}"
-        )))
-    };
-    if topic.is_empty() || topic.len() > MAX_TOPIC_BYTES {
-        return bad("must be 1 to 256 bytes");
-    }
-    let segs = topic.split('.').count();
-    if segs > MAX_SEGMENTS {
-        return bad("too many segments");
-    }
-    for (i, seg) in topic.split('.').enumerate() {
-        if seg.is_empty() {
-            return bad("empty segment");
-        }
-        if !seg.contains(['*', '>']) {
-            continue;
-        }
-        if !pattern {
-            return bad("`*` and `>` are for patterns, not for published topics");
-        }
-        if seg.contains('*') && seg != "*" {
-            return bad("`*` must be a whole segment");
-        }
-        if seg.contains('>') && (seg != ">" || i + 1 != segs) {
-            return bad("`>` must be the whole last segment");
-        }
-    }
-    Ok(())
-}
-
 /// The `bus.message` notification line for `data` (JSON text without a
 /// line break) published on `topic`, in one allocation.
 pub fn message(topic: &str, data: &str) -> Vec<u8> {
+    message_with_reply(topic, data, None)
+}
+
+/// [`message`] with the `reply` subject of a `bus.request`.
+pub fn message_with_reply(topic: &str, data: &str, reply: Option<&str>) -> Vec<u8> {
     const HEAD: &[u8] = br#"{"jsonrpc":"2.0","method":"bus.message","params":{"topic":"#;
-    let mut out = Vec::with_capacity(HEAD.len() + topic.len() + data.len() + 16);
+    let extra = reply.map_or(0, |r| r.len() + 12);
+    let mut out = Vec::with_capacity(HEAD.len() + topic.len() + data.len() + 16 + extra);
     out.extend_from_slice(HEAD);
     crate::jsonrpc::write_str(&mut out, topic);
+    if let Some(r) = reply {
+        out.extend_from_slice(b",\"reply\":");
+        crate::jsonrpc::write_str(&mut out, r);
+    }
     out.extend_from_slice(b",\"data\":");
     out.extend_from_slice(data.as_bytes());
     out.extend_from_slice(b"}}\n");
     out
 }
 
+/// The segments of a topic; `None` when it has more than any pattern.
+fn split(topic: &str) -> Option<([&str; MAX_SEGMENTS], usize)> {
+    let mut segs: [&str; MAX_SEGMENTS] = [""; MAX_SEGMENTS];
+    let mut n = 0;
+    for seg in topic.split('.') {
+        if n == MAX_SEGMENTS {
+            return None;
+        }
+        segs[n] = seg;
+        n += 1;
+    }
+    Some((segs, n))
+}
+
 impl Bus {
-    /// A table allowing `max_per_conn` patterns per connection and
+    /// A table allowing `max_per_conn` subscriptions per connection and
     /// `max_total` in all.
     pub fn new(max_per_conn: usize, max_total: usize) -> Bus {
         Bus {
@@ -220,9 +358,25 @@ impl Bus {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds patterns for `conn` (all or none); returns how many the
-    /// connection has now.
+    /// Adds plain subscriptions for `conn` (all or none); returns how
+    /// many subscriptions the connection has now.
     pub fn subscribe(&self, conn: u64, patterns: &[String]) -> Result<usize, RpcError> {
+        self.add(conn, patterns, "")
+    }
+
+    /// Adds `conn` to the queue group `queue` on each pattern (all or
+    /// none); returns how many subscriptions the connection has now.
+    pub fn subscribe_queue(
+        &self,
+        conn: u64,
+        patterns: &[String],
+        queue: &str,
+    ) -> Result<usize, RpcError> {
+        check_queue(queue)?;
+        self.add(conn, patterns, queue)
+    }
+
+    fn add(&self, conn: u64, patterns: &[String], queue: &str) -> Result<usize, RpcError> {
         for p in patterns {
             check_topic(p, true)?;
         }
@@ -230,7 +384,8 @@ impl Bus {
         let have = inner.by_conn.get(&conn);
         let new = patterns
             .iter()
-            .filter(|p| !have.is_some_and(|h| h.contains(p.as_str())))
+            .map(|p| (Box::<str>::from(p.as_str()), Box::<str>::from(queue)))
+            .filter(|k| !have.is_some_and(|h| h.contains(k)))
             .collect::<BTreeSet<_>>();
         let total = have.map_or(0, BTreeSet::len) + new.len();
         if total > self.max_per_conn {
@@ -258,35 +413,47 @@ impl Bus {
                 ),
             ));
         }
-        for p in &new {
+        for (p, q) in &new {
             let segs: Vec<&str> = p.split('.').collect();
-            inner.root.insert(&segs, conn);
+            inner.root.insert(&segs, conn, q);
         }
         inner.patterns += new.len();
         let set = inner.by_conn.entry(conn).or_default();
-        set.extend(new.into_iter().map(|p| p.as_str().into()));
+        set.extend(new);
         Ok(set.len())
     }
 
-    /// Removes patterns (all of the connection's when `None`); returns how
-    /// many remain.
+    /// Removes plain subscriptions (all of the connection's, queue ones
+    /// included, when `None`); returns how many remain.
     pub fn unsubscribe(&self, conn: u64, patterns: Option<&[String]>) -> usize {
+        match patterns {
+            None => self.drop_where(conn, |_| true),
+            Some(ps) => self.drop_where(conn, |(p, q)| {
+                q.is_empty() && ps.iter().any(|x| x.as_str() == &**p)
+            }),
+        }
+    }
+
+    /// Leaves the queue group `queue` on `patterns` (on every pattern when
+    /// `None`); returns how many subscriptions remain.
+    pub fn unsubscribe_queue(&self, conn: u64, patterns: Option<&[String]>, queue: &str) -> usize {
+        self.drop_where(conn, |(p, q)| {
+            &**q == queue && patterns.map_or(true, |ps| ps.iter().any(|x| x.as_str() == &**p))
+        })
+    }
+
+    fn drop_where(&self, conn: u64, gone: impl Fn(&SubKey) -> bool) -> usize {
         let mut inner = self.write();
         let Some(mut set) = inner.by_conn.remove(&conn) else {
             return 0;
         };
-        let gone: Vec<Box<str>> = match patterns {
-            None => std::mem::take(&mut set).into_iter().collect(),
-            Some(ps) => ps
-                .iter()
-                .filter_map(|p| set.take(p.as_str()))
-                .collect::<Vec<_>>(),
-        };
-        for p in &gone {
-            let segs: Vec<&str> = p.split('.').collect();
-            inner.root.remove(&segs, conn);
+        let dropped: Vec<SubKey> = set.iter().filter(|k| gone(k)).cloned().collect();
+        for k in &dropped {
+            set.remove(k);
+            let segs: Vec<&str> = k.0.split('.').collect();
+            inner.root.remove(&segs, conn, &k.1);
         }
-        inner.patterns -= gone.len();
+        inner.patterns -= dropped.len();
         let left = set.len();
         if left > 0 {
             inner.by_conn.insert(conn, set);
@@ -301,37 +468,80 @@ impl Bus {
         }
     }
 
-    /// The connections subscribed to `topic`, each once, in no particular
-    /// order.
+    /// The connections a message on `topic` goes to, each once, in no
+    /// particular order: every plain subscriber and one member of each
+    /// queue group (which advances the group's round robin).
     pub fn recipients(&self, topic: &str) -> Vec<u64> {
-        let mut segs: [&str; MAX_SEGMENTS] = [""; MAX_SEGMENTS];
-        let mut n = 0;
-        for seg in topic.split('.') {
-            if n == MAX_SEGMENTS {
-                return Vec::new(); // longer than any pattern can match
-            }
-            segs[n] = seg;
-            n += 1;
-        }
+        let Some((segs, n)) = split(topic) else {
+            return Vec::new(); // longer than any pattern can match
+        };
         let inner = self.read();
-        let mut lists = Vec::new();
-        inner.root.collect(&segs[..n], &mut lists);
-        dedup(&lists)
+        let mut found = Vec::new();
+        inner.root.collect(&segs[..n], &mut found);
+        pick(&found)
     }
 
-    /// (connections with subscriptions, patterns) for `STATUS`.
+    /// Who could receive a message on `topic` (a subject or a pattern),
+    /// visiting at most `max_nodes` trie nodes.
+    pub fn presence(&self, topic: &str, max_nodes: usize) -> Presence {
+        let Some((segs, n)) = split(topic) else {
+            return Presence::default();
+        };
+        let inner = self.read();
+        let mut found = Vec::new();
+        let mut budget = max_nodes;
+        let complete = inner.root.scan(&segs[..n], &mut budget, &mut found);
+        let mut plain = HashSet::new();
+        let mut queues: BTreeMap<&str, HashSet<u64>> = BTreeMap::new();
+        for s in &found {
+            plain.extend(s.conns.iter().copied());
+            for g in &s.groups {
+                queues
+                    .entry(&g.name)
+                    .or_default()
+                    .extend(g.members.iter().copied());
+            }
+        }
+        Presence {
+            subscribers: plain.len(),
+            queues: queues
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.len()))
+                .collect(),
+            partial: !complete,
+        }
+    }
+
+    /// (connections with subscriptions, subscriptions) for `STATUS`.
     pub fn counts(&self) -> (usize, usize) {
         let inner = self.read();
         (inner.by_conn.len(), inner.patterns)
     }
 
-    /// Every connection's patterns, for the next generation.
+    /// Every connection's plain patterns, for the next generation.
     pub fn snapshot(&self) -> Vec<(u64, Vec<String>)> {
         self.read()
             .by_conn
             .iter()
-            .map(|(c, ps)| (*c, ps.iter().map(|p| p.to_string()).collect()))
+            .map(|(c, ks)| {
+                let plain = ks.iter().filter(|(_, q)| q.is_empty());
+                (*c, plain.map(|(p, _)| p.to_string()).collect::<Vec<_>>())
+            })
+            .filter(|(_, ps)| !ps.is_empty())
             .collect()
+    }
+
+    /// Every queue subscription (connection, pattern, queue), for the
+    /// next generation.
+    pub fn queue_snapshot(&self) -> Vec<(u64, String, String)> {
+        let inner = self.read();
+        let mut out = Vec::new();
+        for (c, ks) in &inner.by_conn {
+            for (p, q) in ks.iter().filter(|(_, q)| !q.is_empty()) {
+                out.push((*c, p.to_string(), q.to_string()));
+            }
+        }
+        out
     }
 
     /// Restores a snapshot (patterns that no longer validate are dropped).
@@ -344,6 +554,18 @@ impl Bus {
             if let Err(e) = self.subscribe(conn, &ok) {
                 log::warn!(
                     "dropping the subscriptions of conn {conn} on handover: {}",
+                    e.message
+                );
+            }
+        }
+    }
+
+    /// Restores a [`Bus::queue_snapshot`].
+    pub fn restore_queues(&self, qsubs: Vec<(u64, String, String)>) {
+        for (conn, pattern, queue) in qsubs {
+            if let Err(e) = self.subscribe_queue(conn, &[pattern], &queue) {
+                log::warn!(
+                    "dropping a queue subscription of conn {conn} on handover: {}",
                     e.message
                 );
             }
@@ -423,7 +645,7 @@ mod tests {
         // Subscribing twice to one pattern keeps one entry.
         assert_eq!(bus.subscribe(2, &s(&["a.*"])).unwrap(), 1);
         assert_eq!(
-            bus.read().root.exact["a"].star.as_ref().unwrap().conns,
+            bus.read().root.exact["a"].star.as_ref().unwrap().here.conns,
             [1, 2]
         );
     }
@@ -483,9 +705,10 @@ mod tests {
         bus.subscribe(1, &others).unwrap();
         bus.subscribe(2, &s(&["bench.target"])).unwrap();
         let inner = bus.read();
-        let mut lists = Vec::new();
-        inner.root.collect(&["bench", "target"], &mut lists);
-        assert_eq!(lists, [&[2u64][..]]);
+        let mut found = Vec::new();
+        inner.root.collect(&["bench", "target"], &mut found);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].conns, [2]);
     }
 
     #[test]
@@ -508,5 +731,109 @@ mod tests {
         assert_eq!(next.recipients("x.1"), [7]);
         assert_eq!(next.recipients("y"), [7]);
         assert_eq!(next.recipients("z.1.2"), [7]);
+    }
+
+    #[test]
+    fn a_queue_group_gets_one_copy_round_robin() {
+        let bus = Bus::new(10, 100);
+        bus.subscribe_queue(1, &s(&["job.*"]), "w").unwrap();
+        bus.subscribe_queue(2, &s(&["job.*"]), "w").unwrap();
+        bus.subscribe(3, &s(&["job.>"])).unwrap();
+        let mut got = [0usize; 4];
+        for _ in 0..100 {
+            let r = bus.recipients("job.x");
+            assert_eq!(r.len(), 2, "the plain one and one member: {r:?}");
+            assert!(r.contains(&3));
+            for c in r {
+                got[c as usize] += 1;
+            }
+        }
+        assert_eq!(got, [0, 50, 50, 100], "round robin");
+        // A second name is a second group; the same name through another
+        // matching pattern is the same group (NATS groups by name).
+        bus.subscribe_queue(4, &s(&["job.>"]), "w").unwrap();
+        bus.subscribe_queue(5, &s(&["job.x"]), "other").unwrap();
+        let mut seen = HashSet::new();
+        for _ in 0..30 {
+            let r = sorted(bus.recipients("job.x"));
+            assert_eq!(r.len(), 3, "{r:?}");
+            assert!(r.contains(&3) && r.contains(&5));
+            seen.extend(r);
+        }
+        assert!(seen.contains(&1) && seen.contains(&2) && seen.contains(&4));
+        assert_eq!(bus.counts(), (5, 5));
+        assert_eq!(bus.unsubscribe_queue(4, None, "w"), 0);
+        assert_eq!(bus.unsubscribe(1, Some(&s(&["job.*"]))), 1, "plain only");
+        assert_eq!(bus.unsubscribe_queue(1, Some(&s(&["job.*"])), "w"), 0);
+        for _ in 0..5 {
+            assert_eq!(sorted(bus.recipients("job.x")), [2, 3, 5]);
+        }
+        for c in [2, 3, 5] {
+            bus.remove_conn(c);
+        }
+        assert!(bus.read().root.is_empty(), "branches pruned");
+        assert!(bus.subscribe_queue(1, &s(&["a"]), "bad name").is_err());
+    }
+
+    #[test]
+    fn one_copy_when_plain_and_member() {
+        let bus = Bus::new(10, 100);
+        bus.subscribe(1, &s(&["a"])).unwrap();
+        bus.subscribe_queue(1, &s(&["a"]), "q").unwrap();
+        assert_eq!(bus.subscribe_queue(1, &s(&["a"]), "q").unwrap(), 2, "once");
+        for _ in 0..3 {
+            assert_eq!(bus.recipients("a"), [1]);
+        }
+        let limited = Bus::new(2, 100);
+        limited.subscribe(1, &s(&["a"])).unwrap();
+        limited.subscribe_queue(1, &s(&["a"]), "q").unwrap();
+        let e = limited.subscribe_queue(1, &s(&["b"]), "q").unwrap_err();
+        assert_eq!(e.code, code::TOO_MANY_SUBSCRIPTIONS, "queue subs count");
+    }
+
+    #[test]
+    fn presence_follows_patterns() {
+        let bus = Bus::new(10, 100);
+        bus.subscribe(1, &s(&["svc.time"])).unwrap();
+        bus.subscribe(2, &s(&["svc.*", "svc.time"])).unwrap();
+        bus.subscribe_queue(3, &s(&["svc.time"]), "w").unwrap();
+        bus.subscribe_queue(4, &s(&["svc.>"]), "w").unwrap();
+        bus.subscribe(5, &s(&["other.x"])).unwrap();
+        let p = bus.presence("svc.time", 100);
+        assert_eq!(p.subscribers, 2);
+        assert_eq!(p.queues.get("w"), Some(&2));
+        assert!(!p.partial);
+        assert_eq!(bus.presence("svc.date", 100).subscribers, 1);
+        assert_eq!(bus.presence("svc.date", 100).queues.get("w"), Some(&1));
+        let all = bus.presence(">", 100);
+        assert_eq!((all.subscribers, all.queues["w"]), (3, 2));
+        let star = bus.presence("*.x", 100);
+        assert_eq!((star.subscribers, star.queues.len()), (2, 1), "{star:?}");
+        assert_eq!(bus.presence("nothing.here", 100), Presence::default());
+        assert!(bus.presence(">", 2).partial, "capped");
+    }
+
+    #[test]
+    fn queue_snapshot_round_trip() {
+        let bus = Bus::new(10, 100);
+        bus.subscribe(7, &s(&["p"])).unwrap();
+        bus.subscribe_queue(7, &s(&["q.*"]), "w").unwrap();
+        bus.subscribe_queue(8, &s(&["q.*"]), "w").unwrap();
+        let next = Bus::new(10, 100);
+        next.restore(bus.snapshot());
+        next.restore_queues(bus.queue_snapshot());
+        assert_eq!(next.counts(), (2, 3));
+        assert_eq!(next.recipients("p"), [7]);
+        let a = next.recipients("q.1");
+        let b = next.recipients("q.1");
+        assert_eq!(sorted([a, b].concat()), [7, 8]);
+    }
+
+    #[test]
+    fn a_request_message_carries_its_reply_subject() {
+        let m = message_with_reply("a", "1", Some("_INBOX.x"));
+        let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        assert_eq!(v["params"]["reply"], "_INBOX.x");
+        assert_eq!(v["params"]["data"], 1);
     }
 }

@@ -105,6 +105,16 @@ pub struct Config {
     pub max_watches: usize,
     /// Most watches held by all connections together.
     pub max_watches_total: usize,
+    /// Most `bus.request` calls one connection may have waiting.
+    pub max_pending_requests: usize,
+    /// Most `bus.request` calls waiting on the whole server.
+    pub max_pending_requests_total: usize,
+    /// Longest `timeout_ms` a `bus.request` may ask for.
+    pub max_request_timeout_ms: u64,
+    /// Most `bus.request` calls over `POST /rpc` waiting at once, each
+    /// holding a pool thread; raise it only together with the host's
+    /// `-threads`.
+    pub max_http_waiters: usize,
 }
 
 impl Default for Config {
@@ -139,6 +149,10 @@ impl Default for Config {
             max_consumer_members: 64,
             max_watches: 256,
             max_watches_total: 65_536,
+            max_pending_requests: 1024,
+            max_pending_requests_total: 65_536,
+            max_request_timeout_ms: 60_000,
+            max_http_waiters: 1,
         }
     }
 }
@@ -170,6 +184,16 @@ impl Config {
             return Err(
                 "[modules.rpc]: max_batch, max_key_bytes, max_subscriptions and \
                  max_subscriptions_total must be positive"
+                    .into(),
+            );
+        }
+        if cfg.max_pending_requests == 0
+            || cfg.max_pending_requests_total == 0
+            || cfg.max_request_timeout_ms == 0
+        {
+            return Err(
+                "[modules.rpc]: max_pending_requests, max_pending_requests_total and \
+                 max_request_timeout_ms must be positive"
                     .into(),
             );
         }

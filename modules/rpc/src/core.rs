@@ -12,6 +12,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::conns::Conns;
 use crate::host::HostApi;
+use crate::inbox::Inbox;
 use crate::jsonrpc::{code, RpcError};
 use crate::store::Store;
 use crate::types::Mode;
@@ -52,13 +53,17 @@ pub struct Core {
     pub streams: crate::streams::Streams,
     /// `kv.watch` watches ([`crate::watch`]).
     pub watches: Watches,
+    /// `bus.request` calls waiting for their answer ([`crate::inbox`]).
+    pub inbox: Inbox,
 }
 
 impl Core {
     /// Fails when the users table is wrong (the message names the user).
     pub fn new(cfg: Config, store: Store, host: &'static dyn HostApi) -> Result<Core, String> {
         let watches = Watches::new(cfg.max_watches, cfg.max_watches_total);
+        let inbox = Inbox::new(cfg.max_pending_requests, cfg.max_pending_requests_total);
         Ok(Core {
+            inbox,
             bus: Bus::new(cfg.max_subscriptions, cfg.max_subscriptions_total),
             access: Access::new(&cfg)?,
             cfg,

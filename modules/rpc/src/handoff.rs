@@ -79,6 +79,13 @@ pub struct State {
     /// `kv.watch` watches ([`crate::watch`]).
     #[serde(default)]
     pub watches: Vec<crate::watch::WatchSnap>,
+    /// Queue subscriptions: (connection, pattern, queue name).
+    #[serde(default)]
+    pub qsubs: Vec<(u64, String, String)>,
+    /// Raw connections' `bus.request` calls still waiting
+    /// ([`crate::inbox::Inbox::snapshot`]).
+    #[serde(default)]
+    pub inbox: Vec<crate::inbox::PendingSnap>,
 }
 
 /// The start of a message a connection has sent, as handed over.
@@ -442,9 +449,12 @@ mod tests {
                 prefix: Some("a.".into()),
                 ..Default::default()
             }],
+            qsubs: vec![(4, "q.*".into(), "w".into())],
+            inbox: Vec::new(),
         };
         let back = State::parse(&s.encode()).unwrap().unwrap();
         assert_eq!(back.consumers, s.consumers);
+        assert_eq!(back.qsubs, s.qsubs);
         assert_eq!(back.subs, s.subs);
         assert_eq!(back.lock_fd, Some(9));
         assert_eq!(back.sessions, s.sessions);

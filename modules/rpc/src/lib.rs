@@ -47,6 +47,47 @@
 //! authenticated), so it names no key the caller may not read; it is
 //! valid until the next reload (then -32602: list again).
 //!
+//! # Request/reply and queue groups
+//!
+//! Subjects are dot-separated tokens without whitespace or control
+//! characters; patterns add `*` (one token) and a last `>` (one or more).
+//! `bus.subscribe {topics, queue}` joins the queue group `queue` (1 to 64
+//! letters, digits, `_-.`): each message goes to every plain subscriber
+//! and to ONE member of each queue name among the matching subscriptions,
+//! round robin (as in NATS, members of one name under different matching
+//! patterns form one group). A connection gets at most one copy of a
+//! message. Queue subscriptions count against `max_subscriptions`.
+//! `bus.unsubscribe {queue}` leaves the group (on `topics`, or all).
+//! Nothing is redelivered when a member leaves or closes: use streams for
+//! at-least-once delivery.
+//!
+//! `bus.request {topic, data, timeout_ms = 5000}` sends a `bus.message`
+//! with `"reply":"_INBOX.<random>"` (as a publish does: every plain
+//! subscriber, one member per queue group) and answers with the first
+//! `bus.reply {reply, data}` (or `bus.publish` to the reply subject): its
+//! `data` is the call's `result`. No recipient: -32032 at once; no answer
+//! in `timeout_ms` (at most `max_request_timeout_ms`): -32033. The reply
+//! line may come after the replies to later lines: match replies by `id`
+//! (the one exception to "in order"). `bus.request` is refused in a batch
+//! and as a notification (-32602). The reply subject is a random 128-bit
+//! capability for one answer: answering needs no `publish` right, and
+//! once answered (or timed out, or its requester closed) it is an
+//! ordinary subject again and `bus.reply` returns `false`. Waiting
+//! requests: `max_pending_requests` per connection and
+//! `max_pending_requests_total` in all (-32050). Over `POST /rpc` the
+//! request waits on a pool thread: at most `max_http_waiters` at once
+//! (-32050 beyond; raise it only together with `-threads`, or the waiters
+//! can take the whole pool). Raw connections' waiting requests survive
+//! `RELOAD rpc` (their timers move with them); HTTP waiters stay with the
+//! old generation and time out there.
+//!
+//! `bus.presence {topic}` (a subject or a pattern; needs `subscribe` on
+//! it) counts the connections that could receive a message on it:
+//! `{"subscribers": plain, "queues": {"name": members}}`; a pattern walks
+//! at most 10,000 subscription nodes, past which `"partial": true`.
+//! `STATUS` shows `pending_requests`, `answered_requests`,
+//! `request_timeouts` and `late_replies`.
+//!
 //! # Limits
 //!
 //! A write that would pass one of these is answered with -32050, whose
@@ -364,6 +405,10 @@
 //! max_consumer_members = 64      # connections attached to one consumer
 //! max_watches = 256              # kv.watch watches per connection (-32050 beyond)
 //! max_watches_total = 65536      # watches of all connections together
+//! max_pending_requests = 1024   # bus.request calls waiting per connection (-32050 beyond)
+//! max_pending_requests_total = 65536  # bus.request calls waiting on the server
+//! max_request_timeout_ms = 60000 # largest bus.request timeout_ms
+//! max_http_waiters = 1           # bus.request calls over POST /rpc waiting at once (each holds a pool thread)
 //! # [[modules.rpc.users]]: see Access control (none: protected mode)
 //! ```
 //!
@@ -426,6 +471,9 @@ pub mod streams;
 pub mod types;
 pub mod watch;
 pub mod writer;
+// Issue #15 part A: subjects, request/reply inboxes.
+pub mod inbox;
+pub mod subject;
 
 #[cfg(test)]
 mod testdir;
@@ -496,6 +544,8 @@ impl Handler for Rpc {
 
     fn on_close(&self, conn: &ConnInfo) {
         self.closed(conn.id);
+        // Its waiting requests: answers to them find nothing.
+        self.core.inbox.drop_conn(&self.core, conn.id);
         let frozen = !matches!(
             self.core.gate.try_read().as_deref(),
             Ok(Mode::Live | Mode::Standby)
@@ -538,6 +588,8 @@ impl Handler for Rpc {
             closed: self.core.conns.closed_ids(),
             consumers: self.core.streams.snapshot(),
             watches: self.core.watches.snapshot(),
+            qsubs: self.core.bus.queue_snapshot(),
+            inbox: self.core.inbox.snapshot(),
         };
         log::info!(
             "handing over {} subscriptions and {} connection states",
@@ -560,7 +612,7 @@ impl Handler for Rpc {
     fn status(&self) -> String {
         let (subscribers, patterns) = self.core.bus.counts();
         let s = &self.core.stats;
-        format!(
+        let mut line = format!(
             "keys={} revision={} watches={} kv_bytes={} cached_bytes={} subscribers={subscribers} subscriptions={patterns} commits={} writes={} failed_commits={} purged={} sync={} users={} logged_in={}{}{}",
             self.core.store.len(),
             self.core.store.revision(),
@@ -585,7 +637,9 @@ impl Handler for Rpc {
                 Ok(Mode::Frozen) => " handed_over=1",
                 _ => "",
             },
-        )
+        );
+        line.push_str(&self.core.inbox.status());
+        line
     }
 }
 

@@ -16,7 +16,9 @@
 //! that trickles in costs linear work and no copy in the module.
 //!
 //! Messages that only read are answered on the event loop; one that
-//! writes is deferred to the pool, which waits for its commit.
+//! writes is deferred to the pool, which waits for its commit. So is a
+//! `bus.request`: the pool thread waits for its answer (at most
+//! `max_http_waiters` at once, see [`crate::methods::request_over_http`]).
 //!
 //! Each request is authorized on its own ([`crate::access`]): in
 //! protected mode a peer that is not loopback gets 403; with users, the
@@ -38,7 +40,7 @@ use crate::core::Core;
 use crate::entry::now_ms;
 use crate::generation::Rpc;
 use crate::jsonrpc::{self, Sink};
-use crate::methods::{eval_message, needs_writer, Env};
+use crate::methods::{eval_message, later_call, needs_writer, request_over_http, Env};
 use crate::store::View;
 use crate::types::Kind;
 
@@ -222,7 +224,7 @@ pub fn on_message(
     };
     let core = &*rpc.core;
     let msg = jsonrpc::parse(&body, core.cfg.max_batch);
-    if needs_writer(&View::Read(&core.store.read()), &who, &msg) {
+    if later_call(&msg).is_some() || needs_writer(&View::Read(&core.store.read()), &who, &msg) {
         // The pool authorizes it again from the same header.
         return Verdict::defer(total);
     }
@@ -308,6 +310,9 @@ fn keep_start(rpc: &Rpc, conn: u64, partial: Vec<u8>) {
 fn answer(rpc: &Rpc, body: &[u8], who: Who, peer: Peer) -> Vec<u8> {
     let core = &*rpc.core;
     let msg = jsonrpc::parse(body, core.cfg.max_batch);
+    if let Some(req) = later_call(&msg) {
+        return request_over_http(core, req, who, peer);
+    }
     if needs_writer(&View::Read(&core.store.read()), &who, &msg) {
         return rpc
             .writer

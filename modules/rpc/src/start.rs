@@ -34,14 +34,17 @@ pub fn revoked_notice(pattern: &str) -> Vec<u8> {
 /// served in protected mode (loopback) and are judged as they are now.
 fn revoke_subscriptions(core: &Core, whos: Vec<(u64, Who)>) {
     let whos: std::collections::HashMap<u64, Who> = whos.into_iter().collect();
-    for (conn, patterns) in core.bus.snapshot() {
-        let who = whos.get(&conn).cloned().unwrap_or_else(|| {
+    let who_of = |conn: u64| {
+        whos.get(&conn).cloned().unwrap_or_else(|| {
             if core.access.users.is_empty() {
                 Who::Loopback
             } else {
                 core.access.who(core.host, &core.conns, conn, Peer::UNKNOWN)
             }
-        });
+        })
+    };
+    for (conn, patterns) in core.bus.snapshot() {
+        let who = who_of(conn);
         let gone: Vec<String> = patterns
             .into_iter()
             .filter(|p| !who.may(access::Right::Subscribe, p))
@@ -55,6 +58,19 @@ fn revoke_subscriptions(core: &Core, whos: Vec<(u64, Who)>) {
             core.host
                 .push_many(&[conn], &revoked_notice(p), OVERFLOW_NOTICE);
         }
+    }
+    // Queue subscriptions (issue #15) are judged the same way.
+    for (conn, pattern, queue) in core.bus.queue_snapshot() {
+        if who_of(conn).may(access::Right::Subscribe, &pattern) {
+            continue;
+        }
+        let gone = [pattern];
+        core.bus.unsubscribe_queue(conn, Some(&gone), &queue);
+        log::info!(
+            "conn {conn}: queue subscription {:?} ({queue}) revoked by the new users/permissions",
+            gone[0]
+        );
+        core.push_line(conn, &revoked_notice(&gone[0]));
     }
 }
 
@@ -111,6 +127,7 @@ impl Rpc {
         };
         let core = Arc::new(Core::new(cfg, store, host)?);
         *core.gate.write().unwrap_or_else(|e| e.into_inner()) = mode;
+        core.inbox.bind(&core);
         if let Some(s) = state {
             // First the tombstones: nothing comes back for a connection
             // the previous generation saw close.
@@ -123,6 +140,9 @@ impl Rpc {
             );
             core.bus.restore(s.subs);
             core.streams.restore(s.consumers);
+            // Issue #15: queue subscriptions and waiting requests.
+            core.bus.restore_queues(s.qsubs);
+            core.inbox.restore(&core, s.inbox);
             let whos = core.access.restore(host, &core.conns, s.sessions);
             restore_watches(&core, s.watches, &whos);
             revoke_subscriptions(&core, whos);

@@ -2,6 +2,11 @@
 //! answers how many there are. The `bus.message` line is built once for
 //! all of them; in the writer it is delivered once the batch commits.
 //! Needs `publish` on the topic.
+//!
+//! A publish to the reply subject of a waiting `bus.request` answers it
+//! (and counts 1); that needs no `publish` right, since the random
+//! subject is the capability. Any other `_INBOX.` subject is an ordinary
+//! topic.
 
 use std::borrow::Cow;
 
@@ -12,6 +17,7 @@ use crate::access::Right;
 use crate::bus::{self, check_topic, Note};
 use crate::jsonrpc::{Request, RpcError, Sink};
 use crate::store::stored_text;
+use crate::subject::INBOX_PREFIX;
 
 use super::env::Env;
 use super::params::params;
@@ -33,6 +39,18 @@ pub(super) fn run<S: Sink>(
 ) -> Result<(), RpcError> {
     let p: PublishP<'_> = params(req)?;
     check_topic(&p.topic, false)?;
+    if p.topic.starts_with(INBOX_PREFIX) {
+        let core = env.core;
+        let answered = if p.data.get().contains(['\n', '\r']) {
+            core.inbox.answer(core, &p.topic, &stored_text(p.data))
+        } else {
+            core.inbox.answer(core, &p.topic, p.data.get())
+        };
+        if answered {
+            out.put(b"1");
+            return Ok(());
+        }
+    }
     env.who.check(Right::Publish, &req.method, &p.topic)?;
     super::stream_publish::store_covered(env, &p.topic, p.data)?;
     let topic_conns = env.core.bus.recipients(&p.topic);

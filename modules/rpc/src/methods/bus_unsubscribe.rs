@@ -1,10 +1,12 @@
 //! `bus.unsubscribe`: drops `{topics}` (all when omitted) from this raw
-//! TCP connection and answers the subscriptions left.
+//! TCP connection and answers the subscriptions left. With `{queue}` it
+//! leaves that queue group (on `topics`, or on every pattern); without,
+//! named topics drop plain subscriptions and no topics drop everything.
 
 use crate::jsonrpc::{Request, RpcError, Sink};
 
+use super::bus_subscribe::topics_and_queue;
 use super::env::{stream_conn, Env};
-use super::params::topics;
 
 /// Runs `bus.unsubscribe`: writes the subscriptions left.
 pub(super) fn run<S: Sink>(
@@ -13,8 +15,12 @@ pub(super) fn run<S: Sink>(
     out: &mut S,
 ) -> Result<(), RpcError> {
     let conn = stream_conn(env)?;
-    let topics = topics(req)?;
-    let n = env.core.bus.unsubscribe(conn, topics.as_deref());
+    let (topics, queue) = topics_and_queue(req)?;
+    let bus = &env.core.bus;
+    let n = match &queue {
+        Some(q) => bus.unsubscribe_queue(conn, topics.as_deref(), q),
+        None => bus.unsubscribe(conn, topics.as_deref()),
+    };
     out.put(n.to_string().as_bytes());
     Ok(())
 }
@@ -44,5 +50,12 @@ mod tests {
             0,
             "no params: all"
         );
+        let mut call = |conn: u64, m: &str, p: &str| run(&core, &db, &mut o, conn, &req(m, p));
+        call(8, "bus.subscribe", r#"["p"]"#);
+        call(8, "bus.subscribe", r#"{"topics":["q", "r"],"queue":"w"}"#);
+        let v = call(8, "bus.unsubscribe", r#"{"topics":["q"],"queue":"w"}"#);
+        assert_eq!(v["result"], 2, "{v}");
+        assert_eq!(call(8, "bus.unsubscribe", r#"{"queue":"w"}"#)["result"], 1);
+        assert_eq!(core.bus.recipients("p"), [8]);
     }
 }

@@ -64,6 +64,7 @@ use crate::store::View;
 
 use params::{params, KeyP};
 
+pub use bus_request::over_http as request_over_http;
 pub use env::Env;
 pub use table::{Method, METHODS};
 
@@ -132,7 +133,7 @@ pub fn eval_message<S: Sink>(env: &mut Env<'_>, msg: &Message<'_>, out: &mut S) 
             jsonrpc::write_error(out, None, e);
             true
         }
-        Message::Single(item) => eval_item(env, item, out),
+        Message::Single(item) => eval_item(env, item, out, false),
         Message::Batch(items) => {
             // A batch of reads of big values could build a huge reply:
             // past the cap, the remaining calls are answered with -32040.
@@ -140,7 +141,7 @@ pub fn eval_message<S: Sink>(env: &mut Env<'_>, msg: &Message<'_>, out: &mut S) 
             let too_big = RpcError::new(code::TOO_LARGE, "reply too large: split the batch");
             jsonrpc::write_batch(out, items, |out, item, written| {
                 if written <= cap {
-                    return eval_item(env, item, out);
+                    return eval_item(env, item, out, true);
                 }
                 match item {
                     Item::Call(r) if r.id.is_some() => {
@@ -158,17 +159,39 @@ pub fn eval_message<S: Sink>(env: &mut Env<'_>, msg: &Message<'_>, out: &mut S) 
     }
 }
 
-fn eval_item<S: Sink>(env: &mut Env<'_>, item: &Item<'_>, out: &mut S) -> bool {
+/// Evaluates one item (`in_batch`: an element of a batch). A method
+/// answered later ([`answers_later`]) writes nothing now: its reply is
+/// pushed when it comes.
+fn eval_item<S: Sink>(env: &mut Env<'_>, item: &Item<'_>, out: &mut S, in_batch: bool) -> bool {
     match item {
         Item::Invalid { id, error } => {
             jsonrpc::write_error(out, *id, error);
             true
         }
         Item::Call(req) => {
+            let later = Method::lookup(&req.method).is_some_and(answers_later);
             let start = out.size();
             jsonrpc::begin_result(out);
-            let result = call(env, req, out);
+            let result = if later && in_batch {
+                // Its reply would have no place in the batch's array.
+                Err(RpcError::invalid_params(format!(
+                    "{} cannot be part of a batch",
+                    req.method
+                )))
+            } else if later && req.id.is_none() {
+                // Nobody could get its answer.
+                Err(RpcError::invalid_params(format!(
+                    "{} needs an id",
+                    req.method
+                )))
+            } else {
+                call(env, req, out)
+            };
             match (result, req.id) {
+                (Ok(()), Some(_)) if later => {
+                    out.cut(start);
+                    false
+                }
                 (Ok(()), Some(id)) => {
                     jsonrpc::end_reply(out, Some(id));
                     true
@@ -184,6 +207,24 @@ fn eval_item<S: Sink>(env: &mut Env<'_>, item: &Item<'_>, out: &mut S) -> bool {
                 }
             }
         }
+    }
+}
+
+/// Whether a method's reply is pushed later, by whoever answers it
+/// (`bus.request`): it may come after the replies to later lines, so
+/// clients match replies by id.
+pub fn answers_later(m: Method) -> bool {
+    m == Method::BusRequest
+}
+
+/// The call of a message that is one call answered later (`bus.request`),
+/// which `POST /rpc` answers by waiting on a pool thread.
+pub fn later_call<'a>(msg: &'a Message<'a>) -> Option<&'a Request<'a>> {
+    match msg {
+        Message::Single(Item::Call(r)) if Method::lookup(&r.method).is_some_and(answers_later) => {
+            Some(r)
+        }
+        _ => None,
     }
 }
 
