@@ -27,13 +27,15 @@
 #
 # Variables: PORT (8080), ARGS (extra switchyard flags, e.g. ARGS="-threads 8"),
 # RUST_LOG (info for `make run`), CARGO (cargo), FUZZ_SECONDS (60),
-# FUZZ_CI_SECONDS (15), FUZZ_TARGETS (all; e.g. FUZZ_TARGETS="router cron").
+# FUZZ_CI_SECONDS (15), FUZZ_CI_JOBS (core count: targets run at once by
+# fuzz-ci), FUZZ_TARGETS (all; e.g. FUZZ_TARGETS="router cron").
 
 CARGO    ?= cargo
 PORT     ?= 8080
 ARGS     ?=
 FUZZ_SECONDS    ?= 60
 FUZZ_CI_SECONDS ?= 15
+FUZZ_CI_JOBS    ?= $(shell nproc 2>/dev/null || echo 1)
 FUZZ_TARGETS    ?=
 
 RELEASE  := target/release
@@ -82,9 +84,12 @@ test: build
 	$(CARGO) test --release --workspace --no-fail-fast
 	scripts/test-clients.sh
 
+# Clippy with the release profile, like `make build` and `make test`: its
+# proc macros, build scripts and their outputs (ring's C code, ...) are the
+# very units those then build, not a second set in the dev profile.
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 # See scripts/new-module.sh for what it checks and changes.
 new-module:
@@ -156,11 +161,12 @@ fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh $(FUZZ_TARGETS)
 
 # CI: a build at opt-level 1 (profile fuzz-ci in fuzz/Cargo.toml) keeps the
-# whole step short; the rustfmt check covers the crate that `make lint`
-# does not see.
+# whole step short, and the targets run FUZZ_CI_JOBS (the core count) at a
+# time, each on a core of its own for its full FUZZ_CI_SECONDS; the
+# rustfmt check covers the crate that `make lint` does not see.
 fuzz-ci:
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
-	FUZZ_SECONDS=$(FUZZ_CI_SECONDS) FUZZ_PROFILE=fuzz-ci scripts/fuzz.sh $(FUZZ_TARGETS)
+	FUZZ_SECONDS=$(FUZZ_CI_SECONDS) FUZZ_PROFILE=fuzz-ci FUZZ_JOBS=$(FUZZ_CI_JOBS) scripts/fuzz.sh $(FUZZ_TARGETS)
 
 clean:
 	$(CARGO) clean
