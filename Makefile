@@ -80,8 +80,24 @@ run: build
 	mkdir -p data
 	RUST_LOG="$${RUST_LOG:-info}" $(HOST_BIN) -port $(PORT) $(ARGS)
 
+# Two cargo runs, because of module_api's `testing` feature: the crates
+# whose [dev-dependencies] turn it on (TESTING_PKGS) are tested on their
+# own. In one `cargo test --workspace` the feature is on for every crate,
+# so cargo rebuilt module_api and everything above it (the host library
+# and binary, every module) a second time, and the integration tests ran
+# that binary instead of the one `make build` made. Split, the first run
+# reuses the build's units and the second rebuilds only the few crates
+# that need the feature. Both runs go on after a failure; the status is
+# the first failure's.
+TESTING_PKGS = $(shell for f in $$(find . -name Cargo.toml -not -path './target/*' -not -path './fuzz/*'); do \
+	grep -q 'features = \["testing"\]' "$$f" && sed -n '/^\[package\]/,/^\[/s/^name = "\(.*\)"$$/\1/p' "$$f"; done | sort)
+
 test: build
-	$(CARGO) test --release --workspace --no-fail-fast
+	@status=0; \
+	set -x; \
+	$(CARGO) test --release --workspace --no-fail-fast $(addprefix --exclude ,$(TESTING_PKGS)) || status=$$?; \
+	$(CARGO) test --release --no-fail-fast $(addprefix -p ,$(TESTING_PKGS)) || status=$$?; \
+	exit $$status
 	scripts/test-clients.sh
 
 # Clippy with the release profile, like `make build` and `make test`: its
