@@ -89,7 +89,8 @@ run: build
 # reuses the build's units and the second rebuilds only the few crates
 # that need the feature. Both runs go on after a failure; the status is
 # the first failure's.
-TESTING_PKGS = $(shell for f in $$(find . -name Cargo.toml -not -path './target/*' -not -path './fuzz/*'); do \
+TESTING_PKGS = $(shell for f in $$(find . \( -path ./target -o -path ./fuzz -o -name node_modules \) -prune \
+	-o -name Cargo.toml -print); do \
 	grep -q 'features = \["testing"\]' "$$f" && sed -n '/^\[package\]/,/^\[/s/^name = "\(.*\)"$$/\1/p' "$$f"; done | sort)
 
 # Fixture crates without a test of their own are not run through cargo
