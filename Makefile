@@ -27,13 +27,15 @@
 #
 # Variables: PORT (8080), ARGS (extra switchyard flags, e.g. ARGS="-threads 8"),
 # RUST_LOG (info for `make run`), CARGO (cargo), FUZZ_SECONDS (60),
-# FUZZ_CI_SECONDS (15), FUZZ_TARGETS (all; e.g. FUZZ_TARGETS="router cron").
+# FUZZ_CI_SECONDS (15), FUZZ_CI_JOBS (core count: targets run at once by
+# fuzz-ci), FUZZ_TARGETS (all; e.g. FUZZ_TARGETS="router cron").
 
 CARGO    ?= cargo
 PORT     ?= 8080
 ARGS     ?=
 FUZZ_SECONDS    ?= 60
 FUZZ_CI_SECONDS ?= 15
+FUZZ_CI_JOBS    ?= $(shell nproc 2>/dev/null || echo 1)
 FUZZ_TARGETS    ?=
 
 RELEASE  := target/release
@@ -78,13 +80,40 @@ run: build
 	mkdir -p data
 	RUST_LOG="$${RUST_LOG:-info}" $(HOST_BIN) -port $(PORT) $(ARGS)
 
+# Two cargo runs, because of module_api's `testing` feature: the crates
+# whose [dev-dependencies] turn it on (TESTING_PKGS) are tested on their
+# own. In one `cargo test --workspace` the feature is on for every crate,
+# so cargo rebuilt module_api and everything above it (the host library
+# and binary, every module) a second time, and the integration tests ran
+# that binary instead of the one `make build` made. Split, the first run
+# reuses the build's units and the second rebuilds only the few crates
+# that need the feature. The second run happens even if the first
+# failed; the recipe fails if either did.
+TESTING_PKGS = $(shell for f in $$(find . \( -path ./target -o -path ./fuzz -o -name node_modules \) -prune \
+	-o -name Cargo.toml -print); do \
+	grep -q 'features = \["testing"\]' "$$f" && sed -n '/^\[package\]/,/^\[/s/^name = "\(.*\)"$$/\1/p' "$$f"; done | sort)
+
+# Fixture crates without a test of their own are not run through cargo
+# test: each would cost an empty test harness, compiled and linked at the
+# release profile (12-14 CPU-seconds apiece), that runs nothing. Their
+# libraries come from `make build`, and the host's tests use them.
+UNTESTED_FIXTURES = $(shell for f in $(FIXTURES); do \
+	grep -rqsF -e '[test]' -e 'cfg(test)' tests/fixtures/$$f || echo $$f; done)
+
 test: build
-	$(CARGO) test --release --workspace --no-fail-fast
+	@status=0; \
+	set -x; \
+	$(CARGO) test --release --workspace --no-fail-fast $(addprefix --exclude ,$(TESTING_PKGS) $(UNTESTED_FIXTURES)) || status=$$?; \
+	$(if $(TESTING_PKGS),$(CARGO) test --release --no-fail-fast $(addprefix -p ,$(TESTING_PKGS)) || status=$$?;) \
+	exit $$status
 	scripts/test-clients.sh
 
+# Clippy with the release profile, like `make build` and `make test`: its
+# proc macros, build scripts and their outputs (ring's C code, ...) are the
+# very units those then build, not a second set in the dev profile.
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 # See scripts/new-module.sh for what it checks and changes.
 new-module:
@@ -156,11 +185,12 @@ fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh $(FUZZ_TARGETS)
 
 # CI: a build at opt-level 1 (profile fuzz-ci in fuzz/Cargo.toml) keeps the
-# whole step short; the rustfmt check covers the crate that `make lint`
-# does not see.
+# whole step short, and the targets run FUZZ_CI_JOBS (the core count) at a
+# time, each on a core of its own for its full FUZZ_CI_SECONDS; the
+# rustfmt check covers the crate that `make lint` does not see.
 fuzz-ci:
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
-	FUZZ_SECONDS=$(FUZZ_CI_SECONDS) FUZZ_PROFILE=fuzz-ci scripts/fuzz.sh $(FUZZ_TARGETS)
+	FUZZ_SECONDS=$(FUZZ_CI_SECONDS) FUZZ_PROFILE=fuzz-ci FUZZ_JOBS=$(FUZZ_CI_JOBS) scripts/fuzz.sh $(FUZZ_TARGETS)
 
 clean:
 	$(CARGO) clean

@@ -13,6 +13,8 @@
 #                   nightly-only -Zsanitizer, which the stable toolchain
 #                   accepts only with RUSTC_BOOTSTRAP=1 (set here when asked)
 #   FUZZ_ARGS       extra libFuzzer flags, e.g. "-jobs=2 -workers=2"
+#   FUZZ_JOBS       targets run at the same time (1); make fuzz-ci uses
+#                   the core count
 #   FUZZ_PROFILE    cargo profile of fuzz/Cargo.toml: release (default), or
 #                   fuzz-ci (opt-level 1: a shorter build, slower runs)
 #   CARGO           cargo
@@ -98,14 +100,12 @@ echo "fuzz: built in $(($(date +%s) - start)) s"
 ((build_only)) && exit 0
 
 bin_dir="$FUZZ/target/$triple/$PROFILE"
-failed=()
-for t in "${targets[@]}"; do
-    out="$FUZZ/out/$t"
-    log="$FUZZ/out/$t.log"
-    artifacts="$FUZZ/artifacts/$t"
+
+# One target's run; its verdict goes to the caller through the exit
+# status, its report through stdout (printed by the caller in order).
+run_target() {
+    local t=$1 out="$FUZZ/out/$1" log="$FUZZ/out/$1.log" artifacts="$FUZZ/artifacts/$1" status=0 execs
     mkdir -p "$out" "$artifacts" "$FUZZ/corpus/$t"
-    echo "fuzz: $t for ${SECONDS_EACH} s (corpus $out + $FUZZ/corpus/$t, log $log)"
-    status=0
     # shellcheck disable=SC2086 # FUZZ_ARGS is a list of flags
     "$bin_dir/$t" "$out" "$FUZZ/corpus/$t" \
         -max_total_time="$SECONDS_EACH" -timeout="$TIMEOUT" \
@@ -119,8 +119,37 @@ for t in "${targets[@]}"; do
         tail -n 40 "$log" | sed 's/^/    /'
         sed -n 's/.*Test unit written to /fuzz: artifact: /p' "$log"
         echo "fuzz: reproduce with: $bin_dir/$t <artifact>"
-        failed+=("$t")
     fi
+    return "$status"
+}
+
+# Up to FUZZ_JOBS targets at a time. Each libFuzzer process runs one
+# thread, so on an otherwise idle machine N at a time give each target the
+# same FUZZ_SECONDS of a whole core as one at a time, in 1/N of the wall
+# time (make fuzz-ci passes the core count).
+jobs=${FUZZ_JOBS:-1}
+if ! [[ $jobs =~ ^[1-9][0-9]*$ ]]; then
+    echo "fuzz: FUZZ_JOBS is a positive number" >&2
+    exit 2
+fi
+echo "fuzz: ${#targets[@]} target(s) for ${SECONDS_EACH} s each, $jobs at a time (logs in $FUZZ/out/)"
+mkdir -p "$FUZZ/out"
+failed=()
+for ((i = 0; i < ${#targets[@]}; i += jobs)); do
+    batch=("${targets[@]:i:jobs}")
+    pids=()
+    for t in "${batch[@]}"; do
+        run_target "$t" >"$FUZZ/out/.$t.report" &
+        pids+=($!)
+    done
+    for k in "${!batch[@]}"; do
+        t=${batch[$k]}
+        status=0
+        wait "${pids[$k]}" || status=$?
+        cat "$FUZZ/out/.$t.report"
+        rm -f "$FUZZ/out/.$t.report"
+        ((status == 0)) || failed+=("$t")
+    done
 done
 
 if ((${#failed[@]})); then echo "fuzz: failed (crash, hang or out of memory): ${failed[*]}"; fi

@@ -2,7 +2,7 @@
 //! HEAD, conditional and range requests, large files, path traversal, and
 //! the malformed / oversized requests the server must refuse and survive.
 
-pub mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! to other loopback addresses such as 127.0.0.2), token rotation on
 //! `RELOAD`, `public_shutdown`, a bad `admin_from` at start.
 
-pub mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! load (ABI mismatch, `start` error) and conflicting bindings. In every
 //! case the other modules keep serving.
 
-pub mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! start, the line and client limits; and the `--new-token` /
 //! `--hash-token` tools.
 
-pub mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};

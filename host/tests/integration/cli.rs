@@ -1,7 +1,7 @@
 //! The command line: `--help`, the single-dash `-port` / `-threads` forms
 //! and their `--` twins.
 
-pub mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! the log, a module that keeps crashing is quarantined, and `UPGRADE`
 //! swaps workers without refusing a connection.
 
-pub mod common;
+use crate::common;
 
 use std::thread;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! limits, escaping, and messages surviving reloads (also under concurrent
 //! posts) and restarts.
 
-pub mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::fs;

@@ -1,7 +1,7 @@
 //! Connection limits. (Idle connections are closed to make room for new
 //! ones: see `hostile/host.rs`; here the slots are busy.)
 
-pub mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! (a test CA and leaf certificates from rcgen), a rustls client that checks
 //! which certificate the server presented, and `curl --cacert`.
 
-pub mod common;
+use crate::common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -3,7 +3,7 @@
 //! bytes, the first-bytes timeout, and the worker pool (deferred requests
 //! must not block the event loop).
 
-pub mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! was running, in the leader's log line, in `STATUS`'s `fault` line and
 //! in the quarantine, never on its caller or on "not in module code".
 
-pub mod common;
+use crate::common;
 
 use common::supervision::{line, wait_new_worker, worker_pid};
 use common::{Server, ServerBuilder, INDEX_HTML};

@@ -2,7 +2,7 @@
 //! upstream servers on loopback started by each test (echo servers on
 //! threads, `openssl s_server` for TLS passthrough), real clients.
 
-pub mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

@@ -3,7 +3,7 @@
 //! code, pipelining, pub/sub with wildcards, slow subscribers, TTLs,
 //! durability across `kill -9`, reloads under load, and the Python example.
 
-pub mod common;
+use crate::common;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -15,7 +15,7 @@
 //! Every wait is bounded by a count and a deadline, every socket read by
 //! `IO_TIMEOUT`.
 
-pub mod common;
+use crate::common;
 
 use std::fs;
 use std::io::Write;

@@ -8,7 +8,7 @@
 //! (`sha256:` + hex of the token's bytes, computed with `sha256sum`), so
 //! these tests also pin the format the token tool prints.
 
-pub mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -26,7 +26,7 @@ const BOT3: &str = "sha256:b5140b484eeb88b7cf252bbde6a9c560563387bab0122ee9c6e57
 /// The protected-mode decision, compiled from the module's own source (it
 /// depends on nothing else), for the check where no namespace can be made.
 #[allow(dead_code)]
-#[path = "../../modules/rpc/src/access/decide.rs"]
+#[path = "../../../modules/rpc/src/access/decide.rs"]
 mod decide;
 
 /// A raw TCP JSON-RPC connection.

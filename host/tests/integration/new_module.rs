@@ -3,7 +3,7 @@
 //! module crate that builds and passes its own tests, and it refuses bad,
 //! built-in and existing names without touching anything.
 
-pub mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -145,6 +145,12 @@ fn makes_a_module_that_builds_and_passes_its_tests() {
         .args(["test", "--offline", "-p", "hello_mod"])
         .current_dir(&ws)
         .env("CARGO_TARGET_DIR", &target)
+        // On a fresh clone (CI) this builds module_api's dependencies from
+        // scratch, the longest test of the suite: no debug info (a large
+        // part of that work, read by nobody) and no incremental state.
+        .env("CARGO_PROFILE_DEV_DEBUG", "false")
+        .env("CARGO_PROFILE_TEST_DEBUG", "false")
+        .env("CARGO_INCREMENTAL", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -3,7 +3,7 @@
 //! on a bus; `STATUS` shows them, `RUN` starts one now, reloads hand the
 //! schedule over, bad configs are refused.
 
-pub mod common;
+use crate::common;
 
 use std::fs;
 use std::io::{Read, Write};
