@@ -772,7 +772,7 @@ mod tests {
     //! The registry's passes without any module library: what it answers
     //! for a missing file, a file that is not a library, an unreadable
     //! directory and a bad config file. Loading real modules is covered
-    //! through the binary (`host/tests/reload.rs`).
+    //! through the binary (`host/tests/integration/reload.rs`).
 
     use super::*;
     use crate::config::ConfigError;

@@ -4,7 +4,7 @@
 //! consumer, limits, overlapping subjects, a reload with an attached
 //! consumer, the pull form over `POST /rpc`, permissions and bad input.
 
-pub mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};

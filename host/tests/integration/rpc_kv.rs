@@ -5,7 +5,7 @@
 //! `kv.unwatch`; the watch limit; malformed params; and revisions and
 //! watches across `RELOAD rpc` and a restart.
 
-pub mod common;
+use crate::common;
 
 use std::time::Duration;
 

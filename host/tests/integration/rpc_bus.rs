@@ -6,7 +6,7 @@
 //! `POST /rpc`, `bus.presence`, subject validation, permissions, and a
 //! pending request that survives `RELOAD rpc`.
 
-pub mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::thread;
