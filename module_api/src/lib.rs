@@ -157,6 +157,7 @@ mod out;
 pub mod testing;
 pub mod tls;
 pub mod web;
+pub mod ws;
 
 /// abi_stable, re-exported so that [`export_module!`] and a module's code
 /// use the very version the host was built with; a module crate never
