@@ -95,6 +95,14 @@ pub struct Config {
     pub auth_backoff_max_ms: u64,
     /// Peer addresses the pause table remembers at most.
     pub auth_backoff_peers: usize,
+    /// Browser origins (`https://app.example.com`) besides the server's
+    /// own that may open a WebSocket at `GET /rpc/ws`.
+    pub ws_origins: Vec<String>,
+    /// How often the server pings WebSocket clients (0: never); keep it
+    /// under half the host's `idle_timeout_ms`.
+    pub ws_ping_ms: u64,
+    /// Most frames one WebSocket message may come in.
+    pub ws_max_fragments: usize,
 }
 
 impl Default for Config {
@@ -124,6 +132,9 @@ impl Default for Config {
             auth_backoff_ms: 500,
             auth_backoff_max_ms: 30_000,
             auth_backoff_peers: 4096,
+            ws_origins: Vec::new(),
+            ws_ping_ms: 25_000,
+            ws_max_fragments: 1024,
         }
     }
 }
@@ -172,6 +183,9 @@ impl Config {
                 "[modules.rpc]: purge_interval_ms and checkpoint_interval_ms must be positive"
                     .into(),
             );
+        }
+        if cfg.ws_max_fragments == 0 {
+            return Err("[modules.rpc]: ws_max_fragments must be positive".into());
         }
         if cfg.db.is_relative() {
             cfg.db = data_dir.join(&cfg.db);

@@ -39,11 +39,13 @@ pub struct ConnState {
     /// next hold no newline (the start of a line still arriving), so the
     /// next call searches only what arrived since.
     pub scanned: usize,
+    /// A WebSocket connection's reader ([`crate::ws`]).
+    pub ws: Option<Box<crate::ws::WsState>>,
 }
 
 impl ConnState {
     fn is_empty(&self) -> bool {
-        self.partial.is_empty() && self.pending.is_none() && self.scanned == 0
+        self.partial.is_empty() && self.pending.is_none() && self.scanned == 0 && self.ws.is_none()
     }
 }
 

@@ -47,6 +47,8 @@ pub struct Core {
     pub owner_fd: AtomicI32,
     /// Timers: request timeouts, ack waits, pings ([`crate::clock`]).
     pub clock: Clock,
+    /// Which connections speak WebSocket ([`crate::ws`]).
+    pub ws: crate::ws::WsConns,
 }
 
 impl Core {
@@ -63,6 +65,7 @@ impl Core {
             gate: RwLock::new(Mode::Live),
             owner_fd: AtomicI32::new(-1),
             clock: Clock::start()?,
+            ws: Default::default(),
         })
     }
 
@@ -72,6 +75,13 @@ impl Core {
     /// `host.push_many` directly, so that WebSocket connections get
     /// frames and raw ones lines.
     pub fn push_line(&self, conn: u64, line: &[u8]) -> bool {
+        if self.ws.contains(conn) {
+            let frame = crate::ws::text_frame(line);
+            return self
+                .host
+                .push_many(&[conn], &frame, crate::ws::overflow_notice())
+                == 1;
+        }
         self.host.push_many(&[conn], line, OVERFLOW_NOTICE) == 1
     }
 
@@ -81,8 +91,24 @@ impl Core {
         if note.topic_conns.is_empty() {
             return 0;
         }
-        self.host
-            .push_many(&note.topic_conns, &note.bytes, OVERFLOW_NOTICE)
+        if !self.ws.any() {
+            // No WebSocket client: one shared copy, no lookup.
+            return self
+                .host
+                .push_many(&note.topic_conns, &note.bytes, OVERFLOW_NOTICE);
+        }
+        let (raw, ws) = self.ws.split(&note.topic_conns);
+        let mut n = 0;
+        if !raw.is_empty() {
+            n += self.host.push_many(&raw, &note.bytes, OVERFLOW_NOTICE);
+        }
+        if !ws.is_empty() {
+            let frame = crate::ws::text_frame(&note.bytes);
+            n += self
+                .host
+                .push_many(&ws, &frame, crate::ws::overflow_notice());
+        }
+        n
     }
 }
 

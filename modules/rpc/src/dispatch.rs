@@ -94,6 +94,9 @@ impl Rpc {
         input: &[u8],
         out: &mut RVec<u8>,
     ) -> Verdict {
+        if conn != 0 && self.core.ws.contains(conn) {
+            return crate::ws::deferred(self, conn, peer, input, out);
+        }
         if conn != 0 && self.core.conns.has_pending(conn) {
             // Replies to lines this generation handed to its writer.
             return raw::on_deferred(self, conn, peer, input, out);
@@ -133,6 +136,7 @@ impl Rpc {
             .conns
             .close(conn, || self.core.bus.remove_conn(conn));
         self.core.access.sessions.remove(conn);
+        self.core.ws.remove(conn);
     }
 }
 

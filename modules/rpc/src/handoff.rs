@@ -73,6 +73,24 @@ pub struct State {
     /// successor keeps them closed and restores no session for them.
     #[serde(default)]
     pub closed: Vec<u64>,
+    /// The WebSocket connections ([`crate::ws`]) and their unfinished
+    /// messages.
+    #[serde(default)]
+    pub ws: Vec<WsSnap>,
+}
+
+/// A WebSocket connection as handed over: the message whose fragments
+/// are arriving, if any (`opcode` 1 text, 2 binary; 0 none).
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WsSnap {
+    pub id: u64,
+    #[serde(default)]
+    pub opcode: u8,
+    #[serde(default)]
+    pub fragments: usize,
+    /// Hex of the fragments' bytes so far.
+    #[serde(default)]
+    pub partial: String,
 }
 
 /// The start of a message a connection has sent, as handed over.
@@ -221,6 +239,8 @@ pub fn serve(rpc: &Rpc, conn: u64, http: bool, peer: Peer, payload: &[u8], out: 
     let mut reply = RVec::new();
     let v = if http {
         post::on_deferred(rpc, conn, peer, false, payload, &mut reply)
+    } else if rpc.core.ws.contains(conn) {
+        crate::ws::serve(rpc, conn, peer, payload, &mut reply)
     } else {
         raw::on_deferred(rpc, conn, peer, payload, &mut reply)
     };
@@ -421,6 +441,12 @@ mod tests {
                 self_forwarded: true,
             }],
             closed: vec![3],
+            ws: vec![WsSnap {
+                id: 4,
+                opcode: 1,
+                fragments: 2,
+                partial: "7b22".into(),
+            }],
         };
         let back = State::parse(&s.encode()).unwrap().unwrap();
         assert_eq!(back.subs, s.subs);
@@ -428,6 +454,7 @@ mod tests {
         assert_eq!(back.sessions, s.sessions);
         assert!(back.sessions[0].peer().self_forwarded);
         assert_eq!(back.closed, [3]);
+        assert_eq!(back.ws, s.ws);
         assert!(State::parse(b"").unwrap().is_none());
         assert!(State::parse(b"{\"version\":9,\"token\":\"\",\"subs\":[],\"conns\":[]}").is_err());
     }

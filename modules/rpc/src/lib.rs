@@ -361,6 +361,7 @@ pub mod start;
 pub mod store;
 pub mod types;
 pub mod writer;
+pub mod ws;
 
 #[cfg(test)]
 mod testdir;
@@ -385,6 +386,7 @@ pub fn manifest() -> Manifest {
         .bind("{")
         .bind("[")
         .bind("POST /rpc")
+        .bind("GET /rpc/ws")
         .protocol(Protocol::JsonRpc)
         .reload(ReloadMode::Overlap)
         .defers(true)
@@ -394,6 +396,9 @@ impl Handler for Rpc {
     fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut module_api::Out) -> Verdict {
         if conn.id == 0 {
             return self.on_call(input, out);
+        }
+        if let Some(v) = ws::on_message(self, conn, input, out) {
+            return v;
         }
         let (http, continuing) = self.transport(conn.id, input);
         let gate = match self.core.gate.try_read() {
@@ -468,6 +473,7 @@ impl Handler for Rpc {
             lock_fd: Some(self.core.owner_fd.load(Ordering::Acquire)).filter(|fd| *fd >= 0),
             sessions: self.core.access.sessions.snapshot(),
             closed: self.core.conns.closed_ids(),
+            ws: ws::snapshot(&self.core),
         };
         log::info!(
             "handing over {} subscriptions and {} connection states",

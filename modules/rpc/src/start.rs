@@ -121,10 +121,12 @@ impl Rpc {
                     .map(|c| (c.id, hex::from_hex(&c.partial), c.http))
                     .collect(),
             );
+            crate::ws::restore(&core, s.ws);
             core.bus.restore(s.subs);
             let whos = core.access.restore(host, &core.conns, s.sessions);
             revoke_subscriptions(&core, whos);
         }
+        crate::ws::start_pings(&core);
         let writer = Writer::spawn(core.clone(), start)?;
         resume.token = None;
         log::info!(
