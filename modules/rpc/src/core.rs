@@ -48,7 +48,7 @@ pub struct Core {
     /// Timers: request timeouts, ack waits, pings ([`crate::clock`]).
     pub clock: Clock,
     /// Which connections speak WebSocket ([`crate::ws`]).
-    pub ws: crate::ws::WsConns,
+    pub ws: crate::conns::WsConns,
 }
 
 impl Core {
@@ -76,11 +76,9 @@ impl Core {
     /// frames and raw ones lines.
     pub fn push_line(&self, conn: u64, line: &[u8]) -> bool {
         if self.ws.contains(conn) {
-            let frame = crate::ws::text_frame(line);
-            return self
-                .host
-                .push_many(&[conn], &frame, crate::ws::overflow_notice())
-                == 1;
+            let mut frame = Vec::with_capacity(line.len() + 10);
+            crate::conns::ws_text_frames(line, &mut frame);
+            return self.host.push_many(&[conn], &frame, ws_overflow_notice()) == 1;
         }
         self.host.push_many(&[conn], line, OVERFLOW_NOTICE) == 1
     }
@@ -103,10 +101,9 @@ impl Core {
             n += self.host.push_many(&raw, &note.bytes, OVERFLOW_NOTICE);
         }
         if !ws.is_empty() {
-            let frame = crate::ws::text_frame(&note.bytes);
-            n += self
-                .host
-                .push_many(&ws, &frame, crate::ws::overflow_notice());
+            let mut frame = Vec::with_capacity(note.bytes.len() + 10);
+            crate::conns::ws_text_frames(&note.bytes, &mut frame);
+            n += self.host.push_many(&ws, &frame, ws_overflow_notice());
         }
         n
     }
@@ -121,4 +118,14 @@ pub fn too_large(core: &Core) -> RpcError {
             core.cfg.max_line_bytes
         ),
     )
+}
+
+/// [`OVERFLOW_NOTICE`] as a WebSocket text frame.
+pub fn ws_overflow_notice() -> &'static [u8] {
+    static NOTICE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    NOTICE.get_or_init(|| {
+        let mut v = Vec::new();
+        crate::conns::ws_text_frames(OVERFLOW_NOTICE, &mut v);
+        v
+    })
 }

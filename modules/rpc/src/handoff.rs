@@ -76,21 +76,7 @@ pub struct State {
     /// The WebSocket connections ([`crate::ws`]) and their unfinished
     /// messages.
     #[serde(default)]
-    pub ws: Vec<WsSnap>,
-}
-
-/// A WebSocket connection as handed over: the message whose fragments
-/// are arriving, if any (`opcode` 1 text, 2 binary; 0 none).
-#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct WsSnap {
-    pub id: u64,
-    #[serde(default)]
-    pub opcode: u8,
-    #[serde(default)]
-    pub fragments: usize,
-    /// Hex of the fragments' bytes so far.
-    #[serde(default)]
-    pub partial: String,
+    pub ws: Vec<crate::conns::WsSnap>,
 }
 
 /// The start of a message a connection has sent, as handed over.
@@ -441,7 +427,7 @@ mod tests {
                 self_forwarded: true,
             }],
             closed: vec![3],
-            ws: vec![WsSnap {
+            ws: vec![crate::conns::WsSnap {
                 id: 4,
                 opcode: 1,
                 fragments: 2,

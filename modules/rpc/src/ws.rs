@@ -20,11 +20,11 @@
 //! Each complete text message is evaluated by the same code as a raw line
 //! ([`raw::evaluate`]); its reply (if any) goes out as one text frame.
 //! A message that writes goes to the writer and the connection is
-//! deferred exactly like a raw line: [`deferred`] collects the reply on
+//! deferred exactly like a raw line: [`collect`] gets the reply on
 //! the pool and frames it. Pushes (`bus.message` and every other
 //! notification) are framed in [`crate::core::Core::push_line`] and
 //! [`crate::core::Core::deliver`], which look the connection up in
-//! [`WsConns`] (an atomic count first, so raw-only servers pay nothing).
+//! [`crate::conns::WsConns`] (an atomic count first, so raw-only servers pay nothing).
 //!
 //! A ping is answered with a pong, a close frame with the same code and
 //! the end of the connection; a protocol error with a close frame carrying
@@ -44,9 +44,7 @@
 //! successor reassembles it with the handed-over state. An upgrade that
 //! arrives during that short window is answered 503 (clients reconnect).
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, OnceLock, RwLock, Weak};
+use std::sync::{mpsc, Arc, Weak};
 use std::time::Duration;
 
 use module_api::http::{self, Parsed};
@@ -55,10 +53,10 @@ use module_api::ws::{close, handshake, Event, Fail, Reassembler};
 use module_api::{ConnInfo, RVec, Verdict};
 
 use crate::access::{self, Credentials, Peer};
-use crate::core::{Core, OVERFLOW_NOTICE};
+use crate::conns::{WsSnap, WsState};
+use crate::core::{ws_overflow_notice, Core};
 use crate::entry::now_ms;
 use crate::generation::Rpc;
-use crate::handoff::{self, WsSnap};
 use crate::host::wait;
 use crate::jsonrpc::Sink;
 use crate::methods::Env;
@@ -71,75 +69,6 @@ use crate::writer::Submission;
 pub const PATH: &str = "/rpc/ws";
 /// Largest upgrade request head.
 const MAX_HEAD: usize = 16 * 1024;
-
-/// Which connections speak WebSocket. The count is read first, so that a
-/// push on a server without WebSocket clients takes no lock.
-#[derive(Default)]
-pub struct WsConns {
-    count: AtomicUsize,
-    set: RwLock<HashSet<u64>>,
-}
-
-impl WsConns {
-    /// Whether `conn` speaks WebSocket.
-    pub fn contains(&self, conn: u64) -> bool {
-        self.count.load(Ordering::Acquire) != 0
-            && self
-                .set
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&conn)
-    }
-
-    /// Whether any connection does.
-    pub fn any(&self) -> bool {
-        self.count.load(Ordering::Acquire) != 0
-    }
-
-    fn add(&self, conn: u64) {
-        let mut s = self.set.write().unwrap_or_else(|e| e.into_inner());
-        if s.insert(conn) {
-            self.count.store(s.len(), Ordering::Release);
-        }
-    }
-
-    /// Forgets a closed connection.
-    pub fn remove(&self, conn: u64) {
-        if !self.any() {
-            return;
-        }
-        let mut s = self.set.write().unwrap_or_else(|e| e.into_inner());
-        if s.remove(&conn) {
-            self.count.store(s.len(), Ordering::Release);
-        }
-    }
-
-    /// Splits `conns` into raw ones and WebSocket ones.
-    pub fn split(&self, conns: &[u64]) -> (Vec<u64>, Vec<u64>) {
-        let s = self.set.read().unwrap_or_else(|e| e.into_inner());
-        conns.iter().partition(|c| !s.contains(c))
-    }
-
-    fn all(&self) -> Vec<u64> {
-        let s = self.set.read().unwrap_or_else(|e| e.into_inner());
-        s.iter().copied().collect()
-    }
-
-    /// How many connections speak WebSocket (for `STATUS`).
-    pub fn len(&self) -> usize {
-        self.count.load(Ordering::Acquire)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        !self.any()
-    }
-}
-
-/// A WebSocket connection's reader ([`ConnState::ws`]).
-#[derive(Debug)]
-pub struct WsState {
-    pub reasm: Reassembler,
-}
 
 fn limits(core: &Core) -> module_api::ws::Limits {
     module_api::ws::Limits {
@@ -165,19 +94,6 @@ pub fn put_lines<S: Sink>(out: &mut S, lines: &[u8]) {
 
 fn put_close<S: Sink>(out: &mut S, code: u16, reason: &str) {
     put_frame(out, Opcode::Close, &frame::close_payload(code, reason));
-}
-
-/// A JSON line (ending in `\n`) as a text frame, for pushes.
-pub fn text_frame(line: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(line.len() + 10);
-    put_lines(&mut v, line);
-    v
-}
-
-/// [`OVERFLOW_NOTICE`] as a text frame.
-pub fn overflow_notice() -> &'static [u8] {
-    static NOTICE: OnceLock<Vec<u8>> = OnceLock::new();
-    NOTICE.get_or_init(|| text_frame(OVERFLOW_NOTICE))
 }
 
 fn fail_with<S: Sink>(conn: u64, out: &mut S, f: Fail, len: usize) -> Verdict {
@@ -466,15 +382,13 @@ fn run(
     verdict
 }
 
-/// A deferred call on a WebSocket connection (on the pool): the writer's
-/// reply to a deferred message, framed; or, while not live, one frame
-/// forwarded to the successor (frozen) or handled once this generation
-/// serves (standby).
-pub fn deferred(rpc: &Rpc, conn: u64, peer: Peer, input: &[u8], out: &mut RVec<u8>) -> Verdict {
+/// The writer's reply to a message [`on_message`] deferred, framed (on
+/// the pool).
+pub fn collect(rpc: &Rpc, conn: u64, input: &[u8], out: &mut RVec<u8>) -> Verdict {
     let core = &*rpc.core;
     let mut st = core.conns.take(conn);
-    if let Some(rx) = st.pending.take() {
-        let close = match wait(core.host, || rx.recv()) {
+    let close = match st.pending.take() {
+        Some(rx) => match wait(core.host, || rx.recv()) {
             Ok(reply) => {
                 put_lines(out, &reply.out);
                 reply.close
@@ -483,39 +397,26 @@ pub fn deferred(rpc: &Rpc, conn: u64, peer: Peer, input: &[u8], out: &mut RVec<u
                 put_close(out, close::INTERNAL, "the writer has stopped");
                 true
             }
-        };
-        core.conns.put_back(conn, st);
-        return if close {
-            Verdict::close(input.len())
-        } else {
-            Verdict::keep(input.len()).watch_close()
-        };
-    }
+        },
+        None => false,
+    };
     core.conns.put_back(conn, st);
-    let since = std::time::Instant::now();
-    loop {
-        let gate = core.gate.read().unwrap_or_else(|e| e.into_inner());
-        match *gate {
-            Mode::Live => return run(rpc, conn, peer, input, out, None),
-            Mode::Frozen => {
-                drop(gate);
-                if let Ok(v) = handoff::forward(rpc, conn, false, peer, input, out) {
-                    return v;
-                }
-            }
-            Mode::Standby => {
-                drop(gate);
-                if since.elapsed() >= core.cfg.handoff_timeout() {
-                    put_close(out, close::GOING_AWAY, "service unavailable, retry");
-                    return Verdict::close(input.len());
-                }
-                wait(core.host, || std::thread::sleep(Duration::from_millis(2)));
-            }
-        }
+    if close {
+        Verdict::close(input.len())
+    } else {
+        Verdict::keep(input.len()).watch_close()
     }
 }
 
-/// A frame a frozen predecessor forwarded (on the pool, live).
+/// No generation serves in time: a close frame (1001) and the end.
+pub fn unavailable(len: usize, out: &mut RVec<u8>) -> Verdict {
+    put_close(out, close::GOING_AWAY, "service unavailable, retry");
+    Verdict::close(len)
+}
+
+/// Frames deferred while this generation did not serve, or forwarded by
+/// a frozen predecessor (on the pool, live): handled in order, waiting for
+/// the writer where needed.
 pub fn serve(rpc: &Rpc, conn: u64, peer: Peer, payload: &[u8], out: &mut RVec<u8>) -> Verdict {
     run(rpc, conn, peer, payload, out, None)
 }
@@ -593,7 +494,7 @@ fn schedule_ping(weak: Weak<Core>, every: Duration) {
                     let mut ping = Vec::new();
                     put_frame(&mut ping, Opcode::Ping, b"");
                     core.host
-                        .push_many(&core.ws.all(), &ping, overflow_notice());
+                        .push_many(&core.ws.all(), &ping, ws_overflow_notice());
                 }
             }
             schedule_ping(again, every);
@@ -607,26 +508,9 @@ mod tests {
 
     #[test]
     fn lines_become_one_text_frame_each() {
-        let f = text_frame(b"{\"a\":1}\n");
-        assert_eq!(f, [&[0x81, 7][..], b"{\"a\":1}"].concat());
         let mut out = Vec::new();
         put_lines(&mut out, b"a\nbc\n");
         assert_eq!(out, [0x81, 1, b'a', 0x81, 2, b'b', b'c']);
         assert_eq!(as_line("{\n\"a\"\r\n:1}"), b"{ \"a\"  :1}\n");
-    }
-
-    #[test]
-    fn the_set_counts_what_it_holds() {
-        let s = WsConns::default();
-        assert!(!s.contains(1) && !s.any());
-        s.add(1);
-        s.add(1);
-        s.add(2);
-        assert_eq!(s.len(), 2);
-        assert_eq!(s.split(&[1, 3, 2]), (vec![3], vec![1, 2]));
-        s.remove(1);
-        s.remove(7);
-        assert!(s.contains(2) && !s.contains(1));
-        assert_eq!(s.len(), 1);
     }
 }
