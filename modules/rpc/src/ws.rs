@@ -267,6 +267,8 @@ fn run(
             Verdict::keep(pos).watch_close()
         }
     };
+    // The host's buffer may still hold output of earlier calls.
+    let base = out.len();
     let verdict = loop {
         if budget.is_some_and(|b| out.len() >= b) {
             break more(pos);
@@ -279,7 +281,7 @@ fn run(
         // A message that completes here may have to wait for the next
         // call (see below): keep the reader as it was before it.
         let data_end = f.fin && !f.opcode.is_control();
-        let saved = (budget.is_some() && data_end && !out.is_empty()).then(|| ws.reasm.clone());
+        let saved = (budget.is_some() && data_end && out.len() > base).then(|| ws.reasm.clone());
         let event = match ws.reasm.push(&f) {
             Ok(e) => e,
             Err(f) => break fail_with(conn, out, f, input.len()),
