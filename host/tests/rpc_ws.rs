@@ -321,7 +321,19 @@ fn websocket_transport() {
 /// from raw TCP reaches it.
 fn python_client_subscribes(s: &Server) {
     let script = workspace().join("tests/ws/subscribe.py");
-    let mut child = Command::new("python3")
+    // The first python3 that has the module (a pyenv shim on PATH may not
+    // see the distribution's python3-websockets).
+    let python = ["python3", "/usr/bin/python3"]
+        .into_iter()
+        .find(|p| {
+            Command::new(p)
+                .args(["-c", "import websockets"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .unwrap_or("python3");
+    let mut child = Command::new(python)
         .arg(&script)
         .arg(s.addr.port().to_string())
         .arg("py.*")

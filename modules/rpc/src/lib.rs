@@ -11,6 +11,11 @@
 //!   `printf '{"jsonrpc":"2.0","method":"sys.ping","id":1}\n' | nc 127.0.0.1 8080`
 //! * **HTTP.** `POST /rpc` with a single request or a batch as the body and
 //!   `Content-Type: application/json`; see [`post`].
+//! * **WebSocket.** `GET /rpc/ws` (RFC 6455): one JSON-RPC message per
+//!   text frame each way, pushes included; see [`ws`] for the handshake's
+//!   checks (a browser `Origin` must be this host or in `ws_origins`),
+//!   logins (`Authorization: Bearer` at the upgrade, or `sys.auth`) and
+//!   close codes. `static_html/bus/` is a small page that uses it.
 //! * **In-process.** Another module may call
 //!   `host.call("rpc", b"{...}\n")` from a pool thread or a job: lines (or
 //!   a `POST /rpc` request) in, replies out, no subscriptions.
@@ -302,6 +307,9 @@
 //! auth_backoff_ms = 500          # pause per address after a failed login, doubling (0: none)
 //! auth_backoff_max_ms = 30000    # the longest pause
 //! auth_backoff_peers = 4096      # addresses the pause table holds
+//! ws_origins = []                # browser origins besides this host's that may open GET /rpc/ws
+//! ws_ping_ms = 25000             # server pings to WebSocket clients (0: none); under half of idle_timeout_ms
+//! ws_max_fragments = 1024        # most frames one WebSocket message may come in
 //! # [[modules.rpc.users]]: see Access control (none: protected mode)
 //! ```
 //!
@@ -310,7 +318,7 @@
 //! [`jsonrpc`] (framing, pure), [`methods`] (one file per method),
 //! [`store`] (the value cache, the totals and limits), [`db`] (SQLite),
 //! [`writer`] (group commit), [`bus`] (subscription trie), [`conns`]
-//! (reply ordering per connection), [`raw`] and [`post`] (the
+//! (reply ordering per connection), [`raw`], [`post`] and [`ws`] (the
 //! transports), [`dispatch`] (which transport, and serve, wait or
 //! forward), [`start`] and [`generation`] (a generation's start and its
 //! handover steps), [`handoff`] (reload messages), [`owner`] (one writer
@@ -333,7 +341,7 @@
 //! 5. [`methods`]: `table`, `params`, `env`, then one file per method,
 //!    then `methods/mod.rs` (evaluation and dispatch).
 //! 6. [`writer`], then [`generation`] (`Rpc` holds the writer).
-//! 7. The transports: [`raw`], [`post`].
+//! 7. The transports: [`raw`], [`post`], [`ws`].
 //! 8. [`handoff`] (forwards to the transports), then [`start`] and
 //!    [`dispatch`].
 //! 9. `lib.rs`: the manifest, the `Handler` the host calls, the export.
