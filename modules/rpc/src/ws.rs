@@ -507,6 +507,64 @@ fn schedule_ping(weak: Weak<Core>, every: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use module_api::Handler;
+
+    fn upgrade_as(rpc: &Rpc, id: u64, peer: &str, extra: &str) -> (String, Verdict) {
+        let req = format!(
+            "GET /rpc/ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        );
+        let info = ConnInfo::new(id, peer.parse().unwrap(), false);
+        let mut out = RVec::new();
+        let v = rpc.on_message(&info, req.as_bytes(), module_api::Out::from_mut(&mut out));
+        (String::from_utf8_lossy(&out).into_owned(), v)
+    }
+
+    /// Protected mode refuses a peer that is not loopback; with users, a
+    /// Bearer token logs the connection in at the upgrade and a wrong one
+    /// is refused.
+    #[test]
+    fn upgrade_checks_the_peer_and_the_token() {
+        use crate::testing::NullHost;
+        let dir = crate::testdir::TestDir::new("wsup");
+        let rpc = Rpc::start(&serde_json::json!({}), dir.path(), b"", &NullHost).unwrap();
+        let (text, v) = upgrade_as(&rpc, 3, "10.0.0.5:1", "");
+        assert!(text.starts_with("HTTP/1.1 403 "), "{text}");
+        assert_eq!(v.action, module_api::Action::Close);
+        assert!(!rpc.core.ws.contains(3));
+        let (text, v) = upgrade_as(&rpc, 4, "127.0.0.1:1", "");
+        assert!(text.starts_with("HTTP/1.1 101 "), "{text}");
+        assert_eq!(v.action, module_api::Action::Keep);
+        assert!(rpc.core.ws.contains(4));
+        let (text, _) = upgrade_as(&rpc, 5, "127.0.0.1:1", "");
+        assert!(text.starts_with("HTTP/1.1 101 "), "{text}");
+        rpc.on_close(&ConnInfo::new(4, "127.0.0.1:1".parse().unwrap(), false));
+        assert!(!rpc.core.ws.contains(4) && rpc.core.ws.contains(5));
+        rpc.stop();
+
+        let dir = crate::testdir::TestDir::new("wsauth");
+        let hash: String = access::users::hash_token("t1")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let cfg = serde_json::json!({"users": [{"name": "bot1", "token_hash": format!("sha256:{hash}"),
+            "permissions": {"kv_read": ["bot1.*"]}}]});
+        let rpc = Rpc::start(&cfg, dir.path(), b"", &NullHost).unwrap();
+        let (text, _) = upgrade_as(&rpc, 6, "10.0.0.5:1", "Authorization: Bearer nope\r\n");
+        assert!(text.starts_with("HTTP/1.1 401 "), "{text}");
+        let (text, _) = upgrade_as(&rpc, 7, "10.0.0.5:1", "Authorization: Basic eDp5\r\n");
+        assert!(text.starts_with("HTTP/1.1 401 "), "{text}");
+        let (text, _) = upgrade_as(&rpc, 8, "10.0.0.5:1", "Authorization: Bearer t1\r\n");
+        assert!(text.starts_with("HTTP/1.1 101 "), "{text}");
+        let who = rpc.core.access.who(
+            rpc.core.host,
+            &rpc.core.conns,
+            8,
+            Peer::new("10.0.0.5".parse().unwrap(), false),
+        );
+        assert_eq!(who.whoami()["user"], "bot1", "{}", who.whoami());
+        rpc.stop();
+    }
 
     #[test]
     fn lines_become_one_text_frame_each() {
