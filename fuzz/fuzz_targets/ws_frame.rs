@@ -8,7 +8,8 @@
 //! * no panic, and every frame consumes at least one byte and no more
 //!   than is buffered;
 //! * the events (and the failure, if any) are the same whether the input
-//!   arrives whole or split, and so is what stays buffered;
+//!   arrives whole or split, and so is what stays buffered (unless it
+//!   failed: the connection is closed then);
 //! * a text event is UTF-8 (it is a `String`), no message is over the
 //!   limit, and a failure carries a close code a server may send;
 //! * `decode(encode_masked(x))` and `decode(encode(x))` give `x` back.
@@ -26,7 +27,7 @@ const LIMITS: Limits = Limits {
 };
 
 /// Feeds `chunks` one after the other; returns the events, the failure
-/// and the bytes left buffered.
+/// and the bytes left buffered (none after a failure).
 fn run(chunks: &[&[u8]]) -> (Vec<Event>, Option<Fail>, usize) {
     let mut r = Reassembler::new(LIMITS);
     let mut buf = Vec::new();
@@ -56,7 +57,9 @@ fn run(chunks: &[&[u8]]) -> (Vec<Event>, Option<Fail>, usize) {
                         f.code,
                         close::PROTOCOL | close::INVALID_DATA | close::POLICY | close::TOO_BIG
                     ));
-                    return (events, Some(f), buf.len());
+                    // The connection ends here: what was buffered, or
+                    // would have arrived, does not matter.
+                    return (events, Some(f), 0);
                 }
             }
         }
@@ -76,7 +79,10 @@ fn round_trip(opcode: Opcode, fin: bool, payload: &[u8], key: [u8; 4]) {
     };
     let mut back = Vec::new();
     f.unmask_into(&mut back);
-    assert_eq!((f.fin, f.opcode, f.len, &back[..]), (fin, opcode, enc.len(), payload));
+    assert_eq!(
+        (f.fin, f.opcode, f.len, &back[..]),
+        (fin, opcode, enc.len(), payload)
+    );
     if fin {
         let mut enc = Vec::new();
         frame::encode(opcode, payload, &mut enc);
@@ -105,7 +111,11 @@ fuzz_target!(|data: &[u8]| {
         Opcode::Pong,
     ][usize::from(first % 6)];
     let control = opcode.is_control();
-    let payload = if control { &input[..input.len().min(125)] } else { input };
+    let payload = if control {
+        &input[..input.len().min(125)]
+    } else {
+        input
+    };
     let key = [first, first.wrapping_mul(7), 0x5a, first ^ 0xff];
     round_trip(opcode, control || first & 0x40 != 0, payload, key);
 });
