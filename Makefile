@@ -15,7 +15,7 @@
 #   make bench-webapp the webapp module: GET and POST throughput on SQLite
 #   make bench-rpc    the rpc module: kv.set/kv.get calls per second next to redis-benchmark
 #   make bench-bus    the rpc bus: request/reply and fan-out next to nats-server
-#   make browser-check  headless Chromium renders the webapp's page
+#   make browser-check  headless Chromium renders the webapp's page and the bus page
 #   make tls-cert     a self-signed pair for local HTTPS: tls/cert.pem, tls/key.pem
 #   make token        a new bus token and its `token_hash = "sha256:..."` config line
 #   make tls-client-cert NAME=bot1  a client certificate for mutual TLS, tls/clients/bot1.pem
@@ -153,6 +153,7 @@ bench-bus: build
 
 browser-check: build
 	tests/browser/webapp.sh
+	tests/browser/bus.sh
 
 # Keeps an existing pair; FORCE=1 replaces it. TLS_NAMES: the names it is
 # valid for (default "localhost 127.0.0.1").

@@ -76,6 +76,36 @@
 //!    shared bodies, pipelining. The `http` module (static files) is built
 //!    this way; use it when the two levels above get in the way.
 //!
+//! ## WebSocket
+//!
+//! [`ws`] has everything RFC 6455 asks of a server, without sockets:
+//!
+//! 1. Bind the upgrade's prefix (`.bind("GET /chat/ws")`). In
+//!    `on_message`, parse the head with [`http::parse_request`] (return
+//!    [`Verdict::NEED_MORE`] while it is partial), check the path, call
+//!    [`ws::handshake::check`] (it answers 400, 405 or 426 through
+//!    [`ws::handshake::Refusal::write`]) and [`ws::handshake::origin_allowed`]
+//!    (refuse a foreign browser `Origin` with 403: a page elsewhere must not
+//!    use the user's browser to reach you), then write
+//!    [`ws::handshake::write_accept`] and return
+//!    `Verdict::keep(head_len).watch_close()`. Remember the connection
+//!    id as a WebSocket one, with a [`ws::Reassembler`] of its own.
+//! 2. From then on the connection's bytes come to you. Call
+//!    [`ws::Reassembler::next`] on the input until it says
+//!    [`ws::Step::Partial`] (leave those bytes with the host, which bounds
+//!    them by `max_message_size`), summing `consumed`; act on each
+//!    [`ws::Event`]: a text or binary message, a ping (answer a pong with
+//!    [`ws::frame::encode`]), a close (echo its code, then
+//!    [`Verdict::close`]). On an error ([`ws::Fail`]) send a close frame
+//!    with its code ([`ws::frame::close_payload`]) and close. Return
+//!    `Verdict::keep(consumed).watch_close()`.
+//! 3. Frames you send are unmasked: [`ws::frame::encode`], or
+//!    [`ws::frame::Header`] followed by the payload when it is already
+//!    in place. Pushes ([`Host::push_many`]) must be frames too.
+//!
+//! The rpc module's `modules/rpc/src/ws.rs` is a complete example
+//! (deferred replies, pushes, handover across a reload).
+//!
 //! ## Testing
 //!
 //! With `switchyard_module_api = { path = "..", features = ["testing"] }`
@@ -157,6 +187,7 @@ mod out;
 pub mod testing;
 pub mod tls;
 pub mod web;
+pub mod ws;
 
 /// abi_stable, re-exported so that [`export_module!`] and a module's code
 /// use the very version the host was built with; a module crate never

@@ -115,6 +115,14 @@ pub struct Config {
     /// holding a pool thread; raise it only together with the host's
     /// `-threads`.
     pub max_http_waiters: usize,
+    /// Browser origins (`https://app.example.com`) besides the server's
+    /// own that may open a WebSocket at `GET /rpc/ws`.
+    pub ws_origins: Vec<String>,
+    /// How often the server pings WebSocket clients (0: never); keep it
+    /// under half the host's `idle_timeout_ms`.
+    pub ws_ping_ms: u64,
+    /// Most frames one WebSocket message may come in.
+    pub ws_max_fragments: usize,
 }
 
 impl Default for Config {
@@ -153,6 +161,9 @@ impl Default for Config {
             max_pending_requests_total: 65_536,
             max_request_timeout_ms: 60_000,
             max_http_waiters: 1,
+            ws_origins: Vec::new(),
+            ws_ping_ms: 25_000,
+            ws_max_fragments: 1024,
         }
     }
 }
@@ -220,6 +231,9 @@ impl Config {
         }
         if cfg.max_watches == 0 || cfg.max_watches_total == 0 {
             return Err("[modules.rpc]: max_watches and max_watches_total must be positive".into());
+        }
+        if cfg.ws_max_fragments == 0 {
+            return Err("[modules.rpc]: ws_max_fragments must be positive".into());
         }
         if cfg.db.is_relative() {
             cfg.db = data_dir.join(&cfg.db);

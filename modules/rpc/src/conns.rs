@@ -13,13 +13,20 @@
 //! the reply), and a client cannot pile up work: it has at most one
 //! submission in flight.
 //!
+//! WebSocket connections ([`crate::ws`]) are listed in [`WsConns`], and
+//! each keeps its reader ([`WsState`]) here.
+//!
 //! Closed connections leave a tombstone for a while, so that a
 //! subscription still in the writer's queue when its connection closed is
 //! not added afterwards.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+use module_api::ws::Reassembler;
+use serde::{Deserialize, Serialize};
 
 const SHARDS: usize = 64;
 /// Closed connection ids remembered per shard.
@@ -39,11 +46,13 @@ pub struct ConnState {
     /// next hold no newline (the start of a line still arriving), so the
     /// next call searches only what arrived since.
     pub scanned: usize,
+    /// A WebSocket connection's reader ([`crate::ws`]).
+    pub ws: Option<Box<WsState>>,
 }
 
 impl ConnState {
     fn is_empty(&self) -> bool {
-        self.partial.is_empty() && self.pending.is_none() && self.scanned == 0
+        self.partial.is_empty() && self.pending.is_none() && self.scanned == 0 && self.ws.is_none()
     }
 }
 
@@ -203,6 +212,109 @@ impl Conns {
     }
 }
 
+/// Which connections speak WebSocket. The count is read first, so that a
+/// push on a server without WebSocket clients takes no lock.
+#[derive(Default)]
+pub struct WsConns {
+    count: AtomicUsize,
+    set: RwLock<HashSet<u64>>,
+}
+
+impl WsConns {
+    /// Whether `conn` speaks WebSocket.
+    pub fn contains(&self, conn: u64) -> bool {
+        self.count.load(Ordering::Acquire) != 0
+            && self
+                .set
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&conn)
+    }
+
+    /// Whether any connection does.
+    pub fn any(&self) -> bool {
+        self.count.load(Ordering::Acquire) != 0
+    }
+
+    pub fn add(&self, conn: u64) {
+        let mut s = self.set.write().unwrap_or_else(|e| e.into_inner());
+        if s.insert(conn) {
+            self.count.store(s.len(), Ordering::Release);
+        }
+    }
+
+    /// Forgets a closed connection.
+    pub fn remove(&self, conn: u64) {
+        if !self.any() {
+            return;
+        }
+        let mut s = self.set.write().unwrap_or_else(|e| e.into_inner());
+        if s.remove(&conn) {
+            self.count.store(s.len(), Ordering::Release);
+        }
+    }
+
+    /// Splits `conns` into raw ones and WebSocket ones.
+    pub fn split(&self, conns: &[u64]) -> (Vec<u64>, Vec<u64>) {
+        let s = self.set.read().unwrap_or_else(|e| e.into_inner());
+        conns.iter().partition(|c| !s.contains(c))
+    }
+
+    /// Every WebSocket connection.
+    pub fn all(&self) -> Vec<u64> {
+        let s = self.set.read().unwrap_or_else(|e| e.into_inner());
+        s.iter().copied().collect()
+    }
+
+    /// How many connections speak WebSocket (for `STATUS`).
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.any()
+    }
+}
+
+/// A WebSocket connection's reader ([`ConnState::ws`], see [`crate::ws`]).
+#[derive(Debug)]
+pub struct WsState {
+    pub reasm: Reassembler,
+}
+
+/// A WebSocket connection as handed over to the next generation: the
+/// message whose fragments are arriving, if any (`opcode` 1 text, 2
+/// binary; 0 none).
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WsSnap {
+    pub id: u64,
+    #[serde(default)]
+    pub opcode: u8,
+    #[serde(default)]
+    pub fragments: usize,
+    /// Hex of the fragments' bytes so far.
+    #[serde(default)]
+    pub partial: String,
+}
+
+/// Lines (each ending with `\n`) as one unmasked WebSocket text frame
+/// each, appended to `out`: how a reply or a push reaches a WebSocket
+/// connection.
+pub fn ws_text_frames(lines: &[u8], out: &mut Vec<u8>) {
+    for line in lines.split_inclusive(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let h = module_api::ws::frame::Header::new(
+            true,
+            module_api::ws::Opcode::Text,
+            line.len(),
+            None,
+        );
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(line);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,5 +357,26 @@ mod tests {
         assert!(!c.put_back(6, st), "closed");
         assert!(c.lock(6).closed(6));
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn the_websocket_set_counts_what_it_holds() {
+        let s = WsConns::default();
+        assert!(!s.contains(1) && !s.any());
+        s.add(1);
+        s.add(1);
+        s.add(2);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.split(&[1, 3, 2]), (vec![3], vec![1, 2]));
+        s.remove(1);
+        s.remove(7);
+        assert!(s.contains(2) && !s.contains(1));
+        assert_eq!(s.len(), 1);
+        let mut out = Vec::new();
+        ws_text_frames(b"{\"a\":1}\nb\r\n", &mut out);
+        assert_eq!(
+            out,
+            [&[0x81, 7][..], b"{\"a\":1}", &[0x81, 1, b'b']].concat()
+        );
     }
 }

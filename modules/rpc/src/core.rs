@@ -55,6 +55,8 @@ pub struct Core {
     pub watches: Watches,
     /// `bus.request` calls waiting for their answer ([`crate::inbox`]).
     pub inbox: Inbox,
+    /// Which connections speak WebSocket ([`crate::ws`]).
+    pub ws: crate::conns::WsConns,
 }
 
 impl Core {
@@ -76,6 +78,7 @@ impl Core {
             clock: Clock::start()?,
             streams: Default::default(),
             watches,
+            ws: Default::default(),
         })
     }
 
@@ -85,6 +88,11 @@ impl Core {
     /// `host.push_many` directly, so that WebSocket connections get
     /// frames and raw ones lines.
     pub fn push_line(&self, conn: u64, line: &[u8]) -> bool {
+        if self.ws.contains(conn) {
+            let mut frame = Vec::with_capacity(line.len() + 10);
+            crate::conns::ws_text_frames(line, &mut frame);
+            return self.host.push_many(&[conn], &frame, ws_overflow_notice()) == 1;
+        }
         self.host.push_many(&[conn], line, OVERFLOW_NOTICE) == 1
     }
 
@@ -94,8 +102,23 @@ impl Core {
         if note.topic_conns.is_empty() {
             return 0;
         }
-        self.host
-            .push_many(&note.topic_conns, &note.bytes, OVERFLOW_NOTICE)
+        if !self.ws.any() {
+            // No WebSocket client: one shared copy, no lookup.
+            return self
+                .host
+                .push_many(&note.topic_conns, &note.bytes, OVERFLOW_NOTICE);
+        }
+        let (raw, ws) = self.ws.split(&note.topic_conns);
+        let mut n = 0;
+        if !raw.is_empty() {
+            n += self.host.push_many(&raw, &note.bytes, OVERFLOW_NOTICE);
+        }
+        if !ws.is_empty() {
+            let mut frame = Vec::with_capacity(note.bytes.len() + 10);
+            crate::conns::ws_text_frames(&note.bytes, &mut frame);
+            n += self.host.push_many(&ws, &frame, ws_overflow_notice());
+        }
+        n
     }
 }
 
@@ -108,4 +131,14 @@ pub fn too_large(core: &Core) -> RpcError {
             core.cfg.max_line_bytes
         ),
     )
+}
+
+/// [`OVERFLOW_NOTICE`] as a WebSocket text frame.
+pub fn ws_overflow_notice() -> &'static [u8] {
+    static NOTICE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    NOTICE.get_or_init(|| {
+        let mut v = Vec::new();
+        crate::conns::ws_text_frames(OVERFLOW_NOTICE, &mut v);
+        v
+    })
 }

@@ -1,5 +1,6 @@
 //! Where a message goes once the host hands it over: which transport
-//! reads it ([`crate::raw`] lines or a [`crate::post`] request), and
+//! reads it ([`crate::raw`] lines, a [`crate::post`] request or
+//! [`crate::ws`] frames), and
 //! whether this generation serves it (live), waits (standby) or forwards
 //! it to its successor (frozen, [`crate::handoff`]). In-process calls
 //! (connection id 0) are either internal calls between generations or
@@ -12,7 +13,7 @@ use crate::generation::Rpc;
 use crate::handoff::{self, Internal};
 use crate::host::wait;
 use crate::types::Mode;
-use crate::{post, raw};
+use crate::{post, raw, ws};
 
 impl Rpc {
     /// Whether input on a connection is (the rest of) an HTTP request
@@ -94,16 +95,23 @@ impl Rpc {
         input: &[u8],
         out: &mut RVec<u8>,
     ) -> Verdict {
+        let ws = conn != 0 && self.core.ws.contains(conn);
         if conn != 0 && self.core.conns.has_pending(conn) {
-            // Replies to lines this generation handed to its writer.
-            return raw::on_deferred(self, conn, peer, input, out);
+            // Replies to messages this generation handed to its writer.
+            return if ws {
+                ws::collect(self, conn, input, out)
+            } else {
+                raw::on_deferred(self, conn, peer, input, out)
+            };
         }
         let since = std::time::Instant::now();
         loop {
             let gate = self.core.gate.read().unwrap_or_else(|e| e.into_inner());
             match *gate {
                 Mode::Live => {
-                    return if http {
+                    return if ws {
+                        ws::serve(self, conn, peer, input, out)
+                    } else if http {
                         post::on_deferred(self, conn, peer, draining, input, out)
                     } else {
                         raw::on_deferred(self, conn, peer, input, out)
@@ -118,6 +126,9 @@ impl Rpc {
                 Mode::Standby => {
                     drop(gate);
                     if since.elapsed() >= self.core.cfg.handoff_timeout() {
+                        if ws {
+                            return ws::unavailable(input.len(), out);
+                        }
                         return handoff::unavailable(http, input.len(), out);
                     }
                     let pause = std::time::Duration::from_millis(2);
@@ -134,6 +145,7 @@ impl Rpc {
             self.core.watches.remove_conn(conn);
         });
         self.core.access.sessions.remove(conn);
+        self.core.ws.remove(conn);
     }
 }
 

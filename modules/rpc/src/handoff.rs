@@ -86,6 +86,10 @@ pub struct State {
     /// ([`crate::inbox::Inbox::snapshot`]).
     #[serde(default)]
     pub inbox: Vec<crate::inbox::PendingSnap>,
+    /// The WebSocket connections ([`crate::ws`]) and their unfinished
+    /// messages.
+    #[serde(default)]
+    pub ws: Vec<crate::conns::WsSnap>,
 }
 
 /// The start of a message a connection has sent, as handed over.
@@ -234,6 +238,8 @@ pub fn serve(rpc: &Rpc, conn: u64, http: bool, peer: Peer, payload: &[u8], out: 
     let mut reply = RVec::new();
     let v = if http {
         post::on_deferred(rpc, conn, peer, false, payload, &mut reply)
+    } else if rpc.core.ws.contains(conn) {
+        crate::ws::serve(rpc, conn, peer, payload, &mut reply)
     } else {
         raw::on_deferred(rpc, conn, peer, payload, &mut reply)
     };
@@ -451,6 +457,12 @@ mod tests {
             }],
             qsubs: vec![(4, "q.*".into(), "w".into())],
             inbox: Vec::new(),
+            ws: vec![crate::conns::WsSnap {
+                id: 4,
+                opcode: 1,
+                fragments: 2,
+                partial: "7b22".into(),
+            }],
         };
         let back = State::parse(&s.encode()).unwrap().unwrap();
         assert_eq!(back.consumers, s.consumers);
@@ -461,6 +473,7 @@ mod tests {
         assert!(back.sessions[0].peer().self_forwarded);
         assert_eq!(back.closed, [3]);
         assert_eq!(back.watches, s.watches);
+        assert_eq!(back.ws, s.ws);
         assert!(State::parse(b"").unwrap().is_none());
         assert!(State::parse(b"{\"version\":9,\"token\":\"\",\"subs\":[],\"conns\":[]}").is_err());
     }

@@ -11,6 +11,11 @@
 //!   `printf '{"jsonrpc":"2.0","method":"sys.ping","id":1}\n' | nc 127.0.0.1 8080`
 //! * **HTTP.** `POST /rpc` with a single request or a batch as the body and
 //!   `Content-Type: application/json`; see [`post`].
+//! * **WebSocket.** `GET /rpc/ws` (RFC 6455): one JSON-RPC message per
+//!   text frame each way, pushes included; see [`ws`] for the handshake's
+//!   checks (a browser `Origin` must be this host or in `ws_origins`),
+//!   logins (`Authorization: Bearer` at the upgrade, or `sys.auth`) and
+//!   close codes. `static_html/bus/` is a small page that uses it.
 //! * **In-process.** Another module may call
 //!   `host.call("rpc", b"{...}\n")` from a pool thread or a job: lines (or
 //!   a `POST /rpc` request) in, replies out, no subscriptions.
@@ -409,6 +414,9 @@
 //! max_pending_requests_total = 65536  # bus.request calls waiting on the server
 //! max_request_timeout_ms = 60000 # largest bus.request timeout_ms
 //! max_http_waiters = 1           # bus.request calls over POST /rpc waiting at once (each holds a pool thread)
+//! ws_origins = []                # browser origins besides this host's that may open GET /rpc/ws
+//! ws_ping_ms = 25000             # server pings to WebSocket clients (0: none); under half of idle_timeout_ms
+//! ws_max_fragments = 1024        # most frames one WebSocket message may come in
 //! # [[modules.rpc.users]]: see Access control (none: protected mode)
 //! ```
 //!
@@ -417,7 +425,7 @@
 //! [`jsonrpc`] (framing, pure), [`methods`] (one file per method),
 //! [`store`] (the value cache, the totals and limits), [`db`] (SQLite),
 //! [`writer`] (group commit), [`bus`] (subscription trie), [`conns`]
-//! (reply ordering per connection), [`raw`] and [`post`] (the
+//! (reply ordering per connection), [`raw`], [`post`] and [`ws`] (the
 //! transports), [`dispatch`] (which transport, and serve, wait or
 //! forward), [`start`] and [`generation`] (a generation's start and its
 //! handover steps), [`handoff`] (reload messages), [`owner`] (one writer
@@ -441,7 +449,7 @@
 //! 5. [`methods`]: `table`, `params`, `env`, then one file per method,
 //!    then `methods/mod.rs` (evaluation and dispatch).
 //! 6. [`writer`], then [`generation`] (`Rpc` holds the writer).
-//! 7. The transports: [`raw`], [`post`].
+//! 7. The transports: [`raw`], [`post`], [`ws`].
 //! 8. [`handoff`] (forwards to the transports), then [`start`] and
 //!    [`dispatch`].
 //! 9. `lib.rs`: the manifest, the `Handler` the host calls, the export.
@@ -460,6 +468,7 @@ pub mod generation;
 pub mod handoff;
 pub mod hex;
 pub mod host;
+pub mod inbox;
 pub mod jsonrpc;
 pub mod methods;
 pub mod owner;
@@ -468,12 +477,11 @@ pub mod raw;
 pub mod start;
 pub mod store;
 pub mod streams;
+pub mod subject;
 pub mod types;
 pub mod watch;
 pub mod writer;
-// Issue #15 part A: subjects, request/reply inboxes.
-pub mod inbox;
-pub mod subject;
+pub mod ws;
 
 #[cfg(test)]
 mod testdir;
@@ -498,6 +506,7 @@ pub fn manifest() -> Manifest {
         .bind("{")
         .bind("[")
         .bind("POST /rpc")
+        .bind("GET /rpc/ws")
         .protocol(Protocol::JsonRpc)
         .reload(ReloadMode::Overlap)
         .defers(true)
@@ -507,6 +516,9 @@ impl Handler for Rpc {
     fn on_message(&self, conn: &ConnInfo, input: &[u8], out: &mut module_api::Out) -> Verdict {
         if conn.id == 0 {
             return self.on_call(input, out);
+        }
+        if let Some(v) = ws::on_message(self, conn, input, out) {
+            return v;
         }
         let (http, continuing) = self.transport(conn.id, input);
         let gate = match self.core.gate.try_read() {
@@ -590,6 +602,7 @@ impl Handler for Rpc {
             watches: self.core.watches.snapshot(),
             qsubs: self.core.bus.queue_snapshot(),
             inbox: self.core.inbox.snapshot(),
+            ws: ws::snapshot(&self.core),
         };
         log::info!(
             "handing over {} subscriptions and {} connection states",

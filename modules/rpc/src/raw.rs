@@ -65,7 +65,7 @@ use crate::writer::Submission;
 pub const DEFAULT_OUT_BUDGET: usize = 1 << 20;
 
 /// Where `out` counts as full for this call.
-fn out_budget(info: &ConnInfo) -> usize {
+pub(crate) fn out_budget(info: &ConnInfo) -> usize {
     match info.out_limit {
         u64::MAX => DEFAULT_OUT_BUDGET,
         limit => usize::try_from(limit).unwrap_or(usize::MAX),
@@ -152,6 +152,31 @@ fn put_error<S: Sink>(out: &mut S, e: &RpcError) {
     out.put(b"\n");
 }
 
+/// What [`evaluate`] did with one message.
+pub enum Evaluated<'m> {
+    /// Answered from memory: the reply (if the message has one) is in the
+    /// output, a line ending with `\n`.
+    Answered,
+    /// It needs the writer (a write, `kv.keys`, or a read the cache cannot
+    /// answer): nothing was written; hand the message to the writer.
+    Writer(Message<'m>),
+}
+
+/// Evaluates one JSON-RPC message (a raw line without its ending, or a
+/// WebSocket text message) on the calling thread, from memory: the one
+/// place both transports answer a message, so they behave the same. A
+/// caller checks `env.close` after it (too many failed logins).
+pub fn evaluate<'m, S: Sink>(env: &mut Env<'_>, text: &'m [u8], out: &mut S) -> Evaluated<'m> {
+    let msg = jsonrpc::parse(text, env.core.cfg.max_batch);
+    if needs_writer(&env.view, &env.who, &msg) {
+        return Evaluated::Writer(msg);
+    }
+    if eval_message(env, &msg, out) {
+        out.put(b"\n");
+    }
+    Evaluated::Answered
+}
+
 /// Handles input on an event loop (the generation is live).
 pub fn on_message(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verdict {
     let core = &*rpc.core;
@@ -196,8 +221,7 @@ pub fn on_message(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) 
             put_error(out, &too_large(core));
             break Verdict::close(input.len());
         }
-        let msg = jsonrpc::parse(trim(raw_line), core.cfg.max_batch);
-        if needs_writer(&env.view, &env.who, &msg) {
+        if let Evaluated::Writer(msg) = evaluate(&mut env, trim(raw_line), out) {
             if start > 0 {
                 // Send what is answered first; the host calls again with
                 // the rest, from this line on.
@@ -219,9 +243,6 @@ pub fn on_message(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) 
             };
             st.pending = rpc.writer.submit(sub).then_some(rx);
             break Verdict::defer(end);
-        }
-        if eval_message(&mut env, &msg, out) {
-            out.put(b"\n");
         }
         if env.close {
             // Too many failed logins: this reply is the last.
@@ -434,15 +455,11 @@ pub fn on_deferred<S: Sink>(
                 push_line(q, line);
                 continue;
             }
-            let msg = jsonrpc::parse(line, core.cfg.max_batch);
-            if needs_writer(&env.view, &env.who, &msg) {
+            if let Evaluated::Writer(_) = evaluate(&mut env, line, out) {
                 let mut q = Vec::new();
                 push_line(&mut q, line);
                 queue = Some(q);
                 continue;
-            }
-            if eval_message(&mut env, &msg, out) {
-                out.put(b"\n");
             }
             if env.close {
                 close = true;

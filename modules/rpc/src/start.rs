@@ -55,11 +55,10 @@ fn revoke_subscriptions(core: &Core, whos: Vec<(u64, Who)>) {
         core.bus.unsubscribe(conn, Some(&gone));
         for p in &gone {
             log::info!("conn {conn}: subscription {p:?} revoked by the new users/permissions");
-            core.host
-                .push_many(&[conn], &revoked_notice(p), OVERFLOW_NOTICE);
+            core.push_line(conn, &revoked_notice(p));
         }
     }
-    // Queue subscriptions (issue #15) are judged the same way.
+    // Queue subscriptions are judged the same way.
     for (conn, pattern, queue) in core.bus.queue_snapshot() {
         if who_of(conn).may(access::Right::Subscribe, &pattern) {
             continue;
@@ -138,15 +137,17 @@ impl Rpc {
                     .map(|c| (c.id, hex::from_hex(&c.partial), c.http))
                     .collect(),
             );
+            crate::ws::restore(&core, s.ws);
             core.bus.restore(s.subs);
             core.streams.restore(s.consumers);
-            // Issue #15: queue subscriptions and waiting requests.
+            // Queue subscriptions and waiting requests.
             core.bus.restore_queues(s.qsubs);
             core.inbox.restore(&core, s.inbox);
             let whos = core.access.restore(host, &core.conns, s.sessions);
             restore_watches(&core, s.watches, &whos);
             revoke_subscriptions(&core, whos);
         }
+        crate::ws::start_pings(&core);
         let writer = Writer::spawn(core.clone(), start)?;
         resume.token = None;
         log::info!(

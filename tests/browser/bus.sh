@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# A real browser runs the bus page (static_html/bus/): headless Chromium
+# loads /bus/?subscribe=demo.> while demo.tick messages are published
+# every 100 ms through POST /rpc; its DOM must say data-state="open" and
+# list a demo.tick message (over the WebSocket at GET /rpc/ws), and a
+# screenshot is saved for a person to look at.
+#
+# Usage: tests/browser/bus.sh [URL]
+#
+#   URL    a running server's base URL (http://127.0.0.1:PORT) with the
+#          http module serving static_html/ and the rpc module. Without it,
+#          the script starts target/release/switchyard with both from
+#          modules/ on a free loopback port.
+#
+# Environment:
+#   SCREENSHOT     where to save the PNG (default bench/out/browser/bus.png)
+#   CHROMIUM       the browser binary (default: chromium, chromium-browser)
+#
+# Exit status: 0 checked, 1 failed, 77 skipped (no Chromium; install it with
+# `apt-get install chromium`). `make browser-check` runs this script; the
+# integration test `browser_shows_bus_messages` runs it when Chromium exists.
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+repo="$PWD"
+out="$repo/bench/out/browser"
+shot="${SCREENSHOT:-$out/bus.png}"
+
+log() { printf 'browser-check: %s\n' "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+chromium="${CHROMIUM:-}"
+if [[ -z $chromium ]]; then
+    chromium="$(command -v chromium || command -v chromium-browser || true)"
+fi
+if [[ -z $chromium || ! -x $chromium ]]; then
+    log "skipped: no chromium (apt-get install chromium)"
+    exit 77
+fi
+
+mkdir -p "$out" "$(dirname "$shot")"
+work="$(mktemp -d)"
+sy_pid=""
+pub_pid=""
+cleanup() {
+    [[ -n $pub_pid ]] && kill -TERM "$pub_pid" 2>/dev/null && wait "$pub_pid" 2>/dev/null
+    [[ -n $sy_pid ]] && kill -TERM "$sy_pid" 2>/dev/null && wait "$sy_pid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+url="${1:-}"
+if [[ -z $url ]]; then
+    bin="$repo/target/release/switchyard"
+    [[ -x $bin && -f modules/rpc.so && -f modules/http.so ]] || die "run 'make build' first"
+    mkdir -p "$work/modules" "$work/data"
+    cp modules/http.so modules/rpc.so "$work/modules/"
+    printf '[modules.http]\nroot = "%s"\n' "$repo/static_html" >"$work/switchyard.toml"
+    RUST_LOG=warn "$bin" -port 0 --bind 127.0.0.1 --modules "$work/modules" \
+        --data-dir "$work/data" --config "$work/switchyard.toml" >"$work/stdout" 2>"$work/stderr" &
+    sy_pid=$!
+    for ((i = 0; i < 200; i++)); do
+        addr="$(sed -n 's/^listening on //p' "$work/stdout" | head -n1)"
+        [[ -n $addr ]] && break
+        kill -0 "$sy_pid" 2>/dev/null || die "switchyard exited: $(tail -n 5 "$work/stderr")"
+        sleep 0.05
+    done
+    [[ -n ${addr:-} ]] || die "switchyard did not start"
+    url="http://$addr"
+fi
+
+code="$(curl -s -o /dev/null -w '%{http_code}' "$url/bus/")"
+[[ $code == 200 ]] || die "GET /bus/ -> $code"
+
+# The publisher: a demo.tick every 100 ms, for at most 60 s.
+(
+    for ((n = 0; n < 600; n++)); do
+        curl -s -o /dev/null -H 'Content-Type: application/json' \
+            -d "{\"jsonrpc\":\"2.0\",\"method\":\"bus.publish\",\"params\":{\"topic\":\"demo.tick\",\"data\":{\"n\":$n}},\"id\":$n}" \
+            "$url/rpc" || true
+        sleep 0.1
+    done
+) &
+pub_pid=$!
+
+browser() {
+    # --no-sandbox: containers and root; the rest keeps Chromium off the
+    # network and quiet. Bounded in time.
+    timeout 60 "$chromium" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+        --disable-background-networking --disable-component-update --disable-sync \
+        --disable-dev-shm-usage --hide-scrollbars --user-data-dir="$work/profile" "$@" \
+        2>>"$work/chromium.log"
+}
+
+page="$url/bus/?subscribe=demo.%3E"
+browser --virtual-time-budget=5000 --dump-dom "$page" >"$work/dom.html" ||
+    die "chromium --dump-dom failed: $(tail -n 5 "$work/chromium.log")"
+grep -q 'data-state="open"' "$work/dom.html" || die "the page's WebSocket is not open: $(head -c 400 "$work/dom.html")"
+grep -q '<span class="topic">demo.tick</span>' "$work/dom.html" || die "no demo.tick message in the DOM"
+
+rm -f "$shot"
+browser --virtual-time-budget=3000 --screenshot="$shot" --window-size=1024,768 "$page" >/dev/null ||
+    die "chromium --screenshot failed: $(tail -n 5 "$work/chromium.log")"
+[[ -s $shot ]] || die "no screenshot written"
+log "ok: WebSocket open and demo.tick messages rendered; screenshot ${shot#"$repo"/}"
