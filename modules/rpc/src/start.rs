@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::access::{self, Access, Peer, Who};
 use crate::config::Config;
-use crate::core::{Core, OVERFLOW_NOTICE};
+use crate::core::Core;
 use crate::generation::Rpc;
 use crate::handoff::{self, ResumeGuard, State};
 use crate::host::HostApi;
