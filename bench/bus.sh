@@ -16,7 +16,10 @@
 #   fanout-S    one publisher (fire-and-forget, at most BENCH_BUS_WINDOW
 #               messages per subscriber not yet delivered) and S
 #               subscribers on one subject: messages delivered per second
-#               (the sum over subscribers), p50/p99 publish-to-deliver
+#               (the sum over subscribers), p50/p99 publish-to-deliver;
+#               these latencies are mostly the wait behind the window (about
+#               window x S / rate), so compare them between servers, not
+#               with reqrep's
 #
 # Each scenario runs on switchyard and on nats-server, alternating (the
 # first server changes every round), BENCH_ROUNDS times; the table shows the
@@ -157,6 +160,7 @@ main() {
         done
         printf '\nreqrep: round trips/s, %s requesters (1 in flight each), a queue group of %s responders\n' "$requesters" "$responders"
         printf 'fanout-S: messages delivered/s summed over S subscribers, one publisher, window %s per subscriber\n' "$window"
+        printf '  (its latencies are mostly the wait behind the window, about window x S / rate)\n'
         printf 'ratio: switchyard/nats (target >= 0.5); switchyard -threads %s, rpc module defaults; %s\n' "$threads" "$nats_desc"
         printf '(bus_load, %s s per run after a 0.5 s warm-up, %s round(s) averaged, %s cores; raw output in %s)\n' \
             "$seconds" "$rounds" "$(nproc)" "${out#"$repo"/}/results"

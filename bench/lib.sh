@@ -205,6 +205,10 @@ while True:
 EOF
 }
 
+# sy_worker_pid ADDR: the pid of the worker process that serves (the
+# leader, sy_pid, only supervises it), from STATUS.
+sy_worker_pid() { sy_admin "$1" STATUS | sed -n 's/^worker pid=\([0-9]*\).*/\1/p'; }
+
 # --- nginx and HAProxy -----------------------------------------------------------
 
 # nginx_args DIR: the flags naming the instance in DIR (also for -s reload).

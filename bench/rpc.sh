@@ -70,13 +70,16 @@ subscribers="${BENCH_RPC_SUBSCRIBERS:-50}"
 pattern_counts="${BENCH_RPC_PATTERNS:-1 1024}"
 pub_pipeline="${BENCH_RPC_PUB_PIPELINE:-16}"
 
-# Starts switchyard with only the rpc module, a fresh database and `sync`.
+# Starts switchyard with only the rpc module, a fresh database and `sync`;
+# sets sy_worker, the pid of the process that serves (for thread_cpu).
 start_sy() {
     local sync="$1" dir="$out/switchyard-$1"
     switchyard_dir "$dir" rpc
     printf '[modules.rpc]\nsync = "%s"\n' "$sync" >"$dir/switchyard.toml"
     start_switchyard "$dir" -threads "$threads"
-    log "switchyard $sy_addr (pid $sy_pid, sync=$sync)"
+    sy_worker="$(sy_worker_pid "$sy_addr")"
+    [[ -n $sy_worker ]] || die "no worker pid in switchyard's STATUS"
+    log "switchyard $sy_addr (pid $sy_pid, worker $sy_worker, sync=$sync)"
 }
 
 # start_redis MODE: Redis on a free port with a fresh directory and the
@@ -194,9 +197,9 @@ measure_pair() {
     for server in $servers; do
         if [[ $server == sy ]]; then
             local tag="sy-$sync-$mode-$op-$p-$round"
-            thread_cpu "$sy_pid" >"$out/results/$tag.cpu-before"
+            thread_cpu "$sy_worker" >"$out/results/$tag.cpu-before"
             r="$(measure_sy "$op" "$p" "$tag")"
-            thread_cpu "$sy_pid" >"$out/results/$tag.cpu-after"
+            thread_cpu "$sy_worker" >"$out/results/$tag.cpu-after"
             # Which threads of the server did the work (bench/lib.sh).
             thread_cpu_diff "$out/results/$tag.cpu-before" "$out/results/$tag.cpu-after" >"$out/results/$tag.cpu"
             rm -f "$out/results/$tag.cpu-before" "$out/results/$tag.cpu-after"
