@@ -4,8 +4,11 @@
 //! Per connection the loop reads until `WouldBlock`, routes each message to
 //! a module by its first bytes, calls the module, and writes until
 //! `WouldBlock`. Module calls that block go to the worker pool and come back
-//! through the loop's mailbox. Timeouts are checked by a sweep four times a
-//! second.
+//! through the loop's mailbox. Pushes come through the mailbox too: a loop
+//! turn queues all of them on their connections first and then writes each
+//! such connection once, so a burst of published messages costs one write
+//! per connection, not one per message. Timeouts are checked by a sweep
+//! four times a second.
 //!
 //! Every resource a client can make the loop hold is bounded: unsent output
 //! by the output budget (`max_output_buffer`: above it the connection's
@@ -87,6 +90,9 @@ pub struct EventLoop {
     wbuffer_bytes: usize,
     /// Connections that yielded with work left (see `MAX_ROUNDS`).
     again: Vec<usize>,
+    /// Connections (slab key, id) that got pushes during this turn's
+    /// mailbox drain, written once each after it.
+    pushed: Vec<(usize, u64)>,
     now: Instant,
     last_sweep: Instant,
     last_refusal_log: Option<Instant>,
@@ -136,6 +142,7 @@ impl EventLoop {
             wbuffers: Vec::new(),
             wbuffer_bytes: 0,
             again: Vec::new(),
+            pushed: Vec::new(),
             now,
             last_sweep: now,
             last_refusal_log: None,
@@ -160,7 +167,9 @@ impl EventLoop {
         let mut events = Events::with_capacity(1024);
         let mut shutdown_deadline: Option<Instant> = None;
         loop {
-            let timeout = if self.again.is_empty() {
+            // A mailbox drain takes only what was there when it began:
+            // what is left is taken next turn, without sleeping.
+            let timeout = if self.again.is_empty() && self.inbox.is_empty() {
                 SWEEP_EVERY
             } else {
                 Duration::ZERO
