@@ -13,7 +13,7 @@ use module_api::{Action, Verdict};
 
 use super::replies::{bad_request, message_protocol, too_large, unavailable};
 use super::verdict::{self, Checked, Given};
-use super::{EventLoop, Next, MAX_ROUNDS};
+use super::{EventLoop, Next, COALESCE_BYTES, MAX_ROUNDS};
 use crate::conn::{self, ReadResult, Stage, READ_BUF};
 use crate::generation::{CallSite, Generation};
 use crate::pool::{Completion, Job, ReplyTo};
@@ -451,8 +451,9 @@ impl EventLoop {
     ///
     /// Pushes are coalesced: each is queued on its connection at once (in
     /// order, its backlog checked), and every connection that got one is
-    /// written once after the drain, so a burst of published messages
-    /// leaves in one `write` per connection rather than one per message.
+    /// written once after the drain (or sooner, once `COALESCE_BYTES` are
+    /// queued), so a burst of published messages leaves in one `write`
+    /// per connection rather than one per message.
     /// Only what is in the mailbox when the drain starts is taken: a
     /// steady stream of pushes cannot hold the loop here (the loop polls
     /// without sleeping while the mailbox is not empty).
@@ -535,6 +536,7 @@ impl EventLoop {
         }
         keys.clear();
         self.pushed = keys;
+        self.pushed_bytes = 0;
     }
 
     /// Queues bytes a module pushed to one of this loop's connections; the
@@ -582,6 +584,13 @@ impl EventLoop {
         let conn = &mut self.conns[key];
         if conn.mark_push_queued() {
             self.pushed.push((key, conn_id));
+        }
+        // Every connection copies what it queues: bounded per turn, so a
+        // large message to many subscribers is written (and its copies
+        // freed) a few connections at a time, not held for all of them.
+        self.pushed_bytes += data.len();
+        if self.pushed_bytes >= COALESCE_BYTES {
+            self.write_pushed();
         }
     }
 }
