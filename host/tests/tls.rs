@@ -465,7 +465,7 @@ fn json_rpc_and_raw_lines_over_tls() {
     // Pushes to a TLS connection: a burst of published messages, which the
     // host coalesces into few writes, arrives complete and in order
     // through the session's records.
-    c.send(b"{\"jsonrpc\":\"2.0\",\"method\":\"bus.subscribe\",\"params\":[[\"tls.burst\"]],\"id\":4}\n");
+    c.send(b"{\"jsonrpc\":\"2.0\",\"method\":\"bus.subscribe\",\"params\":{\"topics\":[\"tls.burst\"]},\"id\":4}\n");
     let sub: serde_json::Value = serde_json::from_str(&c.read_line()).unwrap();
     assert_eq!(sub["result"], 1, "{sub}");
     let mut p = TlsClient::must(srv.addr, &cfg, "localhost");
