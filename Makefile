@@ -13,7 +13,7 @@
 #   make bench-reload the same load while both servers reload 200 times
 #   make bench-crash  wrk load while the worker is crashed 10 times: errors, recovery p50/p99
 #   make bench-webapp the webapp module: GET and POST throughput on SQLite
-#   make bench-rpc    the rpc module: kv.set/kv.get calls per second next to redis-benchmark
+#   make bench-rpc    the rpc module: kv.set/kv.get next to redis-benchmark, at equal durability (Redis AOF)
 #   make bench-bus    the rpc bus: request/reply and fan-out next to nats-server
 #   make browser-check  headless Chromium renders the webapp's page and the bus page
 #   make tls-cert     a self-signed pair for local HTTPS: tls/cert.pem, tls/key.pem

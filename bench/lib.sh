@@ -9,9 +9,9 @@
 # on 127.0.0.1; the static site both servers serve; starting switchyard,
 # nginx (from bench/nginx.conf) and HAProxy on loopback, each wait bounded
 # to 10 s; stopping every process started through it on EXIT, INT and TERM;
-# reading wrk's output; averages and ratios for the tables. Servers listen
-# on 127.0.0.1 only. Functions take what they need as arguments; the globals
-# they set are named where they are defined.
+# reading wrk's output; per-thread CPU of a process; averages and ratios
+# for the tables. Servers listen on 127.0.0.1 only. Functions take what they
+# need as arguments; the globals they set are named where they are defined.
 #
 # shellcheck shell=bash
 
@@ -205,6 +205,10 @@ while True:
 EOF
 }
 
+# sy_worker_pid ADDR: the pid of the worker process that serves (the
+# leader, sy_pid, only supervises it), from STATUS.
+sy_worker_pid() { sy_admin "$1" STATUS | sed -n 's/^worker pid=\([0-9]*\).*/\1/p'; }
+
 # --- nginx and HAProxy -----------------------------------------------------------
 
 # nginx_args DIR: the flags naming the instance in DIR (also for -s reload).
@@ -314,6 +318,32 @@ wrk_summary() {
     rps="$(wrk_rps "$1")"
     p99="$(wrk_p99 "$1")"
     echo "${rps:-0} ${p99:--} $(wrk_errors "$1")"
+}
+
+# --- per-thread CPU ---------------------------------------------------------------
+
+# thread_cpu PID: one line per thread of PID, "TID NAME TICKS": the CPU
+# time (user + system) it used so far, in clock ticks (getconf CLK_TCK a
+# second). Spaces in a thread's name become underscores.
+thread_cpu() {
+    local task stat f
+    for task in /proc/"$1"/task/*; do
+        stat="$(cat "$task/stat" 2>/dev/null)" || continue
+        # The fields after the name (which may hold spaces and parentheses);
+        # f[0] is field 3, so utime (14) and stime (15) are f[11] and f[12].
+        read -r -a f <<<"${stat##*) }"
+        printf '%s %s %s\n' "${task##*/}" "$(tr ' ' _ <"$task/comm")" "$((f[11] + f[12]))"
+    done
+}
+
+# thread_cpu_diff BEFORE AFTER: the CPU seconds used between two thread_cpu
+# outputs, per thread name (threads of one name summed), most first.
+thread_cpu_diff() {
+    awk -v hz="$(getconf CLK_TCK)" '
+        NR == FNR { before[$1] = $3; next }
+        { used[$2] += $3 - before[$1] }
+        END { for (n in used) if (used[n] > 0) printf "%-24s %8.2f s\n", n, used[n] / hz }' "$1" "$2" |
+        sort -k2,2 -nr
 }
 
 # --- numbers for the tables ----------------------------------------------------

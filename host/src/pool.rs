@@ -8,6 +8,7 @@
 //! connection of an event loop or a thread of the admin socket: both are
 //! an [`AdminReply`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 
@@ -87,16 +88,37 @@ pub enum Completion {
 pub struct Mailbox {
     pub tx: Sender<Completion>,
     pub waker: Arc<mio::Waker>,
+    /// Set by the first send since the loop last looked at its mailbox:
+    /// later sends skip the wake-up (an `eventfd` write each), since the
+    /// loop will drain them with the first. Cleared by [`Mailbox::rearm`].
+    woken: Arc<AtomicBool>,
 }
 
 impl Mailbox {
-    /// Delivers a completion and wakes the loop.
+    pub fn new(tx: Sender<Completion>, waker: Arc<mio::Waker>) -> Mailbox {
+        Mailbox {
+            tx,
+            waker,
+            woken: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Delivers a completion and wakes the loop, unless a wake-up since
+    /// its last drain is already on the way.
     pub fn send(&self, c: Completion) {
-        if self.tx.send(c).is_ok() {
+        // The completion is queued before `woken` is read (AcqRel): a
+        // send that skips the wake-up is seen by the drain that follows
+        // the `rearm` which read its `true`.
+        if self.tx.send(c).is_ok() && !self.woken.swap(true, Ordering::AcqRel) {
             if let Err(e) = self.waker.wake() {
                 log::error!("cannot wake event loop: {e}");
             }
         }
+    }
+
+    /// The loop is about to drain its mailbox: the next send wakes it.
+    pub fn rearm(&self) {
+        self.woken.swap(false, Ordering::AcqRel);
     }
 }
 
@@ -171,5 +193,48 @@ impl Control {
     /// Runs `task` on the control thread.
     pub fn run(&self, task: impl FnOnce() + Send + 'static) {
         let _ = self.tx.send(Box::new(task));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Completion, Mailbox, ReplyTo};
+
+    fn admin(n: usize) -> Completion {
+        Completion::Admin {
+            to: ReplyTo {
+                loop_idx: 0,
+                key: n,
+                conn_id: n as u64,
+            },
+            reply: String::new(),
+        }
+    }
+
+    /// Whether the loop's poll reports its waker within `ms`.
+    fn woken(poll: &mut mio::Poll, ms: u64) -> bool {
+        let mut events = mio::Events::with_capacity(8);
+        poll.poll(&mut events, Some(Duration::from_millis(ms)))
+            .expect("poll");
+        !events.is_empty()
+    }
+
+    #[test]
+    fn one_wake_up_per_drain() {
+        let mut poll = mio::Poll::new().expect("poll");
+        let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mailbox = Mailbox::new(tx, waker);
+        mailbox.send(admin(1));
+        assert!(woken(&mut poll, 1000), "the first send wakes the loop");
+        mailbox.send(admin(2));
+        assert!(!woken(&mut poll, 50), "no second wake-up before a drain");
+        mailbox.rearm();
+        assert_eq!(rx.try_iter().count(), 2, "both are in the mailbox");
+        mailbox.send(admin(3));
+        assert!(woken(&mut poll, 1000), "after a drain, a send wakes again");
+        assert_eq!(rx.try_iter().count(), 1);
     }
 }

@@ -244,7 +244,7 @@ impl Server {
             let (poll, waker) = EventLoop::poll_and_waker()?;
             let (tx, rx) = unbounded();
             polls.push(poll);
-            mailboxes.push(Mailbox { tx, waker });
+            mailboxes.push(Mailbox::new(tx, waker));
             inboxes.push(rx);
         }
         let mailboxes = Arc::new(mailboxes);

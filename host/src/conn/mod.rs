@@ -102,6 +102,9 @@ struct Flags {
     /// Whether any byte arrived yet: a connection that has sent nothing
     /// gets `first_bytes_timeout_ms` from its accept, not the idle timeout.
     heard: bool,
+    /// Pushes were queued this loop turn and the loop will write them once
+    /// the mailbox is drained (see `EventLoop::drain_inbox`).
+    push_queued: bool,
 }
 
 /// The instants the timeouts are measured from.
@@ -152,6 +155,7 @@ impl Conn {
                 peer_closing: false,
                 answered_draining: false,
                 heard: false,
+                push_queued: false,
             },
             times: Times {
                 accepted: now,
@@ -552,6 +556,19 @@ impl Conn {
     #[inline]
     pub fn push(&mut self, data: &[u8], cap: usize) -> bool {
         self.out.push(data, cap)
+    }
+
+    /// Marks the connection as holding pushes queued this loop turn;
+    /// `true` the first time, so the loop lists it once.
+    #[inline]
+    pub fn mark_push_queued(&mut self) -> bool {
+        !std::mem::replace(&mut self.flags.push_queued, true)
+    }
+
+    /// The loop is about to write this turn's queued pushes.
+    #[inline]
+    pub fn clear_push_queued(&mut self) {
+        self.flags.push_queued = false;
     }
 
     /// Queues a last notice and closes once it is out.

@@ -13,7 +13,7 @@ use module_api::{Action, Verdict};
 
 use super::replies::{bad_request, message_protocol, too_large, unavailable};
 use super::verdict::{self, Checked, Given};
-use super::{EventLoop, Next, MAX_ROUNDS};
+use super::{EventLoop, Next, COALESCE_BYTES, MAX_ROUNDS};
 use crate::conn::{self, ReadResult, Stage, READ_BUF};
 use crate::generation::{CallSite, Generation};
 use crate::pool::{Completion, Job, ReplyTo};
@@ -447,9 +447,24 @@ impl EventLoop {
         }
     }
 
-    /// Delivers results from the pool and the control thread.
+    /// Delivers results from the pool, the control thread and pushes.
+    ///
+    /// Pushes are coalesced: each is queued on its connection at once (in
+    /// order, its backlog checked), and every connection that got one is
+    /// written once after the drain (or sooner, once `COALESCE_BYTES` are
+    /// queued), so a burst of published messages leaves in one `write`
+    /// per connection rather than one per message.
+    /// Only what is in the mailbox when the drain starts is taken: a
+    /// steady stream of pushes cannot hold the loop here (the loop polls
+    /// without sleeping while the mailbox is not empty).
     pub(super) fn drain_inbox(&mut self) {
-        while let Ok(c) = self.inbox.try_recv() {
+        // Re-arm the wake-up before looking: a push sent from here on wakes
+        // the loop again, one sent before is seen by this drain.
+        self.shared.mailboxes[self.idx].rearm();
+        for _ in 0..self.inbox.len() {
+            let Ok(c) = self.inbox.try_recv() else {
+                break;
+            };
             let to = match c {
                 Completion::Deferred { to, .. } | Completion::Admin { to, .. } => to,
                 Completion::Push {
@@ -460,7 +475,7 @@ impl EventLoop {
                     refused,
                 } => {
                     for conn_id in conn_ids {
-                        self.push(conn_id, module.clone(), &data, &notice, refused);
+                        self.push(conn_id, &module, &data, &notice, refused);
                     }
                     if !refused {
                         self.shared.push_pending.release(self.idx, data.len());
@@ -502,13 +517,34 @@ impl EventLoop {
             }
             self.drive(to.key);
         }
+        self.write_pushed();
     }
 
-    /// Queues bytes a module pushed to one of this loop's connections.
+    /// Writes the connections that got pushes during the drain, once each
+    /// (pushes join the output behind what the connection already has:
+    /// replies and pushes keep the order in which they reached the loop).
+    fn write_pushed(&mut self) {
+        // `drive` never queues a push, so the list stays empty meanwhile;
+        // its allocation is kept for the next turn.
+        let mut keys = std::mem::take(&mut self.pushed);
+        for &(key, conn_id) in &keys {
+            match self.conns.get_mut(key) {
+                Some(conn) if conn.info().id == conn_id => conn.clear_push_queued(),
+                _ => continue, // closed meanwhile
+            }
+            self.drive(key);
+        }
+        keys.clear();
+        self.pushed = keys;
+        self.pushed_bytes = 0;
+    }
+
+    /// Queues bytes a module pushed to one of this loop's connections; the
+    /// connection is written after the drain (`write_pushed`).
     pub(super) fn push(
         &mut self,
         conn_id: u64,
-        module: Arc<str>,
+        module: &Arc<str>,
         data: &[u8],
         notice: &[u8],
         refused: bool,
@@ -521,17 +557,40 @@ impl EventLoop {
         if conn.info().id != conn_id || conn.is_closing() {
             return;
         }
-        conn.watch(&module);
+        conn.watch(module);
         if refused {
             conn.push_notice_and_close(notice);
         } else if !conn.push(data, limit) {
-            log::warn!(
-                "conn {} from {}: {module} push backlog over {limit} bytes, disconnecting the slow reader",
-                conn.info().id,
-                conn.info().peer()
-            );
-            conn.push_notice_and_close(notice);
+            // Over the backlog with pushes still held for this turn's
+            // write: write what is queued first, so that the cap counts
+            // what the socket refused, as when every push was written at
+            // once, not what this loop held back to coalesce.
+            self.drive(key);
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            if conn.info().id != conn_id || conn.is_closing() {
+                return;
+            }
+            if !conn.push(data, limit) {
+                log::warn!(
+                    "conn {} from {}: {module} push backlog over {limit} bytes, disconnecting the slow reader",
+                    conn.info().id,
+                    conn.info().peer()
+                );
+                conn.push_notice_and_close(notice);
+            }
         }
-        self.drive(key);
+        let conn = &mut self.conns[key];
+        if conn.mark_push_queued() {
+            self.pushed.push((key, conn_id));
+        }
+        // Every connection copies what it queues: bounded per turn, so a
+        // large message to many subscribers is written (and its copies
+        // freed) a few connections at a time, not held for all of them.
+        self.pushed_bytes += data.len();
+        if self.pushed_bytes >= COALESCE_BYTES {
+            self.write_pushed();
+        }
     }
 }

@@ -461,6 +461,35 @@ fn json_rpc_and_raw_lines_over_tls() {
     let get: serde_json::Value = serde_json::from_str(&c.read_line()).unwrap();
     assert_eq!(get["id"], 3, "{get}");
     assert_eq!(get["result"], 42, "{get}");
+
+    // Pushes to a TLS connection: a burst of published messages, which the
+    // host coalesces into few writes, arrives complete and in order
+    // through the session's records.
+    c.send(b"{\"jsonrpc\":\"2.0\",\"method\":\"bus.subscribe\",\"params\":{\"topics\":[\"tls.burst\"]},\"id\":4}\n");
+    let sub: serde_json::Value = serde_json::from_str(&c.read_line()).unwrap();
+    assert_eq!(sub["result"], 1, "{sub}");
+    let mut p = TlsClient::must(srv.addr, &cfg, "localhost");
+    let burst = 300;
+    let mut lines = String::new();
+    for i in 0..burst {
+        lines.push_str(&format!(
+            "{{\"jsonrpc\":\"2.0\",\"method\":\"bus.publish\",\"params\":{{\"topic\":\"tls.burst\",\"data\":{i}}},\"id\":{i}}}\n"
+        ));
+    }
+    p.send(lines.as_bytes());
+    for i in 0..burst {
+        let r: serde_json::Value = serde_json::from_str(&p.read_line()).unwrap();
+        assert_eq!(
+            (r["id"].as_u64(), r["result"].as_u64()),
+            (Some(i), Some(1)),
+            "{r}"
+        );
+    }
+    for i in 0..burst {
+        let m: serde_json::Value = serde_json::from_str(&c.read_line()).unwrap();
+        assert_eq!(m["method"], "bus.message", "{m}");
+        assert_eq!(m["params"]["data"], i, "message {i} in order: {m}");
+    }
 }
 
 #[test]
