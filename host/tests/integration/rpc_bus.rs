@@ -569,3 +569,38 @@ fn a_pending_request_survives_reload() {
     assert!(req.drain().is_empty());
     assert_eq!(s.status().expect("rpc").num("pending_requests"), 0);
 }
+
+/// A `bus.request` over `POST /rpc` waits without holding the
+/// generation: `RELOAD rpc` completes while it still waits (it used to
+/// wait for the request's whole timeout).
+#[test]
+fn a_waiting_http_request_does_not_hold_up_a_reload() {
+    let s = server("bus-http-reload", "");
+    let mut resp = Line::new(&s);
+    assert_eq!(
+        resp.ok("bus.subscribe", json!({"topics": ["svc.hr"], "queue": "w"})),
+        1
+    );
+    thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            http_call(
+                &s,
+                "bus.request",
+                json!({"topic": "svc.hr", "data": 1, "timeout_ms": 3000}),
+            )
+        });
+        resp.note();
+        let r = s.admin("RELOAD rpc");
+        assert!(r.starts_with("OK rpc gen=2"), "{r}");
+        assert!(
+            !waiter.is_finished(),
+            "the reload finished only after the HTTP request stopped waiting"
+        );
+        // Nobody answers it: it times out as usual.
+        let v = waiter.join().unwrap();
+        assert_eq!(v["error"]["code"], -32033, "{v}");
+    });
+    // The successor serves HTTP requests.
+    let v = http_call(&s, "sys.ping", json!([]));
+    assert_eq!(v["result"], "pong", "{v}");
+}

@@ -578,7 +578,7 @@ fn streams_limits_redelivery_members_fetch_and_reload() {
 }
 
 /// A user without `stream_admin` cannot create or delete streams nor
-/// delete consumers; one with it (and the subjects) can.
+/// create or delete consumers; one with it (and the subjects) can.
 #[test]
 fn stream_admin_is_needed_to_create_and_delete() {
     let toml = format!(
@@ -610,8 +610,14 @@ fn stream_admin_is_needed_to_create_and_delete() {
     );
     assert_eq!(code, -32061, "Publish and Subscribe on the subjects too");
     a.ok("stream.create", json!({"name": "EV", "subjects": ["ev.>"]}));
-    // bot1 may use it, not administer it.
+    // bot1 may use it, not administer it: it may not create a durable
+    // consumer either (only stream_admin could delete it again), but it
+    // may attach to one the admin made.
     u.ok("stream.publish", json!({"topic": "ev.a", "data": 1}));
+    let (code, msg) = u.err("stream.consume", json!({"stream": "EV", "consumer": "c"}));
+    assert_eq!(code, -32061, "{msg}");
+    a.ok("stream.consume", json!({"stream": "EV", "consumer": "c"}));
+    a.ok("stream.unconsume", json!({"stream": "EV", "consumer": "c"}));
     u.ok("stream.consume", json!({"stream": "EV", "consumer": "c"}));
     assert!(u.message(Duration::from_secs(5)).is_some());
     let (code, _) = u.err("consumer.delete", json!({"stream": "EV", "consumer": "c"}));

@@ -194,6 +194,20 @@ fn websocket_transport() {
     let r = handshake_status(&s, &["Origin: http://evil.example"]);
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(s.log().contains("evil.example"), "the refusal is logged");
+    // DNS rebinding: a page on a foreign name that resolves to loopback
+    // agrees with itself (Origin = Host), but in protected mode the host
+    // must be a loopback name.
+    let mut c = s.connect();
+    c.send(
+        format!(
+            "GET /rpc/ws HTTP/1.1\r\nHost: rebind.example:80\r\nOrigin: http://rebind.example:80\r\n\
+             Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let head = c.read_line();
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
     let same = format!("Origin: http://{}", s.addr);
     let mut c = s.connect();
     c.send(upgrade_request(&s, &[&same]).as_bytes());

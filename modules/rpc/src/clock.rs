@@ -14,13 +14,17 @@
 //! core owns the clock: an `Arc` would be a cycle until `stop`).
 //!
 //! Cancelling is O(1): the entry stays in the heap and is skipped when it
-//! comes up (its id is no longer live). A panicking timer is caught and
+//! comes up (its id is no longer live); when such entries outnumber the
+//! live ones by far, the heap is rebuilt without them. A panicking timer is caught and
 //! logged; the clock goes on.
 
 use std::collections::{BinaryHeap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// Cancelled entries the heap may hold beyond twice the live ones.
+const COMPACT_SLACK: usize = 4096;
 
 /// What a timer does when it fires.
 pub type Task = Box<dyn FnOnce() + Send + 'static>;
@@ -124,7 +128,17 @@ impl Clock {
 
     /// Cancels a timer: `true` if it had not fired yet (it never will).
     pub fn cancel(&self, id: TimerId) -> bool {
-        self.inner.lock().live.remove(&id)
+        let mut t = self.inner.lock();
+        let was = t.live.remove(&id);
+        // Cancelled entries wait in the heap for their deadline; when they
+        // outnumber the live ones, drop them, so that memory follows the
+        // timers due, not the rate of cancelling (every answered request
+        // and most acks cancel one).
+        if t.heap.len() > 2 * t.live.len() + COMPACT_SLACK {
+            let Timers { heap, live, .. } = &mut *t;
+            heap.retain(|e| live.contains(&e.id));
+        }
+        was
     }
 
     /// How many timers are due.
@@ -249,6 +263,20 @@ mod tests {
             Box::new(move || tx.send(()).unwrap()),
         );
         rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    }
+
+    #[test]
+    fn cancelled_timers_do_not_pile_up() {
+        let clock = Clock::start().unwrap();
+        let kept = clock.after(Duration::from_secs(3600), Box::new(|| ()));
+        for _ in 0..3 * COMPACT_SLACK {
+            let id = clock.after(Duration::from_secs(3600), Box::new(|| ()));
+            assert!(clock.cancel(id));
+        }
+        let heap = clock.inner.lock().heap.len();
+        assert!(heap <= COMPACT_SLACK + 3, "{heap} entries for 1 live timer");
+        assert_eq!(clock.pending(), 1);
+        assert!(clock.cancel(kept));
     }
 
     #[test]

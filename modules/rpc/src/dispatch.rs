@@ -57,7 +57,10 @@ impl Rpc {
                     Ok(Mode::Live | Mode::Standby)
                 );
                 if !frozen {
+                    // As `on_close` does for a connection of this generation.
                     self.closed(conn);
+                    self.core.inbox.drop_conn(&self.core, conn);
+                    self.core.streams.closed(conn);
                     out.extend_from_copy_slice(b"ok done\n");
                 } else {
                     out.extend_from_copy_slice(b"retry\n");
@@ -112,7 +115,10 @@ impl Rpc {
                     return if ws {
                         ws::serve(self, conn, peer, input, out)
                     } else if http {
-                        post::on_deferred(self, conn, peer, draining, input, out)
+                        let mut gate = Some(gate);
+                        post::on_deferred(self, conn, peer, draining, input, out, &mut || {
+                            gate.take();
+                        })
                     } else {
                         raw::on_deferred(self, conn, peer, input, out)
                     };

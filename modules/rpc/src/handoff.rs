@@ -236,8 +236,11 @@ pub fn serve(rpc: &Rpc, conn: u64, http: bool, peer: Peer, payload: &[u8], out: 
         return;
     }
     let mut reply = RVec::new();
+    let mut gate = Some(gate);
     let v = if http {
-        post::on_deferred(rpc, conn, peer, false, payload, &mut reply)
+        post::on_deferred(rpc, conn, peer, false, payload, &mut reply, &mut || {
+            gate.take();
+        })
     } else if rpc.core.ws.contains(conn) {
         crate::ws::serve(rpc, conn, peer, payload, &mut reply)
     } else {

@@ -238,6 +238,12 @@ pub fn on_message(
 /// state (restored after a reload) is joined with `input` first; only that
 /// path can still find the request incomplete, and keeps it as it was
 /// kept.
+///
+/// `release` lets go of the caller's hold on the generation's gate: a
+/// `bus.request` calls it once its message is out, before it waits for
+/// the answer, so that a reload is not held up by a wait of up to
+/// `max_request_timeout_ms` (the answer reaches the waiting slot from
+/// whichever generation gets it).
 pub fn on_deferred(
     rpc: &Rpc,
     conn: u64,
@@ -245,6 +251,7 @@ pub fn on_deferred(
     draining: bool,
     input: &[u8],
     out: &mut RVec<u8>,
+    release: &mut dyn FnMut(),
 ) -> Verdict {
     let core = &*rpc.core;
     let kept = if conn == 0 {
@@ -289,7 +296,7 @@ pub fn on_deferred(
         Ok(who) => who,
         Err(v) => return v,
     };
-    let reply = answer(rpc, &body, who, peer);
+    let reply = answer(rpc, &body, who, peer, release);
     respond(out, &reply, consumed, keep)
 }
 
@@ -307,11 +314,11 @@ fn keep_start(rpc: &Rpc, conn: u64, partial: Vec<u8>) {
 }
 
 /// The JSON-RPC reply to one body, waiting for the writer if it writes.
-fn answer(rpc: &Rpc, body: &[u8], who: Who, peer: Peer) -> Vec<u8> {
+fn answer(rpc: &Rpc, body: &[u8], who: Who, peer: Peer, release: &mut dyn FnMut()) -> Vec<u8> {
     let core = &*rpc.core;
     let msg = jsonrpc::parse(body, core.cfg.max_batch);
     if let Some(req) = later_call(&msg) {
-        return request_over_http(core, req, who, peer);
+        return request_over_http(core, req, who, peer, release);
     }
     if needs_writer(&View::Read(&core.store.read()), &who, &msg) {
         return rpc

@@ -196,6 +196,20 @@ fn upgrade(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verd
             input.len(),
         );
     }
+    if !users && !rebinding_safe(&req, &core.cfg.ws_origins) {
+        log::warn!(
+            "rpc: ws upgrade from {peer} refused: protected mode and a browser page at Host {:?} \
+             (not a loopback name; DNS rebinding?)",
+            String::from_utf8_lossy(req.header("host").unwrap_or_default())
+        );
+        return refuse(
+            out,
+            403,
+            "protected mode: a browser page must be served from localhost or a loopback address \
+             (or be listed in ws_origins)",
+            input.len(),
+        );
+    }
     let gate = core.gate.try_read();
     if !matches!(gate.as_deref(), Ok(Mode::Live)) {
         return refuse(out, 503, "reloading; connect again", input.len());
@@ -572,5 +586,68 @@ mod tests {
         put_lines(&mut out, b"a\nbc\n");
         assert_eq!(out, [0x81, 1, b'a', 0x81, 2, b'b', b'c']);
         assert_eq!(as_line("{\n\"a\"\r\n:1}"), b"{ \"a\"  :1}\n");
+    }
+}
+
+/// In protected mode (no users) loopback peers get every right, so a
+/// browser page on a name that an attacker's DNS later points at 127.0.0.1
+/// (DNS rebinding) would pass the same-origin check (its Origin and Host
+/// agree) and reach the whole bus. A browser request (one with `Origin`)
+/// must therefore name a loopback host (`localhost`, `127.x.y.z`,
+/// `[::1]`) unless its Origin is listed in `ws_origins`.
+fn rebinding_safe(req: &module_api::http::Request<'_, '_>, allowed: &[String]) -> bool {
+    let Some(origin) = req.header("origin") else {
+        return true;
+    };
+    let origin = String::from_utf8_lossy(origin.trim_ascii());
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(&origin)) {
+        return true;
+    }
+    req.header("host")
+        .is_some_and(|h| loopback_name(&String::from_utf8_lossy(h.trim_ascii())))
+}
+
+/// Whether a `Host` header (`name[:port]`) names this machine's loopback.
+fn loopback_name(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map_or(host, |(n, _)| n)
+    };
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match name.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod rebinding_tests {
+    use super::loopback_name;
+
+    #[test]
+    fn only_loopback_names_pass() {
+        for ok in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1:80",
+            "127.3.4.5",
+            "[::1]:8080",
+            "[::1]",
+        ] {
+            assert!(loopback_name(ok), "{ok}");
+        }
+        for bad in [
+            "evil.test:8080",
+            "localhost.evil.test",
+            "10.0.0.1",
+            "[::2]:80",
+            "",
+            "127.0.0.1.evil.test",
+        ] {
+            assert!(!loopback_name(bad), "{bad}");
+        }
     }
 }

@@ -118,8 +118,15 @@ fn send(
 
 /// Answers a single `bus.request` call over `POST /rpc` on a pool thread:
 /// waits (as a host wait) for the answer or the timeout. Returns the
-/// reply (without a newline).
-pub fn over_http(core: &Core, req: &Request<'_>, who: Who, peer: Peer) -> Vec<u8> {
+/// reply (without a newline). `release` is called once the message is
+/// out, before the wait (see [`crate::post::on_deferred`]).
+pub fn over_http(
+    core: &Core,
+    req: &Request<'_>,
+    who: Who,
+    peer: Peer,
+    release: &mut dyn FnMut(),
+) -> Vec<u8> {
     let mut out = Vec::new();
     let fail = |out: &mut Vec<u8>, e: &RpcError| {
         if req.id.is_some() {
@@ -179,6 +186,7 @@ pub fn over_http(core: &Core, req: &Request<'_>, who: Who, peer: Peer) -> Vec<u8
             return out;
         }
     };
+    release();
     let deadline = Instant::now() + Duration::from_millis(timeout_ms);
     let line = crate::host::wait(core.host, || slot.wait(deadline)).or_else(|| {
         if core.inbox.abandon(&reply) {

@@ -4,12 +4,16 @@
 //! delivers arrives as `stream.message` notifications, split round robin
 //! between the attached connections. The params given must match an
 //! existing consumer's config (-32036). Needs Subscribe on the filter,
-//! or on every subject of the stream.
+//! or on every subject of the stream; creating the consumer also needs
+//! `stream_admin` on the stream (a durable consumer is server state that
+//! only `stream_admin` may delete, so a mere subscriber may not use up
+//! `max_consumers`).
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 
+use crate::access::Right;
 use crate::jsonrpc::{code, Request, RpcError, Sink};
 use crate::streams::consumer::ConsumerConfig;
 use crate::streams::index::check_subject;
@@ -151,6 +155,7 @@ pub(super) fn run<S: Sink>(
         }
         None => {
             check_read(&who, &req.method, &stream, p.filter.as_deref())?;
+            who.check(Right::StreamAdmin, &req.method, &key.0)?;
             let floor = st.start_floor(&stream, &policy, p.filter.as_deref());
             let cfg = ConsumerConfig {
                 stream: key.0.clone(),
