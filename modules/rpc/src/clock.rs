@@ -21,7 +21,15 @@
 use std::collections::{BinaryHeap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch: the clock TTLs and stream times are
+/// measured on.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Cancelled entries the heap may hold beyond twice the live ones.
 const COMPACT_SLACK: usize = 4096;

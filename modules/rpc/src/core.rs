@@ -12,11 +12,12 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::conns::Conns;
 use crate::host::HostApi;
-use crate::inbox::Inbox;
+use crate::inbox::{Inbox, InboxHost};
 use crate::jsonrpc::{code, RpcError};
 use crate::store::Store;
+use crate::streams::{Streams, StreamsHost};
 use crate::types::Mode;
-use crate::watch::Watches;
+use crate::watch::{WatchHost, Watches};
 
 /// Sent before the host disconnects a connection whose unsent output grew
 /// past `[server] max_push_backlog` (a subscriber that does not read).
@@ -50,7 +51,7 @@ pub struct Core {
     /// Timers: request timeouts, ack waits, pings ([`crate::clock`]).
     pub clock: Clock,
     /// Durable streams and their consumers ([`crate::streams`]).
-    pub streams: crate::streams::Streams,
+    pub streams: Streams,
     /// `kv.watch` watches ([`crate::watch`]).
     pub watches: Watches,
     /// `bus.request` calls waiting for their answer ([`crate::inbox`]).
@@ -119,6 +120,52 @@ impl Core {
             n += self.host.push_many(&ws, &frame, ws_overflow_notice());
         }
         n
+    }
+}
+
+// What the components the core owns need from it: each names a trait
+// of its own rather than `Core`, so that they sit below the core (no
+// import circle; `docs/ARCHITECTURE.md`).
+
+impl StreamsHost for Core {
+    fn cfg(&self) -> &Config {
+        &self.cfg
+    }
+    fn clock(&self) -> &Clock {
+        &self.clock
+    }
+    fn gate(&self) -> &RwLock<Mode> {
+        &self.gate
+    }
+    fn push_line(&self, conn: u64, line: &[u8]) -> bool {
+        Core::push_line(self, conn, line)
+    }
+    fn streams(&self) -> &Streams {
+        &self.streams
+    }
+}
+
+impl InboxHost for Core {
+    fn clock(&self) -> &Clock {
+        &self.clock
+    }
+    fn gate(&self) -> &RwLock<Mode> {
+        &self.gate
+    }
+    fn push_line(&self, conn: u64, line: &[u8]) -> bool {
+        Core::push_line(self, conn, line)
+    }
+    fn conn_closed(&self, conn: u64) -> bool {
+        self.conns.lock(conn).closed(conn)
+    }
+    fn inbox(&self) -> &Inbox {
+        &self.inbox
+    }
+}
+
+impl WatchHost for Core {
+    fn push_line(&self, conn: u64, line: &[u8]) -> bool {
+        Core::push_line(self, conn, line)
     }
 }
 

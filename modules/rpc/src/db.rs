@@ -142,7 +142,7 @@ impl Db {
             .execute_batch(SCHEMA)
             .map_err(|e| err("cannot prepare", path, e))?;
         db.conn
-            .execute_batch(crate::streams::store::SCHEMA)
+            .execute_batch(crate::stream_sql::SCHEMA)
             .map_err(|e| err("cannot prepare the stream tables of", path, e))?;
         db.ensure_totals()
             .map_err(|e| err("cannot count the keys of", path, e))?;
@@ -411,7 +411,7 @@ impl Db {
             let mut add = conn.prepare_cached(ADD_META)?;
             add.execute(params!["keys", delta.0])?;
             add.execute(params!["bytes", delta.1])?;
-            crate::streams::store::write(conn, &overlay.streams)?;
+            crate::stream_sql::write(conn, &overlay.streams)?;
             if overlay.last_rev() > 0 {
                 conn.prepare_cached(RAISE_REV)?
                     .execute([overlay.last_rev() as i64])?;
@@ -570,8 +570,8 @@ impl Db {
 impl Db {
     /// Writes stream changes made outside a batch (max_age) in one
     /// transaction.
-    pub fn write_streams(&mut self, ops: &[crate::streams::Op]) -> rusqlite::Result<()> {
-        self.in_transaction(|c| crate::streams::store::write(c, ops))
+    pub fn write_streams(&mut self, ops: &[crate::stream_sql::Op]) -> rusqlite::Result<()> {
+        self.in_transaction(|c| crate::stream_sql::write(c, ops))
     }
 }
 

@@ -59,7 +59,7 @@ impl Rpc {
                 if !frozen {
                     // As `on_close` does for a connection of this generation.
                     self.closed(conn);
-                    self.core.inbox.drop_conn(&self.core, conn);
+                    self.core.inbox.drop_conn(&*self.core, conn);
                     self.core.streams.closed(conn);
                     out.extend_from_copy_slice(b"ok done\n");
                 } else {

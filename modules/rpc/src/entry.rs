@@ -4,17 +4,12 @@
 //! ([`crate::db`]) and then makes visible in the cache
 //! ([`crate::store`]), with the revisions the batch took and, while
 //! someone watches, its events in revision order ([`Event`], for
-//! [`crate::watch`]). A leaf: it imports nothing from the crate.
+//! [`crate::watch`]). Nearly a leaf: it imports only the leaves
+//! [`crate::clock`] and [`crate::stream_sql`].
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Milliseconds since the Unix epoch: the clock TTLs are measured on.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::clock::now_ms;
 
 /// A stored value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +74,7 @@ pub struct Overlay {
     fills: Fills,
     /// Changes to the stream tables, written in the same transaction
     /// ([`crate::streams`]).
-    pub streams: Vec<crate::streams::Op>,
+    pub streams: Vec<crate::stream_sql::Op>,
     /// The last revision the batch took (0: none).
     last_rev: u64,
     /// The batch's events, kept only while someone watches (`None`

@@ -21,17 +21,32 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
-use crate::clock::TimerId;
-use crate::core::Core;
+use crate::clock::{Clock, TimerId};
 use crate::jsonrpc::{self, code, RpcError};
 use crate::subject::INBOX_PREFIX;
 use crate::types::Mode;
+
+/// What the inbox needs from the generation that owns it (implemented by
+/// [`crate::core::Core`]). A trait rather than the core itself, so that
+/// the inbox sits below the core (`docs/ARCHITECTURE.md`).
+pub trait InboxHost: Send + Sync {
+    fn clock(&self) -> &Clock;
+    /// Whether the generation serves ([`crate::handoff`]).
+    fn gate(&self) -> &RwLock<Mode>;
+    /// Pushes one JSON line to one connection, framed for its transport;
+    /// whether the connection exists.
+    fn push_line(&self, conn: u64, line: &[u8]) -> bool;
+    /// Whether connection `conn` has closed.
+    fn conn_closed(&self, conn: u64) -> bool;
+    /// The owner's inbox (this very value).
+    fn inbox(&self) -> &Inbox;
+}
 
 const SHARDS: usize = 16;
 /// How often a frozen generation looks again at a request that timed out
@@ -126,7 +141,7 @@ pub struct Inbox {
     rng: SystemRandom,
     /// The core this inbox is part of, for the timers (bound once the
     /// core is in its `Arc`: see [`Inbox::bind`]).
-    core: OnceLock<Weak<Core>>,
+    core: OnceLock<Weak<dyn InboxHost>>,
     /// Requests answered, timed out, and answers that came too late.
     pub answered: AtomicU64,
     pub timeouts: AtomicU64,
@@ -193,8 +208,9 @@ impl Inbox {
     }
 
     /// Lets timers reach the core (call once it is in its `Arc`).
-    pub fn bind(&self, core: &Arc<Core>) {
-        let _ = self.core.set(Arc::downgrade(core));
+    pub fn bind<H: InboxHost + 'static>(&self, core: &Arc<H>) {
+        let weak = Arc::downgrade(core);
+        let _ = self.core.set(weak);
     }
 
     fn shard(&self, i: usize) -> MutexGuard<'_, Shard> {
@@ -258,7 +274,7 @@ impl Inbox {
     /// limit.
     pub fn register(
         &self,
-        core: &Core,
+        core: &dyn InboxHost,
         conn: u64,
         id: &str,
         topic: &str,
@@ -335,14 +351,16 @@ impl Inbox {
 
     /// Arms the timeout of the entry `reply` (inserted already: a timer
     /// that fires at once finds it).
-    fn arm(&self, core: &Core, shard: usize, reply: &str, deadline: Instant) {
-        let weak = self.core.get().cloned().unwrap_or_default();
+    fn arm(&self, core: &dyn InboxHost, shard: usize, reply: &str, deadline: Instant) {
+        // Unbound (never in practice: the core binds it at once), the
+        // timer finds nothing to upgrade and does nothing.
+        let weak = self.core.get().cloned();
         let key: Box<str> = reply.into();
-        let id = core.clock.at(
+        let id = core.clock().at(
             deadline,
             Box::new(move || {
-                if let Some(core) = weak.upgrade() {
-                    core.inbox.expire(&core, &key);
+                if let Some(core) = weak.as_ref().and_then(Weak::upgrade) {
+                    core.inbox().expire(&*core, &key);
                 }
             }),
         );
@@ -352,11 +370,11 @@ impl Inbox {
     }
 
     /// The timer of `reply` fired: -32033 to the requester.
-    fn expire(&self, core: &Core, reply: &str) {
+    fn expire(&self, core: &dyn InboxHost, reply: &str) {
         let Some(shard) = reply_shard(reply) else {
             return;
         };
-        if matches!(core.gate.try_read().as_deref(), Ok(Mode::Frozen)) {
+        if matches!(core.gate().try_read().as_deref(), Ok(Mode::Frozen)) {
             // Handed over: the successor owns this request and times it
             // out itself. Should the handover fail and this generation
             // serve again, the request still times out: check again soon
@@ -380,7 +398,7 @@ impl Inbox {
 
     /// Answers the request waiting on `reply` with `data` (JSON text on
     /// one line): true if it still waited (the first answer wins).
-    pub fn answer(&self, core: &Core, reply: &str, data: &str) -> bool {
+    pub fn answer(&self, core: &dyn InboxHost, reply: &str, data: &str) -> bool {
         let Some(shard) = reply_shard(reply) else {
             return false;
         };
@@ -390,7 +408,7 @@ impl Inbox {
         self.total.fetch_sub(1, Ordering::AcqRel);
         self.answered.fetch_add(1, Ordering::Relaxed);
         if let Some(t) = p.timer {
-            core.clock.cancel(t);
+            core.clock().cancel(t);
         }
         let line = result_line(&p.id, data);
         match &p.slot {
@@ -418,7 +436,7 @@ impl Inbox {
 
     /// Forgets a closed connection's requests (answers to them find
     /// nothing).
-    pub fn drop_conn(&self, core: &Core, conn: u64) {
+    pub fn drop_conn(&self, core: &dyn InboxHost, conn: u64) {
         let mut sh = self.shard(conn_shard(conn));
         let Some(replies) = sh.by_conn.remove(&conn) else {
             return;
@@ -427,7 +445,7 @@ impl Inbox {
             if let Some(p) = sh.map.remove(&r) {
                 self.total.fetch_sub(1, Ordering::AcqRel);
                 if let Some(t) = p.timer {
-                    core.clock.cancel(t);
+                    core.clock().cancel(t);
                 }
             }
         }
@@ -464,13 +482,13 @@ impl Inbox {
 
     /// Takes over the previous generation's waiting requests and re-arms
     /// their timers.
-    pub fn restore(&self, core: &Core, snaps: Vec<PendingSnap>) {
+    pub fn restore(&self, core: &dyn InboxHost, snaps: Vec<PendingSnap>) {
         let now = Instant::now();
         for s in snaps {
             let Some(shard) = reply_shard(&s.reply).filter(|_| s.conn != 0) else {
                 continue;
             };
-            if core.conns.lock(s.conn).closed(s.conn) {
+            if core.conn_closed(s.conn) {
                 // Its requester closed during the handover.
                 continue;
             }
@@ -501,6 +519,7 @@ impl Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::Core;
     use crate::host::HostApi;
     use module_api::CallStatus;
 
@@ -566,11 +585,11 @@ mod tests {
         let (core, host, _dir) = core_with(serde_json::json!({}));
         let r = core
             .inbox
-            .register(&core, 5, "7", "svc", 10_000, None)
+            .register(&*core, 5, "7", "svc", 10_000, None)
             .unwrap();
         assert_eq!(core.inbox.len(), 1);
-        assert!(core.inbox.answer(&core, &r, r#"{"a":1}"#));
-        assert!(!core.inbox.answer(&core, &r, "2"), "once");
+        assert!(core.inbox.answer(&*core, &r, r#"{"a":1}"#));
+        assert!(!core.inbox.answer(&*core, &r, "2"), "once");
         core.inbox.late_replies.fetch_add(1, Ordering::Relaxed);
         assert_eq!(core.inbox.len(), 0);
         assert_eq!(core.clock.pending(), 0, "timer cancelled");
@@ -589,7 +608,7 @@ mod tests {
         let (core, host, _dir) = core_with(serde_json::json!({}));
         let r = core
             .inbox
-            .register(&core, 5, "\"x\"", "svc.t", 30, None)
+            .register(&*core, 5, "\"x\"", "svc.t", 30, None)
             .unwrap();
         std::thread::sleep(Duration::from_millis(15));
         assert!(lines(host).is_empty(), "not before its time");
@@ -605,7 +624,7 @@ mod tests {
             l[0].1["error"]["message"],
             "request to \"svc.t\" timed out after 30 ms"
         );
-        assert!(!core.inbox.answer(&core, &r, "1"));
+        assert!(!core.inbox.answer(&*core, &r, "1"));
         assert!(core.inbox.is_empty());
     }
 
@@ -616,35 +635,35 @@ mod tests {
         );
         let a = core
             .inbox
-            .register(&core, 1, "1", "t", 10_000, None)
+            .register(&*core, 1, "1", "t", 10_000, None)
             .unwrap();
         core.inbox
-            .register(&core, 1, "2", "t", 10_000, None)
+            .register(&*core, 1, "2", "t", 10_000, None)
             .unwrap();
         let e = core
             .inbox
-            .register(&core, 1, "3", "t", 10_000, None)
+            .register(&*core, 1, "3", "t", 10_000, None)
             .unwrap_err();
         assert_eq!(e.code, code::LIMIT);
         assert!(e.message.contains("max_pending_requests)"), "{}", e.message);
         core.inbox
-            .register(&core, 2, "1", "t", 10_000, None)
+            .register(&*core, 2, "1", "t", 10_000, None)
             .unwrap();
         let e = core
             .inbox
-            .register(&core, 3, "1", "t", 10_000, None)
+            .register(&*core, 3, "1", "t", 10_000, None)
             .unwrap_err();
         assert!(
             e.message.contains("max_pending_requests_total"),
             "{}",
             e.message
         );
-        core.inbox.drop_conn(&core, 1);
+        core.inbox.drop_conn(&*core, 1);
         assert_eq!(core.inbox.len(), 1);
         assert_eq!(core.clock.pending(), 1);
-        assert!(!core.inbox.answer(&core, &a, "1"), "its requester closed");
+        assert!(!core.inbox.answer(&*core, &a, "1"), "its requester closed");
         core.inbox
-            .register(&core, 3, "1", "t", 10_000, None)
+            .register(&*core, 3, "1", "t", 10_000, None)
             .unwrap();
         assert!(lines(host).is_empty());
     }
@@ -655,19 +674,19 @@ mod tests {
         let slot = Arc::new(Slot::default());
         let r = core
             .inbox
-            .register(&core, 0, "3", "t", 10_000, Some(slot.clone()))
+            .register(&*core, 0, "3", "t", 10_000, Some(slot.clone()))
             .unwrap();
         assert_eq!(core.clock.pending(), 0, "the waiter times itself");
-        assert!(core.inbox.answer(&core, &r, "\"ok\""));
+        assert!(core.inbox.answer(&*core, &r, "\"ok\""));
         let line = slot.wait(Instant::now() + Duration::from_secs(1)).unwrap();
         assert_eq!(line, b"{\"jsonrpc\":\"2.0\",\"result\":\"ok\",\"id\":3}\n");
         let r = core
             .inbox
-            .register(&core, 0, "4", "t", 10_000, Some(slot.clone()))
+            .register(&*core, 0, "4", "t", 10_000, Some(slot.clone()))
             .unwrap();
         assert!(slot.wait(Instant::now()).is_none());
         assert!(core.inbox.abandon(&r));
-        assert!(!core.inbox.answer(&core, &r, "1"));
+        assert!(!core.inbox.answer(&*core, &r, "1"));
     }
 
     #[test]
@@ -675,16 +694,16 @@ mod tests {
         let (core, _host, _dir) = core_with(serde_json::json!({}));
         let r = core
             .inbox
-            .register(&core, 9, "1", "t", 10_000, None)
+            .register(&*core, 9, "1", "t", 10_000, None)
             .unwrap();
         let snap = core.inbox.snapshot();
         assert_eq!(core.inbox.len(), 1, "kept in case the handover fails");
         assert_eq!(snap.len(), 1);
         assert!(snap[0].remaining_ms > 9_000 && snap[0].remaining_ms <= 10_000);
         let (next, host, _dir2) = core_with(serde_json::json!({}));
-        next.inbox.restore(&next, snap);
+        next.inbox.restore(&*next, snap);
         assert_eq!(next.clock.pending(), 1);
-        assert!(next.inbox.answer(&next, &r, "5"));
+        assert!(next.inbox.answer(&*next, &r, "5"));
         assert_eq!(
             lines(host)[0],
             (9, serde_json::json!({"jsonrpc":"2.0","result":5,"id":1}))
@@ -694,7 +713,7 @@ mod tests {
     #[test]
     fn a_frozen_generation_times_out_nothing_until_it_serves_again() {
         let (core, host, _dir) = core_with(serde_json::json!({}));
-        core.inbox.register(&core, 9, "1", "t", 20, None).unwrap();
+        core.inbox.register(&*core, 9, "1", "t", 20, None).unwrap();
         *core.gate.write().unwrap() = Mode::Frozen;
         std::thread::sleep(Duration::from_millis(150));
         assert!(lines(host).is_empty(), "the successor answers it");

@@ -430,7 +430,9 @@
 //! forward), [`start`] and [`generation`] (a generation's start and its
 //! handover steps), [`handoff`] (reload messages), [`owner`] (one writer
 //! per database), [`access`] (users, permissions, logins), [`streams`]
-//! (durable streams and consumers), [`config`].
+//! (durable streams and consumers; their SQL in [`stream_sql`]),
+//! [`inbox`] (`bus.request` waits), [`watch`] (`kv.watch`), [`clock`]
+//! (timers), [`config`].
 //!
 //! # Layers
 //!
@@ -440,19 +442,25 @@
 //! it.
 //!
 //! 1. Leaves, importing nothing from the crate: [`hex`], [`types`]
-//!    (`Kind`, `Reply`, `Mode`), [`host`] (`HostApi`, `wait`), [`entry`]
-//!    (`Entry`, `Overlay`), [`jsonrpc`], [`config`], [`owner`].
-//! 2. Data: [`db`] (over `entry`), then [`store`] (over `db`).
-//! 3. Shared tables: [`bus`], [`conns`], [`cursor`], then [`access`]
-//!    (over `conns`, `bus`, `host`).
-//! 4. [`core`]: `Core`, what every thread of a generation shares.
-//! 5. [`methods`]: `table`, `params`, `env`, then one file per method,
+//!    (`Kind`, `Reply`, `Mode`), [`host`] (`HostApi`, `wait`),
+//!    [`clock`] (timers, `now_ms`), [`stream_sql`] (the streams' tables
+//!    and `Op`), [`jsonrpc`], [`config`], [`owner`].
+//! 2. Data: [`entry`] (`Entry`, `Overlay`), then [`db`] (over `entry`),
+//!    then [`store`] (over `db`).
+//! 3. Shared tables: [`bus`], [`conns`], [`cursor`], [`subject`],
+//!    [`inbox`], then [`access`] (over `conns`, `bus`, `host`).
+//! 4. The components the core owns: [`streams`], [`watch`]. Like
+//!    [`inbox`], each names a trait of what it needs from its owner
+//!    (`StreamsHost`, `WatchHost`, `InboxHost`) rather than `Core`, so
+//!    that the core sits above them; [`core`] implements the traits.
+//! 5. [`core`]: `Core`, what every thread of a generation shares.
+//! 6. [`methods`]: `table`, `params`, `env`, then one file per method,
 //!    then `methods/mod.rs` (evaluation and dispatch).
-//! 6. [`writer`], then [`generation`] (`Rpc` holds the writer).
-//! 7. The transports: [`raw`], [`post`], [`ws`].
-//! 8. [`handoff`] (forwards to the transports), then [`start`] and
+//! 7. [`writer`], then [`generation`] (`Rpc` holds the writer).
+//! 8. The transports: [`raw`], [`post`], [`ws`].
+//! 9. [`handoff`] (forwards to the transports), then [`start`] and
 //!    [`dispatch`].
-//! 9. `lib.rs`: the manifest, the `Handler` the host calls, the export.
+//! 10. `lib.rs`: the manifest, the `Handler` the host calls, the export.
 
 pub mod access;
 pub mod bus;
@@ -476,6 +484,7 @@ pub mod post;
 pub mod raw;
 pub mod start;
 pub mod store;
+pub mod stream_sql;
 pub mod streams;
 pub mod subject;
 pub mod types;
@@ -557,7 +566,7 @@ impl Handler for Rpc {
     fn on_close(&self, conn: &ConnInfo) {
         self.closed(conn.id);
         // Its waiting requests: answers to them find nothing.
-        self.core.inbox.drop_conn(&self.core, conn.id);
+        self.core.inbox.drop_conn(&*self.core, conn.id);
         let frozen = !matches!(
             self.core.gate.try_read().as_deref(),
             Ok(Mode::Live | Mode::Standby)

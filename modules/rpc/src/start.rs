@@ -142,7 +142,7 @@ impl Rpc {
             core.streams.restore(s.consumers);
             // Queue subscriptions and waiting requests.
             core.bus.restore_queues(s.qsubs);
-            core.inbox.restore(&core, s.inbox);
+            core.inbox.restore(&*core, s.inbox);
             let whos = core.access.restore(host, &core.conns, s.sessions);
             restore_watches(&core, s.watches, &whos);
             revoke_subscriptions(&core, whos);

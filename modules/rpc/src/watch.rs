@@ -28,10 +28,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::access::pattern::Pattern;
 use crate::access::{Right, Who};
-use crate::core::Core;
 use crate::db::Db;
 use crate::entry::{Event, Op};
 use crate::jsonrpc::{self, code, RpcError};
+
+/// What the watches need from the generation that owns them (implemented
+/// by [`crate::core::Core`]). A trait rather than the core itself, so
+/// that the watches sit below the core (`docs/ARCHITECTURE.md`).
+pub trait WatchHost: Send + Sync {
+    /// Pushes one JSON line to one connection, framed for its transport;
+    /// whether the connection exists.
+    fn push_line(&self, conn: u64, line: &[u8]) -> bool;
+}
 
 /// Rows one step of an initial scan reads (the writer does one step per
 /// scanning watch between batches, so writes never wait long for it).
@@ -285,7 +293,7 @@ impl Watches {
 
     /// Pushes the events (in revision order) to the watches that want
     /// them. Called by the writer after the changes committed.
-    pub fn publish(&self, core: &Core, events: &[Event]) {
+    pub fn publish(&self, core: &dyn WatchHost, events: &[Event]) {
         if events.is_empty() || !self.active() {
             return;
         }
@@ -303,7 +311,7 @@ impl Watches {
     /// read from `db` (the committed state: the writer runs this between
     /// batches) and sent as `set` events; a scan that reached its end
     /// sends `ready`.
-    pub fn scan_step(&self, core: &Core, db: &Db, now: u64) {
+    pub fn scan_step(&self, core: &dyn WatchHost, db: &Db, now: u64) {
         if !self.scanning() {
             return;
         }

@@ -48,6 +48,7 @@ use crate::jsonrpc::{self, code, RpcError};
 use crate::methods::{eval_message, Env};
 use crate::owner::Owner;
 use crate::store::{Reader, View};
+use crate::streams::Runner;
 use crate::types::{Kind, Mode, Reply};
 
 /// Most submissions evaluated in one batch (one transaction).
@@ -109,8 +110,17 @@ impl Writer {
         let (tx, rx) = mpsc::channel();
         let now = Instant::now();
         let host = core.host;
-        core.streams
-            .start(Arc::downgrade(&core), Runner(Mutex::new(tx.clone())));
+        // Timers and closing connections hand the streams' work to this
+        // thread through the same channel as [`Writer::run`].
+        let runner_tx = Mutex::new(tx.clone());
+        let runner: Runner = Box::new(move |f| {
+            runner_tx
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(Cmd::Run(f))
+                .is_ok()
+        });
+        core.streams.start(Arc::downgrade(&core) as _, runner);
         let mut worker = Worker {
             core,
             db: None,
@@ -204,22 +214,6 @@ impl Writer {
     }
 }
 
-/// Hands closures to the writer thread from anywhere (timers, closing
-/// connections), as [`Writer::run`] does; held by [`crate::streams`].
-pub struct Runner(Mutex<Sender<Cmd>>);
-
-impl Runner {
-    /// Runs `f` on the writer thread after the work queued so far;
-    /// `false` if the writer has stopped.
-    pub fn run(&self, f: impl FnOnce() + Send + 'static) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(Cmd::Run(Box::new(f)))
-            .is_ok()
-    }
-}
-
 struct Worker {
     core: Arc<Core>,
     /// `None` while in standby.
@@ -256,7 +250,7 @@ impl Worker {
         self.core.owner_fd.store(owner.fd(), Ordering::Release);
         self.db = Some(db);
         self.owner = Some(owner);
-        self.core.streams.open(&self.core);
+        self.core.streams.open(&*self.core);
         Ok(())
     }
 
@@ -464,7 +458,7 @@ impl Worker {
             if self
                 .core
                 .streams
-                .expire(&self.core, |ops| db.write_streams(ops))
+                .expire(&*self.core, |ops| db.write_streams(ops))
             {
                 self.dirty = true;
                 self.truncated = false;
@@ -472,7 +466,7 @@ impl Worker {
             }
         }
         if let Some(db) = &self.db {
-            self.core.watches.scan_step(&self.core, db, now_ms());
+            self.core.watches.scan_step(&*self.core, db, now_ms());
         }
         if now >= self.next_checkpoint {
             // Idle for a whole interval: empty the WAL file too.
@@ -555,7 +549,7 @@ impl Worker {
                             value: None,
                         })
                         .collect();
-                    self.core.watches.publish(&self.core, &events);
+                    self.core.watches.publish(&*self.core, &events);
                 }
                 self.dirty = true;
                 self.truncated = false;

@@ -17,19 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::TimerId;
 
-/// A consumer's config, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsumerConfig {
-    pub stream: String,
-    pub name: String,
-    pub filter: Option<String>,
-    /// `"all"`, `"new"`, `"last"` or `{"seq":N}` (JSON text).
-    pub deliver: String,
-    pub ack_wait_ms: u64,
-    /// -1: no limit.
-    pub max_deliver: i64,
-    pub max_ack_pending: usize,
-}
+pub use crate::stream_sql::ConsumerConfig;
 
 /// A delivered, unacknowledged message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

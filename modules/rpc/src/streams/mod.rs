@@ -22,7 +22,8 @@
 //! hands the in-memory state over ([`Streams::snapshot`]), so it delivers
 //! nothing twice.
 //!
-//! Parts: [`store`] (SQL), [`index`] (subjects and names), [`consumer`]
+//! Parts: [`store`] (SQL reads; the tables and writes are in
+//! [`crate::stream_sql`]), [`index`] (subjects and names), [`consumer`]
 //! (one consumer's state).
 
 pub mod consumer;
@@ -31,19 +32,38 @@ pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::core::Core;
 use crate::jsonrpc::{code, RpcError};
 use crate::types::Mode;
-use crate::writer::Runner;
 
+pub use crate::stream_sql::{Discard, Op, StreamConfig};
 use consumer::{Consumer, ConsumerConfig, ConsumerSnap, Pending};
-pub use store::Op;
+
+/// What the streams need from the generation that owns them (implemented
+/// by [`crate::core::Core`]). A trait rather than the core itself, so
+/// that the streams sit below the core (`docs/ARCHITECTURE.md`).
+pub trait StreamsHost: Send + Sync {
+    fn cfg(&self) -> &Config;
+    fn clock(&self) -> &Clock;
+    /// Whether the generation serves ([`crate::handoff`]).
+    fn gate(&self) -> &RwLock<Mode>;
+    /// Pushes one JSON line to one connection, framed for its transport;
+    /// whether the connection exists.
+    fn push_line(&self, conn: u64, line: &[u8]) -> bool;
+    /// The owner's streams (this very value).
+    fn streams(&self) -> &Streams;
+}
+
+/// Hands a closure to the writer thread, after the work queued so far;
+/// `false` if the writer has stopped. Built by [`crate::writer`] from its
+/// channel (the streams do not name the writer, which sits above them).
+pub type Runner = Box<dyn Fn(Box<dyn FnOnce() + Send>) -> bool + Send + Sync>;
 
 /// Messages read per consumer and delivery step.
 const CHUNK: usize = 256;
@@ -54,36 +74,6 @@ const AGE_CHECK: Duration = Duration::from_millis(100);
 /// The earliest a redelivery timer fires after being armed (a message
 /// that could not be delivered is not retried in a busy loop).
 const MIN_TIMER: Duration = Duration::from_millis(5);
-
-/// What a full stream does with one more message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Discard {
-    /// Drop the oldest messages.
-    Old,
-    /// Refuse the new one (-32050).
-    New,
-}
-
-impl Discard {
-    pub fn name(self) -> &'static str {
-        match self {
-            Discard::Old => "old",
-            Discard::New => "new",
-        }
-    }
-}
-
-/// A stream's config. Limits: -1 (counts) or 0 (`max_age_ms`) is none.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamConfig {
-    pub name: String,
-    pub subjects: Vec<String>,
-    pub max_msgs: i64,
-    pub max_bytes: i64,
-    pub max_age_ms: u64,
-    pub max_msg_bytes: u64,
-    pub discard: Discard,
-}
 
 /// A stream: config and counters. Its messages are `first_seq ..=
 /// last_seq` (none when `first_seq > last_seq`): only the oldest are
@@ -161,11 +151,11 @@ pub struct State {
 }
 
 struct Hooks {
-    core: Weak<Core>,
+    core: Weak<dyn StreamsHost>,
     runner: Arc<Runner>,
 }
 
-/// The streams of one generation (a [`Core`] field).
+/// The streams of one generation (a [`crate::core::Core`] field).
 #[derive(Default)]
 pub struct Streams {
     state: Mutex<State>,
@@ -175,8 +165,8 @@ pub struct Streams {
     attached: AtomicUsize,
 }
 
-fn live(core: &Core) -> bool {
-    matches!(core.gate.try_read().as_deref(), Ok(Mode::Live))
+fn live(core: &dyn StreamsHost) -> bool {
+    matches!(core.gate().try_read().as_deref(), Ok(Mode::Live))
 }
 
 fn json_str(s: &str) -> String {
@@ -199,7 +189,7 @@ pub fn message_params(key: &Key, m: &store::Msg, deliveries: u32) -> String {
 
 impl Streams {
     /// Called once by the writer: where timers and closes send work.
-    pub fn start(&self, core: Weak<Core>, runner: Runner) {
+    pub fn start(&self, core: Weak<dyn StreamsHost>, runner: Runner) {
         let _ = self.hooks.set(Hooks {
             core,
             runner: Arc::new(runner),
@@ -208,14 +198,14 @@ impl Streams {
 
     /// Runs `f` on the writer thread with the core (nothing if the
     /// generation is gone).
-    fn on_writer(&self, f: impl FnOnce(&Core) + Send + 'static) {
+    fn on_writer(&self, f: impl FnOnce(&dyn StreamsHost) + Send + 'static) {
         if let Some(h) = self.hooks.get() {
             let core = h.core.clone();
-            h.runner.run(move || {
+            (h.runner)(Box::new(move || {
                 if let Some(core) = core.upgrade() {
-                    f(&core);
+                    f(&*core);
                 }
-            });
+            }));
         }
     }
 
@@ -233,11 +223,11 @@ impl Streams {
 
     /// Loads the streams once the writer owns the database, and delivers
     /// what a predecessor left pending.
-    pub fn open(&self, core: &Core) {
+    pub fn open(&self, core: &dyn StreamsHost) {
         // Read again even if a call looked before (in standby the tables
         // may have changed under another owner).
         self.state.lock().unwrap_or_else(|e| e.into_inner()).loaded = false;
-        let st = self.lock(&core.cfg);
+        let st = self.lock(core.cfg());
         self.attached.store(
             st.consumers.values().map(|c| c.members.len()).sum(),
             Ordering::Relaxed,
@@ -249,7 +239,7 @@ impl Streams {
     }
 
     fn schedule(&self) {
-        self.on_writer(|core| core.streams.after_batch(core));
+        self.on_writer(|core| core.streams().after_batch(core));
     }
 
     /// The predecessor's consumer state (before [`Streams::open`]).
@@ -267,11 +257,11 @@ impl Streams {
     /// After a batch committed (or had nothing to commit): delivers what
     /// became deliverable, a chunk per consumer; queues another step if
     /// more is left.
-    pub fn after_batch(&self, core: &Core) {
+    pub fn after_batch(&self, core: &dyn StreamsHost) {
         if !live(core) {
             return;
         }
-        let mut st = self.lock(&core.cfg);
+        let mut st = self.lock(core.cfg());
         st.fresh.clear();
         st.scheduled = false;
         let keys: Vec<Key> = std::mem::take(&mut st.dirty).into_iter().collect();
@@ -291,7 +281,7 @@ impl Streams {
 
     /// A batch failed to commit: back to what SQLite holds (members stay
     /// attached; what was pending is delivered again).
-    pub fn failed(&self, core: &Core) {
+    pub fn failed(&self, core: &dyn StreamsHost) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let members: Vec<(Key, Vec<u64>)> = st
             .consumers
@@ -300,12 +290,12 @@ impl Streams {
             .collect();
         for c in st.consumers.values_mut() {
             if let Some((id, _)) = c.timer.take() {
-                core.clock.cancel(id);
+                core.clock().cancel(id);
             }
         }
         st.loaded = false;
         st.fresh.clear();
-        if let Err(e) = st.load(&core.cfg) {
+        if let Err(e) = st.load(core.cfg()) {
             log::error!("cannot reload the streams: {e}");
         }
         let mut n = 0;
@@ -326,19 +316,19 @@ impl Streams {
             return;
         }
         self.on_writer(move |core| {
-            let mut st = core.streams.lock(&core.cfg);
+            let mut st = core.streams().lock(core.cfg());
             let keys: Vec<Key> = st.consumers.keys().cloned().collect();
             for k in keys {
-                st.detach(&core.streams, &k, conn);
+                st.detach(core.streams(), &k, conn);
             }
             drop(st);
-            core.streams.after_batch(core);
+            core.streams().after_batch(core);
         });
     }
 
     /// A redelivery timer fired.
-    fn wake(&self, core: &Core, key: Key) {
-        let mut st = self.lock(&core.cfg);
+    fn wake(&self, core: &dyn StreamsHost, key: Key) {
+        let mut st = self.lock(core.cfg());
         if let Some(c) = st.consumers.get_mut(&key) {
             c.timer = None;
             st.dirty.insert(key);
@@ -362,14 +352,18 @@ impl Streams {
 
     /// Enforces max_age (writer housekeeping): returns the ops to write,
     /// applied to the state once `write` succeeds.
-    pub fn expire(&self, core: &Core, write: impl FnOnce(&[Op]) -> rusqlite::Result<()>) -> bool {
-        let mut st = self.lock(&core.cfg);
+    pub fn expire(
+        &self,
+        core: &dyn StreamsHost,
+        write: impl FnOnce(&[Op]) -> rusqlite::Result<()>,
+    ) -> bool {
+        let mut st = self.lock(core.cfg());
         let now = Instant::now();
         if st.next_age_check.is_some_and(|t| now < t) {
             return false;
         }
         st.next_age_check = Some(now + AGE_CHECK);
-        let now_ms = crate::entry::now_ms();
+        let now_ms = crate::clock::now_ms();
         let mut ops = Vec::new();
         let mut next: Vec<Stream> = Vec::new();
         for s in st.streams.values() {
@@ -526,7 +520,7 @@ impl State {
     pub fn delete(
         &mut self,
         streams: &Streams,
-        core: &Core,
+        core: &dyn StreamsHost,
         name: &str,
         ops: &mut Vec<Op>,
     ) -> bool {
@@ -548,12 +542,12 @@ impl State {
     }
 
     /// Removes a consumer from memory (the caller records the op).
-    pub fn drop_consumer(&mut self, streams: &Streams, core: &Core, key: &Key) -> bool {
+    pub fn drop_consumer(&mut self, streams: &Streams, core: &dyn StreamsHost, key: &Key) -> bool {
         let Some(mut c) = self.consumers.remove(key) else {
             return false;
         };
         if let Some((id, _)) = c.timer.take() {
-            core.clock.cancel(id);
+            core.clock().cancel(id);
         }
         for _ in &c.members {
             streams.attached_delta(false);
@@ -749,7 +743,7 @@ impl State {
     /// members. Returns whether more is left to push.
     pub fn pump(
         &mut self,
-        core: &Core,
+        core: &dyn StreamsHost,
         streams: &Streams,
         key: &Key,
         mut pull: Option<(&mut Vec<String>, usize)>,
@@ -770,7 +764,7 @@ impl State {
         // A fetch's reply stays near a line's size (the first message
         // always goes).
         let max_bytes = if pulling {
-            core.cfg.max_line_bytes
+            core.cfg().max_line_bytes
         } else {
             usize::MAX
         };
@@ -902,7 +896,7 @@ impl State {
 
 /// Keeps one timer per consumer, at its earliest redelivery deadline
 /// (none while nobody is attached: a fetch or an attach looks then).
-fn arm(core: &Core, streams: &Streams, key: &Key, c: &mut Consumer) {
+fn arm(core: &dyn StreamsHost, streams: &Streams, key: &Key, c: &mut Consumer) {
     let want = if c.members.is_empty() {
         None
     } else {
@@ -914,7 +908,7 @@ fn arm(core: &Core, streams: &Streams, key: &Key, c: &mut Consumer) {
         }
     }
     if let Some((id, _)) = c.timer.take() {
-        core.clock.cancel(id);
+        core.clock().cancel(id);
     }
     let (Some(w), Some(h)) = (want, streams.hooks.get()) else {
         return;
@@ -923,13 +917,13 @@ fn arm(core: &Core, streams: &Streams, key: &Key, c: &mut Consumer) {
     // The clock thread only hands the work over: it never takes the
     // streams' lock (the writer may hold it for a whole batch).
     let task = Box::new(move || {
-        runner.run(move || {
+        runner(Box::new(move || {
             if let Some(core) = weak.upgrade() {
-                core.streams.wake(&core, key);
+                core.streams().wake(&*core, key);
             }
-        });
+        }));
     });
-    c.timer = Some((core.clock.at(w, task), w));
+    c.timer = Some((core.clock().at(w, task), w));
 }
 
 /// -32034 for a stream that does not exist.
@@ -1013,7 +1007,7 @@ mod tests {
         );
         db.write_streams(&ops).unwrap();
         drop(st);
-        core.streams.failed(&core);
+        core.streams.failed(&*core);
         let st = core.streams.lock(&core.cfg);
         let s = &st.streams["S"];
         assert_eq!((s.first_seq, s.last_seq, s.bytes), (2, 3, 8), "as stored");
@@ -1068,7 +1062,7 @@ mod tests {
         db.write_streams(&std::mem::take(&mut ops)).unwrap();
         let key: Key = ("S".into(), "c".into());
         let mut got = Vec::new();
-        st.pump(&core, &core.streams, &key, Some((&mut got, 10)));
+        st.pump(&*core, &core.streams, &key, Some((&mut got, 10)));
         let seqs: Vec<u64> = got
             .iter()
             .map(|m| {
@@ -1079,7 +1073,7 @@ mod tests {
             .collect();
         assert_eq!(seqs, [1, 3], "the filter skips s.b");
         let mut again = Vec::new();
-        st.pump(&core, &core.streams, &key, Some((&mut again, 10)));
+        st.pump(&*core, &core.streams, &key, Some((&mut again, 10)));
         assert!(again.is_empty(), "pending until acked or ack_wait");
         let c = st.consumers.get_mut(&key).unwrap();
         assert!(c.ack(3));
@@ -1094,7 +1088,7 @@ mod tests {
         }])
         .unwrap();
         drop(st);
-        core.streams.failed(&core);
+        core.streams.failed(&*core);
         let st = core.streams.lock(&core.cfg);
         assert_eq!(st.consumers[&key].next_seq, 4, "resumes after the floor");
     }
