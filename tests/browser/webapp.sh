@@ -52,6 +52,10 @@ if [[ -z $url ]]; then
     mkdir -p "$work/modules" "$work/data"
     cp modules/http.so modules/webapp.so "$work/modules/"
     printf '[modules.http]\nroot = "%s"\n' "$repo/static_html" >"$work/switchyard.toml"
+    # Created here, not by the background job's redirections: the loop
+    # below may read them before that job has started.
+    : >"$work/stdout"
+    : >"$work/stderr"
     RUST_LOG=warn "$bin" -port 0 --bind 127.0.0.1 --modules "$work/modules" \
         --data-dir "$work/data" --config "$work/switchyard.toml" >"$work/stdout" 2>"$work/stderr" &
     sy_pid=$!
