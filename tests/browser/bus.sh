@@ -42,10 +42,16 @@ mkdir -p "$out" "$(dirname "$shot")"
 work="$(mktemp -d)"
 sy_pid=""
 pub_pid=""
+# Keeps the script's own exit status: without `set +e`, the `wait` on a
+# job killed by TERM (status 143) would end the trap, and the script, with
+# that status.
 cleanup() {
+    local rc=$?
+    set +e
     [[ -n $pub_pid ]] && kill -TERM "$pub_pid" 2>/dev/null && wait "$pub_pid" 2>/dev/null
     [[ -n $sy_pid ]] && kill -TERM "$sy_pid" 2>/dev/null && wait "$sy_pid" 2>/dev/null
     rm -rf "$work"
+    exit "$rc"
 }
 trap cleanup EXIT
 

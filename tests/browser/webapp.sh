@@ -39,9 +39,15 @@ fi
 mkdir -p "$out" "$(dirname "$shot")"
 work="$(mktemp -d)"
 sy_pid=""
+# Keeps the script's own exit status: without `set +e`, the `wait` on a
+# job killed by TERM (status 143) would end the trap, and the script, with
+# that status.
 cleanup() {
+    local rc=$?
+    set +e
     [[ -n $sy_pid ]] && kill -TERM "$sy_pid" 2>/dev/null && wait "$sy_pid" 2>/dev/null
     rm -rf "$work"
+    exit "$rc"
 }
 trap cleanup EXIT
 
