@@ -133,7 +133,7 @@
 //! | -32010 | `kv.incr` on a value that is not a 64-bit integer |
 //! | -32011 | `kv.incr` would overflow |
 //! | -32020 | storage error: the batch could not be committed, nothing was written |
-//! | -32030 | `bus.subscribe`/`unsubscribe` outside a raw TCP connection |
+//! | -32030 | a method that pushes to its connection (`bus.subscribe`, `kv.watch`, `stream.consume`, ...) called without one (over `POST /rpc` or in-process) |
 //! | -32031 | too many subscriptions: on this connection (`max_subscriptions`) or on the server (`max_subscriptions_total`) |
 //! | -32040 | line over `max_line_bytes` (its line ending included); the connection is closed after this reply |
 //! | -32050 | a kv limit (`max_value_bytes`, `max_keys`, `max_total_bytes`); nothing was written |

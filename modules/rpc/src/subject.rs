@@ -25,7 +25,7 @@ pub fn check_topic(topic: &str, pattern: bool) -> Result<(), RpcError> {
         return bad("must be 1 to 256 bytes");
     }
     // NATS splits a protocol line on whitespace, so a subject with a
-    // space could never be carried to it (issue #16); control characters
+    // space could never be carried to it; control characters
     // would corrupt logs.
     if topic.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return bad("segments cannot contain spaces or control characters");

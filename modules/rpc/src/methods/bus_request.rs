@@ -52,7 +52,7 @@ pub(super) fn run<S: Sink>(
     if env.conn == 0 {
         return Err(RpcError::new(
             code::NOT_A_STREAM,
-            "bus.request needs a connection to answer on (raw TCP or POST /rpc)",
+            "bus.request needs a connection to answer on (raw TCP, WebSocket or POST /rpc)",
         ));
     }
     send(env, req, None).map(|_| ())

@@ -67,7 +67,7 @@ pub const METHODS: &[(&str, Method, &str)] = &[
     ("stream.nak", Method::StreamNak, "give {seq} back for {consumer} on {stream}: delivered again after {delay_ms} (default at once)"),
     ("stream.publish", Method::StreamPublish, "publish {data} on {topic} and return {stream, seq} once it is stored in the stream covering it"),
     ("stream.unconsume", Method::StreamUnconsume, "detach this connection from {consumer} on {stream}; unacknowledged messages go to the other members"),
-    ("sys.auth", Method::SysAuth, "log this raw TCP connection in: {token, user?}; returns {user}. Over HTTP it only checks the token (send Authorization: Bearer on each request)"),
+    ("sys.auth", Method::SysAuth, "log this connection (raw TCP or WebSocket) in: {token, user?}; returns {user}. Over HTTP it only checks the token (send Authorization: Bearer on each request)"),
     ("sys.methods", Method::SysMethods, "these method names with a one-line description each"),
     ("sys.ping", Method::SysPing, "returns \"pong\""),
     ("sys.version", Method::SysVersion, "the module's name and version and the protocol version"),
