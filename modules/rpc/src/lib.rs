@@ -478,6 +478,7 @@ pub mod hex;
 pub mod host;
 pub mod inbox;
 pub mod jsonrpc;
+pub mod kv_log;
 pub mod methods;
 pub mod owner;
 pub mod post;

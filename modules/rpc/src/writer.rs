@@ -23,11 +23,16 @@
 //! expiries the same way; and between batches the writer reads the next
 //! chunk of each watch's initial values.
 //!
+//! A commit appends the batch's key changes to the write log
+//! ([`crate::kv_log`]); between batches the writer folds the log into the
+//! key table once it is big or old enough, or as soon as no work is
+//! queued for [`FOLD_IDLE`], and always before it stops.
+//!
 //! Between batches it purges expired keys (found through SQLite's expiry
 //! index), gives free pages back to the file system a step at a time
-//! (incremental vacuum), and checkpoints the WAL — truncating it when
-//! idle. These run only while the generation is live: a frozen one must
-//! not change the database under its successor.
+//! (incremental vacuum, only when no work is queued), and checkpoints the
+//! WAL — truncating it when idle. These run only while the generation is
+//! live: a frozen one must not change the database under its successor.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -61,6 +66,10 @@ const STANDBY_POLL: Duration = Duration::from_millis(20);
 /// How long the writer waits for work before a step of vacuum while the
 /// database has free pages (so that writes are never held up by it).
 const VACUUM_PAUSE: Duration = Duration::from_millis(2);
+/// How long the writer waits for work before it folds the write log
+/// (under steady load the log's own limits fold it: see
+/// [`crate::kv_log::Tail::due`]).
+const FOLD_IDLE: Duration = Duration::from_millis(20);
 
 /// Work for the writer.
 pub struct Submission {
@@ -90,6 +99,8 @@ enum Cmd {
 }
 
 /// How the writer starts.
+// Made once per generation and moved into the writer: its size is no cost.
+#[allow(clippy::large_enum_variant)]
 pub enum Start {
     /// This generation owns the database, already open.
     Ready { db: Db, owner: Owner },
@@ -131,6 +142,7 @@ impl Writer {
             last_batch: 0,
             next_purge: now,
             next_checkpoint: now,
+            last_work: now,
             standby_errors: 0,
         };
         if let Start::Ready { db, owner } = start {
@@ -233,6 +245,8 @@ struct Worker {
     last_batch: usize,
     next_purge: Instant,
     next_checkpoint: Instant,
+    /// When the last batch was committed.
+    last_work: Instant,
 }
 
 impl Worker {
@@ -293,14 +307,21 @@ impl Worker {
 
     fn run(mut self, rx: Receiver<Cmd>) {
         loop {
+            let unfolded = self.db.as_ref().is_some_and(|db| db.unfolded() > 0);
             let wait = if self.db.is_none() {
                 STANDBY_POLL
             } else if (self.vacuum || self.core.watches.scanning()) && self.live() {
                 VACUUM_PAUSE
             } else {
-                self.next_purge
+                let wait = self
+                    .next_purge
                     .min(self.next_checkpoint)
-                    .saturating_duration_since(Instant::now())
+                    .saturating_duration_since(Instant::now());
+                if unfolded {
+                    wait.min(FOLD_IDLE)
+                } else {
+                    wait
+                }
             };
             let first = match rx.recv_timeout(wait.max(Duration::from_millis(1))) {
                 Ok(cmd) => cmd,
@@ -309,11 +330,20 @@ impl Worker {
                     continue;
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    self.housekeeping();
+                    self.housekeeping(true);
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            // Under load (the last batch held several connections'
+            // writes), let more gather for `commit_delay_us`: one commit,
+            // and with `sync = "full"` one fsync, serves them all.
+            let gather = if self.last_batch > 1 {
+                Duration::from_micros(self.core.cfg.commit_delay_us)
+            } else {
+                Duration::ZERO
+            };
+            let deadline = Instant::now() + gather;
             let mut batch = Vec::new();
             let mut next = Some(first);
             while let Some(cmd) = next.take() {
@@ -331,17 +361,24 @@ impl Worker {
                     }
                     Cmd::Stop => {
                         self.commit(batch);
+                        self.fold();
                         self.checkpoint(false);
                         return;
                     }
                 }
                 if batch.len() < MAX_BATCH {
-                    next = rx.try_recv().ok();
+                    next = rx.try_recv().ok().or_else(|| {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        (!left.is_zero() && !batch.is_empty())
+                            .then(|| rx.recv_timeout(left).ok())
+                            .flatten()
+                    });
                 }
             }
             self.last_batch = batch.len();
             self.commit(batch);
-            self.housekeeping();
+            self.last_work = Instant::now();
+            self.housekeeping(false);
         }
     }
 
@@ -442,16 +479,25 @@ impl Worker {
         matches!(self.core.gate.try_read().as_deref(), Ok(Mode::Live))
     }
 
-    fn housekeeping(&mut self) {
+    /// Between batches (`idle`: no work came for a while).
+    fn housekeeping(&mut self, idle: bool) {
         if self.db.is_none() || !self.live() {
             return;
         }
         let now = Instant::now();
+        let quiet = idle && now.saturating_duration_since(self.last_work) >= FOLD_IDLE;
+        if let Some(db) = &mut self.db {
+            if db.fold_step(now, quiet) > 0 {
+                self.dirty = true;
+                self.truncated = false;
+                self.vacuum = true;
+            }
+        }
         if now >= self.next_purge {
             self.purge();
             self.next_purge = Instant::now() + self.core.cfg.purge_interval();
         }
-        if self.vacuum {
+        if self.vacuum && idle {
             self.vacuum_step();
         }
         if let Some(db) = &mut self.db {
@@ -465,14 +511,36 @@ impl Worker {
                 self.vacuum = true;
             }
         }
-        if let Some(db) = &self.db {
-            self.core.watches.scan_step(&*self.core, db, now_ms());
+        if self.core.watches.scanning() && self.fold() {
+            if let Some(db) = &self.db {
+                self.core.watches.scan_step(&*self.core, db, now_ms());
+            }
         }
         if now >= self.next_checkpoint {
             // Idle for a whole interval: empty the WAL file too.
             let idle = !self.dirty && !self.truncated && !self.vacuum;
             self.checkpoint(idle);
             self.next_checkpoint = Instant::now() + self.core.cfg.checkpoint_interval();
+        }
+    }
+
+    /// Folds the whole write log now (see [`crate::db::Db::fold`]);
+    /// returns whether it is empty.
+    fn fold(&mut self) -> bool {
+        let Some(db) = &mut self.db else {
+            return false;
+        };
+        if db.unfolded() == 0 {
+            return true;
+        }
+        match db.fold() {
+            Ok(_) => {
+                self.dirty = true;
+                self.truncated = false;
+                self.vacuum = true;
+                true
+            }
+            Err(_) => false,
         }
     }
 

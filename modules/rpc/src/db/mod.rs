@@ -15,15 +15,38 @@
 //! of a NATS KV bucket; every set, delete, increment, compare-and-set and
 //! expiry takes the next one, and a key's row holds the revision that
 //! wrote it. Layout 3 added them (see `Db::add_revisions`).
+//!
+//! Writes go to a log first: a batch commit appends its key changes to
+//! the `kv_log` table (with the totals, revision and stream changes, in
+//! one transaction), and the fold thread ([`fold`]) later moves them into
+//! `kv` in key order (see [`crate::kv_log`] for why). The log's tail is
+//! also kept in memory — the changes not yet handed to the fold thread,
+//! and those it is folding — so every read through [`Db`] sees it;
+//! `kv.keys` merges it into its scan, the purge leaves its keys for
+//! later, and a watch's scan of initial values folds first
+//! ([`Db::fold`]). [`ReadDb`] reads the log table itself. The two
+//! connections take turns for write transactions (a lock of ours, so
+//! neither waits in SQLite's busy sleeps).
+//! Opening the database folds what a crash left in the log. An older
+//! binary knows nothing of `kv_log`: a reload back to one after a crash
+//! (rather than a clean stop, which folds) does not see the writes still
+//! in it until a newer one opens the file again.
+
+mod fold;
 
 use std::ops::Bound;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use crate::kv_log::{self, Tail};
+
 use crate::config::SyncMode;
-use crate::entry::{Entry, Overlay};
+use crate::entry::{Entry, Overlay, Row};
 
 /// `PRAGMA user_version` of the current layout. Version 0 (the first
 /// layout) had `value` before `expires_at` and no sizes nor totals;
@@ -39,6 +62,14 @@ CREATE TABLE IF NOT EXISTS kv (
     value      TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS kv_expiry ON kv (expires_at) WHERE expires_at > 0;
+CREATE TABLE IF NOT EXISTS kv_log (
+    seq        INTEGER PRIMARY KEY,
+    key        TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    size       INTEGER NOT NULL,
+    rev        INTEGER NOT NULL,
+    value      TEXT
+);
 CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY NOT NULL,
     value INTEGER NOT NULL
@@ -46,7 +77,7 @@ CREATE TABLE IF NOT EXISTS meta (
 ";
 
 /// Page size of a new database (an existing one keeps its own).
-const PAGE_SIZE: u32 = 1024;
+const PAGE_SIZE: u32 = 4096;
 /// Page cache of the writer's connection, in KiB. Values are cached by
 /// [`crate::store`] (bounded by `cache_bytes`); this one holds the
 /// b-tree's inner pages.
@@ -59,6 +90,19 @@ const UPSERT: &str =
     ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at,
     size = excluded.size, rev = excluded.rev, value = excluded.value";
 const DELETE: &str = "DELETE FROM kv WHERE key = ?1";
+/// A key change appended to the log (`value` NULL: deleted).
+const APPEND: &str =
+    "INSERT INTO kv_log (key, expires_at, size, rev, value) VALUES (?1, ?2, ?3, ?4, ?5)";
+/// The newest logged change of a key (the log has no index on keys: only
+/// [`ReadDb`]'s rare reads use this, and the log holds a few thousand
+/// rows at most).
+const LOGGED: &str =
+    "SELECT value, expires_at, rev FROM kv_log WHERE key = ?1 ORDER BY seq DESC LIMIT 1";
+/// How long no fold is started after one failed.
+const FOLD_RETRY: Duration = Duration::from_secs(1);
+/// How many times the fold limits the tail may grow while folds fail
+/// before commits are refused (memory stays bounded).
+const TAIL_SLACK: usize = 4;
 const PURGE: &str = "DELETE FROM kv WHERE key = ?1 AND expires_at = ?2 RETURNING size";
 const ADD_META: &str = "UPDATE meta SET value = value + ?2 WHERE name = ?1";
 const RAISE_REV: &str = "INSERT INTO meta (name, value) VALUES ('rev', ?1)
@@ -74,9 +118,27 @@ pub struct Totals {
     pub bytes: u64,
 }
 
-/// An open database connection.
+/// An open database: the writer's connection, and the fold thread with
+/// its own.
 pub struct Db {
     conn: Connection,
+    /// Held for every write transaction, by both connections.
+    turn: Arc<Mutex<()>>,
+    /// The log's changes not yet handed to the fold thread.
+    tail: Tail,
+    /// The changes the fold thread is folding, and the log sequence they
+    /// cover (until it reports back).
+    folding: Option<fold::Job>,
+    /// The log sequence of the newest change appended.
+    last_seq: i64,
+    /// `None` only if the thread could not be started (then folds run on
+    /// this connection).
+    folder: Option<fold::Folder>,
+    /// Why the last fold failed (commits are refused once the tail is
+    /// far over its limits).
+    fold_error: Option<String>,
+    /// No fold is started again before this after a failure.
+    retry_at: Option<Instant>,
 }
 
 fn err(what: &str, path: &Path, e: rusqlite::Error) -> String {
@@ -105,7 +167,10 @@ impl Db {
         let tables: i64 = conn
             .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
             .map_err(cfg)?;
-        // Small pages: a random update rewrites one page into the WAL.
+        // Pages of 4 KiB: key changes reach `kv` only through folds, in
+        // key order, where a shallower tree means fewer pages visited and
+        // written per key (commits append to the log, whose pages fill
+        // in order whatever their size).
         // Incremental auto-vacuum: deleted data can be given back to the
         // file system a few pages at a time (see `vacuum_step`). A new
         // database takes both before its first table; an existing one
@@ -133,7 +198,16 @@ impl Db {
              PRAGMA wal_autocheckpoint = 65536;"
         ))
         .map_err(|e| err("cannot prepare", path, e))?;
-        let mut db = Db { conn };
+        let mut db = Db {
+            conn,
+            turn: Arc::new(Mutex::new(())),
+            tail: Tail::default(),
+            folding: None,
+            last_seq: 0,
+            folder: None,
+            fold_error: None,
+            retry_at: None,
+        };
         if tables > 0 {
             db.upgrade(path)
                 .map_err(|e| err("cannot upgrade", path, e))?;
@@ -159,7 +233,81 @@ impl Db {
                 .execute_batch(&format!("PRAGMA user_version = {LAYOUT}"))
                 .map_err(cfg)?;
         }
+        db.recover_log()
+            .map_err(|e| err("cannot read the write log of", path, e))?;
+        db.folder = match Self::fold_connection(path, sync) {
+            Ok(conn) => match fold::Folder::spawn(conn, db.turn.clone()) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    log::warn!("cannot start the fold thread, folding on the writer: {e}");
+                    None
+                }
+            },
+            Err(e) => {
+                log::warn!("{e}; folding on the writer");
+                None
+            }
+        };
         Ok(db)
+    }
+
+    /// The fold thread's connection: the same durability, its statement
+    /// cache and page cache of its own.
+    fn fold_connection(path: &Path, sync: SyncMode) -> Result<Connection, String> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| err("cannot open a fold connection to", path, e))?;
+        let sync_pragma = match sync {
+            SyncMode::Normal => "NORMAL",
+            SyncMode::Full => "FULL",
+        };
+        conn.busy_timeout(BUSY)
+            .and_then(|()| {
+                conn.execute_batch(&format!(
+                    "PRAGMA synchronous = {sync_pragma};
+                     PRAGMA cache_size = -{CACHE_KIB};
+                     PRAGMA wal_autocheckpoint = 0;"
+                ))
+            })
+            .map_err(|e| err("cannot configure a fold connection to", path, e))?;
+        Ok(conn)
+    }
+
+    /// Loads what a crash left in the log (oldest first, so the last
+    /// change of a key wins) and folds it.
+    fn recover_log(&mut self) -> rusqlite::Result<()> {
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT key, expires_at, rev, value, seq FROM kv_log ORDER BY seq")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                self.last_seq = r.get(4)?;
+                let row = match r.get::<_, Option<String>>(3)? {
+                    Some(v) => Some(Entry {
+                        value: v.into_boxed_str(),
+                        expires_at: r.get::<_, i64>(1)?.max(0) as u64,
+                        rev: r.get::<_, i64>(2)?.max(0) as u64,
+                    }),
+                    None => None,
+                };
+                self.tail.record(r.get_ref(0)?.as_str()?, &row);
+            }
+        }
+        if self.tail.is_empty() {
+            return Ok(());
+        }
+        log::info!(
+            "folding {} changes left in the write log into the key table",
+            self.tail.len()
+        );
+        if let Err(e) = self.fold() {
+            // Reads see the tail; the writer folds it later.
+            log::warn!("cannot fold the write log yet, will retry: {e}");
+        }
+        Ok(())
     }
 
     /// Brings a database of an older layout (or without incremental
@@ -365,12 +513,25 @@ impl Db {
 
     /// The row of `key`, expired or not.
     pub fn get(&self, key: &str) -> rusqlite::Result<Option<Entry>> {
-        get_on(&self.conn, key)
+        match self.logged(key) {
+            Some(row) => Ok(row.clone()),
+            None => get_on(&self.conn, key),
+        }
+    }
+
+    /// The last unfolded change of `key`, if any.
+    fn logged(&self, key: &str) -> Option<&Row> {
+        self.tail
+            .get(key)
+            .or_else(|| self.folding.as_ref().and_then(|j| j.rows.get(key)))
     }
 
     /// Bytes of `key`'s stored value (expired or not); the value itself is
     /// not read.
     pub fn value_size(&self, key: &str) -> rusqlite::Result<Option<u64>> {
+        if let Some(row) = self.logged(key) {
+            return Ok(row.as_ref().map(|e| e.value.len() as u64));
+        }
         self.conn
             .prepare_cached("SELECT size FROM kv WHERE key = ?1")?
             .query_row([key], |r| r.get::<_, i64>(0))
@@ -385,27 +546,57 @@ impl Db {
         start: Bound<&str>,
         f: impl FnMut(&str, u64) -> bool,
     ) -> rusqlite::Result<()> {
-        scan_on(&self.conn, start, f)
+        let mut tail = self.tail.keys_from(start);
+        if let Some(job) = &self.folding {
+            // The newer change of a key wins: the tail's over the job's.
+            let older = job.rows.keys_from(start);
+            tail.extend(
+                older
+                    .into_iter()
+                    .filter(|(k, _)| self.tail.get(k).is_none()),
+            );
+            tail.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        }
+        kv_log::merge_keys(&tail, |g| scan_on(&self.conn, start, g), f)
     }
 
-    /// Writes a batch's changes and the new totals in one transaction.
-    /// When this returns `Ok`, the batch is as durable as the sync mode
-    /// promises.
+    /// Writes a batch's changes to the log, with the new totals, in one
+    /// transaction. When this returns `Ok`, the batch is as durable as
+    /// the sync mode promises.
     pub fn commit(&mut self, overlay: &Overlay) -> rusqlite::Result<()> {
+        if self.tail_full() {
+            // The fold thread is behind: wait for it (back pressure).
+            let _ = self.fold();
+        }
+        if self.tail_full() {
+            let why = self.fold_error.as_deref().unwrap_or("unknown error");
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                Some(format!(
+                    "the write log is full: folding it into the key table keeps failing ({why})"
+                )),
+            ));
+        }
         let delta = overlay.delta();
-        self.in_transaction(|conn| {
-            let mut upsert = conn.prepare_cached(UPSERT)?;
-            let mut delete = conn.prepare_cached(DELETE)?;
+        let _turn = self.turn.lock();
+        let seq = transact(&self.conn, |conn| {
+            let mut append = conn.prepare_cached(APPEND)?;
             for (key, entry) in overlay.changes() {
                 match entry {
-                    Some(e) => upsert.execute(params![
+                    Some(e) => append.execute(params![
                         key,
                         e.expires_at as i64,
                         e.value.len() as i64,
                         e.rev as i64,
                         &*e.value
                     ])?,
-                    None => delete.execute(params![key])?,
+                    None => append.execute(params![
+                        key,
+                        0i64,
+                        0i64,
+                        overlay.last_rev() as i64,
+                        Option::<&str>::None
+                    ])?,
                 };
             }
             let mut add = conn.prepare_cached(ADD_META)?;
@@ -416,29 +607,141 @@ impl Db {
                 conn.prepare_cached(RAISE_REV)?
                     .execute([overlay.last_rev() as i64])?;
             }
-            Ok(())
-        })
+            Ok(conn.last_insert_rowid())
+        })?;
+        if overlay.changes().next().is_some() {
+            self.last_seq = seq;
+        }
+        for (key, row) in overlay.changes() {
+            self.tail.record(key, row);
+        }
+        Ok(())
     }
 
-    /// Runs `f` in a write transaction (statements cached, unlike
-    /// rusqlite's `transaction`, which parses `BEGIN` and `COMMIT` each
-    /// time); rolls back if anything fails.
+    fn tail_full(&self) -> bool {
+        self.tail.len() >= TAIL_SLACK * kv_log::FOLD_ROWS
+            || self.tail.bytes() >= TAIL_SLACK * kv_log::FOLD_BYTES
+    }
+
+    /// Changes in the log not yet folded (handed to the fold thread or
+    /// not).
+    pub fn unfolded(&self) -> usize {
+        self.tail.len() + self.folding.as_ref().map_or(0, |j| j.rows.len())
+    }
+
+    /// The fold thread's progress, between batches: takes note of a
+    /// finished fold, and hands the tail over when it is due (or `idle`
+    /// and not empty) and the thread is free. Never waits. Returns the
+    /// keys of a fold that finished now.
+    pub fn fold_step(&mut self, now: Instant, idle: bool) -> usize {
+        let mut folded = 0;
+        if let (Some(folder), Some(_)) = (&self.folder, &self.folding) {
+            match folder.try_done() {
+                Some(Ok(())) => {
+                    folded = self.folding.take().map_or(0, |j| j.rows.len());
+                    self.fold_error = None;
+                }
+                Some(Err(e)) => self.failed_fold(e),
+                None => {}
+            }
+        }
+        if self.folding.is_some()
+            || self.tail.is_empty()
+            || !(idle || self.tail.due(now))
+            || self.retry_at.is_some_and(|t| now < t)
+        {
+            return folded;
+        }
+        let Some(folder) = &self.folder else {
+            if let Err(e) = self.fold() {
+                log::warn!("fold failed, will retry: {e}");
+            }
+            return folded;
+        };
+        let job = fold::Job {
+            rows: Arc::new(std::mem::take(&mut self.tail)),
+            upto: self.last_seq,
+        };
+        let again = fold::Job {
+            rows: job.rows.clone(),
+            upto: job.upto,
+        };
+        if folder.send(job) {
+            self.folding = Some(again);
+        } else {
+            // The thread is gone: fold here from now on.
+            self.folder = None;
+            self.tail = Arc::try_unwrap(again.rows).unwrap_or_else(|rows| {
+                let mut t = Tail::default();
+                for (k, r) in rows.sorted() {
+                    t.record(k, r);
+                }
+                t
+            });
+        }
+        folded
+    }
+
+    fn failed_fold(&mut self, e: String) {
+        log::error!(
+            "cannot fold {} changes of the write log into the key table, \
+             will retry (reads still see them): {e}",
+            self.unfolded()
+        );
+        self.fold_error = Some(e);
+        self.retry_at = Some(Instant::now() + FOLD_RETRY);
+    }
+
+    /// Folds everything now, on this thread: waits for the fold thread's
+    /// job (doing it here if it failed), then folds the tail. Returns how
+    /// many keys were folded here. On failure, reads still see every
+    /// change and a later fold tries again.
+    pub fn fold(&mut self) -> rusqlite::Result<usize> {
+        let mut n = 0;
+        if self.folding.is_some() {
+            let outcome = match &self.folder {
+                Some(f) => f.wait_done(),
+                None => Err("no fold thread".into()),
+            };
+            let job = self.folding.take().expect("checked above");
+            if outcome.is_err() {
+                let rows = job.rows.sorted();
+                if let Err(e) = fold::fold_rows(&self.conn, &self.turn, &rows, job.upto) {
+                    self.folding = Some(job);
+                    self.failed_fold(e.to_string());
+                    return Err(e);
+                }
+                n += rows.len();
+            }
+        }
+        if !self.tail.is_empty() {
+            let rows = self.tail.sorted();
+            let done = fold::fold_rows(&self.conn, &self.turn, &rows, self.last_seq);
+            if let Err(e) = done {
+                self.failed_fold(e.to_string());
+                return Err(e);
+            }
+            n += rows.len();
+            self.tail.clear();
+        }
+        self.fold_error = None;
+        self.retry_at = None;
+        Ok(n)
+    }
+
+    /// Runs `f` in a write transaction (see [`transact`]) in this
+    /// connection's turn.
     fn in_transaction<T>(
         &mut self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
-        self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        let done = f(&self.conn).and_then(|v| {
-            self.conn.prepare_cached("COMMIT")?.execute([])?;
-            Ok(v)
-        });
-        if done.is_err() && !self.conn.is_autocommit() {
-            let _ = self.conn.execute_batch("ROLLBACK");
-        }
-        done
+        let _turn = self.turn.lock();
+        transact(&self.conn, f)
     }
 
-    /// Up to `limit` keys whose expiry is at or before `now`, with it.
+    /// Up to `limit` keys whose expiry in `kv` is at or before `now`, with
+    /// it; keys with a change still in the log are left for a later round
+    /// (their row in `kv` is not their last word).
     pub fn expired(&self, now: u64, limit: usize) -> rusqlite::Result<Vec<(Box<str>, u64)>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT key, expires_at FROM kv WHERE expires_at > 0 AND expires_at <= ?1 LIMIT ?2",
@@ -449,7 +752,14 @@ impl Db {
                 r.get::<_, i64>(1)?.max(0) as u64,
             ))
         })?;
-        rows.collect()
+        let mut due = Vec::new();
+        for row in rows {
+            let (key, at) = row?;
+            if self.logged(&key).is_none() {
+                due.push((key, at));
+            }
+        }
+        Ok(due)
     }
 
     /// Deletes keys that still have the given expiry, each taking the
@@ -490,13 +800,20 @@ impl Db {
     /// Up to `limit` rows with their values, in key order after `after`
     /// (from the start when `None`), stopping at the first key that does
     /// not start with `prefix` (a watch's initial values; expired rows
-    /// included).
+    /// included). Reads `kv` only: the log must have been folded
+    /// ([`Db::fold`]; the writer does before each step), else this fails.
     pub fn scan_entries(
         &self,
         after: Option<&str>,
         prefix: &str,
         limit: usize,
     ) -> rusqlite::Result<Vec<(Box<str>, Entry)>> {
+        if !self.tail.is_empty() {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
+                Some("the write log must be folded before a scan of values".into()),
+            ));
+        }
         let (sql, from) = match after {
             Some(k) if k >= prefix => (
                 "SELECT key, expires_at, rev, value FROM kv WHERE key > ?1 ORDER BY key LIMIT ?2",
@@ -541,6 +858,7 @@ impl Db {
     pub fn vacuum_step(&mut self, pages: u32) -> rusqlite::Result<u64> {
         // The pragma frees one page per step (each step returns a row):
         // run it to the end.
+        let _turn = self.turn.lock();
         let mut stmt = self
             .conn
             .prepare_cached(&format!("PRAGMA incremental_vacuum({pages})"))?;
@@ -555,6 +873,9 @@ impl Db {
     /// file so that its space goes back to the file system.
     pub fn checkpoint(&self, truncate: bool) -> rusqlite::Result<()> {
         let mode = if truncate { "TRUNCATE" } else { "PASSIVE" };
+        // In turn: a TRUNCATE checkpoint waits for writers in SQLite's
+        // busy handler otherwise.
+        let _turn = self.turn.lock();
         self.conn
             .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
     }
@@ -563,6 +884,18 @@ impl Db {
     #[cfg(test)]
     pub fn make_read_only(&self) {
         self.conn.execute_batch("PRAGMA query_only = 1").unwrap();
+    }
+}
+
+/// A clean close folds the log (what a failed fold leaves there is
+/// folded when the database is opened next).
+impl Drop for Db {
+    fn drop(&mut self) {
+        if self.unfolded() > 0 {
+            if let Err(e) = self.fold() {
+                log::warn!("closing with changes still in the write log: {e}");
+            }
+        }
     }
 }
 
@@ -593,19 +926,71 @@ impl ReadDb {
         Ok(ReadDb { conn })
     }
 
-    /// The row of `key`, expired or not.
+    /// The row of `key`, expired or not: its newest change in the log,
+    /// else its row in `kv`.
     pub fn get(&self, key: &str) -> rusqlite::Result<Option<Entry>> {
-        get_on(&self.conn, key)
+        let logged = self
+            .conn
+            .prepare_cached(LOGGED)?
+            .query_row([key], |r| {
+                Ok(match r.get::<_, Option<String>>(0)? {
+                    Some(v) => Some(Entry {
+                        value: v.into_boxed_str(),
+                        expires_at: r.get::<_, i64>(1)?.max(0) as u64,
+                        rev: r.get::<_, i64>(2)?.max(0) as u64,
+                    }),
+                    None => None,
+                })
+            })
+            .optional()?;
+        match logged {
+            Some(row) => Ok(row),
+            None => get_on(&self.conn, key),
+        }
     }
 
-    /// As [`Db::scan_keys`].
+    /// As [`Db::scan_keys`] (reading the log's keys first).
     pub fn scan_keys(
         &self,
         start: Bound<&str>,
         f: impl FnMut(&str, u64) -> bool,
     ) -> rusqlite::Result<()> {
-        scan_on(&self.conn, start, f)
+        let mut last: std::collections::BTreeMap<String, Option<u64>> = Default::default();
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT key, expires_at, value IS NULL FROM kv_log ORDER BY seq")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let key = r.get::<_, String>(0)?;
+                if kv_log::in_bound(&key, start) {
+                    let deleted: bool = r.get(2)?;
+                    let at = r.get::<_, i64>(1)?.max(0) as u64;
+                    last.insert(key, (!deleted).then_some(at));
+                }
+            }
+        }
+        let tail: Vec<(&str, Option<u64>)> = last.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        kv_log::merge_keys(&tail, |g| scan_on(&self.conn, start, g), f)
     }
+}
+
+/// Runs `f` in a write transaction on `conn` (statements cached, unlike
+/// rusqlite's `transaction`, which parses `BEGIN` and `COMMIT` each
+/// time); rolls back if anything fails.
+fn transact<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let done = f(conn).and_then(|v| {
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(v)
+    });
+    if done.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    done
 }
 
 fn get_on(conn: &Connection, key: &str) -> rusqlite::Result<Option<Entry>> {
@@ -843,7 +1228,12 @@ mod tests {
             o.record(&format!("k{i}"), None, Some(100_002));
         }
         db.commit(&o).unwrap();
-        assert!(db.free_pages().unwrap() > 3000);
+        db.fold().unwrap();
+        assert!(
+            db.free_pages().unwrap() > 900,
+            "{}",
+            db.free_pages().unwrap()
+        );
         let mut steps = 0;
         while db.vacuum_step(1000).unwrap() > 0 {
             steps += 1;
@@ -855,5 +1245,106 @@ mod tests {
         let wal = dir.path().join("v.sqlite-wal");
         assert_eq!(std::fs::metadata(wal).map_or(0, |m| m.len()), 0);
         assert_eq!(db.totals().unwrap(), Totals::default());
+    }
+
+    fn count(db: &Db, table: &str) -> i64 {
+        db.conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn keys(db: &Db) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        db.scan_keys(Bound::Unbounded, |k, at| {
+            out.push((k.to_string(), at));
+            true
+        })
+        .unwrap();
+        out
+    }
+
+    /// Writes land in the log and are read from it, the fold thread moves
+    /// them into `kv` while reads go on seeing them, and a later change
+    /// of a key wins over the one being folded.
+    #[test]
+    fn the_log_is_read_before_and_while_it_is_folded() {
+        let dir = crate::testdir::TestDir::new("db-log");
+        let path = dir.path().join("l.sqlite");
+        let mut db = Db::open(&path, SyncMode::Normal).unwrap();
+        let mut o = Overlay::default();
+        o.record("a", entry("1", 0), None);
+        o.record("b", entry("2", 9), None);
+        db.commit(&o).unwrap();
+        assert_eq!((count(&db, "kv_log"), count(&db, "kv")), (2, 0));
+        assert_eq!(db.get("a").unwrap(), entry("1", 0));
+        assert_eq!(db.value_size("b").unwrap(), Some(1));
+        assert_eq!(keys(&db), [("a".into(), 0), ("b".into(), 9)]);
+        let r = ReadDb::open(&path).unwrap();
+        assert_eq!(
+            r.get("b").unwrap(),
+            entry("2", 9),
+            "another connection reads the log"
+        );
+
+        // Hand the tail to the fold thread, then change a key again.
+        assert_eq!(db.fold_step(Instant::now(), true), 0);
+        assert_eq!(db.unfolded(), 2);
+        let mut o = Overlay::default();
+        o.record("a", None, Some(1));
+        o.record("c", entry("3", 0), None);
+        db.commit(&o).unwrap();
+        assert_eq!(db.get("a").unwrap(), None, "the newer change wins");
+        assert_eq!(keys(&db), [("b".into(), 9), ("c".into(), 0)]);
+        let t0 = Instant::now();
+        while db.unfolded() > 2 && t0.elapsed() < Duration::from_secs(10) {
+            db.fold_step(Instant::now(), false);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(db.unfolded(), 2, "the first fold finished");
+        assert_eq!(r.get("a").unwrap(), None, "the log's delete hides kv's row");
+        db.fold().unwrap();
+        assert_eq!((count(&db, "kv_log"), count(&db, "kv")), (0, 2));
+        assert_eq!(db.get("a").unwrap(), None);
+        assert_eq!(db.get("c").unwrap(), entry("3", 0));
+        assert_eq!(keys(&db), [("b".into(), 9), ("c".into(), 0)]);
+        assert_eq!(r.get("c").unwrap(), entry("3", 0));
+        assert_eq!(db.totals().unwrap(), Totals { keys: 2, bytes: 4 });
+    }
+
+    /// What a crash leaves in the log is folded when the file is opened
+    /// again; the purge leaves keys with a logged change alone.
+    #[test]
+    fn a_crash_leaves_nothing_behind_in_the_log() {
+        let dir = crate::testdir::TestDir::new("db-crash");
+        let path = dir.path().join("c.sqlite");
+        let copy = dir.path().join("copy.sqlite");
+        let mut db = Db::open(&path, SyncMode::Normal).unwrap();
+        let mut o = Overlay::default();
+        o.record("old", entry("1", 5), None);
+        db.commit(&o).unwrap();
+        db.fold().unwrap();
+        let mut o = Overlay::default();
+        o.record("old", entry("2", 0), Some(1));
+        o.record("new", entry("3", 0), None);
+        db.commit(&o).unwrap();
+        assert!(
+            db.expired(100, 10).unwrap().is_empty(),
+            "old has a newer change"
+        );
+        // A crash: the files as they are now, nothing folded.
+        for ext in ["", "-wal"] {
+            let from = format!("{}{ext}", path.display());
+            let to = format!("{}{ext}", copy.display());
+            if std::path::Path::new(&from).exists() {
+                std::fs::copy(from, to).unwrap();
+            }
+        }
+        let again = Db::open(&copy, SyncMode::Normal).unwrap();
+        assert_eq!(count(&again, "kv_log"), 0, "folded at open");
+        assert_eq!(again.unfolded(), 0);
+        assert_eq!(again.get("old").unwrap(), entry("2", 0));
+        assert_eq!(again.get("new").unwrap(), entry("3", 0));
+        assert_eq!(again.totals().unwrap(), Totals { keys: 2, bytes: 8 });
+        assert!(again.expired(100, 10).unwrap().is_empty());
     }
 }
