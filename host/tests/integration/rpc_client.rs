@@ -14,11 +14,27 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-/// A peer that accepts one connection and, for each step, first reads the
-/// number of request lines it asks for, then writes its bytes (waiting
-/// the pause first). After the last step it closes the connection at once
-/// (`close`) or when the client does.
-fn scripted(steps: Vec<(usize, Duration, &'static str)>, close: bool) -> SocketAddr {
+/// One step of a scripted peer: it reads `requests` lines, waits `pause`,
+/// then writes `bytes`.
+struct Step {
+    requests: usize,
+    pause: Duration,
+    bytes: String,
+}
+
+/// A step that answers `requests` lines at once with `lines`, each ended
+/// by a newline.
+fn answer(requests: usize, lines: &[&str]) -> Step {
+    Step {
+        requests,
+        pause: Duration::ZERO,
+        bytes: lines.iter().map(|l| format!("{l}\n")).collect(),
+    }
+}
+
+/// A peer that accepts one connection and plays `steps`. After the last
+/// one it closes the connection at once (`close`) or when the client does.
+fn scripted(steps: Vec<Step>, close: bool) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     thread::spawn(move || {
@@ -28,25 +44,28 @@ fn scripted(steps: Vec<(usize, Duration, &'static str)>, close: bool) -> SocketA
             .unwrap();
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut out = stream;
-        for (requests, pause, bytes) in steps {
-            for _ in 0..requests {
-                let mut line = String::new();
+        let mut line = String::new();
+        for step in steps {
+            for _ in 0..step.requests {
                 if reader.read_line(&mut line).unwrap_or(0) == 0 {
                     return;
                 }
             }
-            thread::sleep(pause);
-            if out.write_all(bytes.as_bytes()).is_err() {
+            thread::sleep(step.pause);
+            if out.write_all(step.bytes.as_bytes()).is_err() {
                 return;
             }
         }
-        let mut rest = String::new();
-        while !close && reader.read_line(&mut rest).unwrap_or(0) > 0 {}
+        while !close && reader.read_line(&mut line).unwrap_or(0) > 0 {}
     });
     addr
 }
 
-const NOW: Duration = Duration::ZERO;
+/// A client of a peer that answers its first `requests` lines with
+/// `lines`, then waits for the client to close.
+fn answered(requests: usize, lines: &[&str]) -> Rpc {
+    Rpc::connect(scripted(vec![answer(requests, lines)], false))
+}
 
 /// The message of the panic `f` ends in.
 fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
@@ -59,26 +78,16 @@ fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
 
 #[test]
 fn notifications_before_a_reply_are_kept_in_order() {
-    let addr = scripted(
-        vec![(
-            1,
-            NOW,
-            concat!(
-                r#"{"jsonrpc":"2.0","method":"a","params":1}"#,
-                "\n",
-                r#"{"jsonrpc":"2.0","method":"b","params":2}"#,
-                "\n",
-                r#"{"jsonrpc":"2.0","method":"a","params":3}"#,
-                "\n",
-                r#"{"jsonrpc":"2.0","result":"pong","id":1}"#,
-                "\n",
-                r#"{"jsonrpc":"2.0","method":"a","params":4}"#,
-                "\n",
-            ),
-        )],
-        false,
+    let mut c = answered(
+        1,
+        &[
+            r#"{"jsonrpc":"2.0","method":"a","params":1}"#,
+            r#"{"jsonrpc":"2.0","method":"b","params":2}"#,
+            r#"{"jsonrpc":"2.0","method":"a","params":3}"#,
+            r#"{"jsonrpc":"2.0","result":"pong","id":1}"#,
+            r#"{"jsonrpc":"2.0","method":"a","params":4}"#,
+        ],
     );
-    let mut c = Rpc::connect(addr);
     assert_eq!(c.ok("sys.ping", json!([])), "pong");
     let wait = Duration::from_secs(5);
     assert_eq!(c.notification("a", wait), 1);
@@ -90,22 +99,14 @@ fn notifications_before_a_reply_are_kept_in_order() {
 
 #[test]
 fn replies_read_while_waiting_for_a_notification_are_kept() {
-    let addr = scripted(
-        vec![(
-            2,
-            NOW,
-            concat!(
-                r#"{"jsonrpc":"2.0","result":"first","id":1}"#,
-                "\n",
-                r#"[{"jsonrpc":"2.0","result":1,"id":"x"}]"#,
-                "\n",
-                r#"{"jsonrpc":"2.0","method":"n","params":{"k":"v"}}"#,
-                "\n",
-            ),
-        )],
-        false,
+    let mut c = answered(
+        2,
+        &[
+            r#"{"jsonrpc":"2.0","result":"first","id":1}"#,
+            r#"[{"jsonrpc":"2.0","result":1,"id":"x"}]"#,
+            r#"{"jsonrpc":"2.0","method":"n","params":{"k":"v"}}"#,
+        ],
     );
-    let mut c = Rpc::connect(addr);
     let id = c.start("m", json!([]));
     c.send_line(r#"[{"jsonrpc":"2.0","method":"m","id":"x"}]"#);
     assert_eq!(
@@ -119,47 +120,45 @@ fn replies_read_while_waiting_for_a_notification_are_kept() {
 
 #[test]
 fn a_partial_line_survives_a_timeout() {
-    let addr = scripted(
-        vec![
-            (0, NOW, r#"{"jsonrpc":"2.0","met"#),
-            (
-                0,
-                Duration::from_millis(300),
-                "hod\":\"late\",\"params\":7}\n",
-            ),
-        ],
-        false,
-    );
-    let mut c = Rpc::connect(addr);
+    let head = Step {
+        requests: 0,
+        pause: Duration::ZERO,
+        bytes: r#"{"jsonrpc":"2.0","met"#.to_string(),
+    };
+    let tail = Step {
+        requests: 0,
+        pause: Duration::from_millis(300),
+        bytes: "hod\":\"late\",\"params\":7}\n".to_string(),
+    };
+    let mut c = Rpc::connect(scripted(vec![head, tail], false));
     assert_eq!(c.try_notification("late", Duration::from_millis(50)), None);
     assert_eq!(c.notification("late", Duration::from_secs(5)), 7);
 }
 
 #[test]
 fn a_wrong_reply_or_a_bad_line_fails_with_what_came() {
-    let addr = scripted(
-        vec![(1, NOW, "{\"jsonrpc\":\"2.0\",\"result\":0,\"id\":7}\n")],
+    let call_on = |steps: Vec<Step>, close: bool| {
+        let addr = scripted(steps, close);
+        panic_message(move || {
+            Rpc::connect(addr).call("m", json!([]));
+        })
+    };
+    let msg = call_on(
+        vec![answer(1, &[r#"{"jsonrpc":"2.0","result":0,"id":7}"#])],
         false,
     );
-    let msg = panic_message(|| {
-        Rpc::connect(addr).call("m", json!([]));
-    });
     assert!(msg.contains("expected the reply to 1"), "{msg}");
     assert!(msg.contains(r#""id":7"#), "{msg}");
 
-    let addr = scripted(vec![(1, NOW, "not json\n")], false);
-    let msg = panic_message(|| {
-        Rpc::connect(addr).call("m", json!([]));
-    });
+    let msg = call_on(vec![answer(1, &["not json"])], false);
     assert!(msg.contains("\"not json\" is not JSON"), "{msg}");
 
-    let addr = scripted(
-        vec![(1, NOW, r#"{"jsonrpc":"2.0","method":"n","params":1}"#)],
-        true,
-    );
-    let msg = panic_message(|| {
-        Rpc::connect(addr).call("m", json!([]));
-    });
+    let partial = Step {
+        requests: 1,
+        pause: Duration::ZERO,
+        bytes: r#"{"jsonrpc":"2.0","method":"n","params":1}"#.to_string(),
+    };
+    let msg = call_on(vec![partial], true);
     assert!(msg.contains("connection closed"), "{msg}");
     assert!(
         msg.contains(r#"\"method\":\"n\""#),
@@ -169,15 +168,8 @@ fn a_wrong_reply_or_a_bad_line_fails_with_what_came() {
 
 #[test]
 fn a_missing_notification_fails_in_bounded_time() {
-    let addr = scripted(
-        vec![(
-            0,
-            NOW,
-            "{\"jsonrpc\":\"2.0\",\"method\":\"other\",\"params\":1}\n",
-        )],
-        false,
-    );
-    let mut c = Rpc::connect(addr);
+    let other = r#"{"jsonrpc":"2.0","method":"other","params":1}"#;
+    let mut c = answered(0, &[other]);
     let t = Instant::now();
     let msg = panic_message(std::panic::AssertUnwindSafe(|| {
         c.notification("wanted", Duration::from_millis(200));
