@@ -56,6 +56,18 @@ impl Rpc {
         self.c.stream.local_addr().unwrap()
     }
 
+    /// The connection underneath, for byte-level checks (a write that may
+    /// fail, the close that must follow). Messages kept here are not in it.
+    pub fn raw(&mut self) -> &mut Client {
+        &mut self.c
+    }
+
+    /// Whether anything is unread: kept here, or already arrived on the
+    /// socket (does not wait).
+    pub fn has_unread(&self) -> bool {
+        !self.unclaimed.is_empty() || self.c.has_data()
+    }
+
     /// Writes `bytes` as they are (no newline added).
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.c.send(bytes);
