@@ -34,6 +34,16 @@ fn is_notification(v: &Value) -> bool {
     v.get("method").is_some()
 }
 
+/// `params` as text for a failure message, cut at 300 characters (the
+/// hostile tests send values of megabytes).
+fn shown(params: &Value) -> String {
+    let text = params.to_string();
+    match text.char_indices().nth(300) {
+        Some((i, _)) => format!("{}... ({} bytes)", &text[..i], text.len()),
+        None => text,
+    }
+}
+
 impl Rpc {
     /// Connects to the rpc module's raw TCP transport at `addr`.
     pub fn connect(addr: SocketAddr) -> Rpc {
@@ -122,17 +132,19 @@ impl Rpc {
 
     /// The result of a call that must succeed.
     pub fn ok(&mut self, method: &str, params: Value) -> Value {
-        let r = self.call(method, params.clone());
-        assert!(r.get("error").is_none(), "{method} {params}: {r}");
+        let shown = shown(&params);
+        let r = self.call(method, params);
+        assert!(r.get("error").is_none(), "{method} {shown}: {r}");
         r["result"].clone()
     }
 
     /// The error of a call that must fail: (code, message).
     pub fn err(&mut self, method: &str, params: Value) -> (i64, String) {
-        let r = self.call(method, params.clone());
+        let shown = shown(&params);
+        let r = self.call(method, params);
         let code = r["error"]["code"]
             .as_i64()
-            .unwrap_or_else(|| panic!("{method} {params}: expected an error, got {r}"));
+            .unwrap_or_else(|| panic!("{method} {shown}: expected an error, got {r}"));
         let message = r["error"]["message"].as_str().unwrap_or("").to_string();
         (code, message)
     }
