@@ -21,63 +21,12 @@
 # integration test `browser_shows_bus_messages` runs it when Chromium exists.
 set -euo pipefail
 
-cd "$(dirname "$0")/../.."
-repo="$PWD"
-out="$repo/bench/out/browser"
-shot="${SCREENSHOT:-$out/bus.png}"
-
-log() { printf 'browser-check: %s\n' "$*" >&2; }
-die() { log "FAILED: $*"; exit 1; }
-
-chromium="${CHROMIUM:-}"
-if [[ -z $chromium ]]; then
-    chromium="$(command -v chromium || command -v chromium-browser || true)"
-fi
-if [[ -z $chromium || ! -x $chromium ]]; then
-    log "skipped: no chromium (apt-get install chromium)"
-    exit 77
-fi
-
-mkdir -p "$out" "$(dirname "$shot")"
-work="$(mktemp -d)"
-sy_pid=""
-pub_pid=""
-# Keeps the script's own exit status: without `set +e`, the `wait` on a
-# job killed by TERM (status 143) would end the trap, and the script, with
-# that status.
-cleanup() {
-    local rc=$?
-    set +e
-    [[ -n $pub_pid ]] && kill -TERM "$pub_pid" 2>/dev/null && wait "$pub_pid" 2>/dev/null
-    [[ -n $sy_pid ]] && kill -TERM "$sy_pid" 2>/dev/null && wait "$sy_pid" 2>/dev/null
-    rm -rf "$work"
-    exit "$rc"
-}
-trap cleanup EXIT
+# shellcheck source=tests/browser/lib.sh
+source "$(dirname "$0")/lib.sh"
+browser_check_begin bus
 
 url="${1:-}"
-if [[ -z $url ]]; then
-    bin="$repo/target/release/switchyard"
-    [[ -x $bin && -f modules/rpc.so && -f modules/http.so ]] || die "run 'make build' first"
-    mkdir -p "$work/modules" "$work/data"
-    cp modules/http.so modules/rpc.so "$work/modules/"
-    printf '[modules.http]\nroot = "%s"\n' "$repo/static_html" >"$work/switchyard.toml"
-    # Created here, not by the background job's redirections: the loop
-    # below may read them before that job has started.
-    : >"$work/stdout"
-    : >"$work/stderr"
-    RUST_LOG=warn "$bin" -port 0 --bind 127.0.0.1 --modules "$work/modules" \
-        --data-dir "$work/data" --config "$work/switchyard.toml" >"$work/stdout" 2>"$work/stderr" &
-    sy_pid=$!
-    for ((i = 0; i < 200; i++)); do
-        addr="$(sed -n 's/^listening on //p' "$work/stdout" | head -n1)"
-        [[ -n $addr ]] && break
-        kill -0 "$sy_pid" 2>/dev/null || die "switchyard exited: $(tail -n 5 "$work/stderr")"
-        sleep 0.05
-    done
-    [[ -n ${addr:-} ]] || die "switchyard did not start"
-    url="http://$addr"
-fi
+[[ -n $url ]] || start_switchyard rpc
 
 code="$(curl -s -o /dev/null -w '%{http_code}' "$url/bus/")"
 [[ $code == 200 ]] || die "GET /bus/ -> $code"
@@ -91,7 +40,7 @@ code="$(curl -s -o /dev/null -w '%{http_code}' "$url/bus/")"
         sleep 0.1
     done
 ) &
-pub_pid=$!
+stop_at_exit $!
 
 # Chromium's --dump-dom runs on virtual time, which races ahead while the
 # page only waits for WebSocket messages; cdp_wait.py drives it over the

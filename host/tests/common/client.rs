@@ -4,7 +4,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Longest any single socket read may block.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,6 +82,38 @@ impl Client {
         }
     }
 
+    /// Reads one line (without its line ending) if it completes within
+    /// `wait`: `Ok(None)` when it does not (what came of it stays
+    /// buffered), `Err` when the connection ends or fails first.
+    pub fn read_line_within(&mut self, wait: Duration) -> Result<Option<String>, String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(line) = self.take_line() {
+                return Ok(Some(line));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let filled = self.read_more();
+            self.stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            match filled {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(format!(
+                        "connection closed before a full line; got {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    ))
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(self.read_error(&e)),
+            }
+        }
+    }
+
     /// Whether response bytes are already waiting (does not block).
     pub fn has_data(&self) -> bool {
         if !self.buf.is_empty() {
@@ -121,7 +153,7 @@ impl<S: Read + Write> Client<S> {
     }
 
     /// Reads more bytes into the buffer; `Ok(false)` on EOF.
-    fn try_fill(&mut self) -> Result<bool, String> {
+    fn read_more(&mut self) -> std::io::Result<bool> {
         let mut chunk = [0u8; 64 * 1024];
         loop {
             match self.stream.read(&mut chunk) {
@@ -133,14 +165,22 @@ impl<S: Read + Write> Client<S> {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 // A TLS session closed without close_notify.
                 Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(false),
-                Err(e) => {
-                    return Err(format!(
-                        "read from server: {e} (buffered so far: {:?})",
-                        String::from_utf8_lossy(&self.buf)
-                    ))
-                }
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// A read error told with what was buffered before it.
+    fn read_error(&self, e: &std::io::Error) -> String {
+        format!(
+            "read from server: {e} (buffered so far: {:?})",
+            String::from_utf8_lossy(&self.buf)
+        )
+    }
+
+    /// Like [`Client::read_more`], the error told as text.
+    fn try_fill(&mut self) -> Result<bool, String> {
+        self.read_more().map_err(|e| self.read_error(&e))
     }
 
     /// Reads more bytes into the buffer; false on EOF, panics on error.
@@ -148,13 +188,20 @@ impl<S: Read + Write> Client<S> {
         self.try_fill().unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Takes one whole buffered line (through `\n`) without its line
+    /// ending, if there is one.
+    fn take_line(&mut self) -> Option<String> {
+        let i = self.buf.iter().position(|&b| b == b'\n')?;
+        let line: Vec<u8> = self.buf.drain(..=i).collect();
+        let s = String::from_utf8_lossy(&line);
+        Some(s.trim_end_matches(['\r', '\n']).to_string())
+    }
+
     /// Reads one line (through `\n`), returned without the line ending.
     pub fn read_line(&mut self) -> String {
         loop {
-            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=i).collect();
-                let s = String::from_utf8_lossy(&line).into_owned();
-                return s.trim_end_matches(['\r', '\n']).to_string();
+            if let Some(line) = self.take_line() {
+                return line;
             }
             if !self.fill() {
                 panic!(
@@ -169,10 +216,8 @@ impl<S: Read + Write> Client<S> {
     /// timeout) instead of panicking.
     pub fn try_read_line(&mut self) -> Result<String, String> {
         loop {
-            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=i).collect();
-                let s = String::from_utf8_lossy(&line).into_owned();
-                return Ok(s.trim_end_matches(['\r', '\n']).to_string());
+            if let Some(line) = self.take_line() {
+                return Ok(line);
             }
             if !self.try_fill()? {
                 return Err(format!(

@@ -10,6 +10,8 @@
 //! * `server`: starting the binary ([`ServerBuilder`], [`Server`]) and the
 //!   paths it uses (workspace, module files, temporary directories).
 //! * `client`: [`Client`] and the HTTP [`Response`] it reads.
+//! * `rpc`: [`Rpc`], the JSON-RPC client of the rpc module's line
+//!   transport, and the `POST /rpc` helpers.
 //! * `status`: the parsed `STATUS` and `RELOAD` replies.
 //! * `upstreams`: upstream servers for the proxy tests.
 //! * `random`: deterministic test data and the hash that checks it.
@@ -19,12 +21,14 @@
 pub mod client;
 pub mod process;
 pub mod random;
+pub mod rpc;
 pub mod server;
 pub mod status;
 pub mod supervision;
 pub mod upstreams;
 
 pub use client::*;
+pub use rpc::*;
 pub use server::*;
 pub use status::*;
 pub use {process::*, random::*, upstreams::*};

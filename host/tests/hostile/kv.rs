@@ -30,45 +30,6 @@ fn kv_server(tag: &str, db: &Path, extra: &str) -> Server {
     ServerBuilder::new(&["rpc"]).tag(tag).toml(&toml).start()
 }
 
-/// A raw TCP JSON-RPC connection with requests numbered from 1.
-struct Rpc {
-    c: Client,
-    id: u64,
-}
-
-impl Rpc {
-    fn new(s: &Server) -> Rpc {
-        Rpc {
-            c: s.connect(),
-            id: 0,
-        }
-    }
-
-    fn line(&mut self, method: &str, params: Value) -> String {
-        self.id += 1;
-        let mut l = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": self.id})
-            .to_string();
-        l.push('\n');
-        l
-    }
-
-    fn call(&mut self, method: &str, params: Value) -> Value {
-        let l = self.line(method, params);
-        self.c.send(l.as_bytes());
-        let reply = self.c.read_line();
-        let v: Value = serde_json::from_str(&reply)
-            .unwrap_or_else(|e| panic!("reply {reply:?} is not JSON: {e}"));
-        assert_eq!(v["id"], self.id, "{v}");
-        v
-    }
-
-    fn ok(&mut self, method: &str, params: Value) -> Value {
-        let v = self.call(method, params.clone());
-        assert!(v.get("error").is_none(), "{method} {params}: {v}");
-        v["result"].clone()
-    }
-}
-
 /// A JSON string value of `n` bytes (quotes included).
 fn value(n: usize, fill: char) -> String {
     format!("\"{}\"", fill.to_string().repeat(n - 2))
@@ -106,7 +67,7 @@ fn kv_limits_answer_with_an_error_naming_the_limit() {
         &dir.join("kv.sqlite"),
         "max_value_bytes = 1000\nmax_keys = 3\nmax_total_bytes = 2500\nmax_key_bytes = 16",
     );
-    let mut c = Rpc::new(&s);
+    let mut c = Rpc::connect(s.addr);
     let big = value(1001, 'b');
     let v = c.call(
         "kv.set",
@@ -186,7 +147,7 @@ fn a_big_database_is_served_at_once_without_holding_it() {
 
     let started = Instant::now();
     let s = kv_server("kv-big", &db, "cache_bytes = 16777216");
-    let mut c = Rpc::new(&s);
+    let mut c = Rpc::connect(s.addr);
     let first = c.call("kv.get", json!(["big:7"]));
     let ready = started.elapsed();
     assert_eq!(first["result"].as_str().map(str::len), Some(SIZE - 2));
@@ -269,7 +230,7 @@ fn deleted_data_is_given_back_to_the_file_system() {
             acked
         })
     };
-    let mut c = Rpc::new(&s);
+    let mut c = Rpc::connect(s.addr);
     for i in 0..VALUES {
         assert_eq!(c.ok("kv.del", json!([format!("del:{i}")])), true);
     }

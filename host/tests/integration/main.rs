@@ -35,6 +35,7 @@ pub mod routing;
 pub mod rpc;
 pub mod rpc_access;
 pub mod rpc_bus;
+pub mod rpc_client;
 pub mod rpc_kv;
 pub mod rpc_streams;
 pub mod rpc_ws;

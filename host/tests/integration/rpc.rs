@@ -19,93 +19,17 @@ fn rpc_server() -> Server {
     ServerBuilder::new(&["http", "rpc"]).tag("rpc").start()
 }
 
-/// A raw TCP JSON-RPC connection.
-struct Line {
-    c: Client,
-    next_id: u64,
-}
-
-impl Line {
-    fn new(s: &Server) -> Line {
-        Line {
-            c: s.connect(),
-            next_id: 0,
-        }
-    }
-
-    /// Sends `text` plus a newline.
-    fn send(&mut self, text: &str) {
-        self.c.send(format!("{text}\n").as_bytes());
-    }
-
-    /// Reads one reply line as JSON.
-    fn reply(&mut self) -> Value {
-        let line = self.c.read_line();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?} is not JSON: {e}"))
-    }
-
-    fn request(&mut self, method: &str, params: Value) -> (u64, String) {
-        self.next_id += 1;
-        let req = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": self.next_id});
-        (self.next_id, req.to_string())
-    }
-
-    /// Calls a method and returns the whole reply (its id checked).
-    fn call(&mut self, method: &str, params: Value) -> Value {
-        let (id, req) = self.request(method, params);
-        self.send(&req);
-        let r = self.reply();
-        assert_eq!(r["jsonrpc"], "2.0", "{r}");
-        assert_eq!(r["id"], id, "reply to {req}: {r}");
-        r
-    }
-
-    /// The result of a call that must succeed.
-    fn ok(&mut self, method: &str, params: Value) -> Value {
-        let r = self.call(method, params.clone());
-        assert!(r.get("error").is_none(), "{method} {params}: {r}");
-        r["result"].clone()
-    }
-
-    /// The error code of a call that must fail.
-    fn err(&mut self, method: &str, params: Value) -> i64 {
-        let r = self.call(method, params.clone());
-        r["error"]["code"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("{method} {params}: expected an error, got {r}"))
-    }
-}
-
-/// POSTs a JSON-RPC body to `/rpc` on a new connection.
-fn post(s: &Server, body: &str) -> Response {
-    s.request(format!(
-        "POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    ))
-}
-
-/// Calls a method over HTTP and returns the whole reply.
-fn http_call(s: &Server, method: &str, params: Value) -> Value {
-    let req = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": "h"});
-    let resp = post(s, &req.to_string());
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    assert_eq!(resp.header("content-type"), Some("application/json"));
-    let v: Value = serde_json::from_slice(&resp.body).unwrap();
-    assert_eq!(v["id"], "h");
-    v
-}
-
 /// Every method on both transports, with the same expectations.
 #[test]
 fn every_method_on_raw_tcp_and_http() {
     let s = rpc_server();
-    let mut line = Line::new(&s);
+    let mut line = Rpc::connect(s.addr);
     for transport in ["raw", "http"] {
         let mut call = |method: &str, params: Value| -> Value {
             if transport == "raw" {
                 line.call(method, params)
             } else {
-                http_call(&s, method, params)
+                http_call(s.addr, method, params)
             }
         };
         let mut ok = |method: &str, params: Value| -> Value {
@@ -226,7 +150,7 @@ fn every_method_on_raw_tcp_and_http() {
     assert_eq!(line.ok("bus.unsubscribe", json!({"topics": ["y"]})), 1);
     assert_eq!(line.ok("bus.unsubscribe", json!({})), 0);
     assert_eq!(
-        http_call(&s, "bus.subscribe", json!({"topics": ["x"]}))["error"]["code"],
+        http_call(s.addr, "bus.subscribe", json!({"topics": ["x"]}))["error"]["code"],
         -32030
     );
     // Both transports see the same data.
@@ -236,14 +160,14 @@ fn every_method_on_raw_tcp_and_http() {
 #[test]
 fn batches_and_notifications() {
     let s = rpc_server();
-    let mut l = Line::new(&s);
+    let mut l = Rpc::connect(s.addr);
     let batch = r#"[{"jsonrpc":"2.0","method":"kv.set","params":["bk",1]},{"jsonrpc":"2.0","method":"kv.incr","params":["bk"],"id":"a"},{"jsonrpc":"2.0","method":"nope","id":2},7,{"jsonrpc":"2.0","method":"kv.get","params":["bk"],"id":3}]"#;
     for transport in ["raw", "http"] {
         let v: Value = if transport == "raw" {
-            l.send(batch);
-            l.reply()
+            l.send_line(batch);
+            l.read()
         } else {
-            let r = post(&s, batch);
+            let r = post_rpc(s.addr, batch, &[]);
             assert_eq!(r.status, 200);
             serde_json::from_slice(&r.body).unwrap()
         };
@@ -263,15 +187,15 @@ fn batches_and_notifications() {
     // Notifications only: nothing on raw TCP (the next reply is the
     // ping's), 204 on HTTP; their effects happen all the same.
     let notes = r#"[{"jsonrpc":"2.0","method":"kv.set","params":["nk",1]},{"jsonrpc":"2.0","method":"kv.incr","params":["nk"]}]"#;
-    l.send(notes);
-    l.send(r#"{"jsonrpc":"2.0","method":"kv.incr","params":["nk"]}"#);
-    l.send(r#"{"jsonrpc":"2.0","method":"no.such.method"}"#);
+    l.send_line(notes);
+    l.send_line(r#"{"jsonrpc":"2.0","method":"kv.incr","params":["nk"]}"#);
+    l.send_line(r#"{"jsonrpc":"2.0","method":"no.such.method"}"#);
     assert_eq!(l.ok("kv.get", json!(["nk"])), 3);
-    let r = post(&s, notes);
+    let r = post_rpc(s.addr, notes, &[]);
     assert_eq!(r.status, 204, "{}", r.text());
     assert!(r.body.is_empty());
     assert_eq!(l.ok("kv.get", json!(["nk"])), 2);
-    assert!(!l.c.has_data());
+    assert!(!l.has_unread());
 }
 
 #[test]
@@ -280,10 +204,10 @@ fn every_error_code() {
         .tag("rpc-errors")
         .toml("[modules.rpc]\nmax_subscriptions = 2\nmax_line_bytes = 4096\nmax_batch = 3")
         .start();
-    let mut l = Line::new(&s);
-    let raw = |l: &mut Line, text: &str| -> Value {
-        l.send(text);
-        l.reply()
+    let mut l = Rpc::connect(s.addr);
+    let raw = |l: &mut Rpc, text: &str| -> Value {
+        l.send_line(text);
+        l.read()
     };
     let code = |v: &Value| v["error"]["code"].as_i64().unwrap_or_else(|| panic!("{v}"));
     // -32700: not JSON, anywhere on the connection; the id is null.
@@ -311,34 +235,40 @@ fn every_error_code() {
         assert_eq!(code(&raw(&mut l, bad)), -32600, "{bad}");
     }
     // -32601, -32602.
-    assert_eq!(l.err("kv.frobnicate", json!({})), -32601);
-    assert_eq!(l.err("kv.get", json!({"kee": "a"})), -32602);
+    assert_eq!(l.err("kv.frobnicate", json!({})).0, -32601);
+    assert_eq!(l.err("kv.get", json!({"kee": "a"})).0, -32602);
     assert_eq!(
-        l.err("kv.set", json!({"key": "a", "value": 1, "ttl": 5})),
+        l.err("kv.set", json!({"key": "a", "value": 1, "ttl": 5})).0,
         -32602
     );
-    assert_eq!(l.err("kv.set", json!({"key": "a", "value": null})), -32602);
-    assert_eq!(l.err("kv.set", json!({"key": "", "value": 1})), -32602);
     assert_eq!(
-        l.err("bus.publish", json!({"topic": "a.*", "data": 1})),
+        l.err("kv.set", json!({"key": "a", "value": null})).0,
         -32602
     );
-    assert_eq!(l.err("bus.subscribe", json!({"topics": ["a..b"]})), -32602);
+    assert_eq!(l.err("kv.set", json!({"key": "", "value": 1})).0, -32602);
+    assert_eq!(
+        l.err("bus.publish", json!({"topic": "a.*", "data": 1})).0,
+        -32602
+    );
+    assert_eq!(
+        l.err("bus.subscribe", json!({"topics": ["a..b"]})).0,
+        -32602
+    );
     // Server codes.
     assert_eq!(l.ok("kv.set", json!(["s", "not a number"])), true);
-    assert_eq!(l.err("kv.incr", json!(["s"])), -32010);
+    assert_eq!(l.err("kv.incr", json!(["s"])).0, -32010);
     assert_eq!(l.ok("kv.set", json!(["big", i64::MAX])), true);
-    assert_eq!(l.err("kv.incr", json!(["big"])), -32011);
+    assert_eq!(l.err("kv.incr", json!(["big"])).0, -32011);
     assert_eq!(
-        http_call(&s, "bus.unsubscribe", json!({}))["error"]["code"],
+        http_call(s.addr, "bus.unsubscribe", json!({}))["error"]["code"],
         -32030
     );
     assert_eq!(l.ok("bus.subscribe", json!(["a", "b"])), 2);
-    assert_eq!(l.err("bus.subscribe", json!(["c"])), -32031);
+    assert_eq!(l.err("bus.subscribe", json!(["c"])).0, -32031);
     // None of that closed the connection.
     assert_eq!(l.ok("sys.ping", json!([])), "pong");
     // HTTP: the same codes in a 200 body; HTTP-level problems as statuses.
-    let r = post(&s, "{nope");
+    let r = post_rpc(s.addr, "{nope", &[]);
     assert_eq!(r.status, 200);
     assert_eq!(
         serde_json::from_slice::<Value>(&r.body).unwrap()["error"]["code"],
@@ -352,26 +282,26 @@ fn every_error_code() {
     assert_eq!(r.status, 413);
     // -32040: a line over the limit is answered, then the connection closes;
     // replies to earlier pipelined requests still arrive first.
-    let mut big = Line::new(&s);
+    let mut big = Rpc::connect(s.addr);
     let huge = format!(
         r#"{{"jsonrpc":"2.0","method":"kv.set","params":["h","{}"],"id":9}}"#,
         "x".repeat(5000)
     );
-    big.c.send_lenient(
+    big.raw().send_lenient(
         format!("{{\"jsonrpc\":\"2.0\",\"method\":\"sys.ping\",\"id\":1}}\n{huge}\n").as_bytes(),
     );
-    assert_eq!(big.reply()["result"], "pong");
-    let v = big.reply();
+    assert_eq!(big.read()["result"], "pong");
+    let v = big.read();
     assert_eq!(code(&v), -32040, "{v}");
-    big.c.expect_closed(Duration::from_secs(5)).unwrap();
+    big.raw().expect_closed(Duration::from_secs(5)).unwrap();
     assert_eq!(l.ok("kv.get", json!(["h"])), Value::Null);
     // -32001: while the module is gone, the host answers its prefixes.
     s.remove_module("rpc");
     let reply = s.admin("RELOAD");
     assert!(reply.contains("OK rpc removed"), "{reply}");
-    let mut gone = Line::new(&s);
-    gone.send(r#"{"jsonrpc":"2.0","method":"sys.ping","id":1}"#);
-    let v = gone.reply();
+    let mut gone = Rpc::connect(s.addr);
+    gone.send_line(r#"{"jsonrpc":"2.0","method":"sys.ping","id":1}"#);
+    let v = gone.read();
     assert_eq!(code(&v), -32001, "{v}");
     assert_eq!(v["error"]["message"], "service unavailable, retry");
 }
@@ -381,7 +311,7 @@ fn every_error_code() {
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     let s = rpc_server();
-    let mut l = Line::new(&s);
+    let mut l = Rpc::connect(s.addr);
     let mut text = String::new();
     let n = 3000;
     for i in 0..n {
@@ -397,11 +327,11 @@ fn pipelined_requests_are_answered_in_order() {
         text.push('\n');
     }
     let writer = {
-        let mut stream = l.c.stream.try_clone().unwrap();
+        let mut stream = l.raw().stream.try_clone().unwrap();
         thread::spawn(move || stream.write_all(text.as_bytes()).unwrap())
     };
     for i in 0..n {
-        let v = l.reply();
+        let v = l.read();
         assert_eq!(v["id"], i, "reply {i} out of order: {v}");
         let want = match i % 6 {
             0 | 1 => json!(i / 6 + 1),
@@ -429,7 +359,7 @@ fn pipelined_requests_are_answered_in_order() {
 #[test]
 fn big_values_after_writes() {
     let s = rpc_server();
-    let mut l = Line::new(&s);
+    let mut l = Rpc::connect(s.addr);
     let big = "b".repeat(300 * 1024);
     let mut text = String::new();
     for i in 0..8 {
@@ -442,12 +372,12 @@ fn big_values_after_writes() {
         text.push('\n');
     }
     let writer = {
-        let mut stream = l.c.stream.try_clone().unwrap();
+        let mut stream = l.raw().stream.try_clone().unwrap();
         thread::spawn(move || stream.write_all(text.as_bytes()).unwrap())
     };
     for i in 0..8 {
-        assert_eq!(l.reply()["id"], format!("s{i}"));
-        let v = l.reply();
+        assert_eq!(l.read()["id"], format!("s{i}"));
+        let v = l.read();
         assert_eq!(v["id"], i);
         assert_eq!(v["result"].as_str().map(str::len), Some(big.len()));
     }
@@ -480,18 +410,18 @@ fn replies_reach_a_client_that_half_closed() {
 #[test]
 fn requests_split_across_packets() {
     let s = rpc_server();
-    let mut l = Line::new(&s);
+    let mut l = Rpc::connect(s.addr);
     for piece in [
         r#"{"jsonrpc":"2.0","me"#,
         r#"thod":"kv.set","params":["sp""#,
         ",7],\"id\":1}\n{\"jsonrpc\"",
     ] {
-        l.c.send(piece.as_bytes());
+        l.send_raw(piece.as_bytes());
         thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(l.reply()["result"], true);
-    l.c.send(b":\"2.0\",\"method\":\"kv.get\",\"params\":[\"sp\"],\"id\":2}\n");
-    assert_eq!(l.reply()["result"], 7);
+    assert_eq!(l.read()["result"], true);
+    l.send_raw(b":\"2.0\",\"method\":\"kv.get\",\"params\":[\"sp\"],\"id\":2}\n");
+    assert_eq!(l.read()["result"], 7);
 
     let body = r#"{"jsonrpc":"2.0","method":"kv.incr","params":["sp2"],"id":1}"#;
     let head = format!(
@@ -508,16 +438,16 @@ fn requests_split_across_packets() {
         let r = c.read_response(false);
         assert_eq!(r.status, 200);
     }
-    assert_eq!(Line::new(&s).ok("kv.get", json!(["sp2"])), 2);
+    assert_eq!(Rpc::connect(s.addr).ok("kv.get", json!(["sp2"])), 2);
 }
 
 /// Three connections: two subscribers (one with a wildcard), one publisher.
 #[test]
 fn pubsub_across_three_connections_with_a_wildcard() {
     let s = rpc_server();
-    let mut a = Line::new(&s);
-    let mut b = Line::new(&s);
-    let mut p = Line::new(&s);
+    let mut a = Rpc::connect(s.addr);
+    let mut b = Rpc::connect(s.addr);
+    let mut p = Rpc::connect(s.addr);
     assert_eq!(a.ok("bus.subscribe", json!({"topics": ["chat.*"]})), 1);
     assert_eq!(
         b.ok("bus.subscribe", json!({"topics": ["chat.room1", "news"]})),
@@ -548,10 +478,10 @@ fn pubsub_across_three_connections_with_a_wildcard() {
     );
     assert_eq!(p.ok("bus.publish", json!({"topic": "chat", "data": 5})), 0);
     let msg = |topic: &str, data: Value| json!({"jsonrpc":"2.0","method":"bus.message","params":{"topic": topic, "data": data}});
-    assert_eq!(a.reply(), msg("chat.room1", json!({"text": "hi"})));
-    assert_eq!(a.reply(), msg("chat.room2", json!(2)));
-    assert_eq!(b.reply(), msg("chat.room1", json!({"text": "hi"})));
-    assert_eq!(b.reply(), msg("news", json!([3])));
+    assert_eq!(a.read(), msg("chat.room1", json!({"text": "hi"})));
+    assert_eq!(a.read(), msg("chat.room2", json!(2)));
+    assert_eq!(b.read(), msg("chat.room1", json!({"text": "hi"})));
+    assert_eq!(b.read(), msg("news", json!([3])));
     // A subscriber can still make calls; notifications and replies interleave.
     assert_eq!(a.ok("kv.set", json!(["from-a", 1])), true);
     assert_eq!(
@@ -562,7 +492,7 @@ fn pubsub_across_three_connections_with_a_wildcard() {
         p.ok("bus.publish", json!({"topic": "chat.room1", "data": 6})),
         1
     );
-    assert_eq!(a.reply(), msg("chat.room1", json!(6)));
+    assert_eq!(a.read(), msg("chat.room1", json!(6)));
     // A closed subscriber is forgotten.
     drop(a);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -574,13 +504,13 @@ fn pubsub_across_three_connections_with_a_wildcard() {
         assert!(Instant::now() < deadline, "closed subscriber still counted");
         thread::sleep(Duration::from_millis(20));
     }
-    assert!(!b.c.has_data());
+    assert!(!b.has_unread());
     // HTTP can publish too.
     assert_eq!(
-        http_call(&s, "bus.publish", json!({"topic": "news", "data": "h"}))["result"],
+        http_call(s.addr, "bus.publish", json!({"topic": "news", "data": "h"}))["result"],
         1
     );
-    assert_eq!(b.reply(), msg("news", json!("h")));
+    assert_eq!(b.read(), msg("news", json!("h")));
 }
 
 /// A subscriber that stops reading gets a bounded queue, then the overflow
@@ -591,9 +521,9 @@ fn slow_subscriber_is_told_and_disconnected() {
         .tag("rpc-slow")
         .server("max_push_backlog = 65536")
         .start();
-    let mut sub = Line::new(&s);
+    let mut sub = Rpc::connect(s.addr);
     assert_eq!(sub.ok("bus.subscribe", json!(["flood"])), 1);
-    let mut p = Line::new(&s);
+    let mut p = Rpc::connect(s.addr);
     let worker = s.worker_pid();
     let rss_before = rss_kib(worker);
     let chunk = "x".repeat(32 * 1024);
@@ -606,9 +536,9 @@ fn slow_subscriber_is_told_and_disconnected() {
             text.push_str(&json!({"jsonrpc":"2.0","method":"bus.publish","params":{"topic":"flood","data":[id, chunk]},"id":id}).to_string());
             text.push('\n');
         }
-        p.c.send(text.as_bytes());
+        p.send_raw(text.as_bytes());
         for i in 0..50 {
-            let v = p.reply();
+            let v = p.read();
             assert_eq!(v["id"], round * 50 + i);
             assert!(v["result"].as_u64().unwrap() <= 1, "{v}");
         }
@@ -625,7 +555,7 @@ fn slow_subscriber_is_told_and_disconnected() {
     let mut got = 0u64;
     let last = loop {
         let line = sub
-            .c
+            .raw()
             .try_read_line()
             .unwrap_or_else(|e| panic!("after {got} messages: {e}"));
         let v: Value = serde_json::from_str(&line).unwrap();
@@ -637,7 +567,7 @@ fn slow_subscriber_is_told_and_disconnected() {
     };
     assert!(got > 0 && got < total, "{got} messages before the cut");
     assert_eq!(last["method"], "bus.overflow", "{last}");
-    sub.c.expect_closed(Duration::from_secs(5)).unwrap();
+    sub.raw().expect_closed(Duration::from_secs(5)).unwrap();
     // Forgotten once gone.
     let deadline = Instant::now() + Duration::from_secs(5);
     while p.ok("bus.publish", json!({"topic": "flood", "data": 0})) != 0 {
@@ -655,7 +585,7 @@ fn ttl_expiry_and_background_purge() {
         .tag("rpc-ttl")
         .toml("[modules.rpc]\npurge_interval_ms = 100")
         .start();
-    let mut l = Line::new(&s);
+    let mut l = Rpc::connect(s.addr);
     assert_eq!(
         l.ok(
             "kv.set",
@@ -833,7 +763,7 @@ fn durable_across_kill_9(sync: &str, kill: Kill) {
             &b
         }
     };
-    let mut l = Line::new(check);
+    let mut l = Rpc::connect(check.addr);
     for (key, n) in results.iter().flat_map(|(d, _)| d) {
         assert_eq!(l.ok("kv.get", json!([key])), *n, "acknowledged {key} lost");
     }
@@ -871,7 +801,7 @@ fn durable_across_kill_9_of_the_server_sync_full() {
 #[test]
 fn subscriptions_and_pending_calls_survive_reload() {
     let s = rpc_server();
-    let mut sub = Line::new(&s);
+    let mut sub = Rpc::connect(s.addr);
     assert_eq!(sub.ok("bus.subscribe", json!(["t.*"])), 1);
     let running = Arc::new(AtomicBool::new(true));
     let raw_writer = {
@@ -947,10 +877,10 @@ fn subscriptions_and_pending_calls_survive_reload() {
     let published = publisher.join().unwrap();
     assert!(http_done > 0 && published > 0);
     for i in 0..published {
-        let v = sub.reply();
+        let v = sub.read();
         assert_eq!(v["params"]["data"], i, "message {i}: {v}");
     }
-    let mut l = Line::new(&s);
+    let mut l = Rpc::connect(s.addr);
     assert_eq!(l.ok("kv.get", json!(["ctr"])), n);
     assert_eq!(l.ok("kv.get", json!(["hctr"])), http_done);
     let st = s.status();
@@ -1002,7 +932,7 @@ fn python_example_client() {
         "{stdout}"
     );
     assert!(stdout.contains("received on chat.room1: "), "{stdout}");
-    let mut l = Line::new(&s);
+    let mut l = Rpc::connect(s.addr);
     assert_eq!(l.ok("kv.get", json!(["example:visits"])), 1);
 }
 
@@ -1063,7 +993,10 @@ fn upgrade_hands_the_database_to_the_new_worker() {
     all.sort_unstable();
     all.dedup();
     assert_eq!(all.len() as u64, acked, "an increment was counted twice");
-    let total = Line::new(&s).ok("kv.get", json!(["up"])).as_u64().unwrap();
+    let total = Rpc::connect(s.addr)
+        .ok("kv.get", json!(["up"]))
+        .as_u64()
+        .unwrap();
     assert!(
         (acked..=acked + unknown).contains(&total),
         "counter {total}, {acked} acknowledged, {unknown} without a reply"
@@ -1085,7 +1018,10 @@ fn a_second_server_on_the_same_database_waits() {
         .tag("rpc-a")
         .toml(&toml)
         .start();
-    assert_eq!(Line::new(&a).ok("kv.set", json!(["owner", "a"])), true);
+    assert_eq!(
+        Rpc::connect(a.addr).ok("kv.set", json!(["owner", "a"])),
+        true
+    );
     let b = ServerBuilder::new(&["rpc"])
         .tag("rpc-b")
         .toml(&toml)
@@ -1108,7 +1044,10 @@ fn a_second_server_on_the_same_database_waits() {
         !waiting.is_finished(),
         "answered while another server owns the data"
     );
-    assert_eq!(Line::new(&a).ok("kv.set", json!(["owner", "a2"])), true);
+    assert_eq!(
+        Rpc::connect(a.addr).ok("kv.set", json!(["owner", "a2"])),
+        true
+    );
     let worker = a.worker_pid();
     a.signal(libc::SIGKILL);
     assert!(a.wait_exit(Duration::from_secs(5)).is_some());

@@ -29,85 +29,7 @@ const BOT3: &str = "sha256:b5140b484eeb88b7cf252bbde6a9c560563387bab0122ee9c6e57
 #[path = "../../../modules/rpc/src/access/decide.rs"]
 mod decide;
 
-/// A raw TCP JSON-RPC connection.
-struct Line {
-    c: Client,
-    next_id: u64,
-}
-
-impl Line {
-    fn new(s: &Server) -> Line {
-        Line::to(s.addr)
-    }
-
-    fn to(addr: SocketAddr) -> Line {
-        Line {
-            c: Client::connect(addr),
-            next_id: 0,
-        }
-    }
-
-    fn send(&mut self, text: &str) {
-        self.c.send(format!("{text}\n").as_bytes());
-    }
-
-    /// Reads one line as JSON (a reply or a pushed notification).
-    fn read(&mut self) -> Value {
-        let line = self.c.read_line();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("line {line:?} is not JSON: {e}"))
-    }
-
-    /// Calls a method; returns the whole reply (its id checked).
-    fn call(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let req = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
-        self.send(&req.to_string());
-        let r = self.read();
-        assert_eq!(r["id"], id, "reply to {req}: {r}");
-        r
-    }
-
-    fn ok(&mut self, method: &str, params: Value) -> Value {
-        let r = self.call(method, params.clone());
-        assert!(r.get("error").is_none(), "{method} {params}: {r}");
-        r["result"].clone()
-    }
-
-    /// The error of a call that must fail: (code, message).
-    fn err(&mut self, method: &str, params: Value) -> (i64, String) {
-        let r = self.call(method, params.clone());
-        let code = r["error"]["code"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("{method} {params}: expected an error, got {r}"));
-        (
-            code,
-            r["error"]["message"].as_str().unwrap_or("").to_string(),
-        )
-    }
-
-    fn auth(&mut self, token: &str) -> Value {
-        self.ok("sys.auth", json!({ "token": token }))
-    }
-}
-
-/// POSTs a JSON-RPC body to `/rpc` with extra header lines.
-fn post(addr: SocketAddr, body: &str, headers: &[&str]) -> Response {
-    let mut req = format!(
-        "POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for h in headers {
-        req.push_str(h);
-        req.push_str("\r\n");
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    let mut c = Client::connect(addr);
-    c.send(req.as_bytes());
-    c.read_response(false)
-}
-
+/// The body of a `POST /rpc` answer, as JSON.
 fn body(r: &Response) -> Value {
     serde_json::from_slice(&r.body)
         .unwrap_or_else(|e| panic!("body {:?} is not JSON: {e}", r.text()))
@@ -175,7 +97,7 @@ fn protected_mode_refuses_a_non_loopback_peer() {
         let fwd = Peer::new("127.0.0.1".parse().unwrap(), true);
         assert_eq!(decide(7, fwd, false), Base::Protected, "self-forwarded");
         let s = server("prot", "");
-        assert_eq!(Line::new(&s).ok("sys.ping", json!([])), "pong");
+        assert_eq!(Rpc::connect(s.addr).ok("sys.ping", json!([])), "pong");
         return;
     }
     let ip = |args: &[&str]| {
@@ -196,9 +118,9 @@ fn protected_mode_refuses_a_non_loopback_peer() {
     let remote: SocketAddr = format!("10.77.0.1:{port}").parse().unwrap();
     let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
-    let mut far = Line::to(remote);
+    let mut far = Rpc::connect(remote);
     assert_eq!(
-        far.c.stream.local_addr().unwrap().ip().to_string(),
+        far.local_addr().ip().to_string(),
         "10.77.0.1",
         "the server sees a non-loopback peer"
     );
@@ -215,7 +137,7 @@ fn protected_mode_refuses_a_non_loopback_peer() {
         assert!(msg.contains("switchyard --new-token"), "{msg}");
     }
     // A batch: every call gets the error, each with its id.
-    far.send(&format!(
+    far.send_line(&format!(
         "[{},{}]",
         req("sys.ping", json!([])),
         req("kv.get", json!(["k"])).replace("\"id\":1", "\"id\":2")
@@ -225,7 +147,7 @@ fn protected_mode_refuses_a_non_loopback_peer() {
     assert_eq!(a.len(), 2);
     assert!(a.iter().all(|r| r["error"]["code"] == -32060), "{v}");
 
-    let r = post(remote, &req("sys.ping", json!([])), &[]);
+    let r = post_rpc(remote, &req("sys.ping", json!([])), &[]);
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(body(&r)["error"]["code"], -32060);
     assert!(body(&r)["error"]["message"]
@@ -233,7 +155,7 @@ fn protected_mode_refuses_a_non_loopback_peer() {
         .unwrap()
         .contains("protected mode"));
     // Nothing was written from there.
-    let mut near = Line::to(local);
+    let mut near = Rpc::connect(local);
     let status = {
         let mut c = Client::connect(local);
         c.send(b"STATUS\n");
@@ -248,7 +170,7 @@ fn protected_mode_refuses_a_non_loopback_peer() {
     assert_eq!(near.ok("kv.get", json!(["k"])), Value::Null);
     assert_eq!(near.ok("kv.set", json!(["k", 2])), true);
     assert_eq!(near.ok("sys.whoami", json!({}))["auth"], "loopback");
-    let r = post(local, &req("kv.get", json!(["k"])), &[]);
+    let r = post_rpc(local, &req("kv.get", json!(["k"])), &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(body(&r)["result"], 2);
 }
@@ -277,7 +199,7 @@ fn two_bots() -> String {
 #[test]
 fn users_log_in_and_are_held_to_their_permissions() {
     let s = server("users", &two_bots());
-    let mut a = Line::new(&s);
+    let mut a = Rpc::connect(s.addr);
     // Before logging in: the open methods only.
     assert_eq!(a.ok("sys.ping", json!([])), "pong");
     assert_eq!(a.ok("sys.whoami", json!({}))["user"], Value::Null);
@@ -341,7 +263,7 @@ fn users_log_in_and_are_held_to_their_permissions() {
         -32061
     );
     // A batch: the denied call gets its error, the others run.
-    a.send(&format!(
+    a.send_line(&format!(
         "[{},{},{}]",
         req("kv.get", json!(["bot1.x"])).replace("\"id\":1", "\"id\":\"r\""),
         req("kv.get", json!(["bot2.x"])).replace("\"id\":1", "\"id\":\"d\""),
@@ -354,7 +276,7 @@ fn users_log_in_and_are_held_to_their_permissions() {
     assert_eq!(replies[2]["result"], true, "{v}");
 
     // bot2 reads bot1's keys, writes its own, publishes to bot1.
-    let mut b = Line::new(&s);
+    let mut b = Rpc::connect(s.addr);
     assert_eq!(b.auth("bot2-token"), json!({"user": "bot2"}));
     assert_eq!(b.ok("kv.set", json!(["bot2.x", 9])), true);
     assert_eq!(b.ok("kv.get", json!(["bot1.z"])), 3);
@@ -391,36 +313,36 @@ fn users_log_in_and_are_held_to_their_permissions() {
 
     // HTTP: a Bearer token on each request.
     let get = req("kv.get", json!(["bot1.x"]));
-    let r = post(s.addr, &get, &[]);
+    let r = post_rpc(s.addr, &get, &[]);
     assert_eq!(r.status, 401, "{}", r.text());
     assert_eq!(
         r.header("www-authenticate"),
         Some("Bearer realm=\"switchyard\"")
     );
     assert_eq!(body(&r)["error"]["code"], -32060);
-    let r = post(s.addr, &get, &["Authorization: Bearer wrong"]);
+    let r = post_rpc(s.addr, &get, &["Authorization: Bearer wrong"]);
     assert_eq!(r.status, 401, "{}", r.text());
     assert!(r
         .header("www-authenticate")
         .unwrap()
         .contains("invalid_token"));
     assert_eq!(body(&r)["error"]["code"], -32062);
-    let r = post(s.addr, &get, &["Authorization: Basic Ym90MTp4"]);
+    let r = post_rpc(s.addr, &get, &["Authorization: Basic Ym90MTp4"]);
     assert_eq!(r.status, 401, "{}", r.text());
     let bearer = ["Authorization: Bearer bot1-token"];
-    let r = post(s.addr, &get, &bearer);
+    let r = post_rpc(s.addr, &get, &bearer);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(body(&r)["result"], 1);
-    let r = post(s.addr, &req("kv.get", json!(["bot2.x"])), &bearer);
+    let r = post_rpc(s.addr, &req("kv.get", json!(["bot2.x"])), &bearer);
     assert_eq!(body(&r)["error"]["code"], -32061);
     // A write goes through the pool, authorized there as well.
-    let r = post(
+    let r = post_rpc(
         s.addr,
         &req("kv.set", json!(["bot1.h", "via http"])),
         &bearer,
     );
     assert_eq!(body(&r)["result"], true, "{}", r.text());
-    let r = post(s.addr, &req("kv.set", json!(["bot2.h", 1])), &bearer);
+    let r = post_rpc(s.addr, &req("kv.set", json!(["bot2.h", 1])), &bearer);
     assert_eq!(body(&r)["error"]["code"], -32061, "{}", r.text());
     assert_eq!(a.ok("kv.get", json!(["bot1.h"])), "via http");
 }
@@ -440,13 +362,13 @@ fn reload_applies_new_permissions_to_open_connections() {
         .concat(),
     );
     let s = server("reloadperm", &old);
-    let mut a = Line::new(&s);
+    let mut a = Rpc::connect(s.addr);
     a.auth("bot1-token");
     assert_eq!(a.ok("bus.subscribe", json!(["events.>", "bot1.>"])), 2);
     assert_eq!(a.err("kv.get", json!(["shared.x"])).0, -32061);
-    let mut pub2 = Line::new(&s);
+    let mut pub2 = Rpc::connect(s.addr);
     pub2.auth("bot2-token");
-    let mut gone = Line::new(&s);
+    let mut gone = Rpc::connect(s.addr);
     gone.auth("bot3-token");
     assert_eq!(gone.ok("kv.get", json!(["bot3.x"])), Value::Null);
 
@@ -514,9 +436,9 @@ fn per_user_connection_and_rate_limits() {
         ),
     );
     let s = server("limits", &toml);
-    let mut first = Line::new(&s);
+    let mut first = Rpc::connect(s.addr);
     first.auth("bot1-token");
-    let mut second = Line::new(&s);
+    let mut second = Rpc::connect(s.addr);
     let (code, msg) = second.err("sys.auth", json!({"token": "bot1-token"}));
     assert_eq!(code, -32063, "{msg}");
     assert!(msg.contains("max_connections"), "{msg}");
@@ -540,7 +462,7 @@ fn per_user_connection_and_rate_limits() {
     let burst: String = (0..20)
         .map(|i| req("sys.ping", json!([])).replace("\"id\":1", &format!("\"id\":{i}")) + "\n")
         .collect();
-    second.c.send(burst.as_bytes());
+    second.send_raw(burst.as_bytes());
     let (mut admitted, mut limited) = (0, 0);
     for _ in 0..20 {
         let r = second.read();
@@ -572,7 +494,7 @@ fn unauthenticated_connections_act_as_no_auth_user() {
         .concat(),
     );
     let s = server("noauth", &toml);
-    let mut c = Line::new(&s);
+    let mut c = Rpc::connect(s.addr);
     let me = c.ok("sys.whoami", json!({}));
     assert_eq!(
         (me["user"].as_str(), me["auth"].as_str()),
@@ -584,10 +506,10 @@ fn unauthenticated_connections_act_as_no_auth_user() {
     c.auth("bot1-token");
     assert_eq!(c.ok("kv.set", json!(["pub.a", 1])), true);
     // HTTP without Authorization: the guest too.
-    let r = post(s.addr, &req("kv.get", json!(["pub.a"])), &[]);
+    let r = post_rpc(s.addr, &req("kv.get", json!(["pub.a"])), &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(body(&r)["result"], 1);
-    let r = post(s.addr, &req("kv.set", json!(["pub.b", 1])), &[]);
+    let r = post_rpc(s.addr, &req("kv.set", json!(["pub.b", 1])), &[]);
     assert_eq!(body(&r)["error"]["code"], -32061);
 }
 
@@ -601,7 +523,7 @@ fn a_bad_users_table_is_refused() {
         &user("bot1", BOT1, "", "kv_read = [\">\"]"),
     );
     let s = server("badusers", &good);
-    let mut a = Line::new(&s);
+    let mut a = Rpc::connect(s.addr);
     a.auth("bot1-token");
     let bad = format!(
         "{good}{}",
@@ -634,9 +556,9 @@ fn a_bad_users_table_is_refused() {
         "{}",
         s2.log()
     );
-    let mut c = Line::new(&s2);
-    c.send(&req("sys.ping", json!([])));
-    let got = c.c.try_read_line();
+    let mut c = Rpc::connect(s2.addr);
+    c.send_line(&req("sys.ping", json!([])));
+    let got = c.raw_line(IO_TIMEOUT);
     assert!(
         !got.as_deref().is_ok_and(|l| l.contains("pong")),
         "no rpc module serves with a bad users table: {got:?}"

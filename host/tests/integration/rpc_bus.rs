@@ -15,102 +15,18 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-/// A raw TCP JSON-RPC connection that keeps the notifications it reads
-/// while it looks for a reply.
-struct Line {
-    c: Client,
-    next_id: u64,
-    notes: Vec<Value>,
+/// The params of the next `bus.message` pushed to `l`.
+fn delivered(l: &mut Rpc) -> Value {
+    l.notification("bus.message", IO_TIMEOUT)
 }
 
-impl Line {
-    fn new(s: &Server) -> Line {
-        Line {
-            c: s.connect(),
-            next_id: 0,
-            notes: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, text: &str) {
-        self.c.send(format!("{text}\n").as_bytes());
-    }
-
-    fn read(&mut self) -> Value {
-        let line = self.c.read_line();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("line {line:?} is not JSON: {e}"))
-    }
-
-    /// Sends a call without reading; returns its id.
-    fn start(&mut self, method: &str, params: Value) -> u64 {
-        self.next_id += 1;
-        let req = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": self.next_id});
-        self.send(&req.to_string());
-        self.next_id
-    }
-
-    /// Reads until the reply with `id`, keeping notifications; a reply
-    /// with another id fails the test.
-    fn reply_to(&mut self, id: u64) -> Value {
-        loop {
-            let v = self.read();
-            if v.get("method").is_some() {
-                self.notes.push(v);
-                continue;
-            }
-            assert_eq!(v["id"], id, "expected the reply to {id}: {v}");
-            return v;
-        }
-    }
-
-    fn call(&mut self, method: &str, params: Value) -> Value {
-        let id = self.start(method, params);
-        self.reply_to(id)
-    }
-
-    fn ok(&mut self, method: &str, params: Value) -> Value {
-        let r = self.call(method, params.clone());
-        assert!(r.get("error").is_none(), "{method} {params}: {r}");
-        r["result"].clone()
-    }
-
-    fn err(&mut self, method: &str, params: Value) -> (i64, String) {
-        let r = self.call(method, params.clone());
-        let code = r["error"]["code"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("{method} {params}: expected an error, got {r}"));
-        (
-            code,
-            r["error"]["message"].as_str().unwrap_or("").to_string(),
-        )
-    }
-
-    /// The next notification (kept or read).
-    fn note(&mut self) -> Value {
-        if !self.notes.is_empty() {
-            return self.notes.remove(0);
-        }
-        let v = self.read();
-        assert!(v.get("method").is_some(), "expected a notification: {v}");
-        v
-    }
-
-    /// The notifications kept or already arrived (does not wait).
-    fn arrived(&mut self) -> Vec<Value> {
-        while self.c.has_data() {
-            let v = self.read();
-            self.notes.push(v);
-        }
-        std::mem::take(&mut self.notes)
-    }
-
-    /// The notifications kept, then a ping answered. Pushes from other
-    /// connections' event loops may still be on their way: for counts use
-    /// [`collect`].
-    fn drain(&mut self) -> Vec<Value> {
-        self.ok("sys.ping", json!([]));
-        std::mem::take(&mut self.notes)
-    }
+/// The reply subject of the next request pushed to the responder `l`.
+fn reply_subject(l: &mut Rpc) -> String {
+    let note = delivered(l);
+    note["reply"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a request has a reply subject: {note}"))
+        .to_string()
 }
 
 /// The `data` numbers of `bus.message` notifications.
@@ -127,7 +43,7 @@ fn seqs(notes: &[Value]) -> Vec<u64> {
 /// The `bus.message` numbers each of `lines` receives, read until they
 /// add up to `expected` (at most 10 s), then a little longer, so that a
 /// duplicate or a stray message shows up as a surplus.
-fn collect(lines: &mut [&mut Line], expected: usize) -> Vec<Vec<u64>> {
+fn collect(lines: &mut [&mut Rpc], expected: usize) -> Vec<Vec<u64>> {
     let mut got: Vec<Vec<u64>> = vec![Vec::new(); lines.len()];
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut settle = None;
@@ -148,7 +64,7 @@ fn collect(lines: &mut [&mut Line], expected: usize) -> Vec<Vec<u64>> {
 
 /// Publishes `range` on `topic`, pipelined, each reply checked to count
 /// `recipients`.
-fn publish(p: &mut Line, topic: &str, range: std::ops::Range<u64>, recipients: u64) {
+fn publish(p: &mut Rpc, topic: &str, range: std::ops::Range<u64>, recipients: u64) {
     let mut ids = Vec::new();
     for i in range {
         ids.push(p.start("bus.publish", json!({"topic": topic, "data": i})));
@@ -157,20 +73,6 @@ fn publish(p: &mut Line, topic: &str, range: std::ops::Range<u64>, recipients: u
         let r = p.reply_to(id);
         assert_eq!(r["result"], recipients, "{r}");
     }
-}
-
-fn post(s: &Server, body: &str) -> Response {
-    s.request(format!(
-        "POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    ))
-}
-
-fn http_call(s: &Server, method: &str, params: Value) -> Value {
-    let req = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": "h"});
-    let resp = post(s, &req.to_string());
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    serde_json::from_slice(&resp.body).unwrap()
 }
 
 fn server(tag: &str, settings: &str) -> Server {
@@ -183,11 +85,11 @@ fn server(tag: &str, settings: &str) -> Server {
 #[test]
 fn queue_groups_share_messages_and_presence_counts_them() {
     let s = server("bus-queues", "");
-    let mut m1 = Line::new(&s);
-    let mut m2 = Line::new(&s);
-    let mut m3 = Line::new(&s);
-    let mut plain = Line::new(&s);
-    let mut p = Line::new(&s);
+    let mut m1 = Rpc::connect(s.addr);
+    let mut m2 = Rpc::connect(s.addr);
+    let mut m3 = Rpc::connect(s.addr);
+    let mut plain = Rpc::connect(s.addr);
+    let mut p = Rpc::connect(s.addr);
     let q = |t: &str| json!({"topics": [t], "queue": "w"});
     assert_eq!(m1.ok("bus.subscribe", q("jobs.*")), 1);
     assert_eq!(m2.ok("bus.subscribe", json!([["jobs.>"], "w"])), 1);
@@ -260,8 +162,8 @@ fn queue_groups_share_messages_and_presence_counts_them() {
 #[test]
 fn request_and_reply_on_raw_tcp() {
     let s = server("bus-request", "max_pending_requests = 3");
-    let mut req = Line::new(&s);
-    let mut resp = Line::new(&s);
+    let mut req = Rpc::connect(s.addr);
+    let mut resp = Rpc::connect(s.addr);
 
     // No responder: -32032 at once.
     let t = Instant::now();
@@ -278,10 +180,10 @@ fn request_and_reply_on_raw_tcp() {
         "bus.request",
         json!({"topic": "svc.echo", "data": {"n": 1}}),
     );
-    let note = resp.note();
-    assert_eq!(note["params"]["topic"], "svc.echo");
-    assert_eq!(note["params"]["data"], json!({"n": 1}));
-    let reply = note["params"]["reply"].as_str().unwrap().to_string();
+    let note = delivered(&mut resp);
+    assert_eq!(note["topic"], "svc.echo");
+    assert_eq!(note["data"], json!({"n": 1}));
+    let reply = note["reply"].as_str().unwrap().to_string();
     assert!(
         reply.starts_with("_INBOX.") && reply.len() >= 7 + 22,
         "{reply}"
@@ -299,7 +201,7 @@ fn request_and_reply_on_raw_tcp() {
 
     // Answered with a publish to the reply subject.
     let id = req.start("bus.request", json!(["svc.echo", "x"]));
-    let reply = resp.note()["params"]["reply"].as_str().unwrap().to_string();
+    let reply = reply_subject(&mut resp);
     assert_eq!(
         resp.ok("bus.publish", json!({"topic": reply, "data": 7})),
         1
@@ -310,7 +212,7 @@ fn request_and_reply_on_raw_tcp() {
     let id = req.start("bus.request", json!(["svc.echo", 3]));
     let ping = req.start("sys.ping", json!([]));
     assert_eq!(req.reply_to(ping)["result"], "pong");
-    let reply = resp.note()["params"]["reply"].as_str().unwrap().to_string();
+    let reply = reply_subject(&mut resp);
     assert_eq!(resp.ok("bus.reply", json!([reply, "late"])), true);
     assert_eq!(req.reply_to(id)["result"], "late");
 
@@ -329,26 +231,23 @@ fn request_and_reply_on_raw_tcp() {
     );
     assert!(took >= Duration::from_millis(290), "{took:?}");
     assert!(took < Duration::from_secs(3), "{took:?}");
-    let reply = resp.note()["params"]["reply"].as_str().unwrap().to_string();
+    let reply = reply_subject(&mut resp);
     assert_eq!(resp.ok("bus.reply", json!([reply, 1])), false, "too late");
 
     // The requester closes: a late reply returns false.
-    let mut gone = Line::new(&s);
+    let mut gone = Rpc::connect(s.addr);
     gone.start("bus.request", json!(["svc.echo", 4]));
-    let reply = resp.note()["params"]["reply"].as_str().unwrap().to_string();
+    let reply = reply_subject(&mut resp);
     drop(gone);
     thread::sleep(Duration::from_millis(200));
     assert_eq!(resp.ok("bus.reply", json!([reply, 1])), false);
 
     // Two plain responders: both get it, exactly one answer arrives.
-    let mut resp2 = Line::new(&s);
+    let mut resp2 = Rpc::connect(s.addr);
     assert_eq!(resp2.ok("bus.subscribe", json!(["svc.echo"])), 1);
     let id = req.start("bus.request", json!(["svc.echo", 5]));
-    let r1 = resp.note()["params"]["reply"].as_str().unwrap().to_string();
-    let r2 = resp2.note()["params"]["reply"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let r1 = reply_subject(&mut resp);
+    let r2 = reply_subject(&mut resp2);
     assert_eq!(r1, r2);
     let a = resp.ok("bus.reply", json!([r1, "one"]));
     let b = resp2.ok("bus.reply", json!([r2, "two"]));
@@ -382,14 +281,14 @@ fn request_and_reply_on_raw_tcp() {
     assert_eq!(req.ok("bus.reply", json!(["_INBOX.", 1])), false);
 
     // Not in a batch, not as a notification.
-    req.send(r#"[{"jsonrpc":"2.0","method":"bus.request","params":["svc.echo",1],"id":"b"}]"#);
+    req.send_line(r#"[{"jsonrpc":"2.0","method":"bus.request","params":["svc.echo",1],"id":"b"}]"#);
     let v = req.read();
     assert_eq!(v[0]["error"]["code"], -32602, "{v}");
     assert_eq!(
         v[0]["error"]["message"],
         "bus.request cannot be part of a batch"
     );
-    req.send(r#"{"jsonrpc":"2.0","method":"bus.request","params":["svc.echo",1]}"#);
+    req.send_line(r#"{"jsonrpc":"2.0","method":"bus.request","params":["svc.echo",1]}"#);
     assert!(req.drain().is_empty());
     assert!(resp.drain().is_empty(), "a notification sends nothing");
     drop(resp2);
@@ -420,8 +319,8 @@ fn request_and_reply_on_raw_tcp() {
 #[test]
 fn request_over_http_waits_for_the_answer() {
     let s = server("bus-http", "");
-    let mut resp = Line::new(&s);
-    let v = http_call(&s, "bus.request", json!({"topic": "svc.h", "data": 1}));
+    let mut resp = Rpc::connect(s.addr);
+    let v = http_call(s.addr, "bus.request", json!({"topic": "svc.h", "data": 1}));
     assert_eq!(v["error"]["code"], -32032, "{v}");
     assert_eq!(
         resp.ok("bus.subscribe", json!({"topics": ["svc.h"], "queue": "w"})),
@@ -429,17 +328,18 @@ fn request_over_http_waits_for_the_answer() {
     );
 
     let addr_server = thread::scope(|scope| {
-        let waiter = scope.spawn(|| http_call(&s, "bus.request", json!(["svc.h", {"q": 1}, 5000])));
-        let note = resp.note();
-        assert_eq!(note["params"]["data"], json!({"q": 1}));
+        let waiter =
+            scope.spawn(|| http_call(s.addr, "bus.request", json!(["svc.h", {"q": 1}, 5000])));
+        let note = delivered(&mut resp);
+        assert_eq!(note["data"], json!({"q": 1}));
         // One waiter is the default limit: a second one is refused.
-        let v = http_call(&s, "bus.request", json!(["svc.h", 2]));
+        let v = http_call(s.addr, "bus.request", json!(["svc.h", 2]));
         assert_eq!(v["error"]["code"], -32050, "{v}");
         assert!(v["error"]["message"]
             .as_str()
             .unwrap()
             .contains("max_http_waiters"));
-        let reply = note["params"]["reply"].as_str().unwrap();
+        let reply = note["reply"].as_str().unwrap();
         assert_eq!(resp.ok("bus.reply", json!([reply, {"a": 1}])), true);
         waiter.join().unwrap()
     });
@@ -452,18 +352,19 @@ fn request_over_http_waits_for_the_answer() {
 
     let t = Instant::now();
     let v = http_call(
-        &s,
+        s.addr,
         "bus.request",
         json!({"topic": "svc.h", "data": 0, "timeout_ms": 250}),
     );
     assert_eq!(v["error"]["code"], -32033, "{v}");
     assert!(t.elapsed() >= Duration::from_millis(240));
-    let reply = resp.note()["params"]["reply"].as_str().unwrap().to_string();
+    let reply = reply_subject(&mut resp);
     assert_eq!(resp.ok("bus.reply", json!([reply, 1])), false);
     // In an HTTP batch it is refused like on a connection.
-    let resp_b = post(
-        &s,
+    let resp_b = post_rpc(
+        s.addr,
         r#"[{"jsonrpc":"2.0","method":"bus.request","params":["svc.h",1],"id":1}]"#,
+        &[],
     );
     let v: Value = serde_json::from_slice(&resp_b.body).unwrap();
     assert_eq!(v[0]["error"]["code"], -32602, "{v}");
@@ -485,8 +386,8 @@ fn requests_and_presence_need_their_rights() {
         .tag("bus-access")
         .toml(&format!("[modules.rpc]\n\n{users}"))
         .start();
-    let mut a = Line::new(&s);
-    let mut b = Line::new(&s);
+    let mut a = Rpc::connect(s.addr);
+    let mut b = Rpc::connect(s.addr);
     assert_eq!(
         a.ok("sys.auth", json!({"token": "bot1-token"}))["user"],
         "bot1"
@@ -518,11 +419,11 @@ fn requests_and_presence_need_their_rights() {
     );
     assert_eq!(b.err("bus.publish", json!(["open.svc", 1])).0, -32061);
     let id = a.start("bus.request", json!(["open.svc", 1]));
-    let reply = b.note()["params"]["reply"].as_str().unwrap().to_string();
+    let reply = reply_subject(&mut b);
     assert_eq!(b.ok("bus.reply", json!([reply, "r"])), true);
     assert_eq!(a.reply_to(id)["result"], "r");
     let id = a.start("bus.request", json!(["open.svc", 2]));
-    let reply = b.note()["params"]["reply"].as_str().unwrap().to_string();
+    let reply = reply_subject(&mut b);
     assert_eq!(b.ok("bus.publish", json!([reply, "p"])), 1);
     assert_eq!(a.reply_to(id)["result"], "p");
     // A reply subject nobody waits on is an ordinary topic again.
@@ -534,8 +435,8 @@ fn requests_and_presence_need_their_rights() {
 #[test]
 fn a_pending_request_survives_reload() {
     let s = server("bus-reload", "");
-    let mut req = Line::new(&s);
-    let mut resp = Line::new(&s);
+    let mut req = Rpc::connect(s.addr);
+    let mut resp = Rpc::connect(s.addr);
     assert_eq!(
         resp.ok("bus.subscribe", json!({"topics": ["svc.r"], "queue": "w"})),
         1
@@ -544,7 +445,7 @@ fn a_pending_request_survives_reload() {
         "bus.request",
         json!({"topic": "svc.r", "data": 1, "timeout_ms": 20000}),
     );
-    let reply = resp.note()["params"]["reply"].as_str().unwrap().to_string();
+    let reply = reply_subject(&mut resp);
     let r = s.admin("RELOAD rpc");
     assert!(r.starts_with("OK rpc gen=2"), "{r}");
     assert_eq!(resp.ok("bus.reply", json!([reply, "after"])), true);
@@ -558,7 +459,7 @@ fn a_pending_request_survives_reload() {
         "bus.request",
         json!({"topic": "svc.r", "data": 2, "timeout_ms": 800}),
     );
-    resp.note();
+    delivered(&mut resp);
     let r = s.admin("RELOAD rpc");
     assert!(r.starts_with("OK rpc gen=3"), "{r}");
     let t = Instant::now();
@@ -576,7 +477,7 @@ fn a_pending_request_survives_reload() {
 #[test]
 fn a_waiting_http_request_does_not_hold_up_a_reload() {
     let s = server("bus-http-reload", "");
-    let mut resp = Line::new(&s);
+    let mut resp = Rpc::connect(s.addr);
     assert_eq!(
         resp.ok("bus.subscribe", json!({"topics": ["svc.hr"], "queue": "w"})),
         1
@@ -584,12 +485,12 @@ fn a_waiting_http_request_does_not_hold_up_a_reload() {
     thread::scope(|scope| {
         let waiter = scope.spawn(|| {
             http_call(
-                &s,
+                s.addr,
                 "bus.request",
                 json!({"topic": "svc.hr", "data": 1, "timeout_ms": 3000}),
             )
         });
-        resp.note();
+        delivered(&mut resp);
         let r = s.admin("RELOAD rpc");
         assert!(r.starts_with("OK rpc gen=2"), "{r}");
         assert!(
@@ -601,6 +502,6 @@ fn a_waiting_http_request_does_not_hold_up_a_reload() {
         assert_eq!(v["error"]["code"], -32033, "{v}");
     });
     // The successor serves HTTP requests.
-    let v = http_call(&s, "sys.ping", json!([]));
+    let v = http_call(s.addr, "sys.ping", json!([]));
     assert_eq!(v["result"], "pong", "{v}");
 }

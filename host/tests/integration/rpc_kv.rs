@@ -16,95 +16,20 @@ use serde_json::{json, Value};
 const BOT1: &str = "sha256:214f5ce4185c54dcc78671b5fa27de9eb9f1b486e332624f92ea001eab0a6310";
 const BOT2: &str = "sha256:1c9ffa098b0be25d3c6bdf3e5ad90749048801488a1ec8347008e86f0e58c0af";
 
-/// A raw TCP JSON-RPC connection.
-struct Line {
-    c: Client,
-    next_id: u64,
+/// Makes a watch on `l`; returns its id and what was kept before the
+/// reply (the writer may push initial values before the reply reaches the
+/// connection).
+fn watch(l: &mut Rpc, params: Value) -> (u64, Vec<Value>) {
+    let r = l.call("kv.watch", params.clone());
+    let w = r["result"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("kv.watch {params}: {r}"));
+    (w, l.kept())
 }
 
-impl Line {
-    fn new(s: &Server) -> Line {
-        Line {
-            c: s.connect(),
-            next_id: 0,
-        }
-    }
-
-    /// A connection logged in with `token`.
-    fn login(s: &Server, token: &str) -> Line {
-        let mut l = Line::new(s);
-        l.ok("sys.auth", json!({ "token": token }));
-        l
-    }
-
-    /// Reads one line (a reply or a notification) as JSON.
-    fn read(&mut self) -> Value {
-        let line = self.c.read_line();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("line {line:?} is not JSON: {e}"))
-    }
-
-    /// Sends a call; returns its id.
-    fn send(&mut self, method: &str, params: Value) -> u64 {
-        self.next_id += 1;
-        let req = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": self.next_id});
-        self.c.send(format!("{req}\n").as_bytes());
-        self.next_id
-    }
-
-    /// Calls a method; returns the reply (no notification may come
-    /// first).
-    fn call(&mut self, method: &str, params: Value) -> Value {
-        let id = self.send(method, params);
-        let r = self.read();
-        assert_eq!(r["id"], id, "reply to {method}: {r}");
-        r
-    }
-
-    fn ok(&mut self, method: &str, params: Value) -> Value {
-        let r = self.call(method, params.clone());
-        assert!(r.get("error").is_none(), "{method} {params}: {r}");
-        r["result"].clone()
-    }
-
-    fn err(&mut self, method: &str, params: Value) -> i64 {
-        let r = self.call(method, params.clone());
-        r["error"]["code"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("{method} {params}: expected an error, got {r}"))
-    }
-
-    /// Makes a watch; returns its id and the notifications that came
-    /// before the reply (the writer may push initial values before the
-    /// reply reaches the connection).
-    fn watch(&mut self, params: Value) -> (u64, Vec<Value>) {
-        let id = self.send("kv.watch", params.clone());
-        let mut early = Vec::new();
-        loop {
-            let v = self.read();
-            if v.get("id").is_some() {
-                assert_eq!(v["id"], id, "{v}");
-                let w = v["result"]
-                    .as_u64()
-                    .unwrap_or_else(|| panic!("kv.watch {params}: {v}"));
-                return (w, early);
-            }
-            early.push(v);
-        }
-    }
-
-    /// The params of the next notification, which must be a `kv.event`.
-    fn event(&mut self) -> Value {
-        let v = self.read();
-        assert_eq!(v["method"], "kv.event", "{v}");
-        assert!(v.get("id").is_none(), "{v}");
-        v["params"].clone()
-    }
-
-    /// Nothing was pushed before: a ping's reply is the next line.
-    fn quiet(&mut self) {
-        let r = self.call("sys.ping", json!([]));
-        assert_eq!(r["result"], "pong", "{r}");
-    }
+/// The params of the next `kv.event` pushed to `l`.
+fn event(l: &mut Rpc) -> Value {
+    l.notification("kv.event", IO_TIMEOUT)
 }
 
 fn user(name: &str, hash: &str, perms: &str) -> String {
@@ -147,14 +72,14 @@ fn watches_revisions_and_their_limits() {
         .tag("rpc-kv")
         .toml(&toml)
         .start();
-    let mut a = Line::login(&s, "bot1-token");
-    let mut w = Line::login(&s, "bot1-token");
+    let mut a = Rpc::login(s.addr, "bot1-token");
+    let mut w = Rpc::login(s.addr, "bot1-token");
 
     // Prefix and pattern watches; set, delete and expiry events in
     // revision order.
-    let (wa, early) = w.watch(json!({"prefix": "a."}));
+    let (wa, early) = watch(&mut w, json!({"prefix": "a."}));
     assert!(early.is_empty(), "{early:?}");
-    let (wb, _) = w.watch(json!({"pattern": "b.*"}));
+    let (wb, _) = watch(&mut w, json!({"pattern": "b.*"}));
     assert_ne!(wa, wb);
     let r1 = a.ok("kv.set", json!({"key": "a.x", "value": 1, "meta": true}))["revision"]
         .as_u64()
@@ -170,7 +95,7 @@ fn watches_revisions_and_their_limits() {
     );
     let mut got = Vec::new();
     for _ in 0..5 {
-        got.push(w.event());
+        got.push(event(&mut w));
     }
     let revs: Vec<u64> = got
         .iter()
@@ -232,8 +157,8 @@ fn watches_revisions_and_their_limits() {
     // Initial values, then ready, then live events.
     a.ok("kv.set", json!(["i.1", 1]));
     a.ok("kv.set", json!(["i.2", 2]));
-    let mut wi = Line::login(&s, "bot1-token");
-    let (id, mut seen) = wi.watch(json!({"prefix": "i.", "initial": true}));
+    let mut wi = Rpc::login(s.addr, "bot1-token");
+    let (id, mut seen) = watch(&mut wi, json!({"prefix": "i.", "initial": true}));
     while seen.last().map(|e| e["params"]["op"].clone()) != Some(json!("ready")) {
         seen.push(wi.read());
     }
@@ -247,16 +172,16 @@ fn watches_revisions_and_their_limits() {
         ]
     );
     a.ok("kv.set", json!(["i.3", 3]));
-    assert_eq!(short(&wi.event()), ev(id, "i.3", "set", json!(3)));
+    assert_eq!(short(&event(&mut wi)), ev(id, "i.3", "set", json!(3)));
 
     // Per-event permission filter: bot2 may read a.> but not a.secret.>.
-    let mut b2 = Line::login(&s, "bot2-token");
-    let code = b2.err("kv.watch", json!({"prefix": "b."}));
+    let mut b2 = Rpc::login(s.addr, "bot2-token");
+    let code = b2.err("kv.watch", json!({"prefix": "b."})).0;
     assert_eq!(code, -32061, "reads nothing under b.");
-    let code = b2.err("kv.watch", json!({"pattern": "c.*"}));
+    let code = b2.err("kv.watch", json!({"pattern": "c.*"})).0;
     assert_eq!(code, -32061);
     a.ok("kv.set", json!(["a.secret.k", "old"]));
-    let (wp, early) = b2.watch(json!({"prefix": "a.", "initial": true}));
+    let (wp, early) = watch(&mut b2, json!({"prefix": "a.", "initial": true}));
     let mut initial = early;
     while initial.last().map(|e| e["params"]["op"].clone()) != Some(json!("ready")) {
         initial.push(b2.read());
@@ -267,12 +192,15 @@ fn watches_revisions_and_their_limits() {
     );
     a.ok("kv.set", json!(["a.secret.k", "hidden"]));
     a.ok("kv.set", json!(["a.open", "seen"]));
-    assert_eq!(short(&b2.event()), ev(wp, "a.open", "set", json!("seen")));
+    assert_eq!(
+        short(&event(&mut b2)),
+        ev(wp, "a.open", "set", json!("seen"))
+    );
     b2.quiet();
 
     // bot1's prefix watch saw all three.
     for key in ["a.secret.k", "a.secret.k", "a.open"] {
-        assert_eq!(w.event()["key"], key);
+        assert_eq!(event(&mut w)["key"], key);
     }
     w.quiet();
 
@@ -285,18 +213,18 @@ fn watches_revisions_and_their_limits() {
 
     // The limit: w holds 1 (wb); 3 more, then -32050.
     for p in ["x.", "y.", "z."] {
-        w.watch(json!({ "prefix": p }));
+        watch(&mut w, json!({ "prefix": p }));
     }
-    assert_eq!(w.err("kv.watch", json!({"prefix": "q."})), -32050);
+    assert_eq!(w.err("kv.watch", json!({"prefix": "q."})).0, -32050);
     // A closed connection's watches go (wi and b2 keep theirs).
     drop(w);
     let st = s.wait_status(Duration::from_secs(5), |st| {
         st.expect("rpc").num("watches") == 2
     });
     assert_eq!(st.expect("rpc").num("watches"), 2, "{}", st.raw);
-    let mut w2 = Line::login(&s, "bot1-token");
+    let mut w2 = Rpc::login(s.addr, "bot1-token");
     for p in ["1", "2", "3", "4"] {
-        w2.watch(json!({ "prefix": p }));
+        watch(&mut w2, json!({ "prefix": p }));
     }
 
     // Malformed params.
@@ -310,27 +238,26 @@ fn watches_revisions_and_their_limits() {
         json!({"prefix": "a", "bogus": true}),
         json!({"prefix": "k".repeat(5000)}),
     ] {
-        assert_eq!(a.err("kv.watch", bad.clone()), -32602, "{bad}");
+        assert_eq!(a.err("kv.watch", bad.clone()).0, -32602, "{bad}");
     }
     for bad in [json!({}), json!({"watch": "1"}), json!([-1])] {
-        assert_eq!(a.err("kv.unwatch", bad.clone()), -32602, "{bad}");
+        assert_eq!(a.err("kv.unwatch", bad.clone()).0, -32602, "{bad}");
     }
     for bad in [
         json!({"key": "k", "value": 1}),
         json!({"key": "k", "expected": 1, "revision": 1, "value": 2}),
         json!({"key": "k", "revision": "1", "value": 2}),
     ] {
-        assert_eq!(a.err("kv.cas", bad.clone()), -32602, "{bad}");
+        assert_eq!(a.err("kv.cas", bad.clone()).0, -32602, "{bad}");
     }
-    assert_eq!(a.err("kv.get", json!({"key": "k", "meta": "yes"})), -32602);
+    assert_eq!(
+        a.err("kv.get", json!({"key": "k", "meta": "yes"})).0,
+        -32602
+    );
     // Over HTTP there is no connection to push to.
     let body = json!({"jsonrpc": "2.0", "method": "kv.watch", "params": {"prefix": ""}, "id": 1})
         .to_string();
-    let resp = s.request(format!(
-        "POST /rpc HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer bot1-token\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    ));
+    let resp = post_rpc(s.addr, &body, &["Authorization: Bearer bot1-token"]);
     let v: Value = serde_json::from_slice(&resp.body).unwrap();
     assert_eq!(v["error"]["code"], -32030, "{v}");
 }
@@ -348,13 +275,13 @@ fn revisions_and_watches_survive_reload_and_restart() {
         .tag("rpc-kv-reload")
         .toml(&toml)
         .start();
-    let mut a = Line::new(&s);
-    let mut w = Line::new(&s);
-    let (id, _) = w.watch(json!({"prefix": "k"}));
+    let mut a = Rpc::connect(s.addr);
+    let mut w = Rpc::connect(s.addr);
+    let (id, _) = watch(&mut w, json!({"prefix": "k"}));
     let r1 = a.ok("kv.set", json!({"key": "k1", "value": 1, "meta": true}))["revision"]
         .as_u64()
         .unwrap();
-    assert_eq!(w.event()["revision"], r1);
+    assert_eq!(event(&mut w)["revision"], r1);
     let reply = s.admin("RELOAD rpc");
     assert!(reply.starts_with("OK rpc gen=2"), "{reply}");
     let m = a.ok("kv.get", json!({"key": "k1", "meta": true}));
@@ -363,7 +290,7 @@ fn revisions_and_watches_survive_reload_and_restart() {
         .as_u64()
         .unwrap();
     assert_eq!(r2, r1 + 1, "the counter went on across the reload");
-    let e = w.event();
+    let e = event(&mut w);
     assert_eq!(
         short(&e),
         ev(id, "k2", "set", json!(2)),
@@ -381,7 +308,7 @@ fn revisions_and_watches_survive_reload_and_restart() {
         .tag("rpc-kv-restart")
         .toml(&toml)
         .start();
-    let mut a = Line::new(&s);
+    let mut a = Rpc::connect(s.addr);
     let m = a.ok("kv.get", json!({"key": "k2", "meta": true}));
     assert_eq!(m["revision"], r2, "{m}");
     assert_eq!(a.ok("kv.del", json!(["k2"])), true);

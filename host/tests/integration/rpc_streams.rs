@@ -6,7 +6,7 @@
 
 use crate::common;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -14,104 +14,6 @@ use serde_json::{json, Value};
 
 /// `printf bot1-token | sha256sum`.
 const BOT1: &str = "sha256:214f5ce4185c54dcc78671b5fa27de9eb9f1b486e332624f92ea001eab0a6310";
-
-/// A raw TCP connection that keeps the notifications it reads while
-/// waiting for a reply.
-struct Conn {
-    c: Client,
-    id: u64,
-    notes: VecDeque<Value>,
-}
-
-impl Conn {
-    fn new(s: &Server) -> Conn {
-        Conn {
-            c: s.connect(),
-            id: 0,
-            notes: VecDeque::new(),
-        }
-    }
-
-    fn read(&mut self) -> Value {
-        let line = self.c.read_line();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}"))
-    }
-
-    fn call(&mut self, method: &str, params: Value) -> Value {
-        self.id += 1;
-        let req = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": self.id});
-        self.c.send(format!("{req}\n").as_bytes());
-        loop {
-            let v = self.read();
-            if v.get("method").is_some() {
-                self.notes.push_back(v);
-                continue;
-            }
-            assert_eq!(v["id"], self.id, "reply to {req}: {v}");
-            return v;
-        }
-    }
-
-    fn ok(&mut self, method: &str, params: Value) -> Value {
-        let r = self.call(method, params.clone());
-        assert!(r.get("error").is_none(), "{method} {params}: {r}");
-        r["result"].clone()
-    }
-
-    fn err(&mut self, method: &str, params: Value) -> (i64, String) {
-        let r = self.call(method, params.clone());
-        let code = r["error"]["code"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("{method} {params}: expected an error, got {r}"));
-        (
-            code,
-            r["error"]["message"].as_str().unwrap_or("").to_string(),
-        )
-    }
-
-    /// The next `stream.message` params, waiting up to `wait`.
-    fn message(&mut self, wait: Duration) -> Option<Value> {
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Some(i) = self
-                .notes
-                .iter()
-                .position(|n| n["method"] == "stream.message")
-            {
-                return self.notes.remove(i).map(|n| n["params"].clone());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.c.stream.set_read_timeout(Some(left)).unwrap();
-            let line = self.c.try_read_line();
-            self.c
-                .stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            match line {
-                Ok(l) => self.notes.push_back(serde_json::from_str(&l).unwrap()),
-                Err(_) => return None,
-            }
-        }
-    }
-
-    /// Every `stream.message` that arrives within `quiet` of the last.
-    fn drain(&mut self, quiet: Duration) -> Vec<Value> {
-        std::iter::from_fn(|| self.message(quiet)).collect()
-    }
-}
-
-fn http_call(s: &Server, method: &str, params: Value) -> Value {
-    let body = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 1}).to_string();
-    let resp = s.request(format!(
-        "POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    ));
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    serde_json::from_slice(&resp.body).unwrap()
-}
 
 fn seqs(msgs: &[Value]) -> Vec<u64> {
     msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect()
@@ -133,7 +35,7 @@ fn a_durable_consumer_resumes_after_a_restart_with_nothing_lost_or_doubled() {
         .tag("rpc-streams-a")
         .toml(&toml)
         .start();
-    let mut p = Conn::new(&a);
+    let mut p = Rpc::connect(a.addr);
     p.ok(
         "stream.create",
         json!({"name": "ORDERS", "subjects": ["orders.>"]}),
@@ -154,12 +56,14 @@ fn a_durable_consumer_resumes_after_a_restart_with_nothing_lost_or_doubled() {
         }
     }
     let mut acked = Vec::new();
-    let mut c = Conn::new(&a);
+    let mut c = Rpc::connect(a.addr);
     let consume = json!({"stream": "ORDERS", "consumer": "worker", "max_ack_pending": 10});
     c.ok("stream.consume", consume.clone());
     // Ack 25, leave the rest of what arrived unacknowledged, disconnect.
     while acked.len() < 25 {
-        let m = c.message(Duration::from_secs(5)).expect("a message");
+        let m = c
+            .try_notification("stream.message", Duration::from_secs(5))
+            .expect("a message");
         assert_eq!(m["deliveries"], 1);
         assert_eq!(m["data"]["n"], m["seq"]);
         let seq = m["seq"].as_u64().unwrap();
@@ -191,7 +95,7 @@ fn a_durable_consumer_resumes_after_a_restart_with_nothing_lost_or_doubled() {
         .tag("rpc-streams-b")
         .toml(&toml)
         .start();
-    let mut c = Conn::new(&b);
+    let mut c = Rpc::connect(b.addr);
     let info = c.ok("stream.info", json!({"name": "ORDERS"}));
     assert_eq!(
         (info["messages"].as_u64(), info["last_seq"].as_u64()),
@@ -200,7 +104,7 @@ fn a_durable_consumer_resumes_after_a_restart_with_nothing_lost_or_doubled() {
     c.ok("stream.consume", consume);
     while (acked.len() as u64) < N {
         let m = c
-            .message(Duration::from_secs(5))
+            .try_notification("stream.message", Duration::from_secs(5))
             .unwrap_or_else(|| panic!("stalled after acking {acked:?}"));
         let seq = m["seq"].as_u64().unwrap();
         assert!(!acked.contains(&seq), "{seq} delivered again after its ack");
@@ -215,7 +119,8 @@ fn a_durable_consumer_resumes_after_a_restart_with_nothing_lost_or_doubled() {
     assert_eq!(set.len(), acked.len(), "an ack counted twice");
     assert_eq!(set, (1..=N).collect(), "acked exactly 1..=N");
     assert!(
-        c.message(Duration::from_millis(300)).is_none(),
+        c.try_notification("stream.message", Duration::from_millis(300))
+            .is_none(),
         "nothing more"
     );
     let ci = c.ok(
@@ -238,7 +143,7 @@ fn streams_limits_redelivery_members_fetch_and_reload() {
         .tag("rpc-streams")
         .toml("[modules.rpc]\nmax_streams = 9\nmax_consumers = 5\nmax_consumer_members = 2")
         .start();
-    let mut p = Conn::new(&s);
+    let mut p = Rpc::connect(s.addr);
 
     // Create: same config again is fine; another config or an overlap is not.
     let info = p.ok(
@@ -309,18 +214,20 @@ fn streams_limits_redelivery_members_fetch_and_reload() {
     // ack_wait redelivery, deliveries 2.
     p.ok("stream.create", json!({"name": "RED", "subjects": ["red"]}));
     p.ok("stream.publish", json!({"topic": "red", "data": "x"}));
-    let mut c = Conn::new(&s);
+    let mut c = Rpc::connect(s.addr);
     c.ok(
         "stream.consume",
         json!({"stream": "RED", "consumer": "r", "ack_wait_ms": 200}),
     );
-    let m = c.message(Duration::from_secs(5)).unwrap();
+    let m = c.notification("stream.message", Duration::from_secs(5));
     assert_eq!(
         (m["seq"].as_u64(), m["deliveries"].as_u64()),
         (Some(1), Some(1))
     );
     let t = Instant::now();
-    let m = c.message(Duration::from_secs(5)).expect("redelivered");
+    let m = c
+        .try_notification("stream.message", Duration::from_secs(5))
+        .expect("redelivered");
     assert!(
         t.elapsed() >= Duration::from_millis(100),
         "{:?}",
@@ -338,12 +245,13 @@ fn streams_limits_redelivery_members_fetch_and_reload() {
         1
     );
     assert!(
-        c.message(Duration::from_millis(400)).is_none(),
+        c.try_notification("stream.message", Duration::from_millis(400))
+            .is_none(),
         "acked: never again"
     );
     // A nak gives it back at once.
     p.ok("stream.publish", json!({"topic": "red", "data": "y"}));
-    let m = c.message(Duration::from_secs(5)).unwrap();
+    let m = c.notification("stream.message", Duration::from_secs(5));
     assert_eq!(m["seq"], 2);
     assert_eq!(
         c.ok(
@@ -352,7 +260,7 @@ fn streams_limits_redelivery_members_fetch_and_reload() {
         ),
         true
     );
-    let m = c.message(Duration::from_secs(5)).unwrap();
+    let m = c.notification("stream.message", Duration::from_secs(5));
     assert_eq!(
         (m["seq"].as_u64(), m["deliveries"].as_u64()),
         (Some(2), Some(2))
@@ -367,8 +275,8 @@ fn streams_limits_redelivery_members_fetch_and_reload() {
         "stream.create",
         json!({"name": "WORK", "subjects": ["work.>"]}),
     );
-    let mut m1 = Conn::new(&s);
-    let mut m2 = Conn::new(&s);
+    let mut m1 = Rpc::connect(s.addr);
+    let mut m2 = Rpc::connect(s.addr);
     let consume = json!({"stream": "WORK", "consumer": "pool"});
     m1.ok("stream.consume", consume.clone());
     let info = m2.ok("stream.consume", consume.clone());
@@ -376,8 +284,8 @@ fn streams_limits_redelivery_members_fetch_and_reload() {
     for i in 1..=40 {
         p.ok("bus.publish", json!({"topic": "work.job", "data": i}));
     }
-    let a = m1.drain(Duration::from_millis(400));
-    let b = m2.drain(Duration::from_millis(400));
+    let a = m1.notifications("stream.message", Duration::from_millis(400));
+    let b = m2.notifications("stream.message", Duration::from_millis(400));
     let (sa, sb): (BTreeSet<u64>, BTreeSet<u64>) = (
         seqs(&a).into_iter().collect(),
         seqs(&b).into_iter().collect(),
@@ -393,25 +301,25 @@ fn streams_limits_redelivery_members_fetch_and_reload() {
         );
     }
     drop(m1);
-    let again = m2.drain(Duration::from_millis(500));
+    let again = m2.notifications("stream.message", Duration::from_millis(500));
     assert_eq!(seqs(&again).into_iter().collect::<BTreeSet<_>>(), sa);
     assert!(again.iter().all(|m| m["deliveries"] == 2));
 
     // A reload with an attached consumer delivers nothing twice.
     p.ok("stream.create", json!({"name": "REL", "subjects": ["rel"]}));
-    let mut r = Conn::new(&s);
+    let mut r = Rpc::connect(s.addr);
     r.ok("stream.consume", json!({"stream": "REL", "consumer": "c"}));
     for i in 1..=5 {
         p.ok("stream.publish", json!({"topic": "rel", "data": i}));
     }
-    let before = seqs(&r.drain(Duration::from_millis(300)));
+    let before = seqs(&r.notifications("stream.message", Duration::from_millis(300)));
     assert_eq!(before, [1, 2, 3, 4, 5]);
     let reply = s.admin("RELOAD rpc");
     assert!(reply.starts_with("OK"), "{reply}");
     for i in 6..=8 {
         p.ok("stream.publish", json!({"topic": "rel", "data": i}));
     }
-    let after = seqs(&r.drain(Duration::from_millis(500)));
+    let after = seqs(&r.notifications("stream.message", Duration::from_millis(500)));
     assert_eq!(after, [6, 7, 8], "nothing delivered twice, nothing lost");
     assert_eq!(
         r.ok(
@@ -431,7 +339,7 @@ fn streams_limits_redelivery_members_fetch_and_reload() {
     }
     let (code, _) = {
         let v = http_call(
-            &s,
+            s.addr,
             "stream.consume",
             json!({"stream": "PULL", "consumer": "h"}),
         );
@@ -443,7 +351,7 @@ fn streams_limits_redelivery_members_fetch_and_reload() {
         "stream.unconsume",
         json!({"stream": "PULL", "consumer": "h"}),
     );
-    p.drain(Duration::from_millis(200));
+    p.notifications("stream.message", Duration::from_millis(200));
     p.ok(
         "consumer.delete",
         json!({"stream": "PULL", "consumer": "h"}),
@@ -456,10 +364,10 @@ fn streams_limits_redelivery_members_fetch_and_reload() {
         "stream.unconsume",
         json!({"stream": "PULL", "consumer": "h2"}),
     );
-    let got = p.drain(Duration::from_millis(200));
+    let got = p.notifications("stream.message", Duration::from_millis(200));
     // Delivered before the detach, given back by it: fetched below.
     let v = http_call(
-        &s,
+        s.addr,
         "stream.fetch",
         json!({"stream": "PULL", "consumer": "h2", "batch": 5}),
     );
@@ -468,13 +376,13 @@ fn streams_limits_redelivery_members_fetch_and_reload() {
     assert_eq!(all, BTreeSet::from([2, 3]), "from seq 2 on");
     assert_eq!(fetched[0]["subject"], "pull.x");
     let v = http_call(
-        &s,
+        s.addr,
         "stream.ack",
         json!({"stream": "PULL", "consumer": "h2", "seqs": [2, 3]}),
     );
     assert_eq!(v["result"], seqs(fetched).len());
     let v = http_call(
-        &s,
+        s.addr,
         "stream.fetch",
         json!({"stream": "PULL", "consumer": "h2"}),
     );
@@ -564,7 +472,7 @@ fn streams_limits_redelivery_members_fetch_and_reload() {
     assert_eq!(code, -32050);
     assert!(msg.contains("max_consumers (5)"), "{msg}");
     p.ok("stream.consume", consume.clone());
-    let mut third = Conn::new(&s);
+    let mut third = Rpc::connect(s.addr);
     let (code, msg) = third.err("stream.consume", consume);
     assert_eq!(code, -32050);
     assert!(msg.contains("max_consumer_members (2)"), "{msg}");
@@ -595,14 +503,14 @@ fn stream_admin_is_needed_to_create_and_delete() {
         .tag("rpc-streams-access")
         .toml(&toml)
         .start();
-    let mut u = Conn::new(&s);
+    let mut u = Rpc::connect(s.addr);
     u.ok("sys.auth", json!({"token": "bot1-token"}));
     let who = u.ok("sys.whoami", json!({}));
     assert_eq!(who["permissions"]["stream_admin"]["allow"], json!([]));
     let (code, msg) = u.err("stream.create", json!({"name": "EV", "subjects": ["ev.>"]}));
     assert_eq!(code, -32061, "{msg}");
     assert!(msg.contains("bot1"), "{msg}");
-    let mut a = Conn::new(&s);
+    let mut a = Rpc::connect(s.addr);
     a.ok("sys.auth", json!({"token": "bot2-token"}));
     let (code, _) = a.err(
         "stream.create",
@@ -619,7 +527,9 @@ fn stream_admin_is_needed_to_create_and_delete() {
     a.ok("stream.consume", json!({"stream": "EV", "consumer": "c"}));
     a.ok("stream.unconsume", json!({"stream": "EV", "consumer": "c"}));
     u.ok("stream.consume", json!({"stream": "EV", "consumer": "c"}));
-    assert!(u.message(Duration::from_secs(5)).is_some());
+    assert!(u
+        .try_notification("stream.message", Duration::from_secs(5))
+        .is_some());
     let (code, _) = u.err("consumer.delete", json!({"stream": "EV", "consumer": "c"}));
     assert_eq!(code, -32061);
     let (code, _) = u.err("stream.delete", json!({"name": "EV"}));

@@ -167,14 +167,6 @@ impl Ws {
     }
 }
 
-/// A raw TCP JSON-RPC call on a new connection.
-fn raw_call(s: &Server, method: &str, params: Value) -> Value {
-    let mut c = s.connect();
-    let req = json!({"jsonrpc":"2.0","method":method,"params":params,"id":1});
-    c.send(format!("{req}\n").as_bytes());
-    serde_json::from_str(&c.read_line()).unwrap()
-}
-
 fn handshake_status(s: &Server, extra: &[&str]) -> Response {
     let mut c = s.connect();
     c.send(upgrade_request(s, extra).as_bytes());
@@ -247,8 +239,7 @@ fn websocket_transport() {
 
     // Subscribe; a publish from raw TCP arrives as a text frame.
     assert_eq!(ws.ok("bus.subscribe", json!({"topics": ["demo.>"]})), 1);
-    let r = raw_call(
-        &s,
+    let r = Rpc::connect(s.addr).call(
         "bus.publish",
         json!({"topic": "demo.tick", "data": {"n": 1}}),
     );
@@ -372,11 +363,7 @@ fn python_client_subscribes(s: &Server) {
         panic!("subscribe.py failed ({status}): {err}");
     }
     assert_eq!(line.trim(), "subscribed");
-    let r = raw_call(
-        s,
-        "bus.publish",
-        json!({"topic": "py.x", "data": [1, "two"]}),
-    );
+    let r = Rpc::connect(s.addr).call("bus.publish", json!({"topic": "py.x", "data": [1, "two"]}));
     assert_eq!(r["result"], 1, "{r}");
     line.clear();
     out.read_line(&mut line).unwrap();
@@ -404,7 +391,7 @@ fn a_ws_subscriber_survives_reload() {
     }
     ws.c.send(&frame(true, 0, b, true));
     assert_eq!(ws.json(), json!({"jsonrpc":"2.0","result":true,"id":id}));
-    let r = raw_call(&s, "bus.publish", json!({"topic": "r.x", "data": 1}));
+    let r = Rpc::connect(s.addr).call("bus.publish", json!({"topic": "r.x", "data": 1}));
     assert_eq!(r["result"], 1, "{r}");
     assert_eq!(ws.json()["params"], json!({"topic": "r.x", "data": 1}));
     assert_eq!(ws.ok("kv.get", json!(["r.k"])), 7);
