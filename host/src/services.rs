@@ -130,46 +130,81 @@ impl Services {
     /// `max_pending_push_bytes` gets a refusal instead (its connections
     /// are sent `notice` and closed), logged; the caller never waits.
     pub fn push(&self, module: &Arc<str>, conns: &[u64], data: &[u8], notice: &[u8]) -> usize {
-        let (mailboxes, pending) = (&self.mailboxes, &self.pending);
-        let mut per_loop: Vec<Vec<u64>> = vec![Vec::new(); mailboxes.len()];
+        let loops = self.mailboxes.len();
+        let loop_of = |c: u64| conn::id_parts(c).0;
+        let Some(first) = conns.iter().map(|&c| loop_of(c)).find(|&i| i < loops) else {
+            return 0;
+        };
+        let data: Arc<[u8]> = Arc::from(data);
+        let notice = shared_notice(notice);
+        if conns
+            .iter()
+            .all(|&c| loop_of(c) == first || loop_of(c) >= loops)
+        {
+            // All on one loop (one subscriber, or a few that landed on
+            // the same loop): no list per loop, one mailbox entry.
+            let ids: Vec<u64> = if conns.iter().all(|&c| loop_of(c) == first) {
+                conns.to_vec()
+            } else {
+                conns
+                    .iter()
+                    .copied()
+                    .filter(|&c| loop_of(c) == first)
+                    .collect()
+            };
+            let sent = ids.len();
+            self.send_push(module, first, ids, &data, &notice);
+            return sent;
+        }
+        let mut per_loop: Vec<Vec<u64>> = vec![Vec::new(); loops];
         for &c in conns {
-            let (loop_idx, _) = conn::id_parts(c);
-            if let Some(ids) = per_loop.get_mut(loop_idx) {
+            if let Some(ids) = per_loop.get_mut(loop_of(c)) {
                 ids.push(c);
             }
         }
-        let data: Arc<[u8]> = Arc::from(data);
-        let notice: Arc<[u8]> = Arc::from(notice);
         let mut sent = 0;
-        for (idx, (mailbox, conn_ids)) in mailboxes.iter().zip(per_loop).enumerate() {
-            if conn_ids.is_empty() {
-                continue;
+        for (idx, conn_ids) in per_loop.into_iter().enumerate() {
+            if !conn_ids.is_empty() {
+                sent += conn_ids.len();
+                self.send_push(module, idx, conn_ids, &data, &notice);
             }
-            sent += conn_ids.len();
-            let refused = !pending.reserve(idx, data.len());
-            if refused && pending.log_due() {
-                log::warn!(
-                    "{module}: loop {idx} holds max_pending_push_bytes ({}) of undelivered \
-                     pushes; refusing a {}-byte push to {} connection(s), which are disconnected \
-                     (logged at most once a second)",
-                    pending.cap,
-                    data.len(),
-                    conn_ids.len()
-                );
-            }
-            mailbox.send(Completion::Push {
-                conn_ids,
-                module: module.clone(),
-                data: if refused {
-                    Arc::from(&[][..])
-                } else {
-                    data.clone()
-                },
-                notice: notice.clone(),
-                refused,
-            });
         }
         sent
+    }
+
+    /// Queues one push on loop `idx`'s mailbox, or its refusal when the
+    /// mailbox holds `max_pending_push_bytes` already.
+    fn send_push(
+        &self,
+        module: &Arc<str>,
+        idx: usize,
+        conn_ids: Vec<u64>,
+        data: &Arc<[u8]>,
+        notice: &Arc<[u8]>,
+    ) {
+        let pending = &self.pending;
+        let refused = !pending.reserve(idx, data.len());
+        if refused && pending.log_due() {
+            log::warn!(
+                "{module}: loop {idx} holds max_pending_push_bytes ({}) of undelivered \
+                 pushes; refusing a {}-byte push to {} connection(s), which are disconnected \
+                 (logged at most once a second)",
+                pending.cap,
+                data.len(),
+                conn_ids.len()
+            );
+        }
+        self.mailboxes[idx].send(Completion::Push {
+            conn_ids,
+            module: module.clone(),
+            data: if refused {
+                Arc::from(&[][..])
+            } else {
+                data.clone()
+            },
+            notice: notice.clone(),
+            refused,
+        });
     }
 
     /// Runs one complete message through module `name`, inline.
@@ -222,6 +257,26 @@ impl Services {
             }
         }
     }
+}
+
+/// `notice` as a shared copy. A module passes the same notice with
+/// every push (the rpc module's overflow line), so the last one each
+/// thread made is reused rather than copied again for every message.
+fn shared_notice(notice: &[u8]) -> Arc<[u8]> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<Arc<[u8]>>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some(n) if **n == *notice => n.clone(),
+            _ => {
+                let n: Arc<[u8]> = Arc::from(notice);
+                *last = Some(n.clone());
+                n
+            }
+        }
+    })
 }
 
 /// Appends a module's file body to `out` (an in-process caller gets the
