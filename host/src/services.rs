@@ -4,6 +4,12 @@
 //! Everything here is handed in at construction (`server.rs`): the loops'
 //! mailboxes for pushes, and the route table, which names each module's
 //! current generation, for calls. It does not know the registry.
+//!
+//! A push goes to the mailbox of each loop that owns one of its
+//! connections. On an event loop thread the pushes of one module call to
+//! one loop share a mailbox entry ([`PushBatch`], closed by
+//! [`end_of_call`]): a call that publishes a run of messages costs one
+//! entry, not one per message.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -125,8 +131,9 @@ impl Services {
     }
 
     /// Queues pushed bytes on the loops that own `conns`: the bytes are
-    /// copied once and shared. Returns how many connections were
-    /// addressed to a loop. A loop whose mailbox already holds
+    /// copied once (into the thread's open batch for each loop on an
+    /// event loop thread, else into one shared buffer). Returns how many
+    /// connections were addressed to a loop. A loop whose mailbox already holds
     /// `max_pending_push_bytes` gets a refusal instead (its connections
     /// are sent `notice` and closed), logged; the caller never waits.
     pub fn push(&self, module: &Arc<str>, conns: &[u64], data: &[u8], notice: &[u8]) -> usize {
