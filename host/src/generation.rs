@@ -136,7 +136,10 @@ impl Generation {
     /// crash is pinned on it and counts toward its quarantine.
     #[inline]
     pub fn call<R>(&self, site: CallSite, call: impl FnOnce(&ModuleBox) -> R) -> R {
-        self.id.enter(site.clock(), || call(&self.module))
+        let r = self.id.enter(site.clock(), || call(&self.module));
+        // The call's pushes are complete (see `services::end_of_call`).
+        crate::services::end_of_call();
+        r
     }
 
     /// Counts a fault of the module (a panic caught by the module's

@@ -81,6 +81,93 @@ pub enum Completion {
         notice: Arc<[u8]>,
         refused: bool,
     },
+    /// The pushes an event loop thread made to this loop during one
+    /// module call, in order (see [`PushBatch`]).
+    Pushes(Arc<PushBatch>),
+}
+
+/// The pushes one event-loop thread makes to one loop during one module
+/// call, as one mailbox entry: the entry is queued with the call's first
+/// push, and the call's later pushes join it until the loop takes it.
+/// The entry holds its place in the mailbox from the first push on, so
+/// a push that another thread makes because of this call (the rpc
+/// module's writer, fed by the call) still comes after it.
+#[derive(Default)]
+pub struct PushBatch(parking_lot::Mutex<Pushes>);
+
+/// What a [`PushBatch`] holds: each push's bytes copied once into
+/// `bytes`, its connections in `conn_ids`.
+#[derive(Default)]
+pub struct Pushes {
+    /// Set when the loop takes the pushes; a later push starts a new batch.
+    taken: bool,
+    pub items: Vec<PushItem>,
+    pub conn_ids: Vec<u64>,
+    pub bytes: Vec<u8>,
+}
+
+/// One push of a [`Pushes`]: the ranges of its connections and bytes.
+pub struct PushItem {
+    pub module: Arc<str>,
+    pub conns: std::ops::Range<usize>,
+    pub data: std::ops::Range<usize>,
+    /// Sent instead when `refused` (see [`Completion::Push`]), or when
+    /// the connection's backlog is full.
+    pub notice: Arc<[u8]>,
+    pub refused: bool,
+}
+
+impl PushBatch {
+    /// A batch holding one push.
+    pub fn new(
+        module: &Arc<str>,
+        conns: &[u64],
+        data: &[u8],
+        notice: &Arc<[u8]>,
+        refused: bool,
+    ) -> PushBatch {
+        let b = PushBatch::default();
+        b.join(module, conns, data, notice, refused);
+        b
+    }
+
+    /// Adds a push; false (nothing added) once the loop took the batch.
+    pub fn join(
+        &self,
+        module: &Arc<str>,
+        conns: &[u64],
+        data: &[u8],
+        notice: &Arc<[u8]>,
+        refused: bool,
+    ) -> bool {
+        let mut p = self.0.lock();
+        if p.taken {
+            return false;
+        }
+        let c = p.conn_ids.len();
+        p.conn_ids.extend_from_slice(conns);
+        let d = p.bytes.len();
+        if !refused {
+            p.bytes.extend_from_slice(data);
+        }
+        let (c_end, d_end) = (p.conn_ids.len(), p.bytes.len());
+        p.items.push(PushItem {
+            module: module.clone(),
+            conns: c..c_end,
+            data: d..d_end,
+            notice: notice.clone(),
+            refused,
+        });
+        true
+    }
+
+    /// The loop takes the pushes queued so far; later ones need a new batch.
+    pub fn take(&self) -> Pushes {
+        let mut p = self.0.lock();
+        let pushes = std::mem::take(&mut *p);
+        p.taken = true;
+        pushes
+    }
 }
 
 /// One event loop's inbox.

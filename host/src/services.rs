@@ -4,6 +4,12 @@
 //! Everything here is handed in at construction (`server.rs`): the loops'
 //! mailboxes for pushes, and the route table, which names each module's
 //! current generation, for calls. It does not know the registry.
+//!
+//! A push goes to the mailbox of each loop that owns one of its
+//! connections. On an event loop thread the pushes of one module call to
+//! one loop share a mailbox entry ([`PushBatch`], closed by
+//! [`end_of_call`]): a call that publishes a run of messages costs one
+//! entry, not one per message.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -14,7 +20,7 @@ use module_api::{Action, CallStatus, ConnInfo};
 
 use crate::conn;
 use crate::generation::CallSite;
-use crate::pool::{Completion, Mailbox};
+use crate::pool::{Completion, Mailbox, PushBatch};
 use crate::router::SharedTable;
 
 /// Pushed bytes sitting in each event loop's mailbox, not yet handed to
@@ -125,51 +131,95 @@ impl Services {
     }
 
     /// Queues pushed bytes on the loops that own `conns`: the bytes are
-    /// copied once and shared. Returns how many connections were
-    /// addressed to a loop. A loop whose mailbox already holds
+    /// copied once (into the thread's open batch for each loop on an
+    /// event loop thread, else into one shared buffer). Returns how many
+    /// connections were addressed to a loop. A loop whose mailbox already holds
     /// `max_pending_push_bytes` gets a refusal instead (its connections
     /// are sent `notice` and closed), logged; the caller never waits.
     pub fn push(&self, module: &Arc<str>, conns: &[u64], data: &[u8], notice: &[u8]) -> usize {
-        let (mailboxes, pending) = (&self.mailboxes, &self.pending);
-        let mut per_loop: Vec<Vec<u64>> = vec![Vec::new(); mailboxes.len()];
+        let loops = self.mailboxes.len();
+        let loop_of = |c: u64| conn::id_parts(c).0;
+        let Some(first) = conns.iter().map(|&c| loop_of(c)).find(|&i| i < loops) else {
+            return 0;
+        };
+        let notice = shared_notice(notice);
+        let mut out = Outgoing::new(data);
+        if conns.iter().all(|&c| loop_of(c) == first) {
+            // All on one loop (one subscriber, or a few that landed on
+            // the same loop): no list per loop.
+            self.send_push(module, first, conns, &mut out, &notice);
+            return conns.len();
+        }
+        let mut per_loop: Vec<Vec<u64>> = vec![Vec::new(); loops];
         for &c in conns {
-            let (loop_idx, _) = conn::id_parts(c);
-            if let Some(ids) = per_loop.get_mut(loop_idx) {
+            if let Some(ids) = per_loop.get_mut(loop_of(c)) {
                 ids.push(c);
             }
         }
-        let data: Arc<[u8]> = Arc::from(data);
-        let notice: Arc<[u8]> = Arc::from(notice);
         let mut sent = 0;
-        for (idx, (mailbox, conn_ids)) in mailboxes.iter().zip(per_loop).enumerate() {
-            if conn_ids.is_empty() {
-                continue;
+        for (idx, conn_ids) in per_loop.iter().enumerate() {
+            if !conn_ids.is_empty() {
+                sent += conn_ids.len();
+                self.send_push(module, idx, conn_ids, &mut out, &notice);
             }
-            sent += conn_ids.len();
-            let refused = !pending.reserve(idx, data.len());
-            if refused && pending.log_due() {
-                log::warn!(
-                    "{module}: loop {idx} holds max_pending_push_bytes ({}) of undelivered \
-                     pushes; refusing a {}-byte push to {} connection(s), which are disconnected \
-                     (logged at most once a second)",
-                    pending.cap,
-                    data.len(),
-                    conn_ids.len()
-                );
-            }
-            mailbox.send(Completion::Push {
-                conn_ids,
-                module: module.clone(),
-                data: if refused {
-                    Arc::from(&[][..])
-                } else {
-                    data.clone()
-                },
-                notice: notice.clone(),
-                refused,
-            });
         }
         sent
+    }
+
+    /// Queues one push on loop `idx`'s mailbox, or its refusal when the
+    /// mailbox holds `max_pending_push_bytes` already: in this thread's
+    /// open batch for that loop on an event loop thread, else as an entry
+    /// of its own.
+    fn send_push(
+        &self,
+        module: &Arc<str>,
+        idx: usize,
+        conn_ids: &[u64],
+        out: &mut Outgoing<'_>,
+        notice: &Arc<[u8]>,
+    ) {
+        let pending = &self.pending;
+        let bytes = out.data.len();
+        let refused = !pending.reserve(idx, bytes);
+        if refused && pending.log_due() {
+            log::warn!(
+                "{module}: loop {idx} holds max_pending_push_bytes ({}) of undelivered \
+                 pushes; refusing a {bytes}-byte push to {} connection(s), which are disconnected \
+                 (logged at most once a second)",
+                pending.cap,
+                conn_ids.len()
+            );
+        }
+        let batched = BATCHES.with(|b| {
+            let mut b = b.borrow_mut();
+            let open = b.as_mut()?;
+            if open.len() <= idx {
+                open.resize(idx + 1, None);
+            }
+            if let Some(batch) = &open[idx] {
+                if batch.join(module, conn_ids, out.data, notice, refused) {
+                    return Some(());
+                }
+            }
+            let batch = Arc::new(PushBatch::new(module, conn_ids, out.data, notice, refused));
+            open[idx] = Some(batch.clone());
+            self.mailboxes[idx].send(Completion::Pushes(batch));
+            Some(())
+        });
+        if batched.is_some() {
+            return;
+        }
+        self.mailboxes[idx].send(Completion::Push {
+            conn_ids: conn_ids.to_vec(),
+            module: module.clone(),
+            data: if refused {
+                Arc::from(&[][..])
+            } else {
+                out.shared()
+            },
+            notice: notice.clone(),
+            refused,
+        });
     }
 
     /// Runs one complete message through module `name`, inline.
@@ -224,6 +274,73 @@ impl Services {
     }
 }
 
+thread_local! {
+    /// On an event loop thread, the batch open for each loop during the
+    /// current module call (see [`PushBatch`]); `None` on other threads,
+    /// whose pushes go one by one.
+    static BATCHES: std::cell::RefCell<Option<Vec<Option<Arc<PushBatch>>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Makes the calling thread (an event loop's) batch the pushes of each
+/// module call; see [`end_of_call`].
+pub fn batch_pushes_on_this_thread() {
+    BATCHES.with(|b| *b.borrow_mut() = Some(Vec::new()));
+}
+
+/// A module call on this thread returned: its pushes are complete, the
+/// next call's go into new batches. Pushes from other threads caused by
+/// a later call then come after this call's, as they would one by one.
+pub fn end_of_call() {
+    // `try_with`: harmless during a thread's teardown.
+    let _ = BATCHES.try_with(|b| {
+        if let Ok(mut b) = b.try_borrow_mut() {
+            if let Some(open) = b.as_mut() {
+                open.iter_mut().for_each(|o| *o = None);
+            }
+        }
+    });
+}
+
+/// A push's bytes, copied into a shared buffer at most once (the
+/// one-by-one path) however many loops it goes to.
+struct Outgoing<'a> {
+    data: &'a [u8],
+    shared: Option<Arc<[u8]>>,
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(data: &'a [u8]) -> Outgoing<'a> {
+        Outgoing { data, shared: None }
+    }
+
+    fn shared(&mut self) -> Arc<[u8]> {
+        self.shared
+            .get_or_insert_with(|| Arc::from(self.data))
+            .clone()
+    }
+}
+
+/// `notice` as a shared copy. A module passes the same notice with
+/// every push (the rpc module's overflow line), so the last one each
+/// thread made is reused rather than copied again for every message.
+fn shared_notice(notice: &[u8]) -> Arc<[u8]> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<Arc<[u8]>>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some(n) if **n == *notice => n.clone(),
+            _ => {
+                let n: Arc<[u8]> = Arc::from(notice);
+                *last = Some(n.clone());
+                n
+            }
+        }
+    })
+}
+
 /// Appends a module's file body to `out` (an in-process caller gets the
 /// whole answer in memory).
 fn read_file_body(file: &module_api::FileBody, out: &mut RVec<u8>) -> std::io::Result<()> {
@@ -247,7 +364,133 @@ fn read_file_body(file: &module_api::FileBody, out: &mut RVec<u8>) -> std::io::R
 
 #[cfg(test)]
 mod tests {
-    use super::PushPending;
+    use std::sync::Arc;
+
+    use super::{PushPending, Services};
+    use crate::pool::{Completion, Mailbox, Pushes};
+
+    /// Services over `loops` mailboxes (each pending bytes capped at
+    /// `cap`), with the receiving end of each.
+    fn services(
+        loops: usize,
+        cap: usize,
+    ) -> (
+        Arc<Services>,
+        Vec<crossbeam_channel::Receiver<Completion>>,
+        Vec<mio::Poll>,
+    ) {
+        let (mut boxes, mut rxs, mut polls) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..loops {
+            let poll = mio::Poll::new().unwrap();
+            let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+            let (tx, rx) = crossbeam_channel::unbounded();
+            boxes.push(Mailbox::new(tx, waker));
+            rxs.push(rx);
+            polls.push(poll);
+        }
+        let table = Arc::new(crate::router::SharedTable::new(Vec::new()));
+        let s = Services::new(Arc::new(boxes), PushPending::new(loops, cap), table);
+        (s, rxs, polls)
+    }
+
+    /// Connection `key` of loop `idx`, as the host numbers them.
+    fn conn(idx: u64, key: u64) -> u64 {
+        (idx << 24) | key
+    }
+
+    /// Every push in a batch: (connections, bytes, refused).
+    fn items(p: &Pushes) -> Vec<(Vec<u64>, Vec<u8>, bool)> {
+        p.items
+            .iter()
+            .map(|i| {
+                let c = p.conn_ids[i.conns.clone()].to_vec();
+                (c, p.bytes[i.data.clone()].to_vec(), i.refused)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_event_loop_thread_sends_one_entry_per_loop_and_call() {
+        let (s, rx, _polls) = services(2, 1 << 20);
+        let m: Arc<str> = Arc::from("rpc");
+        std::thread::spawn(move || {
+            super::batch_pushes_on_this_thread();
+            assert_eq!(s.push(&m, &[conn(0, 1)], b"a", b"!"), 1);
+            assert_eq!(s.push(&m, &[conn(0, 2), conn(1, 3)], b"bb", b"!"), 2);
+            assert_eq!(
+                s.push(&m, &[conn(0, 1), conn(9, 1)], b"c", b"!"),
+                1,
+                "no loop 9"
+            );
+            super::end_of_call();
+            assert_eq!(s.push(&m, &[conn(0, 1)], b"d", b"!"), 1);
+        })
+        .join()
+        .unwrap();
+        let got: Vec<Completion> = rx[0].try_iter().collect();
+        assert_eq!(got.len(), 2, "one entry per call");
+        let Completion::Pushes(first) = &got[0] else {
+            panic!("not a batch");
+        };
+        let first = first.take();
+        assert_eq!(
+            items(&first),
+            [
+                (vec![conn(0, 1)], b"a".to_vec(), false),
+                (vec![conn(0, 2)], b"bb".to_vec(), false),
+                (vec![conn(0, 1)], b"c".to_vec(), false),
+            ]
+        );
+        assert_eq!(&*first.items[0].notice, b"!");
+        let Completion::Pushes(second) = &got[1] else {
+            panic!("not a batch");
+        };
+        assert_eq!(
+            items(&second.take()),
+            [(vec![conn(0, 1)], b"d".to_vec(), false)]
+        );
+        let other: Vec<Completion> = rx[1].try_iter().collect();
+        assert_eq!(other.len(), 1);
+    }
+
+    #[test]
+    fn a_taken_batch_takes_no_more_and_refusals_carry_no_bytes() {
+        let (s, rx, _polls) = services(1, 4);
+        let m: Arc<str> = Arc::from("rpc");
+        let s2 = s.clone();
+        let m2 = m.clone();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            super::batch_pushes_on_this_thread();
+            s2.push(&m2, &[conn(0, 1)], b"abc", b"!");
+            wait.recv().unwrap();
+            // The loop took the batch meanwhile: a new entry.
+            s2.push(&m2, &[conn(0, 1)], b"xyz", b"!");
+            done.send(()).unwrap();
+        });
+        let Ok(Completion::Pushes(b)) = rx[0].recv() else {
+            panic!("no batch");
+        };
+        assert_eq!(
+            items(&b.take()),
+            [(vec![conn(0, 1)], b"abc".to_vec(), false)]
+        );
+        go.send(()).unwrap();
+        finished.recv().unwrap();
+        t.join().unwrap();
+        let Ok(Completion::Pushes(b)) = rx[0].try_recv() else {
+            panic!("no second batch");
+        };
+        // 3 of 4 bytes are still counted as waiting: 3 more are refused.
+        assert_eq!(items(&b.take()), [(vec![conn(0, 1)], Vec::new(), true)]);
+        // Off an event loop thread: one entry per push, as before.
+        assert_eq!(s.push(&m, &[conn(0, 2)], b"q", b"!"), 1);
+        assert!(matches!(
+            rx[0].try_recv(),
+            Ok(Completion::Push { refused: false, .. })
+        ));
+    }
 
     #[test]
     fn pending_push_bytes_are_capped_per_loop() {

@@ -482,6 +482,22 @@ impl EventLoop {
                     }
                     continue;
                 }
+                Completion::Pushes(batch) => {
+                    // Taken whole, then queued: a push this queueing
+                    // causes (a module called for a full backlog) starts
+                    // a new batch rather than waiting on this one.
+                    let pushes = batch.take();
+                    for item in &pushes.items {
+                        let data = &pushes.bytes[item.data.clone()];
+                        for &conn_id in &pushes.conn_ids[item.conns.clone()] {
+                            self.push(conn_id, &item.module, data, &item.notice, item.refused);
+                        }
+                        if !item.refused {
+                            self.shared.push_pending.release(self.idx, data.len());
+                        }
+                    }
+                    continue;
+                }
             };
             let Some(conn) = self.conns.get_mut(to.key) else {
                 continue;
@@ -513,7 +529,7 @@ impl EventLoop {
                     conn.finish_message(&g, v, self.now);
                 }
                 Completion::Admin { reply, .. } => conn.admin_done(reply.as_bytes()),
-                Completion::Push { .. } => unreachable!("handled above"),
+                Completion::Push { .. } | Completion::Pushes(_) => unreachable!("handled above"),
             }
             self.drive(to.key);
         }

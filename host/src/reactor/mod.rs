@@ -173,6 +173,9 @@ impl EventLoop {
 
     /// Runs until shutdown completes.
     pub fn run(mut self) {
+        // Pushes made by module calls on this thread go out one mailbox
+        // entry per destination loop and call, not one per message.
+        crate::services::batch_pushes_on_this_thread();
         let mut events = Events::with_capacity(1024);
         let mut shutdown_deadline: Option<Instant> = None;
         loop {

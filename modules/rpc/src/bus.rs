@@ -147,23 +147,25 @@ impl Node {
         }
     }
 
-    /// Collects the subscriptions of every pattern matching `segs`.
-    fn collect<'a>(&'a self, segs: &[&str], out: &mut Vec<&'a Subs>) {
+    /// Hands `found` the subscriptions of every pattern matching `segs`
+    /// (a callback, not a list: most publishes match one pattern, and
+    /// then nothing is allocated to gather it).
+    fn collect<'a>(&'a self, segs: &[&str], found: &mut impl FnMut(&'a Subs)) {
         match segs.split_first() {
             None => {
                 if !self.here.is_empty() {
-                    out.push(&self.here);
+                    found(&self.here);
                 }
             }
             Some((seg, rest)) => {
                 if !self.tail.is_empty() {
-                    out.push(&self.tail);
+                    found(&self.tail);
                 }
                 if let Some(child) = self.exact.get(*seg) {
-                    child.collect(rest, out);
+                    child.collect(rest, found);
                 }
                 if let Some(star) = &self.star {
-                    star.collect(rest, out);
+                    star.collect(rest, found);
                 }
             }
         }
@@ -241,16 +243,24 @@ fn dedup(lists: &[&[u64]]) -> Vec<u64> {
 /// The recipients of a message matching `found`: every plain subscriber
 /// and one member per queue name, each connection once.
 fn pick(found: &[&Subs]) -> Vec<u64> {
-    let plain: Vec<&[u64]> = found
-        .iter()
-        .filter(|s| !s.conns.is_empty())
-        .map(|s| &s.conns[..])
-        .collect();
-    let mut out = dedup(&plain);
-    let mut groups: Vec<&Group> = found.iter().flat_map(|s| s.groups.iter()).collect();
-    if groups.is_empty() {
+    let mut plain = found.iter().filter(|s| !s.conns.is_empty());
+    let mut out = match (plain.next(), plain.next()) {
+        (None, _) => Vec::new(),
+        // One pattern with plain subscribers (the usual publish): its
+        // list is the answer, without a list of lists or a set.
+        (Some(one), None) => one.conns.clone(),
+        _ => dedup(
+            &found
+                .iter()
+                .filter(|s| !s.conns.is_empty())
+                .map(|s| &s.conns[..])
+                .collect::<Vec<_>>(),
+        ),
+    };
+    if found.iter().all(|s| s.groups.is_empty()) {
         return out;
     }
+    let mut groups: Vec<&Group> = found.iter().flat_map(|s| s.groups.iter()).collect();
     // NATS groups the matches by queue name: a name matched through two
     // patterns is one group for this message.
     groups.sort_by(|a, b| a.name.cmp(&b.name));
@@ -329,14 +339,21 @@ pub fn message_with_reply(topic: &str, data: &str, reply: Option<&str>) -> Vec<u
 fn split(topic: &str) -> Option<([&str; MAX_SEGMENTS], usize)> {
     let mut segs: [&str; MAX_SEGMENTS] = [""; MAX_SEGMENTS];
     let mut n = 0;
-    for seg in topic.split('.') {
-        if n == MAX_SEGMENTS {
-            return None;
+    let mut start = 0;
+    // By bytes: `.` is ASCII, so every cut falls on a character boundary;
+    // `str::split` costs more per call than these short topics take.
+    for (i, &b) in topic.as_bytes().iter().enumerate() {
+        if b == b'.' {
+            if n + 1 == MAX_SEGMENTS {
+                return None;
+            }
+            segs[n] = &topic[start..i];
+            n += 1;
+            start = i + 1;
         }
-        segs[n] = seg;
-        n += 1;
     }
-    Some((segs, n))
+    segs[n] = &topic[start..];
+    Some((segs, n + 1))
 }
 
 impl Bus {
@@ -476,9 +493,20 @@ impl Bus {
             return Vec::new(); // longer than any pattern can match
         };
         let inner = self.read();
-        let mut found = Vec::new();
-        inner.root.collect(&segs[..n], &mut found);
-        pick(&found)
+        let mut first = None;
+        let mut more = Vec::new();
+        inner.root.collect(&segs[..n], &mut |s| match first {
+            None => first = Some(s),
+            Some(_) => more.push(s),
+        });
+        match first {
+            None => Vec::new(),
+            Some(one) if more.is_empty() => pick(&[one]),
+            Some(one) => {
+                more.insert(0, one);
+                pick(&more)
+            }
+        }
     }
 
     /// Who could receive a message on `topic` (a subject or a pattern),
@@ -691,6 +719,14 @@ mod tests {
         let deep = vec!["s"; MAX_SEGMENTS + 1].join(".");
         assert!(check_topic(&deep, false).is_err());
         assert!(bus.recipients(&deep).is_empty());
+        let deepest = vec!["s"; MAX_SEGMENTS].join(".");
+        let all = Bus::new(2, 3);
+        all.subscribe(4, &s(&[">"])).unwrap();
+        assert_eq!(all.recipients(&deepest), [4], "the deepest topic splits");
+        assert_eq!(
+            split("a..b").map(|(segs, n)| segs[..n].to_vec()),
+            Some(vec!["a", "", "b"])
+        );
         for good in ["a.*.c", "a.>", ">", "*.*"] {
             assert!(check_topic(good, true).is_ok(), "{good:?}");
         }
@@ -706,7 +742,9 @@ mod tests {
         bus.subscribe(2, &s(&["bench.target"])).unwrap();
         let inner = bus.read();
         let mut found = Vec::new();
-        inner.root.collect(&["bench", "target"], &mut found);
+        inner
+            .root
+            .collect(&["bench", "target"], &mut |s| found.push(s));
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].conns, [2]);
     }

@@ -195,8 +195,8 @@ fn first_byte(text: &[u8]) -> Option<u8> {
     text.iter().copied().find(|b| !b.is_ascii_whitespace())
 }
 
-fn is_json(text: &[u8]) -> bool {
-    serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok()
+fn is_json(text: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
 }
 
 /// Parses one message (a line without its newline, or an HTTP body).
@@ -204,12 +204,15 @@ fn is_json(text: &[u8]) -> bool {
 pub fn parse(text: &[u8], max_batch: usize) -> Message<'_> {
     // JSON text is UTF-8 (RFC 8259 8.1). serde_json checks it only in the
     // strings it keeps, so a bad byte in a skipped member would pass.
-    if std::str::from_utf8(text).is_err() {
+    let Ok(text) = std::str::from_utf8(text) else {
         return Message::Error(RpcError::parse_error());
-    }
-    match first_byte(text) {
+    };
+    // Parsed as `str` from here on: from a byte slice serde_json would
+    // check the UTF-8 of every kept string and raw value (`params`, most
+    // of a line) a second time.
+    match first_byte(text.as_bytes()) {
         None => Message::Empty,
-        Some(b'{') => match serde_json::from_slice::<Envelope<'_>>(text) {
+        Some(b'{') => match serde_json::from_str::<Envelope<'_>>(text) {
             Ok(env) => Message::Single(check(env)),
             Err(_) if is_json(text) => Message::Single(Item::Invalid {
                 id: None,
@@ -217,7 +220,7 @@ pub fn parse(text: &[u8], max_batch: usize) -> Message<'_> {
             }),
             Err(_) => Message::Error(RpcError::parse_error()),
         },
-        Some(b'[') => match serde_json::from_slice::<Vec<&RawValue>>(text) {
+        Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(text) {
             Ok(items) if items.is_empty() => {
                 Message::Error(RpcError::invalid_request("empty batch"))
             }

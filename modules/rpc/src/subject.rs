@@ -27,12 +27,34 @@ pub fn check_topic(topic: &str, pattern: bool) -> Result<(), RpcError> {
     // NATS splits a protocol line on whitespace, so a subject with a
     // space could never be carried to it; control characters
     // would corrupt logs.
-    if topic.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    let bytes = topic.as_bytes();
+    let clean = if bytes.is_ascii() {
+        // ASCII whitespace and controls are the bytes up to the space, and DEL.
+        bytes.iter().all(|&b| b > b' ' && b != 0x7f)
+    } else {
+        !topic.chars().any(|c| c.is_whitespace() || c.is_control())
+    };
+    if !clean {
         return bad("segments cannot contain spaces or control characters");
     }
-    let segs = topic.split('.').count();
+    // One pass over the bytes for what every publish needs to know; the
+    // segment by segment walk below only runs to name what is wrong.
+    let (mut segs, mut empty, mut wild) = (1, bytes[0] == b'.', false);
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'.' => {
+                segs += 1;
+                empty |= bytes.get(i + 1).map_or(true, |&n| n == b'.');
+            }
+            b'*' | b'>' => wild = true,
+            _ => {}
+        }
+    }
     if segs > MAX_SEGMENTS {
         return bad("too many segments");
+    }
+    if !empty && !wild {
+        return Ok(());
     }
     for (i, seg) in topic.split('.').enumerate() {
         if seg.is_empty() {
@@ -86,6 +108,32 @@ mod tests {
             assert!(check_topic(bad, false).is_err());
         }
         assert!(check_topic("a.é.ü", false).is_ok(), "other unicode is fine");
+    }
+
+    #[test]
+    fn every_mistake_is_named() {
+        let why = |t: &str, pattern: bool| check_topic(t, pattern).unwrap_err().message;
+        for (t, pattern, says) in [
+            ("", false, "1 to 256 bytes"),
+            (".a", false, "empty segment"),
+            ("a.", true, "empty segment"),
+            ("a..b", false, "empty segment"),
+            (".", false, "empty segment"),
+            ("a.b*", true, "`*` must be a whole segment"),
+            ("a.>.b", true, "`>` must be the whole last segment"),
+            ("a.*", false, "not for published topics"),
+            ("é..x", false, "empty segment"),
+            ("a\u{7f}", false, "spaces or control characters"),
+        ] {
+            assert!(why(t, pattern).contains(says), "{t:?}: {}", why(t, pattern));
+        }
+        let deep = vec!["s"; MAX_SEGMENTS + 1].join(".");
+        assert!(why(&deep, false).contains("too many segments"));
+        let deepest = vec!["s"; MAX_SEGMENTS].join(".");
+        assert!(check_topic(&deepest, false).is_ok());
+        for good in ["a", "a.b.c", "é.ü", "_INBOX.x1", "a.*.>"] {
+            assert!(check_topic(good, true).is_ok(), "{good:?}");
+        }
     }
 
     #[test]

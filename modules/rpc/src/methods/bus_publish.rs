@@ -39,9 +39,12 @@ pub(super) fn run<S: Sink>(
 ) -> Result<(), RpcError> {
     let p: PublishP<'_> = params(req)?;
     check_topic(&p.topic, false)?;
+    // `data` is passed through as sent (serde_json checked that it is
+    // JSON); only a value spread over several lines is rewritten as one.
+    let multiline = memchr::memchr2(b'\n', b'\r', p.data.get().as_bytes()).is_some();
     if p.topic.starts_with(INBOX_PREFIX) {
         let core = env.core;
-        let answered = if p.data.get().contains(['\n', '\r']) {
+        let answered = if multiline {
             core.inbox.answer(core, &p.topic, &stored_text(p.data))
         } else {
             core.inbox.answer(core, &p.topic, p.data.get())
@@ -57,7 +60,7 @@ pub(super) fn run<S: Sink>(
     // Built once for every recipient (nothing when there is none).
     let bytes = if topic_conns.is_empty() {
         Vec::new()
-    } else if p.data.get().contains(['\n', '\r']) {
+    } else if multiline {
         bus::message(&p.topic, &stored_text(p.data))
     } else {
         bus::message(&p.topic, p.data.get())
@@ -71,8 +74,24 @@ pub(super) fn run<S: Sink>(
         }
         None => env.core.deliver(&note),
     };
-    out.put(n.to_string().as_bytes());
+    put_count(out, n);
     Ok(())
+}
+
+/// Writes `n` in decimal, without the allocation of `to_string` (this
+/// runs once per publish).
+fn put_count<S: Sink>(out: &mut S, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put(&digits[at..]);
 }
 
 #[cfg(test)]
@@ -88,6 +107,15 @@ mod tests {
     use crate::methods::{eval_message, Env};
     use crate::store::{Store, View};
     use module_api::CallStatus;
+
+    #[test]
+    fn counts_are_written_in_decimal() {
+        for n in [0, 7, 10, 300, usize::MAX] {
+            let mut out = Vec::new();
+            super::put_count(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn counts_the_recipients_of_a_concrete_topic() {
