@@ -265,6 +265,17 @@
 //!   too (on storage that honours fsync). One fsync per batch, shared by
 //!   every write in it.
 //!
+//! A commit appends the batch's key changes to a write log (the
+//! `kv_log` table, same transaction and durability); a fold thread
+//! (`rpc-fold`, its own connection) moves them into the key table in key
+//! order, in short transactions taken in turn with the writer's, once
+//! the log holds 16384 keys or 8 MiB, is 500 ms old, or the writer has
+//! been idle for 20 ms ([`kv_log`], [`db`]). Reads see the log's changes
+//! at once; a clean stop folds everything, and opening the database
+//! folds what a crash left. Random-key writes so cost the writer a few
+//! appended pages per batch instead of a rewritten b-tree page per key,
+//! and the b-tree work runs on another core.
+//!
 //! Waiting for a commit is not a hang: pool threads wait for the writer
 //! inside `Host::wait`, so a burst of big `sync = "full"` writes does not
 //! reach `[server] hang_kill_ms`.
@@ -423,7 +434,8 @@
 //! # The parts
 //!
 //! [`jsonrpc`] (framing, pure), [`methods`] (one file per method),
-//! [`store`] (the value cache, the totals and limits), [`db`] (SQLite),
+//! [`store`] (the value cache, the totals and limits), [`db`] (SQLite,
+//! and its fold thread), [`kv_log`] (the write log's tail),
 //! [`writer`] (group commit), [`bus`] (subscription trie), [`conns`]
 //! (reply ordering per connection), [`raw`], [`post`] and [`ws`] (the
 //! transports), [`dispatch`] (which transport, and serve, wait or
