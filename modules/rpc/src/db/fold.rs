@@ -29,6 +29,7 @@ use crate::kv_log::Tail;
 pub const CHUNK: usize = 256;
 
 /// A tail to fold, and the last log sequence it covers.
+#[derive(Clone)]
 pub struct Job {
     pub rows: Arc<Tail>,
     pub upto: i64,

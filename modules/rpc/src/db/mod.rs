@@ -129,6 +129,9 @@ pub struct Db {
     /// The changes the fold thread is folding, and the log sequence they
     /// cover (until it reports back).
     folding: Option<fold::Job>,
+    /// Whether the fold thread is working on `folding` (else its fold
+    /// failed and waits to be tried again).
+    in_flight: bool,
     /// The log sequence of the newest change appended.
     last_seq: i64,
     /// `None` only if the thread could not be started (then folds run on
@@ -203,6 +206,7 @@ impl Db {
             turn: Arc::new(Mutex::new(())),
             tail: Tail::default(),
             folding: None,
+            in_flight: false,
             last_seq: 0,
             folder: None,
             fold_error: None,
@@ -630,54 +634,49 @@ impl Db {
     }
 
     /// The fold thread's progress, between batches: takes note of a
-    /// finished fold, and hands the tail over when it is due (or `idle`
-    /// and not empty) and the thread is free. Never waits. Returns the
-    /// keys of a fold that finished now.
+    /// finished fold, hands a failed one back to the thread once
+    /// [`FOLD_RETRY`] has passed, and hands the tail over when it is due
+    /// (or `idle` and not empty) and the thread is free. Never waits.
+    /// Returns the keys of a fold that finished now.
     pub fn fold_step(&mut self, now: Instant, idle: bool) -> usize {
         let mut folded = 0;
-        if let (Some(folder), Some(_)) = (&self.folder, &self.folding) {
-            match folder.try_done() {
+        if self.in_flight {
+            match self.folder.as_ref().and_then(|f| f.try_done()) {
                 Some(Ok(())) => {
+                    self.in_flight = false;
                     folded = self.folding.take().map_or(0, |j| j.rows.len());
                     self.fold_error = None;
                 }
-                Some(Err(e)) => self.failed_fold(e),
+                Some(Err(e)) => {
+                    self.in_flight = false;
+                    self.failed_fold(e);
+                }
                 None => {}
             }
         }
-        if self.folding.is_some()
-            || self.tail.is_empty()
-            || !(idle || self.tail.due(now))
-            || self.retry_at.is_some_and(|t| now < t)
-        {
+        if self.retry_at.is_some_and(|t| now < t) || self.in_flight {
             return folded;
         }
-        let Some(folder) = &self.folder else {
-            if let Err(e) = self.fold() {
-                log::warn!("fold failed, will retry: {e}");
-            }
-            return folded;
+        let job = match &self.folding {
+            // A fold that failed: again, as it was.
+            Some(job) => job.clone(),
+            None if self.tail.is_empty() || !(idle || self.tail.due(now)) => return folded,
+            None => fold::Job {
+                rows: Arc::new(std::mem::take(&mut self.tail)),
+                upto: self.last_seq,
+            },
         };
-        let job = fold::Job {
-            rows: Arc::new(std::mem::take(&mut self.tail)),
-            upto: self.last_seq,
-        };
-        let again = fold::Job {
-            rows: job.rows.clone(),
-            upto: job.upto,
-        };
-        if folder.send(job) {
-            self.folding = Some(again);
+        let sent = self.folder.as_ref().is_some_and(|f| f.send(job.clone()));
+        self.folding = Some(job);
+        if sent {
+            self.in_flight = true;
         } else {
-            // The thread is gone: fold here from now on.
+            // No thread (or it is gone): fold here from now on.
             self.folder = None;
-            self.tail = Arc::try_unwrap(again.rows).unwrap_or_else(|rows| {
-                let mut t = Tail::default();
-                for (k, r) in rows.sorted() {
-                    t.record(k, r);
-                }
-                t
-            });
+            match self.fold() {
+                Ok(n) => folded += n,
+                Err(e) => log::warn!("fold failed, will retry: {e}"),
+            }
         }
         folded
     }
@@ -698,21 +697,21 @@ impl Db {
     /// change and a later fold tries again.
     pub fn fold(&mut self) -> rusqlite::Result<usize> {
         let mut n = 0;
-        if self.folding.is_some() {
-            let outcome = match &self.folder {
-                Some(f) => f.wait_done(),
-                None => Err("no fold thread".into()),
+        if let Some(job) = self.folding.clone() {
+            let outcome = match (&self.folder, self.in_flight) {
+                (Some(f), true) => f.wait_done(),
+                _ => Err("not with the fold thread".into()),
             };
-            let job = self.folding.take().expect("checked above");
+            self.in_flight = false;
             if outcome.is_err() {
                 let rows = job.rows.sorted();
                 if let Err(e) = fold::fold_rows(&self.conn, &self.turn, &rows, job.upto) {
-                    self.folding = Some(job);
                     self.failed_fold(e.to_string());
                     return Err(e);
                 }
                 n += rows.len();
             }
+            self.folding = None;
         }
         if !self.tail.is_empty() {
             let rows = self.tail.sorted();
@@ -878,6 +877,17 @@ impl Db {
         let _turn = self.turn.lock();
         self.conn
             .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+    }
+
+    /// Test hook: a fold thread whose every fold fails.
+    #[cfg(test)]
+    pub fn break_folder(&mut self, path: &Path) {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .unwrap();
+        self.folder = Some(fold::Folder::spawn(conn, self.turn.clone()).unwrap());
     }
 
     /// Test hook: makes every later write fail.
@@ -1346,5 +1356,47 @@ mod tests {
         assert_eq!(again.get("new").unwrap(), entry("3", 0));
         assert_eq!(again.totals().unwrap(), Totals { keys: 2, bytes: 8 });
         assert!(again.expired(100, 10).unwrap().is_empty());
+    }
+
+    /// A fold that fails on the fold thread is tried again there, reads
+    /// see its changes meanwhile, and a fold on the writer finishes it
+    /// without waiting for anything.
+    #[test]
+    fn a_failed_fold_is_retried_and_never_waited_for() {
+        let dir = crate::testdir::TestDir::new("db-badfold");
+        let path = dir.path().join("b.sqlite");
+        let mut db = Db::open(&path, SyncMode::Normal).unwrap();
+        db.break_folder(&path);
+        let mut o = Overlay::default();
+        o.record("a", entry("1", 0), None);
+        o.record("b", entry("2", 0), None);
+        db.commit(&o).unwrap();
+        let until_failed = |db: &mut Db, now: Instant| {
+            let t0 = Instant::now();
+            db.fold_error = None;
+            while db.fold_error.is_none() && t0.elapsed() < Duration::from_secs(10) {
+                db.fold_step(now, true);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(db.fold_error.is_some(), "the fold failed");
+        };
+        until_failed(&mut db, Instant::now());
+        assert!(!db.in_flight, "not again at once");
+        assert_eq!(db.get("a").unwrap(), entry("1", 0), "still seen");
+        let mut o = Overlay::default();
+        o.record("c", entry("3", 0), None);
+        db.commit(&o).unwrap();
+        assert_eq!(db.unfolded(), 3);
+        // Not again before FOLD_RETRY; then the same job again.
+        db.fold_step(Instant::now(), true);
+        assert!(!db.in_flight);
+        // (Far enough ahead that the job is also sent a third time.)
+        until_failed(&mut db, Instant::now() + FOLD_RETRY * 2);
+        assert!(db.in_flight);
+        assert_eq!(count(&db, "kv"), 0);
+        assert_eq!(db.fold().unwrap(), 3);
+        assert_eq!((count(&db, "kv_log"), count(&db, "kv")), (0, 3));
+        assert_eq!(db.unfolded(), 0);
+        assert_eq!(db.get("c").unwrap(), entry("3", 0));
     }
 }
