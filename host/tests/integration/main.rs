@@ -36,6 +36,7 @@ pub mod rpc;
 pub mod rpc_access;
 pub mod rpc_bus;
 pub mod rpc_kv;
+pub mod rpc_origin;
 pub mod rpc_streams;
 pub mod rpc_ws;
 pub mod static_files;

@@ -116,7 +116,8 @@ pub struct Config {
     /// `-threads`.
     pub max_http_waiters: usize,
     /// Browser origins (`https://app.example.com`) besides the server's
-    /// own that may open a WebSocket at `GET /rpc/ws`.
+    /// own that may open a WebSocket at `GET /rpc/ws` or send `POST /rpc`
+    /// (see [`crate::access::browser`]).
     pub ws_origins: Vec<String>,
     /// How often the server pings WebSocket clients (0: never); keep it
     /// under half the host's `idle_timeout_ms`.

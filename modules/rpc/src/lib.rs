@@ -138,7 +138,7 @@
 //! | -32040 | line over `max_line_bytes` (its line ending included); the connection is closed after this reply |
 //! | -32050 | a kv limit (`max_value_bytes`, `max_keys`, `max_total_bytes`); nothing was written |
 //! | -32060 | authentication required: the method needs a logged-in user, or the bus is in protected mode and the peer is not loopback (the message says how to configure users) |
-//! | -32061 | permission denied; the message names the method, the key or subject, and the user |
+//! | -32061 | permission denied; the message names the method, the key or subject, and the user; also the body of a `POST /rpc` refused 403 for its browser `Origin` ([`access::browser`]) |
 //! | -32062 | authentication failed: a wrong token (or user name); while the address is paused after failures, the message gives the wait |
 //! | -32063 | a per-user limit: `max_connections` (the connection stays as it was) or `requests_per_second` |
 //!
@@ -414,7 +414,7 @@
 //! max_pending_requests_total = 65536  # bus.request calls waiting on the server
 //! max_request_timeout_ms = 60000 # largest bus.request timeout_ms
 //! max_http_waiters = 1           # bus.request calls over POST /rpc waiting at once (each holds a pool thread)
-//! ws_origins = []                # browser origins besides this host's that may open GET /rpc/ws
+//! ws_origins = []                # browser origins besides this host's that may open GET /rpc/ws or POST /rpc
 //! ws_ping_ms = 25000             # server pings to WebSocket clients (0: none); under half of idle_timeout_ms
 //! ws_max_fragments = 1024        # most frames one WebSocket message may come in
 //! # [[modules.rpc.users]]: see Access control (none: protected mode)
@@ -536,7 +536,7 @@ impl Handler for Rpc {
             // message or waits — one HTTP request or raw line at a time,
             // so a pipelined one is not taken along.
             _ if http && !continuing => {
-                return match post::frame(self, conn.id, input, conn.draining, out) {
+                return match post::frame(self, conn.id, input, conn.draining, false, out) {
                     post::Framed::Body { total, .. } => Verdict::defer(total),
                     post::Framed::NeedMore => Verdict::NEED_MORE,
                     post::Framed::Answered(v) => v,

@@ -8,7 +8,9 @@
 //! the request's own `Host` or be listed in `ws_origins` (403 otherwise:
 //! in protected mode every page the user opens could otherwise reach the
 //! loopback-trusted bus); in protected mode a peer that is not loopback
-//! gets 403; with users, an `Authorization: Bearer` token logs the
+//! gets 403, and a browser page must be on a loopback host name (DNS
+//! rebinding; both checks are [`access::browser`]'s, shared with
+//! `POST /rpc`); with users, an `Authorization: Bearer` token logs the
 //! connection in at once (401 when wrong), a client certificate or
 //! `no_auth_user` on its first message as on raw TCP, and a browser (which
 //! cannot set headers) sends `sys.auth` first. Tokens are never read from
@@ -52,6 +54,7 @@ use module_api::ws::frame::{self, Decoded, Header, Opcode};
 use module_api::ws::{close, handshake, Event, Fail, Reassembler};
 use module_api::{ConnInfo, RVec, Verdict};
 
+use crate::access::browser::Page;
 use crate::access::{self, Credentials, Peer};
 use crate::conns::{WsSnap, WsState};
 use crate::core::{ws_overflow_notice, Core};
@@ -175,19 +178,17 @@ fn upgrade(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verd
         }
     };
     let peer = access::peer_of(info);
-    if !handshake::origin_allowed(&req, &core.cfg.ws_origins) {
+    let users = !core.access.users.is_empty();
+    let page = Page::of(&req, &core.cfg.ws_origins);
+    // The Origin first (any peer), then the peer, then rebinding: a
+    // remote browser hears about its Origin, not about loopback names.
+    if let Some(r) = page.refusal(false) {
         log::warn!(
             "rpc: ws upgrade from {peer} refused: Origin {:?} is neither this host nor in ws_origins",
             String::from_utf8_lossy(req.header("origin").unwrap_or_default())
         );
-        return refuse(
-            out,
-            403,
-            "this Origin may not open a WebSocket here (ws_origins)",
-            input.len(),
-        );
+        return refuse(out, 403, r.why(), input.len());
     }
-    let users = !core.access.users.is_empty();
     if !users && !peer.is_loopback() {
         return refuse(
             out,
@@ -196,19 +197,13 @@ fn upgrade(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verd
             input.len(),
         );
     }
-    if !users && !rebinding_safe(&req, &core.cfg.ws_origins) {
+    if let Some(r) = page.refusal(!users) {
         log::warn!(
             "rpc: ws upgrade from {peer} refused: protected mode and a browser page at Host {:?} \
              (not a loopback name; DNS rebinding?)",
             String::from_utf8_lossy(req.header("host").unwrap_or_default())
         );
-        return refuse(
-            out,
-            403,
-            "protected mode: a browser page must be served from localhost or a loopback address \
-             (or be listed in ws_origins)",
-            input.len(),
-        );
+        return refuse(out, 403, r.why(), input.len());
     }
     let gate = core.gate.try_read();
     if !matches!(gate.as_deref(), Ok(Mode::Live)) {
@@ -586,68 +581,5 @@ mod tests {
         put_lines(&mut out, b"a\nbc\n");
         assert_eq!(out, [0x81, 1, b'a', 0x81, 2, b'b', b'c']);
         assert_eq!(as_line("{\n\"a\"\r\n:1}"), b"{ \"a\"  :1}\n");
-    }
-}
-
-/// In protected mode (no users) loopback peers get every right, so a
-/// browser page on a name that an attacker's DNS later points at 127.0.0.1
-/// (DNS rebinding) would pass the same-origin check (its Origin and Host
-/// agree) and reach the whole bus. A browser request (one with `Origin`)
-/// must therefore name a loopback host (`localhost`, `127.x.y.z`,
-/// `[::1]`) unless its Origin is listed in `ws_origins`.
-fn rebinding_safe(req: &module_api::http::Request<'_, '_>, allowed: &[String]) -> bool {
-    let Some(origin) = req.header("origin") else {
-        return true;
-    };
-    let origin = String::from_utf8_lossy(origin.trim_ascii());
-    if allowed.iter().any(|a| a.eq_ignore_ascii_case(&origin)) {
-        return true;
-    }
-    req.header("host")
-        .is_some_and(|h| loopback_name(&String::from_utf8_lossy(h.trim_ascii())))
-}
-
-/// Whether a `Host` header (`name[:port]`) names this machine's loopback.
-fn loopback_name(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or_default()
-    } else {
-        host.rsplit_once(':').map_or(host, |(n, _)| n)
-    };
-    if name.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    match name.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => false,
-    }
-}
-
-#[cfg(test)]
-mod rebinding_tests {
-    use super::loopback_name;
-
-    #[test]
-    fn only_loopback_names_pass() {
-        for ok in [
-            "localhost",
-            "LOCALHOST:8080",
-            "127.0.0.1:80",
-            "127.3.4.5",
-            "[::1]:8080",
-            "[::1]",
-        ] {
-            assert!(loopback_name(ok), "{ok}");
-        }
-        for bad in [
-            "evil.test:8080",
-            "localhost.evil.test",
-            "10.0.0.1",
-            "[::2]:80",
-            "",
-            "127.0.0.1.evil.test",
-        ] {
-            assert!(!loopback_name(bad), "{bad}");
-        }
     }
 }
