@@ -327,8 +327,9 @@
 //! after its TTL ran out. With `initial: true` the current values come
 //! first as `set` events, then `{watch, op: "ready"}`; a notification may
 //! reach the connection before the reply to `kv.watch` itself (match it
-//! by the watch id once the reply is in). `kv.unwatch {watch}` stops one;
-//! closing the connection stops all; `RELOAD rpc` keeps them. Limits:
+//! by the watch id once the reply is in). `kv.unwatch {watch}` stops one
+//! (an event already on its way may still follow its reply); closing the
+//! connection stops all; `RELOAD rpc` keeps them. Limits:
 //! `max_watches` per connection, `max_watches_total` in all (-32050).
 //! While nobody watches, writes pay nothing for the feature.
 //!
