@@ -44,7 +44,6 @@ use crate::access::browser::Page;
 use crate::access::{Credentials, HttpRefusal, Peer, Who};
 use crate::conns::ConnState;
 use crate::core::Core;
-use crate::entry::now_ms;
 use crate::generation::Rpc;
 use crate::jsonrpc::{self, Sink};
 use crate::methods::{eval_message, later_call, needs_writer, request_over_http, Env};
@@ -403,17 +402,7 @@ fn answer(rpc: &Rpc, body: &[u8], who: Who, peer: Peer, release: &mut dyn FnMut(
 fn answer_reads(core: &Core, msg: &jsonrpc::Message<'_>, who: Who, peer: Peer) -> Vec<u8> {
     let mut reply = Vec::new();
     let map = core.store.read();
-    let mut env = Env {
-        core,
-        view: View::Read(&map),
-        now: now_ms(),
-        conn: 0,
-        later: None,
-        subscribed: false,
-        who,
-        peer,
-        close: false,
-    };
+    let mut env = Env::reading(core, &map, 0, who, peer);
     eval_message(&mut env, msg, &mut reply);
     reply
 }

@@ -58,13 +58,11 @@ use crate::access::browser::Page;
 use crate::access::{self, Credentials, Peer};
 use crate::conns::{WsSnap, WsState};
 use crate::core::{ws_overflow_notice, Core};
-use crate::entry::now_ms;
 use crate::generation::Rpc;
 use crate::host::wait;
 use crate::jsonrpc::Sink;
 use crate::methods::Env;
 use crate::raw::{self, Evaluated};
-use crate::store::View;
 use crate::types::{Kind, Mode};
 use crate::writer::Submission;
 
@@ -316,17 +314,7 @@ fn run(
         scratch.clear();
         let (writes, close) = {
             let map = core.store.read();
-            let mut env = Env {
-                core,
-                view: View::Read(&map),
-                now: now_ms(),
-                conn,
-                later: None,
-                subscribed: false,
-                who: who.clone(),
-                peer,
-                close: false,
-            };
+            let mut env = Env::reading(core, &map, conn, who.clone(), peer);
             let writes = matches!(
                 raw::evaluate(&mut env, text.as_bytes(), &mut scratch),
                 Evaluated::Writer(_)

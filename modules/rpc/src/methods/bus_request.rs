@@ -19,10 +19,9 @@ use crate::access::Right;
 use crate::access::{Peer, Who};
 use crate::bus::{self, check_topic, Note};
 use crate::core::Core;
-use crate::entry::now_ms;
 use crate::inbox::{timed_out, Slot};
 use crate::jsonrpc::{self, code, Request, RpcError, Sink};
-use crate::store::{stored_text, View};
+use crate::store::stored_text;
 
 use super::env::Env;
 use super::params::params;
@@ -166,17 +165,7 @@ pub fn over_http(
     let slot = Arc::new(Slot::default());
     let sent = {
         let map = core.store.read();
-        let mut env = Env {
-            core,
-            view: View::Read(&map),
-            now: now_ms(),
-            conn: 0,
-            later: None,
-            subscribed: false,
-            who,
-            peer,
-            close: false,
-        };
+        let mut env = Env::reading(core, &map, 0, who, peer);
         send(&mut env, req, Some(slot.clone()))
     };
     let (reply, timeout_ms) = match sent {

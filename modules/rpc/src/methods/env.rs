@@ -6,9 +6,9 @@
 use crate::access::{Peer, Who};
 use crate::bus::Note;
 use crate::core::Core;
-use crate::entry::Entry;
+use crate::entry::{now_ms, Entry};
 use crate::jsonrpc::{code, Request, RpcError, Sink};
-use crate::store::{Limit, View};
+use crate::store::{Limit, Reader, View};
 
 /// What a call is evaluated against.
 pub struct Env<'a> {
@@ -29,6 +29,26 @@ pub struct Env<'a> {
     /// Set when the connection must be closed after this reply (too many
     /// failed logins).
     pub close: bool,
+}
+
+impl<'a> Env<'a> {
+    /// A call that only reads, on an event loop or a pool thread (not
+    /// the writer): against the store's read view `map`, at the current
+    /// time, with no notifications to hold back. `conn` 0 for HTTP and
+    /// in-process calls.
+    pub fn reading(core: &'a Core, map: &'a Reader<'a>, conn: u64, who: Who, peer: Peer) -> Self {
+        Env {
+            core,
+            view: View::Read(map),
+            now: now_ms(),
+            conn,
+            later: None,
+            subscribed: false,
+            who,
+            peer,
+            close: false,
+        }
+    }
 }
 
 /// -32602 unless `key` is 1 to `max_key_bytes` bytes.
