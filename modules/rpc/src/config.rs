@@ -49,8 +49,8 @@ pub struct Config {
     pub max_value_bytes: usize,
     /// Most keys in the store (expired keys count until purged).
     pub max_keys: u64,
-    /// Most bytes of keys plus values in the store (expired ones count
-    /// until purged).
+    /// Most bytes of keys plus values plus stream messages in the store
+    /// (expired keys count until purged).
     pub max_total_bytes: u64,
     /// Memory for values cached for reads on the event loops; a read of a
     /// value that is not cached goes to the writer, which reads SQLite.

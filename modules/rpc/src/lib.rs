@@ -101,8 +101,8 @@
 //! calls of a batch are not affected. Keys are at most `max_key_bytes`
 //! (-32602 otherwise); a value's stored JSON text at most
 //! `max_value_bytes`; the store holds at most `max_keys` keys and
-//! `max_total_bytes` bytes of keys plus values (keys that expired count
-//! until purged). Overwrites that do not grow the store and deletes are
+//! `max_total_bytes` bytes of keys plus values plus stream messages (keys
+//! that expired count until purged). Overwrites that do not grow the store and deletes are
 //! always accepted, so a store at its limit can be cleaned up. The totals
 //! are kept in the database, changed in the same transaction as the rows
 //! they count: exact after a crash, and read at start without a scan.
@@ -390,7 +390,7 @@
 //! max_key_bytes = 1024
 //! max_value_bytes = 1048576      # stored JSON text of one value (<= max_line_bytes; default: the smaller)
 //! max_keys = 1000000             # keys in the store (-32050 beyond)
-//! max_total_bytes = 1073741824   # bytes of keys plus values in the store (-32050 beyond)
+//! max_total_bytes = 1073741824   # bytes of keys, values and stream messages in the store (-32050 beyond)
 //! cache_bytes = 67108864         # values cached for reads on the event loops
 //! vacuum_step_pages = 1024       # free pages given back per step (0: keep them)
 //! max_subscriptions = 1024       # topic patterns per connection

@@ -85,7 +85,16 @@ pub(super) fn put(
     key: &str,
     row: Option<Entry>,
 ) -> Result<u64, RpcError> {
-    env.view.put(key, row)?.map_err(|l| over(&req.method, l))
+    // `max_total_bytes` is one limit for the whole store: a set counts
+    // the stream messages as a stream append counts the keys and values
+    // (a delete never grows the store, so it need not look).
+    let streams = match row {
+        Some(_) => env.core.streams.lock(&env.core.cfg).bytes(),
+        None => 0,
+    };
+    env.view
+        .put_counting(key, row, streams)?
+        .map_err(|l| over(&req.method, l))
 }
 
 pub(super) fn put_bool<S: Sink>(out: &mut S, b: bool) {
