@@ -19,7 +19,7 @@ use crate::access::Right;
 use crate::access::{Peer, Who};
 use crate::bus::{self, check_topic, Note};
 use crate::core::Core;
-use crate::inbox::{timed_out, Slot};
+use crate::inbox::{timed_out, Slot, Wait};
 use crate::jsonrpc::{self, code, Request, RpcError, Sink};
 use crate::store::stored_text;
 
@@ -94,8 +94,9 @@ fn send(
             return Err(RpcError::invalid_params("the connection closed"));
         }
         drop(locked);
+        let wait = slot.map_or(Wait::Timer, Wait::Slot);
         core.inbox
-            .register(core, env.conn, id.get(), &p.topic, timeout_ms, slot)?
+            .register(core, env.conn, id.get(), &p.topic, timeout_ms, wait)?
     };
     let data: Cow<'_, str> = if p.data.get().contains(['\n', '\r']) {
         Cow::Owned(stored_text(p.data).into())
