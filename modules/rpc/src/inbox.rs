@@ -797,6 +797,78 @@ mod tests {
         assert!(core.inbox.is_empty());
     }
 
+    /// A `bus.request` pipelined behind a write on one connection is
+    /// evaluated in the writer's batch. When that batch fails to commit,
+    /// the writer answers both calls with -32020 and the request never
+    /// goes out: no timer may answer it again with -32033 (nor hold a
+    /// place in the inbox). When the batch commits, its timer runs.
+    #[test]
+    fn a_request_of_a_failed_batch_is_answered_once() {
+        use crate::access::{Peer, Who};
+        use crate::types::Kind;
+        use crate::writer::{Start, Writer};
+        let (core, host, dir) = core_with(serde_json::json!({}));
+        core.bus.subscribe(8, &["svc".to_string()]).unwrap();
+        let path = dir.path().join("rpc.sqlite");
+        let db = crate::db::Db::open(&path, crate::config::SyncMode::Normal).unwrap();
+        db.make_read_only();
+        let owner = crate::owner::Owner::try_acquire(&crate::owner::Owner::lock_path(&path))
+            .unwrap()
+            .unwrap();
+        let writer = Writer::spawn(core.clone(), Start::Ready { db, owner }).unwrap();
+        let lines_in = concat!(
+            r#"{"jsonrpc":"2.0","method":"kv.set","params":["a",1],"id":1}"#,
+            "\n",
+            r#"{"jsonrpc":"2.0","method":"bus.request","params":["svc",1,30],"id":2}"#,
+            "\n"
+        );
+        let call = |input: &str| {
+            let r = writer
+                .call(
+                    5,
+                    Who::Internal,
+                    Peer::UNKNOWN,
+                    Kind::Lines,
+                    input.into(),
+                    usize::MAX,
+                )
+                .unwrap();
+            String::from_utf8(r.out).unwrap()
+        };
+        let out = call(lines_in);
+        let replies: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(replies.len(), 2, "{out}");
+        for (r, id) in replies.iter().zip([1, 2]) {
+            assert_eq!(r["id"], id, "{r}");
+            assert_eq!(r["error"]["code"], code::STORAGE, "{r}");
+        }
+        assert_eq!(core.inbox.len(), 0, "dropped with its batch");
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(lines(host).is_empty(), "answered twice: {:?}", lines(host));
+
+        // A request in a batch that commits (nothing to write) goes out
+        // and times out as ever.
+        let out = call(concat!(
+            r#"{"jsonrpc":"2.0","method":"bus.request","params":["svc",1,30],"id":3}"#,
+            "\n"
+        ));
+        assert_eq!(out, "", "answered later");
+        let end = Instant::now() + Duration::from_secs(5);
+        while lines(host).iter().all(|(c, _)| *c != 5) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let l = lines(host);
+        assert_eq!(l.len(), 2, "{l:?}");
+        assert_eq!(l[0].0, 8, "the request went out");
+        assert_eq!(l[1], (5, l[1].1.clone()));
+        assert_eq!(l[1].1["id"], 3);
+        assert_eq!(l[1].1["error"]["code"], code::TIMEOUT);
+        writer.stop();
+    }
+
     #[test]
     fn a_frozen_generation_times_out_nothing_until_it_serves_again() {
         let (core, host, _dir) = core_with(serde_json::json!({}));

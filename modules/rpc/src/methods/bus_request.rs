@@ -94,7 +94,13 @@ fn send(
             return Err(RpcError::invalid_params("the connection closed"));
         }
         drop(locked);
-        let wait = slot.map_or(Wait::Timer, Wait::Slot);
+        // In the writer the message goes out only if the batch commits:
+        // until then no timer may answer the call (see `Wait`).
+        let wait = match (slot, &env.later) {
+            (Some(slot), _) => Wait::Slot(slot),
+            (None, Some(_)) => Wait::AfterCommit,
+            (None, None) => Wait::Timer,
+        };
         core.inbox
             .register(core, env.conn, id.get(), &p.topic, timeout_ms, wait)?
     };
