@@ -358,7 +358,9 @@ fn finish(len: usize, close: bool) -> Verdict {
     }
 }
 
-fn writer_stopped() -> RpcError {
+/// -32020 for a message the writer could not take (its thread has
+/// stopped).
+pub(crate) fn writer_stopped() -> RpcError {
     RpcError::new(code::STORAGE, "the writer has stopped; nothing was written")
 }
 

@@ -60,7 +60,7 @@ use crate::conns::{WsSnap, WsState};
 use crate::core::{ws_overflow_notice, Core};
 use crate::generation::Rpc;
 use crate::host::wait;
-use crate::jsonrpc::Sink;
+use crate::jsonrpc::{RpcError, Sink};
 use crate::methods::Env;
 use crate::raw::{self, Evaluated};
 use crate::types::{Kind, Mode};
@@ -348,12 +348,7 @@ fn run(
                         break Verdict::close(pos);
                     }
                 }
-                Err(e) => {
-                    scratch.clear();
-                    crate::jsonrpc::write_error(&mut scratch, None, &e);
-                    put_frame(out, Opcode::Text, &scratch);
-                    break Verdict::close(pos);
-                }
+                Err(e) => break writer_failed(core, out, &text, &e, pos),
             }
             continue;
         }
@@ -373,12 +368,36 @@ fn run(
             budget: usize::MAX,
             reply: tx,
         };
-        st.pending = rpc.writer.submit(sub).then_some(rx);
+        if !rpc.writer.submit(sub) {
+            // Answered here as the pool would: deferred without a reply
+            // to collect, the frames up to `pos` would be evaluated again
+            // on the pool (those that made no output too).
+            break writer_failed(core, out, &text, &raw::writer_stopped(), pos);
+        }
+        st.pending = Some(rx);
         break Verdict::defer(pos);
     };
     st.ws = Some(ws);
     core.conns.put_back(conn, st);
     verdict
+}
+
+/// A message the writer could not take: the error for each of its calls
+/// as one text frame, then the end of the connection.
+fn writer_failed<S: Sink>(
+    core: &Core,
+    out: &mut S,
+    text: &str,
+    e: &RpcError,
+    consumed: usize,
+) -> Verdict {
+    let mut reply = Vec::new();
+    let msg = crate::jsonrpc::parse(text.as_bytes(), core.cfg.max_batch);
+    crate::jsonrpc::write_all_errors(&mut reply, &msg, e);
+    if !reply.is_empty() {
+        put_frame(out, Opcode::Text, &reply);
+    }
+    Verdict::close(consumed)
 }
 
 /// The writer's reply to a message [`on_message`] deferred, framed (on
@@ -560,6 +579,73 @@ mod tests {
             Peer::new("10.0.0.5".parse().unwrap(), false),
         );
         assert_eq!(who.whoami()["user"], "bot1", "{}", who.whoami());
+        rpc.stop();
+    }
+
+    /// Records the connections of every push.
+    #[derive(Default)]
+    struct Pushes(std::sync::Mutex<Vec<Vec<u64>>>);
+
+    impl crate::host::HostApi for Pushes {
+        fn push_many(&self, conns: &[u64], _data: &[u8], _notice: &[u8]) -> usize {
+            self.0.lock().unwrap().push(conns.to_vec());
+            conns.len()
+        }
+        fn call(&self, _: &str, _: &[u8]) -> Result<Vec<u8>, module_api::CallStatus> {
+            Err(module_api::CallStatus::NoSuchModule)
+        }
+        fn wait_begin(&self) -> u64 {
+            0
+        }
+        fn wait_end(&self, _token: u64) {}
+        fn peer_identity(&self, _conn: u64) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    /// A client's text frame (masked with a zero key, so the payload
+    /// stays as it is).
+    fn client_text(text: &str) -> Vec<u8> {
+        let mut f = Header::new(true, Opcode::Text, text.len(), Some([0; 4]))
+            .as_bytes()
+            .to_vec();
+        f.extend_from_slice(text.as_bytes());
+        f
+    }
+
+    /// A frame that made no output (a notification), then one that needs
+    /// the writer, which has stopped: the writer's error is answered at
+    /// once and the connection closed. Deferring instead gave the pool a
+    /// frame with no reply to collect, and it evaluated both frames again:
+    /// the notification published twice.
+    #[test]
+    fn a_stopped_writer_evaluates_no_frame_twice() {
+        let host: &'static Pushes = Box::leak(Box::default());
+        let dir = crate::testdir::TestDir::new("wsstop");
+        let rpc = Rpc::start(&serde_json::json!({}), dir.path(), b"", host).unwrap();
+        let (text, _) = upgrade_as(&rpc, 4, "127.0.0.1:1", "");
+        assert!(text.starts_with("HTTP/1.1 101 "), "{text}");
+        rpc.core.bus.subscribe(9, &["t.x".to_string()]).unwrap();
+        rpc.writer.stop();
+        let mut input =
+            client_text(r#"{"jsonrpc":"2.0","method":"bus.publish","params":["t.x",1]}"#);
+        input.extend(client_text(
+            r#"{"jsonrpc":"2.0","method":"kv.set","params":["k",1],"id":1}"#,
+        ));
+        let info = ConnInfo::new(4, "127.0.0.1:1".parse().unwrap(), false);
+        let mut out = RVec::new();
+        let mut v = rpc.on_message(&info, &input, module_api::Out::from_mut(&mut out));
+        if v.action == module_api::Action::Defer {
+            // What the host does with a deferral.
+            let deferred = &input[..v.consumed as usize];
+            v = rpc.on_deferred(&info, deferred, module_api::Out::from_mut(&mut out));
+        }
+        assert_eq!(v.action, module_api::Action::Close);
+        let published: Vec<_> = host.0.lock().unwrap().clone();
+        assert_eq!(published, [vec![9]], "the notification ran once");
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("the writer has stopped"), "{text}");
+        assert!(text.contains("\"id\":1"), "the call is answered: {text}");
         rpc.stop();
     }
 
