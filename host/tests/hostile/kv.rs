@@ -98,7 +98,7 @@ fn kv_limits_answer_with_an_error_naming_the_limit() {
     assert_eq!(v["error"]["code"], -32050, "{v}");
     assert_eq!(
         v["error"]["message"],
-        "kv.set: the store would hold 2703 bytes of keys and values, over max_total_bytes (2500)"
+        "kv.set: the store would hold 2703 bytes of keys, values and stream messages, over max_total_bytes (2500)"
     );
     assert_eq!(c.ok("kv.incr", json!(["c"])), 1);
     let v = c.call("kv.cas", json!(["d", null, 1]));

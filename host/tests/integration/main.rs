@@ -37,6 +37,7 @@ pub mod rpc_access;
 pub mod rpc_bus;
 pub mod rpc_client;
 pub mod rpc_kv;
+pub mod rpc_origin;
 pub mod rpc_streams;
 pub mod rpc_ws;
 pub mod static_files;

@@ -49,8 +49,8 @@ pub struct Config {
     pub max_value_bytes: usize,
     /// Most keys in the store (expired keys count until purged).
     pub max_keys: u64,
-    /// Most bytes of keys plus values in the store (expired ones count
-    /// until purged).
+    /// Most bytes of keys plus values plus stream messages in the store
+    /// (expired keys count until purged).
     pub max_total_bytes: u64,
     /// Memory for values cached for reads on the event loops; a read of a
     /// value that is not cached goes to the writer, which reads SQLite.
@@ -116,7 +116,8 @@ pub struct Config {
     /// `-threads`.
     pub max_http_waiters: usize,
     /// Browser origins (`https://app.example.com`) besides the server's
-    /// own that may open a WebSocket at `GET /rpc/ws`.
+    /// own that may open a WebSocket at `GET /rpc/ws` or send `POST /rpc`
+    /// (see [`crate::access::browser`]).
     pub ws_origins: Vec<String>,
     /// How often the server pings WebSocket clients (0: never); keep it
     /// under half the host's `idle_timeout_ms`.

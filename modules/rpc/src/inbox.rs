@@ -18,6 +18,13 @@
 //! Requests over `POST /rpc` wait on their pool thread instead: their
 //! entry holds a [`Slot`] the answer is put into, and no timer (the
 //! waiting thread times out by itself).
+//!
+//! A request evaluated in the writer's batch ([`Wait::AfterCommit`]) goes
+//! out only if the batch commits: its message is one of the batch's
+//! notifications. Its timer is armed when the writer settles the batch
+//! ([`Inbox::settle`]); a failed batch drops the entry without a word,
+//! since the writer answers the call with the storage error itself (and
+//! a timer would answer it a second time, with -32033).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -89,6 +96,17 @@ impl Slot {
     }
 }
 
+/// How a registered request waits for its answer.
+pub enum Wait {
+    /// A timer answers -32033 at the deadline; armed at once.
+    Timer,
+    /// A timer too, armed once the writer's batch that made the request
+    /// commits ([`Inbox::settle`]); a failed batch drops the request.
+    AfterCommit,
+    /// A `POST /rpc` thread waits on the slot (and times out by itself).
+    Slot(Arc<Slot>),
+}
+
 /// One waiting request.
 pub struct Pending {
     /// The requester's connection; 0 for a `POST /rpc` waiter.
@@ -148,6 +166,9 @@ pub struct Inbox {
     pub late_replies: AtomicU64,
     /// `POST /rpc` requests waiting on a pool thread now.
     pub http_waiters: AtomicUsize,
+    /// The requests the writer's current batch registered
+    /// ([`Wait::AfterCommit`]): shard, reply subject, deadline.
+    unsettled: Mutex<Vec<(usize, Box<str>, Instant)>>,
 }
 
 fn conn_shard(conn: u64) -> usize {
@@ -204,6 +225,7 @@ impl Inbox {
             timeouts: AtomicU64::new(0),
             late_replies: AtomicU64::new(0),
             http_waiters: AtomicUsize::new(0),
+            unsettled: Mutex::default(),
         }
     }
 
@@ -268,10 +290,9 @@ impl Inbox {
         Ok(s.into_boxed_str())
     }
 
-    /// Registers a request of connection `conn` (0 with a `slot`: an HTTP
-    /// waiter) for the call `id` (JSON text) on `topic`; arms its timeout
-    /// unless it has a slot. Returns the reply subject, or -32050 at a
-    /// limit.
+    /// Registers a request of connection `conn` (0 with a slot: an HTTP
+    /// waiter) for the call `id` (JSON text) on `topic`, waiting as `wait`
+    /// says. Returns the reply subject, or -32050 at a limit.
     pub fn register(
         &self,
         core: &dyn InboxHost,
@@ -279,7 +300,7 @@ impl Inbox {
         id: &str,
         topic: &str,
         timeout_ms: u64,
-        slot: Option<Arc<Slot>>,
+        wait: Wait,
     ) -> Result<Box<str>, RpcError> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
@@ -328,7 +349,16 @@ impl Inbox {
                 }
                 mine.push(reply.clone());
             }
-            let has_slot = slot.is_some();
+            let slot = match wait {
+                Wait::Timer => None,
+                Wait::AfterCommit => {
+                    let mut batch = self.unsettled.lock().unwrap_or_else(|e| e.into_inner());
+                    batch.push((shard, reply.clone(), deadline));
+                    None
+                }
+                Wait::Slot(ref s) => Some(s.clone()),
+            };
+            let timer_now = matches!(wait, Wait::Timer);
             sh.map.insert(
                 reply.clone(),
                 Pending {
@@ -341,12 +371,32 @@ impl Inbox {
                     slot,
                 },
             );
-            if has_slot {
+            if !timer_now {
                 return Ok(reply);
             }
         }
         self.arm(core, shard, &reply, deadline);
         Ok(reply)
+    }
+
+    /// Ends the writer's batch for the requests it registered with
+    /// [`Wait::AfterCommit`] (the writer calls it after each commit,
+    /// before it delivers the batch's messages): `committed`, their timers
+    /// are armed; otherwise they are dropped without an answer, since the
+    /// writer answered each call with the storage error and its message
+    /// never went out.
+    pub fn settle(&self, core: &dyn InboxHost, committed: bool) {
+        let batch = std::mem::take(&mut *self.unsettled.lock().unwrap_or_else(|e| e.into_inner()));
+        for (shard, reply, deadline) in batch {
+            if committed {
+                // Its requester may have closed meanwhile.
+                if self.shard(shard).map.contains_key(&reply) {
+                    self.arm(core, shard, &reply, deadline);
+                }
+            } else if self.shard(shard).take(&reply).is_some() {
+                self.total.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 
     /// Arms the timeout of the entry `reply` (inserted already: a timer
@@ -585,7 +635,7 @@ mod tests {
         let (core, host, _dir) = core_with(serde_json::json!({}));
         let r = core
             .inbox
-            .register(&*core, 5, "7", "svc", 10_000, None)
+            .register(&*core, 5, "7", "svc", 10_000, Wait::Timer)
             .unwrap();
         assert_eq!(core.inbox.len(), 1);
         assert!(core.inbox.answer(&*core, &r, r#"{"a":1}"#));
@@ -608,7 +658,7 @@ mod tests {
         let (core, host, _dir) = core_with(serde_json::json!({}));
         let r = core
             .inbox
-            .register(&*core, 5, "\"x\"", "svc.t", 30, None)
+            .register(&*core, 5, "\"x\"", "svc.t", 30, Wait::Timer)
             .unwrap();
         std::thread::sleep(Duration::from_millis(15));
         assert!(lines(host).is_empty(), "not before its time");
@@ -635,23 +685,23 @@ mod tests {
         );
         let a = core
             .inbox
-            .register(&*core, 1, "1", "t", 10_000, None)
+            .register(&*core, 1, "1", "t", 10_000, Wait::Timer)
             .unwrap();
         core.inbox
-            .register(&*core, 1, "2", "t", 10_000, None)
+            .register(&*core, 1, "2", "t", 10_000, Wait::Timer)
             .unwrap();
         let e = core
             .inbox
-            .register(&*core, 1, "3", "t", 10_000, None)
+            .register(&*core, 1, "3", "t", 10_000, Wait::Timer)
             .unwrap_err();
         assert_eq!(e.code, code::LIMIT);
         assert!(e.message.contains("max_pending_requests)"), "{}", e.message);
         core.inbox
-            .register(&*core, 2, "1", "t", 10_000, None)
+            .register(&*core, 2, "1", "t", 10_000, Wait::Timer)
             .unwrap();
         let e = core
             .inbox
-            .register(&*core, 3, "1", "t", 10_000, None)
+            .register(&*core, 3, "1", "t", 10_000, Wait::Timer)
             .unwrap_err();
         assert!(
             e.message.contains("max_pending_requests_total"),
@@ -663,7 +713,7 @@ mod tests {
         assert_eq!(core.clock.pending(), 1);
         assert!(!core.inbox.answer(&*core, &a, "1"), "its requester closed");
         core.inbox
-            .register(&*core, 3, "1", "t", 10_000, None)
+            .register(&*core, 3, "1", "t", 10_000, Wait::Timer)
             .unwrap();
         assert!(lines(host).is_empty());
     }
@@ -674,7 +724,7 @@ mod tests {
         let slot = Arc::new(Slot::default());
         let r = core
             .inbox
-            .register(&*core, 0, "3", "t", 10_000, Some(slot.clone()))
+            .register(&*core, 0, "3", "t", 10_000, Wait::Slot(slot.clone()))
             .unwrap();
         assert_eq!(core.clock.pending(), 0, "the waiter times itself");
         assert!(core.inbox.answer(&*core, &r, "\"ok\""));
@@ -682,7 +732,7 @@ mod tests {
         assert_eq!(line, b"{\"jsonrpc\":\"2.0\",\"result\":\"ok\",\"id\":3}\n");
         let r = core
             .inbox
-            .register(&*core, 0, "4", "t", 10_000, Some(slot.clone()))
+            .register(&*core, 0, "4", "t", 10_000, Wait::Slot(slot.clone()))
             .unwrap();
         assert!(slot.wait(Instant::now()).is_none());
         assert!(core.inbox.abandon(&r));
@@ -694,7 +744,7 @@ mod tests {
         let (core, _host, _dir) = core_with(serde_json::json!({}));
         let r = core
             .inbox
-            .register(&*core, 9, "1", "t", 10_000, None)
+            .register(&*core, 9, "1", "t", 10_000, Wait::Timer)
             .unwrap();
         let snap = core.inbox.snapshot();
         assert_eq!(core.inbox.len(), 1, "kept in case the handover fails");
@@ -710,10 +760,121 @@ mod tests {
         );
     }
 
+    /// A request registered in the writer's batch waits for the batch:
+    /// no timer until it commits, and gone without a word if it fails.
+    #[test]
+    fn after_commit_requests_wait_for_the_batch() {
+        let (core, host, _dir) = core_with(serde_json::json!({}));
+        let wait = || Wait::AfterCommit;
+        let a = core
+            .inbox
+            .register(&*core, 5, "1", "t", 20, wait())
+            .unwrap();
+        assert_eq!(core.clock.pending(), 0, "not armed before the commit");
+        core.inbox.settle(&*core, true);
+        assert_eq!(core.clock.pending(), 1);
+        core.inbox.settle(&*core, true);
+        assert_eq!(core.clock.pending(), 1, "settled once");
+        core.inbox
+            .register(&*core, 5, "2", "t", 20, wait())
+            .unwrap();
+        core.inbox
+            .register(&*core, 6, "3", "t", 20, wait())
+            .unwrap();
+        core.inbox.drop_conn(&*core, 6);
+        core.inbox.settle(&*core, false);
+        assert_eq!(core.inbox.len(), 1, "only the committed one waits");
+        let end = Instant::now() + Duration::from_secs(5);
+        while lines(host).is_empty() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let l = lines(host);
+        assert_eq!(l.len(), 1, "{l:?}");
+        assert_eq!((l[0].0, &l[0].1["id"]), (5, &serde_json::json!(1)));
+        assert_eq!(l[0].1["error"]["code"], code::TIMEOUT);
+        assert!(!core.inbox.answer(&*core, &a, "1"));
+        assert!(core.inbox.is_empty());
+    }
+
+    /// A `bus.request` pipelined behind a write on one connection is
+    /// evaluated in the writer's batch. When that batch fails to commit,
+    /// the writer answers both calls with -32020 and the request never
+    /// goes out: no timer may answer it again with -32033 (nor hold a
+    /// place in the inbox). When the batch commits, its timer runs.
+    #[test]
+    fn a_request_of_a_failed_batch_is_answered_once() {
+        use crate::access::{Peer, Who};
+        use crate::types::Kind;
+        use crate::writer::{Start, Writer};
+        let (core, host, dir) = core_with(serde_json::json!({}));
+        core.bus.subscribe(8, &["svc".to_string()]).unwrap();
+        let path = dir.path().join("rpc.sqlite");
+        let db = crate::db::Db::open(&path, crate::config::SyncMode::Normal).unwrap();
+        db.make_read_only();
+        let owner = crate::owner::Owner::try_acquire(&crate::owner::Owner::lock_path(&path))
+            .unwrap()
+            .unwrap();
+        let writer = Writer::spawn(core.clone(), Start::Ready { db, owner }).unwrap();
+        let lines_in = concat!(
+            r#"{"jsonrpc":"2.0","method":"kv.set","params":["a",1],"id":1}"#,
+            "\n",
+            r#"{"jsonrpc":"2.0","method":"bus.request","params":["svc",1,30],"id":2}"#,
+            "\n"
+        );
+        let call = |input: &str| {
+            let r = writer
+                .call(
+                    5,
+                    Who::Internal,
+                    Peer::UNKNOWN,
+                    Kind::Lines,
+                    input.into(),
+                    usize::MAX,
+                )
+                .unwrap();
+            String::from_utf8(r.out).unwrap()
+        };
+        let out = call(lines_in);
+        let replies: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(replies.len(), 2, "{out}");
+        for (r, id) in replies.iter().zip([1, 2]) {
+            assert_eq!(r["id"], id, "{r}");
+            assert_eq!(r["error"]["code"], code::STORAGE, "{r}");
+        }
+        assert_eq!(core.inbox.len(), 0, "dropped with its batch");
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(lines(host).is_empty(), "answered twice: {:?}", lines(host));
+
+        // A request in a batch that commits (nothing to write) goes out
+        // and times out as ever.
+        let out = call(concat!(
+            r#"{"jsonrpc":"2.0","method":"bus.request","params":["svc",1,30],"id":3}"#,
+            "\n"
+        ));
+        assert_eq!(out, "", "answered later");
+        let end = Instant::now() + Duration::from_secs(5);
+        while lines(host).iter().all(|(c, _)| *c != 5) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let l = lines(host);
+        assert_eq!(l.len(), 2, "{l:?}");
+        assert_eq!(l[0].0, 8, "the request went out");
+        assert_eq!(l[1], (5, l[1].1.clone()));
+        assert_eq!(l[1].1["id"], 3);
+        assert_eq!(l[1].1["error"]["code"], code::TIMEOUT);
+        writer.stop();
+    }
+
     #[test]
     fn a_frozen_generation_times_out_nothing_until_it_serves_again() {
         let (core, host, _dir) = core_with(serde_json::json!({}));
-        core.inbox.register(&*core, 9, "1", "t", 20, None).unwrap();
+        core.inbox
+            .register(&*core, 9, "1", "t", 20, Wait::Timer)
+            .unwrap();
         *core.gate.write().unwrap() = Mode::Frozen;
         std::thread::sleep(Duration::from_millis(150));
         assert!(lines(host).is_empty(), "the successor answers it");

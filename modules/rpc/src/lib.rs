@@ -101,8 +101,8 @@
 //! calls of a batch are not affected. Keys are at most `max_key_bytes`
 //! (-32602 otherwise); a value's stored JSON text at most
 //! `max_value_bytes`; the store holds at most `max_keys` keys and
-//! `max_total_bytes` bytes of keys plus values (keys that expired count
-//! until purged). Overwrites that do not grow the store and deletes are
+//! `max_total_bytes` bytes of keys plus values plus stream messages (keys
+//! that expired count until purged). Overwrites that do not grow the store and deletes are
 //! always accepted, so a store at its limit can be cleaned up. The totals
 //! are kept in the database, changed in the same transaction as the rows
 //! they count: exact after a crash, and read at start without a scan.
@@ -138,7 +138,7 @@
 //! | -32040 | line over `max_line_bytes` (its line ending included); the connection is closed after this reply |
 //! | -32050 | a kv limit (`max_value_bytes`, `max_keys`, `max_total_bytes`); nothing was written |
 //! | -32060 | authentication required: the method needs a logged-in user, or the bus is in protected mode and the peer is not loopback (the message says how to configure users) |
-//! | -32061 | permission denied; the message names the method, the key or subject, and the user |
+//! | -32061 | permission denied; the message names the method, the key or subject, and the user; also the body of a `POST /rpc` refused 403 for its browser `Origin` ([`access::browser`]) |
 //! | -32062 | authentication failed: a wrong token (or user name); while the address is paused after failures, the message gives the wait |
 //! | -32063 | a per-user limit: `max_connections` (the connection stays as it was) or `requests_per_second` |
 //!
@@ -338,8 +338,9 @@
 //! after its TTL ran out. With `initial: true` the current values come
 //! first as `set` events, then `{watch, op: "ready"}`; a notification may
 //! reach the connection before the reply to `kv.watch` itself (match it
-//! by the watch id once the reply is in). `kv.unwatch {watch}` stops one;
-//! closing the connection stops all; `RELOAD rpc` keeps them. Limits:
+//! by the watch id once the reply is in). `kv.unwatch {watch}` stops one
+//! (an event already on its way may still follow its reply); closing the
+//! connection stops all; `RELOAD rpc` keeps them. Limits:
 //! `max_watches` per connection, `max_watches_total` in all (-32050).
 //! While nobody watches, writes pay nothing for the feature.
 //!
@@ -400,7 +401,7 @@
 //! max_key_bytes = 1024
 //! max_value_bytes = 1048576      # stored JSON text of one value (<= max_line_bytes; default: the smaller)
 //! max_keys = 1000000             # keys in the store (-32050 beyond)
-//! max_total_bytes = 1073741824   # bytes of keys plus values in the store (-32050 beyond)
+//! max_total_bytes = 1073741824   # bytes of keys, values and stream messages in the store (-32050 beyond)
 //! cache_bytes = 67108864         # values cached for reads on the event loops
 //! vacuum_step_pages = 1024       # free pages given back per step (0: keep them)
 //! max_subscriptions = 1024       # topic patterns per connection
@@ -425,7 +426,7 @@
 //! max_pending_requests_total = 65536  # bus.request calls waiting on the server
 //! max_request_timeout_ms = 60000 # largest bus.request timeout_ms
 //! max_http_waiters = 1           # bus.request calls over POST /rpc waiting at once (each holds a pool thread)
-//! ws_origins = []                # browser origins besides this host's that may open GET /rpc/ws
+//! ws_origins = []                # browser origins besides this host's that may open GET /rpc/ws or POST /rpc
 //! ws_ping_ms = 25000             # server pings to WebSocket clients (0: none); under half of idle_timeout_ms
 //! ws_max_fragments = 1024        # most frames one WebSocket message may come in
 //! # [[modules.rpc.users]]: see Access control (none: protected mode)
@@ -549,7 +550,7 @@ impl Handler for Rpc {
             // message or waits — one HTTP request or raw line at a time,
             // so a pipelined one is not taken along.
             _ if http && !continuing => {
-                return match post::frame(self, conn.id, input, conn.draining, out) {
+                return match post::frame(self, conn.id, input, conn.draining, false, out) {
                     post::Framed::Body { total, .. } => Verdict::defer(total),
                     post::Framed::NeedMore => Verdict::NEED_MORE,
                     post::Framed::Answered(v) => v,

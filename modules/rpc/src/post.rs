@@ -24,20 +24,26 @@
 //! protected mode a peer that is not loopback gets 403; with users, the
 //! `Authorization: Bearer` token (or the connection's client certificate,
 //! or `no_auth_user`) decides, and without any the answer is 401 with
-//! `WWW-Authenticate: Bearer realm="switchyard"`. Both carry a JSON-RPC
-//! error body. A deferred request is authorized again on the pool.
+//! `WWW-Authenticate: Bearer realm="switchyard"`. A browser page gets 403
+//! before that when its `Origin` is neither this host nor listed in
+//! `ws_origins`, and after it when the peer is trusted for being on
+//! loopback (protected mode) and the page is not on a loopback host name
+//! (DNS rebinding): the same checks as the WebSocket upgrade
+//! ([`crate::access::browser`]), since any page may send a simple `POST`
+//! without a preflight. Requests without `Origin` (curl, bots) are not
+//! pages. Every refusal carries a JSON-RPC error body. A deferred request
+//! is authorized again on the pool.
 
-use crate::access::Peer;
 use std::borrow::Cow;
 
 use module_api::http::framing::{self, Frame};
 use module_api::http::{self, Parsed};
 use module_api::{ConnInfo, RVec, Verdict};
 
-use crate::access::{Credentials, HttpRefusal, Who};
+use crate::access::browser::Page;
+use crate::access::{Credentials, HttpRefusal, Peer, Who};
 use crate::conns::ConnState;
 use crate::core::Core;
-use crate::entry::now_ms;
 use crate::generation::Rpc;
 use crate::jsonrpc::{self, Sink};
 use crate::methods::{eval_message, later_call, needs_writer, request_over_http, Env};
@@ -57,9 +63,17 @@ pub enum Framed<'a> {
         body: Cow<'a, [u8]>,
         total: usize,
         keep: bool,
-        /// The `Authorization` header's value.
-        auth: Option<&'a [u8]>,
+        sender: Sender<'a>,
     },
+}
+
+/// Who sent a request, as its headers say.
+#[derive(Clone, Copy)]
+pub struct Sender<'a> {
+    /// The `Authorization` header's value.
+    auth: Option<&'a [u8]>,
+    /// The browser page it comes from, if any.
+    page: Page,
 }
 
 fn plain(out: &mut RVec<u8>, status: u16, text: &str, keep: bool) {
@@ -86,11 +100,16 @@ fn limits(rpc: &Rpc) -> framing::Limits {
 /// Reads one request from `input`, the bytes buffered on connection
 /// `conn` (0: not a connection's buffer; framed from scratch). `draining`:
 /// the host is shutting down, so the answer says `Connection: close`.
+/// `internal`: an in-process call, whose `Origin` (if any) is its
+/// caller's business; any other request from a cross-site page is
+/// answered 403 here, before its content type or credentials are looked
+/// at (so that it counts no failed login against its address either).
 pub fn frame<'a>(
     rpc: &Rpc,
     conn: u64,
     input: &'a [u8],
     draining: bool,
+    internal: bool,
     out: &mut RVec<u8>,
 ) -> Framed<'a> {
     let limits = limits(rpc);
@@ -110,17 +129,28 @@ pub fn frame<'a>(
     if req.method != "POST" || req.path() != "/rpc" {
         return fail(out, 404, "not found: JSON-RPC is POST /rpc\n", input.len());
     }
+    let keep = req.keep_alive() && !draining;
+    let page = Page::of(&req, &rpc.core.cfg.ws_origins);
+    if let Some(r) = page.refusal(false).filter(|_| !internal) {
+        log::warn!(
+            "rpc: POST /rpc refused: a browser page from Origin {:?}",
+            String::from_utf8_lossy(req.header("origin").unwrap_or_default())
+        );
+        return Framed::Answered(refuse(out, 403, &r.error(), None, total, keep));
+    }
     let json = req.header("content-type").map_or(true, |v| {
         let v = String::from_utf8_lossy(v).to_ascii_lowercase();
         let mime = v.split(';').next().unwrap_or("").trim().to_string();
         mime == "application/json" || mime == "application/json-rpc" || mime.is_empty()
     });
-    let keep = req.keep_alive() && !draining;
     if !json {
         plain(out, 415, "use Content-Type: application/json\n", keep);
         return Framed::Answered(done(total, keep));
     }
-    let auth = req.header("authorization");
+    let sender = Sender {
+        auth: req.header("authorization"),
+        page,
+    };
     let raw = &input[head_len..total];
     let body = match body {
         framing::Body::Length(_) => Cow::Borrowed(raw),
@@ -133,41 +163,75 @@ pub fn frame<'a>(
         body,
         total,
         keep,
-        auth,
+        sender,
     }
 }
 
 /// Who the request acts as, or its refusal written out (401 with
-/// `WWW-Authenticate`, or 403 in protected mode; a JSON-RPC error body).
+/// `WWW-Authenticate`, or 403 in protected mode or for a browser page
+/// that may not call; a JSON-RPC error body).
 fn authorize(
     rpc: &Rpc,
     conn: u64,
     peer: Peer,
-    auth: Option<&[u8]>,
+    sender: Sender<'_>,
     out: &mut RVec<u8>,
     total: usize,
     keep: bool,
 ) -> Result<Who, Verdict> {
     let core = &*rpc.core;
-    let creds = Credentials::from_header(auth);
-    core.access
+    let creds = Credentials::from_header(sender.auth);
+    let who = core
+        .access
         .who_http(core.host, conn, peer, &creds)
         .map_err(|refusal| {
-            let mut body = Vec::new();
-            jsonrpc::write_error(&mut body, None, &refusal.error());
-            http::start_response(out, refusal.status(), keep);
-            if refusal.status() == 401 {
-                let challenge: &[u8] = match refusal {
-                    HttpRefusal::Missing => br#"Bearer realm="switchyard""#,
-                    _ => br#"Bearer realm="switchyard", error="invalid_token""#,
-                };
-                http::push_header(out, "WWW-Authenticate", challenge);
-            }
-            http::push_header(out, "Content-Type", b"application/json");
-            http::end_head(out, body.len() as u64);
-            out.put(&body);
-            done(total, keep)
-        })
+            let challenge: Option<&[u8]> = match refusal {
+                HttpRefusal::Protected => None,
+                HttpRefusal::Missing => Some(br#"Bearer realm="switchyard""#),
+                _ => Some(br#"Bearer realm="switchyard", error="invalid_token""#),
+            };
+            refuse(
+                out,
+                refusal.status(),
+                &refusal.error(),
+                challenge,
+                total,
+                keep,
+            )
+        })?;
+    // Cross-site pages were refused by `frame`; a same-origin page on a
+    // name that is not loopback is refused once the peer turns out to be
+    // trusted for being on loopback.
+    if let Some(r) = sender.page.refusal(matches!(who, Who::Loopback)) {
+        log::warn!(
+            "rpc: POST /rpc from {peer} refused: protected mode and a browser page not on a \
+             loopback host name (DNS rebinding?)"
+        );
+        return Err(refuse(out, 403, &r.error(), None, total, keep));
+    }
+    Ok(who)
+}
+
+/// Writes an HTTP refusal with a JSON-RPC error body (and, for a 401, the
+/// `WWW-Authenticate` challenge).
+fn refuse(
+    out: &mut RVec<u8>,
+    status: u16,
+    error: &jsonrpc::RpcError,
+    challenge: Option<&[u8]>,
+    total: usize,
+    keep: bool,
+) -> Verdict {
+    let mut body = Vec::new();
+    jsonrpc::write_error(&mut body, None, error);
+    http::start_response(out, status, keep);
+    if let Some(c) = challenge {
+        http::push_header(out, "WWW-Authenticate", c);
+    }
+    http::push_header(out, "Content-Type", b"application/json");
+    http::end_head(out, body.len() as u64);
+    out.put(&body);
+    done(total, keep)
 }
 
 fn done(total: usize, keep: bool) -> Verdict {
@@ -208,17 +272,17 @@ pub fn on_message(
         return Verdict::defer(input.len());
     }
     let (conn, peer) = (info.id, crate::access::peer_of(info));
-    let (body, total, keep, auth) = match frame(rpc, conn, input, info.draining, out) {
+    let (body, total, keep, sender) = match frame(rpc, conn, input, info.draining, false, out) {
         Framed::NeedMore => return Verdict::NEED_MORE,
         Framed::Answered(v) => return v,
         Framed::Body {
             body,
             total,
             keep,
-            auth,
-        } => (body, total, keep, auth),
+            sender,
+        } => (body, total, keep, sender),
     };
-    let who = match authorize(rpc, conn, peer, auth, out, total, keep) {
+    let who = match authorize(rpc, conn, peer, sender, out, total, keep) {
         Ok(who) => who,
         Err(v) => return v,
     };
@@ -272,7 +336,7 @@ pub fn on_deferred(
         Cow::Owned([&kept[..], input].concat())
     };
     // Framed from scratch (id 0): the request is whole, one pass.
-    let (body, total, keep, auth) = match frame(rpc, 0, &data, draining, out) {
+    let (body, total, keep, sender) = match frame(rpc, 0, &data, draining, conn == 0, out) {
         Framed::NeedMore if kept.is_empty() => return fail_verdict(out, input.len()),
         Framed::NeedMore => {
             keep_start(rpc, conn, data.into_owned());
@@ -288,11 +352,11 @@ pub fn on_deferred(
             body,
             total,
             keep,
-            auth,
-        } => (body, total, keep, auth),
+            sender,
+        } => (body, total, keep, sender),
     };
     let consumed = total.saturating_sub(kept.len()).max(1);
-    let who = match authorize(rpc, conn, peer, auth, out, consumed, keep) {
+    let who = match authorize(rpc, conn, peer, sender, out, consumed, keep) {
         Ok(who) => who,
         Err(v) => return v,
     };
@@ -338,17 +402,7 @@ fn answer(rpc: &Rpc, body: &[u8], who: Who, peer: Peer, release: &mut dyn FnMut(
 fn answer_reads(core: &Core, msg: &jsonrpc::Message<'_>, who: Who, peer: Peer) -> Vec<u8> {
     let mut reply = Vec::new();
     let map = core.store.read();
-    let mut env = Env {
-        core,
-        view: View::Read(&map),
-        now: now_ms(),
-        conn: 0,
-        later: None,
-        subscribed: false,
-        who,
-        peer,
-        close: false,
-    };
+    let mut env = Env::reading(core, &map, 0, who, peer);
     eval_message(&mut env, msg, &mut reply);
     reply
 }

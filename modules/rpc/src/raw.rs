@@ -49,12 +49,10 @@ use module_api::{ConnInfo, Verdict};
 
 use crate::conns::ConnState;
 use crate::core::{too_large, Core};
-use crate::entry::now_ms;
 use crate::generation::Rpc;
 use crate::host::wait;
 use crate::jsonrpc::{self, code, Message, RpcError, Sink};
 use crate::methods::{eval_message, needs_writer, only_writes, Env};
-use crate::store::View;
 use crate::types::Kind;
 use crate::writer::Submission;
 
@@ -192,17 +190,7 @@ pub fn on_message(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) 
     // Looked up once per call; `sys.auth` changes it for later lines.
     let who = core.access.who(core.host, &core.conns, conn, peer);
     let map = core.store.read();
-    let mut env = Env {
-        core,
-        view: View::Read(&map),
-        now: now_ms(),
-        conn,
-        later: None,
-        subscribed: false,
-        who,
-        peer,
-        close: false,
-    };
+    let mut env = Env::reading(core, &map, conn, who, peer);
     let verdict = loop {
         let start = scan.pos();
         let Some(raw_line) = scan.next_line(input) else {
@@ -370,7 +358,9 @@ fn finish(len: usize, close: bool) -> Verdict {
     }
 }
 
-fn writer_stopped() -> RpcError {
+/// -32020 for a message the writer could not take (its thread has
+/// stopped).
+pub(crate) fn writer_stopped() -> RpcError {
     RpcError::new(code::STORAGE, "the writer has stopped; nothing was written")
 }
 
@@ -430,17 +420,7 @@ pub fn on_deferred<S: Sink>(
     let mut who = core.access.who(core.host, &core.conns, conn, peer);
     {
         let map = core.store.read();
-        let mut env = Env {
-            core,
-            view: View::Read(&map),
-            now: now_ms(),
-            conn,
-            later: None,
-            subscribed: false,
-            who: who.clone(),
-            peer,
-            close: false,
-        };
+        let mut env = Env::reading(core, &map, conn, who.clone(), peer);
         for line in lines(whole) {
             if line.len() >= max {
                 close = true;

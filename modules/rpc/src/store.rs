@@ -378,7 +378,8 @@ impl fmt::Display for Limit {
             ),
             Limit::TotalBytes { would, max } => write!(
                 f,
-                "the store would hold {would} bytes of keys and values, over max_total_bytes ({max})"
+                "the store would hold {would} bytes of keys, values and stream messages, over \
+                 max_total_bytes ({max})"
             ),
         }
     }
@@ -469,10 +470,23 @@ impl View<'_> {
         }
     }
 
+    /// [`View::put_counting`] with nothing stored besides keys and values.
+    #[cfg(test)]
+    pub fn put(&mut self, key: &str, row: Row) -> Result<Result<u64, Limit>, RpcError> {
+        self.put_counting(key, row, 0)
+    }
+
     /// Sets or deletes `key`, unless that would pass a limit; the change
     /// takes the next revision (returned; a set row carries it). Only the
-    /// writer's view can change anything.
-    pub fn put(&mut self, key: &str, mut row: Row) -> Result<Result<u64, Limit>, RpcError> {
+    /// writer's view can change anything. `others`: the bytes the store
+    /// holds besides keys and values (stream messages), which count
+    /// against `max_total_bytes` too.
+    pub fn put_counting(
+        &mut self,
+        key: &str,
+        mut row: Row,
+        others: u64,
+    ) -> Result<Result<u64, Limit>, RpcError> {
         let View::Write {
             reader,
             db,
@@ -508,10 +522,11 @@ impl View<'_> {
                 return Ok(Err(Limit::Keys { max: cfg.max_keys }));
             }
             let old = before.map_or(0, |b| key.len() as u64 + b);
-            let would = bytes - old.min(bytes) + key.len() as u64 + size as u64;
+            let kv = bytes - old.min(bytes) + key.len() as u64 + size as u64;
+            let would = kv.saturating_add(others);
             // A write that does not grow the store is always allowed (the
             // limit may have been lowered below what is stored).
-            if would > cfg.max_total_bytes && would > bytes {
+            if would > cfg.max_total_bytes && kv > bytes {
                 return Ok(Err(Limit::TotalBytes {
                     would,
                     max: cfg.max_total_bytes,

@@ -293,17 +293,33 @@ impl Watches {
 
     /// Pushes the events (in revision order) to the watches that want
     /// them. Called by the writer after the changes committed.
+    ///
+    /// The lines are built under the table's lock and pushed after it is
+    /// let go: `kv.unwatch` and connection closes take the lock on an event
+    /// loop, and must not wait for events × watches pushes. Each watch
+    /// still gets its events in revision order (they are pushed in the
+    /// order built, and only the writer thread publishes). The price: an
+    /// event built just before a `kv.unwatch` may reach the connection
+    /// after its reply, as one already queued could before.
     pub fn publish(&self, core: &dyn WatchHost, events: &[Event]) {
         if events.is_empty() || !self.active() {
             return;
         }
-        let inner = self.lock();
-        for ev in events {
-            for (id, w) in &inner.map {
-                if w.wants(ev) {
-                    core.push_line(w.conn, &event_line(*id, ev));
-                }
-            }
+        let targets: Vec<(u64, Vec<u8>)> = {
+            let inner = self.lock();
+            events
+                .iter()
+                .flat_map(|ev| {
+                    inner
+                        .map
+                        .iter()
+                        .filter(|(_, w)| w.wants(ev))
+                        .map(|(id, w)| (w.conn, event_line(*id, ev)))
+                })
+                .collect()
+        };
+        for (conn, line) in &targets {
+            core.push_line(*conn, line);
         }
     }
 
@@ -508,6 +524,66 @@ mod tests {
             serde_json::json!({"watch":7,"key":"k\"","op":"del","revision":9})
         );
         assert_eq!(*line.last().unwrap(), b'\n');
+    }
+
+    /// Records pushes, and whether the watch table was free at each.
+    struct Recorder<'a> {
+        watches: &'a Watches,
+        pushed: Mutex<Vec<(u64, serde_json::Value, bool)>>,
+    }
+
+    impl WatchHost for Recorder<'_> {
+        fn push_line(&self, conn: u64, line: &[u8]) -> bool {
+            let free = self.watches.inner.try_lock().is_ok();
+            let v = serde_json::from_slice(line).unwrap();
+            self.pushed.lock().unwrap().push((conn, v, free));
+            true
+        }
+    }
+
+    /// `publish` pushes with the table unlocked (a `kv.unwatch` or a close
+    /// on an event loop does not wait for it), each watch's events in
+    /// revision order, only to the watches that want them.
+    #[test]
+    fn publish_pushes_after_letting_go_of_the_table() {
+        let w = Watches::new(10, 10);
+        let a = w
+            .add(1, Filter::Prefix("a.".into()), Who::Internal, 0, false)
+            .unwrap();
+        let all = w
+            .add(2, Filter::Prefix(String::new()), Who::Internal, 0, false)
+            .unwrap();
+        let host = Recorder {
+            watches: &w,
+            pushed: Mutex::new(Vec::new()),
+        };
+        w.publish(&host, &[ev("a.1", 1), ev("b.1", 2), ev("a.2", 3)]);
+        let pushed = host.pushed.into_inner().unwrap();
+        assert!(pushed.iter().all(|p| p.2), "pushed under the lock");
+        let seen = |conn: u64| -> Vec<(u64, String, u64)> {
+            pushed
+                .iter()
+                .filter(|p| p.0 == conn)
+                .map(|p| {
+                    let params = &p.1["params"];
+                    (
+                        params["watch"].as_u64().unwrap(),
+                        params["key"].as_str().unwrap().to_string(),
+                        params["revision"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(seen(1), [(a, "a.1".into(), 1), (a, "a.2".into(), 3)]);
+        assert_eq!(
+            seen(2),
+            [
+                (all, "a.1".into(), 1),
+                (all, "b.1".into(), 2),
+                (all, "a.2".into(), 3)
+            ]
+        );
+        assert_eq!(pushed.len(), 5);
     }
 
     #[test]

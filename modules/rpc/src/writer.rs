@@ -455,6 +455,7 @@ impl Worker {
                     notes.clear();
                     events.clear();
                     core.watches.drop_ids(&watches);
+                    core.inbox.settle(core, false);
                     for (sub, reply) in subs.iter().zip(replies.iter_mut()) {
                         reply.out.clear();
                         answer_all(core, sub, reply.taken, &err, &mut reply.out);
@@ -463,6 +464,7 @@ impl Worker {
                 }
             }
         }
+        core.inbox.settle(core, true);
         for note in &notes {
             core.deliver(note);
         }

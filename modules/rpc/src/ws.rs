@@ -8,7 +8,9 @@
 //! the request's own `Host` or be listed in `ws_origins` (403 otherwise:
 //! in protected mode every page the user opens could otherwise reach the
 //! loopback-trusted bus); in protected mode a peer that is not loopback
-//! gets 403; with users, an `Authorization: Bearer` token logs the
+//! gets 403, and a browser page must be on a loopback host name (DNS
+//! rebinding; both checks are [`access::browser`]'s, shared with
+//! `POST /rpc`); with users, an `Authorization: Bearer` token logs the
 //! connection in at once (401 when wrong), a client certificate or
 //! `no_auth_user` on its first message as on raw TCP, and a browser (which
 //! cannot set headers) sends `sys.auth` first. Tokens are never read from
@@ -52,16 +54,15 @@ use module_api::ws::frame::{self, Decoded, Header, Opcode};
 use module_api::ws::{close, handshake, Event, Fail, Reassembler};
 use module_api::{ConnInfo, RVec, Verdict};
 
+use crate::access::browser::Page;
 use crate::access::{self, Credentials, Peer};
 use crate::conns::{WsSnap, WsState};
 use crate::core::{ws_overflow_notice, Core};
-use crate::entry::now_ms;
 use crate::generation::Rpc;
 use crate::host::wait;
-use crate::jsonrpc::Sink;
+use crate::jsonrpc::{RpcError, Sink};
 use crate::methods::Env;
 use crate::raw::{self, Evaluated};
-use crate::store::View;
 use crate::types::{Kind, Mode};
 use crate::writer::Submission;
 
@@ -175,19 +176,17 @@ fn upgrade(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verd
         }
     };
     let peer = access::peer_of(info);
-    if !handshake::origin_allowed(&req, &core.cfg.ws_origins) {
+    let users = !core.access.users.is_empty();
+    let page = Page::of(&req, &core.cfg.ws_origins);
+    // The Origin first (any peer), then the peer, then rebinding: a
+    // remote browser hears about its Origin, not about loopback names.
+    if let Some(r) = page.refusal(false) {
         log::warn!(
             "rpc: ws upgrade from {peer} refused: Origin {:?} is neither this host nor in ws_origins",
             String::from_utf8_lossy(req.header("origin").unwrap_or_default())
         );
-        return refuse(
-            out,
-            403,
-            "this Origin may not open a WebSocket here (ws_origins)",
-            input.len(),
-        );
+        return refuse(out, 403, r.why(), input.len());
     }
-    let users = !core.access.users.is_empty();
     if !users && !peer.is_loopback() {
         return refuse(
             out,
@@ -196,19 +195,13 @@ fn upgrade(rpc: &Rpc, info: &ConnInfo, input: &[u8], out: &mut RVec<u8>) -> Verd
             input.len(),
         );
     }
-    if !users && !rebinding_safe(&req, &core.cfg.ws_origins) {
+    if let Some(r) = page.refusal(!users) {
         log::warn!(
             "rpc: ws upgrade from {peer} refused: protected mode and a browser page at Host {:?} \
              (not a loopback name; DNS rebinding?)",
             String::from_utf8_lossy(req.header("host").unwrap_or_default())
         );
-        return refuse(
-            out,
-            403,
-            "protected mode: a browser page must be served from localhost or a loopback address \
-             (or be listed in ws_origins)",
-            input.len(),
-        );
+        return refuse(out, 403, r.why(), input.len());
     }
     let gate = core.gate.try_read();
     if !matches!(gate.as_deref(), Ok(Mode::Live)) {
@@ -321,17 +314,7 @@ fn run(
         scratch.clear();
         let (writes, close) = {
             let map = core.store.read();
-            let mut env = Env {
-                core,
-                view: View::Read(&map),
-                now: now_ms(),
-                conn,
-                later: None,
-                subscribed: false,
-                who: who.clone(),
-                peer,
-                close: false,
-            };
+            let mut env = Env::reading(core, &map, conn, who.clone(), peer);
             let writes = matches!(
                 raw::evaluate(&mut env, text.as_bytes(), &mut scratch),
                 Evaluated::Writer(_)
@@ -365,12 +348,7 @@ fn run(
                         break Verdict::close(pos);
                     }
                 }
-                Err(e) => {
-                    scratch.clear();
-                    crate::jsonrpc::write_error(&mut scratch, None, &e);
-                    put_frame(out, Opcode::Text, &scratch);
-                    break Verdict::close(pos);
-                }
+                Err(e) => break writer_failed(core, out, &text, &e, pos),
             }
             continue;
         }
@@ -390,12 +368,36 @@ fn run(
             budget: usize::MAX,
             reply: tx,
         };
-        st.pending = rpc.writer.submit(sub).then_some(rx);
+        if !rpc.writer.submit(sub) {
+            // Answered here as the pool would: deferred without a reply
+            // to collect, the frames up to `pos` would be evaluated again
+            // on the pool (those that made no output too).
+            break writer_failed(core, out, &text, &raw::writer_stopped(), pos);
+        }
+        st.pending = Some(rx);
         break Verdict::defer(pos);
     };
     st.ws = Some(ws);
     core.conns.put_back(conn, st);
     verdict
+}
+
+/// A message the writer could not take: the error for each of its calls
+/// as one text frame, then the end of the connection.
+fn writer_failed<S: Sink>(
+    core: &Core,
+    out: &mut S,
+    text: &str,
+    e: &RpcError,
+    consumed: usize,
+) -> Verdict {
+    let mut reply = Vec::new();
+    let msg = crate::jsonrpc::parse(text.as_bytes(), core.cfg.max_batch);
+    crate::jsonrpc::write_all_errors(&mut reply, &msg, e);
+    if !reply.is_empty() {
+        put_frame(out, Opcode::Text, &reply);
+    }
+    Verdict::close(consumed)
 }
 
 /// The writer's reply to a message [`on_message`] deferred, framed (on
@@ -580,74 +582,78 @@ mod tests {
         rpc.stop();
     }
 
+    /// Records the connections of every push.
+    #[derive(Default)]
+    struct Pushes(std::sync::Mutex<Vec<Vec<u64>>>);
+
+    impl crate::host::HostApi for Pushes {
+        fn push_many(&self, conns: &[u64], _data: &[u8], _notice: &[u8]) -> usize {
+            self.0.lock().unwrap().push(conns.to_vec());
+            conns.len()
+        }
+        fn call(&self, _: &str, _: &[u8]) -> Result<Vec<u8>, module_api::CallStatus> {
+            Err(module_api::CallStatus::NoSuchModule)
+        }
+        fn wait_begin(&self) -> u64 {
+            0
+        }
+        fn wait_end(&self, _token: u64) {}
+        fn peer_identity(&self, _conn: u64) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    /// A client's text frame (masked with a zero key, so the payload
+    /// stays as it is).
+    fn client_text(text: &str) -> Vec<u8> {
+        let mut f = Header::new(true, Opcode::Text, text.len(), Some([0; 4]))
+            .as_bytes()
+            .to_vec();
+        f.extend_from_slice(text.as_bytes());
+        f
+    }
+
+    /// A frame that made no output (a notification), then one that needs
+    /// the writer, which has stopped: the writer's error is answered at
+    /// once and the connection closed. Deferring instead gave the pool a
+    /// frame with no reply to collect, and it evaluated both frames again:
+    /// the notification published twice.
+    #[test]
+    fn a_stopped_writer_evaluates_no_frame_twice() {
+        let host: &'static Pushes = Box::leak(Box::default());
+        let dir = crate::testdir::TestDir::new("wsstop");
+        let rpc = Rpc::start(&serde_json::json!({}), dir.path(), b"", host).unwrap();
+        let (text, _) = upgrade_as(&rpc, 4, "127.0.0.1:1", "");
+        assert!(text.starts_with("HTTP/1.1 101 "), "{text}");
+        rpc.core.bus.subscribe(9, &["t.x".to_string()]).unwrap();
+        rpc.writer.stop();
+        let mut input =
+            client_text(r#"{"jsonrpc":"2.0","method":"bus.publish","params":["t.x",1]}"#);
+        input.extend(client_text(
+            r#"{"jsonrpc":"2.0","method":"kv.set","params":["k",1],"id":1}"#,
+        ));
+        let info = ConnInfo::new(4, "127.0.0.1:1".parse().unwrap(), false);
+        let mut out = RVec::new();
+        let mut v = rpc.on_message(&info, &input, module_api::Out::from_mut(&mut out));
+        if v.action == module_api::Action::Defer {
+            // What the host does with a deferral.
+            let deferred = &input[..v.consumed as usize];
+            v = rpc.on_deferred(&info, deferred, module_api::Out::from_mut(&mut out));
+        }
+        assert_eq!(v.action, module_api::Action::Close);
+        let published: Vec<_> = host.0.lock().unwrap().clone();
+        assert_eq!(published, [vec![9]], "the notification ran once");
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("the writer has stopped"), "{text}");
+        assert!(text.contains("\"id\":1"), "the call is answered: {text}");
+        rpc.stop();
+    }
+
     #[test]
     fn lines_become_one_text_frame_each() {
         let mut out = Vec::new();
         put_lines(&mut out, b"a\nbc\n");
         assert_eq!(out, [0x81, 1, b'a', 0x81, 2, b'b', b'c']);
         assert_eq!(as_line("{\n\"a\"\r\n:1}"), b"{ \"a\"  :1}\n");
-    }
-}
-
-/// In protected mode (no users) loopback peers get every right, so a
-/// browser page on a name that an attacker's DNS later points at 127.0.0.1
-/// (DNS rebinding) would pass the same-origin check (its Origin and Host
-/// agree) and reach the whole bus. A browser request (one with `Origin`)
-/// must therefore name a loopback host (`localhost`, `127.x.y.z`,
-/// `[::1]`) unless its Origin is listed in `ws_origins`.
-fn rebinding_safe(req: &module_api::http::Request<'_, '_>, allowed: &[String]) -> bool {
-    let Some(origin) = req.header("origin") else {
-        return true;
-    };
-    let origin = String::from_utf8_lossy(origin.trim_ascii());
-    if allowed.iter().any(|a| a.eq_ignore_ascii_case(&origin)) {
-        return true;
-    }
-    req.header("host")
-        .is_some_and(|h| loopback_name(&String::from_utf8_lossy(h.trim_ascii())))
-}
-
-/// Whether a `Host` header (`name[:port]`) names this machine's loopback.
-fn loopback_name(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or_default()
-    } else {
-        host.rsplit_once(':').map_or(host, |(n, _)| n)
-    };
-    if name.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    match name.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => false,
-    }
-}
-
-#[cfg(test)]
-mod rebinding_tests {
-    use super::loopback_name;
-
-    #[test]
-    fn only_loopback_names_pass() {
-        for ok in [
-            "localhost",
-            "LOCALHOST:8080",
-            "127.0.0.1:80",
-            "127.3.4.5",
-            "[::1]:8080",
-            "[::1]",
-        ] {
-            assert!(loopback_name(ok), "{ok}");
-        }
-        for bad in [
-            "evil.test:8080",
-            "localhost.evil.test",
-            "10.0.0.1",
-            "[::2]:80",
-            "",
-            "127.0.0.1.evil.test",
-        ] {
-            assert!(!loopback_name(bad), "{bad}");
-        }
     }
 }

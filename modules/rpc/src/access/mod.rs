@@ -11,6 +11,10 @@
 //!   the methods themselves ([`Who::check`]), with per-user limits
 //!   ([`limit`]).
 //!
+//! * A browser page may call only from this host or an Origin in
+//!   `ws_origins`, and in protected mode only from a loopback host name
+//!   ([`browser`], for the WebSocket upgrade and `POST /rpc` alike).
+//!
 //! [`Access`] is one generation's table: the users, the raw TCP
 //! connections' sessions ([`session`]) and the per-address brake on
 //! failed logins ([`backoff`]). A reload hands the sessions to the next
@@ -18,6 +22,7 @@
 //! ([`Access::restore`]).
 
 pub mod backoff;
+pub mod browser;
 pub mod decide;
 pub mod limit;
 pub mod pattern;

@@ -105,7 +105,7 @@ mod tests {
     use crate::jsonrpc::code;
     use crate::methods::testkit::{open, req, run};
     use crate::methods::{eval_message, Env};
-    use crate::store::{Store, View};
+    use crate::store::Store;
     use module_api::CallStatus;
 
     #[test]
@@ -175,17 +175,7 @@ mod tests {
             r#"{{"jsonrpc":"2.0","method":"bus.publish","params":{{"topic":"wide.x","data":{data}}},"id":1}}"#
         );
         let map = core.store.read();
-        let mut env = Env {
-            core: &core,
-            view: View::Read(&map),
-            now: 0,
-            conn: 0,
-            later: None,
-            subscribed: false,
-            who: Who::Internal,
-            peer: Peer::UNKNOWN,
-            close: false,
-        };
+        let mut env = Env::reading(&core, &map, 0, Who::Internal, Peer::UNKNOWN);
         let mut out = Vec::new();
         eval_message(&mut env, &jsonrpc::parse(line.as_bytes(), 10), &mut out);
         assert_eq!(out, br#"{"jsonrpc":"2.0","result":300,"id":1}"#);

@@ -58,7 +58,7 @@ mod tests {
         let mut o = Overlay::default();
         let reply = core
             .inbox
-            .register(&*core, 5, "1", "t", 10_000, None)
+            .register(&*core, 5, "1", "t", 10_000, crate::inbox::Wait::Timer)
             .unwrap();
         let mut call = |p: String| run(&core, &db, &mut o, 9, &req("bus.reply", &p));
         let p = format!(r#"{{"reply":"{reply}","data":{{"x":1}}}}"#);

@@ -19,10 +19,9 @@ use crate::access::Right;
 use crate::access::{Peer, Who};
 use crate::bus::{self, check_topic, Note};
 use crate::core::Core;
-use crate::entry::now_ms;
-use crate::inbox::{timed_out, Slot};
+use crate::inbox::{timed_out, Slot, Wait};
 use crate::jsonrpc::{self, code, Request, RpcError, Sink};
-use crate::store::{stored_text, View};
+use crate::store::stored_text;
 
 use super::env::Env;
 use super::params::params;
@@ -95,8 +94,15 @@ fn send(
             return Err(RpcError::invalid_params("the connection closed"));
         }
         drop(locked);
+        // In the writer the message goes out only if the batch commits:
+        // until then no timer may answer the call (see `Wait`).
+        let wait = match (slot, &env.later) {
+            (Some(slot), _) => Wait::Slot(slot),
+            (None, Some(_)) => Wait::AfterCommit,
+            (None, None) => Wait::Timer,
+        };
         core.inbox
-            .register(core, env.conn, id.get(), &p.topic, timeout_ms, slot)?
+            .register(core, env.conn, id.get(), &p.topic, timeout_ms, wait)?
     };
     let data: Cow<'_, str> = if p.data.get().contains(['\n', '\r']) {
         Cow::Owned(stored_text(p.data).into())
@@ -166,17 +172,7 @@ pub fn over_http(
     let slot = Arc::new(Slot::default());
     let sent = {
         let map = core.store.read();
-        let mut env = Env {
-            core,
-            view: View::Read(&map),
-            now: now_ms(),
-            conn: 0,
-            later: None,
-            subscribed: false,
-            who,
-            peer,
-            close: false,
-        };
+        let mut env = Env::reading(core, &map, 0, who, peer);
         send(&mut env, req, Some(slot.clone()))
     };
     let (reply, timeout_ms) = match sent {

@@ -6,8 +6,7 @@ use crate::jsonrpc::{Request, RpcError, Sink};
 use crate::streams::Op;
 
 use super::env::{put_bool, Env};
-use super::params::params;
-use super::stream_common::{batch, key, ConsumerP};
+use super::stream_common::{batch, consumer_key};
 
 /// Runs `consumer.delete`.
 pub(super) fn run<S: Sink>(
@@ -15,8 +14,7 @@ pub(super) fn run<S: Sink>(
     req: &Request<'_>,
     out: &mut S,
 ) -> Result<(), RpcError> {
-    let p: ConsumerP<'_> = params(req)?;
-    let key = key(&p.stream, &p.consumer)?;
+    let key = consumer_key(req)?;
     env.who.check(Right::StreamAdmin, &req.method, &key.0)?;
     let (core, ops) = batch(env)?;
     let mut st = core.streams.lock(&core.cfg);

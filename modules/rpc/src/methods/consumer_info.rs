@@ -6,8 +6,7 @@ use crate::jsonrpc::{Request, RpcError, Sink};
 use crate::streams::{consumer_info, no_consumer, no_stream};
 
 use super::env::Env;
-use super::params::params;
-use super::stream_common::{batch, check_see, key, ConsumerP};
+use super::stream_common::{batch, check_see, consumer_key};
 
 /// Runs `consumer.info`.
 pub(super) fn run<S: Sink>(
@@ -15,8 +14,7 @@ pub(super) fn run<S: Sink>(
     req: &Request<'_>,
     out: &mut S,
 ) -> Result<(), RpcError> {
-    let p: ConsumerP<'_> = params(req)?;
-    let key = key(&p.stream, &p.consumer)?;
+    let key = consumer_key(req)?;
     let who = env.who.clone();
     let (core, _) = batch(env)?;
     let st = core.streams.lock(&core.cfg);

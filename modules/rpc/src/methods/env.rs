@@ -6,9 +6,9 @@
 use crate::access::{Peer, Who};
 use crate::bus::Note;
 use crate::core::Core;
-use crate::entry::Entry;
+use crate::entry::{now_ms, Entry};
 use crate::jsonrpc::{code, Request, RpcError, Sink};
-use crate::store::{Limit, View};
+use crate::store::{Limit, Reader, View};
 
 /// What a call is evaluated against.
 pub struct Env<'a> {
@@ -29,6 +29,26 @@ pub struct Env<'a> {
     /// Set when the connection must be closed after this reply (too many
     /// failed logins).
     pub close: bool,
+}
+
+impl<'a> Env<'a> {
+    /// A call that only reads, on an event loop or a pool thread (not
+    /// the writer): against the store's read view `map`, at the current
+    /// time, with no notifications to hold back. `conn` 0 for HTTP and
+    /// in-process calls.
+    pub fn reading(core: &'a Core, map: &'a Reader<'a>, conn: u64, who: Who, peer: Peer) -> Self {
+        Env {
+            core,
+            view: View::Read(map),
+            now: now_ms(),
+            conn,
+            later: None,
+            subscribed: false,
+            who,
+            peer,
+            close: false,
+        }
+    }
 }
 
 /// -32602 unless `key` is 1 to `max_key_bytes` bytes.
@@ -65,7 +85,16 @@ pub(super) fn put(
     key: &str,
     row: Option<Entry>,
 ) -> Result<u64, RpcError> {
-    env.view.put(key, row)?.map_err(|l| over(&req.method, l))
+    // `max_total_bytes` is one limit for the whole store: a set counts
+    // the stream messages as a stream append counts the keys and values
+    // (a delete never grows the store, so it need not look).
+    let streams = match row {
+        Some(_) => env.core.streams.lock(&env.core.cfg).bytes(),
+        None => 0,
+    };
+    env.view
+        .put_counting(key, row, streams)?
+        .map_err(|l| over(&req.method, l))
 }
 
 pub(super) fn put_bool<S: Sink>(out: &mut S, b: bool) {

@@ -581,6 +581,52 @@ mod tests {
         assert_eq!(o.delta(), (2, 1 + 80 + 2));
     }
 
+    /// `max_total_bytes` is one limit: a kv write counts the stream
+    /// messages too (as an append counts the keys and values), while a
+    /// write that does not grow the keys and values, and a delete, pass.
+    #[test]
+    fn kv_writes_count_stream_messages_against_max_total_bytes() {
+        let (core, _dir) = crate::testing::core_with(serde_json::json!({
+            "max_line_bytes": 1000, "max_total_bytes": 400
+        }));
+        let db = open(&core);
+        let mut o = Overlay::default();
+        let mut call = |m: &str, p: &str| run(&core, &db, &mut o, 0, &req(m, p));
+        let v = call("stream.create", r#"{"name":"S","subjects":["s.>"]}"#);
+        assert!(v.get("error").is_none(), "{v}");
+        let msg = format!("\"{}\"", "m".repeat(98));
+        for _ in 0..3 {
+            let v = call(
+                "stream.publish",
+                &format!(r#"{{"topic":"s.a","data":{msg}}}"#),
+            );
+            assert!(v.get("error").is_none(), "{v}");
+        }
+        let streams = core.streams.lock(&core.cfg).bytes();
+        assert_eq!(streams, 3 * (3 + 100));
+        // 1 + 102 bytes of kv alone fit 400 by far; with the streams'
+        // 309 they do not.
+        let value = format!("\"{}\"", "v".repeat(100));
+        let v = call("kv.set", &format!(r#"["k",{value}]"#));
+        assert_eq!(v["error"]["code"], code::LIMIT, "{v}");
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(
+            m.contains("stream messages, over max_total_bytes (400)"),
+            "{m}"
+        );
+        assert_eq!(
+            call("kv.get", r#"["k"]"#)["result"],
+            serde_json::Value::Null
+        );
+        assert_eq!(call("kv.set", r#"["k",1]"#)["result"], true, "still fits");
+        assert_eq!(
+            call("kv.set", r#"["k",2]"#)["result"],
+            true,
+            "does not grow"
+        );
+        assert_eq!(call("kv.del", r#"["k"]"#)["result"], true);
+    }
+
     #[test]
     fn reads_that_miss_the_cache_go_to_the_writer() {
         let (core, _dir) = core();

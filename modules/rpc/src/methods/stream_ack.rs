@@ -9,11 +9,10 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::jsonrpc::{Request, RpcError, Sink};
-use crate::streams::{no_consumer, no_stream, Op};
+use crate::streams::Op;
 
 use super::env::Env;
-use super::params::params;
-use super::stream_common::{batch, check_read, key};
+use super::stream_common::{consumer, ConsumerParams, Opened};
 
 /// Most sequences one call acknowledges.
 const MAX_SEQS: usize = 10_000;
@@ -31,32 +30,39 @@ struct AckP<'a> {
     seqs: Option<Vec<u64>>,
 }
 
+impl ConsumerParams for AckP<'_> {
+    fn names(&self) -> (&str, &str) {
+        (&self.stream, &self.consumer)
+    }
+
+    fn check(&self) -> Result<(), RpcError> {
+        match (&self.seq, &self.seqs) {
+            (Some(_), None) => Ok(()),
+            (None, Some(v)) if v.len() <= MAX_SEQS => Ok(()),
+            (None, Some(_)) => Err(RpcError::invalid_params(format!(
+                "seqs holds at most {MAX_SEQS} sequences"
+            ))),
+            _ => Err(RpcError::invalid_params("give either seq or seqs")),
+        }
+    }
+}
+
 /// Runs `stream.ack`.
 pub(super) fn run<S: Sink>(
     env: &mut Env<'_>,
     req: &Request<'_>,
     out: &mut S,
 ) -> Result<(), RpcError> {
-    let p: AckP<'_> = params(req)?;
-    let key = key(&p.stream, &p.consumer)?;
-    let seqs = match (p.seq, p.seqs) {
-        (Some(s), None) => vec![s],
-        (None, Some(v)) if v.len() <= MAX_SEQS => v,
-        (None, Some(_)) => {
-            return Err(RpcError::invalid_params(format!(
-                "seqs holds at most {MAX_SEQS} sequences"
-            )))
-        }
-        _ => return Err(RpcError::invalid_params("give either seq or seqs")),
-    };
-    let who = env.who.clone();
-    let (core, ops) = batch(env)?;
-    let mut st = core.streams.lock(&core.cfg);
-    let stream = st.streams.get(&key.0).ok_or_else(|| no_stream(&key.0))?;
-    let c = st.consumers.get(&key).ok_or_else(|| no_consumer(&key))?;
-    check_read(&who, &req.method, stream, c.cfg.filter.as_deref())?;
-    let c = st.consumers.get_mut(&key).expect("found above");
-    let n = seqs.into_iter().filter(|s| c.ack(*s)).count();
+    let Opened {
+        p,
+        key,
+        ops,
+        mut st,
+        ..
+    } = consumer::<AckP<'_>>(env, req)?;
+    let seqs = p.seqs.unwrap_or_default().into_iter().chain(p.seq);
+    let c = st.consumers.get_mut(&key).expect("opened");
+    let n = seqs.filter(|s| c.ack(*s)).count();
     if n > 0 {
         ops.push(Op::Acks {
             stream: key.0.clone(),

@@ -9,11 +9,9 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::jsonrpc::{Request, RpcError, Sink};
-use crate::streams::{no_consumer, no_stream};
 
 use super::env::Env;
-use super::params::params;
-use super::stream_common::{batch, check_read, key};
+use super::stream_common::{consumer, ConsumerParams, Opened};
 
 /// Most messages one fetch returns.
 const MAX_BATCH: usize = 1000;
@@ -29,26 +27,35 @@ struct FetchP<'a> {
     batch: Option<usize>,
 }
 
+impl ConsumerParams for FetchP<'_> {
+    fn names(&self) -> (&str, &str) {
+        (&self.stream, &self.consumer)
+    }
+
+    fn check(&self) -> Result<(), RpcError> {
+        if !(1..=MAX_BATCH).contains(&self.batch.unwrap_or(1)) {
+            return Err(RpcError::invalid_params(format!(
+                "batch must be 1 to {MAX_BATCH}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Runs `stream.fetch`.
 pub(super) fn run<S: Sink>(
     env: &mut Env<'_>,
     req: &Request<'_>,
     out: &mut S,
 ) -> Result<(), RpcError> {
-    let p: FetchP<'_> = params(req)?;
-    let key = key(&p.stream, &p.consumer)?;
+    let Opened {
+        p,
+        key,
+        core,
+        mut st,
+        ..
+    } = consumer::<FetchP<'_>>(env, req)?;
     let n = p.batch.unwrap_or(1);
-    if !(1..=MAX_BATCH).contains(&n) {
-        return Err(RpcError::invalid_params(format!(
-            "batch must be 1 to {MAX_BATCH}"
-        )));
-    }
-    let who = env.who.clone();
-    let (core, _) = batch(env)?;
-    let mut st = core.streams.lock(&core.cfg);
-    let stream = st.streams.get(&key.0).ok_or_else(|| no_stream(&key.0))?;
-    let c = st.consumers.get(&key).ok_or_else(|| no_consumer(&key))?;
-    check_read(&who, &req.method, stream, c.cfg.filter.as_deref())?;
     let mut got = Vec::new();
     st.pump(core, &core.streams, &key, Some((&mut got, n)));
     out.put(b"[");

@@ -9,11 +9,9 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::jsonrpc::{Request, RpcError, Sink};
-use crate::streams::{no_consumer, no_stream};
 
 use super::env::{put_bool, Env};
-use super::params::params;
-use super::stream_common::{batch, check_read, key};
+use super::stream_common::{consumer, ConsumerParams, Opened};
 
 /// Longest `delay_ms` (a day).
 const MAX_DELAY_MS: u64 = 86_400_000;
@@ -30,27 +28,30 @@ struct NakP<'a> {
     delay_ms: Option<u64>,
 }
 
+impl ConsumerParams for NakP<'_> {
+    fn names(&self) -> (&str, &str) {
+        (&self.stream, &self.consumer)
+    }
+
+    fn check(&self) -> Result<(), RpcError> {
+        if self.delay_ms.unwrap_or(0) > MAX_DELAY_MS {
+            return Err(RpcError::invalid_params(format!(
+                "delay_ms must be at most {MAX_DELAY_MS}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Runs `stream.nak`.
 pub(super) fn run<S: Sink>(
     env: &mut Env<'_>,
     req: &Request<'_>,
     out: &mut S,
 ) -> Result<(), RpcError> {
-    let p: NakP<'_> = params(req)?;
-    let key = key(&p.stream, &p.consumer)?;
+    let Opened { p, key, mut st, .. } = consumer::<NakP<'_>>(env, req)?;
     let delay = p.delay_ms.unwrap_or(0);
-    if delay > MAX_DELAY_MS {
-        return Err(RpcError::invalid_params(format!(
-            "delay_ms must be at most {MAX_DELAY_MS}"
-        )));
-    }
-    let who = env.who.clone();
-    let (core, _) = batch(env)?;
-    let mut st = core.streams.lock(&core.cfg);
-    let stream = st.streams.get(&key.0).ok_or_else(|| no_stream(&key.0))?;
-    let c = st.consumers.get(&key).ok_or_else(|| no_consumer(&key))?;
-    check_read(&who, &req.method, stream, c.cfg.filter.as_deref())?;
-    let c = st.consumers.get_mut(&key).expect("found above");
+    let c = st.consumers.get_mut(&key).expect("opened");
     let done = match c.pending.get_mut(&p.seq) {
         Some(pending) => {
             pending.deadline = Instant::now() + Duration::from_millis(delay);

@@ -6,8 +6,7 @@
 use crate::jsonrpc::{Request, RpcError, Sink};
 
 use super::env::{put_bool, Env};
-use super::params::params;
-use super::stream_common::{batch, key, ConsumerP};
+use super::stream_common::{batch, consumer_key};
 
 /// Runs `stream.unconsume`.
 pub(super) fn run<S: Sink>(
@@ -15,8 +14,7 @@ pub(super) fn run<S: Sink>(
     req: &Request<'_>,
     out: &mut S,
 ) -> Result<(), RpcError> {
-    let p: ConsumerP<'_> = params(req)?;
-    let key = key(&p.stream, &p.consumer)?;
+    let key = consumer_key(req)?;
     let conn = env.conn;
     let (core, _) = batch(env)?;
     let mut st = core.streams.lock(&core.cfg);

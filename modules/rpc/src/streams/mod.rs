@@ -454,6 +454,13 @@ impl State {
         Ok(())
     }
 
+    /// The bytes every stream's messages take (the batch's appends
+    /// included); counted against `max_total_bytes` with the keys and
+    /// values.
+    pub fn bytes(&self) -> u64 {
+        self.streams.values().map(|s| s.bytes).sum()
+    }
+
     /// The stream covering `topic`.
     pub fn covering(&self, topic: &str) -> Option<&Stream> {
         self.streams.values().find(|s| s.covers(topic))
@@ -584,7 +591,7 @@ impl State {
             return Ok(None);
         };
         let stream = name.as_str();
-        let all_bytes: u64 = self.streams.values().map(|s| s.bytes).sum();
+        let all_bytes = self.bytes();
         let s = &self.streams[stream];
         let size = store::msg_size(topic, data);
         let full = |what: &str, max: i64| {
