@@ -137,8 +137,9 @@ impl Generation {
     #[inline]
     pub fn call<R>(&self, site: CallSite, call: impl FnOnce(&ModuleBox) -> R) -> R {
         let r = self.id.enter(site.clock(), || call(&self.module));
-        // The call's pushes are complete (see `services::end_of_call`).
-        crate::services::end_of_call();
+        // What was kept for this call's length is over (the push batches
+        // of `services`).
+        crate::calls::finished();
         r
     }
 

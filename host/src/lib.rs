@@ -36,6 +36,7 @@
 pub mod access;
 pub mod admin;
 pub mod admin_socket;
+pub mod calls;
 pub mod cli;
 pub mod config;
 pub mod conn;

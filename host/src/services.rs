@@ -8,7 +8,7 @@
 //! A push goes to the mailbox of each loop that owns one of its
 //! connections. On an event loop thread the pushes of one module call to
 //! one loop share a mailbox entry ([`PushBatch`], closed by
-//! [`end_of_call`]): a call that publishes a run of messages costs one
+//! [`crate::calls`]): a call that publishes a run of messages costs one
 //! entry, not one per message.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -196,13 +196,14 @@ impl Services {
             if open.len() <= idx {
                 open.resize(idx + 1, None);
             }
-            if let Some(batch) = &open[idx] {
-                if batch.join(module, conn_ids, out.data, notice, refused) {
+            let call = crate::calls::finished_so_far();
+            if let Some((opened, batch)) = &open[idx] {
+                if *opened == call && batch.join(module, conn_ids, out.data, notice, refused) {
                     return Some(());
                 }
             }
             let batch = Arc::new(PushBatch::new(module, conn_ids, out.data, notice, refused));
-            open[idx] = Some(batch.clone());
+            open[idx] = Some((call, batch.clone()));
             self.mailboxes[idx].send(Completion::Pushes(batch));
             Some(())
         });
@@ -276,30 +277,20 @@ impl Services {
 
 thread_local! {
     /// On an event loop thread, the batch open for each loop during the
-    /// current module call (see [`PushBatch`]); `None` on other threads,
-    /// whose pushes go one by one.
-    static BATCHES: std::cell::RefCell<Option<Vec<Option<Arc<PushBatch>>>>> =
+    /// current module call, with the count of calls the thread had
+    /// finished when it opened ([`crate::calls`]: a batch of an earlier
+    /// call is closed); `None` on other threads, whose pushes go one by
+    /// one.
+    static BATCHES: std::cell::RefCell<Option<Vec<Option<(u64, Arc<PushBatch>)>>>> =
         const { std::cell::RefCell::new(None) };
 }
 
 /// Makes the calling thread (an event loop's) batch the pushes of each
-/// module call; see [`end_of_call`].
+/// module call: a call's pushes to one loop share one mailbox entry, and
+/// the next call's go into new ones, so pushes from other threads caused
+/// by a later call come after this call's, as they would one by one.
 pub fn batch_pushes_on_this_thread() {
     BATCHES.with(|b| *b.borrow_mut() = Some(Vec::new()));
-}
-
-/// A module call on this thread returned: its pushes are complete, the
-/// next call's go into new batches. Pushes from other threads caused by
-/// a later call then come after this call's, as they would one by one.
-pub fn end_of_call() {
-    // `try_with`: harmless during a thread's teardown.
-    let _ = BATCHES.try_with(|b| {
-        if let Ok(mut b) = b.try_borrow_mut() {
-            if let Some(open) = b.as_mut() {
-                open.iter_mut().for_each(|o| *o = None);
-            }
-        }
-    });
 }
 
 /// A push's bytes, copied into a shared buffer at most once (the
@@ -422,7 +413,7 @@ mod tests {
                 1,
                 "no loop 9"
             );
-            super::end_of_call();
+            crate::calls::finished();
             assert_eq!(s.push(&m, &[conn(0, 1)], b"d", b"!"), 1);
         })
         .join()
