@@ -281,9 +281,13 @@ thread_local! {
     /// finished when it opened ([`crate::calls`]: a batch of an earlier
     /// call is closed); `None` on other threads, whose pushes go one by
     /// one.
-    static BATCHES: std::cell::RefCell<Option<Vec<Option<(u64, Arc<PushBatch>)>>>> =
+    static BATCHES: std::cell::RefCell<Option<Vec<OpenBatch>>> =
         const { std::cell::RefCell::new(None) };
 }
+
+/// A loop's slot in [`BATCHES`]: the batch and the count of finished
+/// calls it was opened at.
+type OpenBatch = Option<(u64, Arc<PushBatch>)>;
 
 /// Makes the calling thread (an event loop's) batch the pushes of each
 /// module call: a call's pushes to one loop share one mailbox entry, and
