@@ -6,15 +6,17 @@
 //! per key, and SQLite writes each changed page to the WAL at every
 //! commit — about a kilobyte of I/O and a full tree descent per write.
 //! Appended to a rowid table instead, the same batch fills a few pages at
-//! the end of one table. The tail is then folded into `kv` in one
-//! transaction every few thousand writes ([`FOLD_ROWS`], [`FOLD_BYTES`],
-//! [`FOLD_AGE`] or when the writer is idle), in key order, where a page
-//! shared by many of the keys is written once and a key written many
-//! times is written once. A commit to the log is as durable as a commit
-//! to `kv` (same transaction rules, same sync mode), and a fold moves
-//! rows from the log to `kv` in one transaction, so a crash at any point
-//! leaves every committed write in one of the two tables; opening the
-//! database folds what a crash left in the log.
+//! the end of one table. The fold thread then copies the tail into
+//! `kv` once it is big or old enough ([`FOLD_ROWS`] keys, [`FOLD_BYTES`],
+//! [`FOLD_AGE`]) or the writer is idle: in key order, in transactions of
+//! a few hundred keys, where a page shared by several keys is written
+//! once and a key written many times is written once; then it deletes
+//! the log rows it covered. A commit to the log is as durable as a
+//! commit to `kv` (same transaction rules, same sync mode), and log rows
+//! are deleted only after `kv` holds their changes, so a crash at any
+//! point leaves every committed write in the log or in `kv`; opening the
+//! database folds what a crash left in the log (writing a key's last
+//! change again is harmless).
 //!
 //! A leaf: only [`crate::entry`].
 
@@ -24,13 +26,13 @@ use std::time::{Duration, Instant};
 
 use crate::entry::Row;
 
-/// Keys in the tail at which the writer folds it.
+/// Keys in the tail at which it is folded.
 pub const FOLD_ROWS: usize = 16_384;
-/// Bytes of keys and values in the tail at which the writer folds it (so
-/// the tail's memory stays bounded whatever the value sizes).
+/// Bytes of keys and values in the tail at which it is folded (so the
+/// tail's memory stays bounded whatever the value sizes).
 pub const FOLD_BYTES: usize = 8 << 20;
-/// Age of the tail's oldest change at which the writer folds it even
-/// under load (an idle writer folds at once).
+/// Age of the tail's oldest change at which it is folded even under load
+/// (after an idle moment of the writer it is folded at once).
 pub const FOLD_AGE: Duration = Duration::from_millis(500);
 
 /// The last unfolded change of each key.

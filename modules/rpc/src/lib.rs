@@ -271,8 +271,11 @@
 //! order, in short transactions taken in turn with the writer's, once
 //! the log holds 16384 keys or 8 MiB, is 500 ms old, or the writer has
 //! been idle for 20 ms ([`kv_log`], [`db`]). Reads see the log's changes
-//! at once; a clean stop folds everything, and opening the database
-//! folds what a crash left. Random-key writes so cost the writer a few
+//! at once; a reload's handover and a clean stop fold everything, and
+//! opening the database folds what a crash left. The unfolded changes
+//! are held in memory besides `cache_bytes`: at most the fold limits, or
+//! four times them while folds fail (then commits wait for the fold, and
+//! are refused with -32020 if it keeps failing). Random-key writes so cost the writer a few
 //! appended pages per batch instead of a rewritten b-tree page per key,
 //! and the b-tree work runs on another core.
 //!
@@ -602,6 +605,9 @@ impl Handler for Rpc {
         // the database holds every write this generation took on.
         if self.freeze() == Mode::Live {
             wait(self.core.host, || self.writer.barrier());
+            // Then fold the write log and write nothing more: the
+            // successor opens the file next.
+            self.writer.handover();
         }
         let state = State {
             version: 1,

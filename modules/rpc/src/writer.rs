@@ -95,6 +95,9 @@ enum Cmd {
     Barrier(SyncSender<()>),
     /// Runs on the writer thread after everything sent before it.
     Run(Box<dyn FnOnce() + Send>),
+    /// Folds the write log and retires the database (a reload hands it
+    /// over); acknowledged when done.
+    Handover(SyncSender<()>),
     Stop,
 }
 
@@ -205,6 +208,17 @@ impl Writer {
     pub fn barrier(&self) {
         let (tx, rx) = mpsc::sync_channel(1);
         if self.send(Cmd::Barrier(tx)) {
+            let _ = wait(self.host, || rx.recv());
+        }
+    }
+
+    /// Folds the write log and retires the database, after the work
+    /// queued so far, and waits for it: from then on this generation
+    /// writes nothing to the file (its successor's, see
+    /// [`crate::db::Db::retire`]) unless the handover is abandoned.
+    pub fn handover(&self) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if self.send(Cmd::Handover(tx)) {
             let _ = wait(self.host, || rx.recv());
         }
     }
@@ -353,6 +367,14 @@ impl Worker {
                         self.commit(std::mem::take(&mut batch));
                         let _ = ack.send(());
                     }
+                    Cmd::Handover(ack) => {
+                        self.commit(std::mem::take(&mut batch));
+                        self.fold();
+                        if let Some(db) = &mut self.db {
+                            db.retire();
+                        }
+                        let _ = ack.send(());
+                    }
                     Cmd::Run(f) => {
                         self.commit(std::mem::take(&mut batch));
                         if catch_unwind(AssertUnwindSafe(f)).is_err() {
@@ -485,6 +507,10 @@ impl Worker {
     fn housekeeping(&mut self, idle: bool) {
         if self.db.is_none() || !self.live() {
             return;
+        }
+        if let Some(db) = &mut self.db {
+            // Live again after a handover: it was abandoned.
+            db.unretire();
         }
         let now = Instant::now();
         let quiet = idle && now.saturating_duration_since(self.last_work) >= FOLD_IDLE;

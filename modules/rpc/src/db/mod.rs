@@ -2,9 +2,10 @@
 //! keys, expiry times, value sizes, revisions and JSON values, a partial
 //! index of the keys that expire, and the store's totals and last
 //! revision (`meta`), all in WAL mode
-//! with incremental auto-vacuum. Only the writer thread writes; the
-//! totals change in the same transaction as the rows they count, so they
-//! are exact after a crash too.
+//! with incremental auto-vacuum. The writer thread commits every change
+//! (to the write log, below) and the fold thread copies them into `kv`;
+//! the totals change in the same transaction as the log rows they count,
+//! so they are exact after a crash too.
 //!
 //! Column order matters: SQLite stores a large value in a chain of
 //! overflow pages after the columns before it, so `expires_at`, `size` and
@@ -24,7 +25,11 @@
 //! and those it is folding — so every read through [`Db`] sees it;
 //! `kv.keys` merges it into its scan, the purge leaves its keys for
 //! later, and a watch's scan of initial values folds first
-//! ([`Db::fold`]). [`ReadDb`] reads the log table itself. The two
+//! ([`Db::fold`]). [`ReadDb`] reads the log table itself. A reload's
+//! handover folds and then retires the connection ([`Db::retire`]): the
+//! successor owns the file from then on, and the log's sequence numbers
+//! are never reused (`AUTOINCREMENT`), so nothing late from the old
+//! generation can touch the successor's rows. The two
 //! connections take turns for write transactions (a lock of ours, so
 //! neither waits in SQLite's busy sleeps).
 //! Opening the database folds what a crash left in the log. An older
@@ -63,7 +68,7 @@ CREATE TABLE IF NOT EXISTS kv (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS kv_expiry ON kv (expires_at) WHERE expires_at > 0;
 CREATE TABLE IF NOT EXISTS kv_log (
-    seq        INTEGER PRIMARY KEY,
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     key        TEXT NOT NULL,
     expires_at INTEGER NOT NULL,
     size       INTEGER NOT NULL,
@@ -93,9 +98,12 @@ const DELETE: &str = "DELETE FROM kv WHERE key = ?1";
 /// A key change appended to the log (`value` NULL: deleted).
 const APPEND: &str =
     "INSERT INTO kv_log (key, expires_at, size, rev, value) VALUES (?1, ?2, ?3, ?4, ?5)";
-/// The newest logged change of a key (the log has no index on keys: only
-/// [`ReadDb`]'s rare reads use this, and the log holds a few thousand
-/// rows at most).
+/// The newest logged change of a key. The log has no index on keys (one
+/// would cost a scattered page per write again): this scans it, but only
+/// [`ReadDb`]'s rare reads use it — a key evicted from the cache between
+/// a read's routing and its evaluation — and the log is bounded (one row
+/// per key and batch, folded at [`crate::kv_log::FOLD_ROWS`] keys, at most
+/// [`TAIL_SLACK`] times that while folds fail).
 const LOGGED: &str =
     "SELECT value, expires_at, rev FROM kv_log WHERE key = ?1 ORDER BY seq DESC LIMIT 1";
 /// How long no fold is started after one failed.
@@ -142,6 +150,8 @@ pub struct Db {
     fold_error: Option<String>,
     /// No fold is started again before this after a failure.
     retry_at: Option<Instant>,
+    /// Handed over to a successor: folds nothing more ([`Db::retire`]).
+    retired: bool,
 }
 
 fn err(what: &str, path: &Path, e: rusqlite::Error) -> String {
@@ -211,6 +221,7 @@ impl Db {
             folder: None,
             fold_error: None,
             retry_at: None,
+            retired: false,
         };
         if tables > 0 {
             db.upgrade(path)
@@ -222,6 +233,10 @@ impl Db {
         db.conn
             .execute_batch(crate::stream_sql::SCHEMA)
             .map_err(|e| err("cannot prepare the stream tables of", path, e))?;
+        // What a crash left in the log first: the totals and the last
+        // revision, if they must be rebuilt, are read from `kv`.
+        db.recover_log()
+            .map_err(|e| err("cannot read the write log of", path, e))?;
         db.ensure_totals()
             .map_err(|e| err("cannot count the keys of", path, e))?;
         db.ensure_revisions()
@@ -237,8 +252,6 @@ impl Db {
                 .execute_batch(&format!("PRAGMA user_version = {LAYOUT}"))
                 .map_err(cfg)?;
         }
-        db.recover_log()
-            .map_err(|e| err("cannot read the write log of", path, e))?;
         db.folder = match Self::fold_connection(path, sync) {
             Ok(conn) => match fold::Folder::spawn(conn, db.turn.clone()) {
                 Ok(f) => Some(f),
@@ -568,7 +581,7 @@ impl Db {
     /// transaction. When this returns `Ok`, the batch is as durable as
     /// the sync mode promises.
     pub fn commit(&mut self, overlay: &Overlay) -> rusqlite::Result<()> {
-        if self.tail_full() {
+        if self.tail_full() && !self.retry_at.is_some_and(|t| Instant::now() < t) {
             // The fold thread is behind: wait for it (back pressure).
             let _ = self.fold();
         }
@@ -594,15 +607,12 @@ impl Db {
                         e.rev as i64,
                         &*e.value
                     ])?,
-                    None => append.execute(params![
-                        key,
-                        0i64,
-                        0i64,
-                        overlay.last_rev() as i64,
-                        Option::<&str>::None
-                    ])?,
+                    None => append.execute(params![key, 0i64, 0i64, 0i64, Option::<&str>::None])?,
                 };
             }
+            // Taken here, before any other statement of the transaction
+            // can insert a row of its own.
+            let seq = conn.last_insert_rowid();
             let mut add = conn.prepare_cached(ADD_META)?;
             add.execute(params!["keys", delta.0])?;
             add.execute(params!["bytes", delta.1])?;
@@ -611,7 +621,7 @@ impl Db {
                 conn.prepare_cached(RAISE_REV)?
                     .execute([overlay.last_rev() as i64])?;
             }
-            Ok(conn.last_insert_rowid())
+            Ok(seq)
         })?;
         if overlay.changes().next().is_some() {
             self.last_seq = seq;
@@ -640,6 +650,9 @@ impl Db {
     /// Returns the keys of a fold that finished now.
     pub fn fold_step(&mut self, now: Instant, idle: bool) -> usize {
         let mut folded = 0;
+        if self.retired {
+            return 0;
+        }
         if self.in_flight {
             match self.folder.as_ref().and_then(|f| f.try_done()) {
                 Some(Ok(())) => {
@@ -696,6 +709,9 @@ impl Db {
     /// many keys were folded here. On failure, reads still see every
     /// change and a later fold tries again.
     pub fn fold(&mut self) -> rusqlite::Result<usize> {
+        if self.retired {
+            return Ok(0);
+        }
         let mut n = 0;
         if let Some(job) = self.folding.clone() {
             let outcome = match (&self.folder, self.in_flight) {
@@ -743,9 +759,9 @@ impl Db {
     /// (their row in `kv` is not their last word).
     pub fn expired(&self, now: u64, limit: usize) -> rusqlite::Result<Vec<(Box<str>, u64)>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT key, expires_at FROM kv WHERE expires_at > 0 AND expires_at <= ?1 LIMIT ?2",
+            "SELECT key, expires_at FROM kv WHERE expires_at > 0 AND expires_at <= ?1",
         )?;
-        let rows = stmt.query_map(params![now as i64, limit as i64], |r| {
+        let rows = stmt.query_map(params![now as i64], |r| {
             Ok((
                 r.get::<_, String>(0)?.into_boxed_str(),
                 r.get::<_, i64>(1)?.max(0) as u64,
@@ -753,6 +769,9 @@ impl Db {
         })?;
         let mut due = Vec::new();
         for row in rows {
+            if due.len() >= limit {
+                break;
+            }
             let (key, at) = row?;
             if self.logged(&key).is_none() {
                 due.push((key, at));
@@ -807,7 +826,7 @@ impl Db {
         prefix: &str,
         limit: usize,
     ) -> rusqlite::Result<Vec<(Box<str>, Entry)>> {
-        if !self.tail.is_empty() {
+        if self.unfolded() > 0 {
             return Err(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
                 Some("the write log must be folded before a scan of values".into()),
@@ -897,11 +916,33 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Hands the database over (a reload's successor takes it): waits for
+    /// the fold thread's job, and from now on this connection folds
+    /// nothing, not even when dropped — the successor owns the file and
+    /// folds whatever is left in the log when it opens it. The caller
+    /// folds first ([`Db::fold`]) so that little or nothing is left.
+    pub fn retire(&mut self) {
+        if self.in_flight {
+            if let Some(f) = &self.folder {
+                let _ = f.wait_done();
+            }
+            self.in_flight = false;
+        }
+        self.retired = true;
+    }
+
+    /// Takes the database back after a handover that was abandoned.
+    pub fn unretire(&mut self) {
+        self.retired = false;
+    }
+}
+
 /// A clean close folds the log (what a failed fold leaves there is
-/// folded when the database is opened next).
+/// folded when the database is opened next); a retired one does not.
 impl Drop for Db {
     fn drop(&mut self) {
-        if self.unfolded() > 0 {
+        if !self.retired && self.unfolded() > 0 {
             if let Err(e) = self.fold() {
                 log::warn!("closing with changes still in the write log: {e}");
             }
@@ -1398,5 +1439,53 @@ mod tests {
         assert_eq!((count(&db, "kv_log"), count(&db, "kv")), (0, 3));
         assert_eq!(db.unfolded(), 0);
         assert_eq!(db.get("c").unwrap(), entry("3", 0));
+    }
+
+    /// A reload: the old connection retires (its last fold failed, say),
+    /// the successor opens the file and folds what is left; the old one
+    /// then writes nothing, even when dropped, and the successor's log
+    /// rows get new sequence numbers that no late delete can reach.
+    #[test]
+    fn a_retired_connection_writes_nothing_more() {
+        let dir = crate::testdir::TestDir::new("db-retire");
+        let path = dir.path().join("r.sqlite");
+        let mut old = Db::open(&path, SyncMode::Normal).unwrap();
+        let mut o = Overlay::default();
+        o.record("k", entry("1", 0), None);
+        old.commit(&o).unwrap();
+        let old_seq = old.last_seq;
+        old.retire();
+        let mut new = Db::open(&path, SyncMode::Normal).unwrap();
+        assert_eq!(
+            (count(&new, "kv_log"), count(&new, "kv")),
+            (0, 1),
+            "folded at open"
+        );
+        let mut o = Overlay::default();
+        o.record("k", entry("2", 0), Some(1));
+        o.record("j", entry("3", 0), None);
+        new.commit(&o).unwrap();
+        assert!(new.last_seq > old_seq, "{} after {old_seq}", new.last_seq);
+        new.fold().unwrap();
+        let mut o = Overlay::default();
+        o.record("j", None, Some(1));
+        new.commit(&o).unwrap();
+        assert_eq!(old.fold().unwrap(), 0, "a retired connection folds nothing");
+        drop(old);
+        let r = ReadDb::open(&path).unwrap();
+        assert_eq!(
+            r.get("k").unwrap(),
+            entry("2", 0),
+            "not the old generation's value"
+        );
+        assert_eq!(
+            count(&new, "kv_log"),
+            1,
+            "the successor's row is still there"
+        );
+        assert_eq!(r.get("j").unwrap(), None);
+        new.fold().unwrap();
+        assert_eq!(r.get("k").unwrap(), entry("2", 0));
+        assert_eq!(r.get("j").unwrap(), None);
     }
 }
