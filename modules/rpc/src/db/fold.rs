@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{params, Connection};
 
-use super::{transact, DELETE, UPSERT};
+use super::{transact, write_row, DELETE, UPSERT};
 use crate::entry::Row;
 use crate::kv_log::Tail;
 
@@ -111,13 +111,7 @@ pub fn fold_rows(
             let mut delete = c.prepare_cached(DELETE)?;
             for (key, row) in part {
                 match row {
-                    Some(e) => upsert.execute(params![
-                        key,
-                        e.expires_at as i64,
-                        e.value.len() as i64,
-                        e.rev as i64,
-                        &*e.value
-                    ])?,
+                    Some(e) => write_row(&mut upsert, key, e)?,
                     None => delete.execute(params![key])?,
                 };
             }

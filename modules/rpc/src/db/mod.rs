@@ -600,13 +600,7 @@ impl Db {
             let mut append = conn.prepare_cached(APPEND)?;
             for (key, entry) in overlay.changes() {
                 match entry {
-                    Some(e) => append.execute(params![
-                        key,
-                        e.expires_at as i64,
-                        e.value.len() as i64,
-                        e.rev as i64,
-                        &*e.value
-                    ])?,
+                    Some(e) => write_row(&mut append, key, e)?,
                     None => append.execute(params![key, 0i64, 0i64, 0i64, Option::<&str>::None])?,
                 };
             }
@@ -1024,6 +1018,21 @@ impl ReadDb {
         let tail: Vec<(&str, Option<u64>)> = last.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         kv_log::merge_keys(&tail, |g| scan_on(&self.conn, start, g), f)
     }
+}
+
+/// Runs [`APPEND`] or [`UPSERT`] (same parameters) for one row.
+fn write_row(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    key: &str,
+    e: &Entry,
+) -> rusqlite::Result<usize> {
+    stmt.execute(params![
+        key,
+        e.expires_at as i64,
+        e.value.len() as i64,
+        e.rev as i64,
+        &*e.value
+    ])
 }
 
 /// Runs `f` in a write transaction on `conn` (statements cached, unlike
