@@ -1307,6 +1307,15 @@ mod tests {
         assert_eq!(db.totals().unwrap(), Totals::default());
     }
 
+    /// Commits one batch of changes: (key, row, size before).
+    fn write(db: &mut Db, rows: &[(&str, Option<Entry>, Option<u64>)]) {
+        let mut o = Overlay::default();
+        for (key, row, before) in rows {
+            o.record(key, row.clone(), *before);
+        }
+        db.commit(&o).unwrap();
+    }
+
     fn count(db: &Db, table: &str) -> i64 {
         db.conn
             .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
@@ -1331,10 +1340,10 @@ mod tests {
         let dir = crate::testdir::TestDir::new("db-log");
         let path = dir.path().join("l.sqlite");
         let mut db = Db::open(&path, SyncMode::Normal).unwrap();
-        let mut o = Overlay::default();
-        o.record("a", entry("1", 0), None);
-        o.record("b", entry("2", 9), None);
-        db.commit(&o).unwrap();
+        write(
+            &mut db,
+            &[("a", entry("1", 0), None), ("b", entry("2", 9), None)],
+        );
         assert_eq!((count(&db, "kv_log"), count(&db, "kv")), (2, 0));
         assert_eq!(db.get("a").unwrap(), entry("1", 0));
         assert_eq!(db.value_size("b").unwrap(), Some(1));
@@ -1349,10 +1358,7 @@ mod tests {
         // Hand the tail to the fold thread, then change a key again.
         assert_eq!(db.fold_step(Instant::now(), true), 0);
         assert_eq!(db.unfolded(), 2);
-        let mut o = Overlay::default();
-        o.record("a", None, Some(1));
-        o.record("c", entry("3", 0), None);
-        db.commit(&o).unwrap();
+        write(&mut db, &[("a", None, Some(1)), ("c", entry("3", 0), None)]);
         assert_eq!(db.get("a").unwrap(), None, "the newer change wins");
         assert_eq!(keys(&db), [("b".into(), 9), ("c".into(), 0)]);
         let t0 = Instant::now();
@@ -1379,14 +1385,15 @@ mod tests {
         let path = dir.path().join("c.sqlite");
         let copy = dir.path().join("copy.sqlite");
         let mut db = Db::open(&path, SyncMode::Normal).unwrap();
-        let mut o = Overlay::default();
-        o.record("old", entry("1", 5), None);
-        db.commit(&o).unwrap();
+        write(&mut db, &[("old", entry("1", 5), None)]);
         db.fold().unwrap();
-        let mut o = Overlay::default();
-        o.record("old", entry("2", 0), Some(1));
-        o.record("new", entry("3", 0), None);
-        db.commit(&o).unwrap();
+        write(
+            &mut db,
+            &[
+                ("old", entry("2", 0), Some(1)),
+                ("new", entry("3", 0), None),
+            ],
+        );
         assert!(
             db.expired(100, 10).unwrap().is_empty(),
             "old has a newer change"
@@ -1417,10 +1424,10 @@ mod tests {
         let path = dir.path().join("b.sqlite");
         let mut db = Db::open(&path, SyncMode::Normal).unwrap();
         db.break_folder(&path);
-        let mut o = Overlay::default();
-        o.record("a", entry("1", 0), None);
-        o.record("b", entry("2", 0), None);
-        db.commit(&o).unwrap();
+        write(
+            &mut db,
+            &[("a", entry("1", 0), None), ("b", entry("2", 0), None)],
+        );
         let until_failed = |db: &mut Db, now: Instant| {
             let t0 = Instant::now();
             db.fold_error = None;
@@ -1433,9 +1440,7 @@ mod tests {
         until_failed(&mut db, Instant::now());
         assert!(!db.in_flight, "not again at once");
         assert_eq!(db.get("a").unwrap(), entry("1", 0), "still seen");
-        let mut o = Overlay::default();
-        o.record("c", entry("3", 0), None);
-        db.commit(&o).unwrap();
+        write(&mut db, &[("c", entry("3", 0), None)]);
         assert_eq!(db.unfolded(), 3);
         // Not again before FOLD_RETRY; then the same job again.
         db.fold_step(Instant::now(), true);
@@ -1459,9 +1464,7 @@ mod tests {
         let dir = crate::testdir::TestDir::new("db-retire");
         let path = dir.path().join("r.sqlite");
         let mut old = Db::open(&path, SyncMode::Normal).unwrap();
-        let mut o = Overlay::default();
-        o.record("k", entry("1", 0), None);
-        old.commit(&o).unwrap();
+        write(&mut old, &[("k", entry("1", 0), None)]);
         let old_seq = old.last_seq;
         old.retire();
         let mut new = Db::open(&path, SyncMode::Normal).unwrap();
@@ -1470,15 +1473,13 @@ mod tests {
             (0, 1),
             "folded at open"
         );
-        let mut o = Overlay::default();
-        o.record("k", entry("2", 0), Some(1));
-        o.record("j", entry("3", 0), None);
-        new.commit(&o).unwrap();
+        write(
+            &mut new,
+            &[("k", entry("2", 0), Some(1)), ("j", entry("3", 0), None)],
+        );
         assert!(new.last_seq > old_seq, "{} after {old_seq}", new.last_seq);
         new.fold().unwrap();
-        let mut o = Overlay::default();
-        o.record("j", None, Some(1));
-        new.commit(&o).unwrap();
+        write(&mut new, &[("j", None, Some(1))]);
         assert_eq!(old.fold().unwrap(), 0, "a retired connection folds nothing");
         drop(old);
         let r = ReadDb::open(&path).unwrap();
