@@ -139,9 +139,11 @@ impl Writer {
             core,
             db: None,
             owner: None,
-            dirty: false,
-            truncated: true,
-            vacuum: false,
+            disk: Disk {
+                dirty: false,
+                truncated: true,
+                vacuum: false,
+            },
             last_batch: 0,
             next_purge: now,
             next_checkpoint: now,
@@ -240,6 +242,28 @@ impl Writer {
     }
 }
 
+/// The database's upkeep state: what checkpoints and vacuum steps have
+/// to do.
+struct Disk {
+    /// Written since the last checkpoint.
+    dirty: bool,
+    /// Whether the WAL was emptied since the last write.
+    truncated: bool,
+    /// Whether the database may have free pages to give back.
+    vacuum: bool,
+}
+
+impl Disk {
+    /// The database was written (a commit, a fold, a purge, a stream
+    /// expiry): a checkpoint is due, the WAL is not empty, and pages may
+    /// have been freed.
+    fn wrote(&mut self) {
+        self.dirty = true;
+        self.truncated = false;
+        self.vacuum = true;
+    }
+}
+
 struct Worker {
     core: Arc<Core>,
     /// `None` while in standby.
@@ -249,12 +273,8 @@ struct Worker {
     owner: Option<Owner>,
     /// Failed attempts to open the database after taking the lock.
     standby_errors: u32,
-    /// Commits since the last checkpoint.
-    dirty: bool,
-    /// Whether the WAL was emptied since the last commit.
-    truncated: bool,
-    /// Whether the database has free pages to give back.
-    vacuum: bool,
+    /// What the upkeep between batches has to do.
+    disk: Disk,
     /// Submissions in the last batch.
     last_batch: usize,
     next_purge: Instant,
@@ -274,7 +294,7 @@ impl Worker {
             .revision()
             .map_err(|e| format!("cannot read the last revision of the database: {e}"))?;
         self.core.store.set_revision(rev);
-        self.vacuum = db.free_pages().unwrap_or(0) > 0;
+        self.disk.vacuum = db.free_pages().unwrap_or(0) > 0;
         self.core.owner_fd.store(owner.fd(), Ordering::Release);
         self.db = Some(db);
         self.owner = Some(owner);
@@ -324,7 +344,7 @@ impl Worker {
             let unfolded = self.db.as_ref().is_some_and(|db| db.unfolded() > 0);
             let wait = if self.db.is_none() {
                 STANDBY_POLL
-            } else if (self.vacuum || self.core.watches.scanning()) && self.live() {
+            } else if (self.disk.vacuum || self.core.watches.scanning()) && self.live() {
                 VACUUM_PAUSE
             } else {
                 let wait = self
@@ -459,9 +479,7 @@ impl Worker {
             match committed {
                 Ok(()) => {
                     core.store.apply(overlay);
-                    self.dirty = true;
-                    self.truncated = false;
-                    self.vacuum = true;
+                    self.disk.wrote();
                     core.stats.commits.fetch_add(1, Ordering::Relaxed);
                     core.stats.writes.fetch_add(writes, Ordering::Relaxed);
                 }
@@ -516,16 +534,14 @@ impl Worker {
         let quiet = idle && now.saturating_duration_since(self.last_work) >= FOLD_IDLE;
         if let Some(db) = &mut self.db {
             if db.fold_step(now, quiet) > 0 {
-                self.dirty = true;
-                self.truncated = false;
-                self.vacuum = true;
+                self.disk.wrote();
             }
         }
         if now >= self.next_purge {
             self.purge();
             self.next_purge = Instant::now() + self.core.cfg.purge_interval();
         }
-        if self.vacuum && idle {
+        if self.disk.vacuum && idle {
             self.vacuum_step();
         }
         if let Some(db) = &mut self.db {
@@ -534,9 +550,7 @@ impl Worker {
                 .streams
                 .expire(&*self.core, |ops| db.write_streams(ops))
             {
-                self.dirty = true;
-                self.truncated = false;
-                self.vacuum = true;
+                self.disk.wrote();
             }
         }
         if self.core.watches.scanning() && self.fold() {
@@ -546,7 +560,7 @@ impl Worker {
         }
         if now >= self.next_checkpoint {
             // Idle for a whole interval: empty the WAL file too.
-            let idle = !self.dirty && !self.truncated && !self.vacuum;
+            let idle = !self.disk.dirty && !self.disk.truncated && !self.disk.vacuum;
             self.checkpoint(idle);
             self.next_checkpoint = Instant::now() + self.core.cfg.checkpoint_interval();
         }
@@ -563,9 +577,7 @@ impl Worker {
         }
         match db.fold() {
             Ok(_) => {
-                self.dirty = true;
-                self.truncated = false;
-                self.vacuum = true;
+                self.disk.wrote();
                 true
             }
             Err(_) => false,
@@ -576,13 +588,13 @@ impl Worker {
         let Some(db) = &self.db else {
             return;
         };
-        if !(self.dirty || truncate) {
+        if !(self.disk.dirty || truncate) {
             return;
         }
         match db.checkpoint(truncate) {
             Ok(()) => {
-                self.dirty = false;
-                self.truncated |= truncate;
+                self.disk.dirty = false;
+                self.disk.truncated |= truncate;
             }
             Err(e) => log::warn!("WAL checkpoint failed: {e}"),
         }
@@ -595,7 +607,7 @@ impl Worker {
             return;
         };
         if pages == 0 {
-            self.vacuum = false;
+            self.disk.vacuum = false;
             return;
         }
         match db
@@ -603,14 +615,14 @@ impl Worker {
             .and_then(|n| if n > 0 { db.vacuum_step(pages) } else { Ok(0) })
         {
             Ok(left) => {
-                if left == 0 && self.vacuum {
-                    self.dirty = true;
+                if left == 0 && self.disk.vacuum {
+                    self.disk.dirty = true;
                 }
-                self.vacuum = left > 0;
+                self.disk.vacuum = left > 0;
             }
             Err(e) => {
                 log::warn!("incremental vacuum failed, will retry at the next change: {e}");
-                self.vacuum = false;
+                self.disk.vacuum = false;
             }
         }
     }
@@ -647,9 +659,7 @@ impl Worker {
                         .collect();
                     self.core.watches.publish(&*self.core, &events);
                 }
-                self.dirty = true;
-                self.truncated = false;
-                self.vacuum = true;
+                self.disk.wrote();
                 self.core
                     .stats
                     .purged
